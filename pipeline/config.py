@@ -1,0 +1,151 @@
+"""Run configuration: one frozen dataclass, filled from the command line over a job file over
+defaults, and validated once at the edge."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Engine options under vLLM's own names (EngineArgs fields); None means "vLLM's default".
+ENGINE_ARGS = (
+    "max_model_len", "dtype", "enforce_eager", "gpu_memory_utilization", "tensor_parallel_size",
+    "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching", "quantization",
+    "kv_cache_dtype", "seed", "trust_remote_code", "tokenizer", "swap_space",
+)
+
+# Options that change what the output rows say; a resume with any of them changed is refused.
+OUTPUT_OPTIONS = (
+    "model", "format", "price_input", "price_output", "provider", "max_model_len", "dtype",
+    "quantization", "kv_cache_dtype", "seed", "seed_on_cpu", "max_n", "tool_call_parser",
+    "served_model_name", "engine", "max_line_bytes", "trust_remote_code", "tokenizer",
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    inputs: tuple[str, ...]
+    output: str
+    model: str
+    format: str = "parquet"
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    price_input: float | None = None
+    price_output: float | None = None
+    provider: str | None = None
+    checkpoint_every: int = 5000
+    checkpoint_seconds: float = 300.0
+    overwrite: bool = False
+    quiet: bool = False
+    dry_run: bool = False
+    max_line_bytes: int = 8 * 1024 * 1024
+    max_n: int = 4
+    seed_on_cpu: str = "ignore"
+    tool_call_parser: str | None = None
+    served_model_name: tuple[str, ...] = ()
+    engine: str = "vllm"
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    executor: str = "local"
+    ray_address: str | None = None
+    data_parallel_size: int | None = None
+    max_in_flight: int | None = None
+    max_engine_restarts: int = 50
+    # vLLM engine arguments
+    max_model_len: int | None = None
+    dtype: str | None = None
+    enforce_eager: bool | None = None
+    gpu_memory_utilization: float | None = None
+    tensor_parallel_size: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
+    seed: int | None = None
+    trust_remote_code: bool = False
+    tokenizer: str | None = None
+    swap_space: float | None = None
+    engine_arg: dict[str, Any] = field(default_factory=dict)  # any other EngineArgs field
+
+    def engine_args(self) -> dict[str, Any]:
+        """The vLLM EngineArgs this run sets (unset ones keep vLLM's defaults)."""
+        args = {k: getattr(self, k) for k in ENGINE_ARGS if getattr(self, k) is not None}
+        args.update(self.engine_arg)
+        return args
+
+    def output_options(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in OUTPUT_OPTIONS}
+
+    def model_names(self) -> frozenset[str]:
+        from .models import EMBEDDED
+
+        names = {self.model, *self.served_model_name}
+        names |= {alias for alias, canonical in EMBEDDED.items() if canonical == self.model or alias == self.model}
+        names |= {canonical for alias, canonical in EMBEDDED.items() if alias == self.model}
+        return frozenset(names)
+
+
+def load_job(path: str) -> dict[str, Any]:
+    """Read a job file: its keys are the long option names (dashes or underscores)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"job file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"job file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"job file {path} must be a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_key_values(pairs: tuple[str, ...] | list[str] | dict, what: str) -> dict[str, Any]:
+    """`key=value` pairs (values parsed as YAML scalars: numbers, booleans) into a dict."""
+    if isinstance(pairs, dict):
+        return dict(pairs)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} takes key=value, got {pair!r}")
+        out[key.strip().replace("-", "_") if what == "--engine-arg" else key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def detect_gpus() -> int:
+    """Number of NVIDIA GPUs this process may use, without importing torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def engine_envs(cfg: RunConfig, gpus: int | None = None) -> list[dict[str, str]]:
+    """One environment per engine: with GPUs, each engine gets its own group of
+    `tensor_parallel_size` GPUs (data parallel across groups); on CPU, `data_parallel_size`
+    engines (default 1) share the cores."""
+    gpus = detect_gpus() if gpus is None else gpus
+    tp = cfg.tensor_parallel_size or 1
+    if gpus == 0:
+        return [{} for _ in range(cfg.data_parallel_size or 1)]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
+    groups = len(ids) // tp
+    if groups == 0:
+        raise ValueError(f"--tensor-parallel-size {tp} needs {tp} GPUs; {len(ids)} visible")
+    dp = cfg.data_parallel_size or groups
+    if dp > groups:
+        raise ValueError(
+            f"--data-parallel-size {dp} × --tensor-parallel-size {tp} needs {dp * tp} GPUs; {len(ids)} visible"
+        )
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(ids[g * tp : (g + 1) * tp])} for g in range(dp)]

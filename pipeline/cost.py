@@ -1,0 +1,52 @@
+"""Prices per million tokens, from the shipped table or the command line, and the arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    source: str = "command line"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+
+@cache
+def price_table() -> dict[str, dict[str, dict]]:
+    return yaml.safe_load(resources.files("pipeline").joinpath("prices.yaml").read_text())
+
+
+def find_price(
+    model: str,
+    *,
+    provider: str | None = None,
+    price_input: float | None = None,
+    price_output: float | None = None,
+) -> Price | None:
+    """The price for a model: command-line figures win, then the table's row for the provider
+    (or the model's default row). None when the model is not in the table and no price was given.
+    """
+    rows = price_table().get(model) or {}
+    if provider is not None and provider not in rows:
+        known = ", ".join(sorted(rows)) or "none"
+        raise ValueError(f"no price for model {model!r} at provider {provider!r} (known: {known}); "
+                         "pass --price-input and --price-output")
+    row = rows.get(provider) if provider else next((r for r in rows.values() if r.get("default")), None)
+    name = provider or next((p for p, r in rows.items() if r is row), None)
+    if row is None and price_input is None and price_output is None:
+        return None
+    return Price(
+        price_input if price_input is not None else (row or {}).get("input", 0.0),
+        price_output if price_output is not None else (row or {}).get("output", 0.0),
+        "command line" if row is None else f"{name} list price" + (" (overridden)" if price_input is not None or price_output is not None else ""),
+    )

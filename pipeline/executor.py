@@ -1,0 +1,257 @@
+"""Moves Requests to engine workers and Results back; restarts dead engines and isolates
+the request that killed one.
+
+The dispatch logic is transport-agnostic: a pool of workers (local processes here, Ray actors
+in `ray_pool.py`) exposes submit / wait / restart, and the `Dispatcher` feeds every worker
+up to its window of requests as results come back, so a slow engine never holds the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_connections
+from typing import Any, Protocol
+
+from .engine import EngineSpec, Result
+from .requests import Request
+
+log = logging.getLogger("pipeline")
+
+
+class EngineStartError(RuntimeError):
+    """An engine could not start at all (bad model, no memory, missing install)."""
+
+
+class TooManyRestarts(RuntimeError):
+    """Engines keep dying without a request to blame."""
+
+
+@dataclass
+class Event:
+    worker: int
+    kind: str  # "ready", "results", "died", "fatal"
+    payload: Any = None
+
+
+class Pool(Protocol):
+    size: int
+
+    def submit(self, worker: int, items: list[tuple[int, Request]]) -> None: ...
+    def wait(self, timeout: float) -> list[Event]: ...
+    def restart(self, worker: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class LocalPool:
+    """One engine worker process per engine, each with its own environment (GPU set)."""
+
+    def __init__(self, spec: EngineSpec, envs: list[dict[str, str]]):
+        self.spec, self.envs, self.size = spec, envs, len(envs)
+        self.ctx = mp.get_context("spawn")  # vLLM and CUDA need spawned, not forked, workers
+        self.procs: list[Any] = [None] * self.size
+        self.conns: list[Any] = [None] * self.size
+        self.outboxes: list[queue.Queue] = [queue.Queue() for _ in range(self.size)]
+        for i in range(self.size):
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        from .worker import process_main
+
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=process_main, args=(child, self.spec, self.envs[i]),
+                                name=f"engine-{i}", daemon=False)
+        proc.start()
+        child.close()  # so that the worker's death reads as EOF here
+        self.procs[i], self.conns[i] = proc, parent
+        self.outboxes[i] = queue.Queue()
+        # Sends go through a thread: a full pipe must never block the dispatcher while the
+        # worker is itself blocked sending results back.
+        threading.Thread(target=self._sender, args=(parent, self.outboxes[i]), daemon=True).start()
+
+    @staticmethod
+    def _sender(conn, outbox: queue.Queue) -> None:
+        while (msg := outbox.get()) is not None:
+            try:
+                conn.send(msg)
+            except (OSError, ValueError):
+                return  # the worker died; the dispatcher sees it as EOF
+
+    def submit(self, worker: int, items: list[tuple[int, Request]]) -> None:
+        self.outboxes[worker].put(("add", items))
+
+    def wait(self, timeout: float) -> list[Event]:
+        live = {c: i for i, c in enumerate(self.conns) if c is not None}
+        events = []
+        for conn in wait_connections(list(live), timeout):
+            i = live[conn]
+            try:
+                kind, payload = conn.recv()
+                events.append(Event(i, kind, payload))
+            except (EOFError, OSError):
+                proc = self.procs[i]
+                proc.join(timeout=5)
+                self.conns[i] = None
+                events.append(Event(i, "died", f"engine process exited with code {proc.exitcode}"))
+        return events
+
+    def restart(self, worker: int) -> None:
+        self._stop(worker, kill=True)
+        self._start(worker)
+
+    def _stop(self, i: int, kill: bool) -> None:
+        proc, self.outboxes[i] = self.procs[i], self.outboxes[i]
+        if proc is None:
+            return
+        if not kill and proc.is_alive():
+            self.outboxes[i].put(("stop",))
+            proc.join(timeout=30)
+        self.outboxes[i].put(None)
+        try:  # the worker leads a process group holding the engine's own processes
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.join(timeout=10)
+        if self.conns[i] is not None:
+            self.conns[i].close()
+        self.procs[i] = self.conns[i] = None
+
+    def close(self) -> None:
+        for i in range(self.size):
+            self._stop(i, kill=False)
+
+
+@dataclass
+class _Worker:
+    ready: bool = False
+    inflight: dict[int, Request] = field(default_factory=dict)
+    exclusive: bool = False  # running a suspect group alone
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Feeds requests to a pool and hands every Result (or engine-crash verdict) to callbacks.
+
+    When an engine dies, the requests it held are re-run as a "suspect group" alone on one
+    engine; a group that kills an engine again is split in halves, and a single request that
+    kills an engine gets an `engine_crash` error instead of taking the batch down.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        window: int,
+        on_result: Callable[[Request, Result], None],
+        on_tick: Callable[[], None] = lambda: None,
+        max_restarts: int = 50,
+        chunk: int = 256,
+    ):
+        self.pool, self.window, self.chunk = pool, window, chunk
+        self.on_result, self.on_tick = on_result, on_tick
+        self.max_restarts = max_restarts
+        self.workers = [_Worker() for _ in range(pool.size)]
+        self.requeued: deque[Request] = deque()
+        self.suspects: deque[list[Request]] = deque()
+        self.restarts = 0
+        self.engine_info: dict[str, Any] = {}
+        self._seq = 0
+
+    def run(self, requests: Iterator[Request]) -> None:
+        source: Iterator[Request] | None = iter(requests)
+        while True:
+            for i, w in enumerate(self.workers):
+                if w.ready and not w.exclusive:
+                    source = self._feed(i, w, source)
+            if source is None and not self.requeued and not self.suspects and not any(
+                w.inflight for w in self.workers
+            ):
+                return
+            for ev in self.pool.wait(timeout=0.5):
+                self._handle(ev)
+            self.on_tick()
+
+    def _feed(self, i: int, w: _Worker, source: Iterator[Request] | None):
+        if self.suspects and not w.inflight:
+            group = self.suspects.popleft()
+            w.exclusive = True
+            self._submit(i, w, group)
+            return source
+        if len(w.inflight) > self.window // 2:
+            return source
+        batch: list[Request] = []
+        while len(w.inflight) + len(batch) < self.window:
+            if self.requeued:
+                batch.append(self.requeued.popleft())
+                continue
+            if source is None:
+                break
+            nxt = next(source, None)
+            if nxt is None:
+                source = None
+                break
+            batch.append(nxt)
+        for start in range(0, len(batch), self.chunk):
+            self._submit(i, w, batch[start : start + self.chunk])
+        return source
+
+    def _submit(self, i: int, w: _Worker, reqs: list[Request]) -> None:
+        items = []
+        for req in reqs:
+            self._seq += 1
+            w.inflight[self._seq] = req
+            items.append((self._seq, req))
+        self.pool.submit(i, items)
+
+    def _handle(self, ev: Event) -> None:
+        w = self.workers[ev.worker]
+        if ev.kind == "ready":
+            w.ready, w.info = True, ev.payload
+            self.engine_info = ev.payload
+            log.info("engine %d ready: %s", ev.worker, ev.payload)
+        elif ev.kind == "results":
+            for res in ev.payload:
+                req = w.inflight.pop(res.seq, None)
+                if req is not None:
+                    self.on_result(req, res)
+            if w.exclusive and not w.inflight:
+                w.exclusive = False
+        elif ev.kind == "fatal":
+            raise EngineStartError(f"the engine could not start:\n{ev.payload}")
+        elif ev.kind == "died":
+            self._died(ev.worker, w, ev.payload)
+
+    def _died(self, i: int, w: _Worker, reason: str) -> None:
+        held = list(w.inflight.values())
+        was_exclusive = w.exclusive
+        self.workers[i] = _Worker()
+        self.restarts += 1
+        log.warning("engine %d died (%s) holding %d request(s); restarting", i, reason, len(held))
+        if self.restarts > self.max_restarts:
+            self.requeued.extendleft(reversed(held))
+            raise TooManyRestarts(
+                f"engines died {self.restarts} times (last: {reason}); stopping. Committed output "
+                "is kept: rerun the same command to finish, or lower --max-num-seqs / check memory."
+            )
+        if not was_exclusive:
+            if held:
+                self.suspects.append(held)
+        elif len(held) == 1:
+            self.on_result(held[0], Result(0, error=(
+                "engine_crash",
+                f"this request crashed the engine twice ({reason}); it was isolated so the batch "
+                "could go on. Check its parameters (e.g. seed on the CPU build) and rerun it alone.",
+                None,
+            )))
+        elif held:
+            half = len(held) // 2
+            self.suspects.extendleft([held[half:], held[:half]])
+        self.pool.restart(i)

@@ -1,0 +1,59 @@
+"""Progress on stderr: a tqdm bar on a terminal, plain periodic lines in logs, nothing with --quiet."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, total: int | None, *, quiet: bool, interval: float = 30.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.quiet, self.interval = total, quiet, interval
+        self.done = self.tokens = 0
+        self.start = self.last = time.monotonic()
+        self.bar = None
+        if not quiet and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="req", file=self.stream, dynamic_ncols=True,
+                            smoothing=0.1, desc="requests")
+
+    def update(self, requests: int, generated_tokens: int = 0) -> None:
+        self.done += requests
+        self.tokens += generated_tokens
+        now = time.monotonic()
+        if self.bar is not None:
+            self.bar.update(requests)
+            self.bar.set_postfix_str(f"{self._tok_rate(now):.1f} tok/s", refresh=False)
+        elif not self.quiet and now - self.last >= self.interval:
+            self.last = now
+            self.line(self._status(now))
+
+    def _tok_rate(self, now: float) -> float:
+        return self.tokens / max(now - self.start, 1e-9)
+
+    def _status(self, now: float) -> str:
+        elapsed = now - self.start
+        rate = self.done / max(elapsed, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        eta = ""
+        if self.total and rate > 0:
+            eta = f", ETA {int((self.total - self.done) / rate)} s"
+        return (f"progress: {self.done}{of} requests, {rate:.2f} req/s, "
+                f"{self._tok_rate(now):.1f} generated tok/s, {elapsed:.0f} s elapsed{eta}")
+
+    def line(self, text: str) -> None:
+        """A log line that does not break the bar."""
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif not self.quiet and self.done:
+            self.line(self._status(time.monotonic()))

@@ -1,0 +1,80 @@
+"""Counting what a run produced: per part (stored in the manifest) and for the whole job."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+COUNTERS = ("requests", "succeeded", "failed", "prompt_tokens", "completion_tokens",
+            "total_tokens", "cached_tokens")
+
+
+def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts for one committed part; summing them over the manifest gives the job's totals."""
+    stats: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+    codes: Counter[str] = Counter()
+    warnings: Counter[str] = Counter()
+    cost = 0.0
+    for r in rows:
+        stats["requests"] += 1
+        if r["error"] is None:
+            stats["succeeded"] += 1
+        else:
+            stats["failed"] += 1
+            codes[r["error"]["code"]] += 1
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
+            stats[key] += r[key] or 0
+        cost += r["estimated_cost"] or 0.0
+        for w in r["warnings"] or ():
+            warnings[_warning_kind(w)] += 1
+    stats["estimated_cost"] = cost
+    stats["errors_by_code"] = dict(codes)
+    stats["warnings"] = dict(warnings)
+    return stats
+
+
+def _warning_kind(message: str) -> str:
+    """Group warnings by their leading words, with field names kept ('unknown field(s) ignored: foo')."""
+    return re.sub(r"\s*\(.*?\)\s*$", "", message)[:120]
+
+
+def total_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+    out["estimated_cost"] = 0.0
+    codes: Counter[str] = Counter()
+    warnings: Counter[str] = Counter()
+    for p in parts:
+        s = p["stats"]
+        for key in COUNTERS:
+            out[key] += s[key]
+        out["estimated_cost"] += s["estimated_cost"]
+        codes.update(s["errors_by_code"])
+        warnings.update(s["warnings"])
+    out["estimated_cost"] = round(out["estimated_cost"], 10)
+    out["errors_by_code"] = dict(sorted(codes.items()))
+    out["warnings"] = dict(sorted(warnings.items()))
+    return out
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    """The short summary printed at the end of a run."""
+    r = report
+    lines = [
+        f"{r['requests']} requests: {r['succeeded']} ok, {r['failed']} failed"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in r['errors_by_code'].items())})" if r["errors_by_code"] else "")
+        + (f"; {r['resumed']} already done before this run" if r.get("resumed") else ""),
+        f"tokens: {r['prompt_tokens']} in, {r['completion_tokens']} out, {r['total_tokens']} total"
+        + (f" ({r['cached_tokens']} prompt tokens from cache)" if r.get("cached_tokens") else ""),
+    ]
+    if r.get("wall_seconds"):
+        lines.append(
+            f"this run: {r['wall_seconds']:.1f} s, {r['requests_per_second']:.2f} requests/s, "
+            f"{r['generated_tokens_per_second']:.1f} generated tokens/s"
+        )
+    if r.get("price"):
+        lines.append(f"estimated cost: ${r['estimated_cost']:.6f} at {r['price']}")
+    if r.get("warnings"):
+        lines.append("warnings: " + "; ".join(f"{k} ×{v}" for k, v in r["warnings"].items()))
+    lines.append(f"output: {r['output']}")
+    return "\n".join(lines)

