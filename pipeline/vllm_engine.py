@@ -50,10 +50,7 @@ class VLLMEngine:
         model_config = self.llm.model_config
         self.max_model_len = model_config.max_model_len
         self.defaults = model_config.get_diff_sampling_param()
-        self.tool_parser_name = spec.tool_parser or _default_tool_parser(self.tokenizer)
-        self.tool_parser_cls = (
-            ToolParserManager.get_tool_parser(self.tool_parser_name) if self.tool_parser_name else None
-        )
+        self.tool_parser_name, self.tool_parser_cls = _tool_parser(spec.tool_parser, self.tokenizer)
         self.inflight: dict[str, tuple[int, Request, ChatCompletionRequest, tuple[str, ...]]] = {}
         self.info = {
             "model": spec.model, "max_model_len": self.max_model_len,
@@ -113,7 +110,12 @@ class VLLMEngine:
             if not out.finished:
                 continue
             seq, req, creq, warnings = self.inflight.pop(out.request_id)
-            done.append(self._result(seq, req, creq, warnings, out))
+            try:
+                done.append(self._result(seq, req, creq, warnings, out))
+            except Exception as e:  # a bug in reading one output must not take the engine down
+                log.exception("reading the output of request %s failed", req.custom_id)
+                done.append(Result(seq, error=("output_error", f"reading the engine's output failed: {_first_line(e)}", None),
+                                   prompt_tokens=len(out.prompt_token_ids or ())))
         return done
 
     def _result(self, seq, req: Request, creq, warnings, out) -> Result:
@@ -145,21 +147,20 @@ class VLLMEngine:
                 content, finish = parsed.content or None, "tool_calls"
         return {
             "index": c.index, "content": content, "tool_calls": tool_calls, "finish_reason": finish,
-            "logprobs": self._logprobs(c) if req.params.get("logprobs") else None,
+            "logprobs": self._logprobs(c, req.params.get("top_logprobs", 0)) if req.params.get("logprobs") else None,
         }
 
-    def _logprobs(self, c) -> dict[str, Any] | None:
-        """vLLM's per-token {token_id: Logprob} into OpenAI's choice.logprobs.content."""
+    def _logprobs(self, c, top_n: int) -> dict[str, Any] | None:
+        """vLLM's per-token {token_id: Logprob} (the sampled token plus the top ones) into
+        OpenAI's choice.logprobs.content: each token with its `top_n` most likely alternatives."""
         if c.logprobs is None:
             return None
         content = []
         for token_id, entries in zip(c.token_ids, c.logprobs):
-            top = sorted(entries.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
-            chosen = entries.get(token_id)
+            ranked = sorted((lp.rank, tid, lp) for tid, lp in entries.items() if lp.rank is not None)
             content.append({
-                **self._token(token_id, chosen),
-                "top_logprobs": [self._token(tid, lp) for tid, lp in top if tid != token_id or len(top) == 1]
-                if len(top) > 1 else [],
+                **self._token(token_id, entries.get(token_id)),
+                "top_logprobs": [self._token(tid, lp) for _, tid, lp in ranked[:top_n]],
             })
         return {"content": content}
 
@@ -223,13 +224,15 @@ def _first_line(e: BaseException) -> str:
     return " ".join(text.split("\n")[:3])[:500]
 
 
-def _default_tool_parser(tokenizer) -> str | None:
-    """The tool-call format a model's chat template teaches it: Llama 3.1 JSON or Hermes tags."""
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if isinstance(template, dict):
-        template = " ".join(template.values())
-    if "<|python_tag|>" in template or "<|eom_id|>" in template:
-        return "llama3_json"
-    if "<tool_call>" in template:
-        return "hermes"
-    return "llama3_json"
+def _tool_parser(name: str | None, tokenizer):
+    """The vLLM tool parser for tool_choice "auto": the one asked for, else the format the
+    tokenizer knows (Llama 3.1's JSON calls when it has <|python_tag|>, else Hermes tags)."""
+    if name:
+        try:
+            cls = ToolParserManager.get_tool_parser(name)
+            cls(tokenizer)
+        except Exception as e:
+            raise ValueError(f"--tool-call-parser {name!r} cannot be used with this model: {_first_line(e)}") from None
+        return name, cls
+    name = "llama3_json" if "<|python_tag|>" in tokenizer.get_vocab() else "hermes"
+    return name, ToolParserManager.get_tool_parser(name)
