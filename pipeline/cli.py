@@ -208,6 +208,30 @@ def validate(inputs, storage_option, max_line_bytes, max_n, model, max_model_len
     sys.exit(0 if ok else 1)
 
 
+@cli.command(context_settings=CONTEXT)
+@common_input_options
+@click.option("-m", "--model", required=True, help="Model whose tokenizer and chat template count the prompts (no weights are loaded).")
+@click.option("--max-model-len", type=click.IntRange(min=1), help="Context length (default: the model's).")
+@click.option("--served-model-name", multiple=True, help="Other names requests may use for the model.")
+@click.option("--provider", help="Row of the price table (e.g. deepinfra). Default: the model's default row.")
+@click.option("--price-input", type=click.FloatRange(min=0), help="USD per million prompt tokens (overrides the table).")
+@click.option("--price-output", type=click.FloatRange(min=0), help="USD per million completion tokens (overrides the table).")
+@click.option("--completion-ratio", type=click.FloatRange(min=0), help="Expected completion tokens as a share of the upper bound (default 0.5, or calibrated).")
+@click.option("--calibrate-from", type=str, help="Output directory of a previous run of this job: its _report.json gives the completion ratio and throughput.")
+@click.option("--tokens-per-second", type=click.FloatRange(min=0, min_open=True), help="Throughput per GPU (prompt + completion tokens/s) for GPU-hours (default: calibrated, else none).")
+@click.option("--gpu-hour-usd", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Price of one GPU-hour for the compute-cost figure.")
+@click.option("--workers", type=click.IntRange(min=1), help="Tokenizer processes (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--output", "output", help="Write one row per request to this Parquet file.")
+@user_errors
+def estimate(inputs, storage_option, **options) -> None:
+    """Count prompt tokens exactly and estimate completion tokens, dollars and GPU-hours, without
+    a GPU or the model's weights (tokenizer and chat template only)."""
+    from .estimate import run_estimate
+
+    run_estimate(_inputs(inputs), storage_options=_storage_options(storage_option), **options)
+
+
 @cli.command("prepare-model", context_settings=CONTEXT)
 @click.option("--force", is_flag=True, help="Convert again even if the folder exists.")
 def prepare_model(force: bool) -> None:

@@ -6,6 +6,7 @@ with their (file, line), so memory does not grow with the input.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -72,16 +73,16 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any] | None = None
     for given in inputs:
         fs, path = filesystem(given, storage_options)
         protocol = given.split("://", 1)[0] + "://" if "://" in given else ""
-        if fs.isdir(path):
-            paths = sorted(fs.find(path))
-        elif any(c in path for c in "*?["):
+        if any(c in path for c in "*?["):
             paths = sorted(fs.glob(path))
+        elif not fs.exists(path):
+            raise FileNotFoundError(f"input not found: {redact(given)}")
+        elif fs.isdir(path):
+            paths = sorted(fs.find(path))
         else:
             paths = [path]
         matched = [p for p in paths if file_format(p)]
         if not matched:
-            if len(paths) == 1 and paths[0] == path and not fs.exists(path):
-                raise FileNotFoundError(f"input not found: {redact(given)}")
             raise ValueError(
                 f"no input files in {redact(given)}: expected .jsonl/.json (optionally .gz/.zst) or .parquet"
             )
@@ -115,7 +116,9 @@ def read_rows(
 
 def _jsonl_rows(file: InputFile, storage_options, max_line_bytes: int):
     fs, _ = filesystem(file.url if "://" in file.url else file.path, storage_options)
-    with fs.open(file.path, "rb", compression=file.compression) as f:
+    with fs.open(file.path, "rb", compression=file.compression) as opened:
+        # zstd's reader has no readline: give it a buffer that does
+        f = io.BufferedReader(opened, 1 << 20) if file.compression == "zstd" else opened
         line = 0
         while True:
             raw = f.readline(max_line_bytes + 1)

@@ -1,0 +1,109 @@
+"""The command line: help everywhere, job files, validate, dry runs, the OpenAI output format."""
+
+import json
+
+import click
+import pytest
+
+from conftest import chat_line, invoke, read_output, write_jsonl
+from pipeline.cli import cli
+
+
+def test_every_command_and_option_has_help():
+    for name, command in cli.commands.items():
+        assert command.help, name
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                assert param.help, f"{name} {param.opts}"
+        assert invoke(name, "--help").exit_code == 0
+
+
+def test_version():
+    res = invoke("--version")
+    assert res.exit_code == 0 and "pipeline" in res.output
+
+
+def test_job_file_and_command_line_precedence(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hi")])
+    job = tmp_path / "job.yaml"
+    job.write_text(f"inputs: [{src}]\noutput: {tmp_path / 'from-job'}\nmodel: smollm2\nengine: fake\n"
+                   "checkpoint-every: 7\nprice-input: 1.5\nquiet: true\n")
+    res = invoke("run", "--job", job, "-o", tmp_path / "from-cli")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "from-cli" / "_SUCCESS").exists() and not (tmp_path / "from-job").exists()
+    manifest = json.loads((tmp_path / "from-cli" / "_manifest.json").read_text())
+    assert manifest["job"]["options"]["price_input"] == 1.5
+
+
+def test_job_file_unknown_key(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("model: smollm2\ntemprature: 3\n")
+    res = invoke("run", "--job", job, "x.jsonl", "-o", tmp_path / "o")
+    assert res.exit_code == 2 and "temprature" in res.output and "long option names" in res.output
+
+
+def test_validate_reports_file_line_field(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        chat_line("a", "hi"), "{bad", chat_line("b", "x", temperature=7),
+        {"custom_id": "c", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "messages": [], "frob": 1}},
+    ])
+    res = invoke("validate", src)
+    assert res.exit_code == 1
+    assert f"{src}:2: invalid_json: invalid JSON" in res.output
+    assert f"{src}:3: temperature: temperature must be in [0, 2], got 7" in res.output
+    assert f"{src}:4: messages:" in res.output
+    assert "4 rows in 1 file(s): 1 valid, 3 invalid" in res.output
+    good = write_jsonl(tmp_path / "good.jsonl", [chat_line("a", "hi", frobnicate=1)])
+    res = invoke("validate", good)
+    assert res.exit_code == 0 and "unknown fields (ignored): frobnicate ×1" in res.output
+
+
+def test_validate_model_mismatch(tmp_path):
+    row = chat_line("a", "hi")
+    row["body"]["model"] = "gpt-4o"
+    src = write_jsonl(tmp_path / "in.jsonl", [row, chat_line("b", "word " * 300)])
+    res = invoke("validate", src, "-m", "smollm2", "--max-model-len", "100")
+    assert res.exit_code == 1
+    assert f"{src}:1: model: the request asks for model 'gpt-4o'" in res.output
+    assert f"{src}:2: " in res.output and "context" in res.output  # over the 100-token context
+
+
+def test_dry_run_says_what_would_run(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hi"), chat_line("b", "x", n=9)])
+    res = invoke("run", src, "-o", tmp_path / "out", "-m", "smollm2", "--dry-run")
+    assert res.exit_code == 0
+    assert "Would process 1 requests" in res.output and "1 invalid rows" in res.output
+    assert not (tmp_path / "out" / "_manifest.json").exists() or not json.loads(
+        (tmp_path / "out" / "_manifest.json").read_text())["parts"]
+
+
+def test_openai_output_format(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hello there", max_tokens=2), "{bad"])
+    res = invoke("run", src, "-o", tmp_path / "out", "-m", "smollm2", "--engine", "fake", "-q", "--format", "openai")
+    assert res.exit_code == 0, res.output
+    [part] = sorted((tmp_path / "out").glob("part-*.jsonl"))
+    lines = [json.loads(line) for line in part.read_text().splitlines()]
+    ok, bad = lines
+    assert ok["custom_id"] == "a" and ok["error"] is None
+    body = ok["response"]["body"]
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert bad["response"] is None and bad["error"]["code"] == "invalid_json" and bad["error"]["line"] == 2
+
+
+def test_missing_input_is_a_clear_error(tmp_path):
+    res = invoke("run", tmp_path / "nope.jsonl", "-o", tmp_path / "out", "-m", "smollm2")
+    assert res.exit_code == 1 and "input not found" in res.output
+    res = invoke("run", "-o", tmp_path / "out", "-m", "smollm2")
+    assert res.exit_code == 2 and "no INPUT given" in res.output
+
+
+def test_storage_option_secrets_never_written(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hi")])
+    res = invoke("run", src, "-o", tmp_path / "out", "-m", "smollm2", "--engine", "fake", "-q",
+                 "--storage-option", "secret=hunter2-token")
+    assert res.exit_code == 0, res.output
+    for name in ("_manifest.json", "_report.json", "_SUCCESS"):
+        assert "hunter2" not in (tmp_path / "out" / name).read_text()
+    assert "hunter2" not in res.output
