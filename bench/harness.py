@@ -98,7 +98,7 @@ class Measured:
     wall_s: float  # from start to the exit of the command's own process
     ready_s: float | None  # when the `ready` pattern first appeared in its output
     peak_rss_bytes: int  # largest sum of RSS over the whole process tree at one sample
-    leftovers: int  # processes of its tree still alive after it exited (killed by us)
+    leftovers: list[str]  # processes of its tree still alive after it exited (killed by us)
     log: str
 
     def tail(self, lines: int = 25) -> str:
@@ -150,15 +150,17 @@ def run_measured(cmd: list[str], *, log: Path, env: dict[str, str] | None = None
         except subprocess.TimeoutExpired:
             pass
     wall = time.monotonic() - start
-    leftovers = [p for pid, p in seen.items() if pid != proc.pid and p.is_running()]
-    for p in leftovers:  # a stray engine would slow down every later run
+    leftovers = []
+    for pid, p in seen.items():  # a stray engine would slow down every later run
         try:
-            p.kill()
+            if pid != proc.pid and p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                leftovers.append(f"{pid} {' '.join(p.cmdline())[:120] or p.name()}")
+                p.kill()
         except psutil.NoSuchProcess:
             pass
     reader.join(timeout=30)
     return Measured([str(c) for c in cmd], rc, round(wall, 3),
-                    round(ready_at[0], 3) if ready_at else None, peak, len(leftovers), str(log))
+                    round(ready_at[0], 3) if ready_at else None, peak, leftovers, str(log))
 
 
 def median(values: list[float]) -> float | None:

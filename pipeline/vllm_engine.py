@@ -72,9 +72,8 @@ class VLLMEngine:
 
     def _add(self, seq: int, req: Request) -> None:
         warnings: list[str] = []
-        body = _body(req)
         try:
-            creq = ChatCompletionRequest.model_validate(body)
+            creq = chat_request(req)
         except Exception as e:  # pydantic ValidationError: a field vLLM's API refuses
             raise _Refused(("invalid_parameter", f"vLLM refused the request: {_first_line(e)}", None)) from None
         params = creq.to_sampling_params(req.max_tokens, self.defaults)
@@ -129,22 +128,8 @@ class VLLMEngine:
         )
 
     def _choice(self, req: Request, creq, c) -> dict[str, Any]:
-        content, tool_calls, finish = c.text, None, c.finish_reason or "stop"
-        choice = req.tool_choice
-        if isinstance(choice, dict):  # named function: the text is its arguments
-            tool_calls = [_call(choice["function"]["name"], content)]
-            content = None
-        elif choice == "required":
-            calls = _loads(content)
-            if isinstance(calls, list):
-                tool_calls = [_call(k.get("name"), json.dumps(k.get("parameters", {}), ensure_ascii=False))
-                              for k in calls if isinstance(k, dict)]
-                content, finish = None, "tool_calls" if finish == "stop" else finish
-        elif req.tools and choice in (None, "auto") and self.tool_parser_cls is not None:
-            parsed = self.tool_parser_cls(self.tokenizer, creq.tools).extract_tool_calls(content, creq)
-            if parsed.tools_called:
-                tool_calls = [_call(t.function.name, t.function.arguments, t.id) for t in parsed.tool_calls]
-                content, finish = parsed.content or None, "tool_calls"
+        parser = self.tool_parser_cls(self.tokenizer, creq.tools) if self.tool_parser_cls and req.tools else None
+        content, tool_calls, finish = read_tool_calls(c.text, c.finish_reason or "stop", req, creq, parser)
         return {
             "index": c.index, "content": content, "tool_calls": tool_calls, "finish_reason": finish,
             "logprobs": self._logprobs(c, req.params.get("top_logprobs", 0)) if req.params.get("logprobs") else None,
@@ -177,6 +162,32 @@ class VLLMEngine:
         shutdown = getattr(self.llm.llm_engine, "shutdown", None)
         if shutdown is not None:
             shutdown()
+
+
+def read_tool_calls(text: str, finish: str, req: Request, creq, parser) -> tuple[str | None, list | None, str]:
+    """(content, tool_calls, finish_reason) of one choice, the way vLLM's OpenAI server reads it:
+    a named function's text is its arguments; `required` produced a JSON list of calls; `auto`
+    calls are parsed out of the text by the model family's tool parser."""
+    choice = req.tool_choice
+    if isinstance(choice, dict):
+        return None, [_call(choice["function"]["name"], text)], finish
+    if choice == "required":
+        calls = _loads(text)
+        if isinstance(calls, list):
+            return None, [_call(k.get("name"), json.dumps(k.get("parameters", {}), ensure_ascii=False))
+                          for k in calls if isinstance(k, dict)], "tool_calls" if finish == "stop" else finish
+        return text, None, finish
+    if req.tools and choice in (None, "auto") and parser is not None:
+        parsed = parser.extract_tool_calls(text, creq)
+        if parsed.tools_called:
+            calls = [_call(t.function.name, t.function.arguments, t.id) for t in parsed.tool_calls]
+            return parsed.content or None, calls, "tool_calls"
+    return text, None, finish
+
+
+def chat_request(req: Request) -> ChatCompletionRequest:
+    """The request as vLLM's OpenAI protocol model (what its server would have built)."""
+    return ChatCompletionRequest.model_validate(_body(req))
 
 
 class _Refused(Exception):

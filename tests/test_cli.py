@@ -107,3 +107,17 @@ def test_storage_option_secrets_never_written(tmp_path):
     for name in ("_manifest.json", "_report.json", "_SUCCESS"):
         assert "hunter2" not in (tmp_path / "out" / name).read_text()
     assert "hunter2" not in res.output
+
+
+def test_shipped_job_files_use_known_options():
+    from pathlib import Path
+
+    from pipeline.config import load_job
+
+    run_params = {p.name for p in cli.commands["run"].params}
+    jobs = sorted((Path(__file__).resolve().parent.parent / "jobs").glob("*.yaml"))
+    assert len(jobs) >= 2
+    for job in jobs:
+        keys = set(load_job(str(job)))
+        assert keys <= run_params, f"{job.name}: {keys - run_params}"
+        assert {"inputs", "output", "model"} <= keys
