@@ -159,9 +159,7 @@ class VLLMEngine:
 
     def close(self) -> None:
         self.inflight.clear()
-        shutdown = getattr(self.llm.llm_engine, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        self.engine.engine_core.shutdown()  # LLM has no shutdown of its own in vLLM 0.32
 
 
 def read_tool_calls(text: str, finish: str, req: Request, creq, parser) -> tuple[str | None, list | None, str]:
