@@ -107,13 +107,12 @@ class LocalPool:
         self._stop(worker, kill=True)
         self._start(worker)
 
-    def _stop(self, i: int, kill: bool) -> None:
-        proc, self.outboxes[i] = self.procs[i], self.outboxes[i]
+    def _stop(self, i: int, kill: bool, deadline: float | None = None) -> None:
+        proc = self.procs[i]
         if proc is None:
             return
         if not kill and proc.is_alive():
-            self.outboxes[i].put(("stop",))
-            proc.join(timeout=30)
+            proc.join(timeout=max(0.0, (deadline or time.monotonic() + 30) - time.monotonic()))
         self.outboxes[i].put(None)
         try:  # the worker leads a process group holding the engine's own processes
             os.killpg(proc.pid, signal.SIGKILL)
@@ -125,8 +124,13 @@ class LocalPool:
         self.procs[i] = self.conns[i] = None
 
     def close(self) -> None:
+        """Stop every engine at once (each shuts its engine down), then kill what is left."""
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.is_alive():
+                self.outboxes[i].put(("stop",))
+        deadline = time.monotonic() + 30
         for i in range(self.size):
-            self._stop(i, kill=False)
+            self._stop(i, kill=False, deadline=deadline)
 
 
 @dataclass

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 CHAT_URL = "/v1/chat/completions"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 16
@@ -379,15 +381,50 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
     )
 
 
+class SeenIds:
+    """An exact set of 64-bit id digests in one numpy open-addressing table: 16 to 32 bytes per
+    id, against about 70 in a Python set, so duplicate detection stays small on 100M-row inputs."""
+
+    def __init__(self, capacity: int = 1 << 16):
+        self.table = np.zeros(capacity, dtype=np.uint64)
+        self.count = 0
+
+    def add(self, custom_id: str) -> bool:
+        """Add an id; True if it was already there."""
+        key = int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "little") or 1
+        return self._add(key)
+
+    def _add(self, key: int) -> bool:
+        if 2 * (self.count + 1) > len(self.table):
+            self._grow()
+        table, mask = self.table, len(self.table) - 1
+        i = key & mask
+        while True:
+            slot = int(table[i])
+            if slot == 0:  # 0 marks an empty slot
+                table[i] = key
+                self.count += 1
+                return False
+            if slot == key:
+                return True
+            i = (i + 1) & mask
+
+    def _grow(self) -> None:
+        keys = self.table[self.table != 0].tolist()
+        self.table = np.zeros(2 * len(self.table), dtype=np.uint64)
+        self.count = 0
+        for key in keys:
+            self._add(key)
+
+
 def validate_rows(
     rows: Iterable[tuple[str, int, Any]], ctx: Context
 ) -> Iterator[Request | RowError]:
     """Validate a stream of (source_file, line, row) and flag duplicate custom_ids.
 
-    A row that is already a RowError (unreadable line) passes through. The set of seen ids
-    holds 8-byte digests, not the ids themselves, to keep memory small on large inputs.
+    A row that is already a RowError (unreadable line) passes through.
     """
-    seen: set[int] = set()
+    seen = SeenIds()
     shapes: dict[str, str] = {}
     for source_file, line, row in rows:
         if isinstance(row, RowError):
@@ -397,12 +434,10 @@ def validate_rows(
             shapes[source_file] = detect_shape(row)
         item = parse_row(row, source_file=source_file, line=line, ctx=ctx, shape=shapes.get(source_file))
         if isinstance(row, dict) and row.get("custom_id") is not None:
-            key = int.from_bytes(hashlib.blake2b(item.custom_id.encode(), digest_size=8).digest(), "little")
-            if key in seen:
+            if seen.add(item.custom_id):
                 item = RowError(
                     item.custom_id, source_file, line, "duplicate_custom_id",
                     f"custom_id {item.custom_id!r} appears earlier in the input; every request needs its own id",
                     "custom_id", item.user,
                 )
-            seen.add(key)
         yield item

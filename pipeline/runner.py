@@ -123,53 +123,56 @@ def run(cfg: RunConfig) -> Outcome:
     spec = EngineSpec(
         kind=cfg.engine, model=resolve_model(cfg.model) if cfg.engine == "vllm" else cfg.model,
         engine_args=cfg.engine_args(), seed_policy=cfg.seed_on_cpu,
-        tool_parser=cfg.tool_call_parser, max_in_flight=cfg.max_in_flight or 1024,
-        options=cfg.engine_options,
+        tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
+        # keep every engine's batch full between refills (vLLM runs up to 1024 sequences on big GPUs)
+        max_in_flight=cfg.max_in_flight or max(2048, 2 * (cfg.max_num_seqs or 0)),
     )
     pool = _make_pool(cfg, spec)
     message, code = "", EXIT_OK
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     dispatcher = Dispatcher(pool, window=spec.max_in_flight, on_result=on_result,
                             on_tick=writer.tick, max_restarts=cfg.max_engine_restarts)
     rerun = "committed output is kept; rerun the same command to finish"
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        dispatcher.run(pending())
-        writer.flush()
-    except (Interrupted, KeyboardInterrupt):
-        writer.flush()
-        message, code = f"interrupted: finished rows were committed; {rerun}", EXIT_INCOMPLETE
-    except TooManyRestarts as e:
-        writer.flush()
-        message, code = str(e), EXIT_INCOMPLETE
-    except EngineStartError as e:
-        writer.flush()
-        message, code = f"{e}\n{rerun} once the engine starts", EXIT_ENGINE_START
-    except StorageError as e:
-        message, code = f"{e}\n{rerun} once storage works again", EXIT_INCOMPLETE
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        progress.close()
-        pool.close()
-    wall = time.monotonic() - started
-    report = {
-        **total_stats(out.manifest["parts"]),
-        "resumed": counts["resumed"],
-        "wall_seconds": round(wall, 3),
-        "requests_per_second": round(counts["rows"] / wall, 3),
-        "generated_tokens_per_second": round(counts["generated"] / wall, 3),
-        "model": model_name,
-        "price": None if price is None else f"${price.input}/M input, ${price.output}/M output ({price.source})",
-        "output": out.url,
-        "parts": len(out.manifest["parts"]),
-        "engines": pool.size,
-        "engine": dispatcher.engine_info,
-        "engine_restarts": dispatcher.restarts,
-        "pipeline_version": __version__,
-    }
-    if code == EXIT_OK:
-        if not out.finish(report):
+        try:
+            dispatcher.run(pending())
+            writer.flush()
+        except (Interrupted, KeyboardInterrupt):
+            writer.flush()
+            message, code = f"interrupted: finished rows were committed; {rerun}", EXIT_INCOMPLETE
+        except TooManyRestarts as e:
+            writer.flush()
+            message, code = str(e), EXIT_INCOMPLETE
+        except EngineStartError as e:
+            writer.flush()
+            message, code = f"{e}\n{rerun} once the engine starts", EXIT_ENGINE_START
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            progress.close()
+        wall = time.monotonic() - started
+        report = {
+            **total_stats(out.manifest["parts"]),
+            "resumed": counts["resumed"],
+            "wall_seconds": round(wall, 3),
+            "requests_per_second": round(counts["rows"] / wall, 3),
+            "generated_tokens_per_second": round(counts["generated"] / wall, 3),
+            "model": model_name,
+            "price": None if price is None else f"${price.input}/M input, ${price.output}/M output ({price.source})",
+            "output": out.url,
+            "parts": len(out.manifest["parts"]),
+            "engines": pool.size,
+            "engine": dispatcher.engine_info,
+            "engine_restarts": dispatcher.restarts,
+            "pipeline_version": __version__,
+        }
+        if code == EXIT_OK and not out.finish(report):
             message = f"another run completed {out.url} first; this run's parts are kept but not marked"
             code = EXIT_INCOMPLETE
+    except StorageError as e:
+        report = {}
+        message, code = f"{e}\n{rerun} once storage works again", EXIT_INCOMPLETE
+    finally:
+        pool.close()  # after the marker: every row is committed, engine shutdown need not delay it
     return Outcome(report, code, message)
 
 

@@ -145,3 +145,12 @@ def test_shape_is_detected_per_file():
     out = list(validate_rows([("f", 1, batch), ("f", 2, body())], CTX))
     assert isinstance(out[0], Request)
     assert out[1].code == "invalid_url"  # a bare body in a batch-format file
+
+
+def test_seen_ids_is_exact_through_growth():
+    from pipeline.requests import SeenIds
+
+    seen = SeenIds(capacity=8)
+    assert [seen.add(f"id-{i}") for i in range(5000)] == [False] * 5000
+    assert all(seen.add(f"id-{i}") for i in range(0, 5000, 7))
+    assert not seen.add("id-5000") and seen.count == 5001 and len(seen.table) <= 4 * 5001
