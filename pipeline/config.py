@@ -130,6 +130,20 @@ def detect_gpus() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+def cpu_engine_envs(engines: int) -> list[dict[str, str]]:
+    """Several CPU engines each get their own cores (vLLM's CPU build pins its threads, by default
+    all engines to the same ones); an explicit VLLM_CPU_OMP_THREADS_BIND is left alone."""
+    if engines == 1 or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return [{} for _ in range(engines)]
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // engines)
+    envs = []
+    for e in range(engines):
+        mine = cores[(e * share) % len(cores):][:share]
+        envs.append({"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, mine)), "OMP_NUM_THREADS": str(len(mine))})
+    return envs
+
+
 def engine_envs(cfg: RunConfig, gpus: int | None = None) -> list[dict[str, str]]:
     """One environment per engine: with GPUs, each engine gets its own group of
     `tensor_parallel_size` GPUs (data parallel across groups); on CPU, `data_parallel_size`
@@ -137,7 +151,7 @@ def engine_envs(cfg: RunConfig, gpus: int | None = None) -> list[dict[str, str]]
     gpus = detect_gpus() if gpus is None else gpus
     tp = cfg.tensor_parallel_size or 1
     if gpus == 0:
-        return [{} for _ in range(cfg.data_parallel_size or 1)]
+        return cpu_engine_envs(cfg.data_parallel_size or 1)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
     groups = len(ids) // tp

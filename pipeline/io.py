@@ -15,6 +15,7 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from .requests import RowError, default_id
 
@@ -98,7 +99,8 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any] | None = None
 def _url(fs, path: str, protocol: str) -> str:
     if not protocol or protocol == "file://":
         return path
-    return fs.unstrip_protocol(path)
+    # with the scheme the user typed: adlfs would write az:// back as abfs://
+    return protocol + fs.unstrip_protocol(path).split("://", 1)[1]
 
 
 def read_rows(
@@ -117,8 +119,10 @@ def read_rows(
 def _jsonl_rows(file: InputFile, storage_options, max_line_bytes: int):
     fs, _ = filesystem(file.url if "://" in file.url else file.path, storage_options)
     with fs.open(file.path, "rb", compression=file.compression) as opened:
-        # zstd's reader has no readline: give it a buffer that does
-        f = io.BufferedReader(opened, 1 << 20) if file.compression == "zstd" else opened
+        # zstd's reader and fsspec's remote files (s3, gs, az, http) take no readline size:
+        # give them a buffer that does
+        bare = file.compression == "zstd" or isinstance(opened, AbstractBufferedFile)
+        f = io.BufferedReader(opened, 1 << 20) if bare else opened
         line = 0
         while True:
             raw = f.readline(max_line_bytes + 1)

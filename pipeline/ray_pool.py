@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
 import traceback
 from typing import Any
 
-import ray
-from ray.exceptions import RayError, RayTaskError
+try:
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError(f"--executor ray needs Ray ({e}): `pip install -e .[ray]`, or `make install`.") from e
 
 from .config import RunConfig
 from .engine import EngineSpec, Result
@@ -32,8 +36,8 @@ from .worker import EngineLoop
 log = logging.getLogger("pipeline")
 
 POLL_SECONDS = 1.0  # longest an actor steps without reporting back (new requests wait this long at most)
-# Driver environment variables the engines need too (KV cache size, offline hub, caches).
-# Credentials are not forwarded: actors never touch the job's storage.
+# Driver environment variables the engines need too (KV cache size, offline hub, caches, the
+# hub token for gated weights). Storage credentials are not: actors never touch the job's files.
 FORWARD_ENV = ("VLLM_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_")
 # Kills the actor's process group (vLLM's EngineCore and its workers) once the actor is gone,
 # however it went: vLLM's processes do not notice their parent's death, and a SIGKILLed actor
@@ -86,12 +90,15 @@ class RayPool:
         self.spec = spec
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:  # no address: join the cluster RAY_ADDRESS or the last `ray start` names, else start one
+            if cfg.ray_address:
+                _check_reachable(cfg.ray_address)
             ray.init(address=cfg.ray_address or None, include_dashboard=False,
                      logging_level=logging.WARNING)
         self.actors: list[Any] = []
+        self.started: list[bool] = []  # the engine is up (its "ready" event went out)
         try:
-            self.size, self.resources = _layout(spec, cfg, ray.cluster_resources())
-            self.env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV)}
+            self.size, self.resources = layout(spec, cfg, ray.cluster_resources())
+            self.env = engine_env()
             self.actor_class = ray.remote(EngineActor).options(
                 **self.resources, max_restarts=0, scheduling_strategy="SPREAD")
             self.actors = [None] * self.size
@@ -168,8 +175,10 @@ class RayPool:
             self.actors[i] = None
 
     def close(self) -> None:
-        stops = [a.stop.remote() for a in self.actors if a is not None]
-        if stops:  # let the engines release their processes and memory, then make sure
+        # Engines that are up release their processes and memory; the rest (still starting,
+        # or dead) are killed, and their watchdogs take their processes down with them.
+        stops = [a.stop.remote() for a, up in zip(self.actors, self.started, strict=True) if a is not None and up]
+        if stops:
             ray.wait(stops, num_returns=len(stops), timeout=30)
         for i in range(len(self.actors)):
             self._kill(i)
@@ -177,7 +186,12 @@ class RayPool:
             ray.shutdown()
 
 
-def _layout(spec: EngineSpec, cfg: RunConfig, cluster: dict[str, float]) -> tuple[int, dict[str, float]]:
+def engine_env() -> dict[str, str]:
+    """The driver's engine settings (FORWARD_ENV) that every actor gets, on whatever node."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV)}
+
+
+def layout(spec: EngineSpec, cfg: RunConfig, cluster: dict[str, float]) -> tuple[int, dict[str, float]]:
     """(number of actors, resources of each): one per group of `tensor_parallel_size` GPUs in
     the cluster unless --data-parallel-size says otherwise; one CPU each where there are no GPUs."""
     tp = cfg.tensor_parallel_size or 1
@@ -186,15 +200,30 @@ def _layout(spec: EngineSpec, cfg: RunConfig, cluster: dict[str, float]) -> tupl
         cpus = int(cluster.get("CPU", 1))
         size = cfg.data_parallel_size or 1
         if size > cpus:
-            raise ValueError(f"--data-parallel-size {size} needs {size} CPUs on the Ray cluster; it has {cpus}")
+            raise ValueError(f"--data-parallel-size {size} needs {size} CPUs on the Ray cluster; it has {cpus}. "
+                             "Hint: lower --data-parallel-size or add nodes.")
         return size, {"num_cpus": 1, "num_gpus": 0}
     if gpus < tp:
-        raise ValueError(f"--tensor-parallel-size {tp} needs {tp} GPUs; the Ray cluster has {gpus}")
+        raise ValueError(f"--tensor-parallel-size {tp} needs {tp} GPUs; the Ray cluster has {gpus}. "
+                         "Hint: an engine's GPUs must be on one node.")
     size = cfg.data_parallel_size or gpus // tp
     if size * tp > gpus:
         raise ValueError(f"--data-parallel-size {size} × --tensor-parallel-size {tp} needs {size * tp} GPUs; "
-                         f"the Ray cluster has {gpus}")
+                         f"the Ray cluster has {gpus}. Hint: leave --data-parallel-size out to use them all.")
     return size, {"num_cpus": 1, "num_gpus": tp}
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast where nothing answers at host:port: Ray itself retries for many minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "local" or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ValueError(f"no Ray cluster answers at {address} ({e}). Hint: --ray-address takes the head "
+                         "node's host:port (6379 by default, or ray://host:10001); leave it out to start "
+                         "a local cluster.") from None
 
 
 def _reason(e: RayError) -> str:

@@ -141,7 +141,7 @@ class VLLMEngine:
         if c.logprobs is None:
             return None
         content = []
-        for token_id, entries in zip(c.token_ids, c.logprobs):
+        for token_id, entries in zip(c.token_ids, c.logprobs, strict=True):
             ranked = sorted((lp.rank, tid, lp) for tid, lp in entries.items() if lp.rank is not None)
             content.append({
                 **self._token(token_id, entries.get(token_id)),

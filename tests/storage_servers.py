@@ -42,8 +42,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
@@ -113,7 +114,7 @@ def patched_env(env: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _http_status(url: str, method: str = "GET", timeout: float = 2.0) -> Optional[int]:
+def _http_status(url: str, method: str = "GET", timeout: float = 2.0) -> int | None:
     """HTTP status of a request, or None if nothing answered."""
     req = urllib.request.Request(url, method=method)
     try:
@@ -143,7 +144,7 @@ def _stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         proc.wait()
 
 
-def _result(protocol: str, bucket: str, endpoint: str, storage_options, env) -> Dict[str, Any]:
+def _result(protocol: str, bucket: str, endpoint: str, storage_options, env) -> dict[str, Any]:
     return {
         "protocol": protocol,
         "storage_options": storage_options,
@@ -158,7 +159,7 @@ def _result(protocol: str, bucket: str, endpoint: str, storage_options, env) -> 
 
 
 @contextlib.contextmanager
-def moto_s3(bucket: str = DEFAULT_BUCKET, timeout: float = 30.0) -> Iterator[Dict[str, Any]]:
+def moto_s3(bucket: str = DEFAULT_BUCKET, timeout: float = 30.0) -> Iterator[dict[str, Any]]:
     """moto S3 server in a thread of this process.
 
     moto keeps its state in module globals: all moto servers in one process
@@ -241,7 +242,7 @@ def fake_gcs(
     bucket: str = DEFAULT_BUCKET,
     timeout: float = 30.0,
     backend: str = "memory",
-) -> Iterator[Dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
     """fake-gcs-server subprocess (HTTP, backend "memory" or "filesystem")."""
     binary = fake_gcs_server_bin()
     with tempfile.TemporaryDirectory(prefix="fake-gcs-") as tmp:
@@ -344,7 +345,7 @@ _AZURITE_LISTEN_RE = re.compile(r"successfully listens on (http://[\d.]+:(\d+))"
 
 
 @contextlib.contextmanager
-def azurite_blob(container: str = DEFAULT_BUCKET, timeout: float = 60.0) -> Iterator[Dict[str, Any]]:
+def azurite_blob(container: str = DEFAULT_BUCKET, timeout: float = 60.0) -> Iterator[dict[str, Any]]:
     """azurite-blob subprocess; yields with "bucket" = container name."""
     binary = azurite_blob_bin()
     with tempfile.TemporaryDirectory(prefix="azurite-") as tmp:

@@ -3,9 +3,8 @@
 import json
 
 import click
-import pytest
+from conftest import chat_line, invoke, write_jsonl
 
-from conftest import chat_line, invoke, read_output, write_jsonl
 from pipeline.cli import cli
 
 

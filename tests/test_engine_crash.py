@@ -4,7 +4,6 @@
 import json
 
 import pytest
-
 from conftest import chat_line, invoke, read_output, write_jsonl
 
 pytestmark = pytest.mark.engine

@@ -12,7 +12,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import MODEL, chat_line, invoke, read_output, write_jsonl
 
 pytestmark = pytest.mark.engine
@@ -177,3 +176,26 @@ def test_seed_on_cpu_is_dropped_with_a_warning(real_run):
     assert r["error"] is None and r["content"]
     assert any("seed ignored" in w for w in r["warnings"])
     assert real_run["rows"]["with-user"]["user"] == "user-42"
+
+
+def test_estimate_counts_what_the_engine_counts(real_run, tmp_path):
+    """`pipeline estimate` on the same files: per custom_id, the prompt tokens the engine
+    reported; the same rows invalid; upper bounds the run stayed within; the ratio calibrated."""
+    rows_file = tmp_path / "estimate.parquet"
+    res = invoke("estimate", real_run["inputs"], "-m", "smollm2", "--max-model-len", "1024", "--json",
+                 "--output", rows_file, "--calibrate-from", real_run["out"])
+    assert res.exit_code == 0, res.output
+    estimate = {r["custom_id"]: r for r in pl.read_parquet(rows_file).to_dicts()}
+    assert set(estimate) == set(real_run["rows"])
+    for cid, row in real_run["rows"].items():
+        est = estimate[cid]
+        assert (est["error"] is None) == (row["error"] is None), cid
+        if row["error"] is None:
+            assert est["prompt_tokens"] == row["prompt_tokens"], cid
+            assert est["completion_tokens_upper"] >= row["completion_tokens"], cid
+        else:
+            assert est["error"]["code"] == row["error"]["code"], cid
+    assert estimate["too-long"]["error"]["code"] == "context_length_exceeded"
+    summary, report = json.loads(res.stdout), real_run["report"]
+    assert summary["prompt_tokens"] == report["prompt_tokens"]
+    assert summary["completion_ratio"] == pytest.approx(report["completion_tokens"] / summary["completion_tokens_upper"])

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import MODEL, chat_line, invoke, read_output, write_jsonl
 
 pytestmark = pytest.mark.engine
