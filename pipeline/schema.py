@@ -57,7 +57,23 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("source_line", pa.int64(), nullable=False),
 ])
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "output.schema.json"
+# `pipeline estimate --output FILE`: one row per request. prompt_tokens is also set for a request
+# refused for its length; the completion and cost columns only for valid ones.
+ESTIMATE_SCHEMA = pa.schema([
+    pa.field("custom_id", pa.string(), nullable=False),
+    pa.field("source_file", pa.string(), nullable=False),
+    pa.field("source_line", pa.int64(), nullable=False),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens_expected", pa.float64()),
+    pa.field("completion_tokens_upper", pa.int64()),
+    pa.field("cost_usd_expected", pa.float64()),
+    pa.field("cost_usd_upper", pa.float64()),
+    pa.field("error", ERROR),
+])
+
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_FILE = SCHEMAS_DIR / "output.schema.json"
+ESTIMATE_SCHEMA_FILE = SCHEMAS_DIR / "estimate.schema.json"
 
 
 def describe(dtype: pa.DataType) -> object:
@@ -81,6 +97,15 @@ def schema_document() -> dict:
     }
 
 
+def estimate_schema_document() -> dict:
+    return {
+        "title": "pipeline estimate row",
+        "description": "`pipeline estimate --output FILE`: one row per input request (error set for invalid ones).",
+        "fields": [_field(f) for f in ESTIMATE_SCHEMA],
+    }
+
+
 if __name__ == "__main__":
-    SCHEMA_FILE.write_text(json.dumps(schema_document(), indent=2) + "\n")
-    print(SCHEMA_FILE)
+    for path, doc in ((SCHEMA_FILE, schema_document()), (ESTIMATE_SCHEMA_FILE, estimate_schema_document())):
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(path)

@@ -5,12 +5,20 @@ import json
 import pytest
 
 from pipeline.cost import Price, find_price
-from pipeline.schema import OUTPUT_SCHEMA, SCHEMA_FILE, schema_document
+from pipeline.schema import (
+    ESTIMATE_SCHEMA_FILE,
+    OUTPUT_SCHEMA,
+    SCHEMA_FILE,
+    estimate_schema_document,
+    schema_document,
+)
 
 
-def test_schema_file_matches_code():
+def test_schema_files_match_code():
     assert json.loads(SCHEMA_FILE.read_text()) == schema_document(), (
         "schemas/output.schema.json is stale: run `python -m pipeline.schema`")
+    assert json.loads(ESTIMATE_SCHEMA_FILE.read_text()) == estimate_schema_document(), (
+        "schemas/estimate.schema.json is stale: run `python -m pipeline.schema`")
 
 
 def test_required_columns_present():
