@@ -14,7 +14,6 @@ import os
 import queue
 import signal
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,17 +103,17 @@ class LocalPool:
         return events
 
     def restart(self, worker: int) -> None:
-        self._stop(worker, kill=True)
+        self._kill(worker)
         self._start(worker)
 
-    def _stop(self, i: int, kill: bool, deadline: float | None = None) -> None:
+    def _kill(self, i: int) -> None:
+        """Kill a worker's process group: the worker and its engine's own processes (vLLM's
+        EngineCore ignores SIGTERM and a graceful shutdown only waits 5 s before killing it)."""
         proc = self.procs[i]
         if proc is None:
             return
-        if not kill and proc.is_alive():
-            proc.join(timeout=max(0.0, (deadline or time.monotonic() + 30) - time.monotonic()))
         self.outboxes[i].put(None)
-        try:  # the worker leads a process group holding the engine's own processes
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -124,13 +123,9 @@ class LocalPool:
         self.procs[i] = self.conns[i] = None
 
     def close(self) -> None:
-        """Stop every engine at once (each shuts its engine down), then kill what is left."""
-        for i, proc in enumerate(self.procs):
-            if proc is not None and proc.is_alive():
-                self.outboxes[i].put(("stop",))
-        deadline = time.monotonic() + 30
+        """Called once every row is committed (or the run stops): nothing in the engines is kept."""
         for i in range(self.size):
-            self._stop(i, kill=False, deadline=deadline)
+            self._kill(i)
 
 
 @dataclass

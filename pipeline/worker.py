@@ -44,7 +44,7 @@ class EngineLoop:
 def process_main(conn, spec: EngineSpec, env: dict[str, str]) -> None:
     """Entry point of a local worker process: messages in over `conn`, results back.
 
-    In: ("add", [(seq, Request), ...]) or ("stop",). Out: ("ready", info), ("results", [...]),
+    In: ("add", [(seq, Request), ...]). Out: ("ready", info), ("results", [...]),
     ("fatal", message) when the engine cannot start, ("died", message) when it fails later.
     The worker leads its own process group, so that the engine's own processes (vLLM's
     EngineCore) go down with it: the executor kills the group, and the worker kills it when the
@@ -61,11 +61,7 @@ def process_main(conn, spec: EngineSpec, env: dict[str, str]) -> None:
         while True:
             # Block for work only when the engine has none; otherwise just drain the pipe.
             while conn.poll(0 if loop.busy() else None):
-                msg = conn.recv()
-                if msg[0] == "stop":
-                    loop.engine.close()
-                    os._exit(0)  # skip interpreter teardown: vLLM's threads can hold it for a minute
-                loop.submit(msg[1])
+                loop.submit(conn.recv()[1])
             results = loop.step()
             if results:
                 conn.send(("results", results))
