@@ -57,6 +57,8 @@ class Setup:
     engine_args: dict[str, Any]  # vLLM EngineArgs, the same for every tool
     env: dict[str, str]  # the environment of every tool
     gpu_ids: list[str] = field(default_factory=list)
+    pipeline_options: list[str] = field(default_factory=list)  # extra `pipeline run` options
+    timeout: float | None = None  # seconds before a run is killed
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Tool:
     command: Callable[[Setup, Path], list[str]]
     read: Callable[[Path], tuple[dict[str, str], int, int]]  # -> ({custom_id: text}, rows ok, generated tokens)
     ready: str  # a line in its output that says the engine is up
+    done: str  # the file it writes last: its modification time says when the output was complete
     engines: int = 1
 
 
@@ -124,9 +127,9 @@ def read_run_batch(out: Path) -> tuple[dict[str, str], int, int]:
     return texts, ok, tokens
 
 
-BARE = Tool("bare", "bare LLM.chat script", bare_command, read_bare, r"^BENCH ready")
-PIPELINE = Tool("pipeline", "pipeline run", pipeline_command(1), read_pipeline, r"engine \d+ ready")
-RUN_BATCH = Tool("run_batch", "vLLM run_batch", run_batch_command, read_run_batch, r"Reading batch from")
+BARE = Tool("bare", "bare LLM.chat script", bare_command, read_bare, r"^BENCH ready", "out.parquet")
+PIPELINE = Tool("pipeline", "pipeline run", pipeline_command(1), read_pipeline, r"engine \d+ ready", "out/_SUCCESS")
+RUN_BATCH = Tool("run_batch", "vLLM run_batch", run_batch_command, read_run_batch, r"Reading batch from", "out.jsonl")
 
 
 # ---- set-up -----------------------------------------------------------------------------------
@@ -177,7 +180,8 @@ def make_setup(args: argparse.Namespace, work: Path) -> Setup:
     print(f"model {args.model}: resolving ...", file=sys.stderr)
     model_path = resolve_model(args.model)
     requests = write_requests(work / "requests.jsonl", args.requests, max_tokens=args.max_tokens, seed=args.seed)
-    return Setup(args.model, model_path, requests, args.requests, args.max_tokens, engine_args, env, gpu_ids)
+    return Setup(args.model, model_path, requests, args.requests, args.max_tokens, engine_args, env, gpu_ids,
+                 args.pipeline_option, args.timeout)
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -188,22 +192,24 @@ def run_once(tool: Tool, s: Setup, work: Path, repeat: int, bare_texts: dict[str
     env = dict(s.env)
     if tool.engines > 1:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(s.gpu_ids[: tool.engines])
-    m = run_measured(tool.command(s, out), log=out / "log.txt", env=env, ready=tool.ready)
+    cmd = tool.command(s, out) + (s.pipeline_options if tool.name.startswith("pipeline") else [])
+    m = run_measured(cmd, log=out / "log.txt", env=env, ready=tool.ready, timeout=s.timeout)
     run: dict[str, Any] = {"tool": tool.name, "repeat": repeat, **m.as_dict()}
     if m.rc != 0:
         run["error"] = m.tail()
         print(f"  {tool.name} #{repeat}: FAILED (exit {m.rc}); log {m.log}\n{m.tail(10)}", file=sys.stderr)
         return run
     texts, ok, tokens = tool.read(out)
-    run.update(requests_ok=ok, generated_tokens=tokens,
+    done_s = (out / tool.done).stat().st_mtime - m.started_at
+    run.update(requests_ok=ok, generated_tokens=tokens, done_s=round(done_s, 3),
                requests_per_s=ok / m.wall_s, tokens_per_s=tokens / m.wall_s,
-               tokens_per_s_after_start=tokens / (m.wall_s - m.ready_s) if m.ready_s else None,
+               tokens_per_s_after_start=tokens / (done_s - m.ready_s) if m.ready_s else None,
                inner=_inner_timings(tool, out))
     if bare_texts is not None and tool.name != "bare":
         same = sum(1 for cid, text in texts.items() if bare_texts.get(cid) == text)
         run["same_text_as_bare"] = same / max(len(bare_texts), 1)
     run["texts"] = texts
-    print(f"  {tool.name} #{repeat}: {m.wall_s:.1f} s (engine up at {m.ready_s} s), {ok} rows, "
+    print(f"  {tool.name} #{repeat}: {m.wall_s:.1f} s (engine up at {m.ready_s} s, output done at {done_s:.1f} s), {ok} rows, "
           f"{tokens} tokens, {tokens / m.wall_s:.1f} tok/s", file=sys.stderr)
     return run
 
@@ -229,7 +235,7 @@ def summarize(tools: list[Tool], runs: list[dict[str, Any]]) -> dict[str, dict[s
             "label": tool.label, "engines": tool.engines, "runs": len(ok),
             "failed_runs": sum(1 for r in runs if r["tool"] == tool.name and r["rc"] != 0),
             **{key: median([r.get(key) for r in ok]) for key in (
-                "wall_s", "ready_s", "requests_per_s", "tokens_per_s", "tokens_per_s_after_start",
+                "wall_s", "ready_s", "done_s", "requests_per_s", "tokens_per_s", "tokens_per_s_after_start",
                 "generated_tokens", "requests_ok", "same_text_as_bare", "peak_rss_bytes")},
         }
     return summary
@@ -259,7 +265,7 @@ def compare(summary: dict[str, dict[str, Any]], gpus: int) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     s, summ, cmp_ = result["settings"], result["summary"], result["comparison"]
     gib = 2**30
-    rows = [[v["label"] + (f" ({v['engines']} engines)" if v["engines"] > 1 else ""), v["wall_s"], v["ready_s"],
+    rows = [[v["label"] + (f" ({v['engines']} engines)" if v["engines"] > 1 else ""), v["wall_s"], v["ready_s"], v["done_s"],
              v["requests_per_s"], v["tokens_per_s"], v["tokens_per_s_after_start"], v["generated_tokens"],
              f"{v['requests_ok']}/{s['requests']}" if v["requests_ok"] is not None else None,
              f"{v['same_text_as_bare']:.0%}" if v["same_text_as_bare"] is not None else None,
@@ -269,6 +275,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Engine benchmark: `pipeline run` vs a bare `LLM.chat` script vs vLLM `run_batch`",
         "",
+        *([f"**{result['note']}**", ""] if result.get("note") else []),
         f"- When: {result['date']} (UTC); total benchmark time {result['bench_seconds'] / 60:.1f} min",
         f"- Machine: {machine_line(result['machine'])}",
         f"- Versions: {versions_line(result['versions'])}",
@@ -277,12 +284,14 @@ def markdown(result: dict[str, Any]) -> str:
         "- Engine settings, the same for every tool: "
         + ", ".join(f"{k}={json.dumps(v)}" for k, v in s["engine_args"].items())
         + "".join(f"; {k}={v}" for k, v in s["env"].items()),
-        f"- {s['repeats']} repeat(s) in alternating order ({', '.join(summ)}, ...); medians over repeats.",
+        *([f"- Extra `pipeline run` options: {' '.join(s['pipeline_options'])}"] if s["pipeline_options"] else []),
+        f"- {s['repeats']} repeat(s) in alternating order ({', '.join(summ)}, ...); medians over repeats. "
+        f"1-minute load average before the runs: {_load_range(result['runs'])} (on {result['machine']['usable_cores']} cores).",
         "",
-        table(["tool", "wall s", "engine up at s", "requests/s", "gen tokens/s", "gen tokens/s after start",
+        table(["tool", "wall s", "engine up at s", "output done at s", "requests/s", "gen tokens/s", "gen tokens/s engine up → output done",
                "gen tokens", "rows ok", "same text as bare", "peak RSS GiB", "runs"], rows),
         "",
-        table(["ratio", "wall time", "gen tokens/s", "gen tokens/s after start"],
+        table(["ratio", "wall time", "gen tokens/s", "gen tokens/s engine up → output done"],
               [[k, v["wall_s"], v["tokens_per_s"], v["tokens_per_s_after_start"]]
                for k, v in cmp_.items() if k != "scaling"]),
     ]
@@ -290,15 +299,21 @@ def markdown(result: dict[str, Any]) -> str:
         sc = cmp_["scaling"]
         eff = sc["efficiency"]
         lines += ["", f"Scaling, {sc['engines']} engines vs 1 (`pipeline run --data-parallel-size`): "
-                  f"efficiency {eff['tokens_per_s_after_start']:.3f} after engine start "
+                  f"efficiency {eff['tokens_per_s_after_start']:.3f} between engine up and output done "
                   f"({eff['tokens_per_s']:.3f} whole process); target >= {sc['target']}: "
                   f"{'met' if sc['meets_target'] else 'NOT met'}."]
     lines += ["", "Wall time is the whole process, from launch to exit (imports, engine start, reading, "
               "generation, writing, shutdown). Generated tokens are counted from each tool's own output. "
-              "\"After start\" divides by the time after the engine reported ready. Ratios are pipeline / other: "
+              "\"Engine up → output done\" divides by the time from the engine's ready line to the last output file "
+              "(generation and writing, without start-up and exit). Ratios are pipeline / other: "
               "a wall-time ratio below 1 and a throughput ratio above 1 favour the pipeline. "
               "See bench/README.md.", ""]
     return "\n".join(lines)
+
+
+def _load_range(runs: list[dict[str, Any]]) -> str:
+    loads = [r["load_before"] for r in runs if r.get("load_before") is not None]
+    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "–"
 
 
 def main() -> None:
@@ -312,11 +327,18 @@ def main() -> None:
                         "measures N engines against one.")
     parser.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="vLLM engine argument for every tool, e.g. max_model_len=4096. Repeatable.")
+    parser.add_argument("--pipeline-option", action="append", default=[], metavar="OPTION",
+                        help="Extra option for `pipeline run` only, e.g. --pipeline-option=--max-in-flight=4096. Repeatable.")
     parser.add_argument("--tools", default="bare,pipeline,run_batch", help="Comma-separated subset to run.")
+    parser.add_argument("--timeout", type=float, default=3600, help="Seconds before one run is killed (default 3600).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the synthetic request file.")
+    parser.add_argument("--note", help="A line to print above the results, e.g. 'small trial run, busy machine'.")
     parser.add_argument("--keep", action="store_true", help=f"Keep the request file, outputs and logs under {WORK}.")
     args = parser.parse_args()
-    args.gpus = detect_gpus() if args.gpus is None else args.gpus
+    visible = detect_gpus()
+    args.gpus = visible if args.gpus is None else args.gpus
+    if args.gpus > visible:
+        parser.error(f"--gpus {args.gpus}: only {visible} GPU(s) visible")
     if args.model is None:
         if args.gpus:
             parser.error("on a GPU machine pass --model PATH (e.g. a Llama 3.1 8B Instruct folder)")
@@ -350,12 +372,12 @@ def main() -> None:
 
     summary = summarize(tools, runs)
     result = {
-        "benchmark": "engines", "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "benchmark": "engines", "note": args.note, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "bench_seconds": round(time.monotonic() - started, 1),
         "machine": machine_info(), "versions": versions(),
         "settings": {"model": s.model, "model_path": s.model_path, "requests": s.n_requests,
                      "max_tokens": s.max_tokens, "seed": args.seed, "repeats": args.repeats, "gpus": args.gpus,
-                     "engine_args": s.engine_args,
+                     "engine_args": s.engine_args, "pipeline_options": s.pipeline_options,
                      "env": {k: s.env[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "CUDA_VISIBLE_DEVICES") if k in s.env}},
         "summary": summary, "comparison": compare(summary, args.gpus),
         "runs": runs,

@@ -94,12 +94,14 @@ def write_requests(path: Path, n: int, *, max_tokens: int, seed: int = 0) -> Pat
 @dataclass
 class Measured:
     cmd: list[str]
+    started_at: float  # epoch seconds, to compare with file modification times
     rc: int
     wall_s: float  # from start to the exit of the command's own process
     ready_s: float | None  # when the `ready` pattern first appeared in its output
     peak_rss_bytes: int  # largest sum of RSS over the whole process tree at one sample
     leftovers: list[str]  # processes of its tree still alive after it exited (killed by us)
     log: str
+    load_before: float  # 1-minute load average at the start: other work on the machine skews times
 
     def tail(self, lines: int = 25) -> str:
         return "\n".join(Path(self.log).read_text(errors="replace").splitlines()[-lines:])
@@ -109,12 +111,15 @@ class Measured:
 
 
 def run_measured(cmd: list[str], *, log: Path, env: dict[str, str] | None = None,
-                 ready: str | None = None, interval: float = 0.2, cwd: Path = REPO) -> Measured:
+                 ready: str | None = None, interval: float = 0.2, cwd: Path = REPO,
+                 timeout: float | None = None) -> Measured:
     """Run `cmd` to completion with stdout and stderr in `log`; time it, sample the RSS of its
-    process tree every `interval` seconds, and note when a line matches `ready`."""
+    process tree every `interval` seconds, and note when a line matches `ready`. After
+    `timeout` seconds the whole tree is killed (exit code -9)."""
     pattern = re.compile(ready) if ready else None
     log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
+    load_before = os.getloadavg()[0]
+    started_at, start = time.time(), time.monotonic()
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=env, cwd=cwd, start_new_session=True)
     ready_at: list[float] = []
@@ -144,28 +149,43 @@ def run_measured(cmd: list[str], *, log: Path, env: dict[str, str] | None = None
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         peak = max(peak, total)
+        if timeout is not None and time.monotonic() - start > timeout:
+            for p in tree:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
         try:
             rc = proc.wait(timeout=interval)
             break
         except subprocess.TimeoutExpired:
             pass
     wall = time.monotonic() - start
+    # Children killed along with the command may take a moment to go; wait for them a little,
+    # then kill what is left: a stray engine would slow down every later run.
+    _, alive = psutil.wait_procs([p for pid, p in seen.items() if pid != proc.pid], timeout=5)
     leftovers = []
-    for pid, p in seen.items():  # a stray engine would slow down every later run
+    for p in alive:
+        pid = p.pid
         try:
-            if pid != proc.pid and p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
                 leftovers.append(f"{pid} {' '.join(p.cmdline())[:120] or p.name()}")
                 p.kill()
         except psutil.NoSuchProcess:
             pass
     reader.join(timeout=30)
-    return Measured([str(c) for c in cmd], rc, round(wall, 3),
-                    round(ready_at[0], 3) if ready_at else None, peak, leftovers, str(log))
+    return Measured([str(c) for c in cmd], started_at, rc, round(wall, 3),
+                    round(ready_at[0], 3) if ready_at else None, peak, leftovers, str(log),
+                    round(load_before, 2))
 
 
 def median(values: list[float]) -> float | None:
+    """The median of the values that are not None (an int when they are ints and it is whole)."""
     values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+    if not values:
+        return None
+    m = statistics.median(values)
+    return int(m) if all(isinstance(v, int) for v in values) and float(m).is_integer() else m
 
 
 # ---- the machine and the versions --------------------------------------------------------------

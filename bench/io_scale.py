@@ -88,19 +88,21 @@ def growth(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, float | No
 
 def markdown(result: dict[str, Any]) -> str:
     rows = [[r["step"], r["requests"], r["input_bytes"] / MIB, r["wall_s"], r.get("rows_per_s"),
-             r["peak_rss_bytes"] / MIB, r["status"]] for r in result["runs"]]
+             r["peak_rss_bytes"] / MIB, r["load_before"], r["status"]] for r in result["runs"]]
     sizes = result["settings"]["sizes"]
     grow = ", ".join(f"{step} {g:.2f}x" for step, g in result["peak_rss_growth"].items() if g is not None)
     return "\n".join([
         "# I/O and scale benchmark (fake instant engine)",
         "",
+        *([f"**{result['note']}**", ""] if result.get("note") else []),
         f"- When: {result['date']} (UTC); total benchmark time {result['bench_seconds'] / 60:.1f} min",
         f"- Machine: {machine_line(result['machine'])}",
         f"- Versions: {versions_line(result['versions'])}",
         f"- Input: synthetic OpenAI Batch JSONL (chat requests, ~{result['settings']['bytes_per_request']:.0f} "
         f"bytes each), model `{result['settings']['model']}` for estimate and run",
         "",
-        table(["step", "requests", "input MiB", "wall s", "rows/s", "peak RSS MiB (process tree)", "status"], rows),
+        table(["step", "requests", "input MiB", "wall s", "rows/s", "peak RSS MiB (process tree)", "load before",
+               "status"], rows),
         "",
         f"Peak memory at {sizes[-1]:,} vs {sizes[0]:,} requests ({sizes[-1] // sizes[0]}x the input): "
         + (grow or "not measured") + ".",
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000,
                         help="The large size; the small one is a tenth of it (default 1,000,000).")
     parser.add_argument("--model", default="smollm2", help="Model for estimate and run (tokenizer only).")
+    parser.add_argument("--note", help="A line to print above the results, e.g. 'small trial run'.")
     parser.add_argument("--keep", action="store_true", help=f"Keep request files, outputs and logs under {WORK}.")
     args = parser.parse_args()
 
@@ -127,7 +130,7 @@ def main() -> None:
     sizes = sorted({max(1, args.requests // 10), args.requests})
     runs = [r for n in sizes for r in measure_size(n, args.model, work, args.keep)]
     result = {
-        "benchmark": "io_scale", "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "benchmark": "io_scale", "note": args.note, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "bench_seconds": round(time.monotonic() - started, 1),
         "machine": machine_info(), "versions": versions(),
         "settings": {"sizes": sizes, "model": args.model,

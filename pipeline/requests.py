@@ -410,11 +410,11 @@ class SeenIds:
             i = (i + 1) & mask
 
     def _grow(self) -> None:
-        keys = self.table[self.table != 0].tolist()
+        keys = self.table[self.table != 0]  # an array, not a list: no Python int per id
         self.table = np.zeros(2 * len(self.table), dtype=np.uint64)
         self.count = 0
         for key in keys:
-            self._add(key)
+            self._add(int(key))
 
 
 def validate_rows(
