@@ -3,7 +3,7 @@
 import json
 
 import click
-from conftest import chat_line, invoke, write_jsonl
+from conftest import chat_line, invoke, read_output, write_jsonl
 
 from pipeline.cli import cli
 
@@ -120,3 +120,10 @@ def test_shipped_job_files_use_known_options():
         keys = set(load_job(str(job)))
         assert keys <= run_params, f"{job.name}: {keys - run_params}"
         assert {"inputs", "output", "model"} <= keys
+
+
+def test_environment_fallback(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hi")])
+    res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-q", env={"PIPELINE_MODEL": "smollm2"})
+    assert res.exit_code == 0, res.output
+    assert read_output(tmp_path / "out")["model"].to_list() == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
