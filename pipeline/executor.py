@@ -56,6 +56,11 @@ class LocalPool:
     def __init__(self, spec: EngineSpec, envs: list[dict[str, str]]):
         self.spec, self.envs, self.size = spec, envs, len(envs)
         self.ctx = mp.get_context("spawn")  # vLLM and CUDA need spawned, not forked, workers
+        # Engines are killed, not shut down (see _kill): multiprocessing's resource tracker then
+        # frees their shared memory itself and need not warn about it at exit.
+        quiet = "ignore:resource_tracker:UserWarning"
+        if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
         self.procs: list[Any] = [None] * self.size
         self.conns: list[Any] = [None] * self.size
         self.outboxes: list[queue.Queue] = [queue.Queue() for _ in range(self.size)]
