@@ -114,7 +114,6 @@ ENGINE_OPTIONS = [
     click.option("--seed", type=int, help="vLLM: engine-wide random seed."),
     click.option("--trust-remote-code", is_flag=True, default=False, help="Allow model code from the model repository to run. Off: it never runs."),
     click.option("--tokenizer", help="vLLM: tokenizer name or path, if not the model's."),
-    click.option("--swap-space", type=float, help="vLLM: CPU swap space per GPU (GiB)."),
     click.option("--engine-arg", "engine_arg", multiple=True, metavar="KEY=VALUE",
                  help="Any other vLLM engine argument, e.g. --engine-arg block_size=32. Repeatable."),
 ]

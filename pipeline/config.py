@@ -16,7 +16,7 @@ import yaml
 ENGINE_ARGS = (
     "max_model_len", "dtype", "enforce_eager", "gpu_memory_utilization", "tensor_parallel_size",
     "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching", "quantization",
-    "kv_cache_dtype", "seed", "trust_remote_code", "tokenizer", "swap_space",
+    "kv_cache_dtype", "seed", "trust_remote_code", "tokenizer",
 )
 
 # Options that change what the output rows say; a resume with any of them changed is refused.
@@ -68,7 +68,6 @@ class RunConfig:
     seed: int | None = None
     trust_remote_code: bool = False
     tokenizer: str | None = None
-    swap_space: float | None = None
     engine_arg: dict[str, Any] = field(default_factory=dict)  # any other EngineArgs field
 
     def engine_args(self) -> dict[str, Any]:
