@@ -29,14 +29,13 @@ from harness import (
     BENCH,
     WORK,
     base_env,
-    machine_info,
+    envelope,
     machine_line,
     median,
+    publish,
     python,
     run_measured,
-    save_results,
     table,
-    versions,
     versions_line,
     write_requests,
 )
@@ -372,9 +371,7 @@ def main() -> None:
 
     summary = summarize(tools, runs)
     result = {
-        "benchmark": "engines", "note": args.note, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "bench_seconds": round(time.monotonic() - started, 1),
-        "machine": machine_info(), "versions": versions(),
+        **envelope("engines", args.note, started),
         "settings": {"model": s.model, "model_path": s.model_path, "requests": s.n_requests,
                      "max_tokens": s.max_tokens, "seed": args.seed, "repeats": args.repeats, "gpus": args.gpus,
                      "engine_args": s.engine_args, "pipeline_options": s.pipeline_options,
@@ -382,12 +379,7 @@ def main() -> None:
         "summary": summary, "comparison": compare(summary, args.gpus),
         "runs": runs,
     }
-    md = markdown(result)
-    path = save_results("engines", result, md, "latest.md")
-    print(md)
-    print(f"results: {path}\ntable: {path.parent / 'latest.md'}", file=sys.stderr)
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    publish("engines", result, markdown(result), "latest.md", work, args.keep)
 
 
 if __name__ == "__main__":

@@ -287,6 +287,22 @@ def save_results(kind: str, result: dict[str, Any], markdown: str, latest: str) 
     return path
 
 
+def envelope(benchmark: str, note: str | None, started: float) -> dict[str, Any]:
+    """The fields every benchmark result starts with: what, when, how long, on what."""
+    return {"benchmark": benchmark, "note": note, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "bench_seconds": round(time.monotonic() - started, 1),
+            "machine": machine_info(), "versions": versions()}
+
+
+def publish(kind: str, result: dict[str, Any], markdown: str, latest: str, work: Path, keep: bool) -> None:
+    """Save the result and its table, print the table, and remove the work folder unless kept."""
+    path = save_results(kind, result, markdown, latest)
+    print(markdown)
+    print(f"results: {path}\ntable: {path.parent / latest}", file=sys.stderr)
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         if v is None:

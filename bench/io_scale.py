@@ -22,13 +22,12 @@ from typing import Any
 from harness import (
     WORK,
     base_env,
-    machine_info,
+    envelope,
     machine_line,
+    publish,
     python,
     run_measured,
-    save_results,
     table,
-    versions,
     versions_line,
     write_requests,
 )
@@ -130,20 +129,13 @@ def main() -> None:
     sizes = sorted({max(1, args.requests // 10), args.requests})
     runs = [r for n in sizes for r in measure_size(n, args.model, work, args.keep)]
     result = {
-        "benchmark": "io_scale", "note": args.note, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "bench_seconds": round(time.monotonic() - started, 1),
-        "machine": machine_info(), "versions": versions(),
+        **envelope("io_scale", args.note, started),
         "settings": {"sizes": sizes, "model": args.model,
                      "bytes_per_request": runs[-1]["input_bytes"] / sizes[-1]},
         "peak_rss_growth": growth(runs, sizes),
         "runs": runs,
     }
-    md = markdown(result)
-    path = save_results("io", result, md, "io_latest.md")
-    print(md)
-    print(f"results: {path}\ntable: {path.parent / 'io_latest.md'}", file=sys.stderr)
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    publish("io", result, markdown(result), "io_latest.md", work, args.keep)
 
 
 if __name__ == "__main__":
