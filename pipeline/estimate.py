@@ -24,7 +24,7 @@ import click
 
 from .config import RunConfig
 from .cost import Price, find_price
-from .io import filesystem, is_local, list_inputs, read_rows
+from .io import filesystem, is_local, list_inputs, read_all
 from .models import canonical_name
 from .prompts import PromptCounter, cpu_count
 from .requests import Context, Request, RowError, validate_rows
@@ -148,13 +148,9 @@ def run_estimate(
     ctx = Context(model_names=names, max_n=max_n)
     workers = workers or cpu_count()
 
-    def rows():
-        for f in files:
-            yield from read_rows(f, storage_options, max_line_bytes=max_line_bytes)
-
     tallies, total = {f.url: Tally() for f in files}, Tally()
     with RequestRows(output, storage_options) if output else contextlib.nullcontext() as out:
-        for item, prompt_tokens in counter.check_all(validate_rows(rows(), ctx), workers=workers):
+        for item, prompt_tokens in counter.check_all(validate_rows(read_all(files, storage_options, max_line_bytes=max_line_bytes), ctx), workers=workers):
             upper = completion_upper(item, prompt_tokens, counter.max_model_len) if isinstance(item, Request) else None
             tallies[item.source_file].add(item, prompt_tokens, upper)
             total.add(item, prompt_tokens, upper)

@@ -116,6 +116,15 @@ def read_rows(
         yield from _jsonl_rows(file, storage_options, max_line_bytes)
 
 
+def read_all(
+    files: list[InputFile], storage_options: dict[str, Any] | None = None,
+    *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[tuple[str, int, Any]]:
+    """read_rows over every input file, in order."""
+    for f in files:
+        yield from read_rows(f, storage_options, max_line_bytes=max_line_bytes)
+
+
 def _jsonl_rows(file: InputFile, storage_options, max_line_bytes: int):
     fs, _ = filesystem(file.url if "://" in file.url else file.path, storage_options)
     with fs.open(file.path, "rb", compression=file.compression) as opened:

@@ -14,9 +14,9 @@ from .config import RunConfig, engine_envs
 from .cost import find_price
 from .engine import EngineSpec
 from .executor import Dispatcher, EngineStartError, LocalPool, TooManyRestarts
-from .io import InputFile, list_inputs, read_rows
+from .io import InputFile, filesystem, list_inputs, read_all
 from .models import canonical_name, resolve_model
-from .output import OutputConflict, OutputDir, PartWriter, StorageError, fingerprint
+from .output import OutputDir, PartWriter, StorageError, fingerprint
 from .progress import Progress
 from .report import total_stats
 from .requests import Context, Request, RowError, validate_rows
@@ -40,16 +40,9 @@ class Outcome:
     message: str = ""
 
 
-def iter_rows(files: list[InputFile], cfg: RunConfig) -> Iterator[tuple[str, int, Any]]:
-    for f in files:
-        yield from read_rows(f, cfg.storage_options, max_line_bytes=cfg.max_line_bytes)
-
-
 def count_requests(files: list[InputFile], cfg: RunConfig) -> int | None:
     """A cheap total for the progress bar: Parquet metadata, or newlines of plain local files."""
     import pyarrow.parquet as pq
-
-    from .io import filesystem
 
     total = 0
     for f in files:
@@ -93,7 +86,7 @@ def run(cfg: RunConfig) -> Outcome:
     counts = {"resumed": 0, "to_engine": 0, "rows": 0, "generated": 0}
 
     def pending() -> Iterator[Request]:
-        for item in validate_rows(iter_rows(files, cfg), ctx):
+        for item in validate_rows(read_all(files, cfg.storage_options, max_line_bytes=cfg.max_line_bytes), ctx):
             if (out.file_index[item.source_file], item.line) in committed:
                 counts["resumed"] += 1
                 continue
@@ -188,5 +181,3 @@ def _make_pool(cfg: RunConfig, spec: EngineSpec):
     envs = engine_envs(cfg, gpus=0 if cfg.engine == "fake" else None)
     return LocalPool(spec, envs)
 
-
-__all__ = ["run", "Outcome", "OutputConflict", "EXIT_OK", "EXIT_INCOMPLETE", "EXIT_ENGINE_START"]

@@ -6,7 +6,7 @@ from collections import Counter
 
 import click
 
-from .io import list_inputs, read_rows
+from .io import list_inputs, read_all
 from .requests import Context, Request, RowError, validate_rows
 
 
@@ -26,12 +26,8 @@ def validate_inputs(
         counter = PromptCounter(model, max_model_len=max_model_len)
     ctx = Context(model_names=names, max_n=max_n)
 
-    def rows():
-        for f in files:
-            yield from read_rows(f, storage_options, max_line_bytes=max_line_bytes)
-
     total, codes, unknown, shown = 0, Counter(), Counter(), 0
-    for item in validate_rows(rows(), ctx):
+    for item in validate_rows(read_all(files, storage_options, max_line_bytes=max_line_bytes), ctx):
         total += 1
         if isinstance(item, Request) and counter is not None:
             item = counter.check(item)
