@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .problems import Invalid, RowError
+
 CHAT_URL = "/v1/chat/completions"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 16
@@ -54,19 +56,6 @@ BATCH_LINE_FIELDS = {"custom_id", "method", "url", "body"}
 
 
 @dataclass(frozen=True, slots=True)
-class RowError:
-    """A row that will not reach the engine, and why. It becomes an output row with `error` set."""
-
-    custom_id: str
-    source_file: str
-    line: int
-    code: str
-    message: str
-    param: str | None = None
-    user: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Request:
     """A valid chat-completion request, with where it came from."""
 
@@ -100,14 +89,6 @@ class Context:
     # Empty: any model is accepted (e.g. `validate` without --model).
     model_names: frozenset[str] = frozenset()
     max_n: int = 4
-
-
-class Invalid(Exception):
-    """Raised inside validation; carries the code and the offending parameter."""
-
-    def __init__(self, code: str, message: str, param: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
 
 
 def default_id(source_file: str, line: int) -> str:

@@ -1,0 +1,315 @@
+"""Every read and write goes through here: fsspec wrapped once, for local disk, memory://, s3://,
+gs://, az://, http(s):// and any other fsspec URL.
+
+A `Location` is one file or folder. It knows its identity (the real, canonical location: the key
+for resume, never shown) and its display form (credentials removed: for people and files we
+write). Transient storage errors (HTTP 5xx, dropped connections, timeouts) are retried with
+backoff; what still fails raises `StorageError` (the run stops resumable, exit 3), and a refused
+access says so instead of "not found".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger("pipeline")
+T = TypeVar("T")
+
+# Query parameters that carry credentials in signed URLs (S3 and GCS presigned URLs, Azure SAS,
+# API keys). Only these are redacted: ordinary folder and parameter names are never touched.
+CREDENTIAL_PARAMS = frozenset({
+    "sig", "signature", "x-amz-signature", "x-amz-credential", "x-amz-security-token",
+    "x-goog-signature", "x-goog-credential", "awsaccesskeyid", "token", "access_token", "api_key",
+    "apikey", "key", "password", "secret", "client_secret", "code", "auth",
+})
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a transient failure
+
+
+class StorageError(RuntimeError):
+    """Storage failed after retries (disk full, upload refused, service down): the run stops,
+    committed output stays valid, and rerunning the same command finishes the job."""
+
+
+class AccessDenied(PermissionError):
+    """The storage refused access (HTTP 403, file permissions)."""
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_QUERY = re.compile(r"\?[^\s\"'<>]*")
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` without credentials: `user:password@` in URLs, credential query parameters, and any
+    of `secrets` (the values of --storage-option) wherever they appear."""
+    text = _USERINFO.sub("***@", text)
+    text = _QUERY.sub(lambda m: "?" + _redact_query(m.group(0)[1:]), text)
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _redact_query(query: str) -> str:
+    parts = []
+    for part in query.split("&"):
+        name, sep, _ = part.partition("=")
+        parts.append(f"{name}=***" if sep and name.lower() in CREDENTIAL_PARAMS else part)
+    return "&".join(parts)
+
+
+def _identity_url(url: str) -> str:
+    """A URL without credentials, for identity: a re-signed URL of the same object is the same
+    input."""
+    split = urlsplit(url)
+    netloc = split.netloc.rpartition("@")[2]
+    query = urlencode([(k, v) for k, v in parse_qsl(split.query, keep_blank_values=True)
+                       if k.lower() not in CREDENTIAL_PARAMS])
+    return urlunsplit((split.scheme, netloc, split.path, query, split.fragment))
+
+
+def is_transient(e: BaseException) -> bool:
+    """Worth retrying: a network or service error, not a missing file, a refusal or a full disk."""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                      FileExistsError)):
+        return False
+    if isinstance(e, OSError) and e.errno in (28, 122, 30):  # ENOSPC, EDQUOT, EROFS
+        return False
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    status = _http_status(e)
+    if status is not None:
+        return status >= 500 or status in (408, 429)
+    module = type(e).__module__
+    return isinstance(e, OSError) or module.startswith(("aiohttp", "botocore", "aiobotocore",
+                                                        "urllib3", "requests", "google", "azure"))
+
+
+def _http_status(e: BaseException) -> int | None:
+    for attr in ("status", "status_code", "code"):
+        value = getattr(e, attr, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        value = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return value if isinstance(value, int) else None
+    return None
+
+
+def retrying(what: str, fn: Callable[[], T], delays: tuple[float, ...] = RETRY_DELAYS) -> T:
+    """`fn()`, tried again after each delay while it fails transiently."""
+    for delay in (*delays, None):
+        try:
+            return fn()
+        except Exception as e:
+            if delay is None or not is_transient(e):
+                raise
+            log.warning("%s failed (%s: %s); trying again in %.1f s", what, type(e).__name__, e, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def denied(e: BaseException) -> bool:
+    """A refusal by the storage: file permissions or HTTP 401/403."""
+    return isinstance(e, PermissionError) or _http_status(e) in (401, 403)
+
+
+class Location:
+    """One file or folder on any fsspec filesystem."""
+
+    def __init__(self, fs, path: str, scheme: str, secrets: tuple[str, ...] = ()):
+        self.fs, self.path, self.scheme, self.secrets = fs, path.rstrip("/") or path, scheme, secrets
+        self.local = isinstance(fs, LocalFileSystem)
+
+    @classmethod
+    def of(cls, url: str, storage_options: dict[str, Any] | None = None) -> Location:
+        """The location a URL or path names, with the run's storage options."""
+        options = storage_options or {}
+        fs, path = url_to_fs(url, **options)
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if isinstance(fs, LocalFileSystem):
+            path = os.path.realpath(path)
+        secrets = tuple(str(v) for v in _leaves(options))
+        return cls(fs, path, scheme, secrets)
+
+    # ---- names ------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The full location with the scheme the user typed (adlfs would write az:// as abfs://)."""
+        if self.local:
+            return self.path
+        if self.scheme in ("http", "https"):
+            return self.path
+        return f"{self.scheme}://{self.fs.unstrip_protocol(self.path).split('://', 1)[1]}"
+
+    @property
+    def identity(self) -> str:
+        """The canonical location, credentials removed: two spellings of one file are equal,
+        two files never are. Used as a key, never shown."""
+        return "file://" + self.path if self.local else _identity_url(self.url)
+
+    @property
+    def display(self) -> str:
+        """For people and for what we write: credentials removed."""
+        return redact(self.url, self.secrets)
+
+    def child(self, name: str) -> Location:
+        return Location(self.fs, f"{self.path}/{name}", self.scheme, self.secrets)
+
+    def at(self, path: str) -> Location:
+        """Another path on the same filesystem."""
+        return Location(self.fs, path, self.scheme, self.secrets)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    def contains(self, other: Location) -> bool:
+        """Is `other` this location or inside it (same filesystem)?"""
+        return type(other.fs) is type(self.fs) and (
+            other.path == self.path or other.path.startswith(self.path.rstrip("/") + "/"))
+
+    # ---- reading ----------------------------------------------------------------------------
+    def info(self) -> dict[str, Any] | None:
+        """The file's metadata, or None where nothing exists."""
+        try:
+            return self._call("reading", lambda: self.fs.info(self.path))
+        except FileNotFoundError:
+            return None
+
+    def exists(self) -> bool:
+        return self.info() is not None
+
+    def isdir(self) -> bool:
+        info = self.info()
+        return info is not None and info.get("type") == "directory"
+
+    def names(self) -> list[str]:
+        """Names directly inside this folder (none when it does not exist)."""
+        try:
+            paths = self._call("listing", lambda: self.fs.ls(self.path, detail=False))
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in paths)
+
+    def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
+        """(folder path, subfolder names, file names) top-down; prune by editing the subfolders."""
+        return self._call("listing", lambda: self.fs.walk(self.path, topdown=True))
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(self._call("listing", lambda: self.fs.glob(pattern)))
+
+    def open(self, mode: str = "rb", compression: str | None = None):
+        return self._call("opening", lambda: self.fs.open(self.path, mode, compression=compression))
+
+    def cat(self) -> bytes | None:
+        """The file's bytes, or None where it does not exist."""
+        try:
+            return self._call("reading", lambda: self.fs.cat_file(self.path))
+        except FileNotFoundError:
+            return None
+
+    # ---- writing ----------------------------------------------------------------------------
+    def put_atomic(self, data: bytes) -> None:
+        """Make the file hold `data` atomically: readers see the old file or the new, never half.
+        Local disk: a temporary name in the same folder, fsync, rename. Object stores: one PUT."""
+        if self.local:
+            tmp = f"{posixpath.dirname(self.path)}/.tmp-{uuid.uuid4().hex[:12]}-{self.name}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except OSError as e:
+                raise StorageError(f"writing {self.display} failed: {e}") from e
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            self._write("writing", lambda: self.fs.pipe_file(self.path, data))
+
+    def create_exclusive(self, data: bytes) -> bool:
+        """Create the file only if it does not exist; False when it already does.
+
+        fsspec's mode="create" is a conditional PUT on S3 (If-None-Match), GCS
+        (ifGenerationMatch=0) and Azure (overwrite=False), checked against moto, fake-gcs-server
+        and azurite.
+        """
+        try:
+            if self.local:
+                with open(self.path, "xb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                self._write("creating", lambda: self.fs.pipe_file(self.path, data, mode="create"))
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise StorageError(f"creating {self.display} failed: {e}") from e
+        return True
+
+    def rm(self) -> None:
+        try:
+            self._write("removing", lambda: self.fs.rm(self.path))
+        except FileNotFoundError:
+            pass
+
+    def makedirs(self) -> None:
+        if self.local:
+            os.makedirs(self.path, exist_ok=True)
+
+    # ---- errors -----------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Read-side calls: transient errors retried; a refusal says so."""
+        try:
+            return retrying(f"{what} {self.display}", fn)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            if denied(e):
+                raise AccessDenied(f"access to {self.display} was refused ({_brief(e, self.secrets)}). "
+                                   "Hint: check the credentials and permissions for it") from None
+            if is_transient(e):
+                raise StorageError(f"{what} {self.display} failed after {len(RETRY_DELAYS) + 1} tries: "
+                                   f"{_brief(e, self.secrets)}") from None
+            raise
+
+    def _write(self, what: str, fn: Callable[[], T]) -> T:
+        """Write-side calls: any storage failure stops the run resumably."""
+        try:
+            return self._call(what, fn)
+        except (FileNotFoundError, FileExistsError):
+            raise
+        except AccessDenied as e:
+            raise StorageError(str(e)) from None
+        except OSError as e:
+            raise StorageError(f"{what} {self.display} failed: {_brief(e, self.secrets)}") from e
+
+
+def _brief(e: BaseException, secrets: tuple[str, ...]) -> str:
+    text = " ".join(str(e).split())[:300] or type(e).__name__
+    return redact(f"{type(e).__name__}: {text}", secrets)
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _leaves(v)
+    elif isinstance(value, str):
+        yield value
