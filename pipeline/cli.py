@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, exits
 from .config import load_job, parse_key_values
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PIPELINE", "max_content_width": 100}
@@ -34,7 +34,7 @@ def _load_job_defaults(ctx: click.Context, param: click.Parameter, value: str | 
         if "inputs" in job and isinstance(job["inputs"], str):
             job["inputs"] = [job["inputs"]]
         for key in ("storage_option", "engine_arg"):
-            if isinstance(job.get(key), dict):
+            if isinstance(job.get(key), dict):  # values kept as the file typed them
                 job[key] = [f"{k}={json.dumps(v)}" for k, v in job[key].items()]
         ctx.default_map = {**(ctx.default_map or {}), **job}
     return value
@@ -65,25 +65,37 @@ def _inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(inputs)
 
 
-def _storage_options(pairs) -> dict:
+def _key_values(pairs, option: str) -> dict:
+    """KEY=VALUE options; a malformed one is a usage error (exit 2)."""
     try:
-        return parse_key_values(pairs, "--storage-option")
+        return parse_key_values(pairs, option)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--storage-option") from None
+        raise click.BadParameter(str(e), param_hint=option) from None
+
+
+def _storage_options(pairs) -> dict:
+    return _key_values(pairs, "--storage-option")
 
 
 def user_errors(f):
-    """Turn the errors a user can fix into one clear message and exit code 2."""
+    """Turn the errors a user can fix into one clear message (exit 1), storage that keeps failing
+    and interruptions into exit 3."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        from .io import redact
         from .output import OutputConflict
+        from .storage import StorageError, redact
 
         try:
             return f(*args, **kwargs)
         except (FileNotFoundError, ValueError, OutputConflict, PermissionError) as e:
             raise click.ClickException(redact(str(e))) from None
+        except StorageError as e:
+            click.echo(f"Error: {redact(str(e))}\nrerun the same command once storage works again", err=True)
+            sys.exit(exits.INCOMPLETE)
+        except exits.Interrupted:
+            click.echo("interrupted before any row was written; rerun the same command", err=True)
+            sys.exit(exits.INCOMPLETE)
 
     return wrapper
 
@@ -93,8 +105,23 @@ def user_errors(f):
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
     """Batch LLM inference: OpenAI-format chat requests in, Parquet completions with usage and cost out."""
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+    setup_logging(verbose)
+
+
+# Storage clients log request dumps (headers with access key ids and session tokens) at DEBUG:
+# they stay at WARNING whatever -v says. Verbose logging is ours and vLLM's.
+QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "gcsfs", "adlfs", "azure", "google",
+                 "urllib3", "aiohttp", "fsspec", "requests", "httpx", "httpcore")
+
+
+def setup_logging(verbose: int) -> None:
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=logging.WARNING if verbose < 2 else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in ("pipeline", "vllm"):
+        logging.getLogger(name).setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 ENGINE_OPTIONS = [
@@ -155,6 +182,12 @@ def engine_options(f):
 @click.option("--max-in-flight", type=click.IntRange(min=1), help="Requests held by each engine at once (default 1024).")
 @click.option("--max-engine-restarts", type=click.IntRange(min=0), default=50, show_default=True,
               help="Stop (exit 3, resumable) after this many engine deaths.")
+@click.option("--allow-foreign-files", is_flag=True,
+              help="Write into an output folder that holds files this tool did not write (they are never touched).")
+@click.option("--verify-content", is_flag=True,
+              help="Identify inputs by a hash of their content too (reads each file once more), so a same-size rewrite is never resumed as the old file.")
+@click.option("--lease-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds without a heartbeat after which another run may take over the output of a crashed run on another machine.")
 @engine_options
 @user_errors
 def run(inputs, storage_option, engine_arg, engine_option, **options) -> None:
@@ -162,7 +195,8 @@ def run(inputs, storage_option, engine_arg, engine_option, **options) -> None:
 
     \b
     Exit codes: 0 every request has a row (per-row errors are counted in the summary);
-    2 usage error; 3 incomplete (interrupted, storage failure, engines keep dying):
+    1 an error to fix (input missing, output conflict, access refused); 2 usage error;
+    3 incomplete (interrupted, storage failure, output busy, engines keep dying):
     rerun the same command to finish; 4 the engine could not start.
     """
     from .config import RunConfig
@@ -172,8 +206,8 @@ def run(inputs, storage_option, engine_arg, engine_option, **options) -> None:
     cfg = RunConfig(
         inputs=_inputs(inputs),
         storage_options=_storage_options(storage_option),
-        engine_arg=parse_key_values(engine_arg, "--engine-arg"),
-        engine_options=parse_key_values(engine_option, "--engine-option"),
+        engine_arg=_key_values(engine_arg, "--engine-arg"),
+        engine_options=_key_values(engine_option, "--engine-option"),
         served_model_name=tuple(options.pop("served_model_name")),
         **options,
     )
@@ -241,4 +275,5 @@ def prepare_model(force: bool) -> None:
 
 
 def main() -> None:
+    exits.install_handlers()
     cli()

@@ -3,7 +3,9 @@ defaults, and validated once at the edge."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -24,6 +26,7 @@ OUTPUT_OPTIONS = (
     "model", "format", "price_input", "price_output", "provider", "max_model_len", "dtype",
     "quantization", "kv_cache_dtype", "seed", "seed_on_cpu", "max_n", "tool_call_parser",
     "served_model_name", "engine", "max_line_bytes", "trust_remote_code", "tokenizer",
+    "engine_arg",
 )
 
 
@@ -54,6 +57,9 @@ class RunConfig:
     data_parallel_size: int | None = None
     max_in_flight: int | None = None
     max_engine_restarts: int = 50
+    allow_foreign_files: bool = False
+    verify_content: bool = False
+    lease_timeout: float = 60.0
     # vLLM engine arguments
     max_model_len: int | None = None
     dtype: str | None = None
@@ -102,17 +108,32 @@ def load_job(path: str) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+_JSON_SCALAR = re.compile(r"^(-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?|true|false|null)$")
+
+
 def parse_key_values(pairs: tuple[str, ...] | list[str] | dict, what: str) -> dict[str, Any]:
-    """`key=value` pairs (values parsed as YAML scalars: numbers, booleans) into a dict."""
+    """`key=value` pairs into a dict. A value stays the string the user gave unless it is clearly
+    JSON (a JSON number, true/false/null, or a JSON object, array or quoted string): `0123`,
+    `1_000`, `12:30:00`, `yes` and `*secret` stay strings."""
     if isinstance(pairs, dict):
         return dict(pairs)
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{what} takes key=value, got {pair!r}")
-        out[key.strip().replace("-", "_") if what == "--engine-arg" else key.strip()] = yaml.safe_load(value)
+        if not sep or not key.strip():
+            raise ValueError(f"{what} takes KEY=VALUE, got {pair.split('=', 1)[0][:40]!r}")
+        out[key.strip().replace("-", "_") if what == "--engine-arg" else key.strip()] = json_or_text(value)
     return out
+
+
+def json_or_text(value: str) -> Any:
+    text = value.strip()
+    if _JSON_SCALAR.match(text) or text[:1] in ("{", "[", '"'):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return value
 
 
 def detect_gpus() -> int:

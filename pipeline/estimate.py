@@ -24,7 +24,9 @@ import click
 
 from .config import RunConfig
 from .cost import Price, find_price
-from .io import filesystem, is_local, list_inputs, read_all
+from .inputs import list_inputs
+from .reader import read_all, scan
+from .storage import Location
 from .models import canonical_name
 from .prompts import PromptCounter, cpu_count
 from .requests import Context, Request, RowError, validate_rows
@@ -118,12 +120,11 @@ def rates_for(*, upper: int, report: dict[str, Any] | None, calibrate_from: str 
 
 def read_report(directory: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     """The _report.json of a finished run's output directory."""
-    fs, root = filesystem(directory, storage_options)
-    try:
-        return json.loads(fs.cat_file(f"{root.rstrip('/')}/_report.json"))
-    except FileNotFoundError:
-        raise ValueError(f"--calibrate-from {directory}: no _report.json there. "
-                         "Hint: pass the output directory of a finished `pipeline run` of this job") from None
+    data = Location.of(directory, storage_options).child("_report.json").cat()
+    if data is not None:
+        return json.loads(data)
+    raise ValueError(f"--calibrate-from {directory}: no _report.json there. "
+                     "Hint: pass the output directory of a finished `pipeline run` of this job")
 
 
 def run_estimate(
@@ -148,9 +149,9 @@ def run_estimate(
     ctx = Context(model_names=names, max_n=max_n)
     workers = workers or cpu_count()
 
-    tallies, total = {f.url: Tally() for f in files}, Tally()
+    tallies, total = {f.display: Tally() for f in files}, Tally()
     with RequestRows(output, storage_options) if output else contextlib.nullcontext() as out:
-        for item, prompt_tokens in counter.check_all(validate_rows(read_all(files, storage_options, max_line_bytes=max_line_bytes), ctx), workers=workers):
+        for item, prompt_tokens in counter.check_all(validate_rows(read_all(files, [scan(f) for f in files], max_line_bytes=max_line_bytes), ctx), workers=workers):
             upper = completion_upper(item, prompt_tokens, counter.max_model_len) if isinstance(item, Request) else None
             tallies[item.source_file].add(item, prompt_tokens, upper)
             total.add(item, prompt_tokens, upper)
@@ -290,10 +291,10 @@ class RequestRows:
         self._flush()
         self.writer.close()
         price, schema = rates.price, row_schema()
-        fs, path = filesystem(self.url, self.storage_options)
-        if is_local(fs):
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with fs.open(path, "wb") as f, pq.ParquetWriter(f, schema) as writer:
+        target = Location.of(self.url, self.storage_options)
+        if target.local:
+            os.makedirs(os.path.dirname(target.path), exist_ok=True)
+        with target.open("wb") as f, pq.ParquetWriter(f, schema) as writer:
             for batch in pq.ParquetFile(self.tmp).iter_batches(self.batch_rows):
                 columns = dict(zip(batch.schema.names, batch.columns, strict=True))
                 prompt = pc.cast(columns["prompt_tokens"], pa.float64())

@@ -1,13 +1,23 @@
-"""The output directory: part files committed atomically, the manifest that records them,
-and the completion marker written last.
+"""The output folder: who may write it, what it holds, and how a part is committed.
 
-Commit protocol (the writer's job alone):
-1. a part's bytes go to a name no other attempt uses (`part-<attempt>-<n>`): on local disk
-   through a temporary name and a rename, on object stores as a single PUT;
-2. the manifest (the only source of truth for resume) is rewritten with the part and the
-   (file, line) keys of its rows;
-3. when every request has its row, `_report.json`, then `_SUCCESS` (exclusive create) go last.
-A part not in the manifest is debris of a killed attempt and is removed at the next start.
+Layout (every name ours; anything else in the folder is a foreign file and is never touched):
+
+    _manifest.json            the job (fingerprint, inputs, options) and its attempts
+    _lease-<gen>.json         the writer: one at a time (see lease.py)
+    _commits/<attempt>-<seq>.json   one record per committed part: its rows' (file, line) keys
+    part-<attempt>-<seq>.parquet    the rows (or .jsonl with --format openai)
+    _report.json, _SUCCESS    written last, when every request has its row
+
+Commit protocol (the lease holder's job alone):
+1. the part's bytes go to a name no other attempt uses: on local disk through a temporary name
+   and a rename, on object stores as a single PUT;
+2. its commit record is written (one small file: work per checkpoint stays bounded however long
+   the job runs). A part without a record is not committed.
+3. when every request has its row, `_report.json`, then `_SUCCESS` (exclusive create).
+
+An attempt's records count only up to the cutoff that the next writer wrote into the manifest
+when it took over, so a writer that lost its lease while paused can never add rows twice.
+Only files that the manifest's attempts prove ours are ever removed.
 """
 
 from __future__ import annotations
@@ -15,34 +25,36 @@ from __future__ import annotations
 import hashlib
 import io as _io
 import json
-import os
+import logging
+import re
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .io import is_local, open_output_fs, redact
+from .lease import Lease, LeaseLost
 from .report import part_stats
-from .rows import encode_jsonl
-from .schema import OUTPUT_SCHEMA
+from .storage import Location, StorageError
 
+log = logging.getLogger("pipeline")
 MANIFEST = "_manifest.json"
 REPORT = "_report.json"
 SUCCESS = "_SUCCESS"
-OURS = (MANIFEST, REPORT, SUCCESS)
-
-
-class StorageError(RuntimeError):
-    """Writing the output failed (disk full, upload refused); committed parts stay valid."""
+COMMITS = "_commits"
+FORMAT_EXT = {"parquet": "parquet", "openai": "jsonl"}
+_PART = re.compile(r"^part-([0-9a-f]{8})-(\d{5,})\.(parquet|jsonl)$")
+_RECORD = re.compile(r"^([0-9a-f]{8})-(\d{5,})\.json$")
+_TMP = re.compile(r"^\.tmp-[0-9a-f]{12}-(.+)$")
+_LEASE = re.compile(r"^_lease-(\d+)\.json$")
 
 
 class OutputConflict(RuntimeError):
-    """The output directory holds a different job's output."""
+    """The output folder holds a different job's output, or files this tool did not write."""
+
+
+__all__ = ["Claim", "Committed", "LeaseLost", "Output", "OutputConflict", "PartWriter", "State", "StorageError"]
 
 
 def fingerprint(detail: dict[str, Any]) -> str:
@@ -65,173 +77,196 @@ class Committed:
                 grown[: len(bits)] = bits
             bits = self.bitmaps[file_index] = grown
         for start, end in ranges:
+            self.count += end - start + 1 - int(bits[start : end + 1].sum())
             bits[start : end + 1] = True
-            self.count += end - start + 1
 
     def __contains__(self, key: tuple[int, int]) -> bool:
         bits = self.bitmaps.get(key[0])
         return bits is not None and key[1] < len(bits) and bool(bits[key[1]])
 
 
-def _ranges(lines: list[int]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for n in sorted(lines):
-        if out and n == out[-1][1] + 1:
-            out[-1][1] = n
-        else:
-            out.append([n, n])
-    return out
+@dataclass
+class State:
+    """What an output folder holds, read without changing anything."""
+
+    manifest: dict[str, Any] | None
+    records: list[dict[str, Any]]  # accepted commit records, in commit order
+    complete: bool
+    foreign: list[str]  # names this tool did not write
+    debris: list[str]  # our files that no accepted record covers (removable)
+    leases: dict[int, str]  # generation -> name
+
+    @property
+    def fingerprint(self) -> str | None:
+        return (self.manifest or {}).get("fingerprint")
+
+    def committed(self) -> Committed:
+        done = Committed()
+        for rec in self.records:
+            for idx, ranges in rec["keys"].items():
+                done.add(int(idx), ranges)
+        return done
 
 
-class OutputDir:
-    """One job's output location, local or on any fsspec filesystem."""
+class Output:
+    """One job's output folder, local or on any fsspec filesystem."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None, fmt: str = "parquet"):
-        self.url, self.fmt = redact(url), fmt
-        self.fs, self.root = open_output_fs(url, storage_options)
-        self.local = is_local(self.fs)
-        self.attempt = uuid.uuid4().hex[:8]
-        self.manifest: dict[str, Any] = {}
-        self.file_index: dict[str, int] = {}
+    def __init__(self, loc: Location, fmt: str = "parquet"):
+        self.loc, self.fmt = loc, fmt
+
+    @property
+    def display(self) -> str:
+        return self.loc.display
+
+    def check_not_file(self) -> None:
+        info = self.loc.info()
+        if info is not None and info.get("type") != "directory":
+            raise OutputConflict(f"--output {self.display} is a file; the output is a folder of part "
+                                 "files. Hint: name a new or empty folder")
+
+    def read_state(self) -> State:
+        """Classify every name in the folder; changes nothing."""
+        names = self.loc.names()
+        raw = self.loc.child(MANIFEST).cat() if MANIFEST in names else None
+        manifest = _json(raw, self.loc.child(MANIFEST)) if raw is not None else None
+        attempts = {a["id"]: a.get("cutoff") for a in (manifest or {}).get("attempts", [])}
+        records_by_name: dict[str, dict[str, Any]] = {}
+        debris: list[str] = []
+        if manifest is not None and COMMITS in names:
+            record_names = self.loc.child(COMMITS).names()
+            for name in record_names:
+                m = _RECORD.match(name)
+                if m is None or m.group(1) not in attempts:
+                    continue  # not ours: left alone
+                cutoff = attempts[m.group(1)]
+                if cutoff is not None and int(m.group(2)) > cutoff:
+                    debris.append(f"{COMMITS}/{name}")
+                    continue
+                records_by_name[name] = {}
+            contents = self._cat_many([f"{COMMITS}/{n}" for n in records_by_name])
+            for name in list(records_by_name):
+                records_by_name[name] = _json(contents[f"{COMMITS}/{name}"], self.loc.child(f"{COMMITS}/{name}"))
+        records = sorted(records_by_name.values(), key=lambda r: (r["order"], r["part"]))
+        covered = {r["part"] for r in records}
+        foreign: list[str] = []
+        leases: dict[int, str] = {}
+        ours_fixed = {MANIFEST, REPORT, SUCCESS, COMMITS} if manifest is not None else {COMMITS}
+        for name in names:
+            tmp = _TMP.match(name)
+            base = tmp.group(1) if tmp else name
+            part = _PART.match(base)
+            lease = _LEASE.match(base)
+            if lease and not tmp:
+                leases[int(lease.group(1))] = name
+            elif part and part.group(1) in attempts:
+                if tmp or name not in covered:
+                    debris.append(name)
+            elif base in ours_fixed or lease:
+                if tmp:
+                    debris.append(name)
+            else:
+                foreign.append(name)
+        complete = manifest is not None and SUCCESS in names
+        return State(manifest, records, complete, foreign, debris, leases)
+
+    def _cat_many(self, names: list[str]) -> dict[str, bytes]:
+        if not names:
+            return {}
+        paths = {self.loc.child(n).path: n for n in names}
+        got = self.loc._call("reading", lambda: self.loc.fs.cat(list(paths)))
+        return {paths[p]: data for p, data in got.items()}
+
+    # ---- claiming --------------------------------------------------------------------------
+    def claim(self, detail: dict[str, Any], *, overwrite: bool, allow_foreign: bool,
+              lease_timeout: float) -> Claim:
+        """Take the folder for this job: lease it, record a new attempt (cutting off every earlier
+        attempt at what it committed), remove our own debris. Returns the writer."""
+        self.check_not_file()
+        self.loc.makedirs()
+        self.loc.child(COMMITS).makedirs()
+        lease = Lease.acquire(self.loc, lease_timeout)
+        try:
+            state = self.read_state()
+            refuse_foreign(self, state, allow_foreign)
+            fp = fingerprint(detail)
+            if state.manifest is not None and state.fingerprint != fp:
+                if not overwrite:
+                    raise OutputConflict(conflict_message(self, state, detail))
+                self._remove(_ours(state))
+                state = self.read_state()
+            manifest = state.manifest or {"version": 2, "fingerprint": fp, "job": detail,
+                                          "format": self.fmt, "created": _now(), "attempts": []}
+            attempt = uuid.uuid4().hex[:8]
+            last_seq = _last_seqs(self.loc, state)
+            for a in manifest["attempts"]:
+                if a.get("cutoff") is None:
+                    a["cutoff"] = last_seq.get(a["id"], 0)
+            manifest["attempts"].append({"id": attempt, "lease": lease.generation, "started": _now(),
+                                         "cutoff": None})
+            lease.check()
+            self.loc.child(MANIFEST).put_atomic(json.dumps(manifest, indent=1).encode())
+            self._remove(state.debris + [f"{COMMITS}/{n}" for n in _beyond_cutoff(self.loc, manifest)])
+            lease.remove_older(state.leases)
+        except BaseException:
+            lease.release()
+            raise
+        return Claim(self, lease, manifest, attempt, state.records, detail)
+
+    def _remove(self, names: list[str]) -> None:
+        for name in names:
+            self.loc.child(name).rm()
+
+
+class Claim:
+    """The lease holder's handle: commits parts, then finishes the job."""
+
+    def __init__(self, out: Output, lease: Lease, manifest: dict[str, Any], attempt: str,
+                 records: list[dict[str, Any]], detail: dict[str, Any]):
+        self.out, self.lease, self.manifest, self.attempt = out, lease, manifest, attempt
+        self.records = list(records)
+        self.file_index = {f["file"]: i for i, f in enumerate(detail["inputs"])}
         self._seq = 0
 
-    def path(self, name: str) -> str:
-        return f"{self.root}/{name}"
+    def committed(self) -> Committed:
+        return State(self.manifest, self.records, False, [], [], {}).committed()
 
-    # ---- reading state -------------------------------------------------------------------
-    def read_json(self, name: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.fs.cat_file(self.path(name)))
-        except FileNotFoundError:
-            return None
-
-    def complete(self) -> bool:
-        return self.fs.exists(self.path(SUCCESS))
-
-    def open(self, detail: dict[str, Any], overwrite: bool) -> Committed:
-        """Start or resume the job described by `detail` (inputs and options); returns what is
-        already committed. Refuses a directory that holds another job's output."""
-        fp = fingerprint(detail)
-        old = self.read_json(MANIFEST)
-        if old is not None and old.get("fingerprint") != fp and not overwrite:
-            raise OutputConflict(
-                f"{self.url} holds the output of a different job ({_diff(old.get('job', {}), detail)}). "
-                "Hint: use another --output directory, or pass --overwrite to discard that output."
-            )
-        if overwrite and old is not None and old.get("fingerprint") != fp:
-            self._remove_all()
-            old = None
-        self.manifest = old or {
-            "version": 1, "fingerprint": fp, "job": detail, "format": self.fmt,
-            "parts": [], "state": "running", "created": _now(),
-        }
-        self.file_index = {f["url"]: i for i, f in enumerate(detail["inputs"])}
-        self._remove_debris()
-        committed = Committed()
-        for part in self.manifest["parts"]:
-            for idx, ranges in part["keys"].items():
-                committed.add(int(idx), ranges)
-        return committed
-
-    def _listing(self) -> list[str]:
-        try:
-            return [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
-        except FileNotFoundError:
-            return []
-
-    def _remove_debris(self) -> None:
-        keep = {p["name"] for p in self.manifest["parts"]}
-        for name in self._listing():
-            if (name.startswith("part-") and name not in keep) or name.startswith(".tmp-"):
-                self.fs.rm(self.path(name))
-
-    def _remove_all(self) -> None:
-        for name in self._listing():
-            if name in OURS or name.startswith(("part-", ".tmp-")):
-                self.fs.rm(self.path(name))
-
-    # ---- writing ---------------------------------------------------------------------------
     def commit(self, rows: list[dict[str, Any]]) -> str:
-        """Write one part atomically and record it in the manifest."""
+        """Write one part atomically, then its commit record."""
         rows.sort(key=lambda r: (self.file_index.get(r["source_file"], -1), r["source_line"]))
         self._seq += 1
-        ext = "parquet" if self.fmt == "parquet" else "jsonl"
-        name = f"part-{self.attempt}-{self._seq:05d}.{ext}"
-        self.put(name, self._encode(rows))
+        name = f"part-{self.attempt}-{self._seq:05d}.{FORMAT_EXT[self.out.fmt]}"
+        self.lease.check()
+        self.out.loc.child(name).put_atomic(encode(rows, self.out.fmt))
         keys: dict[str, list[int]] = {}
         for r in rows:
             keys.setdefault(str(self.file_index[r["source_file"]]), []).append(r["source_line"])
-        self.manifest["parts"].append(
-            {"name": name, "rows": len(rows), "keys": {k: _ranges(v) for k, v in keys.items()},
-             "stats": part_stats(rows)}
-        )
-        self.manifest["updated"] = _now()
-        self.put(MANIFEST, json.dumps(self.manifest).encode())
+        record = {"part": name, "order": len(self.records), "rows": len(rows),
+                  "keys": {k: _ranges(v) for k, v in keys.items()}, "stats": part_stats(rows),
+                  "at": _now()}
+        self.lease.check()
+        self.out.loc.child(f"{COMMITS}/{self.attempt}-{self._seq:05d}.json").put_atomic(
+            json.dumps(record).encode())
+        self.records.append(record)
         return name
 
-    def _encode(self, rows: list[dict[str, Any]]) -> bytes:
-        if self.fmt != "parquet":
-            return encode_jsonl(rows)
-        table = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
-        buf = _io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        return buf.getvalue()
-
-    def put(self, name: str, data: bytes) -> None:
-        """Make `name` hold `data` atomically: readers see the old file or the new, never half."""
-        target = self.path(name)
-        try:
-            if self.local:
-                tmp = self.path(f".tmp-{self.attempt}-{name}")
-                try:
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
-            else:
-                self.fs.pipe_file(target, data)
-        except OSError as e:
-            raise StorageError(f"writing {redact(self.url)}/{name} failed: {e}") from e
-
     def finish(self, report: dict[str, Any]) -> bool:
-        """Write the report, mark the manifest complete, then the completion marker (exclusive).
-        Returns False when another run created the marker first."""
-        self.put(REPORT, json.dumps(report, indent=2).encode())
-        self.manifest["state"] = "complete"
-        self.put(MANIFEST, json.dumps(self.manifest).encode())
+        """Write the report, then the completion marker (exclusive). False when another run
+        created the marker first."""
+        self.lease.check()
+        self.out.loc.child(REPORT).put_atomic(json.dumps(report, indent=2).encode())
         marker = json.dumps({"fingerprint": self.manifest["fingerprint"], "requests": report["requests"],
                              "finished": _now()}).encode()
-        try:
-            create_exclusive(self.fs, self.path(SUCCESS), marker, self.local)
-        except FileExistsError:
-            return False
-        except OSError as e:
-            raise StorageError(f"writing {redact(self.url)}/{SUCCESS} failed: {e}") from e
-        return True
+        return self.out.loc.child(SUCCESS).create_exclusive(marker)
 
-
-def create_exclusive(fs, path: str, data: bytes, local: bool) -> None:
-    """Create `path` only if it does not exist (raises FileExistsError otherwise).
-
-    fsspec's mode="create" is a conditional PUT on S3 (If-None-Match), GCS (ifGenerationMatch=0)
-    and Azure (overwrite=False), checked against moto, fake-gcs-server and azurite.
-    """
-    if local:
-        with open(path, "xb") as f:
-            f.write(data)
-    else:
-        fs.pipe_file(path, data, mode="create")
+    def release(self) -> None:
+        self.lease.release()
 
 
 class PartWriter:
     """Buffers output rows and commits a part every `every` rows or `seconds` seconds."""
 
-    def __init__(self, out: OutputDir, every: int, seconds: float, on_commit: Callable[[str, int], None]):
-        self.out, self.every, self.seconds, self.on_commit = out, every, seconds, on_commit
+    def __init__(self, claim: Claim, every: int, seconds: float):
+        self.claim, self.every, self.seconds = claim, every, seconds
         self.rows: list[dict[str, Any]] = []
         self.last = time.monotonic()
 
@@ -247,9 +282,93 @@ class PartWriter:
     def flush(self) -> None:
         if self.rows:
             rows, self.rows = self.rows, []
-            name = self.out.commit(rows)
-            self.on_commit(name, len(rows))
+            name = self.claim.commit(rows)
+            log.info("committed %s (%d rows)", name, len(rows))
         self.last = time.monotonic()
+
+
+def encode(rows: list[dict[str, Any]], fmt: str) -> bytes:
+    """A part's bytes in the output format: the Parquet output schema, or OpenAI Batch lines."""
+    if fmt == "openai":
+        from .rows import encode_jsonl
+
+        return encode_jsonl(rows)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .schema import OUTPUT_SCHEMA
+
+    table = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+    buf = _io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def refuse_foreign(out: Output, state: State, allow_foreign: bool) -> None:
+    if state.foreign and not allow_foreign:
+        shown = ", ".join(state.foreign[:5]) + (f" (+{len(state.foreign) - 5} more)" if len(state.foreign) > 5 else "")
+        raise OutputConflict(
+            f"--output {out.display} holds files this tool did not write ({shown}). Nothing was "
+            "changed. Hint: choose a new or empty folder, or pass --allow-foreign-files to write "
+            "beside them (they are never read, changed or deleted)")
+
+
+def conflict_message(out: Output, state: State, detail: dict[str, Any]) -> str:
+    return (f"{out.display} holds the output of a different job "
+            f"({_diff((state.manifest or {}).get('job', {}), detail)}). Nothing was changed. Hint: use "
+            "another --output folder, or pass --overwrite to discard that output")
+
+
+def _ours(state: State) -> list[str]:
+    """Every file the folder's records prove ours (the lease files stay)."""
+    names = [r["part"] for r in state.records] + state.debris
+    return names + [MANIFEST, REPORT, SUCCESS] + [f"{COMMITS}/{n}" for n in _record_names(state)]
+
+
+def _record_names(state: State) -> list[str]:
+    return [f"{r['part'][5:].rsplit('.', 1)[0]}.json" for r in state.records]
+
+
+def _last_seqs(loc: Location, state: State) -> dict[str, int]:
+    """The highest committed sequence number of each attempt, as listed now."""
+    last: dict[str, int] = {}
+    for rec in state.records:
+        m = _PART.match(rec["part"])
+        if m:
+            last[m.group(1)] = max(last.get(m.group(1), 0), int(m.group(2)))
+    return last
+
+
+def _beyond_cutoff(loc: Location, manifest: dict[str, Any]) -> list[str]:
+    cut = {a["id"]: a["cutoff"] for a in manifest["attempts"] if a.get("cutoff") is not None}
+    out = []
+    for name in loc.child(COMMITS).names():
+        m = _RECORD.match(name)
+        if m and m.group(1) in cut and int(m.group(2)) > cut[m.group(1)]:
+            out.append(name)
+    return out
+
+
+def _json(data: bytes, loc: Location) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise OutputConflict(f"{loc.display} is not valid JSON: the output folder was changed by "
+                             "something else. Hint: move it away, or use another --output folder") from None
+    if not isinstance(value, dict):
+        raise OutputConflict(f"{loc.display} is not a JSON object: the output folder was changed by "
+                             "something else")
+    return value
+
+
+def _ranges(lines: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for n in sorted(lines):
+        if out and n == out[-1][1] + 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    return out
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:

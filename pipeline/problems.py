@@ -7,6 +7,7 @@ one function turns it into the output row's `error` column.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,3 +57,9 @@ class RowError:
     @property
     def problem(self) -> Problem:
         return Problem(self.code, self.message, self.param)
+
+
+def default_id(source_file: str, line: int) -> str:
+    """A stable id for a row that has none: derived from its file and line."""
+    digest = hashlib.blake2b(source_file.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{digest}-{line}"

@@ -18,14 +18,15 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fsspec.spec import AbstractBufferedFile
 
 from .inputs import InputFile
-from .problems import Problem
+from .problems import Problem, RowError, default_id
 from .storage import RETRY_DELAYS, StorageError, is_transient
 
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
@@ -103,12 +104,25 @@ def read_rows(file: InputFile, found: Scan | None = None, *,
             raise
         except Exception as e:
             if is_transient(e) and tries < len(RETRY_DELAYS):
+                time.sleep(RETRY_DELAYS[tries])
                 tries += 1  # reopen and skip what was read
                 continue
             if is_transient(e):
                 raise StorageError(f"reading {file.display} failed at line {done + 1}: {e}") from None
             yield done + 1, _unreadable(file, done + 1, e)
             return
+
+
+def read_all(files: Sequence[InputFile], scans: Sequence[Scan] | None = None, *,
+             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[str, int, Any]]:
+    """(source_file, line, row or RowError) over every input file, in order: the stream that
+    `requests.validate_rows` turns into requests."""
+    for i, file in enumerate(files):
+        name = file.display
+        for line, row in read_rows(file, scans[i] if scans else None, max_line_bytes=max_line_bytes):
+            if isinstance(row, Problem):
+                row = RowError.of(row, default_id(name, line), name, line)
+            yield name, line, row
 
 
 def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int) -> Iterator[tuple[int, Any]]:

@@ -1,36 +1,38 @@
-"""`pipeline run`: inputs → validation → resume filter → engines → part files → report."""
+"""`pipeline run` as a chain of steps: plan → claim → requests → engines → rows → parts → report.
+
+`plan` is free of side effects and checks everything that can fail before anything is written:
+inputs, the output folder's state and ownership, model names, price, engine placement. A dry
+run is the plan plus a preview. Only then does `execute` claim the output (the lease), stream
+the requests not yet committed through the engines, and commit their rows.
+"""
 
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from . import __version__, exits
 from .config import RunConfig, engine_envs
-from .cost import find_price
+from .cost import Price, find_price
 from .engine import EngineSpec
 from .executor import Dispatcher, EngineStartError, LocalPool, TooManyRestarts
-from .io import InputFile, filesystem, list_inputs, read_all
+from .inputs import InputFile, list_inputs
+from .lease import OutputBusy
 from .models import canonical_name, resolve_model
-from .output import OutputDir, PartWriter, StorageError, fingerprint
+from .output import (Committed, Output, OutputConflict, PartWriter, State, conflict_message,
+                     fingerprint, refuse_foreign)
 from .progress import Progress
+from .reader import Scan, read_all, scan
 from .report import total_stats
 from .requests import Context, Request, RowError, validate_rows
 from .rows import error_row, result_row
+from .storage import Location, StorageError
 
 log = logging.getLogger("pipeline")
-
-EXIT_OK = 0
-EXIT_INCOMPLETE = 3
-EXIT_ENGINE_START = 4
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGINT: commit what is finished and stop."""
+RERUN = "committed output is kept; rerun the same command to finish"
 
 
 @dataclass
@@ -40,144 +42,199 @@ class Outcome:
     message: str = ""
 
 
-def count_requests(files: list[InputFile], cfg: RunConfig) -> int | None:
-    """A cheap total for the progress bar: Parquet metadata, or newlines of plain local files."""
-    import pyarrow.parquet as pq
+@dataclass
+class Plan:
+    """Everything a run needs, computed without writing anything."""
 
-    total = 0
-    for f in files:
-        fs, _ = filesystem(f.url if "://" in f.url else f.path, cfg.storage_options)
-        if f.format == "parquet":
-            with fs.open(f.path, "rb") as fh:
-                total += pq.ParquetFile(fh).metadata.num_rows
-        elif f.compression is None and "://" not in f.url:
-            with open(f.path, "rb") as fh:
-                total += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 23), b""))
-        else:
-            return None
-    return total
+    cfg: RunConfig
+    files: list[InputFile]
+    scans: list[Scan]
+    detail: dict[str, Any]
+    out: Output
+    state: State
+    model_name: str
+    price: Price | None
+    ctx: Context
+    envs: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def same_job(self) -> bool:
+        return self.state.fingerprint == fingerprint(self.detail)
+
+    @property
+    def complete(self) -> bool:
+        return self.state.complete and self.same_job
+
+    @property
+    def replaces_output(self) -> bool:
+        return self.state.manifest is not None and not self.same_job
+
+    def committed(self) -> Committed:
+        return self.state.committed() if self.same_job else Committed()
+
+    def total(self) -> int | None:
+        counts = [s.rows for s in self.scans]
+        return None if any(c is None for c in counts) else sum(counts)
+
+    def rows(self) -> Iterator[Request | RowError]:
+        stream = read_all(self.files, self.scans, max_line_bytes=self.cfg.max_line_bytes)
+        return validate_rows(stream, self.ctx)
 
 
-def job_detail(files: list[InputFile], cfg: RunConfig) -> dict[str, Any]:
-    """What identifies a job for resume: its inputs (name, size, version) and output options."""
-    return {"inputs": [f.fingerprint() for f in files], "options": cfg.output_options()}
+def plan(cfg: RunConfig) -> Plan:
+    """Check the whole job without side effects; raises what the user must fix."""
+    out = Output(Location.of(cfg.output, cfg.storage_options), cfg.format)
+    out.check_not_file()
+    files = list_inputs(list(cfg.inputs), cfg.storage_options, exclude=out.loc)
+    scans = [scan(f, digest=cfg.verify_content) for f in files]
+    detail = {"inputs": [f.fingerprint(s.digest) for f, s in zip(files, scans)],
+              "options": cfg.output_options()}
+    state = out.read_state()
+    model_name = cfg.served_model_name[0] if cfg.served_model_name else canonical_name(cfg.model)
+    price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
+                       price_output=cfg.price_output)
+    ctx = Context(model_names=cfg.model_names() | {model_name}, max_n=cfg.max_n)
+    p = Plan(cfg, files, scans, detail, out, state, model_name, price, ctx)
+    if p.complete:
+        return p
+    refuse_foreign(out, state, cfg.allow_foreign_files)
+    if p.replaces_output and not cfg.overwrite:
+        raise OutputConflict(conflict_message(out, state, detail))
+    if cfg.executor == "local":
+        p.envs = engine_envs(cfg, gpus=0 if cfg.engine == "fake" else None)
+    return p
 
 
 def run(cfg: RunConfig) -> Outcome:
     started = time.monotonic()
-    files = list_inputs(list(cfg.inputs), cfg.storage_options)
-    model_name = cfg.served_model_name[0] if cfg.served_model_name else canonical_name(cfg.model)
-    price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
-                       price_output=cfg.price_output)
-    out = OutputDir(cfg.output, cfg.storage_options, cfg.format)
-    detail = job_detail(files, cfg)
-    manifest = out.read_json("_manifest.json") or {}
-    if out.complete() and manifest.get("fingerprint") == fingerprint(detail):
-        report = out.read_json("_report.json") or {}
-        return Outcome(report, EXIT_OK, f"{out.url} is already complete; nothing to do")
-    committed = out.open(detail, cfg.overwrite)
-    ctx = Context(model_names=cfg.model_names() | {model_name}, max_n=cfg.max_n)
-    progress = Progress(count_requests(files, cfg), quiet=cfg.quiet or cfg.dry_run)
-    progress.done = committed.count
-    if progress.bar is not None:
-        progress.bar.update(committed.count)
-    writer = PartWriter(out, cfg.checkpoint_every, cfg.checkpoint_seconds,
-                        on_commit=lambda name, n: log.info("committed %s (%d rows)", name, n))
-    counts = {"resumed": 0, "to_engine": 0, "rows": 0, "generated": 0}
-
-    def pending() -> Iterator[Request]:
-        for item in validate_rows(read_all(files, cfg.storage_options, max_line_bytes=cfg.max_line_bytes), ctx):
-            if (out.file_index[item.source_file], item.line) in committed:
-                counts["resumed"] += 1
-                continue
-            if isinstance(item, RowError):
-                if not cfg.dry_run:
-                    writer.add(error_row(item, model_name))
-                    counts["rows"] += 1
-                progress.update(1)
-                continue
-            counts["to_engine"] += 1
-            yield item
-
-    if cfg.dry_run:
-        for _ in pending():
-            pass
-        msg = (f"Would process {counts['to_engine']} requests on {model_name}"
-               f" ({progress.done - committed.count} invalid rows would get error rows,"
-               f" {counts['resumed']} already done) into {out.url}")
-        return Outcome({}, EXIT_OK, msg)
-
-    def on_result(req: Request, res) -> None:
-        writer.add(result_row(req, res, model_name, price))
-        counts["rows"] += 1
-        counts["generated"] += res.completion_tokens or 0
-        progress.update(1, res.completion_tokens or 0)
-
-    spec = EngineSpec(
-        kind=cfg.engine, model=resolve_model(cfg.model) if cfg.engine == "vllm" else cfg.model,
-        engine_args=cfg.engine_args(), seed_policy=cfg.seed_on_cpu,
-        tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
-        # keep every engine's batch full between refills (vLLM runs up to 1024 sequences on big GPUs)
-        max_in_flight=cfg.max_in_flight or max(2048, 2 * (cfg.max_num_seqs or 0)),
-    )
-    pool = _make_pool(cfg, spec)
-    message, code = "", EXIT_OK
-    dispatcher = Dispatcher(pool, window=spec.max_in_flight, on_result=on_result,
-                            on_tick=writer.tick, max_restarts=cfg.max_engine_restarts)
-    rerun = "committed output is kept; rerun the same command to finish"
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        p = plan(cfg)
+        if p.complete:
+            return Outcome(_read_report(p), exits.OK, f"{p.out.display} is already complete; nothing to do")
+        if cfg.dry_run:
+            return Outcome({}, exits.OK, preview(p))
+        return execute(p, started)
+    except OutputBusy as e:
+        return Outcome({}, exits.INCOMPLETE, str(e))
+    except StorageError as e:
+        return Outcome({}, exits.INCOMPLETE, f"{e}\n{RERUN} once storage works again")
+
+
+def preview(p: Plan) -> str:
+    """What a run would do: read and validate everything, write and delete nothing."""
+    committed = p.committed()
+    counts = {"run": 0, "invalid": 0, "resumed": 0}
+    index = {f.display: i for i, f in enumerate(p.files)}
+    for item in p.rows():
+        if (index[item.source_file], item.line) in committed:
+            counts["resumed"] += 1
+        else:
+            counts["invalid" if isinstance(item, RowError) else "run"] += 1
+    replace = (" (it holds a different job's output, which --overwrite would discard)"
+               if p.replaces_output else "")
+    return (f"Would process {counts['run']} requests on {p.model_name} ({counts['invalid']} invalid "
+            f"rows would get error rows, {counts['resumed']} already done) into {p.out.display}{replace}. "
+            "Nothing was written.")
+
+
+def execute(p: Plan, started: float) -> Outcome:
+    cfg = p.cfg
+    claim = p.out.claim(p.detail, overwrite=cfg.overwrite, allow_foreign=cfg.allow_foreign_files,
+                        lease_timeout=cfg.lease_timeout)
+    pool = None
+    try:
+        committed = claim.committed()
+        progress = Progress(p.total(), quiet=cfg.quiet)
+        progress.done = committed.count
+        if progress.bar is not None:
+            progress.bar.update(committed.count)
+        writer = PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds)
+        counts = {"resumed": 0, "rows": 0, "generated": 0}
+        index = {f.display: i for i, f in enumerate(p.files)}
+
+        def pending() -> Iterator[Request]:
+            for item in p.rows():
+                if (index[item.source_file], item.line) in committed:
+                    counts["resumed"] += 1
+                elif isinstance(item, RowError):
+                    writer.add(error_row(item, p.model_name))
+                    counts["rows"] += 1
+                    progress.update(1)
+                else:
+                    yield item
+
+        def on_result(req: Request, res) -> None:
+            writer.add(result_row(req, res, p.model_name, p.price))
+            counts["rows"] += 1
+            counts["generated"] += res.completion_tokens or 0
+            progress.update(1, res.completion_tokens or 0)
+
+        spec = EngineSpec(
+            kind=cfg.engine, model=resolve_model(cfg.model) if cfg.engine == "vllm" else cfg.model,
+            engine_args=cfg.engine_args(), seed_policy=cfg.seed_on_cpu,
+            tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
+            # keep every engine's batch full between refills (vLLM runs up to 1024 sequences on big GPUs)
+            max_in_flight=cfg.max_in_flight or max(2048, 2 * (cfg.max_num_seqs or 0)),
+        )
+        message, code = "", exits.OK
         try:
+            pool = _make_pool(cfg, spec, p.envs)
+            dispatcher = Dispatcher(pool, window=spec.max_in_flight, on_result=on_result,
+                                    on_tick=writer.tick, max_restarts=cfg.max_engine_restarts)
             dispatcher.run(pending())
             writer.flush()
-        except (Interrupted, KeyboardInterrupt):
+        except (exits.Interrupted, KeyboardInterrupt):
             writer.flush()
-            message, code = f"interrupted: finished rows were committed; {rerun}", EXIT_INCOMPLETE
+            message, code = f"interrupted: finished rows were committed; {RERUN}", exits.INCOMPLETE
         except TooManyRestarts as e:
             writer.flush()
-            message, code = str(e), EXIT_INCOMPLETE
+            message, code = str(e), exits.INCOMPLETE
         except EngineStartError as e:
             writer.flush()
-            message, code = f"{e}\n{rerun} once the engine starts", EXIT_ENGINE_START
+            message, code = f"{e}\n{RERUN} once the engine starts", exits.ENGINE_START
         finally:
-            signal.signal(signal.SIGTERM, previous)
             progress.close()
         wall = time.monotonic() - started
         report = {
-            **total_stats(out.manifest["parts"]),
+            **total_stats(claim.records),
             "resumed": counts["resumed"],
             "wall_seconds": round(wall, 3),
             "requests_per_second": round(counts["rows"] / wall, 3),
             "generated_tokens_per_second": round(counts["generated"] / wall, 3),
-            "model": model_name,
-            "price": None if price is None else f"${price.input}/M input, ${price.output}/M output ({price.source})",
-            "output": out.url,
-            "parts": len(out.manifest["parts"]),
-            "engines": pool.size,
-            "engine": dispatcher.engine_info,
-            "engine_restarts": dispatcher.restarts,
+            "model": p.model_name,
+            "price": None if p.price is None else f"${p.price.input}/M input, ${p.price.output}/M output ({p.price.source})",
+            "output": p.out.display,
+            "parts": len(claim.records),
+            "engines": pool.size if pool else 0,
+            "engine": dispatcher.engine_info if pool else None,
+            "engine_restarts": dispatcher.restarts if pool else 0,
             "pipeline_version": __version__,
         }
-        if code == EXIT_OK and not out.finish(report):
-            message = f"another run completed {out.url} first; this run's parts are kept but not marked"
-            code = EXIT_INCOMPLETE
+        if code == exits.OK and not claim.finish(report):
+            message = f"another run completed {p.out.display} first; this run's parts are kept but not marked"
+            code = exits.INCOMPLETE
+        return Outcome(report, code, message)
     except StorageError as e:
-        report = {}
-        message, code = f"{e}\n{rerun} once storage works again", EXIT_INCOMPLETE
+        return Outcome({}, exits.INCOMPLETE, f"{e}\n{RERUN} once storage works again")
     finally:
-        pool.close()  # after the marker: every row is committed, engine shutdown need not delay it
-    return Outcome(report, code, message)
+        if pool is not None:
+            pool.close()  # after the marker: every row is committed, engine shutdown need not delay it
+        claim.release()
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted()
+def _read_report(p: Plan) -> dict[str, Any]:
+    import json
+
+    data = p.out.loc.child("_report.json").cat()
+    try:
+        return json.loads(data) if data else {}
+    except ValueError:
+        return {}
 
 
-def _make_pool(cfg: RunConfig, spec: EngineSpec):
+def _make_pool(cfg: RunConfig, spec: EngineSpec, envs: list[dict[str, str]]):
     if cfg.executor == "ray":
         from .ray_pool import RayPool
 
         return RayPool(spec, cfg)
-    envs = engine_envs(cfg, gpus=0 if cfg.engine == "fake" else None)
     return LocalPool(spec, envs)
-

@@ -151,7 +151,8 @@ class Location:
             return self.path
         if self.scheme in ("http", "https"):
             return self.path
-        return f"{self.scheme}://{self.fs.unstrip_protocol(self.path).split('://', 1)[1]}"
+        rest = self.fs.unstrip_protocol(self.path).split("://", 1)[1]
+        return f"{self.scheme}://{rest.lstrip('/') if self.scheme == 'memory' else rest}"
 
     @property
     def identity(self) -> str:
@@ -183,6 +184,7 @@ class Location:
     # ---- reading ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any] | None:
         """The file's metadata, or None where nothing exists."""
+        self.fs.invalidate_cache(self.path)
         try:
             return self._call("reading", lambda: self.fs.info(self.path))
         except FileNotFoundError:
@@ -197,6 +199,7 @@ class Location:
 
     def names(self) -> list[str]:
         """Names directly inside this folder (none when it does not exist)."""
+        self.fs.invalidate_cache(self.path)  # listings decide ownership and leases: never stale
         try:
             paths = self._call("listing", lambda: self.fs.ls(self.path, detail=False))
         except FileNotFoundError:

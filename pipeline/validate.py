@@ -6,7 +6,8 @@ from collections import Counter
 
 import click
 
-from .io import list_inputs, read_all
+from .inputs import list_inputs
+from .reader import read_all, scan
 from .requests import Context, Request, RowError, validate_rows
 
 
@@ -27,7 +28,7 @@ def validate_inputs(
     ctx = Context(model_names=names, max_n=max_n)
 
     total, codes, unknown, shown = 0, Counter(), Counter(), 0
-    for item in validate_rows(read_all(files, storage_options, max_line_bytes=max_line_bytes), ctx):
+    for item in validate_rows(read_all(files, [scan(f) for f in files], max_line_bytes=max_line_bytes), ctx):
         total += 1
         if isinstance(item, Request) and counter is not None:
             item = counter.check(item)

@@ -40,6 +40,14 @@ def read_output(directory):
     return pl.concat([pl.read_parquet(p) for p in parts]) if parts else pl.DataFrame()
 
 
+def committed_records(out, storage_options=None):
+    """The commit records of an output folder: what is committed, as a rerun would see it."""
+    from pipeline.output import Output
+    from pipeline.storage import Location
+
+    return Output(Location.of(str(out), storage_options)).read_state().records
+
+
 @pytest.fixture
 def chat():
     return chat_line

@@ -9,15 +9,17 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipeline.io import list_inputs, read_rows, redact
-from pipeline.requests import RowError
+from pipeline.inputs import list_inputs
+from pipeline.problems import RowError
+from pipeline.reader import read_all
+from pipeline.storage import redact
 
 ROW = {"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def rows_of(path, **kw):
     [f] = list_inputs([str(path)])
-    return list(read_rows(f, **kw))
+    return list(read_all([f], **kw))
 
 
 def test_jsonl_gz_and_zst(tmp_path):
@@ -63,13 +65,13 @@ def test_listing_dirs_globs_and_urls(tmp_path):
     (tmp_path / "d").mkdir()
     for name in ("b.jsonl", "a.jsonl", "notes.txt"):
         (tmp_path / "d" / name).write_text(json.dumps(ROW) + "\n")
-    assert [f.url.rsplit("/", 1)[-1] for f in list_inputs([str(tmp_path / "d")])] == ["a.jsonl", "b.jsonl"]
+    assert [f.display.rsplit("/", 1)[-1] for f in list_inputs([str(tmp_path / "d")])] == ["a.jsonl", "b.jsonl"]
     assert len(list_inputs([str(tmp_path / "d" / "*.jsonl"), str(tmp_path / "d" / "a.jsonl")])) == 2
     fs = fsspec.filesystem("memory")
     fs.pipe("/io-test/in.jsonl", (json.dumps(ROW) + "\n").encode())
     [f] = list_inputs(["memory://io-test/in.jsonl"])
-    assert f.url == "memory://io-test/in.jsonl"
-    assert [r for _, _, r in read_rows(f)] == [ROW]
+    assert f.display == "memory://io-test/in.jsonl"
+    assert [r for _, _, r in read_all([f])] == [ROW]
     with pytest.raises(FileNotFoundError, match="input not found"):
         list_inputs([str(tmp_path / "missing.jsonl")])
     with pytest.raises(ValueError, match="no input files"):

@@ -77,7 +77,7 @@ def test_actor_death_isolates_the_poison_request(tmp_path, no_stray_processes):
     n = 40
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"q{i}") for i in range(n)])
     res = run_cli(src, "-o", tmp_path / "out", *FAKE, "--data-parallel-size", "2",
-                  "--engine-option", "die_on=[r17]")
+                  "--engine-option", 'die_on=["r17"]')
     assert res.returncode == 0, res.stdout + res.stderr[-5000:]
     df = read_output(tmp_path / "out")
     assert sorted(df["custom_id"].to_list()) == sorted(f"r{i}" for i in range(n))
@@ -102,8 +102,7 @@ def test_interrupted_run_resumes(tmp_path, no_stray_processes):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        manifest = out / "_manifest.json"
-        if manifest.exists() and json.loads(manifest.read_text())["parts"]:
+        if list(out.glob("_commits/*.json")):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, chat_line, invoke, read_output, write_jsonl
+from conftest import REPO, chat_line, committed_records, invoke, read_output, write_jsonl
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
 
@@ -76,7 +76,7 @@ def test_changed_option_is_named(tmp_path):
 def test_poison_request_is_isolated(tmp_path):
     rows = [chat_line(f"r{i}", f"q{i}") for i in range(40)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--engine-option", "die_on=[r17]")
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--engine-option", 'die_on=["r17"]')
     assert res.exit_code == 0, res.output
     df = read_output(tmp_path / "out")
     assert df.height == 40 and df["custom_id"].n_unique() == 40
@@ -101,7 +101,7 @@ def test_engine_death_once_loses_nothing(tmp_path):
 
 def test_disk_full_stops_cleanly_and_rerun_completes(tmp_path, monkeypatch):
     """The disk fills up while the second part is written (fsync of its data fails with ENOSPC)."""
-    from pipeline import output
+    from pipeline import storage as output
 
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"q{i}") for i in range(20)])
     real_fsync, calls = os.fsync, {"parts": 0}
@@ -137,16 +137,15 @@ def test_kill_and_resume_exactly_once(tmp_path):
            "--checkpoint-every", "5", "--max-in-flight", "4",
            "--engine-option", "step_delay=0.05", "--engine-option", f"log_file={log}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    manifest = out / "_manifest.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if manifest.exists() and json.loads(manifest.read_text())["parts"]:
+        if list(out.glob("_commits/*.json")):
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    # what the manifest records as committed (a part written but not yet recorded does not count)
-    parts = json.loads(manifest.read_text())["parts"]
+    # what the commit records say is committed (a part written but not yet recorded does not count)
+    parts = committed_records(out)
     committed = {line - 1 for p in parts for ranges in p["keys"].values()
                  for start, end in ranges for line in range(start, end + 1)}
     assert 0 < len(committed) < n

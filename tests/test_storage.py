@@ -18,7 +18,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, chat_line, invoke
+from conftest import REPO, chat_line, committed_records, invoke
 from fsspec.core import strip_protocol
 
 pytestmark = pytest.mark.storage
@@ -104,8 +104,13 @@ def upload_inputs(store: Store, n: int = 12) -> str:
     return f"{store.root}/in"
 
 
+def server_options(store: Store) -> dict:
+    """The storage options of the test's own filesystem, for reading the output folder's state."""
+    return dict(store.fs.storage_options)
+
+
 def test_run_reads_and_writes_the_bucket(store, caplog):
-    caplog.set_level(logging.DEBUG, logger="pipeline")
+    caplog.set_level(logging.DEBUG)
     inputs = upload_inputs(store)
     out = f"{store.root}/out"
     res = invoke("run", inputs, "-o", out, *FAKE, *store.options, "--checkpoint-every", "5")
@@ -121,10 +126,11 @@ def test_run_reads_and_writes_the_bucket(store, caplog):
     report = json.loads(store.read("out/_report.json"))
     assert (report["requests"], report["succeeded"], report["output"]) == (16, 16, out)
     manifest = json.loads(store.read("out/_manifest.json"))
-    assert manifest["state"] == "complete" and len(manifest["parts"]) == 4
+    records = committed_records(out, server_options(store))
+    assert len(records) == 4
     # Credentials go to the filesystem only: never into the output, the summary or the logs.
-    written = b"".join(store.read(f"out/{name}") for name in
-                       ["_manifest.json", "_report.json", "_SUCCESS", *(p["name"] for p in manifest["parts"])])
+    store.fs.invalidate_cache()
+    written = b"".join(store.fs.cat_file(p) for p in store.fs.find(f"{store.root}/out"))
     for secret in store.secrets:
         assert secret.encode() not in written
         assert secret not in res.output and secret not in caplog.text
@@ -135,27 +141,27 @@ def test_run_reads_and_writes_the_bucket(store, caplog):
 
 def test_storage_failure_then_resume(store, server, monkeypatch):
     """The upload of the second part is refused; the rerun redoes only what was not committed."""
-    from pipeline import output
+    from pipeline import storage
 
     src = store.put("in.jsonl", "".join(json.dumps(chat_line(f"r{i}", f"q{i}")) + "\n" for i in range(20)).encode())
     out = f"{store.root}/out"
     options = _options(server.get("cli_nested", server["cli"]))
-    real_put, parts = output.OutputDir.put, []
+    real_put, parts = storage.Location.put_atomic, []
 
-    def refuse_second_part(self, name, data):
-        if name.startswith("part-"):
-            parts.append(name)
+    def refuse_second_part(self, data):
+        if self.name.startswith("part-"):
+            parts.append(self.name)
             if len(parts) > 1:
-                raise output.StorageError(f"writing {self.url}/{name} failed: upload refused (simulated)")
-        return real_put(self, name, data)
+                raise storage.StorageError(f"writing {self.display} failed: upload refused (simulated)")
+        return real_put(self, data)
 
-    monkeypatch.setattr(output.OutputDir, "put", refuse_second_part)
+    monkeypatch.setattr(storage.Location, "put_atomic", refuse_second_part)
     res = invoke("run", src, "-o", out, *FAKE, *options, "--checkpoint-every", "5")
     assert res.exit_code == 3, res.output
     assert "upload refused" in res.output and "rerun the same command" in res.output
     assert not store.exists("out/_SUCCESS")
     assert len(store.rows("out")) == 5
-    monkeypatch.setattr(output.OutputDir, "put", real_put)
+    monkeypatch.setattr(storage.Location, "put_atomic", real_put)
     res = invoke("run", src, "-o", out, *FAKE, *options, "--checkpoint-every", "5")
     assert res.exit_code == 0, res.output
     rows = store.rows("out")
@@ -176,13 +182,14 @@ def test_kill_and_resume_on_the_bucket(store):
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if store.exists("out/_manifest.json") and json.loads(store.read("out/_manifest.json"))["parts"]:
+        store.fs.invalidate_cache()
+        if store.fs.glob(f"{store.root}/out/_commits/*.json"):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    # committed is what the manifest records: a part uploaded just before the kill is debris
-    committed = sum(p["rows"] for p in json.loads(store.read("out/_manifest.json"))["parts"])
+    # committed is what the commit records say: a part uploaded just before the kill is debris
+    committed = sum(r["rows"] for r in committed_records(out, server_options(store)))
     assert 0 < committed < n and not store.exists("out/_SUCCESS")
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -190,29 +197,26 @@ def test_kill_and_resume_on_the_bucket(store):
     assert sorted(r["custom_id"] for r in rows) == sorted(f"r{i}" for i in range(n))
     report = json.loads(store.read("out/_report.json"))
     assert report["resumed"] == committed and report["requests"] == n
-    manifest = json.loads(store.read("out/_manifest.json"))
+    store.fs.invalidate_cache()
     listed = {p.rsplit("/", 1)[-1] for p in store.fs.glob(f"{store.root}/out/part-*")}
-    assert listed == {p["name"] for p in manifest["parts"]}  # no debris left
+    assert listed == {r["part"] for r in committed_records(out, server_options(store))}  # no debris left
 
 
-def test_completion_marker_is_exclusive(store, server):
-    """Two runs that both finish the same output: only the first may mark it complete."""
-    from pipeline.output import SUCCESS, OutputDir, create_exclusive
+def test_completion_marker_and_lease_are_exclusive(store, server):
+    """Two runs that race for the same output: only one creates the lease generation, only one
+    the completion marker (conditional create on the store)."""
+    from pipeline.lease import Lease, OutputBusy
+    from pipeline.storage import Location
 
-    detail = {"inputs": [{"url": "x.jsonl", "size": 1, "version": "1"}], "options": {}}
-    row = {"custom_id": "a", "model": "m", "content": "hi", "finish_reason": "stop", "tool_calls": None,
-           "choices": None, "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2,
-           "cached_tokens": 0, "estimated_cost": None, "user": None, "warnings": None, "error": None,
-           "source_file": "x.jsonl", "source_line": 1}
-    url = f"{store.root}/out"
-    runs = [OutputDir(url, server["storage_options"]) for _ in range(2)]
-    for run in runs:
-        run.open(detail, overwrite=False)
-        run.commit([dict(row)])
-    report = {"requests": 1}
-    assert runs[0].finish(report) is True
-    assert runs[1].finish(report) is False
-    marker = json.loads(store.read(f"out/{SUCCESS}"))
-    assert marker["fingerprint"] == runs[0].manifest["fingerprint"]
-    with pytest.raises(FileExistsError):
-        create_exclusive(runs[1].fs, runs[1].path(SUCCESS), b"again", local=False)
+    folder = Location.of(f"{store.root}/out", server["storage_options"])
+    assert folder.child("_SUCCESS").create_exclusive(b"first") is True
+    assert folder.child("_SUCCESS").create_exclusive(b"again") is False
+    assert store.read("out/_SUCCESS") == b"first"
+    lease = Lease.acquire(folder, timeout=30)
+    try:
+        with pytest.raises(OutputBusy, match="another run"):
+            Lease.acquire(folder, timeout=30)
+        assert folder.child("_lease-1.json").create_exclusive(b"{}") is False
+    finally:
+        lease.release()
+    Lease.acquire(folder, timeout=30).release()  # a released lease is free

@@ -1,0 +1,29 @@
+"""Exit codes, one table for the code, `--help` and the README, and the interruption signal."""
+
+from __future__ import annotations
+
+import signal
+
+OK = 0  # every request has its row (per-row errors are counted in the summary)
+ERROR = 1  # a problem the user can fix: missing input, conflicting output, refused access
+USAGE = 2  # bad command line or job file
+INCOMPLETE = 3  # interrupted, storage failure, another run holds the output, engines keep dying: rerun
+ENGINE_START = 4  # the engine could not start
+
+HELP = ("Exit codes: 0 every request has a row (per-row errors are counted in the summary); "
+        "1 an error to fix (input missing, output conflict, access refused); 2 usage error; "
+        "3 incomplete (interrupted, storage failure, output busy, engines keep dying): rerun the same "
+        "command to finish; 4 the engine could not start.")
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT: commit what is finished and stop (exit 3)."""
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
+def install_handlers() -> None:
+    """SIGTERM raises Interrupted from the first moment the command runs."""
+    signal.signal(signal.SIGTERM, _raise_interrupted)
