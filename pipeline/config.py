@@ -121,7 +121,8 @@ def parse_key_values(pairs: tuple[str, ...] | list[str] | dict, what: str) -> di
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{what} takes KEY=VALUE, got {pair.split('=', 1)[0][:40]!r}")
+            raise ValueError(f"{what} takes KEY=VALUE; one of them has no '=' or no key "
+                             "(not shown: it may hold a secret)")
         out[key.strip().replace("-", "_") if what == "--engine-arg" else key.strip()] = json_or_text(value)
     return out
 

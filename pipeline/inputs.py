@@ -76,6 +76,9 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any] | None = None
     found: dict[str, InputFile] = {}
     for given in inputs:
         root = Location.of(given, storage_options)
+        if exclude is not None and exclude.contains(root):
+            raise ValueError(f"input {root.display} is inside the --output folder {exclude.display}. "
+                             "Hint: write the output to another folder, never over the inputs")
         info = root.info()
         if info is None:
             if not any(c in given for c in GLOB_CHARS):

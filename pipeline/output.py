@@ -305,6 +305,12 @@ def encode(rows: list[dict[str, Any]], fmt: str) -> bytes:
 
 
 def refuse_foreign(out: Output, state: State, allow_foreign: bool) -> None:
+    clash = sorted(set(state.foreign) & {MANIFEST, REPORT, SUCCESS})
+    if clash and allow_foreign:
+        raise OutputConflict(
+            f"--output {out.display} holds {', '.join(clash)} written by something else (Spark and "
+            "Hadoop write _SUCCESS too); this tool needs those names. Nothing was changed. Hint: "
+            "choose a new or empty folder")
     if state.foreign and not allow_foreign:
         shown = ", ".join(state.foreign[:5]) + (f" (+{len(state.foreign) - 5} more)" if len(state.foreign) > 5 else "")
         raise OutputConflict(

@@ -27,7 +27,8 @@ from fsspec.spec import AbstractBufferedFile
 
 from .inputs import InputFile
 from .problems import Problem, RowError, default_id
-from .storage import RETRY_DELAYS, StorageError, is_transient
+from . import storage
+from .storage import StorageError, is_transient
 
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
@@ -103,8 +104,8 @@ def read_rows(file: InputFile, found: Scan | None = None, *,
         except StorageError:
             raise
         except Exception as e:
-            if is_transient(e) and tries < len(RETRY_DELAYS):
-                time.sleep(RETRY_DELAYS[tries])
+            if is_transient(e) and tries < len(storage.RETRY_DELAYS):
+                time.sleep(storage.RETRY_DELAYS[tries])
                 tries += 1  # reopen and skip what was read
                 continue
             if is_transient(e):

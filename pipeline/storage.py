@@ -80,6 +80,9 @@ def _identity_url(url: str) -> str:
 
 def is_transient(e: BaseException) -> bool:
     """Worth retrying: a network or service error, not a missing file, a refusal or a full disk."""
+    if isinstance(e, FileNotFoundError) and _cause_status(e) is not None:
+        status = _cause_status(e)  # fsspec's HTTP filesystem reports any failed request as missing
+        return status >= 500 or status in (408, 429)
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
                       FileExistsError)):
         return False
@@ -107,9 +110,9 @@ def _http_status(e: BaseException) -> int | None:
     return None
 
 
-def retrying(what: str, fn: Callable[[], T], delays: tuple[float, ...] = RETRY_DELAYS) -> T:
+def retrying(what: str, fn: Callable[[], T], delays: tuple[float, ...] | None = None) -> T:
     """`fn()`, tried again after each delay while it fails transiently."""
-    for delay in (*delays, None):
+    for delay in (*(RETRY_DELAYS if delays is None else delays), None):
         try:
             return fn()
         except Exception as e:
@@ -122,7 +125,12 @@ def retrying(what: str, fn: Callable[[], T], delays: tuple[float, ...] = RETRY_D
 
 def denied(e: BaseException) -> bool:
     """A refusal by the storage: file permissions or HTTP 401/403."""
-    return isinstance(e, PermissionError) or _http_status(e) in (401, 403)
+    return isinstance(e, PermissionError) or _http_status(e) in (401, 403) or _cause_status(e) in (401, 403)
+
+
+def _cause_status(e: BaseException) -> int | None:
+    cause = e.__cause__ or e.__context__
+    return _http_status(cause) if cause is not None else None
 
 
 class Location:
@@ -279,7 +287,15 @@ class Location:
         """Read-side calls: transient errors retried; a refusal says so."""
         try:
             return retrying(f"{what} {self.display}", fn)
-        except FileNotFoundError:
+        except FileNotFoundError as e:
+            if _cause_status(e) is None:
+                raise
+            if denied(e):
+                raise AccessDenied(f"access to {self.display} was refused (HTTP {_cause_status(e)}). "
+                                   "Hint: check the credentials and permissions for it") from None
+            if is_transient(e):
+                raise StorageError(f"{what} {self.display} failed after {len(RETRY_DELAYS) + 1} tries: "
+                                   f"HTTP {_cause_status(e)}") from None
             raise
         except Exception as e:
             if denied(e):
