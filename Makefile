@@ -10,7 +10,7 @@ AZURITE_BIN := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 # Engines on CPU: a small KV cache is plenty for the embedded model.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
-.PHONY: install demo test test-fast lint bench bench-io azurite clean
+.PHONY: install demo test test-fast lint bench bench-io chaos azurite clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check pipeline tests bench
+
+# Torture run of "every input line ends as exactly one output row" (fake engine; see README).
+chaos: install
+	$(BIN)/python tests/chaos.py --rounds 40 --seed 1
 
 bench: install
 	$(BIN)/python bench/engines.py

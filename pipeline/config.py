@@ -87,12 +87,9 @@ class RunConfig:
         return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in OUTPUT_OPTIONS}
 
     def model_names(self) -> frozenset[str]:
-        from .models import EMBEDDED
+        from .models import served_names
 
-        names = {self.model, *self.served_model_name}
-        names |= {alias for alias, canonical in EMBEDDED.items() if canonical == self.model or alias == self.model}
-        names |= {canonical for alias, canonical in EMBEDDED.items() if alias == self.model}
-        return frozenset(names)
+        return served_names(self.model, self.served_model_name)
 
 
 def load_job(path: str) -> dict[str, Any]:

@@ -22,14 +22,13 @@ from typing import Any
 
 import click
 
-from .config import RunConfig
 from .cost import Price, find_price
 from .inputs import list_inputs
-from .reader import read_all, scan
-from .storage import Location
-from .models import canonical_name
+from .models import output_name, served_names
 from .prompts import PromptCounter, cpu_count
+from .reader import read_all, scan
 from .requests import Context, Request, RowError, validate_rows
+from .storage import Location
 
 DEFAULT_COMPLETION_RATIO = 0.5
 
@@ -137,16 +136,14 @@ def run_estimate(
     """Count, estimate, print the table (or one JSON object) and write --output; returns the figures."""
     started = time.monotonic()
     files = list_inputs(list(inputs), storage_options)
-    model_name = served_model_name[0] if served_model_name else canonical_name(model)
+    model_name = output_name(model, tuple(served_model_name))
     price = find_price(model_name, provider=provider, price_input=price_input, price_output=price_output)
     report = read_report(calibrate_from, storage_options) if calibrate_from else None
     if report and report.get("model") not in (None, model_name):
         click.echo(f"warning: {calibrate_from} is a run of {report['model']}, not {model_name}", err=True)
     counter = PromptCounter(model, max_model_len=max_model_len)
     # The model names a run with these options accepts, so that estimate and run agree on validity.
-    names = RunConfig(inputs=tuple(inputs), output="", model=model,
-                      served_model_name=tuple(served_model_name)).model_names() | {model_name}
-    ctx = Context(model_names=names, max_n=max_n)
+    ctx = Context(model_names=served_names(model, tuple(served_model_name)), max_n=max_n)
     workers = workers or cpu_count()
 
     tallies, total = {f.display: Tally() for f in files}, Tally()

@@ -55,6 +55,20 @@ def canonical_name(name: str) -> str:
     return EMBEDDED.get(name, name)
 
 
+def output_name(model: str, served: tuple[str, ...] | list[str] = ()) -> str:
+    """The model's name in output rows: the first served name, else the canonical name."""
+    return served[0] if served else canonical_name(model)
+
+
+def served_names(model: str, served: tuple[str, ...] | list[str] = ()) -> frozenset[str]:
+    """Every name a request may use for this model: how `-m` spelled it, its canonical name and
+    aliases (smollm2 = HuggingFaceTB/SmolLM2-135M-Instruct), and each --served-model-name. The one
+    answer `run`, `validate` and `estimate` share."""
+    canonical = canonical_name(model)
+    aliases = {alias for alias, name in EMBEDDED.items() if name == canonical}
+    return frozenset({model, canonical, *aliases, *served})
+
+
 def embedded_model_dir() -> pathlib.Path:
     """Where the prepared folder of the embedded model lives (it may not exist yet)."""
     return model_cache_dir() / _FOLDER_NAME

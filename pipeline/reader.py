@@ -25,9 +25,9 @@ from typing import Any
 
 from fsspec.spec import AbstractBufferedFile
 
+from . import storage
 from .inputs import InputFile
 from .problems import Problem, RowError, default_id
-from . import storage
 from .storage import StorageError, is_transient
 
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024

@@ -21,9 +21,17 @@ from .engine import EngineSpec
 from .executor import Dispatcher, EngineStartError, LocalPool, TooManyRestarts
 from .inputs import InputFile, list_inputs
 from .lease import OutputBusy
-from .models import canonical_name, resolve_model
-from .output import (Committed, Output, OutputConflict, PartWriter, State, conflict_message,
-                     fingerprint, refuse_foreign)
+from .models import output_name, resolve_model, served_names
+from .output import (
+    Committed,
+    Output,
+    OutputConflict,
+    PartWriter,
+    State,
+    conflict_message,
+    fingerprint,
+    refuse_foreign,
+)
 from .progress import Progress
 from .reader import Scan, read_all, scan
 from .report import total_stats
@@ -87,13 +95,13 @@ def plan(cfg: RunConfig) -> Plan:
     out.check_not_file()
     files = list_inputs(list(cfg.inputs), cfg.storage_options, exclude=out.loc)
     scans = [scan(f, digest=cfg.verify_content) for f in files]
-    detail = {"inputs": [f.fingerprint(s.digest) for f, s in zip(files, scans)],
+    detail = {"inputs": [f.fingerprint(s.digest) for f, s in zip(files, scans, strict=True)],
               "options": cfg.output_options()}
     state = out.read_state()
-    model_name = cfg.served_model_name[0] if cfg.served_model_name else canonical_name(cfg.model)
+    model_name = output_name(cfg.model, cfg.served_model_name)
     price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                        price_output=cfg.price_output)
-    ctx = Context(model_names=cfg.model_names() | {model_name}, max_n=cfg.max_n)
+    ctx = Context(model_names=served_names(cfg.model, cfg.served_model_name), max_n=cfg.max_n)
     p = Plan(cfg, files, scans, detail, out, state, model_name, price, ctx)
     if p.complete:
         return p

@@ -20,10 +20,10 @@ def validate_inputs(
     names = frozenset()
     counter = None
     if model:
-        from .models import canonical_name
+        from .models import served_names
         from .prompts import PromptCounter
 
-        names = frozenset({model, canonical_name(model), *served_model_name})
+        names = served_names(model, tuple(served_model_name))
         counter = PromptCounter(model, max_model_len=max_model_len)
     ctx = Context(model_names=names, max_n=max_n)
 

@@ -126,3 +126,22 @@ def test_environment_fallback(tmp_path):
     res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-q", env={"PIPELINE_MODEL": "smollm2"})
     assert res.exit_code == 0, res.output
     assert read_output(tmp_path / "out")["model"].to_list() == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
+
+
+def test_run_validate_and_estimate_accept_the_same_model_names():
+    from pipeline.config import RunConfig
+    from pipeline.models import served_names
+
+    names = served_names("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert {"smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"} <= names
+    assert served_names("smollm2") == names
+    cfg = RunConfig(inputs=("x",), output="o", model="smollm2", served_model_name=("mine",))
+    assert cfg.model_names() == names | {"mine"}
+
+
+def test_validate_accepts_the_alias_of_the_canonical_model(tmp_path):
+    row = chat_line("a", "hi")
+    row["body"]["model"] = "smollm2"
+    src = write_jsonl(tmp_path / "in.jsonl", [row])
+    res = invoke("validate", src, "-m", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert res.exit_code == 0, res.output

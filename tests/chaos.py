@@ -1,0 +1,249 @@
+"""`make chaos`: a reproducible torture run of the promise "every input line ends as exactly one
+output row", with the fake engine.
+
+One output folder, many rounds; each round does one of:
+  kill       a run is SIGKILLed at a random moment (mid-commit, mid-read, at start-up)
+  two        two runs of the same command start at once; one may be killed
+  dry        dry runs (and a second writer) are started while a run writes
+  disk-full  the output's disk is filled up while a run writes (a small tmpfs; needs root)
+The inputs are partitioned folders of JSON lines, gzip and Parquet with fuzzed lines mixed in
+(random bytes, broken JSON, deep nesting, huge integers, lone surrogates, wrong types). After
+every round the commit records must not cover any line twice; after a last plain run the folder
+must hold exactly one row per input line, its foreign file untouched, and no debris.
+
+    python tests/chaos.py --rounds 40 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+ACTIONS = ("kill", "two", "dry", "disk-full")
+
+
+def fuzzed_line(rng: random.Random) -> bytes:
+    kind = rng.randrange(9)
+    if kind == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80))).replace(b"\n", b" ")
+    if kind == 1:
+        return b'{"messages": [{"role": "user", "content": "cut'
+    if kind == 2:
+        return b"[" * 5000 + b"]" * 5000
+    if kind == 3:
+        return b'{"max_tokens": ' + b"9" * 5000 + b"}"
+    if kind == 4:
+        return b'{"custom_id": "\\ud800", "messages": [{"role": "user", "content": "x"}]}'
+    if kind == 5:
+        return json.dumps(rng.choice([1, "text", None, [1, 2], {"messages": "no"}])).encode()
+    if kind == 6:
+        return json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                           "logit_bias": {"\u00b2": 1}, "tool_choice": {"type": "function", "function": None},
+                           "model": ["a", "b"]}).encode()
+    if kind == 7:
+        return json.dumps({"custom_id": "x" * rng.randrange(1, 3000), "method": "POST",
+                           "url": "/v1/chat/completions"}).encode()
+    return b'{"messages": [{"role": "user", "content": "ok"}], "max_tokens": 5.0, "temperature": NaN}'
+
+
+def make_inputs(root: Path, rng: random.Random, rows: int) -> int:
+    """Partitioned inputs with fuzzed lines; returns how many rows (non-blank lines) they hold."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def chat(i: int, p: int) -> bytes:
+        return json.dumps({"custom_id": f"p{p}-{i}", "method": "POST", "url": "/v1/chat/completions",
+                           "body": {"messages": [{"role": "user", "content": f"question {p}/{i}"}],
+                                    "max_tokens": rng.randrange(1, 9)}}).encode()
+
+    total = 0
+    for p in (1, 2):
+        folder = root / f"partition_key={p}"
+        folder.mkdir(parents=True)
+        lines = [chat(i, p) if rng.random() > 0.15 else fuzzed_line(rng) for i in range(rows)]
+        data = b"\n".join(lines) + b"\n"
+        if p == 1:
+            (folder / "requests.jsonl").write_bytes(data)
+        else:
+            (folder / "requests.jsonl.gz").write_bytes(gzip.compress(data))
+        total += sum(1 for line in lines if line.strip())
+    folder = root / "partition_key=3"
+    folder.mkdir()
+    n = rows // 2
+    pq.write_table(pa.table({"custom_id": [f"pq-{i}" for i in range(n)],
+                             "messages": [[{"role": "user", "content": f"parquet {i}"}] for i in range(n)],
+                             "max_tokens": [float(rng.randrange(1, 9)) for _ in range(n)]}),
+                   folder / "requests.parquet")
+    return total + n
+
+
+class Chaos:
+    def __init__(self, work: Path, seed: int, rows: int):
+        self.rng = random.Random(seed)
+        self.inputs = work / "inputs"
+        self.expected = make_inputs(self.inputs, self.rng, rows)
+        self.disk = work / "disk"
+        self.disk.mkdir()
+        self.tmpfs = _mount_tmpfs(self.disk, "64m")
+        self.out = self.disk / "out"
+        self.out.mkdir()
+        (self.out / "notes.txt").write_text("a file the pipeline did not write\n")
+        self.counts: Counter[str] = Counter()
+
+    def command(self, *extra: str) -> list[str]:
+        delay = self.rng.choice(["0", "0.001", "0.005", "0.02"])
+        return [sys.executable, "-m", "pipeline", "run", str(self.inputs), "-o", str(self.out),
+                "--engine", "fake", "-m", "smollm2", "-q", "--allow-foreign-files",
+                "--checkpoint-every", str(self.rng.choice([1, 3, 7, 20])), "--max-in-flight", "8",
+                "--lease-timeout", "30", "--engine-option", f"step_delay={delay}", *extra]
+
+    def start(self, *extra: str) -> subprocess.Popen:
+        self.counts["runs"] += 1
+        return subprocess.Popen(self.command(*extra), cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    def finish(self, proc: subprocess.Popen, timeout: float = 120) -> int:
+        _, err = proc.communicate(timeout=timeout)
+        self.counts[f"exit {proc.returncode}"] += 1
+        if proc.returncode not in (0, 3):
+            raise SystemExit(f"a run exited {proc.returncode}:\n{err[-3000:]}")
+        if proc.returncode == 3 and "another run" in err:
+            self.counts["second writer refused"] += 1
+        return proc.returncode
+
+    def kill_later(self, proc: subprocess.Popen, low: float = 0.2, high: float = 3.0) -> None:
+        time.sleep(self.rng.uniform(low, high))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            self.counts["kills"] += 1
+        proc.communicate()
+
+    # ---- rounds -------------------------------------------------------------------------------
+    def round(self, action: str) -> None:
+        self.counts[f"round {action}"] += 1
+        if action == "kill":
+            self.kill_later(self.start())
+        elif action == "two":
+            a, b = self.start(), self.start()
+            if self.rng.random() < 0.5:
+                self.kill_later(self.rng.choice([a, b]))
+            for p in (a, b):
+                if p.returncode is None:
+                    self.finish(p)
+        elif action == "dry":
+            writer = self.start()
+            for _ in range(self.rng.randrange(1, 3)):
+                dry = subprocess.run(self.command("--dry-run"), cwd=REPO, capture_output=True, text=True)
+                self.counts["dry runs"] += 1
+                if dry.returncode not in (0, 3):
+                    raise SystemExit(f"a dry run exited {dry.returncode}:\n{dry.stderr[-3000:]}")
+            self.kill_later(writer, 0.0, 1.0) if self.rng.random() < 0.5 else self.finish(writer)
+        elif action == "disk-full":
+            if not self.tmpfs:
+                self.counts["disk-full skipped (no tmpfs)"] += 1
+                return
+            filler = self.disk / "filler"
+            free = shutil.disk_usage(self.disk).free
+            with open(filler, "wb") as f:
+                f.truncate(0)
+                f.write(b"\0" * max(0, free - self.rng.randrange(4096, 60_000)))
+            try:
+                self.finish(self.start())
+            finally:
+                filler.unlink()
+        self.check_records()
+
+    def check_records(self) -> None:
+        """Committed records never cover one line twice, whatever happened."""
+        from pipeline.output import Output
+        from pipeline.storage import Location
+
+        seen: Counter[tuple[str, int]] = Counter()
+        for rec in Output(Location.of(str(self.out))).read_state().records:
+            for idx, ranges in rec["keys"].items():
+                for start, end in ranges:
+                    for line in range(start, end + 1):
+                        seen[(idx, line)] += 1
+        self.counts["duplicated"] += sum(n - 1 for n in seen.values() if n > 1)
+
+    def final(self) -> dict[str, int]:
+        import polars as pl
+
+        # a run killed a moment ago may still hold a lease: its pid is dead, so this takes over
+        code = self.finish(self.start(), timeout=600)
+        if code != 0:
+            code = self.finish(self.start(), timeout=600)
+        parts = sorted(self.out.glob("part-*.parquet"))
+        df = pl.concat([pl.read_parquet(p) for p in parts])
+        keys = Counter(zip(df["source_file"].to_list(), df["source_line"].to_list(), strict=True))
+        from pipeline.output import Output
+        from pipeline.storage import Location
+
+        recorded = {r["part"] for r in Output(Location.of(str(self.out))).read_state().records}
+        return {
+            "rows in": self.expected,
+            "rows out": df.height,
+            "duplicated": self.counts["duplicated"] + sum(n - 1 for n in keys.values() if n > 1),
+            "lost": self.expected - len(keys),
+            "error rows": int(df["error"].is_not_null().sum()),
+            "debris files": len({p.name for p in parts} - recorded),
+            "foreign file intact": int((self.out / "notes.txt").exists()),
+            "final exit": code,
+        }
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True)
+    return res.returncode == 0
+
+
+def run(rounds: int, seed: int, rows: int) -> dict[str, int]:
+    work = Path(tempfile.mkdtemp(prefix="pipeline-chaos-"))
+    chaos = None
+    try:
+        chaos = Chaos(work, seed, rows)
+        for i in range(rounds):
+            chaos.round(ACTIONS[i % len(ACTIONS)] if i < len(ACTIONS) else chaos.rng.choice(ACTIONS))
+        result = chaos.final()
+        return {**{k: v for k, v in sorted(chaos.counts.items()) if k != "duplicated"}, **result}
+    finally:
+        if chaos is not None and chaos.tmpfs:
+            subprocess.run(["umount", "-l", str(chaos.disk)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=300, help="rows per JSON-lines input file")
+    args = parser.parse_args()
+    started = time.monotonic()
+    result = run(args.rounds, args.seed, args.rows)
+    print(f"chaos: {args.rounds} rounds, seed {args.seed}, {time.monotonic() - started:.0f} s")
+    for key, value in result.items():
+        print(f"  {key:32s} {value}")
+    ok = result["duplicated"] == 0 and result["lost"] == 0 and result["rows out"] == result["rows in"]
+    print("PASS: every input line has exactly one row" if ok else "FAIL")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""The fast subset of `make chaos`: a few rounds of kills, two writers, dry runs during a run and
+a full disk over fuzzed, partitioned inputs; no line may be lost or get two rows."""
+
+import chaos
+
+
+def test_chaos_fast_subset():
+    result = chaos.run(rounds=6, seed=7, rows=120)
+    assert result["duplicated"] == 0 and result["lost"] == 0, result
+    assert result["rows out"] == result["rows in"] and result["debris files"] == 0, result
+    assert result["foreign file intact"] == 1 and result["final exit"] == 0, result
+    assert result["runs"] >= 7 and result["error rows"] > 0, result
