@@ -8,88 +8,61 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-# Engine options under vLLM's own names (EngineArgs fields); None means "vLLM's default".
-ENGINE_ARGS = (
-    "max_model_len", "dtype", "enforce_eager", "gpu_memory_utilization", "tensor_parallel_size",
-    "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching", "quantization",
-    "kv_cache_dtype", "seed", "trust_remote_code", "tokenizer",
-)
+from . import options
 
-# Options that change what the output rows say; a resume with any of them changed is refused.
-OUTPUT_OPTIONS = (
-    "model", "format", "price_input", "price_output", "provider", "max_model_len", "dtype",
-    "quantization", "kv_cache_dtype", "seed", "seed_on_cpu", "max_n", "tool_call_parser",
-    "served_model_name", "engine", "max_line_bytes", "trust_remote_code", "tokenizer",
-    "engine_arg",
-)
+KEY_VALUE_OPTIONS = ("storage_option", "engine_arg", "engine_option")  # KEY=VALUE..., held as dicts
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    inputs: tuple[str, ...]
-    output: str
-    model: str
-    format: str = "parquet"
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    price_input: float | None = None
-    price_output: float | None = None
-    provider: str | None = None
-    checkpoint_every: int = 5000
-    checkpoint_seconds: float = 300.0
-    overwrite: bool = False
-    quiet: bool = False
-    dry_run: bool = False
-    max_line_bytes: int = 8 * 1024 * 1024
-    max_n: int = 4
-    seed_on_cpu: str = "ignore"
-    tool_call_parser: str | None = None
-    served_model_name: tuple[str, ...] = ()
-    engine: str = "vllm"
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    executor: str = "local"
-    ray_address: str | None = None
-    data_parallel_size: int | None = None
-    max_in_flight: int | None = None
-    max_engine_restarts: int = 50
-    allow_foreign_files: bool = False
-    verify_content: bool = False
-    lease_timeout: float = 60.0
-    # vLLM engine arguments
-    max_model_len: int | None = None
-    dtype: str | None = None
-    enforce_eager: bool | None = None
-    gpu_memory_utilization: float | None = None
-    tensor_parallel_size: int | None = None
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    enable_prefix_caching: bool | None = None
-    quantization: str | None = None
-    kv_cache_dtype: str | None = None
-    seed: int | None = None
-    trust_remote_code: bool = False
-    tokenizer: str | None = None
-    engine_arg: dict[str, Any] = field(default_factory=dict)  # any other EngineArgs field
+def _field(opt: options.Opt):
+    if opt.name in KEY_VALUE_OPTIONS:
+        return field(default_factory=dict)
+    if opt.multiple:
+        return field(default=())
+    if opt.is_flag:
+        return field(default=False)
+    return field(default=opt.default)
+
+
+class _RunConfigMethods:
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return self.storage_option
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        return self.engine_option
 
     def engine_args(self) -> dict[str, Any]:
         """The vLLM EngineArgs this run sets (unset ones keep vLLM's defaults)."""
-        args = {k: getattr(self, k) for k in ENGINE_ARGS if getattr(self, k) is not None}
+        args = {k: getattr(self, k) for k in options.ENGINE_ARGS if getattr(self, k) is not None}
         args.update(self.engine_arg)
         return args
 
     def output_options(self) -> dict[str, Any]:
+        """The options that change what rows say: part of the resume fingerprint."""
         d = asdict(self)
-        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in OUTPUT_OPTIONS}
+        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in options.OUTPUT_OPTIONS}
 
     def model_names(self) -> frozenset[str]:
         from .models import served_names
 
         return served_names(self.model, self.served_model_name)
+
+
+# `pipeline run`'s configuration: one frozen dataclass with a field per option of the table
+# (options.py), filled from the command line over a job file over defaults.
+RunConfig = make_dataclass(
+    "RunConfig",
+    [("inputs", tuple), *((o.name, Any, _field(o)) for o in options.of(options.RUN))],
+    bases=(_RunConfigMethods,), frozen=True, kw_only=True,
+)
+RunConfig.__module__ = __name__
 
 
 def load_job(path: str) -> dict[str, Any]:

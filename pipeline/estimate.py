@@ -131,9 +131,10 @@ def run_estimate(
     max_model_len: int | None = None, served_model_name=(), provider: str | None = None,
     price_input: float | None = None, price_output: float | None = None, completion_ratio: float | None = None,
     calibrate_from: str | None = None, tokens_per_second: float | None = None, gpu_hour_usd: float = 2.0,
-    workers: int | None = None, as_json: bool = False, output: str | None = None,
+    workers: int | None = None, as_json: bool = False, rows_file: str | None = None,
+    tokenizer: str | None = None, trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Count, estimate, print the table (or one JSON object) and write --output; returns the figures."""
+    """Count, estimate, print the table (or one JSON object) and write --rows-file; returns the figures."""
     started = time.monotonic()
     files = list_inputs(list(inputs), storage_options)
     model_name = output_name(model, tuple(served_model_name))
@@ -141,13 +142,14 @@ def run_estimate(
     report = read_report(calibrate_from, storage_options) if calibrate_from else None
     if report and report.get("model") not in (None, model_name):
         click.echo(f"warning: {calibrate_from} is a run of {report['model']}, not {model_name}", err=True)
-    counter = PromptCounter(model, max_model_len=max_model_len)
+    counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,
+                            trust_remote_code=trust_remote_code)
     # The model names a run with these options accepts, so that estimate and run agree on validity.
     ctx = Context(model_names=served_names(model, tuple(served_model_name)), max_n=max_n)
     workers = workers or cpu_count()
 
     tallies, total = {f.display: Tally() for f in files}, Tally()
-    with RequestRows(output, storage_options) if output else contextlib.nullcontext() as out:
+    with RequestRows(rows_file, storage_options) if rows_file else contextlib.nullcontext() as out:
         for item, prompt_tokens in counter.check_all(validate_rows(read_all(files, [scan(f) for f in files], max_line_bytes=max_line_bytes), ctx), workers=workers):
             upper = completion_upper(item, prompt_tokens, counter.max_model_len) if isinstance(item, Request) else None
             tallies[item.source_file].add(item, prompt_tokens, upper)
@@ -167,7 +169,7 @@ def run_estimate(
         "tokens_per_second": rates.tokens_per_second, "throughput_source": rates.throughput_source,
         "gpu_hour_usd": gpu_hour_usd,
         "files": [{"file": url, **rates.figures(t)} for url, t in tallies.items()],
-        "output": output, "seconds": round(seconds, 3),
+        "rows_file": rows_file, "seconds": round(seconds, 3),
     }
     click.echo(json.dumps(result, indent=2) if as_json else table(result))
     click.echo(f"counted {total.requests:,} requests in {seconds:.1f} s ({total.requests / max(seconds, 1e-9):,.0f}/s, "

@@ -67,14 +67,16 @@ class PromptCounter:
     # Characters of segment text the LRU cache holds (about as many bytes again for the ids).
     cache_chars = 1 << 24
 
-    def __init__(self, model: str, max_model_len: int | None = None):
+    def __init__(self, model: str, max_model_len: int | None = None, *, tokenizer: str | None = None,
+                 trust_remote_code: bool = False):
         from transformers import AutoTokenizer
         from transformers.utils.chat_template_utils import render_jinja_template
 
         self.model = model
         path = resolve_model(model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                resolve_model(tokenizer) if tokenizer else path, trust_remote_code=trust_remote_code)
         except OSError as e:  # not a folder, not in the Hugging Face cache, no network
             raise ValueError(f"cannot load the tokenizer of {model}: {e}\nHint: pass a local model folder, "
                              "or a hub id whose files are in the Hugging Face cache") from None

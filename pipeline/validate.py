@@ -14,6 +14,7 @@ from .requests import Context, Request, RowError, validate_rows
 def validate_inputs(
     inputs, *, storage_options, max_line_bytes: int, max_n: int, model: str | None,
     max_model_len: int | None, served_model_name=(), max_errors: int = 100,
+    tokenizer: str | None = None, trust_remote_code: bool = False,
 ) -> bool:
     """Print each invalid row and a summary; True when every row is valid."""
     files = list_inputs(list(inputs), storage_options)
@@ -24,7 +25,8 @@ def validate_inputs(
         from .prompts import PromptCounter
 
         names = served_names(model, tuple(served_model_name))
-        counter = PromptCounter(model, max_model_len=max_model_len)
+        counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,
+                                trust_remote_code=trust_remote_code)
     ctx = Context(model_names=names, max_n=max_n)
 
     total, codes, unknown, shown = 0, Counter(), Counter(), 0

@@ -145,3 +145,43 @@ def test_validate_accepts_the_alias_of_the_canonical_model(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [row])
     res = invoke("validate", src, "-m", "HuggingFaceTB/SmolLM2-135M-Instruct")
     assert res.exit_code == 0, res.output
+
+
+def test_one_job_file_drives_run_validate_and_estimate(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hi", max_tokens=3), chat_line("b", "yo")])
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"inputs: {src}\noutput: {tmp_path / 'out'}\nmodel: smollm2\nengine: fake\nquiet: true\n"
+        "checkpoint_every: 1\nmax_errors: 5\ngpu_hour_usd: 3\n"
+        "engine_arg:\n  block_size: 16\n  swap_space: '0123'\n"
+        "storage_option:\n  auto_mkdir: true\n")
+    res = invoke("run", "--job", job)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    # mapping values arrive as the file typed them: 16 an int, '0123' a string
+    assert manifest["job"]["options"]["engine_arg"] == {"block_size": 16, "swap_space": "0123"}
+    res = invoke("validate", "--job", job)
+    assert res.exit_code == 0, res.output
+    res = invoke("estimate", "--job", job, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[: res.output.rindex("}") + 1])["requests"] == 2
+    # the command line wins over the file, key by key for KEY=VALUE options
+    res = invoke("run", "--job", job, "--engine-arg", "block_size=32", "--dry-run")
+    assert res.exit_code == 1 and "--engine-arg" in res.output  # a different job than the one done
+
+
+def test_job_file_with_a_key_no_command_knows(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("inputs: x.jsonl\nmodel: smollm2\nchekpoint_every: 5\n")
+    res = invoke("validate", "--job", job)
+    assert res.exit_code == 2 and "chekpoint_every" in res.output
+
+
+def test_engine_args_come_from_the_option_table():
+    from pipeline import options
+    from pipeline.config import RunConfig
+
+    assert {"dtype", "max_num_seqs", "tensor_parallel_size", "enable_prefix_caching"} <= set(options.ENGINE_ARGS)
+    assert "engine_arg" in options.OUTPUT_OPTIONS and "checkpoint_every" not in options.OUTPUT_OPTIONS
+    cfg = RunConfig(inputs=("x",), output="o", model="m", max_num_seqs=8, engine_arg={"max_num_seqs": 4, "block_size": 16})
+    assert cfg.engine_args() == {"max_num_seqs": 4, "block_size": 16, "trust_remote_code": False}

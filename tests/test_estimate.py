@@ -390,7 +390,7 @@ def counted(smollm2, folder, max_model_len=256):
 def test_json_and_parquet(tmp_path, smollm2):
     folder = mixed_inputs(tmp_path)
     res = invoke("estimate", folder, "-m", "smollm2", "--max-model-len", "256", "--json",
-                 "--output", tmp_path / "rows.parquet", "--workers", "2")
+                 "--rows-file", tmp_path / "rows.parquet", "--workers", "2")
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     hand = counted(smollm2, folder)

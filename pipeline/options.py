@@ -1,0 +1,181 @@
+"""Every option of `run`, `validate` and `estimate`, declared once.
+
+The table generates each command's Click options, the run's configuration (`config.RunConfig`),
+the vLLM engine arguments (`engine=True`), the options that change what output rows say and so
+are part of the resume fingerprint (`output=True`), and the keys a job file may hold: one job
+file drives all three commands, each taking the keys it knows. Adding a vLLM flag is one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+RUN, VALIDATE, ESTIMATE = "run", "validate", "estimate"
+READERS = frozenset({RUN, VALIDATE, ESTIMATE})  # commands that read requests
+ONLY_RUN = frozenset({RUN})
+MODEL_CMDS = READERS
+
+
+@dataclass(frozen=True)
+class Opt:
+    name: str  # the Python name; the flag is --name-with-dashes unless `flag` says otherwise
+    help: str | dict[str, str]  # one text, or one per command
+    type: Any = None
+    default: Any = None
+    commands: frozenset[str] = ONLY_RUN
+    short: str | None = None
+    flag: str | None = None
+    is_flag: bool = False  # --x (False unless given)
+    pair: bool = False  # --x/--no-x (None unless given: the engine's default)
+    multiple: bool = False
+    metavar: str | None = None
+    engine: bool = False  # a vLLM EngineArgs field of the same name
+    output: bool = False  # changes what rows say: a resume with another value is refused
+    required_in: frozenset[str] = frozenset()
+    hidden: bool = False
+
+    @property
+    def long(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def click_option(self, command: str):
+        help_text = self.help if isinstance(self.help, str) else self.help[command]
+        if self.pair:
+            return click.option(f"{self.long}/--no-{self.long[2:]}", self.name, default=None,
+                                help=help_text, hidden=self.hidden)
+        decls = [self.long] + ([self.short] if self.short else [])
+        if self.is_flag:
+            return click.option(*decls, self.name, is_flag=True, default=False, help=help_text,
+                                hidden=self.hidden)
+        return click.option(*decls, self.name, type=self.type, default=self.default,
+                            multiple=self.multiple, metavar=self.metavar, help=help_text,
+                            show_default=self.default is not None and not self.multiple,
+                            required=command in self.required_in, hidden=self.hidden)
+
+
+Int1 = click.IntRange(min=1)
+Int0 = click.IntRange(min=0)
+Price = click.FloatRange(min=0)
+
+OPTIONS: tuple[Opt, ...] = (
+    # ---- reading requests (every command) ----------------------------------------------------
+    Opt("storage_option", "fsspec storage option for every URL (e.g. endpoint_url=..., anon=true). "
+        "Values stay strings unless clearly JSON. Repeatable.", multiple=True, metavar="KEY=VALUE",
+        commands=READERS),
+    Opt("max_line_bytes", "Longest accepted input line; longer lines become error rows.", Int1,
+        8 * 1024 * 1024, commands=READERS, output=True),
+    Opt("max_n", "Largest accepted `n` (choices per request).", click.IntRange(1, 128), 4,
+        commands=READERS, output=True),
+    # ---- the model (every command) -------------------------------------------------------------
+    Opt("model", {RUN: "Model: a local folder, a hub id, or the embedded `smollm2`.",
+                  VALIDATE: "Also check that requests name this model, and (with its tokenizer) fit its context.",
+                  ESTIMATE: "Model whose tokenizer and chat template count the prompts (no weights are loaded)."},
+        short="-m", commands=MODEL_CMDS, required_in=frozenset({RUN, ESTIMATE}), output=True),
+    Opt("served_model_name", "Names requests may use for this model (the first is also the output's "
+        "model name). Repeatable.", multiple=True, commands=MODEL_CMDS, output=True),
+    Opt("max_model_len", "Context length (prompt + completion); default: the model's.", Int1,
+        commands=MODEL_CMDS, engine=True, output=True),
+    Opt("tokenizer", "Tokenizer name or path, if not the model's.", commands=MODEL_CMDS, engine=True,
+        output=True),
+    Opt("trust_remote_code", "Allow model code from the model repository to run. Off: it never runs.",
+        is_flag=True, commands=MODEL_CMDS, engine=True, output=True),
+    # ---- price (run, estimate) -----------------------------------------------------------------
+    Opt("provider", "Row of the price table to use (e.g. deepinfra, together). Default: the model's default row.",
+        commands=frozenset({RUN, ESTIMATE}), output=True),
+    Opt("price_input", "USD per million prompt tokens (overrides the price table).", Price,
+        commands=frozenset({RUN, ESTIMATE}), output=True),
+    Opt("price_output", "USD per million completion tokens (overrides the price table).", Price,
+        commands=frozenset({RUN, ESTIMATE}), output=True),
+    # ---- run: output ---------------------------------------------------------------------------
+    Opt("output", "Output folder (local path or fsspec URL).", short="-o", required_in=ONLY_RUN),
+    Opt("format", "parquet: part files with the output schema; openai: OpenAI Batch output JSON lines.",
+        click.Choice(["parquet", "openai"]), "parquet", short="-f", output=True),
+    Opt("checkpoint_every", "Commit a part file every N finished requests.", Int1, 5000),
+    Opt("checkpoint_seconds", "...or every this many seconds, whichever comes first.",
+        click.FloatRange(min=0.1), 300.0),
+    Opt("overwrite", "Discard an output folder that holds a different job's output (only files "
+        "this tool wrote).", is_flag=True),
+    Opt("allow_foreign_files", "Write into an output folder that holds files this tool did not "
+        "write (they are never touched).", is_flag=True),
+    Opt("verify_content", "Identify inputs by a hash of their content too (reads each file once "
+        "more), so a same-size rewrite is never resumed as the old file.", is_flag=True),
+    Opt("lease_timeout", "Seconds without a heartbeat after which another run may take over the "
+        "output of a crashed run on another machine.", click.FloatRange(min=1), 60.0),
+    Opt("quiet", "No progress output.", is_flag=True, short="-q"),
+    Opt("dry_run", "Read and validate everything, start no engine, write nothing; say what would run.",
+        is_flag=True),
+    # ---- run: requests and engines ------------------------------------------------------------
+    Opt("seed_on_cpu", "Per-request `seed` on the CPU build of vLLM, which crashes on it: ignore it "
+        "(with a warning in the row), give the row an error, or pass it to the engine anyway.",
+        click.Choice(["ignore", "error", "engine"]), "ignore", output=True),
+    Opt("tool_call_parser", "vLLM tool parser for tool_choice auto (e.g. llama3_json, hermes). "
+        "Default: by model family.", output=True),
+    Opt("engine", "fake: an instant echo engine, for tests and I/O benchmarks.",
+        click.Choice(["vllm", "fake"]), "vllm", output=True),
+    Opt("engine_option", "Options of the engine itself (tests).", multiple=True, metavar="KEY=VALUE",
+        hidden=True),
+    Opt("executor", "local: engine processes on this machine; ray: engine actors on a Ray cluster.",
+        click.Choice(["local", "ray"]), "local"),
+    Opt("ray_address", "Ray cluster to join (default: start or join a local one)."),
+    Opt("max_in_flight", "Requests held by each engine at once (default: 2048, or twice --max-num-seqs).",
+        Int1),
+    Opt("max_engine_restarts", "Stop (exit 3, resumable) after this many engine deaths.", Int0, 50),
+    Opt("data_parallel_size", "Number of engines. Default: one per group of --tensor-parallel-size "
+        "GPUs; 1 on CPU.", Int1),
+    # ---- run: vLLM engine arguments (EngineArgs names) ------------------------------------------
+    Opt("dtype", "vLLM: weight dtype (auto, bfloat16, float16, float32).", engine=True, output=True),
+    Opt("enforce_eager", "vLLM: skip torch.compile and CUDA graphs. Default: on for CPU (compile "
+        "warm-up costs minutes and gains nothing there), off on GPU.", pair=True, engine=True),
+    Opt("gpu_memory_utilization", "vLLM: share of GPU memory to use.",
+        click.FloatRange(0, 1, min_open=True), engine=True),
+    Opt("tensor_parallel_size", "vLLM: GPUs per engine (for models that do not fit on one GPU).",
+        Int1, engine=True),
+    Opt("max_num_seqs", "vLLM: most sequences in one engine step.", Int1, engine=True),
+    Opt("max_num_batched_tokens", "vLLM: most tokens in one engine step.", Int1, engine=True),
+    Opt("enable_prefix_caching", "vLLM: reuse KV cache across shared prompt prefixes.", pair=True,
+        engine=True),
+    Opt("quantization", "vLLM: quantization method (e.g. fp8).", engine=True, output=True),
+    Opt("kv_cache_dtype", "vLLM: KV cache dtype (auto, fp8).", engine=True, output=True),
+    Opt("seed", "vLLM: engine-wide random seed.", int, engine=True, output=True),
+    Opt("engine_arg", "Any other vLLM engine argument, e.g. --engine-arg block_size=32. Repeatable; "
+        "part of the resume fingerprint.", multiple=True, metavar="KEY=VALUE", output=True),
+    # ---- validate ------------------------------------------------------------------------------
+    Opt("max_errors", "Print at most this many problems (all are counted).", Int0, 100,
+        commands=frozenset({VALIDATE})),
+    # ---- estimate ------------------------------------------------------------------------------
+    Opt("completion_ratio", "Expected completion tokens as a share of the upper bound (default "
+        "0.5, or calibrated).", Price, commands=frozenset({ESTIMATE})),
+    Opt("calibrate_from", "Output folder of a previous run of this job: its _report.json gives the "
+        "completion ratio and throughput.", commands=frozenset({ESTIMATE})),
+    Opt("tokens_per_second", "Throughput per GPU (prompt + completion tokens/s) for GPU-hours "
+        "(default: calibrated, else none).", click.FloatRange(min=0, min_open=True),
+        commands=frozenset({ESTIMATE})),
+    Opt("gpu_hour_usd", "Price of one GPU-hour for the compute-cost figure.", Price, 2.0,
+        commands=frozenset({ESTIMATE})),
+    Opt("workers", "Tokenizer processes (default: all cores).", Int1, commands=frozenset({ESTIMATE})),
+    Opt("as_json", "Print one JSON object instead of the table.", is_flag=True, flag="--json",
+        commands=frozenset({ESTIMATE})),
+    Opt("rows_file", "Write one row per request (tokens, bounds, costs, error) to this Parquet file.",
+        commands=frozenset({ESTIMATE})),
+)
+
+BY_NAME = {o.name: o for o in OPTIONS}
+ENGINE_ARGS = tuple(o.name for o in OPTIONS if o.engine and RUN in o.commands)
+OUTPUT_OPTIONS = tuple(o.name for o in OPTIONS if o.output and RUN in o.commands)
+JOB_KEYS = frozenset({"inputs", *BY_NAME})  # what a job file may hold, for any command
+
+
+def of(command: str) -> list[Opt]:
+    return [o for o in OPTIONS if command in o.commands]
+
+
+def add_options(command: str):
+    """Decorator: the command's options from the table (in table order)."""
+    def decorate(f):
+        for opt in reversed(of(command)):
+            f = opt.click_option(command)(f)
+        return f
+    return decorate
