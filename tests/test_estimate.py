@@ -13,9 +13,11 @@ import polars as pl
 import pytest
 from conftest import MODEL, chat_line, invoke, write_jsonl
 
+from pipeline.chat_render import content_format
+from pipeline.embedded import embedded_model_dir
 from pipeline.estimate import completion_upper
-from pipeline.models import embedded_model_dir
-from pipeline.prompts import PromptCounter, content_format, context_length
+from pipeline.models import context_length
+from pipeline.token_count import PromptCounter
 from pipeline.requests import Request, RowError
 
 WEATHER = {"type": "function", "function": {
