@@ -40,8 +40,8 @@ from harness import (
     write_requests,
 )
 
-from pipeline.config import detect_gpus
 from pipeline.models import resolve_model
+from pipeline.placement import detect_gpus
 
 TARGET_SCALING = 0.95  # N engines should give at least this share of N x one engine's throughput
 

@@ -4,10 +4,7 @@ defaults, and validated once at the edge."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from dataclasses import asdict, field, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -105,52 +102,3 @@ def json_or_text(value: str) -> Any:
         except ValueError:
             pass
     return value
-
-
-def detect_gpus() -> int:
-    """Number of NVIDIA GPUs this process may use, without importing torch."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    if not shutil.which("nvidia-smi"):
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-
-
-def cpu_engine_envs(engines: int) -> list[dict[str, str]]:
-    """Several CPU engines each get their own cores (vLLM's CPU build pins its threads, by default
-    all engines to the same ones); an explicit VLLM_CPU_OMP_THREADS_BIND is left alone."""
-    if engines == 1 or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
-        return [{} for _ in range(engines)]
-    cores = sorted(os.sched_getaffinity(0))
-    share = max(1, len(cores) // engines)
-    envs = []
-    for e in range(engines):
-        mine = cores[(e * share) % len(cores):][:share]
-        envs.append({"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, mine)), "OMP_NUM_THREADS": str(len(mine))})
-    return envs
-
-
-def engine_envs(cfg: RunConfig, gpus: int | None = None) -> list[dict[str, str]]:
-    """One environment per engine: with GPUs, each engine gets its own group of
-    `tensor_parallel_size` GPUs (data parallel across groups); on CPU, `data_parallel_size`
-    engines (default 1) share the cores."""
-    gpus = detect_gpus() if gpus is None else gpus
-    tp = cfg.tensor_parallel_size or 1
-    if gpus == 0:
-        return cpu_engine_envs(cfg.data_parallel_size or 1)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
-    groups = len(ids) // tp
-    if groups == 0:
-        raise ValueError(f"--tensor-parallel-size {tp} needs {tp} GPUs; {len(ids)} visible")
-    dp = cfg.data_parallel_size or groups
-    if dp > groups:
-        raise ValueError(
-            f"--data-parallel-size {dp} × --tensor-parallel-size {tp} needs {dp * tp} GPUs; {len(ids)} visible"
-        )
-    return [{"CUDA_VISIBLE_DEVICES": ",".join(ids[g * tp : (g + 1) * tp])} for g in range(dp)]

@@ -25,10 +25,10 @@ import click
 from .cost import Price, find_price
 from .inputs import list_inputs
 from .models import output_name, served_names
-from .token_count import PromptCounter, cpu_count
 from .reader import read_all, scan
 from .requests import Context, Request, RowError, validate_rows
 from .storage import Location
+from .token_count import PromptCounter, cpu_count
 
 DEFAULT_COMPLETION_RATIO = 0.5
 

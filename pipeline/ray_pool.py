@@ -30,6 +30,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
 from .config import RunConfig
 from .engine import EngineSpec, Result
 from .executor import Event
+from .placement import ray_layout
 from .requests import Request
 from .worker import EngineLoop
 
@@ -97,7 +98,8 @@ class RayPool:
         self.actors: list[Any] = []
         self.started: list[bool] = []  # the engine is up (its "ready" event went out)
         try:
-            self.size, self.resources = layout(spec, cfg, ray.cluster_resources())
+            self.size, self.resources = ray_layout(cfg.tensor_parallel_size, cfg.data_parallel_size,
+                                                  ray.cluster_resources(), needs_gpus=spec.kind != "fake")
             self.env = engine_env()
             self.actor_class = ray.remote(EngineActor).options(
                 **self.resources, max_restarts=0, scheduling_strategy="SPREAD")
@@ -189,28 +191,6 @@ class RayPool:
 def engine_env() -> dict[str, str]:
     """The driver's engine settings (FORWARD_ENV) that every actor gets, on whatever node."""
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV)}
-
-
-def layout(spec: EngineSpec, cfg: RunConfig, cluster: dict[str, float]) -> tuple[int, dict[str, float]]:
-    """(number of actors, resources of each): one per group of `tensor_parallel_size` GPUs in
-    the cluster unless --data-parallel-size says otherwise; one CPU each where there are no GPUs."""
-    tp = cfg.tensor_parallel_size or 1
-    gpus = 0 if spec.kind == "fake" else int(cluster.get("GPU", 0))
-    if gpus == 0:
-        cpus = int(cluster.get("CPU", 1))
-        size = cfg.data_parallel_size or 1
-        if size > cpus:
-            raise ValueError(f"--data-parallel-size {size} needs {size} CPUs on the Ray cluster; it has {cpus}. "
-                             "Hint: lower --data-parallel-size or add nodes.")
-        return size, {"num_cpus": 1, "num_gpus": 0}
-    if gpus < tp:
-        raise ValueError(f"--tensor-parallel-size {tp} needs {tp} GPUs; the Ray cluster has {gpus}. "
-                         "Hint: an engine's GPUs must be on one node.")
-    size = cfg.data_parallel_size or gpus // tp
-    if size * tp > gpus:
-        raise ValueError(f"--data-parallel-size {size} × --tensor-parallel-size {tp} needs {size * tp} GPUs; "
-                         f"the Ray cluster has {gpus}. Hint: leave --data-parallel-size out to use them all.")
-    return size, {"num_cpus": 1, "num_gpus": tp}
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, exits
-from .config import RunConfig, engine_envs
+from .config import RunConfig
 from .cost import Price, find_price
 from .engine import EngineSpec
 from .executor import Dispatcher, EngineStartError, LocalPool, TooManyRestarts
@@ -32,6 +32,7 @@ from .output import (
     fingerprint,
     refuse_foreign,
 )
+from .placement import local_envs
 from .progress import Progress
 from .reader import Scan, read_all, scan
 from .report import total_stats
@@ -109,7 +110,8 @@ def plan(cfg: RunConfig) -> Plan:
     if p.replaces_output and not cfg.overwrite:
         raise OutputConflict(conflict_message(out, state, detail))
     if cfg.executor == "local":
-        p.envs = engine_envs(cfg, gpus=0 if cfg.engine == "fake" else None)
+        p.envs = local_envs(cfg.tensor_parallel_size, cfg.data_parallel_size,
+                            gpus=0 if cfg.engine == "fake" else None)
     return p
 
 

@@ -17,8 +17,8 @@ from pipeline.chat_render import content_format
 from pipeline.embedded import embedded_model_dir
 from pipeline.estimate import completion_upper
 from pipeline.models import context_length
-from pipeline.token_count import PromptCounter
 from pipeline.requests import Request, RowError
+from pipeline.token_count import PromptCounter
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city",

@@ -205,12 +205,9 @@ def test_actors_get_engine_settings_but_no_credentials(monkeypatch):
     ({"CPU": 64.0, "GPU": 8.0}, "fake", None, None, (1, {"num_cpus": 1, "num_gpus": 0})),
 ])
 def test_one_actor_per_gpu_group(cluster, engine, tp, dp, expected):
-    from pipeline.config import RunConfig
-    from pipeline.engine import EngineSpec
-    from pipeline.ray_pool import layout
+    from pipeline.placement import ray_layout
 
-    cfg = RunConfig(inputs=("x",), output="o", model="m", tensor_parallel_size=tp, data_parallel_size=dp)
-    assert layout(EngineSpec(kind=engine, model="m"), cfg, cluster) == expected
+    assert ray_layout(tp, dp, cluster, needs_gpus=engine != "fake") == expected
 
 
 @pytest.mark.parametrize("cluster, tp, dp, message", [
@@ -219,10 +216,7 @@ def test_one_actor_per_gpu_group(cluster, engine, tp, dp, expected):
     ({"CPU": 64.0, "GPU": 8.0}, 4, 3, "needs 12 GPUs; the Ray cluster has 8"),
 ])
 def test_layout_that_does_not_fit_is_refused(cluster, tp, dp, message):
-    from pipeline.config import RunConfig
-    from pipeline.engine import EngineSpec
-    from pipeline.ray_pool import layout
+    from pipeline.placement import ray_layout
 
-    cfg = RunConfig(inputs=("x",), output="o", model="m", tensor_parallel_size=tp, data_parallel_size=dp)
     with pytest.raises(ValueError, match=message):
-        layout(EngineSpec(kind="vllm", model="m"), cfg, cluster)
+        ray_layout(tp, dp, cluster)
