@@ -185,3 +185,31 @@ def test_engine_args_come_from_the_option_table():
     assert "engine_arg" in options.OUTPUT_OPTIONS and "checkpoint_every" not in options.OUTPUT_OPTIONS
     cfg = RunConfig(inputs=("x",), output="o", model="m", max_num_seqs=8, engine_arg={"max_num_seqs": 4, "block_size": 16})
     assert cfg.engine_args() == {"max_num_seqs": 4, "block_size": 16, "trust_remote_code": False}
+
+
+def test_openai_format_with_n_and_tool_calls(tmp_path):
+    from pipeline.engine import Result
+    from pipeline.requests import Context, parse_row
+    from pipeline.rows import openai_line, result_row
+
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hello there friend", n=2, max_tokens=2)])
+    res = invoke("run", src, "-o", tmp_path / "out", "-m", "smollm2", "--engine", "fake", "-q", "--format", "openai")
+    assert res.exit_code == 0, res.output
+    [part] = sorted((tmp_path / "out").glob("part-*.jsonl"))
+    [line] = [json.loads(x) for x in part.read_text().splitlines()]
+    body = line["response"]["body"]
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert all(c["message"]["content"] == "hello there" and c["finish_reason"] == "length" for c in body["choices"])
+    assert body["usage"]["completion_tokens"] == 4
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    req = parse_row(chat_line("t", "weather in Paris?", tools=[tool], n=2), source_file="f", line=1, ctx=Context())
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    result = Result(0, [{"index": 0, "content": None, "tool_calls": [call], "finish_reason": "tool_calls", "logprobs": None},
+                        {"index": 1, "content": "sunny", "tool_calls": None, "finish_reason": "stop", "logprobs": None}],
+                    12, 7, 0)
+    out = openai_line(result_row(req, result, "m", None))
+    first, second = out["response"]["body"]["choices"]
+    assert first["message"] == {"role": "assistant", "content": None, "tool_calls": [call]}
+    assert first["finish_reason"] == "tool_calls" and second["message"] == {"role": "assistant", "content": "sunny"}
+    assert out["response"]["body"]["usage"]["total_tokens"] == 19

@@ -403,3 +403,20 @@ def test_parquet_input_with_integral_floats(tmp_path):
     res = invoke("run", tmp_path / "in.parquet", "-o", tmp_path / "out", *FAKE)
     assert res.exit_code == 0
     assert read_output(tmp_path / "out")["error"].is_null().all()
+
+
+def test_sigterm_during_the_run_commits_and_exits_3(tmp_path):
+    n = 60
+    src = write_jsonl(tmp_path / "in.jsonl", lines(n))
+    out = tmp_path / "out"
+    proc = slow_run(src, out)
+    wait_for_commit(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "interrupted" in stderr
+    done = read_output(out).height
+    assert 0 < done < n
+    res = cli("run", src, "-o", out, *FAKE)
+    assert res.returncode == 0, res.stderr
+    df = read_output(out)
+    assert df.height == n and df["custom_id"].n_unique() == n
