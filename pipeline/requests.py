@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from .problems import Invalid, RowError
+from .problems import Invalid, RowError, default_id
+from .shapes import Shape, detect, names_list, short
 
-CHAT_URL = "/v1/chat/completions"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 16
 MAX_TOP_LOGPROBS = 20
 MAX_TOOLS = 128
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_TOKEN_ID = re.compile(r"^[0-9]{1,10}$")
 
 # Numeric sampling parameters: (type, low, high, low inclusive, high inclusive).
 NUMERIC_PARAMS: dict[str, tuple[type, float, float, bool, bool]] = {
@@ -52,7 +53,6 @@ BODY_FIELDS = {
     "model", "messages", "n", "stop", "logprobs", "logit_bias", "tools", "tool_choice",
     "response_format", "user", *NUMERIC_PARAMS, *ACCEPTED_NO_EFFECT,
 }
-BATCH_LINE_FIELDS = {"custom_id", "method", "url", "body"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,59 +91,51 @@ class Context:
     max_n: int = 4
 
 
-def default_id(source_file: str, line: int) -> str:
-    """A stable id for a row that has none: derived from its file and line."""
-    digest = hashlib.blake2b(source_file.encode(), digest_size=4).hexdigest()
-    return f"{digest}-{line}"
-
-
-def detect_shape(row: dict[str, Any]) -> str:
-    """'batch' for OpenAI Batch API lines, 'body' for bare request bodies."""
-    return "batch" if "body" in row and ({"url", "method"} & row.keys()) else "body"
+MAX_CUSTOM_ID = 512  # characters
+MAX_UNKNOWN_FIELDS = 20  # kept per request: a row with a million unknown keys stays small
 
 
 def parse_row(
-    row: Any, *, source_file: str, line: int, ctx: Context, shape: str | None = None
+    row: Any, *, source_file: str, line: int, ctx: Context, shape: Shape | None = None
 ) -> Request | RowError:
-    """Turn one decoded row into a Request, or a RowError saying what is wrong."""
+    """Turn one decoded row into a Request, or a RowError saying what is wrong. Total: whatever
+    the value, exactly one of the two comes out, and both can be written to Parquet."""
     custom_id = default_id(source_file, line)
     user = None
     try:
         if not isinstance(row, dict):
             raise Invalid("invalid_row", f"a row must be a JSON object, got {_kind(row)}")
-        if row.get("custom_id") is not None:
-            custom_id = row["custom_id"]
-            if not isinstance(custom_id, str) or not custom_id:
-                custom_id = default_id(source_file, line)
+        given_id = row.get("custom_id")
+        if given_id is not None:
+            if not isinstance(given_id, str) or not given_id:
                 raise Invalid("invalid_parameter", "custom_id must be a non-empty string", "custom_id")
-        shape = shape or detect_shape(row)
+            if len(given_id) > MAX_CUSTOM_ID:
+                raise Invalid("invalid_parameter", f"custom_id is {len(given_id)} characters; at most "
+                              f"{MAX_CUSTOM_ID} are accepted", "custom_id")
+            if not _is_text(given_id):
+                raise Invalid("invalid_utf8", "custom_id holds a lone surrogate (\\ud800-\\udfff), which "
+                              "is not text; fix the encoding of the tool that wrote it", "custom_id")
+            custom_id = given_id
+        shape = shape or detect(row)
         warnings: list[str] = []
-        if shape == "batch":
-            body = _batch_body(row, warnings)
-        else:
-            body = {k: v for k, v in row.items() if k != "custom_id"}
-        if isinstance(body, dict) and isinstance(body.get("user"), str):
+        body = shape.read(row, warnings)
+        if isinstance(body, dict) and isinstance(body.get("user"), str) and _is_text(body["user"]):
             user = body["user"]
         return _parse_body(body, custom_id, source_file, line, ctx, warnings)
     except Invalid as e:
         return RowError(custom_id, source_file, line, e.code, e.message, e.param, user)
+    except Exception as e:  # a bug of ours must cost one row, never the job
+        return RowError(custom_id, source_file, line, "invalid_row",
+                        f"the row could not be read ({type(e).__name__}: {short(str(e), 120)}); "
+                        "please report this with the row", None, user)
 
 
-def _batch_body(row: dict[str, Any], warnings: list[str]) -> Any:
-    method = row.get("method", "POST")
-    if not isinstance(method, str) or method.upper() != "POST":
-        raise Invalid("invalid_method", f"method must be POST, got {method!r}", "method")
-    url = row.get("url")
-    if url != CHAT_URL:
-        raise Invalid(
-            "invalid_url",
-            f"url must be {CHAT_URL!r} (this pipeline runs chat completions), got {url!r}",
-            "url",
-        )
-    extra = sorted(set(row) - BATCH_LINE_FIELDS)
-    if extra:
-        warnings.append(f"unknown batch-line field(s) ignored: {', '.join(extra)}")
-    return row["body"]
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _parse_body(
@@ -152,11 +144,13 @@ def _parse_body(
     if not isinstance(body, dict):
         raise Invalid("invalid_row", f"the request body must be a JSON object, got {_kind(body)}", "body")
     model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise Invalid("invalid_parameter", f"model must be a string, got {_kind(model)}", "model")
     if model is not None and ctx.model_names and model not in ctx.model_names:
         names = ", ".join(sorted(ctx.model_names))
         raise Invalid(
             "model_mismatch",
-            f"the request asks for model {model!r} but this run serves {names}; "
+            f"the request asks for model {short(model)} but this run serves {names}; "
             "fix the request's model or run with -m for that model",
             "model",
         )
@@ -190,12 +184,19 @@ def _parse_body(
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise Invalid("invalid_parameter", "user must be a string", "user")
+    if user is not None and not _is_text(user):
+        raise Invalid("invalid_utf8", "user holds a lone surrogate (\\ud800-\\udfff), which is not text", "user")
+    bad_key = next((k for k in body if not isinstance(k, str) or not _is_text(k)), None)
+    if bad_key is not None:
+        raise Invalid("invalid_utf8", "a field name holds a lone surrogate (\\ud800-\\udfff), which is "
+                      "not text; fix the encoding of the tool that wrote the file")
     for name, note in ACCEPTED_NO_EFFECT.items():
         if body.get(name) and note:
             warnings.append(f"{name}: {note}")
-    unknown = tuple(sorted(set(body) - BODY_FIELDS))
+    unknown = sorted(set(body) - BODY_FIELDS)
     if unknown:
-        warnings.append(f"unknown field(s) ignored: {', '.join(unknown)}")
+        warnings.append(f"unknown field(s) ignored: {names_list(unknown)}")
+    unknown = tuple(n if len(n) <= 64 else n[:63] + "…" for n in unknown[:MAX_UNKNOWN_FIELDS])
     return Request(
         custom_id, source_file, line, messages, params, tools, tool_choice,
         response_format, user, tuple(warnings), unknown,
@@ -208,13 +209,16 @@ def _kind(value: Any) -> str:
 
 
 def _number(name: str, value: Any, kind: type, lo: float, hi: float, lo_in: bool, hi_in: bool):
+    if isinstance(value, float) and kind is int and math.isfinite(value) and value.is_integer():
+        value = int(value)  # 5.0: how pandas writes an optional integer column
     ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
-    if isinstance(value, bool) or not ok_type or (kind is float and not math.isfinite(value)):
-        raise Invalid("invalid_parameter", f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}", name)
+    if isinstance(value, bool) or not ok_type or (isinstance(value, float) and not math.isfinite(value)):
+        raise Invalid("invalid_parameter", f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                      f"got {short(value)}", name)
     if (value < lo or (value == lo and not lo_in)) or (value > hi or (value == hi and not hi_in)):
         left, right = "[" if lo_in else "(", "]" if hi_in else ")"
         high = "" if hi == math.inf else f"{hi:g}"
-        raise Invalid("invalid_parameter", f"{name} must be in {left}{lo:g}, {high}{right}, got {value!r}", name)
+        raise Invalid("invalid_parameter", f"{name} must be in {left}{lo:g}, {high}{right}, got {short(value)}", name)
     return value
 
 
@@ -232,8 +236,10 @@ def _logit_bias(bias: Any) -> dict[int, float]:
         raise Invalid("invalid_parameter", "logit_bias must map token ids to numbers", "logit_bias")
     out = {}
     for key, value in bias.items():
-        if not str(key).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
-            raise Invalid("invalid_parameter", f"logit_bias entry {key!r}: {value!r} must be a token id and a number in [-100, 100]", "logit_bias")
+        if (not isinstance(key, str) or not _TOKEN_ID.match(key) or isinstance(value, bool)
+                or not isinstance(value, (int, float)) or not -100 <= value <= 100):
+            raise Invalid("invalid_parameter", f"logit_bias entry {short(key)}: {short(value)} must be a "
+                          "token id (digits) and a number in [-100, 100]", "logit_bias")
         out[int(key)] = float(value)
     return out
 
@@ -322,11 +328,12 @@ def _tools(tools: Any) -> list[dict[str, Any]] | None:
 def _tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> Any:
     if choice is None:
         return None
-    if choice in ("none", "auto", "required"):
+    if isinstance(choice, str) and choice in ("none", "auto", "required"):
         if choice != "none" and not tools:
             raise Invalid("invalid_parameter", f"tool_choice {choice!r} needs tools", "tool_choice")
         return choice
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
     if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
         raise Invalid(
             "invalid_parameter",
@@ -406,19 +413,18 @@ def validate_rows(
     A row that is already a RowError (unreadable line) passes through.
     """
     seen = SeenIds()
-    shapes: dict[str, str] = {}
+    shapes: dict[str, Shape] = {}
     for source_file, line, row in rows:
         if isinstance(row, RowError):
             yield row
             continue
         if source_file not in shapes and isinstance(row, dict):
-            shapes[source_file] = detect_shape(row)
+            shapes[source_file] = detect(row)  # a file's shape: that of its first object
         item = parse_row(row, source_file=source_file, line=line, ctx=ctx, shape=shapes.get(source_file))
-        if isinstance(row, dict) and row.get("custom_id") is not None:
-            if seen.add(item.custom_id):
-                item = RowError(
-                    item.custom_id, source_file, line, "duplicate_custom_id",
-                    f"custom_id {item.custom_id!r} appears earlier in the input; every request needs its own id",
-                    "custom_id", item.user,
-                )
+        if isinstance(row, dict) and row.get("custom_id") == item.custom_id and seen.add(item.custom_id):
+            item = RowError(
+                item.custom_id, source_file, line, "duplicate_custom_id",
+                f"custom_id {short(item.custom_id)} appears earlier in the input; every request needs "
+                "its own id", "custom_id", item.user,
+            )
         yield item

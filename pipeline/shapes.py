@@ -2,7 +2,8 @@
 
 A file's shape is detected once, from its first row that is an object, and every row of the file
 is read in that shape (a row that does not fit gets an error saying why). Each shape gives the
-row's `custom_id` (or None) and the OpenAI chat-completions body that `requests.py` validates.
+row's OpenAI chat-completions body, which `requests.py` validates (`custom_id` is read from the
+row itself in every shape).
 """
 
 from __future__ import annotations
@@ -21,32 +22,35 @@ BATCH_LINE_FIELDS = {"custom_id", "method", "url", "body"}
 class Shape:
     name: str
     matches: Callable[[dict[str, Any]], bool]
-    # (row, warnings to add to) -> (custom_id or None, body); raises Invalid
-    read: Callable[[dict[str, Any], list[str]], tuple[Any, Any]]
+    # (row, warnings to add to) -> the request body; raises Invalid
+    read: Callable[[dict[str, Any], list[str]], Any]
 
 
-def _batch_line(row: dict[str, Any], warnings: list[str]) -> tuple[Any, Any]:
+def _batch_line(row: dict[str, Any], warnings: list[str]) -> Any:
     method = row.get("method", "POST")
     if not isinstance(method, str) or method.upper() != "POST":
-        raise Invalid("invalid_method", f"method must be POST, got {_short(method)}", "method")
+        raise Invalid("invalid_method", f"method must be POST, got {short(method)}", "method")
     url = row.get("url")
     if url != CHAT_URL:
         raise Invalid("invalid_url", f"url must be {CHAT_URL!r} (this pipeline runs chat completions), "
-                      f"got {_short(url)}", "url")
+                      f"got {short(url)}", "url")
     if "body" not in row:
         raise Invalid("invalid_row", "an OpenAI Batch line needs a body (the request); this one has none", "body")
     extra = sorted(set(row) - BATCH_LINE_FIELDS)
     if extra:
         warnings.append(f"unknown batch-line field(s) ignored: {names_list(extra)}")
-    return row.get("custom_id"), row["body"]
+    return row["body"]
 
 
-def _bare_body(row: dict[str, Any], warnings: list[str]) -> tuple[Any, Any]:
-    return row.get("custom_id"), {k: v for k, v in row.items() if k != "custom_id"}
+def _bare_body(row: dict[str, Any], warnings: list[str]) -> Any:
+    return {k: v for k, v in row.items() if k != "custom_id"}
 
 
-OPENAI_BATCH = Shape("openai-batch", lambda row: "body" in row and bool({"url", "method"} & row.keys()),
-                     _batch_line)
+def _is_batch_line(row: dict[str, Any]) -> bool:
+    return {"url", "method"} <= row.keys() or ("body" in row and bool({"url", "method"} & row.keys()))
+
+
+OPENAI_BATCH = Shape("openai-batch", _is_batch_line, _batch_line)
 BARE = Shape("body", lambda row: True, _bare_body)
 SHAPES = (OPENAI_BATCH, BARE)  # detection order: the first that matches
 
@@ -63,6 +67,6 @@ def names_list(names: list[str], limit: int = 5, width: int = 40) -> str:
     return ", ".join(shown) + more
 
 
-def _short(value: Any, width: int = 60) -> str:
+def short(value: Any, width: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,15 +1,16 @@
 """`make chaos`: a reproducible torture run of the promise "every input line ends as exactly one
 output row", with the fake engine.
 
-One output folder, many rounds; each round does one of:
+Jobs over one set of inputs, each into a fresh output folder, run in rounds until it completes;
+each round does one of:
   kill       a run is SIGKILLed at a random moment (mid-commit, mid-read, at start-up)
   two        two runs of the same command start at once; one may be killed
   dry        dry runs (and a second writer) are started while a run writes
   disk-full  the output's disk is filled up while a run writes (a small tmpfs; needs root)
 The inputs are partitioned folders of JSON lines, gzip and Parquet with fuzzed lines mixed in
 (random bytes, broken JSON, deep nesting, huge integers, lone surrogates, wrong types). After
-every round the commit records must not cover any line twice; after a last plain run the folder
-must hold exactly one row per input line, its foreign file untouched, and no debris.
+every round the commit records must not cover any line twice; a completed job's folder must hold
+exactly one row per input line, its foreign file untouched, and no debris.
 
     python tests/chaos.py --rounds 40 --seed 1
 """
@@ -99,16 +100,22 @@ class Chaos:
         self.disk = work / "disk"
         self.disk.mkdir()
         self.tmpfs = _mount_tmpfs(self.disk, "64m")
-        self.out = self.disk / "out"
+        self.counts: Counter[str] = Counter()
+        self.totals: Counter[str] = Counter()
+        self.jobs = 0
+        self.new_job()
+
+    def new_job(self) -> None:
+        self.jobs += 1
+        self.out = self.disk / f"out-{self.jobs}"
         self.out.mkdir()
         (self.out / "notes.txt").write_text("a file the pipeline did not write\n")
-        self.counts: Counter[str] = Counter()
 
     def command(self, *extra: str) -> list[str]:
-        delay = self.rng.choice(["0", "0.001", "0.005", "0.02"])
+        delay = self.rng.choice(["0.002", "0.005", "0.01", "0.02"])
         return [sys.executable, "-m", "pipeline", "run", str(self.inputs), "-o", str(self.out),
                 "--engine", "fake", "-m", "smollm2", "-q", "--allow-foreign-files",
-                "--checkpoint-every", str(self.rng.choice([1, 3, 7, 20])), "--max-in-flight", "8",
+                "--checkpoint-every", str(self.rng.choice([1, 3, 7, 20])), "--max-in-flight", "4",
                 "--lease-timeout", "30", "--engine-option", f"step_delay={delay}", *extra]
 
     def start(self, *extra: str) -> subprocess.Popen:
@@ -123,6 +130,8 @@ class Chaos:
             raise SystemExit(f"a run exited {proc.returncode}:\n{err[-3000:]}")
         if proc.returncode == 3 and "another run" in err:
             self.counts["second writer refused"] += 1
+        if proc.returncode == 3 and "No space left" in err:
+            self.counts["stopped by a full disk"] += 1
         return proc.returncode
 
     def kill_later(self, proc: subprocess.Popen, low: float = 0.2, high: float = 3.0) -> None:
@@ -180,13 +189,13 @@ class Chaos:
                         seen[(idx, line)] += 1
         self.counts["duplicated"] += sum(n - 1 for n in seen.values() if n > 1)
 
-    def final(self) -> dict[str, int]:
+    def complete(self) -> bool:
+        return (self.out / "_SUCCESS").exists()
+
+    def verify(self) -> None:
+        """The job's folder holds one row per input line; then the next job starts."""
         import polars as pl
 
-        # a run killed a moment ago may still hold a lease: its pid is dead, so this takes over
-        code = self.finish(self.start(), timeout=600)
-        if code != 0:
-            code = self.finish(self.start(), timeout=600)
         parts = sorted(self.out.glob("part-*.parquet"))
         df = pl.concat([pl.read_parquet(p) for p in parts])
         keys = Counter(zip(df["source_file"].to_list(), df["source_line"].to_list(), strict=True))
@@ -194,16 +203,27 @@ class Chaos:
         from pipeline.storage import Location
 
         recorded = {r["part"] for r in Output(Location.of(str(self.out))).read_state().records}
-        return {
+        self.totals.update({
+            "jobs completed": 1,
             "rows in": self.expected,
             "rows out": df.height,
-            "duplicated": self.counts["duplicated"] + sum(n - 1 for n in keys.values() if n > 1),
+            "duplicated": sum(n - 1 for n in keys.values() if n > 1),
             "lost": self.expected - len(keys),
             "error rows": int(df["error"].is_not_null().sum()),
             "debris files": len({p.name for p in parts} - recorded),
-            "foreign file intact": int((self.out / "notes.txt").exists()),
-            "final exit": code,
-        }
+            "foreign files lost": int(not (self.out / "notes.txt").exists()),
+        })
+        shutil.rmtree(self.out)
+        self.new_job()
+
+    def final(self) -> dict[str, int]:
+        # a run killed a moment ago may still hold a lease: its pid is dead, so this takes over
+        code = self.finish(self.start(), timeout=600)
+        if code != 0:
+            code = self.finish(self.start(), timeout=600)
+        self.verify()
+        return {**self.totals, "duplicated": self.totals["duplicated"] + self.counts["duplicated"],
+                "final exit": code}
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -221,6 +241,8 @@ def run(rounds: int, seed: int, rows: int) -> dict[str, int]:
         chaos = Chaos(work, seed, rows)
         for i in range(rounds):
             chaos.round(ACTIONS[i % len(ACTIONS)] if i < len(ACTIONS) else chaos.rng.choice(ACTIONS))
+            if chaos.complete():
+                chaos.verify()
         result = chaos.final()
         return {**{k: v for k, v in sorted(chaos.counts.items()) if k != "duplicated"}, **result}
     finally:
@@ -233,14 +255,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--rows", type=int, default=300, help="rows per JSON-lines input file")
+    parser.add_argument("--rows", type=int, default=600, help="rows per JSON-lines input file")
     args = parser.parse_args()
     started = time.monotonic()
     result = run(args.rounds, args.seed, args.rows)
     print(f"chaos: {args.rounds} rounds, seed {args.seed}, {time.monotonic() - started:.0f} s")
     for key, value in result.items():
         print(f"  {key:32s} {value}")
-    ok = result["duplicated"] == 0 and result["lost"] == 0 and result["rows out"] == result["rows in"]
+    ok = (result["duplicated"] == 0 and result["lost"] == 0 and result["rows out"] == result["rows in"]
+          and result["debris files"] == 0 and result["foreign files lost"] == 0)
     print("PASS: every input line has exactly one row" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 
