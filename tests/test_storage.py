@@ -220,3 +220,26 @@ def test_completion_marker_and_lease_are_exclusive(store, server):
     finally:
         lease.release()
     Lease.acquire(folder, timeout=30).release()  # a released lease is free
+
+
+def test_partition_prefixes_on_the_bucket_are_distinct_inputs(store):
+    for key in ("partition_key=1", "partition_key=2", "token=x"):
+        store.put(f"lake/{key}/part.jsonl",
+                  "".join(json.dumps(chat_line(f"{key}-{i}", f"q{i}")) + "\n" for i in range(3)).encode())
+    res = invoke("run", f"{store.root}/lake", "-o", f"{store.root}/out", *FAKE, *store.options)
+    assert res.exit_code == 0, res.output
+    rows = store.rows("out")
+    assert len(rows) == 9 and len({r["custom_id"] for r in rows}) == 9
+    assert {r["source_file"].rsplit("/", 2)[1] for r in rows} == {"partition_key=1", "partition_key=2", "token=x"}
+
+
+@pytest.mark.parametrize("server", ["s3"], indirect=True)
+def test_debug_logging_never_prints_credentials(store):
+    src = store.put("in.jsonl", (json.dumps(chat_line("a", "hi")) + "\n").encode())
+    res = subprocess.run([sys.executable, "-m", "pipeline", "-vv", "run", src, "-o", f"{store.root}/out",
+                          *FAKE, *store.options], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "DEBUG" in res.stderr or "INFO pipeline" in res.stderr  # -vv does log: ours
+    for secret in store.secrets:
+        assert secret not in res.stderr and secret not in res.stdout
+    assert "botocore" not in res.stderr
