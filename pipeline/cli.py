@@ -6,6 +6,7 @@ Data goes to stdout; logs and progress to stderr. Heavy imports happen inside co
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 
@@ -173,6 +174,22 @@ def estimate(inputs, **values) -> None:
 
     values = _values(values)
     run_estimate(_inputs(inputs), storage_options=values.pop("storage_option"), **values)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("output", metavar="DIR")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec storage option (as for run). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def status(output, storage_option, as_json) -> None:
+    """Where the job writing DIR stands: committed rows of total, parts, last commit, the run
+    holding it, and the command that finishes it. Exit 0 complete, 3 running or stopped."""
+    from .status import job_status, status_text
+
+    s = job_status(output, _key_values(storage_option, "--storage-option"))
+    click.echo(json.dumps(s, indent=2) if as_json else status_text(s))
+    sys.exit(exits.OK if s["state"] == "complete" else exits.INCOMPLETE)
 
 
 @cli.command("prepare-model", context_settings=CONTEXT)

@@ -168,6 +168,33 @@ OUTPUT_OPTIONS = tuple(o.name for o in OPTIONS if o.output and RUN in o.commands
 JOB_KEYS = frozenset({"inputs", *BY_NAME})  # what a job file may hold, for any command
 
 
+def command_line(command: str, inputs: tuple[str, ...], values: dict[str, Any]) -> str:
+    """The command that gives these values, with every option that differs from its default.
+    Storage option values are never shown (they may be credentials)."""
+    import json
+    import shlex
+
+    parts = ["pipeline", command, *map(shlex.quote, inputs)]
+    for o in of(command):
+        v = values.get(o.name)
+        if v is None or v == o.default or v in ((), {}) or (o.is_flag and not v):
+            continue
+        if o.pair:
+            parts.append(o.long if v else f"--no-{o.long[2:]}")
+        elif o.is_flag:
+            parts.append(o.long)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                shown = "***" if o.name == "storage_option" else (x if isinstance(x, str) else json.dumps(x))
+                parts += [o.long, shlex.quote(f"{k}={shown}")]
+        elif isinstance(v, (tuple, list)):
+            for x in v:
+                parts += [o.long, shlex.quote(str(x))]
+        else:
+            parts += [o.long, shlex.quote(str(v))]
+    return " ".join(parts)
+
+
 def of(command: str) -> list[Opt]:
     return [o for o in OPTIONS if command in o.commands]
 

@@ -178,7 +178,7 @@ class Output:
 
     # ---- claiming --------------------------------------------------------------------------
     def claim(self, detail: dict[str, Any], *, overwrite: bool, allow_foreign: bool,
-              lease_timeout: float) -> Claim:
+              lease_timeout: float, about: dict[str, Any] | None = None) -> Claim:
         """Take the folder for this job: lease it, record a new attempt (cutting off every earlier
         attempt at what it committed), remove our own debris. Returns the writer."""
         self.check_not_file()
@@ -202,7 +202,7 @@ class Output:
                 if a.get("cutoff") is None:
                     a["cutoff"] = last_seq.get(a["id"], 0)
             manifest["attempts"].append({"id": attempt, "lease": lease.generation, "started": _now(),
-                                         "cutoff": None})
+                                         "cutoff": None, **(about or {})})
             lease.check()
             self.loc.child(MANIFEST).put_atomic(json.dumps(manifest, indent=1).encode())
             self._remove(state.debris + [f"{COMMITS}/{n}" for n in _beyond_cutoff(self.loc, manifest)])

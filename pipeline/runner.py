@@ -9,12 +9,14 @@ the requests not yet committed through the engines, and commit their rows.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import __version__, exits
+from . import __version__, exits, options
 from .config import RunConfig
 from .cost import Price, find_price
 from .engine import EngineSpec
@@ -22,6 +24,7 @@ from .executor import Dispatcher, EngineStartError, LocalPool, TooManyRestarts
 from .inputs import InputFile, list_inputs
 from .lease import OutputBusy
 from .models import output_name, resolve_model, served_names
+from .options import command_line
 from .output import (
     Committed,
     Output,
@@ -149,8 +152,10 @@ def preview(p: Plan) -> str:
 
 def execute(p: Plan, started: float) -> Outcome:
     cfg = p.cfg
+    about = {"rows_total": p.total(), "host": socket.gethostname(), "pid": os.getpid(),
+             "command": command_line(options.RUN, cfg.inputs, asdict(cfg))}
     claim = p.out.claim(p.detail, overwrite=cfg.overwrite, allow_foreign=cfg.allow_foreign_files,
-                        lease_timeout=cfg.lease_timeout)
+                        lease_timeout=cfg.lease_timeout, about=about)
     pool = None
     try:
         committed = claim.committed()
