@@ -54,11 +54,23 @@ def reader_command(command: str):
     return decorate
 
 
-def _values(values: dict) -> dict:
+PATH_OPTIONS = ("output", "rows_file", "calibrate_from")  # besides INPUT...: where placeholders apply
+
+
+def _values(inputs: tuple[str, ...], values: dict) -> dict:
     """The command's option values with KEY=VALUE options as dicts (a job file's mapping, then
-    the command line's pairs over it) and repeatable options as tuples."""
+    the command line's pairs over it), repeatable options as tuples, and {date}-style
+    placeholders in paths filled in (the date and run id used are kept in the values)."""
+    from . import placeholders
+
     ctx = click.get_current_context()
     out = dict(values)
+    found = placeholders.values(out.get("date"), out.get("run_id"))
+    out["date"], out["run_id"] = found["date"].isoformat(), found["run_id"]
+    for name in PATH_OPTIONS:
+        if isinstance(out.get(name), str):
+            out[name] = placeholders.resolve(out[name], found)
+    out["inputs"] = tuple(placeholders.resolve(i, found) for i in _inputs(inputs))
     for name in KEY_VALUE_OPTIONS:
         if name in out:
             merged = dict(ctx.meta.get("job_mappings", {}).get(name, {}))
@@ -140,7 +152,7 @@ def run(inputs, **values) -> None:
     from .report import summary_text
     from .runner import run as run_job
 
-    cfg = RunConfig(inputs=_inputs(inputs), **_values(values))
+    cfg = RunConfig(**_values(inputs, values))
     outcome = run_job(cfg)
     if outcome.report:
         click.echo(summary_text(outcome.report))
@@ -159,8 +171,9 @@ def validate(inputs, **values) -> None:
     """
     from .validate import validate_inputs
 
-    values = _values(values)
-    ok = validate_inputs(_inputs(inputs), storage_options=values.pop("storage_option"), **values)
+    values = _values(inputs, values)
+    del values["date"], values["run_id"]
+    ok = validate_inputs(values.pop("inputs"), storage_options=values.pop("storage_option"), **values)
     sys.exit(0 if ok else 1)
 
 
@@ -172,8 +185,9 @@ def estimate(inputs, **values) -> None:
     a GPU or the model's weights (tokenizer and chat template only)."""
     from .estimate import run_estimate
 
-    values = _values(values)
-    run_estimate(_inputs(inputs), storage_options=values.pop("storage_option"), **values)
+    values = _values(inputs, values)
+    del values["date"], values["run_id"]
+    run_estimate(values.pop("inputs"), storage_options=values.pop("storage_option"), **values)
 
 
 @cli.command(context_settings=CONTEXT)

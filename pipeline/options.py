@@ -69,6 +69,10 @@ OPTIONS: tuple[Opt, ...] = (
         8 * 1024 * 1024, commands=READERS, output=True),
     Opt("max_n", "Largest accepted `n` (choices per request).", click.IntRange(1, 128), 4,
         commands=READERS, output=True),
+    Opt("date", "The run's date for {date} and {yesterday} in paths (YYYY-MM-DD; default: today). "
+        "For backfills.", commands=READERS),
+    Opt("run_id", "The value of {run_id} in paths (default: the date and time of the run).",
+        commands=READERS),
     # ---- the model (every command) -------------------------------------------------------------
     Opt("model", {RUN: "Model: a local folder, a hub id, or the embedded `smollm2`.",
                   VALIDATE: "Also check that requests name this model, and (with its tokenizer) fit its context.",

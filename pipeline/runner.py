@@ -224,6 +224,8 @@ def execute(p: Plan, started: float) -> Outcome:
             "engine": dispatcher.engine_info if pool else None,
             "engine_restarts": dispatcher.restarts if pool else 0,
             "pipeline_version": __version__,
+            "date": cfg.date,
+            "run_id": cfg.run_id,
         }
         if code == exits.OK and not claim.finish(report):
             message = f"another run completed {p.out.display} first; this run's parts are kept but not marked"
