@@ -153,12 +153,29 @@ def run(inputs, **values) -> None:
     from .runner import run as run_job
 
     cfg = RunConfig(**_values(inputs, values))
-    outcome = run_job(cfg)
+    try:
+        outcome = run_job(cfg)
+    except BaseException as e:  # the error itself is reported by user_errors
+        if cfg.metrics_file:
+            _write_metrics(cfg, {}, exits.INCOMPLETE if isinstance(e, exits.Interrupted) else exits.ERROR)
+        raise
+    if cfg.metrics_file:
+        _write_metrics(cfg, outcome.report, outcome.exit_code)
     if outcome.report:
         click.echo(summary_text(outcome.report))
     if outcome.message:
         click.echo(outcome.message, err=outcome.exit_code != 0)
     sys.exit(outcome.exit_code)
+
+
+def _write_metrics(cfg, report: dict, exit_code: int) -> None:
+    from .metrics import prometheus_text
+    from .storage import Location
+
+    text = prometheus_text(report, exit_code, Location.of(cfg.output, cfg.storage_options).display)
+    target = Location.of(cfg.metrics_file, cfg.storage_options)
+    target.at(target.path.rsplit("/", 1)[0]).makedirs()
+    target.put_atomic(text.encode())
 
 
 @cli.command(context_settings=CONTEXT)

@@ -108,6 +108,8 @@ OPTIONS: tuple[Opt, ...] = (
         "more), so a same-size rewrite is never resumed as the old file.", is_flag=True),
     Opt("lease_timeout", "Seconds without a heartbeat after which another run may take over the "
         "output of a crashed run on another machine.", click.FloatRange(min=1), 60.0),
+    Opt("metrics_file", "Also write the run's counters in Prometheus text format to this file "
+        "(node-exporter textfile collector), whatever the exit code."),
     Opt("quiet", "No progress output.", is_flag=True, short="-q"),
     Opt("dry_run", "Read and validate everything, start no engine, write nothing; say what would run.",
         is_flag=True),

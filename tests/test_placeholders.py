@@ -37,3 +37,24 @@ def test_unknown_placeholder_and_bad_date(tmp_path):
     assert res.exit_code == 1 and "YYYY-MM-DD" in res.output
     res = invoke("run", src, "-o", f"{tmp_path}/{{{{literal}}}}", *FAKE)
     assert res.exit_code == 0 and (tmp_path / "{literal}" / "_SUCCESS").exists()
+
+
+def test_metrics_file_in_prometheus_text_format(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hi"), "{bad"])
+    metrics = tmp_path / "textfile" / "pipeline.prom"
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--metrics-file", metrics)
+    assert res.exit_code == 0, res.output
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    requests = {s.labels["status"]: s.value for s in families["pipeline_requests"].samples}
+    assert requests == {"succeeded": 1, "failed": 1}
+    assert [s.labels["code"] for s in families["pipeline_errors"].samples] == ["invalid_json"]
+    assert families["pipeline_exit_code"].samples[0].value == 0
+    assert "pipeline_last_success_timestamp_seconds" in families
+    write_jsonl(src, [chat_line("b", "changed")])
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--metrics-file", metrics)  # a refused run
+    assert res.exit_code == 1
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    assert families["pipeline_exit_code"].samples[0].value == 1
+    assert "pipeline_last_success_timestamp_seconds" not in families
