@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 
 import click
@@ -134,7 +135,11 @@ QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "gcsfs", "adlfs", "
 
 
 def setup_logging(verbose: int) -> None:
+    """Our progress and summary always; vLLM's warnings and errors by default (its engines inherit
+    VLLM_LOGGING_LEVEL), its info logs with -v; -vv debug for ours and vLLM's, never the storage
+    clients'. An engine that fails to start always shows its last output (executor.py)."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", logging.getLevelName(level))
     logging.basicConfig(level=logging.WARNING if verbose < 2 else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for name in ("pipeline", "vllm"):

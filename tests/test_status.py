@@ -4,7 +4,7 @@ import json
 import signal
 
 from conftest import invoke, write_jsonl
-from test_trust import FAKE, cli, lines, slow_run, wait_for_commit
+from test_trust import cli, lines, slow_run, wait_for_commit
 
 
 def test_status_of_running_stopped_and_complete_jobs(tmp_path):

@@ -420,3 +420,15 @@ def test_sigterm_during_the_run_commits_and_exits_3(tmp_path):
     assert res.returncode == 0, res.stderr
     df = read_output(out)
     assert df.height == n and df["custom_id"].n_unique() == n
+
+
+def test_vllm_logs_follow_our_verbosity(monkeypatch):
+    from pipeline.cli import setup_logging
+
+    for verbose, level in ((0, "WARNING"), (1, "INFO"), (2, "DEBUG")):
+        monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+        setup_logging(verbose)
+        assert os.environ["VLLM_LOGGING_LEVEL"] == level
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "ERROR")  # the user's own setting wins
+    setup_logging(1)
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"
