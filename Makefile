@@ -10,7 +10,7 @@ AZURITE_BIN := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 # Engines on CPU: a small KV cache is plenty for the embedded model.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
-.PHONY: install demo test test-fast lint bench bench-io chaos azurite clean
+.PHONY: install demo test test-fast lint bench bench-io chaos azurite browser clean
 
 install: $(VENV)/.installed
 
@@ -35,7 +35,14 @@ azurite: $(AZURITE_BIN)
 $(AZURITE_BIN):
 	npm install --prefix $(AZURITE_DIR) --no-save --no-audit --no-fund --loglevel=error azurite@3.35.0
 
-test: install azurite
+# A real browser for the report page's test: Debian's chromium (as root), if none is there.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+	    echo "no chromium: the report page's browser test will be skipped (install Debian's chromium)"; }
+
+test: install azurite browser
 	$(BIN)/python -m pytest
 
 test-fast: install

@@ -228,6 +228,30 @@ def status(output, storage_option, as_json) -> None:
     sys.exit(exits.OK if s["state"] == "complete" else exits.INCOMPLETE)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("output", metavar="DIR")
+@click.option("--compare", "previous", metavar="PREV_DIR", help="A previous run's output folder: show the change from it.")
+@click.option("-o", "--page", help="Where to write the HTML page (default: DIR/_report.html).")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec storage option (as for run). Repeatable.")
+@user_errors
+def report(output, previous, page, storage_option) -> None:
+    """A run report: one self-contained HTML page (charts, errors with examples, slowest and
+    longest requests, a sample of outputs) and a terminal summary."""
+    from . import report_page
+    from .output import REPORT_PAGE
+    from .storage import Location
+
+    opts = _key_values(storage_option, "--storage-option")
+    data = report_page.load(output, opts)
+    figures = report_page.figures(data)
+    prev = report_page.figures(report_page.load(previous, opts)) if previous else None
+    target = Location.of(page, opts) if page else Location.of(output, opts).child(REPORT_PAGE)
+    target.put_atomic(report_page.page(data, figures, prev).encode())
+    click.echo(report_page.terminal_summary(data, figures, prev))
+    click.echo(f"report page: {target.display}")
+
+
 @cli.command("prepare-model", context_settings=CONTEXT)
 @click.option("--force", is_flag=True, help="Convert again even if the folder exists.")
 def prepare_model(force: bool) -> None:

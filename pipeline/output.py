@@ -7,6 +7,7 @@ Layout (every name ours; anything else in the folder is a foreign file and is ne
     _commits/<attempt>-<seq>.json   one record per committed part: its rows' (file, line) keys
     part-<attempt>-<seq>.parquet    the rows (or .jsonl with --format openai)
     _report.json, _SUCCESS    written last, when every request has its row
+    _report.html              the page `pipeline report DIR` writes
 
 Commit protocol (the lease holder's job alone):
 1. the part's bytes go to a name no other attempt uses: on local disk through a temporary name
@@ -43,6 +44,7 @@ MANIFEST = "_manifest.json"
 REPORT = "_report.json"
 SUCCESS = "_SUCCESS"
 COMMITS = "_commits"
+REPORT_PAGE = "_report.html"  # `pipeline report DIR` writes it
 FORMAT_EXT = {"parquet": "parquet", "openai": "jsonl"}
 _PART = re.compile(r"^part-([0-9a-f]{8})-(\d{5,})\.(parquet|jsonl)$")
 _RECORD = re.compile(r"^([0-9a-f]{8})-(\d{5,})\.json$")
@@ -150,7 +152,8 @@ class Output:
         covered = {r["part"] for r in records}
         foreign: list[str] = []
         leases: dict[int, str] = {}
-        ours_fixed = {MANIFEST, REPORT, SUCCESS, COMMITS} if manifest is not None else {COMMITS}
+        ours_fixed = ({MANIFEST, REPORT, SUCCESS, COMMITS, REPORT_PAGE} if manifest is not None
+                      else {COMMITS})
         for name in names:
             tmp = _TMP.match(name)
             base = tmp.group(1) if tmp else name
@@ -328,7 +331,7 @@ def conflict_message(out: Output, state: State, detail: dict[str, Any]) -> str:
 def _ours(state: State) -> list[str]:
     """Every file the folder's records prove ours (the lease files stay)."""
     names = [r["part"] for r in state.records] + state.debris
-    return names + [MANIFEST, REPORT, SUCCESS] + [f"{COMMITS}/{n}" for n in _record_names(state)]
+    return names + [MANIFEST, REPORT, SUCCESS, REPORT_PAGE] + [f"{COMMITS}/{n}" for n in _record_names(state)]
 
 
 def _record_names(state: State) -> list[str]:
