@@ -117,7 +117,9 @@ class LocalPool:
 
         parent, child = self.ctx.Pipe()
         out_read, out_write = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=process_main, args=(child, self.spec, self.envs[i], out_write),
+        # The engines share this machine's memory (the CPU build sizes its KV cache from it).
+        env = {"PIPELINE_ENGINES_PER_NODE": str(self.size), **self.envs[i]}
+        proc = self.ctx.Process(target=process_main, args=(child, self.spec, env, out_write),
                                 name=f"engine-{i}", daemon=False)
         proc.start()
         child.close()  # so that the worker's death reads as EOF here
