@@ -109,6 +109,7 @@ class LocalPool:
         self.conns: list[Any] = [None] * self.size
         self.outboxes: list[queue.Queue] = [queue.Queue() for _ in range(self.size)]
         self.tails: list[_Tail | None] = [None] * self.size
+        self.ready = [False] * self.size
         for i in range(self.size):
             self._start(i)
 
@@ -124,7 +125,7 @@ class LocalPool:
         proc.start()
         child.close()  # so that the worker's death reads as EOF here
         out_write.close()
-        self.tails[i] = _Tail(out_read)
+        self.tails[i], self.ready[i] = _Tail(out_read), False
         self.procs[i], self.conns[i] = proc, parent
         self.outboxes[i] = queue.Queue()
         # Sends go through a thread: a full pipe must never block the dispatcher while the
@@ -149,14 +150,17 @@ class LocalPool:
             i = live[conn]
             try:
                 kind, payload = conn.recv()
+                self.ready[i] = self.ready[i] or kind == "ready"
                 events.append(Event(i, kind, payload))
             except (EOFError, OSError):
                 proc = self.procs[i]
                 proc.join(timeout=5)
                 self.conns[i] = None
                 tail = self.tails[i]
-                events.append(Event(i, "died", f"engine process {describe_exit(proc.exitcode)}",
-                                    tail.last_lines() if tail else ""))
+                # What it printed last tells why an engine died while starting (a later death
+                # is a request's doing, and the engine's output says so above).
+                output = tail.last_lines() if tail and not self.ready[i] else ""
+                events.append(Event(i, "died", f"engine process {describe_exit(proc.exitcode)}", output))
         return events
 
     def restart(self, worker: int) -> None:
