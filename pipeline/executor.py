@@ -27,7 +27,8 @@ log = logging.getLogger("pipeline")
 
 
 class EngineStartError(RuntimeError):
-    """An engine could not start at all (bad model, no memory, missing install)."""
+    """An engine could not start at all (bad model, no memory, missing install), or died while
+    loading `max_start_tries` times in a row."""
 
 
 class TooManyRestarts(RuntimeError):
@@ -39,6 +40,49 @@ class Event:
     worker: int
     kind: str  # "ready", "results", "died", "fatal"
     payload: Any = None
+    output: str = ""  # for "died": the last lines the engine printed, where the pool keeps them
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a process ended, in words: "killed by SIGKILL (the OOM killer?)", "exited with code 1"."""
+    if exitcode is None:
+        return "ended (exit status unknown)"
+    if exitcode >= 0:
+        return f"exited with code {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    return f"killed by {name}" + (" (the OOM killer?)" if exitcode == -signal.SIGKILL else "")
+
+
+class _Tail:
+    """Copies an engine's output (its stdout and stderr, one pipe) to our stderr and keeps the
+    last lines, so that the reason an engine died can be reported with what it printed last."""
+
+    def __init__(self, conn, keep: int = 4096):
+        self.conn, self.keep, self.text, self.done = conn, keep, b"", threading.Event()
+        threading.Thread(target=self._copy, daemon=True).start()
+
+    def _copy(self) -> None:
+        fd = self.conn.fileno()
+        try:
+            while data := os.read(fd, 65536):
+                self.text = (self.text + data)[-self.keep:]
+                while data:
+                    data = data[os.write(2, data):]
+        except OSError:
+            pass
+        finally:
+            self.done.set()
+            self.conn.close()
+
+    def last_lines(self, n: int = 12, wait: float = 0.5) -> str:
+        """The last `n` lines (progress bars' carriage returns resolved), once the pipe has
+        drained or `wait` seconds passed (the engine's own processes may still hold it)."""
+        self.done.wait(wait)
+        lines = [line.rsplit("\r", 1)[-1].rstrip() for line in self.text.decode(errors="replace").split("\n")]
+        return "\n".join([line for line in lines if line.strip()][-n:])
 
 
 class Pool(Protocol):
@@ -64,6 +108,8 @@ class LocalPool:
         self.procs: list[Any] = [None] * self.size
         self.conns: list[Any] = [None] * self.size
         self.outboxes: list[queue.Queue] = [queue.Queue() for _ in range(self.size)]
+        self.tails: list[_Tail | None] = [None] * self.size
+        self.ready = [False] * self.size
         for i in range(self.size):
             self._start(i)
 
@@ -71,10 +117,15 @@ class LocalPool:
         from .worker import process_main
 
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=process_main, args=(child, self.spec, self.envs[i]),
+        out_read, out_write = self.ctx.Pipe(duplex=False)
+        # The engines share this machine's memory (the CPU build sizes its KV cache from it).
+        env = {"PIPELINE_ENGINES_PER_NODE": str(self.size), **self.envs[i]}
+        proc = self.ctx.Process(target=process_main, args=(child, self.spec, env, out_write),
                                 name=f"engine-{i}", daemon=False)
         proc.start()
         child.close()  # so that the worker's death reads as EOF here
+        out_write.close()
+        self.tails[i], self.ready[i] = _Tail(out_read), False
         self.procs[i], self.conns[i] = proc, parent
         self.outboxes[i] = queue.Queue()
         # Sends go through a thread: a full pipe must never block the dispatcher while the
@@ -99,12 +150,17 @@ class LocalPool:
             i = live[conn]
             try:
                 kind, payload = conn.recv()
+                self.ready[i] = self.ready[i] or kind == "ready"
                 events.append(Event(i, kind, payload))
             except (EOFError, OSError):
                 proc = self.procs[i]
                 proc.join(timeout=5)
                 self.conns[i] = None
-                events.append(Event(i, "died", f"engine process exited with code {proc.exitcode}"))
+                tail = self.tails[i]
+                # What it printed last tells why an engine died while starting (a later death
+                # is a request's doing, and the engine's output says so above).
+                output = tail.last_lines() if tail and not self.ready[i] else ""
+                events.append(Event(i, "died", f"engine process {describe_exit(proc.exitcode)}", output))
         return events
 
     def restart(self, worker: int) -> None:
@@ -157,11 +213,13 @@ class Dispatcher:
         on_result: Callable[[Request, Result], None],
         on_tick: Callable[[], None] = lambda: None,
         max_restarts: int = 50,
+        max_start_tries: int = 3,
         chunk: int = 256,
     ):
         self.pool, self.window, self.chunk = pool, window, chunk
         self.on_result, self.on_tick = on_result, on_tick
-        self.max_restarts = max_restarts
+        self.max_restarts, self.max_start_tries = max_restarts, max_start_tries
+        self.start_failures = [0] * pool.size  # per worker: deaths before ready, in a row
         self.workers = [_Worker() for _ in range(pool.size)]
         self.requeued: deque[Request] = deque()
         self.suspects: deque[list[Request]] = deque()
@@ -219,6 +277,7 @@ class Dispatcher:
         w = self.workers[ev.worker]
         if ev.kind == "ready":
             w.ready, w.info = True, ev.payload
+            self.start_failures[ev.worker] = 0
             self.engine_info = ev.payload
             log.info("engine %d ready: %s", ev.worker, ev.payload)
         elif ev.kind == "results":
@@ -230,8 +289,30 @@ class Dispatcher:
                 w.exclusive = False
         elif ev.kind == "fatal":
             raise EngineStartError(f"the engine could not start:\n{ev.payload}")
+        elif ev.kind == "died" and not w.ready:
+            self._start_failed(ev.worker, ev.payload, ev.output)
         elif ev.kind == "died":
             self._died(ev.worker, w, ev.payload)
+
+    def _start_failed(self, i: int, reason: str, output: str) -> None:
+        """An engine died before it was ready (killed while loading the model, most often by the
+        OOM killer): it held no requests, and another load is likely to end the same way, so it
+        gets `max_start_tries` loads in a row, not the restart budget."""
+        self.start_failures[i] += 1
+        tries = self.start_failures[i]
+        if tries < self.max_start_tries:
+            log.warning("engine %d died while starting (%s); starting it again (try %d of %d)",
+                        i, reason, tries + 1, self.max_start_tries)
+            self.pool.restart(i)
+            return
+        shown = "\n".join("  " + line for line in output.splitlines())
+        raise EngineStartError(
+            f"engine {i} died while starting, {tries} times in a row (last: {reason})."
+            + (f"\nIts last output:\n{shown}" if shown else "")
+            + "\nHint: an engine killed while loading has usually run out of memory: free memory, or make the "
+            "engine smaller (fewer engines with --data-parallel-size, a lower --max-model-len or "
+            "--max-num-seqs, a smaller or quantized model); otherwise its output above says why."
+        )
 
     def _died(self, i: int, w: _Worker, reason: str) -> None:
         held = list(w.inflight.values())

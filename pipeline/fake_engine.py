@@ -3,12 +3,17 @@
 Options (EngineSpec.options): `die_on` (a custom_id whose request kills the worker process,
 like a poison request kills a real engine), `die_at` (kill the process when this many requests
 have been added, once per marker file `die_marker`), `step_delay` (seconds per step),
-`log_file` (append every custom_id the engine receives, to check what a resume re-sends).
+`log_file` (append every custom_id the engine receives, to check what a resume re-sends),
+`die_loading` (die while loading, before the worker reports ready: a signal name such as SIGKILL,
+as the OOM killer does, or an exit code), `load_log` (append a line at every load) and
+`die_loads` (with `load_log`: die only while this many loads have been logged, then load fine).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import time
 
 from .engine import EngineSpec, Result
@@ -22,6 +27,23 @@ class FakeEngine:
                      "platform": "fake", "pid": os.getpid()}
         self.queue: list[Result] = []
         self.added = 0
+        self._load()
+
+    def _load(self) -> None:
+        loads = 0
+        if self.opts.get("load_log"):
+            with open(self.opts["load_log"], "a+") as log:
+                log.write(f"load {os.getpid()}\n")
+                log.seek(0)
+                loads = len(log.readlines())
+        how = self.opts.get("die_loading")
+        if how is None or ("die_loads" in self.opts and loads > self.opts["die_loads"]):
+            return
+        print(f"fake engine: loading {self.info['model']} (load {loads}) ... out of memory", file=sys.stderr, flush=True)
+        if isinstance(how, str):
+            os.kill(os.getpid(), getattr(signal, how))
+            time.sleep(10)  # the signal is delivered before this ends
+        os._exit(int(how))
 
     def add(self, items: list[tuple[int, Request]]) -> list[Result]:
         if self.opts.get("log_file"):

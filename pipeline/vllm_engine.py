@@ -20,6 +20,11 @@ from .requests import Request
 
 log = logging.getLogger("pipeline.engine")
 
+GiB = 1 << 30
+# Engines that the executor starts on this machine at once (it sets this in each engine's
+# environment), so that they share the memory that the CPU KV cache default is sized from.
+ENGINES_ENV = "PIPELINE_ENGINES_PER_NODE"
+
 try:
     import vllm
     from vllm import LLM
@@ -44,6 +49,11 @@ class VLLMEngine:
             # On CPU, torch.compile warm-up costs minutes and gains nothing for small batches.
             args["enforce_eager"] = self.cpu
         args.setdefault("trust_remote_code", False)
+        if self.cpu and _cpu_kv_cache_unset(args):
+            args["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(_cpu_available_memory(),
+                                                               int(os.environ.get(ENGINES_ENV) or 1))
+            log.info("CPU KV cache: %.2f GiB (set VLLM_CPU_KVCACHE_SPACE=<GiB> or --engine-arg "
+                     "kv_cache_memory_bytes=... to choose)", args["kv_cache_memory_bytes"] / GiB)
         self.llm = LLM(model=spec.model, **args)
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
@@ -57,6 +67,7 @@ class VLLMEngine:
             "platform": "cpu" if self.cpu else current_platform.device_name,
             "vllm": vllm.__version__, "enforce_eager": args["enforce_eager"],
             "tool_parser": self.tool_parser_name, "pid": os.getpid(),
+            "kv_cache_memory_bytes": self.engine.vllm_config.cache_config.kv_cache_memory_bytes,
             "sampling_defaults": self.defaults,
         }
 
@@ -226,6 +237,37 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except (TypeError, ValueError):
         return None
+
+
+def cpu_kv_cache_bytes(available: int, engines: int = 1, *, share: float = 0.3, cap: int = 4 * GiB) -> int:
+    """The KV cache each CPU engine gets when nobody chose one: `share` of the memory available
+    now (capped at `cap`), split between the `engines` that start together, in whole MiB.
+
+    Without a size, vLLM's CPU build reserves `gpu_memory_utilization` (0.92) of the whole NUMA
+    node and refuses to start when less than that is free, which a few GiB of page cache cause.
+    """
+    per_engine = min(cap, int(available * share)) // max(1, engines)
+    return max(per_engine >> 20, 1) << 20
+
+
+def _cpu_kv_cache_unset(args: dict[str, Any]) -> bool:
+    """Neither the user (VLLM_CPU_KVCACHE_SPACE, as vLLM reads it, or an engine argument that
+    sizes the cache) nor vLLM's own `gpu_memory_utilization`, when given, decides the size."""
+    return (os.environ.get("VLLM_CPU_KVCACHE_SPACE", "") == ""
+            and args.get("kv_cache_memory_bytes") is None and args.get("gpu_memory_utilization") is None)
+
+
+def _cpu_available_memory() -> int:
+    """Memory available to the engine now, as vLLM's CPU worker counts it (free memory, page
+    cache and reclaimable slabs of the NUMA node it runs on, within the cgroup's limit)."""
+    from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
+
+    try:
+        return get_memory_node_info(get_allowed_cpu_list()[0].numa_node).available_memory
+    except Exception:  # no lscpu, an unusual /sys: the machine-wide figure
+        import psutil
+
+        return psutil.virtual_memory().available
 
 
 def _first_line(e: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import traceback
 from typing import Any
 
@@ -41,16 +42,22 @@ class EngineLoop:
         return done
 
 
-def process_main(conn, spec: EngineSpec, env: dict[str, str]) -> None:
+def process_main(conn, spec: EngineSpec, env: dict[str, str], output=None) -> None:
     """Entry point of a local worker process: messages in over `conn`, results back.
 
     In: ("add", [(seq, Request), ...]). Out: ("ready", info), ("results", [...]),
     ("fatal", message) when the engine cannot start, ("died", message) when it fails later.
     The worker leads its own process group, so that the engine's own processes (vLLM's
     EngineCore) go down with it: the executor kills the group, and the worker kills it when the
-    executor is gone.
+    executor is gone. `output`, when given, is the write end of a pipe that takes the worker's
+    and its engine's stdout and stderr (the executor shows it and keeps its last lines).
     """
     os.setsid()
+    if output is not None:
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        output.close()
+        sys.stdout.reconfigure(line_buffering=True)  # a killed engine's last lines still come out
     try:
         loop = EngineLoop(spec, env)
     except BaseException as e:  # report why the engine could not start, then exit

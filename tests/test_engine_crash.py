@@ -1,14 +1,67 @@
-"""A request that kills the real engine (a per-request seed on the CPU build, passed through with
---seed-on-cpu engine) is isolated with an engine_crash row; the rest of the batch succeeds."""
+"""Engines that die. A request that kills the real engine (a per-request seed on the CPU build,
+passed through with --seed-on-cpu engine) is isolated with an engine_crash row; the rest of the
+batch succeeds. An engine that dies while loading (the OOM killer) is a start failure: a few
+tries, then exit 4 with the cause, not a restart budget spent on full model loads."""
 
 import json
+import signal
 
 import pytest
 from conftest import chat_line, invoke, read_output, write_jsonl
 
-pytestmark = pytest.mark.engine
+FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
 
 
+def loading_death(tmp_path, *options):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"q{i}") for i in range(5)])
+    loads = tmp_path / "loads.log"
+    args = [a for o in (f"load_log={loads}", *options) for a in ("--engine-option", o)]
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, *args)
+    return res, (len(loads.read_text().splitlines()) if loads.exists() else 0)
+
+
+def test_engine_killed_while_loading_is_a_start_failure(tmp_path):
+    res, loads = loading_death(tmp_path, "die_loading=SIGKILL")
+    assert res.exit_code == 4, res.output
+    assert loads == 3  # three loads, not a restart budget of 50
+    assert "died while starting, 3 times in a row" in res.output
+    assert "killed by SIGKILL (the OOM killer?)" in res.output
+    assert "fake engine: loading smollm2 (load 3) ... out of memory" in res.output  # what it printed last
+    assert "out of memory" in res.output and "--data-parallel-size" in res.output
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    # Once the engine loads, the same command finishes the job.
+    src = tmp_path / "in.jsonl"
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 0, res.output
+    assert read_output(tmp_path / "out").height == 5
+
+
+def test_engine_exiting_while_loading_names_the_exit_code(tmp_path):
+    res, loads = loading_death(tmp_path, "die_loading=3")
+    assert res.exit_code == 4, res.output
+    assert loads == 3
+    assert "exited with code 3" in res.output
+
+
+def test_a_load_that_fails_twice_then_works_is_not_a_restart(tmp_path):
+    res, loads = loading_death(tmp_path, "die_loading=SIGKILL", "die_loads=2")
+    assert res.exit_code == 0, res.output
+    assert loads == 3
+    assert read_output(tmp_path / "out").height == 5
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["engine_restarts"] == 0
+
+
+def test_describe_exit():
+    from pipeline.executor import describe_exit
+
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL (the OOM killer?)"
+    assert describe_exit(-signal.SIGSEGV) == "killed by SIGSEGV"
+    assert describe_exit(1) == "exited with code 1"
+    assert describe_exit(None) == "ended (exit status unknown)"
+
+
+@pytest.mark.engine
 def test_seed_crash_is_isolated(tmp_path):
     from pipeline.vllm_engine import current_platform
 
