@@ -12,6 +12,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import re
 import signal
 import threading
 from collections import deque
@@ -54,6 +55,13 @@ def describe_exit(exitcode: int | None) -> str:
     except ValueError:
         name = f"signal {-exitcode}"
     return f"killed by {name}" + (" (the OOM killer?)" if exitcode == -signal.SIGKILL else "")
+
+
+def _killed_core(text: str) -> str:
+    """vLLM's engine core process was killed by a signal while it loaded the model (its error
+    lists it with a negative exit code, e.g. "Failed core proc(s): {'EngineCore': -9}"): say so."""
+    found = re.search(r"Failed core proc\(s\): \{[^}]*?: (-\d+)", text)
+    return f"\nIts engine core process was {describe_exit(int(found[1]))}." if found else ""
 
 
 class _Tail:
@@ -288,7 +296,7 @@ class Dispatcher:
             if w.exclusive and not w.inflight:
                 w.exclusive = False
         elif ev.kind == "fatal":
-            raise EngineStartError(f"the engine could not start:\n{ev.payload}")
+            raise EngineStartError(f"the engine could not start:\n{ev.payload}{_killed_core(str(ev.payload))}")
         elif ev.kind == "died" and not w.ready:
             self._start_failed(ev.worker, ev.payload, ev.output)
         elif ev.kind == "died":

@@ -61,6 +61,21 @@ def test_describe_exit():
     assert describe_exit(None) == "ended (exit status unknown)"
 
 
+def test_engine_core_killed_while_loading_is_named():
+    """vLLM's own engine core process, not the worker, is the one the OOM killer takes."""
+    from pipeline.executor import Dispatcher, EngineStartError, Event
+
+    class Pool:
+        size = 1
+
+        def wait(self, timeout):
+            return [Event(0, "fatal", "RuntimeError: Engine core initialization failed. See root cause "
+                                      "above. Failed core proc(s): {'EngineCore': -9}")]
+
+    with pytest.raises(EngineStartError, match=r"engine core process was killed by SIGKILL \(the OOM killer\?\)"):
+        Dispatcher(Pool(), window=4, on_result=lambda req, res: None).run(iter(()))
+
+
 @pytest.mark.engine
 def test_seed_crash_is_isolated(tmp_path):
     from pipeline.vllm_engine import current_platform
