@@ -1,7 +1,9 @@
-"""The engine interface: Requests in, Results out. Executors and workers know only this.
+"""The engine boundary, types only: Requests in, Results out, and the kinds of engine with what
+each needs. Executors, workers and the runner know only this module.
 
-The real engine (`vllm_engine.py`) is imported only inside an engine worker process, so that
-`--help`, `validate` and `estimate` never pay for importing vLLM or torch.
+An engine's code (`vllm_engine.py`, `fake_engine.py`) is imported by name inside an engine
+worker process (`worker.make_engine`), so that `--help`, `validate` and `estimate` never pay for
+importing vLLM or torch, and this module imports no engine.
 """
 
 from __future__ import annotations
@@ -9,14 +11,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .problems import Problem
 from .requests import Request
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """A kind of engine and what it needs from the machine and the run."""
+
+    name: str
+    target: str  # "module:Class" built inside the worker with the EngineSpec
+    needs_gpus: bool  # placed on GPUs where the machine or cluster has some
+    loads_model: bool  # -m names weights to load (the embedded alias resolves to its folder)
+
+
+KINDS: dict[str, EngineKind] = {
+    "vllm": EngineKind("vllm", "pipeline.vllm_engine:VLLMEngine", needs_gpus=True, loads_model=True),
+    "fake": EngineKind("fake", "pipeline.fake_engine:FakeEngine", needs_gpus=False, loads_model=False),
+}
 
 
 @dataclass(frozen=True)
 class EngineSpec:
     """Everything a worker needs to build an engine; picklable, so it crosses process boundaries."""
 
-    kind: str  # "vllm" or "fake"
+    kind: str  # a key of KINDS
     model: str  # what the engine loads: a local folder or a hub id
     engine_args: dict[str, Any] = field(default_factory=dict)  # vLLM EngineArgs, by field name
     seed_policy: str = "ignore"  # what to do with a per-request seed where the engine cannot honour it
@@ -34,9 +53,11 @@ class Result:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
-    # (code, message, param) when the request failed inside the engine.
-    error: tuple[str, str, str | None] | None = None
+    error: Problem | None = None  # the request failed inside the engine
     warnings: tuple[str, ...] = ()
+    # set by the dispatcher: which engine answered, and seconds from hand-over to answer
+    engine: int | None = None
+    seconds: float | None = None
 
 
 class Engine(Protocol):
@@ -55,16 +76,3 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release the engine (processes, memory)."""
-
-
-def make_engine(spec: EngineSpec) -> Engine:
-    """Build the engine a spec names. Heavy imports happen here, inside the worker."""
-    if spec.kind == "fake":
-        from .fake_engine import FakeEngine
-
-        return FakeEngine(spec)
-    if spec.kind == "vllm":
-        from .vllm_engine import VLLMEngine
-
-        return VLLMEngine(spec)
-    raise ValueError(f"unknown engine {spec.kind!r}; use 'vllm' or 'fake'")

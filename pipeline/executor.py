@@ -15,13 +15,15 @@ import queue
 import re
 import signal
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_connections
 from typing import Any, Protocol
 
 from .engine import EngineSpec, Result
+from .problems import Problem
 from .requests import Request
 
 log = logging.getLogger("pipeline")
@@ -201,12 +203,14 @@ class LocalPool:
 class _Worker:
     ready: bool = False
     inflight: dict[int, Request] = field(default_factory=dict)
+    sent: dict[int, float] = field(default_factory=dict)  # seq -> when it was handed over
     exclusive: bool = False  # running a suspect group alone
     info: dict[str, Any] = field(default_factory=dict)
 
 
 class Dispatcher:
-    """Feeds requests to a pool and hands every Result (or engine-crash verdict) to callbacks.
+    """Feeds requests to a pool and yields every (Request, Result) as it finishes, engine-crash
+    verdicts included; it calls nothing back, so it runs the same in memory in a test.
 
     When an engine dies, the requests it held are re-run as a "suspect group" alone on one
     engine; a group that kills an engine again is split in halves, and a single request that
@@ -218,14 +222,11 @@ class Dispatcher:
         pool: Pool,
         *,
         window: int,
-        on_result: Callable[[Request, Result], None],
-        on_tick: Callable[[], None] = lambda: None,
         max_restarts: int = 50,
         max_start_tries: int = 3,
         chunk: int = 256,
     ):
         self.pool, self.window, self.chunk = pool, window, chunk
-        self.on_result, self.on_tick = on_result, on_tick
         self.max_restarts, self.max_start_tries = max_restarts, max_start_tries
         self.start_failures = [0] * pool.size  # per worker: deaths before ready, in a row
         self.workers = [_Worker() for _ in range(pool.size)]
@@ -235,7 +236,9 @@ class Dispatcher:
         self.engine_info: dict[str, Any] = {}
         self._seq = 0
 
-    def run(self, requests: Iterator[Request]) -> None:
+    def results(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result] | None]:
+        """(request, result) for every request, in the order they finish; None after each
+        wait for the engines (about every half second), so the caller can act on time."""
         source: Iterator[Request] | None = iter(requests)
         while True:
             for i, w in enumerate(self.workers):
@@ -246,8 +249,8 @@ class Dispatcher:
             ):
                 return
             for ev in self.pool.wait(timeout=0.5):
-                self._handle(ev)
-            self.on_tick()
+                yield from self._handle(ev)
+            yield None
 
     def _feed(self, i: int, w: _Worker, source: Iterator[Request] | None):
         if self.suspects and not w.inflight:
@@ -275,13 +278,14 @@ class Dispatcher:
 
     def _submit(self, i: int, w: _Worker, reqs: list[Request]) -> None:
         items = []
+        now = time.monotonic()
         for req in reqs:
             self._seq += 1
-            w.inflight[self._seq] = req
+            w.inflight[self._seq], w.sent[self._seq] = req, now
             items.append((self._seq, req))
         self.pool.submit(i, items)
 
-    def _handle(self, ev: Event) -> None:
+    def _handle(self, ev: Event) -> Iterator[tuple[Request, Result]]:
         w = self.workers[ev.worker]
         if ev.kind == "ready":
             w.ready, w.info = True, ev.payload
@@ -289,10 +293,12 @@ class Dispatcher:
             self.engine_info = ev.payload
             log.info("engine %d ready: %s", ev.worker, ev.payload)
         elif ev.kind == "results":
+            now = time.monotonic()
             for res in ev.payload:
                 req = w.inflight.pop(res.seq, None)
                 if req is not None:
-                    self.on_result(req, res)
+                    res.engine, res.seconds = ev.worker, round(now - w.sent.pop(res.seq, now), 6)
+                    yield req, res
             if w.exclusive and not w.inflight:
                 w.exclusive = False
         elif ev.kind == "fatal":
@@ -300,7 +306,7 @@ class Dispatcher:
         elif ev.kind == "died" and not w.ready:
             self._start_failed(ev.worker, ev.payload, ev.output)
         elif ev.kind == "died":
-            self._died(ev.worker, w, ev.payload)
+            yield from self._died(ev.worker, w, ev.payload)
 
     def _start_failed(self, i: int, reason: str, output: str) -> None:
         """An engine died before it was ready (killed while loading the model, most often by the
@@ -322,7 +328,7 @@ class Dispatcher:
             "--max-num-seqs, a smaller or quantized model); otherwise its output above says why."
         )
 
-    def _died(self, i: int, w: _Worker, reason: str) -> None:
+    def _died(self, i: int, w: _Worker, reason: str) -> Iterator[tuple[Request, Result]]:
         held = list(w.inflight.values())
         was_exclusive = w.exclusive
         self.workers[i] = _Worker()
@@ -338,12 +344,11 @@ class Dispatcher:
             if held:
                 self.suspects.append(held)
         elif len(held) == 1:
-            self.on_result(held[0], Result(0, error=(
+            yield held[0], Result(0, error=Problem(
                 "engine_crash",
                 f"this request crashed the engine twice ({reason}); it was isolated so the batch "
                 "could go on. Check its parameters (e.g. seed on the CPU build) and rerun it alone.",
-                None,
-            )))
+            ), engine=i)
         elif held:
             half = len(held) // 2
             self.suspects.extendleft([held[half:], held[:half]])

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from .engine import KINDS
+
 RUN, VALIDATE, ESTIMATE = "run", "validate", "estimate"
 READERS = frozenset({RUN, VALIDATE, ESTIMATE})  # commands that read requests
 ONLY_RUN = frozenset({RUN})
@@ -120,7 +122,7 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("tool_call_parser", "vLLM tool parser for tool_choice auto (e.g. llama3_json, hermes). "
         "Default: by model family.", output=True),
     Opt("engine", "fake: an instant echo engine, for tests and I/O benchmarks.",
-        click.Choice(["vllm", "fake"]), "vllm", output=True),
+        click.Choice(list(KINDS)), "vllm", output=True),
     Opt("engine_option", "Options of the engine itself (tests).", multiple=True, metavar="KEY=VALUE",
         hidden=True),
     Opt("executor", "local: engine processes on this machine; ray: engine actors on a Ray cluster.",

@@ -28,7 +28,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(f"--executor ray needs Ray ({e}): `pip install -e .[ray]`, or `make install`.") from e
 
 from .config import RunConfig
-from .engine import EngineSpec, Result
+from .engine import KINDS, EngineSpec, Result
 from .executor import Event
 from .placement import ray_layout
 from .requests import Request
@@ -99,7 +99,7 @@ class RayPool:
         self.started: list[bool] = []  # the engine is up (its "ready" event went out)
         try:
             self.size, self.resources = ray_layout(cfg.tensor_parallel_size, cfg.data_parallel_size,
-                                                  ray.cluster_resources(), needs_gpus=spec.kind != "fake")
+                                                  ray.cluster_resources(), needs_gpus=KINDS[spec.kind].needs_gpus)
             self.env = engine_env()
             self.actor_class = ray.remote(EngineActor).options(
                 **self.resources, max_restarts=0, scheduling_strategy="SPREAD")

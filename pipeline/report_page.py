@@ -150,11 +150,13 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
     timeline = _timeline(d)
     if timeline:
         x, y = timeline
-        charts.append(("Rows committed over the run", go.Figure(go.Scatter(x=x, y=y, mode="lines+markers"))))
-    if "engine" in rows.columns and rows["engine"].drop_nulls().len():
-        per = ok.group_by("engine").agg(ok["completion_tokens"].sum().alias("tokens"), ok["custom_id"].count().alias("rows")).sort("engine") if ok.height else None
-        if per is not None:
-            charts.append(("Requests per engine", go.Figure(go.Bar(x=[f"engine {e}" for e in per["engine"]], y=per["rows"].to_list()))))
+        charts.append(("Rows finished over the run", go.Figure(go.Scatter(x=x, y=y, mode="lines"))))
+    per = _per_engine(ok)
+    if per is not None:
+        names = [f"engine {e}" for e in per["engine"]]
+        charts.append(("Requests per engine", go.Figure(go.Bar(x=names, y=per["rows"].to_list()))))
+        charts.append(("Generated tokens/s per engine (first to last answer)",
+                       go.Figure(go.Bar(x=names, y=per["tokens_per_second"].to_list()))))
     charts.append(("Prompt tokens served from cache", go.Figure(go.Pie(
         labels=["from cache", "computed"], values=[f["cached_tokens"], max(0, f["prompt_tokens"] - f["cached_tokens"])], hole=0.5))))
     parts = []
@@ -197,7 +199,24 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
 <body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>"""
 
 
+def _per_engine(ok):
+    """Rows and generated tokens/s of each engine, from the rows' engine and finish times."""
+    import polars as pl
+
+    if not ok.height or "engine" not in ok.columns or not ok["engine"].drop_nulls().len():
+        return None
+    per = ok.filter(pl.col("engine").is_not_null()).group_by("engine").agg(
+        pl.len().alias("rows"), pl.col("completion_tokens").sum().alias("tokens"),
+        ((pl.col("finished_at").max() - pl.col("finished_at").min()).dt.total_milliseconds() / 1000).alias("span"),
+    ).sort("engine")
+    return per.with_columns((pl.col("tokens") / pl.col("span").clip(lower_bound=1e-3)).round(1).alias("tokens_per_second"))
+
+
 def _timeline(d: RunData) -> tuple[list[str], list[int]] | None:
+    rows = d.rows
+    if rows.height and "finished_at" in rows.columns and rows["finished_at"].drop_nulls().len():
+        times = rows["finished_at"].drop_nulls().sort()
+        return [t.isoformat() for t in times.to_list()], list(range(1, times.len() + 1))
     stamps = [(r.get("at"), r["rows"]) for r in d.commits if r.get("at")]
     if not stamps:
         return None

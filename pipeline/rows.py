@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 from .cost import Price
@@ -29,6 +30,9 @@ def error_row(err: RowError, model: str) -> dict[str, Any]:
         "error": {"code": err.code, "message": err.message, "param": err.param, "line": err.line},
         "source_file": err.source_file,
         "source_line": err.line,
+        "engine": None,
+        "engine_seconds": None,
+        "finished_at": datetime.now(timezone.utc),
     }
 
 
@@ -36,11 +40,10 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
     """An output row for a request the engine answered (or refused: then `error` is set)."""
     warnings = list(req.warnings) + list(res.warnings)
     if res.error is not None:
-        code, message, param = res.error
-        row = error_row(RowError(req.custom_id, req.source_file, req.line, code, message, param, req.user), model)
+        row = error_row(RowError.of(res.error, req.custom_id, req.source_file, req.line, req.user), model)
         row["prompt_tokens"] = res.prompt_tokens
         row["warnings"] = warnings or None
-        return row
+        return {**row, **_timing(res)}
     first = res.choices[0] if res.choices else {}
     prompt, completion = res.prompt_tokens or 0, res.completion_tokens or 0
     return {
@@ -60,7 +63,12 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "error": None,
         "source_file": req.source_file,
         "source_line": req.line,
+        **_timing(res),
     }
+
+
+def _timing(res: Result) -> dict[str, Any]:
+    return {"engine": res.engine, "engine_seconds": res.seconds, "finished_at": datetime.now(timezone.utc)}
 
 
 def openai_line(row: dict[str, Any]) -> dict[str, Any]:

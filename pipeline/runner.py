@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__, exits, options
 from .config import RunConfig
 from .cost import Price, find_price
-from .engine import EngineSpec
+from .engine import KINDS, EngineSpec
 from .executor import Dispatcher, EngineStartError, LocalPool, TooManyRestarts
 from .inputs import InputFile, list_inputs
 from .lease import OutputBusy
@@ -114,7 +114,7 @@ def plan(cfg: RunConfig) -> Plan:
         raise OutputConflict(conflict_message(out, state, detail))
     if cfg.executor == "local":
         p.envs = local_envs(cfg.tensor_parallel_size, cfg.data_parallel_size,
-                            gpus=0 if cfg.engine == "fake" else None)
+                            gpus=None if KINDS[cfg.engine].needs_gpus else 0)
     return p
 
 
@@ -178,14 +178,8 @@ def execute(p: Plan, started: float) -> Outcome:
                 else:
                     yield item
 
-        def on_result(req: Request, res) -> None:
-            writer.add(result_row(req, res, p.model_name, p.price))
-            counts["rows"] += 1
-            counts["generated"] += res.completion_tokens or 0
-            progress.update(1, res.completion_tokens or 0)
-
         spec = EngineSpec(
-            kind=cfg.engine, model=resolve_model(cfg.model) if cfg.engine == "vllm" else cfg.model,
+            kind=cfg.engine, model=resolve_model(cfg.model) if KINDS[cfg.engine].loads_model else cfg.model,
             engine_args=cfg.engine_args(), seed_policy=cfg.seed_on_cpu,
             tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
             # keep every engine's batch full between refills (vLLM runs up to 1024 sequences on big GPUs)
@@ -194,9 +188,16 @@ def execute(p: Plan, started: float) -> Outcome:
         message, code = "", exits.OK
         try:
             pool = _make_pool(cfg, spec, p.envs)
-            dispatcher = Dispatcher(pool, window=spec.max_in_flight, on_result=on_result,
-                                    on_tick=writer.tick, max_restarts=cfg.max_engine_restarts)
-            dispatcher.run(pending())
+            dispatcher = Dispatcher(pool, window=spec.max_in_flight, max_restarts=cfg.max_engine_restarts)
+            for done in dispatcher.results(pending()):
+                if done is None:  # a tick: commit on time even when nothing finishes
+                    writer.tick()
+                    continue
+                req, res = done
+                writer.add(result_row(req, res, p.model_name, p.price))
+                counts["rows"] += 1
+                counts["generated"] += res.completion_tokens or 0
+                progress.update(1, res.completion_tokens or 0)
             writer.flush()
         except (exits.Interrupted, KeyboardInterrupt):
             writer.flush()

@@ -55,6 +55,9 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("error", ERROR),
     pa.field("source_file", pa.string(), nullable=False),
     pa.field("source_line", pa.int64(), nullable=False),
+    pa.field("engine", pa.int32()),  # which engine of the run answered (0-based)
+    pa.field("engine_seconds", pa.float64()),  # from hand-over to the engine to its answer
+    pa.field("finished_at", pa.timestamp("ms", tz="UTC")),  # when the row was made
 ])
 
 # `pipeline estimate --output FILE`: one row per request. prompt_tokens is also set for a request

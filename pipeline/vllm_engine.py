@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import uuid
 from typing import Any
 
+from .chat_render import context_problem
 from .engine import EngineSpec, Result
+from .problems import Problem
 from .requests import Request
 
 log = logging.getLogger("pipeline.engine")
+_PROMPT_LENGTH = re.compile(r"prompt \(length (\d+)\)")
 
 GiB = 1 << 30
 # Engines that the executor starts on this machine at once (it sets this in each engine's
@@ -86,7 +90,7 @@ class VLLMEngine:
         try:
             creq = chat_request(req)
         except Exception as e:  # pydantic ValidationError: a field vLLM's API refuses
-            raise _Refused(("invalid_parameter", f"vLLM refused the request: {_first_line(e)}", None)) from None
+            raise _Refused(Problem("invalid_parameter", f"vLLM refused the request: {_first_line(e)}")) from None
         params = creq.to_sampling_params(req.max_tokens, self.defaults)
         params.output_kind = RequestOutputKind.FINAL_ONLY
         schema = get_json_schema_from_tools(
@@ -96,9 +100,9 @@ class VLLMEngine:
             params.structured_outputs = StructuredOutputsParams(json=schema)
         if params.seed is not None and self.cpu and self.spec.seed_policy != "engine":
             if self.spec.seed_policy == "error":
-                raise _Refused(("unsupported_parameter",
-                                "seed is not supported by the CPU build of vLLM (it crashes the engine); "
-                                "drop it or run with --seed-on-cpu ignore", "seed"))
+                raise _Refused(Problem("unsupported_parameter",
+                                       "seed is not supported by the CPU build of vLLM (it crashes the "
+                                       "engine); drop it or run with --seed-on-cpu ignore", "seed"))
             params.seed = None
             warnings.append("seed ignored: the CPU build of vLLM cannot seed one request (it crashes the engine)")
         tools = [t for t in req.tools or ()] if req.tool_choice != "none" else None
@@ -107,11 +111,19 @@ class VLLMEngine:
                 [req.messages], [params], use_tqdm=False, tools=tools or None,
             )
         except Exception as e:
-            message = _first_line(e)
-            code = "context_length_exceeded" if "length" in message and ("maximum" in message or "longer" in message) else "invalid_request"
-            hint = "; shorten the conversation or raise --max-model-len" if code == "context_length_exceeded" else ""
-            raise _Refused((code, f"{message}{hint}", "messages"), tuple(warnings)) from None
+            raise _Refused(self._refusal(e), tuple(warnings)) from None
         self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))
+
+    def _refusal(self, e: Exception) -> Problem:
+        """vLLM's refusal of a prompt, in our words: a prompt over the context gets the same
+        verdict (and message) that `estimate` and `validate` give it (chat_render.py)."""
+        message = _first_line(e)
+        length = _PROMPT_LENGTH.search(message)
+        if length is not None:
+            problem = context_problem(int(length.group(1)), self.info["max_model_len"])
+            if problem is not None:
+                return problem
+        return Problem("invalid_request", message, "messages")
 
     # ---- results out -------------------------------------------------------------------------
     def step(self) -> list[Result]:
@@ -124,7 +136,7 @@ class VLLMEngine:
                 done.append(self._result(seq, req, creq, warnings, out))
             except Exception as e:  # a bug in reading one output must not take the engine down
                 log.exception("reading the output of request %s failed", req.custom_id)
-                done.append(Result(seq, error=("output_error", f"reading the engine's output failed: {_first_line(e)}", None),
+                done.append(Result(seq, error=Problem("output_error", f"reading the engine's output failed: {_first_line(e)}"),
                                    prompt_tokens=len(out.prompt_token_ids or ())))
         return done
 
@@ -200,8 +212,8 @@ def chat_request(req: Request) -> ChatCompletionRequest:
 
 
 class _Refused(Exception):
-    def __init__(self, error: tuple[str, str, str | None], warnings: tuple[str, ...] = ()):
-        super().__init__(error[1])
+    def __init__(self, error: Problem, warnings: tuple[str, ...] = ()):
+        super().__init__(error.message)
         self.error, self.warnings = error, warnings
 
 

@@ -12,8 +12,19 @@ import sys
 import traceback
 from typing import Any
 
-from .engine import Engine, EngineSpec, Result, make_engine
+from .engine import KINDS, Engine, EngineSpec, Result
 from .requests import Request
+
+
+def make_engine(spec: EngineSpec) -> Engine:
+    """Build the engine a spec names, importing its code here, inside the worker."""
+    import importlib
+
+    kind = KINDS.get(spec.kind)
+    if kind is None:
+        raise ValueError(f"unknown engine {spec.kind!r}; use one of {', '.join(KINDS)}")
+    module, cls = kind.target.split(":")
+    return getattr(importlib.import_module(module), cls)(spec)
 
 
 class EngineLoop:

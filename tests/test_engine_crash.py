@@ -73,7 +73,7 @@ def test_engine_core_killed_while_loading_is_named():
                                       "above. Failed core proc(s): {'EngineCore': -9}")]
 
     with pytest.raises(EngineStartError, match=r"engine core process was killed by SIGKILL \(the OOM killer\?\)"):
-        Dispatcher(Pool(), window=4, on_result=lambda req, res: None).run(iter(()))
+        list(Dispatcher(Pool(), window=4).results(iter(())))
 
 
 @pytest.mark.engine
