@@ -66,7 +66,7 @@ def test_changed_input_is_refused_unless_overwrite(tmp_path):
 def test_changed_option_is_named(tmp_path):
     src = mixed_file(tmp_path)
     out = tmp_path / "out"
-    # leave an incomplete job behind: dry-run does not count, so commit one part by hand
+    # leave an incomplete job behind: a finished run whose completion marker is removed
     assert invoke("run", src, "-o", out, *FAKE, "--price-input", "2").exit_code == 0
     (out / "_SUCCESS").unlink()
     res = invoke("run", src, "-o", out, *FAKE, "--price-input", "3")
