@@ -24,7 +24,6 @@ Only files that the manifest's attempts prove ours are ever removed.
 from __future__ import annotations
 
 import hashlib
-import io as _io
 import json
 import logging
 import re
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .formats import FORMAT_EXT, encode
 from .lease import Lease, LeaseLost
 from .report import part_stats
 from .storage import Location, StorageError
@@ -45,7 +45,6 @@ REPORT = "_report.json"
 SUCCESS = "_SUCCESS"
 COMMITS = "_commits"
 REPORT_PAGE = "_report.html"  # `pipeline report DIR` writes it
-FORMAT_EXT = {"parquet": "parquet", "openai": "jsonl"}
 _PART = re.compile(r"^part-([0-9a-f]{8})-(\d{5,})\.(parquet|jsonl)$")
 _RECORD = re.compile(r"^([0-9a-f]{8})-(\d{5,})\.json$")
 _TMP = re.compile(r"^\.tmp-[0-9a-f]{12}-(.+)$")
@@ -288,23 +287,6 @@ class PartWriter:
             name = self.claim.commit(rows)
             log.info("committed %s (%d rows)", name, len(rows))
         self.last = time.monotonic()
-
-
-def encode(rows: list[dict[str, Any]], fmt: str) -> bytes:
-    """A part's bytes in the output format: the Parquet output schema, or OpenAI Batch lines."""
-    if fmt == "openai":
-        from .rows import encode_jsonl
-
-        return encode_jsonl(rows)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .schema import OUTPUT_SCHEMA
-
-    table = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
-    buf = _io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
 
 
 def refuse_foreign(out: Output, state: State, allow_foreign: bool) -> None:

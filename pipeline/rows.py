@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -69,45 +68,3 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
 
 def _timing(res: Result) -> dict[str, Any]:
     return {"engine": res.engine, "engine_seconds": res.seconds, "finished_at": datetime.now(timezone.utc)}
-
-
-def openai_line(row: dict[str, Any]) -> dict[str, Any]:
-    """The row as an OpenAI Batch API output line (https://platform.openai.com/docs/guides/batch)."""
-    err = row["error"]
-    if err is not None and row["choices"] is None:
-        return {
-            "id": f"batch_req_{row['custom_id']}",
-            "custom_id": row["custom_id"],
-            "response": None,
-            "error": {"code": err["code"], "message": err["message"], "param": err["param"], "line": err["line"]},
-        }
-    choices = []
-    for c in row["choices"]:
-        message = {"role": "assistant", "content": c["content"]}
-        if c.get("tool_calls"):
-            message["tool_calls"] = c["tool_calls"]
-        choices.append({"index": c["index"], "message": message, "logprobs": c.get("logprobs"),
-                        "finish_reason": c["finish_reason"]})
-    body = {
-        "id": f"chatcmpl-{row['custom_id']}",
-        "object": "chat.completion",
-        "model": row["model"],
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": row["prompt_tokens"],
-            "completion_tokens": row["completion_tokens"],
-            "total_tokens": row["total_tokens"],
-            "prompt_tokens_details": {"cached_tokens": row["cached_tokens"]},
-            "estimated_cost": row["estimated_cost"],
-        },
-    }
-    return {
-        "id": f"batch_req_{row['custom_id']}",
-        "custom_id": row["custom_id"],
-        "response": {"status_code": 200, "request_id": row["custom_id"], "body": body},
-        "error": None,
-    }
-
-
-def encode_jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(openai_line(r), ensure_ascii=False) + "\n" for r in rows).encode()

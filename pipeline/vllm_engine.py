@@ -16,7 +16,7 @@ import re
 import uuid
 from typing import Any
 
-from .chat_render import context_problem
+from .chat_render import context_problem, engine_tools
 from .engine import EngineSpec, Result
 from .problems import Problem
 from .requests import Request
@@ -105,10 +105,9 @@ class VLLMEngine:
                                        "engine); drop it or run with --seed-on-cpu ignore", "seed"))
             params.seed = None
             warnings.append("seed ignored: the CPU build of vLLM cannot seed one request (it crashes the engine)")
-        tools = [t for t in req.tools or ()] if req.tool_choice != "none" else None
         try:
             [rid] = self.llm.enqueue_chat(
-                [req.messages], [params], use_tqdm=False, tools=tools or None,
+                [req.messages], [params], use_tqdm=False, tools=engine_tools(req),
             )
         except Exception as e:
             raise _Refused(self._refusal(e), tuple(warnings)) from None

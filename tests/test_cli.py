@@ -189,8 +189,9 @@ def test_engine_args_come_from_the_option_table():
 
 def test_openai_format_with_n_and_tool_calls(tmp_path):
     from pipeline.engine import Result
+    from pipeline.formats import openai_line
     from pipeline.requests import Context, parse_row
-    from pipeline.rows import openai_line, result_row
+    from pipeline.rows import result_row
 
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hello there friend", n=2, max_tokens=2)])
     res = invoke("run", src, "-o", tmp_path / "out", "-m", "smollm2", "--engine", "fake", "-q", "--format", "openai")
