@@ -131,6 +131,8 @@ class Output:
         raw = self.loc.child(MANIFEST).cat() if MANIFEST in names else None
         manifest = _json(raw, self.loc.child(MANIFEST)) if raw is not None else None
         attempts = {a["id"]: a.get("cutoff") for a in (manifest or {}).get("attempts", [])}
+        # the first version's manifest listed its parts itself: they are ours too
+        legacy = {p.get("name") for p in (manifest or {}).get("parts", []) if isinstance(p, dict)}
         records_by_name: dict[str, dict[str, Any]] = {}
         debris: list[str] = []
         if manifest is not None and COMMITS in names:
@@ -160,7 +162,7 @@ class Output:
             lease = _LEASE.match(base)
             if lease and not tmp:
                 leases[int(lease.group(1))] = name
-            elif part and part.group(1) in attempts:
+            elif part and (part.group(1) in attempts or base in legacy):
                 if tmp or name not in covered:
                     debris.append(name)
             elif base in ours_fixed or lease:

@@ -432,3 +432,20 @@ def test_vllm_logs_follow_our_verbosity(monkeypatch):
     monkeypatch.setenv("VLLM_LOGGING_LEVEL", "ERROR")  # the user's own setting wins
     setup_logging(1)
     assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"
+
+
+def test_output_of_the_first_version_is_ours_to_replace(tmp_path):
+    """A folder written by the first version (its manifest listed the parts) is another job's
+    output, not foreign files: refused without --overwrite, replaced with it."""
+    src = write_jsonl(tmp_path / "in.jsonl", lines(2))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-1a2b3c4d-00001.parquet").write_bytes(b"old rows")
+    (out / "_manifest.json").write_text(json.dumps({"version": 1, "fingerprint": "old", "job": {"inputs": []},
+                                                    "parts": [{"name": "part-1a2b3c4d-00001.parquet"}]}))
+    (out / "_SUCCESS").write_text("{}")
+    res = invoke("run", src, "-o", out, *FAKE)
+    assert res.exit_code == 1 and "different job" in res.output
+    res = invoke("run", src, "-o", out, *FAKE, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert not (out / "part-1a2b3c4d-00001.parquet").exists() and read_output(out).height == 2
