@@ -170,6 +170,10 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
         ("requests/s", f["requests_per_second"] or "–"), ("generated tok/s", f["generated_tokens_per_second"] or "–")))
     sections = [f"<h2>Summary</h2><div class='cards'>{cards}</div>",
                 f"<p>Model {html.escape(str(f['model']))}; price {html.escape(str(f['price']))}; engines {f['engines']}</p>"]
+    sections.append("<h2>Cost by price row</h2>" + _table(
+        ["model", "price row", "prompt tokens", "completion tokens", "estimated cost (USD)"],
+        [(f["model"], f["price"] or "none (no price known: pass --price-input/--price-output)",
+          f["prompt_tokens"], f["completion_tokens"], f"{f['estimated_cost']:.6g}")]))
     if prev is not None:
         sections.append("<h2>Change from the previous run</h2>" + _table(
             ["figure", "previous", "this run", "change"], [(a, _fmt(b), _fmt(c), d) for a, b, c, d in compare(f, prev)]))

@@ -29,6 +29,7 @@ def test_terminal_summary_and_compare(tmp_path):
     assert "compared with the previous run" in res.output and "error rate" in res.output
     page = (out / "_report.html").read_text()
     assert "Change from the previous run" in page and "Errors by code" in page
+    assert "Cost by price row" in page and "demo list price" in page
     assert "Requests per engine" in page and "Slowest requests" in page and "Rows finished over the run" in page
     assert "<script src=" not in page and "<link" not in page  # self-contained: no network to view it
     # the page is the tool's own file: the next run does not call it foreign
