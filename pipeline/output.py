@@ -119,6 +119,15 @@ class Output:
     def display(self) -> str:
         return self.loc.display
 
+    def job_state(self) -> State:
+        """The state of a folder that must hold a job of this tool (status, report)."""
+        self.check_not_file()
+        state = self.read_state()
+        if state.manifest is None:
+            raise FileNotFoundError(f"{self.display} holds no job of this tool (no _manifest.json). "
+                                    "Hint: pass the --output folder of a `pipeline run`")
+        return state
+
     def check_not_file(self) -> None:
         info = self.loc.info()
         if info is not None and info.get("type") != "directory":

@@ -63,3 +63,13 @@ def default_id(source_file: str, line: int) -> str:
     """A stable id for a row that has none: derived from its file and line."""
     digest = hashlib.blake2b(source_file.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
     return f"{digest}-{line}"
+
+
+def is_text(text: str) -> bool:
+    """Can this string be written as UTF-8 (no lone surrogates)? Rows that are not text become
+    error rows instead of breaking the Parquet writer."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False

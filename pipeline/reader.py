@@ -27,7 +27,7 @@ from fsspec.spec import AbstractBufferedFile
 
 from . import storage
 from .inputs import InputFile
-from .problems import Problem, RowError, default_id
+from .problems import Problem, RowError, default_id, is_text
 from .storage import StorageError, is_transient
 
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
@@ -204,24 +204,16 @@ def lone_surrogate(value: Any) -> str | None:
     while stack:
         path, v = stack.pop()
         if isinstance(v, str):
-            if not _encodes(v):
+            if not is_text(v):
                 return path
         elif isinstance(v, dict):
             for k, item in v.items():
-                if not _encodes(k):
+                if not is_text(k):
                     return f"{path} (a field name)"
                 stack.append((k if path == "line" else f"{path}.{k}", item))
         elif isinstance(v, list):
             stack.extend((f"{path}[{i}]", item) for i, item in enumerate(v))
     return None
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _unreadable(file: InputFile, line: int, e: BaseException) -> Problem:

@@ -34,11 +34,7 @@ def load(url: str, storage_options: dict[str, Any] | None = None) -> RunData:
     import polars as pl
 
     out = Output(Location.of(url, storage_options))
-    out.check_not_file()
-    state = out.read_state()
-    if state.manifest is None:
-        raise FileNotFoundError(f"{out.display} holds no job of this tool (no _manifest.json). "
-                                "Hint: pass the --output folder of a `pipeline run`")
+    state = out.job_state()
     raw = out.loc.child("_report.json").cat()
     report = json.loads(raw) if raw else {}
     frames = []

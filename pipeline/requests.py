@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .problems import Invalid, RowError, default_id
+from .problems import Invalid, RowError, default_id, is_text
 from .shapes import Shape, detect, names_list, short
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -112,14 +112,14 @@ def parse_row(
             if len(given_id) > MAX_CUSTOM_ID:
                 raise Invalid("invalid_parameter", f"custom_id is {len(given_id)} characters; at most "
                               f"{MAX_CUSTOM_ID} are accepted", "custom_id")
-            if not _is_text(given_id):
+            if not is_text(given_id):
                 raise Invalid("invalid_utf8", "custom_id holds a lone surrogate (\\ud800-\\udfff), which "
                               "is not text; fix the encoding of the tool that wrote it", "custom_id")
             custom_id = given_id
         shape = shape or detect(row)
         warnings: list[str] = []
         body = shape.read(row, warnings)
-        if isinstance(body, dict) and isinstance(body.get("user"), str) and _is_text(body["user"]):
+        if isinstance(body, dict) and isinstance(body.get("user"), str) and is_text(body["user"]):
             user = body["user"]
         return _parse_body(body, custom_id, source_file, line, ctx, warnings)
     except Invalid as e:
@@ -128,14 +128,6 @@ def parse_row(
         return RowError(custom_id, source_file, line, "invalid_row",
                         f"the row could not be read ({type(e).__name__}: {short(str(e), 120)}); "
                         "please report this with the row", None, user)
-
-
-def _is_text(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _parse_body(
@@ -184,9 +176,9 @@ def _parse_body(
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise Invalid("invalid_parameter", "user must be a string", "user")
-    if user is not None and not _is_text(user):
+    if user is not None and not is_text(user):
         raise Invalid("invalid_utf8", "user holds a lone surrogate (\\ud800-\\udfff), which is not text", "user")
-    bad_key = next((k for k in body if not isinstance(k, str) or not _is_text(k)), None)
+    bad_key = next((k for k in body if not isinstance(k, str) or not is_text(k)), None)
     if bad_key is not None:
         raise Invalid("invalid_utf8", "a field name holds a lone surrogate (\\ud800-\\udfff), which is "
                       "not text; fix the encoding of the tool that wrote the file")

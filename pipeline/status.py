@@ -16,11 +16,7 @@ from .storage import Location
 
 def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     out = Output(Location.of(url, storage_options))
-    out.check_not_file()
-    state = out.read_state()
-    if state.manifest is None:
-        raise FileNotFoundError(f"{out.display} holds no job of this tool (no _manifest.json). "
-                                "Hint: pass the --output folder of a `pipeline run`")
+    state = out.job_state()
     attempts = state.manifest.get("attempts", [])
     last = attempts[-1] if attempts else {}
     committed = sum(r["rows"] for r in state.records)

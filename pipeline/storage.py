@@ -287,23 +287,16 @@ class Location:
         """Read-side calls: transient errors retried; a refusal says so."""
         try:
             return retrying(f"{what} {self.display}", fn)
-        except FileNotFoundError as e:
-            if _cause_status(e) is None:
-                raise
-            if denied(e):
-                raise AccessDenied(f"access to {self.display} was refused (HTTP {_cause_status(e)}). "
-                                   "Hint: check the credentials and permissions for it") from None
-            if is_transient(e):
-                raise StorageError(f"{what} {self.display} failed after {len(RETRY_DELAYS) + 1} tries: "
-                                   f"HTTP {_cause_status(e)}") from None
-            raise
         except Exception as e:
+            if isinstance(e, FileNotFoundError) and _cause_status(e) is None:
+                raise  # really missing (fsspec's HTTP filesystem reports failed requests this way too)
+            detail = f"HTTP {_cause_status(e)}" if isinstance(e, FileNotFoundError) else _brief(e, self.secrets)
             if denied(e):
-                raise AccessDenied(f"access to {self.display} was refused ({_brief(e, self.secrets)}). "
+                raise AccessDenied(f"access to {self.display} was refused ({detail}). "
                                    "Hint: check the credentials and permissions for it") from None
             if is_transient(e):
                 raise StorageError(f"{what} {self.display} failed after {len(RETRY_DELAYS) + 1} tries: "
-                                   f"{_brief(e, self.secrets)}") from None
+                                   f"{detail}") from None
             raise
 
     def _write(self, what: str, fn: Callable[[], T]) -> T:
