@@ -117,9 +117,13 @@ class VLLMEngine:
         """vLLM's refusal of a prompt, in our words: a prompt over the context gets the same
         verdict (and message) that `estimate` and `validate` give it (chat_render.py)."""
         message = _first_line(e)
-        length = _PROMPT_LENGTH.search(message)
-        if length is not None:
-            problem = context_problem(int(length.group(1)), self.info["max_model_len"])
+        length = _PROMPT_LENGTH.search(message)  # the input processor's form
+        tokens = int(length.group(1)) if length else None
+        param = getattr(e, "parameter", None)  # the renderer's: VLLMValidationError(parameter=...)
+        if param == "input_tokens" and isinstance(getattr(e, "value", None), int):
+            tokens = e.value
+        if tokens is not None or param in ("input_tokens", "input_text"):
+            problem = context_problem(tokens, self.info["max_model_len"], at_least="at least" in message)
             if problem is not None:
                 return problem
         return Problem("invalid_request", message, "messages")

@@ -98,3 +98,28 @@ def test_seed_crash_is_isolated(tmp_path):
     assert rows["ok-1"]["error"] is None and rows["ok-2"]["error"] is None
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["engine_restarts"] >= 2 and report["errors_by_code"] == {"engine_crash": 1}
+
+
+@pytest.mark.parametrize("message, attrs, want", [
+    ("The decoder prompt (length 1500) is longer than the maximum model length of 1024.", {},
+     "the prompt is 1500 tokens and the context is 1024 tokens"),
+    ("This model's maximum context length is 1024 tokens. However, your prompt contains at least 1025 "
+     "input tokens, which exceeds this limit", {"parameter": "input_tokens", "value": 1025},
+     "the prompt is at least 1025 tokens and the context is 1024 tokens"),
+    ("This model's maximum context length is 1024 tokens. However, your prompt contains 90000 characters",
+     {"parameter": "input_text", "value": 90000}, "the prompt is longer than the context of 1024 tokens"),
+])
+def test_engine_refusals_for_length_get_the_shared_verdict(message, attrs, want):
+    """The engine's refusal of a long prompt is the verdict estimate gives (chat_render.py), found
+    from vLLM's error's parameter or its input processor's form, not from loose wording."""
+    from types import SimpleNamespace
+
+    from pipeline.vllm_engine import VLLMEngine
+
+    error = ValueError(message)
+    for k, v in attrs.items():
+        setattr(error, k, v)
+    problem = VLLMEngine._refusal(SimpleNamespace(info={"max_model_len": 1024}), error)
+    assert problem.code == "context_length_exceeded" and want in problem.message
+    other = VLLMEngine._refusal(SimpleNamespace(info={"max_model_len": 1024}), ValueError("bad tool schema"))
+    assert other.code == "invalid_request"
