@@ -47,7 +47,7 @@ class InputFile:
     def fingerprint(self, digest: str | None = None) -> dict[str, Any]:
         """What the manifest records: display name, a hash of the identity (the real location
         is never written), size, version and, with --verify-content, a content digest."""
-        out = {"file": self.display, "key": hashlib.sha256(self.identity.encode()).hexdigest()[:20],
+        out = {"file": self.display, "key": hashlib.sha256(self.identity.encode("utf-8", "surrogateescape")).hexdigest()[:20],
                "size": self.size, "version": self.version}
         if digest is not None:
             out["sha256"] = digest

@@ -68,5 +68,9 @@ def names_list(names: list[str], limit: int = 5, width: int = 40) -> str:
 
 
 def short(value: Any, width: int = 60) -> str:
-    text = repr(value)
+    """A bounded repr for messages, that cannot fail (an int past Python's digit limit)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<{type(value).__name__}>"
     return text if len(text) <= width else text[: width - 1] + "…"

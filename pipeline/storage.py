@@ -170,8 +170,10 @@ class Location:
 
     @property
     def display(self) -> str:
-        """For people and for what we write: credentials removed."""
-        return redact(self.url, self.secrets)
+        """For people and for what we write: credentials removed, and a local name that is not
+        UTF-8 (its bytes arrive as lone surrogates) shown with U+FFFD, so it can be written."""
+        text = redact(self.url, self.secrets)
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
     def child(self, name: str) -> Location:
         return Location(self.fs, f"{self.path}/{name}", self.scheme, self.secrets)

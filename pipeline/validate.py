@@ -11,6 +11,9 @@ from .reader import read_all, scan
 from .requests import Context, Request, RowError, validate_rows
 
 
+MAX_UNKNOWN = 1000  # distinct unknown field names counted
+
+
 def validate_inputs(
     inputs, *, storage_options, max_line_bytes: int, max_n: int, model: str | None,
     max_model_len: int | None, served_model_name=(), max_errors: int = 100,
@@ -40,13 +43,15 @@ def validate_inputs(
                 shown += 1
                 click.echo(f"{item.source_file}:{item.line}: {item.param or item.code}: {item.message}")
         else:
-            unknown.update(item.unknown_fields)
+            # bounded: a file with a million different field names keeps its first thousand
+            unknown.update(n for n in item.unknown_fields if n in unknown or len(unknown) < MAX_UNKNOWN)
     bad = sum(codes.values())
     click.echo(f"{total} rows in {len(files)} file(s): {total - bad} valid, {bad} invalid", err=True)
     if codes:
         click.echo("errors: " + ", ".join(f"{c} ×{n}" for c, n in codes.most_common()), err=True)
     if unknown:
-        click.echo("unknown fields (ignored): " + ", ".join(f"{c} ×{n}" for c, n in unknown.most_common()), err=True)
+        click.echo("unknown fields (ignored): " + ", ".join(f"{c} ×{n}" for c, n in unknown.most_common(20))
+                   + (f" (+{len(unknown) - 20} more names)" if len(unknown) > 20 else ""), err=True)
     if shown < bad:
         click.echo(f"({bad - shown} more problems not shown; raise --max-errors)", err=True)
     return bad == 0

@@ -449,3 +449,22 @@ def test_output_of_the_first_version_is_ours_to_replace(tmp_path):
     res = invoke("run", src, "-o", out, *FAKE, "--overwrite")
     assert res.exit_code == 0, res.output
     assert not (out / "part-1a2b3c4d-00001.parquet").exists() and read_output(out).height == 2
+
+
+def test_file_name_that_is_not_utf8(tmp_path):
+    """A local file whose name's bytes are not UTF-8 is read, and its rows can be written."""
+    folder = os.fsencode(tmp_path / "in")
+    os.mkdir(folder)
+    with open(os.path.join(folder, b"caf\xe9.jsonl"), "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in lines(2)))
+    res = invoke("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 0, res.output
+    df = read_output(tmp_path / "out")
+    assert df.height == 2 and all(f.endswith("caf\ufffd.jsonl") for f in df["source_file"])
+
+
+def test_validate_counts_unknown_fields_within_bounds(tmp_path):
+    rows = [{**chat_line(f"r{i}", "x"), "body": {**chat_line(f"r{i}", "x")["body"], f"field_{i}": 1}} for i in range(1500)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    res = invoke("validate", src)
+    assert res.exit_code == 0 and "(+980 more names)" in res.output
