@@ -10,7 +10,6 @@ from .inputs import list_inputs
 from .reader import read_all, scan
 from .requests import Context, Request, RowError, validate_rows
 
-
 MAX_UNKNOWN = 1000  # distinct unknown field names counted
 
 
