@@ -214,9 +214,7 @@ def estimate(inputs, **values) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("output", metavar="DIR")
-@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
-              help="fsspec storage option (as for run). Repeatable.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@options.add_options(options.STATUS)
 @user_errors
 def status(output, storage_option, as_json) -> None:
     """Where the job writing DIR stands: committed rows of total, parts, last commit, the run
@@ -230,12 +228,9 @@ def status(output, storage_option, as_json) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("output", metavar="DIR")
-@click.option("--compare", "previous", metavar="PREV_DIR", help="A previous run's output folder: show the change from it.")
-@click.option("-o", "--page", help="Where to write the HTML page (default: DIR/_report.html).")
-@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
-              help="fsspec storage option (as for run). Repeatable.")
+@options.add_options(options.REPORT)
 @user_errors
-def report(output, previous, page, storage_option) -> None:
+def report(output, storage_option, compare, page) -> None:
     """A run report: one self-contained HTML page (charts, errors with examples, slowest and
     longest requests, a sample of outputs) and a terminal summary."""
     from . import report_page
@@ -245,7 +240,7 @@ def report(output, previous, page, storage_option) -> None:
     opts = _key_values(storage_option, "--storage-option")
     data = report_page.load(output, opts)
     figures = report_page.figures(data)
-    prev = report_page.figures(report_page.load(previous, opts)) if previous else None
+    prev = report_page.figures(report_page.load(compare, opts)) if compare else None
     target = Location.of(page, opts) if page else Location.of(output, opts).child(REPORT_PAGE)
     target.put_atomic(report_page.page(data, figures, prev).encode())
     click.echo(report_page.terminal_summary(data, figures, prev))

@@ -15,8 +15,9 @@ import click
 
 from .engine import KINDS
 
-RUN, VALIDATE, ESTIMATE = "run", "validate", "estimate"
+RUN, VALIDATE, ESTIMATE, STATUS, REPORT = "run", "validate", "estimate", "status", "report"
 READERS = frozenset({RUN, VALIDATE, ESTIMATE})  # commands that read requests
+STORAGE = READERS | {STATUS, REPORT}  # commands that touch storage
 ONLY_RUN = frozenset({RUN})
 MODEL_CMDS = READERS
 
@@ -66,7 +67,7 @@ OPTIONS: tuple[Opt, ...] = (
     # ---- reading requests (every command) ----------------------------------------------------
     Opt("storage_option", "fsspec storage option for every URL (e.g. endpoint_url=..., anon=true). "
         "Values stay strings unless clearly JSON. Repeatable.", multiple=True, metavar="KEY=VALUE",
-        commands=READERS),
+        commands=STORAGE),
     Opt("max_line_bytes", "Longest accepted input line; longer lines become error rows.", Int1,
         8 * 1024 * 1024, commands=READERS, output=True),
     Opt("max_n", "Largest accepted `n` (choices per request).", click.IntRange(1, 128), 4,
@@ -165,9 +166,14 @@ OPTIONS: tuple[Opt, ...] = (
         commands=frozenset({ESTIMATE})),
     Opt("workers", "Tokenizer processes (default: all cores).", Int1, commands=frozenset({ESTIMATE})),
     Opt("as_json", "Print one JSON object instead of the table.", is_flag=True, flag="--json",
-        commands=frozenset({ESTIMATE})),
+        commands=frozenset({ESTIMATE, STATUS})),
     Opt("rows_file", "Write one row per request (tokens, bounds, costs, error) to this Parquet file.",
         commands=frozenset({ESTIMATE})),
+    # ---- status, report ------------------------------------------------------------------------
+    Opt("compare", "A previous run's output folder: show the change from it.", metavar="PREV_DIR",
+        commands=frozenset({REPORT})),
+    Opt("page", "Where to write the HTML page (default: DIR/_report.html).", short="-o",
+        commands=frozenset({REPORT})),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
