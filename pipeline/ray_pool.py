@@ -27,6 +27,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(f"--executor ray needs Ray ({e}): `pip install -e .[ray]`, or `make install`.") from e
 
+from . import exits
 from .config import RunConfig
 from .engine import KINDS, EngineSpec, Result
 from .executor import Event
@@ -95,6 +96,7 @@ class RayPool:
                 _check_reachable(cfg.ray_address)
             ray.init(address=cfg.ray_address or None, include_dashboard=False,
                      logging_level=logging.WARNING)
+            exits.install_handlers()  # ray.init puts in its own SIGTERM handler, which exits 15
         self.actors: list[Any] = []
         self.started: list[bool] = []  # the engine is up (its "ready" event went out)
         try:
