@@ -1,7 +1,8 @@
 """One writer per output folder: a lease that a second run detects, and that a run after a crash
 takes over safely.
 
-The lease is the file `_lease-<gen>.json` with the highest generation. A run acquires the folder
+The lease is the file `_lease/<gen>.json` with the highest generation (a folder of its own, so
+that checking it lists a few names however many parts the output holds). A run acquires the folder
 by creating generation `gen + 1` with an exclusive create (a conditional PUT on object stores),
 which only one of two racing runs can win. It may do so only when the current lease is free:
 released, its heartbeat older than the timeout, or held by a process of this machine that no
@@ -25,7 +26,8 @@ from .storage import Location, StorageError
 
 log = logging.getLogger("pipeline")
 DEFAULT_TIMEOUT = 60.0
-_LEASE = re.compile(r"^_lease-(\d+)\.json$")
+FOLDER = "_lease"
+_LEASE = re.compile(r"^(\d+)\.json$")
 
 
 class OutputBusy(RuntimeError):
@@ -39,7 +41,7 @@ class LeaseLost(StorageError):
 class Lease:
     def __init__(self, folder: Location, generation: int, timeout: float, holder: dict[str, Any]):
         self.folder, self.generation, self.timeout, self.holder = folder, generation, timeout, holder
-        self.loc = folder.child(f"_lease-{generation}.json")
+        self.loc = folder.child(f"{FOLDER}/{generation}.json")
         self.beat = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -47,10 +49,11 @@ class Lease:
     @classmethod
     def acquire(cls, folder: Location, timeout: float = DEFAULT_TIMEOUT) -> Lease:
         """Take the folder, or raise OutputBusy naming the holder."""
+        folder.child(FOLDER).makedirs()
         gens = generations(folder)
         top = max(gens, default=0)
         if top:
-            current = _read(folder.child(gens[top]))
+            current = _read(folder.child(f"{FOLDER}/{gens[top]}"))
             busy = why_busy(current, timeout)
             if busy:
                 raise OutputBusy(f"{folder.display} is being written by another run ({busy}). "
@@ -89,10 +92,12 @@ class Lease:
             raise LeaseLost(f"another run took over {self.folder.display} (lease {top} after this "
                             f"run's {self.generation}); this run stops without writing more")
 
-    def remove_older(self, leases: dict[int, str]) -> None:
-        for gen, name in leases.items():
-            if gen < self.generation:
-                self.folder.child(name).rm()
+    def remove_older(self) -> None:
+        """Earlier generations (and a crashed heartbeat's temporary files) go; this one stays."""
+        for name in self.folder.child(FOLDER).names():
+            m = _LEASE.match(name)
+            if (m and int(m.group(1)) < self.generation) or name.startswith(".tmp-"):
+                self.folder.child(f"{FOLDER}/{name}").rm()
 
     def release(self) -> None:
         self._stop.set()
@@ -106,12 +111,19 @@ class Lease:
 
 
 def generations(folder: Location) -> dict[int, str]:
+    """Lease generation -> file name, in the output folder's lease folder."""
     out = {}
-    for name in folder.names():
+    for name in folder.child(FOLDER).names():
         m = _LEASE.match(name)
         if m:
             out[int(m.group(1))] = name
     return out
+
+
+def current(folder: Location) -> dict[str, Any] | None:
+    """The newest lease's content, or None."""
+    gens = generations(folder)
+    return _read(folder.child(f"{FOLDER}/{gens[max(gens)]}")) if gens else None
 
 
 def why_busy(current: dict[str, Any] | None, timeout: float) -> str | None:

@@ -3,7 +3,7 @@
 Layout (every name ours; anything else in the folder is a foreign file and is never touched):
 
     _manifest.json            the job (fingerprint, inputs, options) and its attempts
-    _lease-<gen>.json         the writer: one at a time (see lease.py)
+    _lease/<gen>.json         the writer: one at a time (see lease.py)
     _commits/<attempt>-<seq>.json   one record per committed part: its rows' (file, line) keys
     part-<attempt>-<seq>.parquet    the rows (or .jsonl with --format openai)
     _report.json, _SUCCESS    written last, when every request has its row
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FORMAT_EXT, encode
+from .lease import FOLDER as LEASES
 from .lease import Lease, LeaseLost
 from .report import part_stats
 from .storage import Location, StorageError
@@ -48,7 +49,6 @@ REPORT_PAGE = "_report.html"  # `pipeline report DIR` writes it
 _PART = re.compile(r"^part-([0-9a-f]{8})-(\d{5,})\.(parquet|jsonl)$")
 _RECORD = re.compile(r"^([0-9a-f]{8})-(\d{5,})\.json$")
 _TMP = re.compile(r"^\.tmp-[0-9a-f]{12}-(.+)$")
-_LEASE = re.compile(r"^_lease-(\d+)\.json$")
 
 
 class OutputConflict(RuntimeError):
@@ -95,7 +95,6 @@ class State:
     complete: bool
     foreign: list[str]  # names this tool did not write
     debris: list[str]  # our files that no accepted record covers (removable)
-    leases: dict[int, str]  # generation -> name
 
     @property
     def fingerprint(self) -> str | None:
@@ -161,26 +160,22 @@ class Output:
         records = sorted(records_by_name.values(), key=lambda r: (r["order"], r["part"]))
         covered = {r["part"] for r in records}
         foreign: list[str] = []
-        leases: dict[int, str] = {}
-        ours_fixed = ({MANIFEST, REPORT, SUCCESS, COMMITS, REPORT_PAGE} if manifest is not None
-                      else {COMMITS})
+        ours_fixed = ({MANIFEST, REPORT, SUCCESS, COMMITS, REPORT_PAGE, LEASES} if manifest is not None
+                      else {COMMITS, LEASES})
         for name in names:
             tmp = _TMP.match(name)
             base = tmp.group(1) if tmp else name
             part = _PART.match(base)
-            lease = _LEASE.match(base)
-            if lease and not tmp:
-                leases[int(lease.group(1))] = name
-            elif part and (part.group(1) in attempts or base in legacy):
+            if part and (part.group(1) in attempts or base in legacy):
                 if tmp or name not in covered:
                     debris.append(name)
-            elif base in ours_fixed or lease:
+            elif base in ours_fixed:
                 if tmp:
                     debris.append(name)
             else:
                 foreign.append(name)
         complete = manifest is not None and SUCCESS in names
-        return State(manifest, records, complete, foreign, debris, leases)
+        return State(manifest, records, complete, foreign, debris)
 
     def _cat_many(self, names: list[str]) -> dict[str, bytes]:
         if not names:
@@ -219,7 +214,7 @@ class Output:
             lease.check()
             self.loc.child(MANIFEST).put_atomic(json.dumps(manifest, indent=1).encode())
             self._remove(state.debris + [f"{COMMITS}/{n}" for n in _beyond_cutoff(self.loc, manifest)])
-            lease.remove_older(state.leases)
+            lease.remove_older()
         except BaseException:
             lease.release()
             raise
@@ -241,7 +236,7 @@ class Claim:
         self._seq = 0
 
     def committed(self) -> Committed:
-        return State(self.manifest, self.records, False, [], [], {}).committed()
+        return State(self.manifest, self.records, False, [], []).committed()
 
     def commit(self, rows: list[dict[str, Any]]) -> str:
         """Write one part atomically, then its commit record."""

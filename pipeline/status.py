@@ -5,11 +5,10 @@ finishes the job."""
 from __future__ import annotations
 
 import calendar
-import json
 import time
 from typing import Any
 
-from .lease import generations, why_busy
+from .lease import current, why_busy
 from .output import Output
 from .storage import Location
 
@@ -21,12 +20,9 @@ def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[
     last = attempts[-1] if attempts else {}
     committed = sum(r["rows"] for r in state.records)
     holder = None
-    gens = generations(out.loc)
-    if gens and not state.complete:
-        data = out.loc.child(gens[max(gens)]).cat()
-        lease = json.loads(data) if data else None
-        busy = why_busy(lease, float((lease or {}).get("timeout", 60)))
-        holder = busy
+    if not state.complete:
+        lease = current(out.loc)
+        holder = why_busy(lease, float((lease or {}).get("timeout", 60)))
     stamps = [r["at"] for r in state.records if r.get("at")]
     return {
         "output": out.display,

@@ -216,7 +216,7 @@ def test_completion_marker_and_lease_are_exclusive(store, server):
     try:
         with pytest.raises(OutputBusy, match="another run"):
             Lease.acquire(folder, timeout=30)
-        assert folder.child("_lease-1.json").create_exclusive(b"{}") is False
+        assert folder.child("_lease/1.json").create_exclusive(b"{}") is False
     finally:
         lease.release()
     Lease.acquire(folder, timeout=30).release()  # a released lease is free
