@@ -35,13 +35,15 @@ from .problems import RowError, default_id
 from .requests import BODY_FIELDS, Context, Request, SeenIds, parse_row, validate_rows
 from .shapes import BARE, short
 
+TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2", ".tmpl", ".txt", ".md")  # a value like these is a file
 OPTION_NAMES = ("template_user", "template_system", "sample", "sample_column", "response_schema",
                 "id_column", "carry", "carry_all", "explode_choices")
 _UNDEFINED = re.compile(r"'([^']*)' is undefined|has no attribute '([^']*)'|no element '?([^']*?)'?$")
 
 
 def _text_or_file(value: str, option: str) -> str:
-    """FILE_OR_TEXT: a path to an existing file is read; anything else is the template itself."""
+    """FILE_OR_TEXT: a path to an existing file is read; a single word ending in a template
+    suffix (.j2, .txt...) must be one; anything else is the template itself."""
     if "{{" not in value and "{%" not in value and "\n" not in value and len(value) < 4096:
         path = Path(value).expanduser()
         if path.is_file():
@@ -49,6 +51,8 @@ def _text_or_file(value: str, option: str) -> str:
                 return path.read_text()
             except (OSError, UnicodeDecodeError) as e:
                 raise ValueError(f"{option} {value}: cannot read the template file ({e})") from None
+        if not any(c.isspace() for c in value) and value.lower().endswith(TEMPLATE_SUFFIXES):
+            raise ValueError(f"{option} {value}: no such template file")
     return value
 
 

@@ -119,6 +119,8 @@ def test_template_syntax_error_and_bad_sample_are_usage_errors(tmp_path):
     assert res.exit_code == 1 and "does not compile" in res.output
     res = invoke("validate", src, "--template-user", "{{ q }}", "--sample", "temprature=1")
     assert res.exit_code == 1 and "temprature" in res.output
+    res = invoke("validate", src, "--template-user", "prompts/missing.j2")
+    assert res.exit_code == 1 and "no such template file" in res.output
     res = invoke("validate", src, "--carry", "q")
     assert res.exit_code == 1 and "needs --template-user" in res.output
 
@@ -318,3 +320,15 @@ def test_carry_layout_renames_carried_column_clashing_with_response(tmp_path):
     layout = spec.layout(list_inputs([str(src)]))
     assert [(n, c) for n, c, _ in layout.carried] == [("q", "q"), ("label", "input_label")]
     assert Path(src).exists()
+
+
+def test_the_dataset_demo_job_runs(tmp_path):
+    """jobs/dataset-demo.yaml on the fake engine (which echoes the prompt: every row gets a parse
+    error, none is dropped) keeps the table's 300 rows and its column types."""
+    out = tmp_path / "out"
+    res = invoke("run", "--job", REPO / "jobs" / "dataset-demo.yaml", "-o", out, "--engine", "fake", "-m", "smollm2", "-q")
+    assert res.exit_code == 0, res.output
+    t = pq.read_table(sorted(out.glob("part-*.parquet"))).sort_by("source_line")
+    assert t.num_rows == 300 and t.column("custom_id").to_pylist()[:2] == ["r000", "r001"]
+    assert t.schema.field("stars").type == pa.int64() and t.schema.field("verified").type == pa.bool_()
+    assert t.schema.field("topics").type == pa.list_(pa.string()) and t.column("parse_error").null_count == 0
