@@ -332,3 +332,43 @@ def test_the_dataset_demo_job_runs(tmp_path):
     assert t.num_rows == 300 and t.column("custom_id").to_pylist()[:2] == ["r000", "r001"]
     assert t.schema.field("stars").type == pa.int64() and t.schema.field("verified").type == pa.bool_()
     assert t.schema.field("topics").type == pa.list_(pa.string()) and t.column("parse_error").null_count == 0
+
+
+# ---- the real engine (issue 12's acceptance test) ------------------------------------------------
+@pytest.mark.engine
+def test_real_engine_typed_columns_carried_columns_and_exact_estimate(tmp_path):
+    """The embedded model on a table of varied rows with a schema asking for an enum, a number and
+    a list: every row has typed columns or a parse error, carried columns equal the input, and
+    estimate's prompt tokens equal the run's."""
+    from conftest import MODEL
+
+    src = tmp_path / "reviews.parquet"
+    reviews = ["Great kettle, boils fast.", "Broke after a day.", "It is fine I guess.",
+               "Love the color, hate the noise.", "Perfect gift!", "Arrived late and scratched."]
+    pq.write_table(pa.table({"rid": pa.array(range(len(reviews)), pa.int32()), "review": reviews,
+                             "stars": pa.array([5, 1, 3, 3, 5, 2], pa.int8())}), src)
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "negative", "mixed"]},
+        "confidence": {"type": "number"}, "topics": {"type": "array", "items": {"type": "string"}}},
+        "required": ["sentiment", "confidence", "topics"], "additionalProperties": False}))
+    common = ["--template-user", "Label this review as JSON: {{ review }} ({{ stars }} stars)",
+              "--response-schema", schema, "--sample", "max_tokens=60", "--sample", "temperature=0",
+              "--carry-all", "--max-model-len", "2048"]
+    out = tmp_path / "out"
+    res = invoke("run", src, "-o", out, "-m", MODEL, "-q", *common)
+    assert res.exit_code == 0, res.output
+    t = pq.read_table(sorted(out.glob("part-*.parquet"))).sort_by("source_line")
+    assert t.column("rid").to_pylist() == list(range(len(reviews))) and t.schema.field("stars").type == pa.int8()
+    assert t.column("review").to_pylist() == reviews
+    for row in t.to_pylist():
+        assert row["error"] is None
+        if row["parse_error"] is None:
+            assert row["sentiment"] in ("positive", "negative", "mixed") and isinstance(row["confidence"], float)
+            assert isinstance(row["topics"], list)
+        else:
+            assert row["sentiment"] is None and row["confidence"] is None
+    est = invoke("estimate", src, "-m", MODEL, "--json", "--workers", "1", *common)
+    assert est.exit_code == 0, est.output
+    figures = json.loads(est.output[est.output.index("{"): est.output.rindex("}") + 1])
+    assert figures["prompt_tokens"] == sum(t.column("prompt_tokens").to_pylist())
