@@ -10,7 +10,7 @@ AZURITE_BIN := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 # Engines on CPU: a small KV cache is plenty for the embedded model.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
-.PHONY: install demo test test-fast lint bench bench-io chaos azurite browser clean
+.PHONY: install demo demo-dataset test test-fast lint bench bench-io chaos azurite browser clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,12 @@ endif
 
 demo: install
 	$(BIN)/pipeline run --job jobs/demo.yaml
+
+# A table in, the same table plus typed generated columns out (template job; see the job file).
+demo-dataset: install
+	$(BIN)/pipeline estimate --job jobs/dataset-demo.yaml
+	$(BIN)/pipeline run --job jobs/dataset-demo.yaml
+	$(BIN)/python -c "import polars as pl; pl.Config.set_tbl_cols(8); print(pl.read_parquet('out/dataset-demo/part-*.parquet').sort('source_line').select('review_id', 'stars', 'review', 'sentiment', 'confidence', 'topics', 'parse_error').head(8))"
 
 # Azure Blob's test server (azurite) comes from npm; the storage tests skip Azure without it.
 azurite: $(AZURITE_BIN)

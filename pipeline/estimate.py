@@ -25,9 +25,10 @@ import click
 from .cost import Price, find_price
 from .inputs import list_inputs
 from .models import output_name, served_names
-from .reader import read_all, scan
-from .requests import Context, Request, RowError, validate_rows
+from .reader import scan
+from .requests import Context, Request, RowError
 from .storage import Location
+from .templates import TemplateSpec, request_stream
 from .token_count import PromptCounter, cpu_count
 
 DEFAULT_COMPLETION_RATIO = 0.5
@@ -132,10 +133,12 @@ def run_estimate(
     price_input: float | None = None, price_output: float | None = None, completion_ratio: float | None = None,
     calibrate_from: str | None = None, tokens_per_second: float | None = None, gpu_hour_usd: float = 2.0,
     workers: int | None = None, as_json: bool = False, rows_file: str | None = None,
-    tokenizer: str | None = None, trust_remote_code: bool = False,
+    tokenizer: str | None = None, trust_remote_code: bool = False, **template_values,
 ) -> dict[str, Any]:
-    """Count, estimate, print the table (or one JSON object) and write --rows-file; returns the figures."""
+    """Count, estimate, print the table (or one JSON object) and write --rows-file; returns the
+    figures. `template_values`: the template job options (templates.py), if any."""
     started = time.monotonic()
+    spec = TemplateSpec.from_values(template_values)
     files = list_inputs(list(inputs), storage_options)
     model_name = output_name(model, tuple(served_model_name))
     price = find_price(model_name, provider=provider, price_input=price_input, price_output=price_output)
@@ -150,7 +153,8 @@ def run_estimate(
 
     tallies, total = {f.display: Tally() for f in files}, Tally()
     with RequestRows(rows_file, storage_options) if rows_file else contextlib.nullcontext() as out:
-        for item, prompt_tokens in counter.check_all(validate_rows(read_all(files, [scan(f) for f in files], max_line_bytes=max_line_bytes), ctx), workers=workers):
+        stream = request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes)
+        for item, prompt_tokens in counter.check_all(stream, workers=workers):
             upper = completion_upper(item, prompt_tokens, counter.max_model_len) if isinstance(item, Request) else None
             tallies[item.source_file].add(item, prompt_tokens, upper)
             total.add(item, prompt_tokens, upper)

@@ -10,8 +10,10 @@ from typing import Any
 FORMAT_EXT = {"parquet": "parquet", "openai": "jsonl"}
 
 
-def encode(rows: list[dict[str, Any]], fmt: str) -> bytes:
-    """A part's bytes in the output format: the Parquet output schema, or OpenAI Batch lines."""
+def encode(rows: list[dict[str, Any]], fmt: str, schema=None) -> bytes:
+    """A part's bytes in the output format: the Parquet output schema (or `schema`: a template
+    job's, the output schema plus its columns), or OpenAI Batch lines (which have no place for
+    extra columns: they are left out)."""
     if fmt == "openai":
         return "".join(json.dumps(openai_line(r), ensure_ascii=False) + "\n" for r in rows).encode()
     import pyarrow as pa
@@ -19,7 +21,7 @@ def encode(rows: list[dict[str, Any]], fmt: str) -> bytes:
 
     from .schema import OUTPUT_SCHEMA
 
-    table = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=schema if schema is not None else OUTPUT_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

@@ -21,6 +21,7 @@ from .storage import Location
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)  # a table: for template jobs (--template-user)
 OUTPUT_MARKER = "_manifest.json"  # a folder holding one is a run's output, never an input
 GLOB_CHARS = "*?["
 
@@ -30,7 +31,7 @@ class InputFile:
     """One input file: where it is, how to read it, and what says it changed."""
 
     location: Location
-    format: str  # "jsonl" or "parquet"
+    format: str  # "jsonl", "parquet" or "csv"
     compression: str | None
     size: int | None
     version: str | None  # mtime, ETag or generation
@@ -66,6 +67,8 @@ def file_format(name: str) -> tuple[str, str | None] | None:
         return "jsonl", compression
     if name.endswith(PARQUET_SUFFIXES) and compression is None:
         return "parquet", None
+    if name.endswith(CSV_SUFFIXES):
+        return "csv", compression
     return None
 
 
@@ -94,7 +97,7 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any] | None = None
         matched = [(loc, i) for loc, i in candidates
                    if file_format(loc.name) and not (exclude is not None and exclude.contains(loc))]
         if not matched:
-            raise ValueError(f"no input files in {root.display}: expected .jsonl/.json/.ndjson "
+            raise ValueError(f"no input files in {root.display}: expected .jsonl/.json/.ndjson or .csv "
                              "(optionally .gz/.zst/.bz2/.xz) or .parquet files")
         for loc, i in matched:
             if loc.identity not in found:

@@ -76,6 +76,27 @@ OPTIONS: tuple[Opt, ...] = (
         "For backfills.", commands=READERS),
     Opt("run_id", "The value of {run_id} in paths (default: the date and time of the run).",
         commands=READERS),
+    # ---- template jobs: requests made from table rows (every command; see templates.py) ------
+    Opt("template_user", "Make each row's request from this Jinja2 template over the row's columns "
+        "(a file, or the template text): the user message. Inputs are then tables (Parquet, CSV, "
+        "JSON lines) of any columns.", metavar="FILE_OR_TEXT", commands=READERS, output=True),
+    Opt("template_system", "A system message template, like --template-user.", metavar="FILE_OR_TEXT",
+        commands=READERS, output=True),
+    Opt("sample", "A request field set for every row (max_tokens, temperature, n, stop, seed...). "
+        "Repeatable.", multiple=True, metavar="KEY=VALUE", commands=READERS, output=True),
+    Opt("sample_column", "A request field taken from a column of the row (null: not set). Repeatable.",
+        multiple=True, metavar="KEY=COLUMN", commands=READERS, output=True),
+    Opt("response_schema", "JSON schema file (JSON or YAML; a bare schema or OpenAI's json_schema "
+        "object): the requests' response_format, and typed output columns parsed from the "
+        "completion, with parse_error.", metavar="FILE", commands=READERS, output=True),
+    Opt("id_column", "The column whose value is each row's custom_id (default: from file and row).",
+        metavar="NAME", commands=READERS, output=True),
+    Opt("carry", "An input column to copy into every output row, with its input type. Repeatable.",
+        multiple=True, metavar="COLUMN", commands=READERS, output=True),
+    Opt("carry_all", "Copy every input column into the output rows.", is_flag=True, commands=READERS,
+        output=True),
+    Opt("explode_choices", "With n > 1: one output row per choice (column choice_index) instead of "
+        "one row with the list.", is_flag=True, output=True),
     # ---- the model (every command) -------------------------------------------------------------
     Opt("model", {RUN: "Model: a local folder, a hub id, or the embedded `smollm2`.",
                   VALIDATE: "Also check that requests name this model, and (with its tokenizer) fit its context.",

@@ -111,8 +111,9 @@ class State:
 class Output:
     """One job's output folder, local or on any fsspec filesystem."""
 
-    def __init__(self, loc: Location, fmt: str = "parquet"):
+    def __init__(self, loc: Location, fmt: str = "parquet", schema=None):
         self.loc, self.fmt = loc, fmt
+        self.schema = schema  # the parts' Arrow schema; None: schema.OUTPUT_SCHEMA
 
     @property
     def display(self) -> str:
@@ -244,11 +245,12 @@ class Claim:
         self._seq += 1
         name = f"part-{self.attempt}-{self._seq:05d}.{FORMAT_EXT[self.out.fmt]}"
         self.lease.check()
-        self.out.loc.child(name).put_atomic(encode(rows, self.out.fmt))
+        self.out.loc.child(name).put_atomic(encode(rows, self.out.fmt, self.out.schema))
         keys: dict[str, list[int]] = {}
         for r in rows:
             keys.setdefault(str(self.file_index[r["source_file"]]), []).append(r["source_line"])
-        record = {"part": name, "order": len(self.records), "rows": len(rows),
+        keys = {k: sorted(set(v)) for k, v in keys.items()}  # one key per request, however many rows
+        record = {"part": name, "order": len(self.records), "rows": sum(map(len, keys.values())),
                   "keys": {k: _ranges(v) for k, v in keys.items()}, "stats": part_stats(rows),
                   "at": _now()}
         self.lease.check()
@@ -280,6 +282,12 @@ class PartWriter:
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if len(self.rows) >= self.every:
+            self.flush()
+
+    def add_all(self, rows: list[dict[str, Any]]) -> None:
+        """One request's rows (one per choice with --explode-choices): always in the same part."""
+        self.rows.extend(rows)
         if len(self.rows) >= self.every:
             self.flush()
 

@@ -48,6 +48,8 @@ class RowError:
     message: str
     param: str | None = None
     user: str | None = None
+    # Template jobs: the input columns the output row carries over (output name -> value).
+    carried: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, problem: Problem, custom_id: str, source_file: str, line: int,

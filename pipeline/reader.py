@@ -50,6 +50,8 @@ def scan(file: InputFile, *, digest: bool = False) -> Scan:
     and hash the content when asked. Remote plain files are only read with `digest`."""
     if file.format == "parquet":
         return _scan_parquet(file, digest)
+    if file.format == "csv":
+        return _scan_csv(file, digest)
     if file.compression is None and not file.location.local and not digest:
         return Scan(None)
     hasher = hashlib.sha256() if digest else None
@@ -88,12 +90,17 @@ def _scan_parquet(file: InputFile, digest: bool) -> Scan:
 
 
 def read_rows(file: InputFile, found: Scan | None = None, *,
-              max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
-    """(line, decoded row or Problem) for every non-blank line or Parquet row of a file."""
+              max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line, decoded row or Problem) for every non-blank line, Parquet row or CSV record (its
+    line is the record's number, the header not counted) of a file. `raw`: Parquet rows as their
+    columns, nulls kept (template jobs), not read as requests."""
     if found is not None and found.broken is not None:
         yield found.broken_line, found.broken
         return
-    read = _parquet_rows if file.format == "parquet" else _jsonl_rows
+    if file.format == "parquet":
+        read = _parquet_table_rows if raw else _parquet_rows
+    else:
+        read = _csv_rows if file.format == "csv" else _jsonl_rows
     done, tries = 0, 0
     while True:
         try:
@@ -115,12 +122,12 @@ def read_rows(file: InputFile, found: Scan | None = None, *,
 
 
 def read_all(files: Sequence[InputFile], scans: Sequence[Scan] | None = None, *,
-             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[str, int, Any]]:
+             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[str, int, Any]]:
     """(source_file, line, row or RowError) over every input file, in order: the stream that
-    `requests.validate_rows` turns into requests."""
+    `requests.validate_rows` (or, with `raw`, `templates.render_rows`) turns into requests."""
     for i, file in enumerate(files):
         name = file.display
-        for line, row in read_rows(file, scans[i] if scans else None, max_line_bytes=max_line_bytes):
+        for line, row in read_rows(file, scans[i] if scans else None, max_line_bytes=max_line_bytes, raw=raw):
             if isinstance(row, Problem):
                 row = RowError.of(row, default_id(name, line), name, line)
             yield name, line, row
@@ -285,3 +292,98 @@ def _drop_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_nulls(v) for v in value]
     return value
+
+
+def _parquet_table_rows(file: InputFile, skip: int, _max_line_bytes: int, batch_size: int = 1024):
+    """A Parquet file's rows as they are: every column, nulls kept (a table, not requests)."""
+    import pyarrow.parquet as pq
+
+    with file.location.open("rb") as f:
+        pf = pq.ParquetFile(f)
+        line = 0
+        for batch in pf.iter_batches(batch_size=batch_size):
+            if line + batch.num_rows <= skip:
+                line += batch.num_rows
+                continue
+            for row in batch.to_pylist():
+                line += 1
+                if line > skip:
+                    yield line, row
+
+
+# ---- CSV ----------------------------------------------------------------------------------------
+CSV_BLOCK = 1 << 22  # types are inferred from the first block (4 MiB), by pyarrow
+
+
+def open_csv(stream):
+    """pyarrow's streaming CSV reader, the same way everywhere (types from the first block)."""
+    import pyarrow.csv as pcsv
+
+    return pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
+                         convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+
+
+def _scan_csv(file: InputFile, digest: bool) -> Scan:
+    hasher = None
+    if digest:
+        hasher = hashlib.sha256()
+        with file.location.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                hasher.update(chunk)
+    found = hasher.hexdigest() if hasher else None
+    rows = 0
+    try:
+        with file.location.open("rb") as raw:
+            for batch in open_csv(_decompressed(raw, file.compression)):
+                rows += batch.num_rows
+    except StorageError:
+        raise
+    except Exception as e:
+        return Scan(None, _unreadable(file, rows + 1, e), rows + 1, found)
+    return Scan(rows, digest=found)
+
+
+def _csv_rows(file: InputFile, skip: int, _max_line_bytes: int):
+    with file.location.open("rb") as raw:
+        line = 0
+        for batch in open_csv(_decompressed(raw, file.compression)):
+            if line + batch.num_rows <= skip:
+                line += batch.num_rows
+                continue
+            for row in batch.to_pylist():
+                line += 1
+                if line > skip:
+                    yield line, row
+
+
+def input_schema(file: InputFile, sample_rows: int = 1000):
+    """The Arrow schema of a table file: Parquet's own, CSV's as pyarrow infers it from the first
+    block, JSON lines' as inferred from the first `sample_rows` objects (a column whose values
+    disagree in type is a string column)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if file.format == "parquet":
+        with file.location.open("rb") as f:
+            return pq.ParquetFile(f).schema_arrow
+    if file.format == "csv":
+        with file.location.open("rb") as raw:
+            return open_csv(_decompressed(raw, file.compression)).schema
+    rows = []
+    for _, row in _jsonl_rows(file, 0, DEFAULT_MAX_LINE_BYTES):
+        if isinstance(row, dict):
+            rows.append(row)
+        if len(rows) >= sample_rows:
+            break
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    fields = []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            dtype = pa.array(values).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            dtype = pa.string()
+        fields.append(pa.field(name, pa.string() if pa.types.is_null(dtype) else dtype))
+    return pa.schema(fields)

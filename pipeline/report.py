@@ -17,6 +17,8 @@ def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     warnings: Counter[str] = Counter()
     cost = 0.0
     for r in rows:
+        if r.get("choice_index"):  # --explode-choices: a request's later choices count once, with its first
+            continue
         stats["requests"] += 1
         if r["error"] is None:
             stats["succeeded"] += 1

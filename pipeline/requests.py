@@ -71,6 +71,8 @@ class Request:
     user: str | None = None
     warnings: tuple[str, ...] = ()
     unknown_fields: tuple[str, ...] = ()
+    # Template jobs: the input columns the output row carries over (output name -> value).
+    carried: dict[str, Any] | None = None
 
     @property
     def n(self) -> int:

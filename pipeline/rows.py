@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from . import structured
 from .cost import Price
 from .engine import Result
 from .requests import Request, RowError
@@ -68,3 +69,31 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
 
 def _timing(res: Result) -> dict[str, Any]:
     return {"engine": res.engine, "engine_seconds": res.seconds, "finished_at": datetime.now(timezone.utc)}
+
+
+def dataset_rows(row: dict[str, Any], item: Request | RowError, layout) -> list[dict[str, Any]]:
+    """A template job's rows for one request (`layout`: templates.Layout, or None for a plain job):
+    the output row plus its typed response columns and `parse_error`, and the carried input
+    columns; with --explode-choices, one such row per choice (`choice_index`)."""
+    if layout is None:
+        return [row]
+    carried = item.carried or {}
+    if layout.explode and row["choices"]:
+        rows = []
+        for i, choice in enumerate(row["choices"]):
+            one = {**row, "content": choice.get("content"), "finish_reason": choice.get("finish_reason"),
+                   "tool_calls": choice.get("tool_calls"), "choices": [choice], "choice_index": i}
+            rows.append(one)
+    else:
+        rows = [{**row, "choice_index": None} if layout.explode else row]
+    for one in rows:
+        if layout.response_schema is not None:
+            values, problem = (None, None)
+            if one["error"] is None:
+                values, problem = structured.parse(one["content"], layout.response_schema)
+            values = values or {}
+            for prop, col, _ in layout.response:
+                one[col] = values.get(prop)
+            one["parse_error"] = problem
+        one.update(carried)
+    return rows

@@ -37,11 +37,13 @@ from .output import (
 )
 from .placement import local_envs
 from .progress import Progress
-from .reader import Scan, read_all, scan
+from .reader import Scan, scan
 from .report import total_stats
-from .requests import Context, Request, RowError, validate_rows
-from .rows import error_row, result_row
+from .requests import Context, Request, RowError
+from .rows import dataset_rows, error_row, result_row
 from .storage import Location, StorageError
+from .templates import OPTION_NAMES as TEMPLATE_OPTIONS
+from .templates import Layout, TemplateSpec, request_stream
 
 log = logging.getLogger("pipeline")
 RERUN = "committed output is kept; rerun the same command to finish"
@@ -68,6 +70,8 @@ class Plan:
     price: Price | None
     ctx: Context
     envs: list[dict[str, str]] = field(default_factory=list)
+    spec: TemplateSpec | None = None  # a template job's (None: request files)
+    layout: Layout | None = None  # its extra output columns
 
     @property
     def same_job(self) -> bool:
@@ -89,24 +93,29 @@ class Plan:
         return None if any(c is None for c in counts) else sum(counts)
 
     def rows(self) -> Iterator[Request | RowError]:
-        stream = read_all(self.files, self.scans, max_line_bytes=self.cfg.max_line_bytes)
-        return validate_rows(stream, self.ctx)
+        return request_stream(self.files, self.scans, self.ctx, self.spec,
+                              max_line_bytes=self.cfg.max_line_bytes, layout=self.layout)
 
 
 def plan(cfg: RunConfig) -> Plan:
     """Check the whole job without side effects; raises what the user must fix."""
     out = Output(Location.of(cfg.output, cfg.storage_options), cfg.format)
     out.check_not_file()
+    spec = TemplateSpec.from_values({n: getattr(cfg, n) for n in TEMPLATE_OPTIONS})
     files = list_inputs(list(cfg.inputs), cfg.storage_options, exclude=out.loc)
+    layout = spec.layout(files) if spec else None
     scans = [scan(f, digest=cfg.verify_content) for f in files]
     detail = {"inputs": [f.fingerprint(s.digest) for f, s in zip(files, scans, strict=True)],
               "options": cfg.output_options()}
+    if spec is not None:
+        detail["template"] = spec.fingerprint()
+        out.schema = layout.schema
     state = out.read_state()
     model_name = output_name(cfg.model, cfg.served_model_name)
     price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                        price_output=cfg.price_output)
     ctx = Context(model_names=served_names(cfg.model, cfg.served_model_name), max_n=cfg.max_n)
-    p = Plan(cfg, files, scans, detail, out, state, model_name, price, ctx)
+    p = Plan(cfg, files, scans, detail, out, state, model_name, price, ctx, spec=spec, layout=layout)
     if p.complete:
         return p
     refuse_foreign(out, state, cfg.allow_foreign_files)
@@ -172,7 +181,7 @@ def execute(p: Plan, started: float) -> Outcome:
                 if (index[item.source_file], item.line) in committed:
                     counts["resumed"] += 1
                 elif isinstance(item, RowError):
-                    writer.add(error_row(item, p.model_name))
+                    writer.add_all(dataset_rows(error_row(item, p.model_name), item, p.layout))
                     counts["rows"] += 1
                     progress.update(1)
                 else:
@@ -194,7 +203,7 @@ def execute(p: Plan, started: float) -> Outcome:
                     writer.tick()
                     continue
                 req, res = done
-                writer.add(result_row(req, res, p.model_name, p.price))
+                writer.add_all(dataset_rows(result_row(req, res, p.model_name, p.price), req, p.layout))
                 counts["rows"] += 1
                 counts["generated"] += res.completion_tokens or 0
                 progress.update(1, res.completion_tokens or 0)

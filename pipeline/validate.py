@@ -7,8 +7,9 @@ from collections import Counter
 import click
 
 from .inputs import list_inputs
-from .reader import read_all, scan
-from .requests import Context, Request, RowError, validate_rows
+from .reader import scan
+from .requests import Context, Request, RowError
+from .templates import TemplateSpec, request_stream
 
 MAX_UNKNOWN = 1000  # distinct unknown field names counted
 
@@ -16,10 +17,13 @@ MAX_UNKNOWN = 1000  # distinct unknown field names counted
 def validate_inputs(
     inputs, *, storage_options, max_line_bytes: int, max_n: int, model: str | None,
     max_model_len: int | None, served_model_name=(), max_errors: int = 100,
-    tokenizer: str | None = None, trust_remote_code: bool = False,
+    tokenizer: str | None = None, trust_remote_code: bool = False, **template_values,
 ) -> bool:
-    """Print each invalid row and a summary; True when every row is valid."""
+    """Print each invalid row and a summary; True when every row is valid. `template_values`:
+    the template job options (templates.py), if any."""
+    spec = TemplateSpec.from_values(template_values)
     files = list_inputs(list(inputs), storage_options)
+    layout = spec.layout(files) if spec else None
     names = frozenset()
     counter = None
     if model:
@@ -32,7 +36,8 @@ def validate_inputs(
     ctx = Context(model_names=names, max_n=max_n)
 
     total, codes, unknown, shown = 0, Counter(), Counter(), 0
-    for item in validate_rows(read_all(files, [scan(f) for f in files], max_line_bytes=max_line_bytes), ctx):
+    for item in request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes,
+                               layout=layout):
         total += 1
         if isinstance(item, Request) and counter is not None:
             item = counter.check(item)
