@@ -82,6 +82,9 @@ OPTIONS: tuple[Opt, ...] = (
         "JSON lines) of any columns.", metavar="FILE_OR_TEXT", commands=READERS, output=True),
     Opt("template_system", "A system message template, like --template-user.", metavar="FILE_OR_TEXT",
         commands=READERS, output=True),
+    Opt("template_turns", "Earlier turns, between the system and the user message: a template "
+        "that renders a JSON or YAML list of {role, content} messages (few-shot examples, a "
+        "conversation from the row).", metavar="FILE_OR_TEXT", commands=READERS, output=True),
     Opt("sample", "A request field set for every row (max_tokens, temperature, n, stop, seed...). "
         "Repeatable.", multiple=True, metavar="KEY=VALUE", commands=READERS, output=True),
     Opt("sample_column", "A request field taken from a column of the row (null: not set). Repeatable.",

@@ -36,7 +36,7 @@ from .requests import BODY_FIELDS, Context, Request, SeenIds, parse_row, validat
 from .shapes import BARE, short
 
 TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2", ".tmpl", ".txt", ".md")  # a value like these is a file
-OPTION_NAMES = ("template_user", "template_system", "sample", "sample_column", "response_schema",
+OPTION_NAMES = ("template_user", "template_system", "template_turns", "sample", "sample_column", "response_schema",
                 "id_column", "carry", "carry_all", "explode_choices")
 _UNDEFINED = re.compile(r"'([^']*)' is undefined|has no attribute '([^']*)'|no element '?([^']*?)'?$")
 
@@ -113,6 +113,7 @@ def _environment():
 class TemplateSpec:
     user: str
     system: str | None = None
+    turns: str | None = None  # renders a JSON/YAML list of earlier messages
     sample: dict[str, Any] = field(default_factory=dict)
     sample_column: dict[str, str] = field(default_factory=dict)
     response_schema: dict[str, Any] | None = None
@@ -160,6 +161,7 @@ class TemplateSpec:
         spec = cls(
             user=_text_or_file(user, "--template-user"),
             system=_text_or_file(values["template_system"], "--template-system") if values.get("template_system") else None,
+            turns=_text_or_file(values["template_turns"], "--template-turns") if values.get("template_turns") else None,
             sample=sample, sample_column=sample_column, response_schema=schema, response_format=fmt,
             id_column=values.get("id_column") or None, carry=tuple(values.get("carry") or ()),
             carry_all=bool(values.get("carry_all")), explode=bool(values.get("explode_choices")),
@@ -172,7 +174,8 @@ class TemplateSpec:
 
         env = _environment()
         out = []
-        for option, text in (("--template-system", self.system), ("--template-user", self.user)):
+        for option, text in (("--template-system", self.system), ("--template-turns", self.turns),
+                             ("--template-user", self.user)):
             if text is None:
                 out.append(None)
                 continue
@@ -184,7 +187,8 @@ class TemplateSpec:
 
     def fingerprint(self) -> dict[str, Any]:
         """What changes the rows beyond the option values: the templates' and schema's text."""
-        return {"user": self.user, "system": self.system, "response_format": self.response_format}
+        return {"user": self.user, "system": self.system, "turns": self.turns,
+                "response_format": self.response_format}
 
     # ---- columns ------------------------------------------------------------------------------
     def layout(self, files: Sequence[InputFile]) -> Layout:
@@ -240,7 +244,7 @@ class TemplateSpec:
     def render_rows(self, rows: Iterable[tuple[str, int, Any]], ctx: Context,
                     layout: Layout | None = None) -> Iterator[Request | RowError]:
         """(source_file, line, table row or RowError) -> Request | RowError, in order."""
-        system, user = self.compiled()
+        system, turns, user = self.compiled()
         seen = SeenIds()
         for source_file, line, row in rows:
             if isinstance(row, RowError):
@@ -248,7 +252,7 @@ class TemplateSpec:
                 continue
             warnings: list[str] = []
             carried = layout.carry(row, warnings) if layout and isinstance(row, dict) else None
-            item = self._one(row, source_file, line, ctx, system, user)
+            item = self._one(row, source_file, line, ctx, system, turns, user)
             if isinstance(item, Request):
                 if self.id_column and seen.add(item.custom_id):
                     item = RowError(item.custom_id, source_file, line, "duplicate_custom_id",
@@ -258,7 +262,7 @@ class TemplateSpec:
                     item = replace(item, warnings=item.warnings + tuple(warnings))
             yield replace(item, carried=carried) if carried is not None else item
 
-    def _one(self, row: Any, source_file: str, line: int, ctx: Context, system, user) -> Request | RowError:
+    def _one(self, row: Any, source_file: str, line: int, ctx: Context, system, turns, user) -> Request | RowError:
         custom_id = default_id(source_file, line)
 
         def error(message: str, param: str | None = None, code: str = "template_error") -> RowError:
@@ -275,13 +279,21 @@ class TemplateSpec:
         columns = {k: v for k, v in row.items() if v is not None}
         context = {"row": columns, **columns}
         messages = []
-        for role, template, option in (("system", system, "--template-system"), ("user", user, "--template-user")):
+        for role, template, option in (("system", system, "--template-system"), ("turns", turns, "--template-turns"),
+                                       ("user", user, "--template-user")):
             if template is None:
                 continue
             try:
-                messages.append({"role": role, "content": template.render(context)})
+                text = template.render(context)
             except Exception as e:
                 return error(*_template_problem(e, row, option))
+            if role != "turns":
+                messages.append({"role": role, "content": text})
+                continue
+            earlier = _turns(text)
+            if isinstance(earlier, str):
+                return error(f"--template-turns: {earlier}", None)
+            messages.extend(earlier)
         body: dict[str, Any] = {"custom_id": custom_id, "messages": messages, **self.sample}
         for key, column in self.sample_column.items():
             if column not in row:
@@ -305,6 +317,24 @@ def _template_problem(e: Exception, row: dict[str, Any], option: str) -> tuple[s
             return (f"{option}: the template needs column {name!r}, which is {state} in this row", name)
         return f"{option}: {short(str(e), 200)}", None
     return f"{option}: the template failed on this row ({type(e).__name__}: {short(str(e), 200)})", None
+
+
+def _turns(text: str) -> list[dict[str, Any]] | str:
+    """The rendered --template-turns as a list of messages, or what is wrong with it."""
+    import yaml
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            return f"the rendered turns are neither JSON nor YAML ({short(str(e), 120)})"
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
+        return "the rendered turns must be a list of messages, each with a role and content"
+    return value
 
 
 def _free(name: str, prefix: str, taken: set[str]) -> str:

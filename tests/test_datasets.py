@@ -372,3 +372,30 @@ def test_real_engine_typed_columns_carried_columns_and_exact_estimate(tmp_path):
     assert est.exit_code == 0, est.output
     figures = json.loads(est.output[est.output.index("{"): est.output.rindex("}") + 1])
     assert figures["prompt_tokens"] == sum(t.column("prompt_tokens").to_pylist())
+
+
+def test_earlier_turns_from_a_template(tmp_path):
+    """--template-turns renders the turns before the user message: few-shot examples or a
+    conversation from the row; a rendering that is not a list of messages is that row's error."""
+    src = write_jsonl(tmp_path / "t.jsonl", [
+        {"q": "capital of France?", "ex_q": "capital of Spain?", "ex_a": "Madrid"},
+        {"q": "capital of Italy?", "ex_q": "capital of Peru?", "ex_a": None},
+    ])
+    turns = ('[{"role": "user", "content": {{ ex_q | tojson }}},'
+             ' {"role": "assistant", "content": {{ ex_a | tojson }}}]')
+    out = tmp_path / "out"
+    res = invoke("run", src, "-o", out, *FAKE, "--template-system", "Answer briefly.",
+                 "--template-turns", turns, "--template-user", "{{ q }}")
+    assert res.exit_code == 0, res.output
+    df = by_line(out)
+    assert df["content"][0] == "capital of France?"  # the fake engine echoes the last (user) message
+    err = df["error"][1]
+    assert err["code"] == "template_error" and err["param"] == "ex_a" and "null" in err["message"]
+    res = invoke("validate", src, "--template-turns", "just text", "--template-user", "{{ q }}")
+    assert res.exit_code == 1 and "--template-turns: the rendered turns must be a list of messages" in res.output
+    from pipeline.requests import Context
+    from pipeline.templates import TemplateSpec
+
+    spec = TemplateSpec.from_values({"template_user": "{{ q }}", "template_system": "S", "template_turns": turns})
+    [req] = list(spec.render_rows([("f", 1, {"q": "x", "ex_q": "y", "ex_a": "z"})], Context()))
+    assert [m["role"] for m in req.messages] == ["system", "user", "assistant", "user"]

@@ -10,7 +10,7 @@ from test_trust import cli, lines, slow_run, wait_for_commit
 def test_status_of_running_stopped_and_complete_jobs(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", lines(60))
     out = tmp_path / "out"
-    proc = slow_run(src, out)
+    proc = slow_run(src, out, delay="0.3")  # 4 s of work after the first commit: still running when asked
     wait_for_commit(out, proc)
     res = invoke("status", out)
     assert res.exit_code == 3 and "running" in res.output and f"pid {proc.pid}" in res.output
