@@ -338,15 +338,16 @@ def test_the_dataset_demo_job_runs(tmp_path):
 @pytest.mark.engine
 def test_real_engine_typed_columns_carried_columns_and_exact_estimate(tmp_path):
     """The embedded model on a table of varied rows with a schema asking for an enum, a number and
-    a list: every row has typed columns or a parse error, carried columns equal the input, and
-    estimate's prompt tokens equal the run's."""
+    a list: every row has typed columns or a parse error, carried columns equal the input,
+    estimate's prompt tokens equal the run's, and a run killed after its first commit is finished
+    by the rerun with every row exactly once."""
     from conftest import MODEL
 
     src = tmp_path / "reviews.parquet"
     reviews = ["Great kettle, boils fast.", "Broke after a day.", "It is fine I guess.",
-               "Love the color, hate the noise.", "Perfect gift!", "Arrived late and scratched."]
+               "Love the color, hate the noise.", "Perfect gift!", "Arrived late and scratched."] * 2
     pq.write_table(pa.table({"rid": pa.array(range(len(reviews)), pa.int32()), "review": reviews,
-                             "stars": pa.array([5, 1, 3, 3, 5, 2], pa.int8())}), src)
+                             "stars": pa.array([5, 1, 3, 3, 5, 2] * 2, pa.int8())}), src)
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"type": "object", "properties": {
         "sentiment": {"type": "string", "enum": ["positive", "negative", "mixed"]},
@@ -356,9 +357,20 @@ def test_real_engine_typed_columns_carried_columns_and_exact_estimate(tmp_path):
               "--response-schema", schema, "--sample", "max_tokens=60", "--sample", "temperature=0",
               "--carry-all", "--max-model-len", "2048"]
     out = tmp_path / "out"
-    res = invoke("run", src, "-o", out, "-m", MODEL, "-q", *common)
+    first = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), "-m", MODEL,
+                              "-q", "--checkpoint-every", "1", "--max-num-seqs", "2", *map(str, common)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None and not list(out.glob("_commits/*.json")):
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    res = invoke("run", src, "-o", out, "-m", MODEL, "-q", "--checkpoint-every", "1", "--max-num-seqs", "2", *common)
     assert res.exit_code == 0, res.output
+    report = json.loads((out / "_report.json").read_text())
+    assert 0 < report["resumed"] < len(reviews) and report["requests"] == len(reviews)
     t = pq.read_table(sorted(out.glob("part-*.parquet"))).sort_by("source_line")
+    assert t.column("source_line").to_pylist() == list(range(1, len(reviews) + 1))  # each row once
     assert t.column("rid").to_pylist() == list(range(len(reviews))) and t.schema.field("stars").type == pa.int8()
     assert t.column("review").to_pylist() == reviews
     for row in t.to_pylist():
