@@ -24,7 +24,7 @@ import click
 
 from .cost import Price, find_price
 from .inputs import list_inputs
-from .models import output_name, served_names
+from .models import output_name
 from .reader import scan
 from .requests import Context, Request, RowError
 from .storage import Location
@@ -133,7 +133,8 @@ def run_estimate(
     price_input: float | None = None, price_output: float | None = None, completion_ratio: float | None = None,
     calibrate_from: str | None = None, tokens_per_second: float | None = None, gpu_hour_usd: float = 2.0,
     workers: int | None = None, as_json: bool = False, rows_file: str | None = None,
-    tokenizer: str | None = None, trust_remote_code: bool = False, **template_values,
+    tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
+    **template_values,
 ) -> dict[str, Any]:
     """Count, estimate, print the table (or one JSON object) and write --rows-file; returns the
     figures. `template_values`: the template job options (templates.py), if any."""
@@ -148,7 +149,7 @@ def run_estimate(
     counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,
                             trust_remote_code=trust_remote_code)
     # The model names a run with these options accepts, so that estimate and run agree on validity.
-    ctx = Context(model_names=served_names(model, tuple(served_model_name)), max_n=max_n)
+    ctx = Context.of(model, tuple(served_model_name), max_n, route)
     workers = workers or cpu_count()
 
     tallies, total = {f.display: Tally() for f in files}, Tally()

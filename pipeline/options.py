@@ -107,6 +107,10 @@ OPTIONS: tuple[Opt, ...] = (
         short="-m", commands=MODEL_CMDS, required_in=frozenset({RUN, ESTIMATE}), output=True),
     Opt("served_model_name", "Names requests may use for this model (the first is also the output's "
         "model name). Repeatable.", multiple=True, commands=MODEL_CMDS, output=True),
+    Opt("route", "Run requests that name another model on this one: PATTERN=MODEL, PATTERN an "
+        "exact name or a glob (gpt-4o*; * for every name), MODEL this run's -m or a served name. "
+        "Repeatable; a mapping in a job file. The output keeps the requested name.",
+        multiple=True, metavar="PATTERN=MODEL", commands=MODEL_CMDS, output=True),
     Opt("max_model_len", "Context length (prompt + completion); default: the model's.", Int1,
         commands=MODEL_CMDS, engine=True, output=True),
     Opt("tokenizer", "Tokenizer name or path, if not the model's.", commands=MODEL_CMDS, engine=True,

@@ -6,6 +6,7 @@ Validation is a pure function of the row (plus the run's context), so that `vali
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
 import re
@@ -73,6 +74,7 @@ class Request:
     unknown_fields: tuple[str, ...] = ()
     # Template jobs: the input columns the output row carries over (output name -> value).
     carried: dict[str, Any] | None = None
+    requested_model: str | None = None  # the model the row asked for, as it wrote it
 
     @property
     def n(self) -> int:
@@ -91,6 +93,28 @@ class Context:
     # Empty: any model is accepted (e.g. `validate` without --model).
     model_names: frozenset[str] = frozenset()
     max_n: int = 4
+    # --route PATTERN=MODEL: other names (exact, or globs such as gpt-4o*; * is a catch-all)
+    # that requests may use for this run's model, in the order given.
+    routes: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, model: str | None, served: tuple[str, ...] = (), max_n: int = 4,
+           routes: dict[str, str] | None = None) -> Context:
+        """The context of a run of `model`; raises ValueError for a route to a model this run
+        does not serve."""
+        from .models import served_names
+
+        names = served_names(model, tuple(served)) if model else frozenset()
+        pairs = tuple((str(k), str(v)) for k, v in (routes or {}).items())
+        for pattern, target in pairs:
+            if names and target not in names:
+                raise ValueError(f"--route {pattern}={target}: this run serves {', '.join(sorted(names))}, "
+                                 f"not {target}. Hint: route to one of those names")
+        return cls(names, max_n, pairs)
+
+    def accepts(self, model: str) -> bool:
+        return not self.model_names or model in self.model_names or any(
+            fnmatch.fnmatchcase(model, pattern) for pattern, _ in self.routes)
 
 
 MAX_CUSTOM_ID = 512  # characters
@@ -140,12 +164,14 @@ def _parse_body(
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise Invalid("invalid_parameter", f"model must be a string, got {_kind(model)}", "model")
-    if model is not None and ctx.model_names and model not in ctx.model_names:
+    if model is not None and not ctx.accepts(model):
         names = ", ".join(sorted(ctx.model_names))
         raise Invalid(
             "model_mismatch",
-            f"the request asks for model {short(model)} but this run serves {names}; "
-            "fix the request's model or run with -m for that model",
+            f"the request asks for model {short(model)} but this run serves {names}. Hint: to run "
+            f"it on this model, pass --route '{short(model, 40).strip(chr(39))}=<one of those names>' "
+            "(or a pattern such as 'gpt-4o*=...' or '*=...' for every name), or "
+            "--served-model-name; or run with -m for that model",
             "model",
         )
     messages = _messages(body.get("messages"))
@@ -193,7 +219,7 @@ def _parse_body(
     unknown = tuple(n if len(n) <= 64 else n[:63] + "…" for n in unknown[:MAX_UNKNOWN_FIELDS])
     return Request(
         custom_id, source_file, line, messages, params, tools, tool_choice,
-        response_format, user, tuple(warnings), unknown,
+        response_format, user, tuple(warnings), unknown, requested_model=model,
     )
 
 

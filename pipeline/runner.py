@@ -23,7 +23,7 @@ from .engine import KINDS, EngineSpec
 from .executor import Dispatcher, EngineStartError, LocalPool, TooManyRestarts
 from .inputs import InputFile, list_inputs
 from .lease import OutputBusy
-from .models import output_name, resolve_model, served_names
+from .models import output_name, resolve_model
 from .options import command_line
 from .output import (
     Committed,
@@ -114,7 +114,7 @@ def plan(cfg: RunConfig) -> Plan:
     model_name = output_name(cfg.model, cfg.served_model_name)
     price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                        price_output=cfg.price_output)
-    ctx = Context(model_names=served_names(cfg.model, cfg.served_model_name), max_n=cfg.max_n)
+    ctx = Context.of(cfg.model, cfg.served_model_name, cfg.max_n, cfg.route)
     p = Plan(cfg, files, scans, detail, out, state, model_name, price, ctx, spec=spec, layout=layout)
     if p.complete:
         return p

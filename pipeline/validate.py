@@ -17,23 +17,21 @@ MAX_UNKNOWN = 1000  # distinct unknown field names counted
 def validate_inputs(
     inputs, *, storage_options, max_line_bytes: int, max_n: int, model: str | None,
     max_model_len: int | None, served_model_name=(), max_errors: int = 100,
-    tokenizer: str | None = None, trust_remote_code: bool = False, **template_values,
+    tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
+    **template_values,
 ) -> bool:
     """Print each invalid row and a summary; True when every row is valid. `template_values`:
     the template job options (templates.py), if any."""
     spec = TemplateSpec.from_values(template_values)
     files = list_inputs(list(inputs), storage_options)
     layout = spec.layout(files) if spec else None
-    names = frozenset()
+    ctx = Context.of(model, tuple(served_model_name), max_n, route)
     counter = None
     if model:
-        from .models import served_names
         from .token_count import PromptCounter
 
-        names = served_names(model, tuple(served_model_name))
         counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,
                                 trust_remote_code=trust_remote_code)
-    ctx = Context(model_names=names, max_n=max_n)
 
     total, codes, unknown, shown = 0, Counter(), Counter(), 0
     for item in request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes,

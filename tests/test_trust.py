@@ -152,7 +152,7 @@ def test_second_writer_and_dry_run_during_a_run(tmp_path):
     n = 60
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
-    first = slow_run(src, out)
+    first = slow_run(src, out, delay="0.3")  # still writing while the others start
     wait_for_commit(out, first)
     second = cli("run", src, "-o", out, *FAKE)
     assert second.returncode == 3, second.stdout + second.stderr
@@ -409,7 +409,7 @@ def test_sigterm_during_the_run_commits_and_exits_3(tmp_path):
     n = 60
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
-    proc = slow_run(src, out)
+    proc = slow_run(src, out, delay="0.2")  # seconds of work left after the first commit
     wait_for_commit(out, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
