@@ -261,7 +261,10 @@ class Claim:
 
     def finish(self, report: dict[str, Any]) -> bool:
         """Write the report, then the completion marker (exclusive). False when another run
-        created the marker first."""
+        created the marker first. Debris is removed first, so a finished folder holds only
+        committed parts (a writer that lost its lease may have added one past its cutoff)."""
+        self.lease.check()
+        self.out._remove(self.out.read_state().debris)
         self.lease.check()
         self.out.loc.child(REPORT).put_atomic(json.dumps(report, indent=2).encode())
         marker = json.dumps({"fingerprint": self.manifest["fingerprint"], "requests": report["requests"],

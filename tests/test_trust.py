@@ -204,6 +204,7 @@ def test_paused_writer_cannot_add_rows_after_takeover(tmp_path):
     df = read_output(out)
     assert df.height == n and df["custom_id"].n_unique() == n
     assert sum(r["rows"] for r in committed_records(out)) == n
+    assert {p.name for p in out.glob("part-*")} == {r["part"] for r in committed_records(out)}
 
 
 # ---- reading: corrupt input, BOM, storage errors ----------------------------------------------
