@@ -253,7 +253,11 @@ class Claim:
         record = {"part": name, "order": len(self.records), "rows": sum(map(len, keys.values())),
                   "keys": {k: _ranges(v) for k, v in keys.items()}, "stats": part_stats(rows),
                   "at": _now()}
-        self.lease.check()
+        try:
+            self.lease.check()
+        except LeaseLost:
+            self.out.loc.child(name).rm()  # never committed: a successor must not find it
+            raise
         self.out.loc.child(f"{COMMITS}/{self.attempt}-{self._seq:05d}.json").put_atomic(
             json.dumps(record).encode())
         self.records.append(record)
