@@ -13,8 +13,6 @@ import json
 import os
 import pathlib
 import shutil
-import sys
-import time
 import uuid
 
 EMBEDDED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -177,21 +175,3 @@ def prepare_embedded_model(force: bool = False) -> pathlib.Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    force = "--force" in argv
-    t0 = time.perf_counter()
-    try:
-        path = prepare_embedded_model(force=force)
-    except EmbeddedModelUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"prepared in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -40,7 +40,6 @@ class EngineSpec:
     engine_args: dict[str, Any] = field(default_factory=dict)  # vLLM EngineArgs, by field name
     seed_policy: str = "ignore"  # what to do with a per-request seed where the engine cannot honour it
     tool_parser: str | None = None  # vLLM tool parser for tool_choice "auto"
-    max_in_flight: int = 1024  # requests a worker holds inside the engine at once
     options: dict[str, Any] = field(default_factory=dict)  # engine-specific knobs (the fake engine's)
 
 

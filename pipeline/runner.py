@@ -191,13 +191,13 @@ def execute(p: Plan, started: float) -> Outcome:
             kind=cfg.engine, model=resolve_model(cfg.model) if KINDS[cfg.engine].loads_model else cfg.model,
             engine_args=cfg.engine_args(), seed_policy=cfg.seed_on_cpu,
             tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
-            # keep every engine's batch full between refills (vLLM runs up to 1024 sequences on big GPUs)
-            max_in_flight=cfg.max_in_flight or max(2048, 2 * (cfg.max_num_seqs or 0)),
         )
+        # keep every engine's batch full between refills (vLLM runs up to 1024 sequences on big GPUs)
+        window = cfg.max_in_flight or max(2048, 2 * (cfg.max_num_seqs or 0))
         message, code = "", exits.OK
         try:
             pool = _make_pool(cfg, spec, p.envs)
-            dispatcher = Dispatcher(pool, window=spec.max_in_flight, max_restarts=cfg.max_engine_restarts)
+            dispatcher = Dispatcher(pool, window=window, max_restarts=cfg.max_engine_restarts)
             for done in dispatcher.results(pending()):
                 if done is None:  # a tick: commit on time even when nothing finishes
                     writer.tick()

@@ -18,8 +18,10 @@ def test_every_command_and_option_has_help():
 
 
 def test_version():
+    from pipeline import __version__
+
     res = invoke("--version")
-    assert res.exit_code == 0 and "pipeline" in res.output
+    assert res.exit_code == 0 and f"pipeline, version {__version__}" in res.output
 
 
 def test_job_file_and_command_line_precedence(tmp_path):

@@ -82,3 +82,11 @@ def test_death_before_ready_is_a_start_failure():
 def test_one_death_while_loading_is_retried():
     pool = MemoryPool(size=1, die_loading=1)
     assert len(run(pool, 5)) == 5
+
+
+def test_engines_that_keep_dying_stop_the_run_resumably():
+    from pipeline.executor import TooManyRestarts
+
+    pool = MemoryPool(size=1, poison={"r0", "r1", "r2", "r3"})
+    with pytest.raises(TooManyRestarts, match="engines died 3 times"):
+        list(x for x in Dispatcher(pool, window=8, max_restarts=2).results(req(i) for i in range(6)))
