@@ -121,7 +121,7 @@ def _anthropic_text(value: Any, where: str) -> Any:
     for j, block in enumerate(value):
         btype = block.get("type") if isinstance(block, dict) else None
         if btype in ANTHROPIC_MEDIA:
-            raise Invalid("unsupported_content", f"{where}[{j}] is {_name(btype)} block: images and documents are not "
+            raise Invalid("unsupported_content", f"{where}[{j}] is a block of type {_name(btype)}: images and documents are not "
                           "supported by a text model", f"{where}[{j}]")
         if btype != "text" or not isinstance(block.get("text"), str):
             raise Invalid("invalid_messages", f"{where}[{j}] must be a text block {{\"type\": \"text\", \"text\": ...}}, "
@@ -172,13 +172,13 @@ def _anthropic_message(msg: Any, where: str, warnings: list[str]) -> list[dict[s
         elif btype in ("thinking", "redacted_thinking") and role == "assistant":
             warnings.append(f"{at}: a {btype} block of an earlier turn is not sent to this model")
         elif btype in ANTHROPIC_MEDIA:
-            raise Invalid("unsupported_content", f"{at} is {_name(btype)} block: images and documents are not "
+            raise Invalid("unsupported_content", f"{at} is a block of type {_name(btype)}: images and documents are not "
                           "supported by a text model", at)
         elif btype in ("tool_use", "tool_result"):
             raise Invalid("invalid_messages", f"{at}: a {btype} block belongs in {'an assistant' if btype == 'tool_use' else 'a user'} "
                           "message", at)
         elif isinstance(btype, str) and ("tool" in btype or btype.endswith("_result")):
-            raise Invalid("unsupported_content", f"{at} is {_name(btype)} block, from a tool that runs on Anthropic's "
+            raise Invalid("unsupported_content", f"{at} is a block of type {_name(btype)}, from a tool that runs on Anthropic's "
                           "servers; it has no equivalent here", at)
         else:
             raise Invalid("invalid_messages", f"{at} is {_name(btype)}; the blocks accepted are text, tool_use "

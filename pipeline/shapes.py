@@ -91,8 +91,7 @@ def _responses_line(row: dict[str, Any], warnings: list[str]) -> Any:
 
 def _together_line(row: dict[str, Any], warnings: list[str]) -> Any:
     if "body" not in row:
-        raise Invalid("invalid_row", f"a line of {TOGETHER.title} needs a body (the request){_in_file(TOGETHER, row)}",
-                      "body")
+        raise Invalid("invalid_row", f"body is missing (the request){_in_file(TOGETHER, row)}", "body")
     extra = field_names(set(row) - BATCH_LINE_FIELDS)
     if extra:
         warnings.append(f"unknown batch-line field(s) ignored: {names_list(extra)}")
@@ -103,7 +102,7 @@ def _provider_line(shape_name: str, field: str, convert: Callable[[Any, list[str
     def read(row: dict[str, Any], warnings: list[str]) -> Any:
         shape = SHAPES_BY_NAME[shape_name]
         if field not in row:
-            raise Invalid("invalid_row", f"a line of {shape.title} needs {field}{_in_file(shape, row)}", field)
+            raise Invalid("invalid_row", f"{field} is missing (the request){_in_file(shape, row)}", field)
         extra = field_names(set(row) - {field, *shape.id_fields})
         if extra:
             warnings.append(f"unknown line field(s) ignored: {names_list(extra)}")
