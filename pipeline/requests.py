@@ -131,23 +131,27 @@ def parse_row(
     try:
         if not isinstance(row, dict):
             raise Invalid("invalid_row", f"a row must be a JSON object, got {_kind(row)}")
-        given_id = row.get("custom_id")
+        shape = shape or detect(row)
+        id_field = shape.id_field(row)  # custom_id; Gemini's lines: key
+        given_id = row.get(id_field)
         if given_id is not None:
             if not isinstance(given_id, str) or not given_id:
-                raise Invalid("invalid_parameter", "custom_id must be a non-empty string", "custom_id")
+                raise Invalid("invalid_parameter", f"{id_field} must be a non-empty string", id_field)
             if len(given_id) > MAX_CUSTOM_ID:
-                raise Invalid("invalid_parameter", f"custom_id is {len(given_id)} characters; at most "
-                              f"{MAX_CUSTOM_ID} are accepted", "custom_id")
+                raise Invalid("invalid_parameter", f"{id_field} is {len(given_id)} characters; at most "
+                              f"{MAX_CUSTOM_ID} are accepted", id_field)
             if not is_text(given_id):
-                raise Invalid("invalid_utf8", "custom_id holds a lone surrogate (\\ud800-\\udfff), which "
-                              "is not text; fix the encoding of the tool that wrote it", "custom_id")
+                raise Invalid("invalid_utf8", f"{id_field} holds a lone surrogate (\\ud800-\\udfff), which "
+                              "is not text; fix the encoding of the tool that wrote it", id_field)
             custom_id = given_id
-        shape = shape or detect(row)
         warnings: list[str] = []
         body = shape.read(row, warnings)
         if isinstance(body, dict) and isinstance(body.get("user"), str) and is_text(body["user"]):
             user = body["user"]
-        return _parse_body(body, custom_id, source_file, line, ctx, warnings)
+        try:
+            return _parse_body(body, custom_id, source_file, line, ctx, warnings)
+        except Invalid as e:
+            raise shape.explained(e) from None
     except Invalid as e:
         return RowError(custom_id, source_file, line, e.code, e.message, e.param, user)
     except Exception as e:  # a bug of ours must cost one row, never the job
@@ -441,10 +445,11 @@ def validate_rows(
         if source_file not in shapes and isinstance(row, dict):
             shapes[source_file] = detect(row)  # a file's shape: that of its first object
         item = parse_row(row, source_file=source_file, line=line, ctx=ctx, shape=shapes.get(source_file))
-        if isinstance(row, dict) and row.get("custom_id") == item.custom_id and seen.add(item.custom_id):
+        id_field = shapes[source_file].id_field(row) if isinstance(row, dict) else "custom_id"
+        if isinstance(row, dict) and row.get(id_field) == item.custom_id and seen.add(item.custom_id):
             item = RowError(
                 item.custom_id, source_file, line, "duplicate_custom_id",
-                f"custom_id {short(item.custom_id)} appears earlier in the input; every request needs "
-                "its own id", "custom_id", item.user,
+                f"{id_field} {short(item.custom_id)} appears earlier in the input; every request needs "
+                "its own id", id_field, item.user,
             )
         yield item
