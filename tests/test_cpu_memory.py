@@ -100,3 +100,12 @@ def test_cli_starts_the_cpu_engine_without_vllm_cpu_kvcache_space(tmp_path):
     assert sorted(df["custom_id"]) == ["a", "b"] and df["error"].is_null().all()
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert 0 < report["engine"]["kv_cache_memory_bytes"] <= 4 * GiB
+
+
+def test_cpu_dtype_default_follows_native_bf16():
+    from pipeline.vllm_engine import cpu_default_dtype
+
+    assert cpu_default_dtype({"sse4_2", "avx2", "avx512f"}) == "float32"  # bf16 would be emulated
+    assert cpu_default_dtype({"avx2", "avx512f", "avx512_bf16"}) is None  # the model's dtype
+    assert cpu_default_dtype({"avx2", "avx512f", "amx_bf16", "amx_tile"}) is None
+    assert cpu_default_dtype({"fp", "asimd", "bf16"}) is None  # not x86: vLLM's default
