@@ -22,6 +22,8 @@ JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)  # a table: for template jobs (--template-user)
+ARROW_SUFFIXES = (".arrow",)  # Arrow IPC: what a Hugging Face dataset's save_to_disk writes
+HF_SAVED = ("dataset_info.json", "state.json")  # a save_to_disk folder: only its .arrow files are data
 OUTPUT_MARKER = "_manifest.json"  # a folder holding one is a run's output, never an input
 GLOB_CHARS = "*?["
 
@@ -31,7 +33,7 @@ class InputFile:
     """One input file: where it is, how to read it, and what says it changed."""
 
     location: Location
-    format: str  # "jsonl", "parquet" or "csv"
+    format: str  # "jsonl", "parquet", "csv" or "arrow"
     compression: str | None
     size: int | None
     version: str | None  # mtime, ETag or generation
@@ -69,6 +71,8 @@ def file_format(name: str) -> tuple[str, str | None] | None:
         return "parquet", None
     if name.endswith(CSV_SUFFIXES):
         return "csv", compression
+    if name.endswith(ARROW_SUFFIXES) and compression is None:
+        return "arrow", None
     return None
 
 
@@ -97,7 +101,7 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any] | None = None
         matched = [(loc, i) for loc, i in candidates
                    if file_format(loc.name) and not (exclude is not None and exclude.contains(loc))]
         if not matched:
-            raise ValueError(f"no input files in {root.display}: expected .jsonl/.json/.ndjson or .csv "
+            raise ValueError(f"no input files in {root.display}: expected .jsonl/.json/.ndjson, .csv or .arrow "
                              "(optionally .gz/.zst/.bz2/.xz) or .parquet files")
         for loc, i in matched:
             if loc.identity not in found:
@@ -118,8 +122,9 @@ def _walk(root: Location, exclude: Location | None):
             if not d.startswith(("_", ".")) and not (exclude is not None and exclude.contains(sub)):
                 kept.append(d)
         dirs[:] = kept
+        hf_saved = all(n in files for n in HF_SAVED)
         for name in sorted(files):
-            if not name.startswith(("_", ".")):
+            if not name.startswith(("_", ".")) and not (hf_saved and not name.endswith(ARROW_SUFFIXES)):
                 yield root.at(posixpath.join(folder, name))
 
 

@@ -50,7 +50,7 @@ def scan(file: InputFile, *, digest: bool = False) -> Scan:
     and hash the content when asked. Remote plain files are only read with `digest`."""
     if file.format == "parquet":
         return _scan_parquet(file, digest)
-    if file.format == "csv":
+    if file.format in ("csv", "arrow"):
         return _scan_csv(file, digest)
     if file.compression is None and not file.location.local and not digest:
         return Scan(None)
@@ -100,7 +100,7 @@ def read_rows(file: InputFile, found: Scan | None = None, *,
     if file.format == "parquet":
         read = _parquet_table_rows if raw else _parquet_rows
     else:
-        read = _csv_rows if file.format == "csv" else _jsonl_rows
+        read = _csv_rows if file.format in ("csv", "arrow") else _jsonl_rows
     done, tries = 0, 0
     while True:
         try:
@@ -323,6 +323,29 @@ def open_csv(stream):
                          convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
 
 
+def _table_batches(file: InputFile, raw):
+    """Record batches of a CSV file (streamed) or an Arrow IPC file (a Hugging Face dataset's
+    save_to_disk writes the stream format; the file format is read too)."""
+    if file.format == "csv":
+        return open_csv(_decompressed(raw, file.compression))
+    import pyarrow as pa
+
+    head = raw.read(6)
+    raw.seek(0)
+    if head != b"ARROW1":
+        return pa.ipc.open_stream(raw)  # iterable, with .schema
+    reader = pa.ipc.open_file(raw)
+    return _Batches(reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches)))
+
+
+class _Batches:
+    def __init__(self, schema, batches):
+        self.schema, self._batches = schema, batches
+
+    def __iter__(self):
+        return iter(self._batches)
+
+
 def _scan_csv(file: InputFile, digest: bool) -> Scan:
     hasher = None
     if digest:
@@ -334,7 +357,7 @@ def _scan_csv(file: InputFile, digest: bool) -> Scan:
     rows = 0
     try:
         with file.location.open("rb") as raw:
-            for batch in open_csv(_decompressed(raw, file.compression)):
+            for batch in _table_batches(file, raw):
                 rows += batch.num_rows
     except StorageError:
         raise
@@ -346,7 +369,7 @@ def _scan_csv(file: InputFile, digest: bool) -> Scan:
 def _csv_rows(file: InputFile, skip: int, _max_line_bytes: int):
     with file.location.open("rb") as raw:
         line = 0
-        for batch in open_csv(_decompressed(raw, file.compression)):
+        for batch in _table_batches(file, raw):
             if line + batch.num_rows <= skip:
                 line += batch.num_rows
                 continue
@@ -366,9 +389,9 @@ def input_schema(file: InputFile, sample_rows: int = 1000):
     if file.format == "parquet":
         with file.location.open("rb") as f:
             return pq.ParquetFile(f).schema_arrow
-    if file.format == "csv":
+    if file.format in ("csv", "arrow"):
         with file.location.open("rb") as raw:
-            return open_csv(_decompressed(raw, file.compression)).schema
+            return _table_batches(file, raw).schema
     rows = []
     for _, row in _jsonl_rows(file, 0, DEFAULT_MAX_LINE_BYTES):
         if isinstance(row, dict):

@@ -411,3 +411,20 @@ def test_earlier_turns_from_a_template(tmp_path):
     spec = TemplateSpec.from_values({"template_user": "{{ q }}", "template_system": "S", "template_turns": turns})
     [req] = list(spec.render_rows([("f", 1, {"q": "x", "ex_q": "y", "ex_a": "z"})], Context()))
     assert [m["role"] for m in req.messages] == ["system", "user", "assistant", "user"]
+
+
+def test_a_hugging_face_dataset_saved_to_disk_is_a_table(tmp_path):
+    """`Dataset.save_to_disk` writes Arrow IPC files beside dataset_info.json and state.json: the
+    folder is read as its .arrow files only; an Arrow IPC file (file format) is read too."""
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_dict({"q": [f"question {i}" for i in range(7)], "n": list(range(7))}).save_to_disk(str(folder))
+    res = invoke("run", folder, "-o", tmp_path / "out", *FAKE, "--template-user", "{{ q }}", "--carry", "n")
+    assert res.exit_code == 0, res.output
+    df = by_line(tmp_path / "out")
+    assert df["content"].to_list() == [f"question {i}" for i in range(7)] and df["n"].to_list() == list(range(7))
+    with pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("q", pa.string())])) as w:
+        w.write_table(pa.table({"q": ["a", "b"]}))
+    res = invoke("validate", tmp_path / "t.arrow", "--template-user", "{{ q }}")
+    assert res.exit_code == 0 and "2 rows in 1 file(s): 2 valid" in res.output
