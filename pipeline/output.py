@@ -206,7 +206,7 @@ class Output:
             manifest = state.manifest or {"version": 2, "fingerprint": fp, "job": detail,
                                           "format": self.fmt, "created": _now(), "attempts": []}
             attempt = uuid.uuid4().hex[:8]
-            last_seq = _last_seqs(self.loc, state)
+            last_seq = _last_seqs(state)
             for a in manifest["attempts"]:
                 if a.get("cutoff") is None:
                     a["cutoff"] = last_seq.get(a["id"], 0)
@@ -341,7 +341,7 @@ def _record_names(state: State) -> list[str]:
     return [f"{r['part'][5:].rsplit('.', 1)[0]}.json" for r in state.records]
 
 
-def _last_seqs(loc: Location, state: State) -> dict[str, int]:
+def _last_seqs(state: State) -> dict[str, int]:
     """The highest committed sequence number of each attempt, as listed now."""
     last: dict[str, int] = {}
     for rec in state.records:

@@ -51,7 +51,7 @@ def scan(file: InputFile, *, digest: bool = False) -> Scan:
     if file.format == "parquet":
         return _scan_parquet(file, digest)
     if file.format in ("csv", "arrow"):
-        return _scan_csv(file, digest)
+        return _scan_table(file, digest)
     if file.compression is None and not file.location.local and not digest:
         return Scan(None)
     hasher = hashlib.sha256() if digest else None
@@ -70,23 +70,27 @@ def scan(file: InputFile, *, digest: bool = False) -> Scan:
     return Scan(lines + (last != b"\n"), digest=hasher.hexdigest() if hasher else None)
 
 
+def _content_digest(file: InputFile) -> str:
+    """sha256 of the file's bytes as stored (--verify-content), read in a pass of its own."""
+    hasher = hashlib.sha256()
+    with file.location.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
 def _scan_parquet(file: InputFile, digest: bool) -> Scan:
     import pyarrow.parquet as pq
 
-    hasher = None
-    if digest:
-        hasher = hashlib.sha256()
-        with file.location.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                hasher.update(chunk)
+    found = _content_digest(file) if digest else None
     try:
         with file.location.open("rb") as f:
             rows = pq.ParquetFile(f).metadata.num_rows
     except StorageError:
         raise
     except Exception as e:
-        return Scan(None, _unreadable(file, 1, e), 1, hasher.hexdigest() if hasher else None)
-    return Scan(rows, digest=hasher.hexdigest() if hasher else None)
+        return Scan(None, _unreadable(file, 1, e), 1, found)
+    return Scan(rows, digest=found)
 
 
 def read_rows(file: InputFile, found: Scan | None = None, *,
@@ -100,7 +104,7 @@ def read_rows(file: InputFile, found: Scan | None = None, *,
     if file.format == "parquet":
         read = _parquet_table_rows if raw else _parquet_rows
     else:
-        read = _csv_rows if file.format in ("csv", "arrow") else _jsonl_rows
+        read = _table_rows if file.format in ("csv", "arrow") else _jsonl_rows
     done, tries = 0, 0
     while True:
         try:
@@ -346,14 +350,8 @@ class _Batches:
         return iter(self._batches)
 
 
-def _scan_csv(file: InputFile, digest: bool) -> Scan:
-    hasher = None
-    if digest:
-        hasher = hashlib.sha256()
-        with file.location.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                hasher.update(chunk)
-    found = hasher.hexdigest() if hasher else None
+def _scan_table(file: InputFile, digest: bool) -> Scan:
+    found = _content_digest(file) if digest else None
     rows = 0
     try:
         with file.location.open("rb") as raw:
@@ -366,7 +364,7 @@ def _scan_csv(file: InputFile, digest: bool) -> Scan:
     return Scan(rows, digest=found)
 
 
-def _csv_rows(file: InputFile, skip: int, _max_line_bytes: int):
+def _table_rows(file: InputFile, skip: int, _max_line_bytes: int):
     with file.location.open("rb") as raw:
         line = 0
         for batch in _table_batches(file, raw):

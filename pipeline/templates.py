@@ -149,14 +149,9 @@ class TemplateSpec:
             except OSError as e:
                 raise ValueError(f"--response-schema {path}: cannot read it ({e.strerror or e})") from None
             try:
-                data = json.loads(text)
-            except ValueError:
-                import yaml
-
-                try:
-                    data = yaml.safe_load(text)
-                except yaml.YAMLError as e:
-                    raise ValueError(f"--response-schema {path} is neither JSON nor YAML: {e}") from None
+                data = _json_or_yaml(text)
+            except ValueError as e:
+                raise ValueError(f"--response-schema {path} is neither JSON nor YAML: {e}") from None
             schema, fmt = structured.load_schema(data, f"--response-schema {path}")
         spec = cls(
             user=_text_or_file(user, "--template-user"),
@@ -321,20 +316,28 @@ def _template_problem(e: Exception, row: dict[str, Any], option: str) -> tuple[s
 
 def _turns(text: str) -> list[dict[str, Any]] | str:
     """The rendered --template-turns as a list of messages, or what is wrong with it."""
-    import yaml
-
     try:
-        value = json.loads(text)
-    except ValueError:
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            return f"the rendered turns are neither JSON nor YAML ({short(str(e), 120)})"
+        value = _json_or_yaml(text)
+    except ValueError as e:
+        return f"the rendered turns are neither JSON nor YAML ({short(str(e), 120)})"
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
         return "the rendered turns must be a list of messages, each with a role and content"
     return value
+
+
+def _json_or_yaml(text: str) -> Any:
+    """JSON, else YAML; ValueError with YAML's complaint when it is neither."""
+    import yaml
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(str(e)) from None
 
 
 def _free(name: str, prefix: str, taken: set[str]) -> str:
