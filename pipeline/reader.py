@@ -260,15 +260,8 @@ def _parquet_rows(file: InputFile, skip: int, _max_line_bytes: int, batch_size: 
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
         body_is_text = "body" in names and str(pf.schema_arrow.field("body").type) in ("string", "large_string")
-        line = 0
-        for batch in pf.iter_batches(batch_size=batch_size):
-            if line + batch.num_rows <= skip:
-                line += batch.num_rows
-                continue
-            for row in batch.to_pylist():
-                line += 1
-                if line > skip:
-                    yield line, _parquet_row(row, body_is_text)
+        for line, row in _numbered(pf.iter_batches(batch_size=batch_size), skip):
+            yield line, _parquet_row(row, body_is_text)
 
 
 def _parquet_row(row: dict[str, Any], body_is_text: bool) -> Any:
@@ -303,16 +296,7 @@ def _parquet_table_rows(file: InputFile, skip: int, _max_line_bytes: int, batch_
     import pyarrow.parquet as pq
 
     with file.location.open("rb") as f:
-        pf = pq.ParquetFile(f)
-        line = 0
-        for batch in pf.iter_batches(batch_size=batch_size):
-            if line + batch.num_rows <= skip:
-                line += batch.num_rows
-                continue
-            for row in batch.to_pylist():
-                line += 1
-                if line > skip:
-                    yield line, row
+        yield from _numbered(pq.ParquetFile(f).iter_batches(batch_size=batch_size), skip)
 
 
 # ---- CSV ----------------------------------------------------------------------------------------
@@ -366,15 +350,21 @@ def _scan_table(file: InputFile, digest: bool) -> Scan:
 
 def _table_rows(file: InputFile, skip: int, _max_line_bytes: int):
     with file.location.open("rb") as raw:
-        line = 0
-        for batch in _table_batches(file, raw):
-            if line + batch.num_rows <= skip:
-                line += batch.num_rows
-                continue
-            for row in batch.to_pylist():
-                line += 1
-                if line > skip:
-                    yield line, row
+        yield from _numbered(_table_batches(file, raw), skip)
+
+
+def _numbered(batches, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number from 1, row) of record batches, without the first `skip` rows (a batch
+    wholly before them is not even converted)."""
+    line = 0
+    for batch in batches:
+        if line + batch.num_rows <= skip:
+            line += batch.num_rows
+            continue
+        for row in batch.to_pylist():
+            line += 1
+            if line > skip:
+                yield line, row
 
 
 def input_schema(file: InputFile, sample_rows: int = 1000):
