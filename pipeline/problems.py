@@ -75,3 +75,9 @@ def is_text(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
+
+
+def kind_of(value: Any) -> str:
+    """What a JSON value is, for messages: "an object", "a string", "null", ..."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")

@@ -15,17 +15,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .problems import Invalid
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), "a number")
+from .problems import Invalid, kind_of
 
 
 def _name(value: Any, width: int = 40) -> str:
     """A block or part type for a message: short, whatever it is."""
-    text = value if isinstance(value, str) else _kind(value)
+    text = value if isinstance(value, str) else kind_of(value)
     return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
@@ -59,7 +54,7 @@ ANTHROPIC_MEDIA = ("image", "document", "file", "search_result", "container_uplo
 
 def anthropic_body(params: Any, warnings: list[str]) -> dict[str, Any]:
     if not isinstance(params, dict):
-        raise Invalid("invalid_row", f"params must be an object (a Messages API request), got {_kind(params)}", "params")
+        raise Invalid("invalid_row", f"params must be an object (a Messages API request), got {kind_of(params)}", "params")
     body: dict[str, Any] = {}
     for ours, theirs in (("model", "model"), ("max_tokens", "max_tokens"), ("temperature", "temperature"),
                          ("top_p", "top_p"), ("top_k", "top_k"), ("stop", "stop_sequences"),
@@ -116,7 +111,7 @@ def _anthropic_text(value: Any, where: str) -> Any:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise Invalid("invalid_messages", f"{where} must be a string or a list of text blocks, got {_kind(value)}", where)
+        raise Invalid("invalid_messages", f"{where} must be a string or a list of text blocks, got {kind_of(value)}", where)
     parts = []
     for j, block in enumerate(value):
         btype = block.get("type") if isinstance(block, dict) else None
@@ -259,7 +254,7 @@ def _camel_keys(obj: Any) -> Any:
 
 def gemini_body(request: Any, warnings: list[str]) -> dict[str, Any]:
     if not isinstance(request, dict):
-        raise Invalid("invalid_row", f"request must be an object (a GenerateContentRequest), got {_kind(request)}", "request")
+        raise Invalid("invalid_row", f"request must be an object (a GenerateContentRequest), got {kind_of(request)}", "request")
     request = _camel_keys(request)
     body: dict[str, Any] = {}
     if request.get("model") is not None:
@@ -509,7 +504,7 @@ RESPONSES_MEDIA = ("input_image", "input_file", "input_audio")
 
 def responses_body(req: Any, warnings: list[str]) -> dict[str, Any]:
     if not isinstance(req, dict):
-        raise Invalid("invalid_row", f"body must be an object (a Responses API request), got {_kind(req)}", "body")
+        raise Invalid("invalid_row", f"body must be an object (a Responses API request), got {kind_of(req)}", "body")
     for name, why in RESPONSES_STATE.items():
         if req.get(name):
             raise Invalid("unsupported_parameter", f"body.{name} {why}; this run has only the request itself",

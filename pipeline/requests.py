@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .problems import Invalid, RowError, default_id, is_text
+from .problems import Invalid, RowError, default_id, is_text, kind_of
 from .shapes import Shape, detect, names_list, short
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -130,7 +130,7 @@ def parse_row(
     user = None
     try:
         if not isinstance(row, dict):
-            raise Invalid("invalid_row", f"a row must be a JSON object, got {_kind(row)}")
+            raise Invalid("invalid_row", f"a row must be a JSON object, got {kind_of(row)}")
         shape = shape or detect(row)
         id_field = shape.id_field(row)  # custom_id; Gemini's lines: key
         given_id = row.get(id_field)
@@ -164,10 +164,10 @@ def _parse_body(
     body: Any, custom_id: str, source_file: str, line: int, ctx: Context, warnings: list[str]
 ) -> Request:
     if not isinstance(body, dict):
-        raise Invalid("invalid_row", f"the request body must be a JSON object, got {_kind(body)}", "body")
+        raise Invalid("invalid_row", f"the request body must be a JSON object, got {kind_of(body)}", "body")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise Invalid("invalid_parameter", f"model must be a string, got {_kind(model)}", "model")
+        raise Invalid("invalid_parameter", f"model must be a string, got {kind_of(model)}", "model")
     if model is not None and not ctx.accepts(model):
         names = ", ".join(sorted(ctx.model_names))
         raise Invalid(
@@ -225,11 +225,6 @@ def _parse_body(
         custom_id, source_file, line, messages, params, tools, tool_choice,
         response_format, user, tuple(warnings), unknown, requested_model=model,
     )
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), "a number")
 
 
 def _number(name: str, value: Any, kind: type, lo: float, hi: float, lo_in: bool, hi_in: bool):
