@@ -48,6 +48,19 @@ def committed_records(out, storage_options=None):
     return Output(Location.of(str(out), storage_options)).read_state().records
 
 
+def wait_for_commit(out, proc, timeout=60.0, poll=0.02):
+    """Wait until a part is committed in `out` as a rerun sees it (a record that is only a
+    temporary file mid-rename does not count); AssertionError if `proc` ends or time runs out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if committed_records(out):
+            return
+        time.sleep(poll)
+    raise AssertionError("no part was committed in time")
+
+
 @pytest.fixture
 def chat():
     return chat_line

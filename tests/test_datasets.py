@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, invoke, read_output, write_jsonl
+from conftest import REPO, invoke, read_output, wait_for_commit, write_jsonl
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
 SCHEMA = {
@@ -243,10 +242,7 @@ def test_resume_after_sigkill_keeps_every_row_exactly_once(tmp_path):
                              "--max-in-flight", "4", "--engine-option", "step_delay=0.05"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("_commits/*.json")):
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    wait_for_commit(out, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert not (out / "_SUCCESS").exists()
@@ -360,9 +356,7 @@ def test_real_engine_typed_columns_carried_columns_and_exact_estimate(tmp_path):
     first = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), "-m", MODEL,
                               "-q", "--checkpoint-every", "1", "--max-num-seqs", "2", *map(str, common)],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and first.poll() is None and not list(out.glob("_commits/*.json")):
-        time.sleep(0.2)
+    wait_for_commit(out, first, timeout=600, poll=0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
     res = invoke("run", src, "-o", out, "-m", MODEL, "-q", "--checkpoint-every", "1", "--max-num-seqs", "2", *common)

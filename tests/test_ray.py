@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, chat_line, read_output, write_jsonl
+from conftest import REPO, chat_line, read_output, wait_for_commit, write_jsonl
 from storage_servers import free_port
 from test_scale import ENGINE_ENV, REAL, assert_same_rows, local_baseline, scale_lines
 
@@ -100,11 +100,7 @@ def test_interrupted_run_resumes(tmp_path, no_stray_processes):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *map(str, args), "--executor", "ray"],
                             cwd=REPO, env={**os.environ, "RAY_ADDRESS": "local"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if list(out.glob("_commits/*.json")):
-            break
-        time.sleep(0.05)
+    wait_for_commit(out, proc, timeout=120, poll=0.05)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 3, stdout + stderr[-5000:]

@@ -6,9 +6,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from conftest import REPO, chat_line, committed_records, invoke, read_output, write_jsonl
+from conftest import (
+    REPO,
+    chat_line,
+    committed_records,
+    invoke,
+    read_output,
+    wait_for_commit,
+    write_jsonl,
+)
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
 
@@ -137,11 +144,7 @@ def test_kill_and_resume_exactly_once(tmp_path):
            "--checkpoint-every", "5", "--max-in-flight", "4",
            "--engine-option", "step_delay=0.05", "--engine-option", f"log_file={log}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if list(out.glob("_commits/*.json")):
-            break
-        time.sleep(0.02)
+    wait_for_commit(out, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # what the commit records say is committed (a part written but not yet recorded does not count)

@@ -3,8 +3,8 @@
 import json
 import signal
 
-from conftest import invoke, write_jsonl
-from test_trust import cli, lines, slow_run, wait_for_commit
+from conftest import invoke, wait_for_commit, write_jsonl
+from test_trust import cli, lines, slow_run
 
 
 def test_status_of_running_stopped_and_complete_jobs(tmp_path):

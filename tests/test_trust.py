@@ -17,7 +17,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, chat_line, committed_records, invoke, read_output, write_jsonl
+from conftest import (
+    REPO,
+    chat_line,
+    committed_records,
+    invoke,
+    read_output,
+    wait_for_commit,
+    write_jsonl,
+)
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
 
@@ -137,15 +145,6 @@ def slow_run(src, out, *extra, delay="0.05"):
     cmd = [sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,
            "--checkpoint-every", "5", "--max-in-flight", "4", "--engine-option", f"step_delay={delay}", *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_commit(out, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if list(Path(out).glob("_commits/*.json")):
-            return
-        time.sleep(0.02)
-    raise AssertionError("no part was committed in time")
 
 
 def test_second_writer_and_dry_run_during_a_run(tmp_path):
