@@ -235,6 +235,7 @@ class Dispatcher:
         self.restarts = 0
         self.engine_info: dict[str, Any] = {}
         self._seq = 0
+        self._ahead: Request | None = None  # taken from the source, not yet handed to an engine
 
     def results(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result] | None]:
         """(request, result) for every request, in the order they finish; None after each
@@ -244,7 +245,7 @@ class Dispatcher:
             for i, w in enumerate(self.workers):
                 if w.ready and not w.exclusive:
                     source = self._feed(i, w, source)
-            if source is None and not self.requeued and not self.suspects and not any(
+            if source is None and self._ahead is None and not self.requeued and not self.suspects and not any(
                 w.inflight for w in self.workers
             ):
                 return
@@ -261,15 +262,22 @@ class Dispatcher:
         if len(w.inflight) > self.window // 2:
             return source
         batch: list[Request] = []
-        while len(w.inflight) + len(batch) < self.window:
+        while (held := len(w.inflight) + len(batch)) < 2 * self.window:
             if self.requeued:
+                if held >= self.window:
+                    break
                 batch.append(self.requeued.popleft())
                 continue
             if source is None:
                 break
-            nxt = next(source, None)
+            nxt = self._ahead if self._ahead is not None else next(source, None)
+            self._ahead = None
             if nxt is None:
                 source = None
+                break
+            # past the window only to finish a prefix group (schedule.py): one engine computes its prefix
+            if held >= self.window and not (nxt.group and batch and nxt.group == batch[-1].group):
+                self._ahead = nxt
                 break
             batch.append(nxt)
         for start in range(0, len(batch), self.chunk):

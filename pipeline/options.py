@@ -159,6 +159,11 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("ray_address", "Ray cluster to join (default: start or join a local one)."),
     Opt("max_in_flight", "Requests held by each engine at once (default: 2048, or twice --max-num-seqs).",
         Int1),
+    Opt("order", "prefix: requests sharing a prompt prefix reach the engines together, so the prefix "
+        "is computed once while cached (reads the whole input first, spilling to $TMPDIR past "
+        "--order-buffer); input: the input's order.", click.Choice(["prefix", "input"]), "prefix"),
+    Opt("order_buffer", "With --order prefix: requests held in memory; more are sorted in runs on "
+        "local temporary disk and merged.", Int1, 100_000),
     Opt("max_engine_restarts", "Stop (exit 3, resumable) after this many engine deaths.", Int0, 50),
     Opt("data_parallel_size", "Number of engines. Default: one per group of --tensor-parallel-size "
         "GPUs; 1 on CPU.", Int1),
@@ -171,6 +176,10 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("tensor_parallel_size", "vLLM: GPUs per engine (for models that do not fit on one GPU).",
         Int1, engine=True),
     Opt("max_num_seqs", "vLLM: most sequences in one engine step.", Int1, engine=True),
+    Opt("block_size", {RUN: "vLLM: tokens per KV cache block (default: 16 on GPU, 128 on the CPU build).",
+                       ESTIMATE: "Tokens per KV cache block of the run, for the prompt tokens computed "
+                                 "after prefix reuse (default 16, vLLM's on GPU; 128 on the CPU build)."},
+        Int1, commands=frozenset({RUN, ESTIMATE}), engine=True),
     Opt("max_num_batched_tokens", "vLLM: most tokens in one engine step.", Int1, engine=True),
     Opt("enable_prefix_caching", "vLLM: reuse KV cache across shared prompt prefixes.", pair=True,
         engine=True),

@@ -68,7 +68,8 @@ def summary_text(report: dict[str, Any]) -> str:
         + (f" ({', '.join(f'{k}: {v}' for k, v in r['errors_by_code'].items())})" if r["errors_by_code"] else "")
         + (f"; {r['resumed']} already done before this run" if r.get("resumed") else ""),
         f"tokens: {r['prompt_tokens']} in, {r['completion_tokens']} out, {r['total_tokens']} total"
-        + (f" ({r['cached_tokens']} prompt tokens from cache)" if r.get("cached_tokens") else ""),
+        + (f" ({r['cached_tokens']} prompt tokens from cache: {r['cached_tokens'] / r['prompt_tokens']:.1%})"
+           if r.get("cached_tokens") and r.get("prompt_tokens") else ""),
     ]
     if r.get("wall_seconds"):
         lines.append(

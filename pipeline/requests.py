@@ -75,6 +75,8 @@ class Request:
     # Template jobs: the input columns the output row carries over (output name -> value).
     carried: dict[str, Any] | None = None
     requested_model: str | None = None  # the model the row asked for, as it wrote it
+    # Its prefix group in the run's order (schedule.py): a group goes to one engine. 0: none.
+    group: int = 0
 
     @property
     def n(self) -> int:

@@ -41,6 +41,7 @@ from .reader import Scan, scan
 from .report import total_stats
 from .requests import Context, Request, RowError
 from .rows import dataset_rows, error_row, result_row
+from .schedule import order
 from .storage import Location, StorageError
 from .templates import OPTION_NAMES as TEMPLATE_OPTIONS
 from .templates import Layout, TemplateSpec, request_stream
@@ -176,11 +177,19 @@ def execute(p: Plan, started: float) -> Outcome:
         counts = {"resumed": 0, "rows": 0, "generated": 0}
         index = {f.display: i for i, f in enumerate(p.files)}
 
-        def pending() -> Iterator[Request]:
+        def fresh() -> Iterator[Request | RowError]:
             for item in p.rows():
                 if (index[item.source_file], item.line) in committed:
                     counts["resumed"] += 1
-                elif isinstance(item, RowError):
+                else:
+                    yield item
+
+        # with --order prefix, reading starts now, in a thread, while the engines start
+        ordered = order(fresh(), cfg.order, buffer=cfg.order_buffer)
+
+        def pending() -> Iterator[Request]:
+            for item in ordered:
+                if isinstance(item, RowError):
                     writer.add_all(dataset_rows(error_row(item, p.model_name), item, p.layout))
                     counts["rows"] += 1
                     progress.update(1)
@@ -233,6 +242,7 @@ def execute(p: Plan, started: float) -> Outcome:
             "engines": pool.size if pool else 0,
             "engine": dispatcher.engine_info if pool else None,
             "engine_restarts": dispatcher.restarts if pool else 0,
+            "order": cfg.order,
             "pipeline_version": __version__,
             "date": cfg.date,
             "run_id": cfg.run_id,

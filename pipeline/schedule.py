@@ -1,0 +1,165 @@
+"""The order requests reach the engines in: grouped by shared prompt prefix (`--order prefix`,
+the default), or as the input has them (`--order input`).
+
+vLLM's prefix cache only saves work when requests that share a prefix (a system prompt, a
+few-shot block, a document asked many questions) meet while that prefix is still cached. A batch
+job knows every request before it starts, so it sorts them: the key of a request is one 8-byte
+digest per `BLOCK_CHARS` characters of its conversation (tools, then each message), each digest
+covering all the text before it. Requests that share their first k blocks share the key's first
+k digests, so sorted keys put every set of requests sharing a prefix side by side, at every
+depth (the order of a trie walk). Error rows come first (empty key).
+
+Memory stays bounded for any input: at most `buffer` requests are held (`--order-buffer`); a
+fuller buffer is sorted and spilled to a local temporary file (pickle), and the spilled runs are
+merged, reading 256 requests of each run at a time. For 10M requests of ~2 KB with the default
+buffer of 100,000: about 0.3 GB while reading, 100 runs and ~20 GB of temporary disk (in
+$TMPDIR), then 100 x 256 requests while merging. Compressed and remote inputs are read once,
+front to back, like any run.
+
+The reading runs in a thread that starts before the engines do, so it overlaps their start;
+the first request reaches an engine once the whole input is read (or, with spilled runs, once
+the last run is sorted).
+
+Consecutive requests whose keys share at least half of the shorter one (and one block) form a
+group (`Request.group`); the dispatcher hands a group to one engine, so the engine that holds
+its prefix computes it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import os
+import pickle
+import tempfile
+import threading
+from dataclasses import replace
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .problems import RowError
+from .requests import Request
+
+BLOCK_CHARS = 256
+MAX_BLOCKS = 256  # keys cover the first 64k characters: longer shared prefixes sort as one
+DIGEST = 8
+SPILL_BATCH = 256
+ORDERS = ("prefix", "input")
+
+
+def conversation_text(request: Request) -> str:
+    """The text the chat template renders a request from, in its order: tools, then every
+    message's role, content and tool calls (not the rendered prompt: no tokenizer needed)."""
+    import json
+
+    parts = [json.dumps(request.tools, sort_keys=True, ensure_ascii=False)] if request.tools else []
+    for m in request.messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "\n".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+        parts.append(f"{m.get('role')}\x1f{content or ''}")
+        if m.get("tool_calls"):
+            parts.append(json.dumps(m["tool_calls"], sort_keys=True, ensure_ascii=False))
+    return "\x1e".join(parts)
+
+
+def prefix_key(request: Request) -> bytes:
+    """One digest per block of the conversation's text, each over all the text before it."""
+    data = conversation_text(request).encode("utf-8", "surrogatepass")
+    h = hashlib.blake2b(digest_size=DIGEST)
+    out = bytearray()
+    step = BLOCK_CHARS
+    for start in range(0, min(len(data), step * MAX_BLOCKS), step):
+        h.update(data[start : start + step])
+        out += h.copy().digest()
+    return bytes(out)
+
+
+def shared_blocks(a: bytes, b: bytes) -> int:
+    """How many leading blocks two keys share."""
+    n = min(len(a), len(b)) // DIGEST
+    i = 0
+    while i < n and a[i * DIGEST : (i + 1) * DIGEST] == b[i * DIGEST : (i + 1) * DIGEST]:
+        i += 1
+    return i
+
+
+def order(items: Iterable[Request | RowError], how: str, *, buffer: int = 100_000,
+          spill_dir: str | None = None) -> Iterable[Request | RowError]:
+    """`items` in the order `how` names; for "prefix", reading starts at once in a thread."""
+    if how == "input":
+        return items
+    if how != "prefix":
+        raise ValueError(f"unknown order {how!r}; use one of {', '.join(ORDERS)}")
+    return PrefixOrder(items, buffer=buffer, spill_dir=spill_dir)
+
+
+class PrefixOrder:
+    """Requests sorted by prefix key, with bounded memory (see the module's docstring)."""
+
+    def __init__(self, items: Iterable[Request | RowError], *, buffer: int = 100_000,
+                 spill_dir: str | None = None, background: bool = True):
+        self.buffer, self.spill_dir = max(1, buffer), spill_dir
+        self.memory: list[tuple[bytes, int, Any]] = []
+        self.runs: list[str] = []
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, args=(items,), name="prefix-order", daemon=True)
+        if background:
+            self._thread.start()
+        else:
+            self._read(items)
+
+    def _read(self, items: Iterable[Request | RowError]) -> None:
+        try:
+            for seq, item in enumerate(items):
+                key = prefix_key(item) if isinstance(item, Request) else b""
+                self.memory.append((key, seq, item))
+                if len(self.memory) >= self.buffer:
+                    self._spill()
+            self.memory.sort()
+            if self.runs and self.memory:
+                self._spill()
+        except BaseException as e:  # raised again in the reading thread's consumer
+            self._error = e
+
+    def _spill(self) -> None:
+        self.memory.sort()
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="pipeline-order-", dir=self.spill_dir)
+        path = os.path.join(self._tmp.name, f"run-{len(self.runs):06d}.pickle")
+        with open(path, "wb") as f:
+            for start in range(0, len(self.memory), SPILL_BATCH):
+                pickle.dump(self.memory[start : start + SPILL_BATCH], f, protocol=pickle.HIGHEST_PROTOCOL)
+        self.runs.append(path)
+        self.memory = []
+
+    def __iter__(self) -> Iterator[Request | RowError]:
+        while self._thread.is_alive():  # short joins: signal handlers run in between
+            self._thread.join(0.5)
+        if self._error is not None:
+            raise self._error
+        try:
+            merged = heapq.merge(*map(_read_run, self.runs)) if self.runs else iter(self.memory)
+            self.memory = [] if self.runs else self.memory
+            group, prev = 0, None
+            for key, _, item in merged:
+                if isinstance(item, Request):
+                    shared = shared_blocks(prev, key) if prev is not None else 0
+                    if shared == 0 or 2 * shared < min(len(prev), len(key)) // DIGEST:
+                        group += 1
+                    item, prev = replace(item, group=group), key
+                yield item
+        finally:
+            self.memory = []
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+
+def _read_run(path: str) -> Iterator[tuple[bytes, int, Any]]:
+    with open(path, "rb") as f:
+        while True:
+            try:
+                yield from pickle.load(f)
+            except EOFError:
+                return
