@@ -33,8 +33,8 @@ import os
 import pickle
 import tempfile
 import threading
-from dataclasses import replace
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from .problems import RowError

@@ -64,7 +64,7 @@ def test_every_item_once_errors_first_documents_together(tmp_path_factory, d, q,
     requests = out[errors:]
     assert contiguous([doc_of(r) for r in requests])
     # the same document: the same group, so one engine gets it
-    assert all((a.group == b.group) == (doc_of(a) == doc_of(b)) for a, b in zip(requests, requests[1:]))
+    assert all((a.group == b.group) == (doc_of(a) == doc_of(b)) for a, b in zip(requests, requests[1:], strict=False))
     assert os.listdir(spill) == []  # spilled runs are removed once read
 
 
@@ -82,7 +82,7 @@ def test_sorted_keys_are_a_trie_walk(tmp_path_factory, contents, buffer):
     keys = [prefix_key(r) for r in out]
     distinct = {k[: (i + 1) * DIGEST] for k in keys for i in range(len(k) // DIGEST)}
     computed = sum(len(k) // DIGEST - (shared_blocks(p, k) if p is not None else 0)
-                   for p, k in zip([None, *keys], keys))
+                   for p, k in zip([None, *keys], keys, strict=False))
     assert computed == len(distinct)
 
 
