@@ -6,6 +6,10 @@ request (n × max_tokens, never more than the context left after the prompt, whi
 where max_tokens is absent) and an expected figure: the bound × a completion ratio, given with
 --completion-ratio or calibrated from a previous run of the job. Dollars come at the hosted
 list price (prices.yaml) and on our own GPUs: GPU-hours at a throughput per GPU × --gpu-hour-usd.
+
+GPU-hours count the prompt tokens a run computes, not those billed: requests are taken in the
+order `run --order prefix` uses (schedule.py), and the whole KV cache blocks each prompt shares
+with the one before it are served by vLLM's prefix cache. So --rows-file lists rows in that order.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .inputs import list_inputs
 from .models import output_name
 from .reader import scan
 from .requests import Context, Request, RowError
+from .schedule import order, shared_blocks
 from .storage import Location
 from .templates import TemplateSpec, request_stream
 from .token_count import PromptCounter, cpu_count
@@ -48,17 +53,29 @@ class Tally:
     requests: int = 0
     invalid: int = 0
     prompt_tokens: int = 0  # of valid requests: what would be billed
+    prompt_tokens_computed: int = 0  # ...less what the prefix cache would serve, in the run's order
     completion_tokens_upper: int = 0
     errors: Counter = field(default_factory=Counter)
 
-    def add(self, item: Request | RowError, prompt_tokens: int | None, upper: int | None) -> None:
+    def add(self, item: Request | RowError, prompt_tokens: int | None, upper: int | None,
+            computed: int | None = None) -> None:
         self.requests += 1
         if isinstance(item, RowError):
             self.invalid += 1
             self.errors[item.code] += 1
         else:
             self.prompt_tokens += prompt_tokens
+            self.prompt_tokens_computed += prompt_tokens if computed is None else computed
             self.completion_tokens_upper += upper
+
+
+def computed_tokens(prompt_tokens: int, blocks: bytes, before: bytes, block_size: int) -> int:
+    """The prompt tokens an engine computes for a request whose prompt's block digests are
+    `blocks` right after one whose are `before` (--order prefix puts each request after the one
+    it shares most with): the shared whole blocks come from the prefix cache, except that vLLM
+    always computes the last token (so a fully cached prompt recomputes its last block)."""
+    cached = min(shared_blocks(before, blocks) * block_size, (prompt_tokens - 1) // block_size * block_size)
+    return prompt_tokens - max(0, cached)
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,7 @@ class Rates:
         out: dict[str, Any] = {
             "requests": t.requests, "valid": t.requests - t.invalid, "invalid": t.invalid,
             "errors_by_code": dict(sorted(t.errors.items())), "prompt_tokens": t.prompt_tokens,
+            "prompt_tokens_computed": t.prompt_tokens_computed,
         }
         bounds = {"expected": t.completion_tokens_upper * self.completion_ratio, "upper": t.completion_tokens_upper}
         for bound, completion in bounds.items():
@@ -83,7 +101,9 @@ class Rates:
         for bound, completion in bounds.items():
             out[f"cost_usd_{bound}"] = self.price.cost(t.prompt_tokens, completion) if self.price else None
         for bound, completion in bounds.items():
-            hours = (t.prompt_tokens + completion) / self.tokens_per_second / 3600 if self.tokens_per_second else None
+            # the GPU computes the prompt tokens the prefix cache does not serve
+            hours = ((t.prompt_tokens_computed + completion) / self.tokens_per_second / 3600
+                     if self.tokens_per_second else None)
             out[f"gpu_hours_{bound}"] = hours
             out[f"compute_cost_usd_{bound}"] = None if hours is None else hours * self.gpu_hour_usd
         return out
@@ -134,7 +154,7 @@ def run_estimate(
     calibrate_from: str | None = None, tokens_per_second: float | None = None, gpu_hour_usd: float = 2.0,
     workers: int | None = None, as_json: bool = False, rows_file: str | None = None,
     tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
-    **template_values,
+    block_size: int | None = None, order_buffer: int = 100_000, **template_values,
 ) -> dict[str, Any]:
     """Count, estimate, print the table (or one JSON object) and write --rows-file; returns the
     figures. `template_values`: the template job options (templates.py), if any."""
@@ -151,14 +171,21 @@ def run_estimate(
     # The model names a run with these options accepts, so that estimate and run agree on validity.
     ctx = Context.of(model, tuple(served_model_name), max_n, route)
     workers = workers or cpu_count()
+    block_size = block_size or 16
 
     tallies, total = {f.display: Tally() for f in files}, Tally()
     with RequestRows(rows_file, storage_options) if rows_file else contextlib.nullcontext() as out:
         stream = request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes)
-        for item, prompt_tokens in counter.check_all(stream, workers=workers):
-            upper = completion_upper(item, prompt_tokens, counter.max_model_len) if isinstance(item, Request) else None
-            tallies[item.source_file].add(item, prompt_tokens, upper)
-            total.add(item, prompt_tokens, upper)
+        # in the order a run uses (schedule.py), so that each request follows the one it shares most with
+        before = b""
+        for item, prompt_tokens, blocks in counter.check_all(order(stream, "prefix", buffer=order_buffer),
+                                                             workers=workers, block_size=block_size):
+            upper = computed = None
+            if isinstance(item, Request):
+                upper = completion_upper(item, prompt_tokens, counter.max_model_len)
+                computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
+            tallies[item.source_file].add(item, prompt_tokens, upper, computed)
+            total.add(item, prompt_tokens, upper, computed)
             if out is not None:
                 out.add(item, prompt_tokens, upper)
         rates = rates_for(upper=total.completion_tokens_upper, report=report, calibrate_from=calibrate_from,
@@ -172,7 +199,7 @@ def run_estimate(
         "completion_ratio": rates.completion_ratio, "completion_ratio_source": rates.ratio_source,
         "price": None if price is None else {"input": price.input, "output": price.output, "source": price.source},
         "tokens_per_second": rates.tokens_per_second, "throughput_source": rates.throughput_source,
-        "gpu_hour_usd": gpu_hour_usd,
+        "gpu_hour_usd": gpu_hour_usd, "block_size": block_size,
         "files": [{"file": url, **rates.figures(t)} for url, t in tallies.items()],
         "rows_file": rows_file, "seconds": round(seconds, 3),
     }
@@ -200,6 +227,9 @@ def table(r: dict[str, Any]) -> str:
         f"{r['model']}, context {r['max_model_len']:,} tokens: {r['requests']:,} requests, {r['invalid']:,} invalid"
         + (f" ({errors})" if errors else ""),
         f"completion tokens expected: {r['completion_ratio']:.3g} × the upper bound ({r['completion_ratio_source']})",
+        f"prompt tokens a run computes: {r['prompt_tokens_computed']:,} of {r['prompt_tokens']:,} "
+        f"({_share(r['prompt_tokens_computed'], r['prompt_tokens'])}; the rest is shared prefixes served from the "
+        f"prefix cache in --order prefix, {r['block_size']}-token blocks); GPU-hours count these",
     ]
     price = r["price"]
     if price is None:
@@ -224,6 +254,10 @@ def _cells(name: str, f: dict[str, Any]) -> tuple[str, ...]:
         "-" if f["cost_usd_upper"] is None else f"{_usd(f['cost_usd_expected'])} / {_usd(f['cost_usd_upper'])}",
         "-" if f["gpu_hours_upper"] is None else f"{_figure(f['gpu_hours_expected'])} / {_figure(f['gpu_hours_upper'])}",
     )
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
 
 
 def _short(url: str, width: int = 48) -> str:

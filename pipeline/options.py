@@ -163,7 +163,7 @@ OPTIONS: tuple[Opt, ...] = (
         "is computed once while cached (reads the whole input first, spilling to $TMPDIR past "
         "--order-buffer); input: the input's order.", click.Choice(["prefix", "input"]), "prefix"),
     Opt("order_buffer", "With --order prefix: requests held in memory; more are sorted in runs on "
-        "local temporary disk and merged.", Int1, 100_000),
+        "local temporary disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
     Opt("max_engine_restarts", "Stop (exit 3, resumable) after this many engine deaths.", Int0, 50),
     Opt("data_parallel_size", "Number of engines. Default: one per group of --tensor-parallel-size "
         "GPUs; 1 on CPU.", Int1),

@@ -66,11 +66,19 @@ def conversation_text(request: Request) -> str:
 def prefix_key(request: Request) -> bytes:
     """One digest per block of the conversation's text, each over all the text before it."""
     data = conversation_text(request).encode("utf-8", "surrogatepass")
+    return chained_digests(data[: BLOCK_CHARS * MAX_BLOCKS], BLOCK_CHARS)
+
+
+def chained_digests(data: bytes, step: int, *, whole_blocks: bool = False) -> bytes:
+    """DIGEST bytes per `step` bytes of data, each digest over everything before its block's end
+    (so two inputs share their first k digests exactly when they share their first k blocks).
+    `whole_blocks`: no digest for a last, partial block (vLLM caches whole blocks only)."""
     h = hashlib.blake2b(digest_size=DIGEST)
     out = bytearray()
-    step = BLOCK_CHARS
-    for start in range(0, min(len(data), step * MAX_BLOCKS), step):
-        h.update(data[start : start + step])
+    end = len(data) - len(data) % step if whole_blocks else len(data)
+    view = memoryview(data)
+    for start in range(0, end, step):
+        h.update(view[start : start + step])
         out += h.copy().digest()
     return bytes(out)
 

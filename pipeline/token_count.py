@@ -45,6 +45,7 @@ from typing import Any
 from .chat_render import PromptError, content_format, context_problem, conversation, engine_tools
 from .models import context_length, resolve_model
 from .requests import Request, RowError
+from .schedule import chained_digests
 
 log = logging.getLogger("pipeline.token_count")
 
@@ -63,7 +64,7 @@ class PromptCounter:
         from transformers import AutoTokenizer
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        self.model = model
+        self.model, self.tokenizer_name, self.trust_remote_code = model, tokenizer, trust_remote_code
         path = resolve_model(model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
@@ -90,7 +91,7 @@ class PromptCounter:
             self._split = _whole
 
     def __reduce__(self):  # spawned workers load their own copy
-        return type(self), (self.model, self.max_model_len)
+        return _counter, (self.model, self.max_model_len, self.tokenizer_name, self.trust_remote_code)
 
     # ---- one request ---------------------------------------------------------------------------
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
@@ -128,11 +129,14 @@ class PromptCounter:
     # ---- a stream of rows, on all cores ----------------------------------------------------------
     def check_all(
         self, items: Iterable[Request | RowError], *, workers: int | None = None, chunk_size: int = 512,
-    ) -> Iterator[tuple[Request | RowError, int | None]]:
-        """(item, prompt tokens) for every item, in order: Requests are counted and checked (a
-        Request that fails becomes a RowError, with its count when it has one); RowErrors pass
-        with None. With workers > 1, chunks go to that many processes, a bounded number at a
-        time, so memory stays flat however long the stream."""
+        block_size: int = 16,
+    ) -> Iterator[tuple[Request | RowError, int | None, bytes]]:
+        """(item, prompt tokens, block digests) for every item, in order: Requests are counted and
+        checked (a Request that fails becomes a RowError, with its count when it has one);
+        RowErrors pass with None. The digests (schedule.chained_digests) are of the prompt's
+        whole `block_size`-token blocks: what vLLM's prefix cache can reuse. With workers > 1,
+        chunks go to that many processes, a bounded number at a time, so memory stays flat
+        however long the stream."""
         workers = workers or cpu_count()
         pool = None
         if workers > 1:
@@ -143,7 +147,8 @@ class PromptCounter:
         try:
             while chunk := list(islice(items, chunk_size)):
                 work = [(r.messages, engine_tools(r)) for r in chunk if isinstance(r, Request)]
-                pending.append((chunk, pool.submit(_count_in_worker, work) if pool else self.count_many(work)))
+                pending.append((chunk, pool.submit(_count_in_worker, work, block_size) if pool
+                                else self.count_many(work, block_size)))
                 while len(pending) > (2 * workers if pool else 0):
                     yield from self._verdicts(*pending.popleft())
             while pending:
@@ -152,8 +157,9 @@ class PromptCounter:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
 
-    def count_many(self, work: list[tuple[list, list | None]]) -> list[int | str]:
-        """Prompt token counts of (messages, tools) pairs; a str where the template refuses one."""
+    def count_many(self, work: list[tuple[list, list | None]], block_size: int = 16) -> list[tuple[int, bytes] | str]:
+        """(prompt tokens, block digests) of (messages, tools) pairs; a str where the template
+        refuses one."""
         texts: list[str | PromptError] = []
         for messages, tools in work:
             try:
@@ -161,19 +167,21 @@ class PromptCounter:
             except PromptError as e:
                 texts.append(e)
         ids = iter(self._ids([t for t in texts if isinstance(t, str)]))
-        return [len(next(ids)) if isinstance(t, str) else str(t) for t in texts]
+        step = block_size * array("i").itemsize
+        return [(len(i := next(ids)), chained_digests(i.tobytes(), step, whole_blocks=True))
+                if isinstance(t, str) else str(t) for t in texts]
 
     def _verdicts(self, chunk, counts):
         counts = iter(counts if isinstance(counts, list) else counts.result())
         for item in chunk:
             if not isinstance(item, Request):
-                yield item, None
+                yield item, None, b""
                 continue
-            n = next(counts)
-            if isinstance(n, str):
-                yield _template_error(item, PromptError(n)), None
+            counted = next(counts)
+            if isinstance(counted, str):
+                yield _template_error(item, PromptError(counted)), None, b""
             else:
-                yield self.verdict(item, n), n
+                yield self.verdict(item, counted[0]), *counted
 
     # ---- tokenization -------------------------------------------------------------------------
     def _ids(self, texts: list[str]) -> list[array]:
@@ -363,5 +371,9 @@ def _init_worker(counter: PromptCounter) -> None:
     _worker = counter
 
 
-def _count_in_worker(work):
-    return _worker.count_many(work)
+def _count_in_worker(work, block_size):
+    return _worker.count_many(work, block_size)
+
+
+def _counter(model, max_model_len, tokenizer, trust_remote_code) -> PromptCounter:
+    return PromptCounter(model, max_model_len, tokenizer=tokenizer, trust_remote_code=trust_remote_code)

@@ -307,9 +307,10 @@ def test_parallel_equals_inline_and_keeps_order(smollm2):
     inline = list(smollm2.check_all(items, workers=1, chunk_size=64))
     parallel = list(smollm2.check_all(items, workers=2, chunk_size=64))
     assert inline == parallel
-    assert [item.custom_id for item, _ in parallel] == [item.custom_id for item in items]
-    for item, n in inline[:20]:
+    assert [item.custom_id for item, _, _ in parallel] == [item.custom_id for item in items]
+    for item, n, blocks in inline[:20]:
         assert n == (None if isinstance(item, RowError) else smollm2.count(item))
+        assert len(blocks) == (0 if n is None else n // 16 * 8)  # one digest per whole 16-token block
 
 
 def test_context_check(tmp_path, smollm2):
@@ -413,10 +414,13 @@ def test_json_and_parquet(tmp_path, smollm2):
     df = pl.read_parquet(tmp_path / "rows.parquet")
     assert df.columns == ["custom_id", "source_file", "source_line", "prompt_tokens", "completion_tokens_expected",
                           "completion_tokens_upper", "cost_usd_expected", "cost_usd_upper", "error"]
-    assert df.height == 8 and df["source_line"].to_list() == [1, 2, 3, 4, 5, 6, 7, 1]
+    # in the run's order (error rows first, then by shared prefix): every line once
+    assert df.height == 8 and sorted(zip(df["source_file"].str.split("/").list.last(), df["source_line"], strict=True)) == [
+        *(("one.jsonl", i) for i in range(1, 8)), ("two.jsonl", 1)]
+    assert df["error"].is_null().to_list() == [False] * 4 + [True] * 4
     rows = {(r["custom_id"], r["source_line"]): r for r in df.to_dicts()}
     for cid in valid:
-        row = next(v for (c, _), v in rows.items() if c == cid)
+        row = next(v for (c, _), v in rows.items() if c == cid and v["error"] is None)
         p, u = valid[cid]
         assert (row["prompt_tokens"], row["completion_tokens_upper"], row["completion_tokens_expected"]) == (p, u, u / 2)
         assert row["cost_usd_upper"] == pytest.approx((p + u) * 0.055 / 1e6) and row["error"] is None
@@ -438,9 +442,11 @@ def test_cost_arithmetic(tmp_path):
     assert r["price"] == {"input": 1.0, "output": 4.0, "source": "demo list price (overridden)"}
     assert r["cost_usd_expected"] == pytest.approx((p * 1 + 175 * 4) / 1e6)
     assert r["cost_usd_upper"] == pytest.approx((p * 1 + 700 * 4) / 1e6)
-    assert r["gpu_hours_expected"] == pytest.approx((p + 175) / 1000 / 3600)
-    assert r["gpu_hours_upper"] == pytest.approx((p + 700) / 1000 / 3600)
-    assert r["compute_cost_usd_upper"] == pytest.approx((p + 700) / 1000 / 3600 * 3)
+    # GPU-hours count computed prompt tokens: less than billed where prompts share whole blocks
+    assert r["gpu_hours_expected"] == pytest.approx((r["prompt_tokens_computed"] + 175) / 1000 / 3600)
+    assert r["gpu_hours_upper"] == pytest.approx((r["prompt_tokens_computed"] + 700) / 1000 / 3600)
+    assert 0 < r["prompt_tokens_computed"] < p
+    assert r["compute_cost_usd_upper"] == pytest.approx((r["prompt_tokens_computed"] + 700) / 1000 / 3600 * 3)
     assert (r["completion_ratio_source"], r["throughput_source"]) == ("--completion-ratio", "--tokens-per-second")
 
 
@@ -456,7 +462,7 @@ def test_calibrate_from_a_report(tmp_path):
     r = json.loads(res.stdout)
     assert r["completion_ratio"] == pytest.approx(100 / 400) and r["completion_tokens_expected"] == 100
     assert r["tokens_per_second"] == pytest.approx(160 / 4.0 / 2)
-    assert r["compute_cost_usd_expected"] == pytest.approx((r["prompt_tokens"] + 100) / 20 / 3600 * 2)
+    assert r["compute_cost_usd_expected"] == pytest.approx((r["prompt_tokens_computed"] + 100) / 20 / 3600 * 2)
     assert "includes engine start" in r["throughput_source"]
     res = invoke("estimate", src, "-m", "smollm2", "--calibrate-from", run, "--completion-ratio", "1", "--json", "--workers", "1")
     assert json.loads(res.stdout)["completion_ratio"] == 1  # the command line wins

@@ -14,8 +14,8 @@ from pipeline.executor import Dispatcher
 from pipeline.problems import RowError
 from pipeline.requests import Request
 from pipeline.schedule import BLOCK_CHARS, DIGEST, PrefixOrder, order, prefix_key, shared_blocks
-from tests.conftest import invoke
-from tests.test_dispatcher import MemoryPool
+from conftest import invoke
+from test_dispatcher import MemoryPool
 
 DOC = "".join(chr(ord("a") + i % 26) for i in range(3 * BLOCK_CHARS))
 
@@ -134,3 +134,23 @@ def test_run_output_is_the_same_in_either_order(tmp_path):
         tables[how] = t
         assert json.loads((out / "_report.json").read_text())["order"] == how
     assert tables["prefix"] == tables["input"] and len(tables["prefix"]) == 25
+
+
+def test_estimate_counts_each_shared_block_once(tmp_path):
+    """estimate's computed prompt tokens = every distinct whole 16-token block of the prompts once,
+    plus each prompt's partial last block: the work a run in prefix order leaves to the engine."""
+    from pipeline.token_count import PromptCounter
+
+    rows = docs_workload(5, 4, seed=9)
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"custom_id": f"c{r.line}", "body": {"messages": r.messages}}) + "\n"
+                           for r in rows))
+    res = invoke("estimate", src, "-m", "smollm2", "--json", "--workers", "1", "--order-buffer", "7")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    counter = PromptCounter("smollm2")
+    ids = [counter.token_ids(req) for req in rows]
+    blocks = {tuple(i[:end]) for i in ids for end in range(16, len(i) + 1, 16)}
+    assert r["prompt_tokens"] == sum(map(len, ids))
+    assert r["prompt_tokens_computed"] == 16 * len(blocks) + sum(len(i) % 16 for i in ids)
+    assert r["prompt_tokens_computed"] < r["prompt_tokens"] / 3  # four questions per document
