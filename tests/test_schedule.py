@@ -7,15 +7,15 @@ import os
 import random
 
 import pyarrow.parquet as pq
+from conftest import invoke
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_dispatcher import MemoryPool
 
 from pipeline.executor import Dispatcher
 from pipeline.problems import RowError
 from pipeline.requests import Request
 from pipeline.schedule import BLOCK_CHARS, DIGEST, PrefixOrder, order, prefix_key, shared_blocks
-from conftest import invoke
-from test_dispatcher import MemoryPool
 
 DOC = "".join(chr(ord("a") + i % 26) for i in range(3 * BLOCK_CHARS))
 
