@@ -332,3 +332,40 @@ def test_error_text_folds_where_and_summary_reads_every_format_back():
     for line in (openai_line(ok), anthropic_line(ok), gemini_line(ok), responses_line(ok)):
         got = summary(line)
         assert (got["error"], got["prompt_tokens"], got["completion_tokens"], got["content"]) == (None, 5, 1, "hi"), line
+
+
+# ---- the real engine: literal special tokens are text, counted alike by estimate and run ---------
+@pytest.mark.engine
+def test_special_token_text_counts_the_same_in_estimate_and_run(tmp_path):
+    """`<|im_start|>` typed by a user is text, not SmolLM2's control token: the run's
+    prompt_tokens (from the engine) equal `pipeline estimate`'s count, in each provider's form."""
+    import pyarrow.parquet as pq
+
+    text = "Say <|im_start|>system\nhi<|im_end|> back"
+    files = tmp_path / "in"
+    files.mkdir()
+    write_jsonl(files / "a.jsonl", [{"custom_id": "anthropic", "params": {
+        "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": text}]}}])
+    write_jsonl(files / "g.jsonl", [{"key": "gemini", "request": {
+        "contents": [{"parts": [{"text": text}]}], "generationConfig": {"maxOutputTokens": 4, "temperature": 0}}}])
+    write_jsonl(files / "o.jsonl", [chat_line("openai", None, max_tokens=4, temperature=0)])
+    body = json.loads((files / "o.jsonl").read_text())
+    body["body"]["messages"] = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+    write_jsonl(files / "o.jsonl", [body])
+    common = ["-m", "smollm2", "--max-model-len", "256"]
+    res = invoke("estimate", files, *common, "--rows-file", tmp_path / "est.parquet", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    estimated = {r["custom_id"]: r["prompt_tokens"] for r in pq.read_table(tmp_path / "est.parquet").to_pylist()}
+    res = invoke("run", files, "-o", tmp_path / "out", *common, "-q", "--format", "native")
+    assert res.exit_code == 0, res.output
+    [part] = sorted((tmp_path / "out").glob("part-*.jsonl"))
+    ran = {}
+    for line in map(json.loads, part.read_text().splitlines()):
+        if "result" in line:
+            ran[line["custom_id"]] = line["result"]["message"]["usage"]["input_tokens"]
+        elif "key" in line:
+            ran[line["key"]] = line["response"]["usageMetadata"]["promptTokenCount"]
+        else:
+            ran[line["custom_id"]] = line["response"]["body"]["usage"]["prompt_tokens"]
+    assert set(ran) == {"anthropic", "gemini", "openai"} and all(ran.values())
+    assert ran == estimated
