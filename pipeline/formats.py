@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -262,7 +263,14 @@ def summary(line: dict[str, Any]) -> dict[str, Any]:
     """What `pipeline report` needs of one output line of any line format: custom_id, error
     {code, message}, tokens, and the first choice's finish reason and content (the same keys
     for every line)."""
-    return {k: None for k in SUMMARY_KEYS} | _summary(line)
+    out = {k: None for k in SUMMARY_KEYS} | _summary(line)
+    if out["error"] is not None:  # the input line, back out of the message it was folded into
+        found = _WHERE.search(out["error"].get("message") or "")
+        out["error"] = {**out["error"], "line": int(found.group(1)) if found else None}
+    return out
+
+
+_WHERE = re.compile(r"\(line (\d+)(?:, field [^)]*)?\)$")
 
 
 def _split(text: str) -> dict[str, str]:

@@ -325,6 +325,7 @@ def test_error_text_folds_where_and_summary_reads_every_format_back():
     for line in (openai_line(row), anthropic_line(row), gemini_line(row)):
         got = summary(line)
         assert got["custom_id"] == "k" and got["error"]["code"] == "invalid_parameter", line
+        assert got["error"]["line"] == 3
     now = datetime.now(timezone.utc)
     ok = {"custom_id": "k", "error": None, "model": "m", "source_file": "f", "source_line": 3, "finished_at": now,
           "choices": [{"index": 0, "content": "hi", "tool_calls": None, "finish_reason": "stop"}],
