@@ -126,8 +126,11 @@ OPTIONS: tuple[Opt, ...] = (
         commands=frozenset({RUN, ESTIMATE}), output=True),
     # ---- run: output ---------------------------------------------------------------------------
     Opt("output", "Output folder (local path or fsspec URL).", short="-o", required_in=ONLY_RUN),
-    Opt("format", "parquet: part files with the output schema; openai: OpenAI Batch output JSON lines.",
-        click.Choice(["parquet", "openai"]), "parquet", short="-f", output=True),
+    Opt("format", "parquet: part files with the output schema; JSON lines in a batch API's result format: "
+        "openai (OpenAI Batch), anthropic (Message Batches results), gemini (Gemini/Vertex batch output), "
+        "or native: each row in the format of its input line (Anthropic lines get Anthropic results, "
+        "Gemini lines Gemini lines, Responses API lines Responses output, the rest OpenAI Batch lines).",
+        click.Choice(["parquet", "openai", "native", "anthropic", "gemini"]), "parquet", short="-f", output=True),
     Opt("checkpoint_every", "Commit a part file every N finished requests.", Int1, 5000),
     Opt("checkpoint_seconds", "...or every this many seconds, whichever comes first.",
         click.FloatRange(min=0.1), 300.0),

@@ -50,6 +50,7 @@ class RowError:
     user: str | None = None
     # Template jobs: the input columns the output row carries over (output name -> value).
     carried: dict[str, Any] | None = None
+    shape: str | None = None  # the input line's shape (shapes.Shape.name), when known
 
     @classmethod
     def of(cls, problem: Problem, custom_id: str, source_file: str, line: int,

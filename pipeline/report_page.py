@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .formats import summary
 from .output import Output
 from .storage import Location
 
@@ -45,20 +46,9 @@ def load(url: str, storage_options: dict[str, Any] | None = None) -> RunData:
 
             frames.append(pl.read_parquet(io.BytesIO(data)))
         else:
-            frames.append(pl.DataFrame([_from_openai_line(json.loads(line)) for line in data.splitlines() if line.strip()]))
+            frames.append(pl.DataFrame([summary(json.loads(line)) for line in data.splitlines() if line.strip()]))
     rows = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     return RunData(out.display, report, rows, state.records)
-
-
-def _from_openai_line(line: dict[str, Any]) -> dict[str, Any]:
-    body = (line.get("response") or {}).get("body") or {}
-    usage = body.get("usage") or {}
-    first = (body.get("choices") or [{}])[0]
-    return {"custom_id": line.get("custom_id"), "error": line.get("error"),
-            "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
-            "estimated_cost": usage.get("estimated_cost"), "finish_reason": first.get("finish_reason"),
-            "content": (first.get("message") or {}).get("content")}
 
 
 def figures(d: RunData) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import hashlib
 import math
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,7 @@ class Request:
     # Template jobs: the input columns the output row carries over (output name -> value).
     carried: dict[str, Any] | None = None
     requested_model: str | None = None  # the model the row asked for, as it wrote it
+    shape: str | None = None  # the input line's shape (shapes.Shape.name): --format native answers in it
     # Its prefix group in the run's order (schedule.py): a group goes to one engine. 0: none.
     group: int = 0
 
@@ -129,11 +130,12 @@ def parse_row(
     """Turn one decoded row into a Request, or a RowError saying what is wrong. Total: whatever
     the value, exactly one of the two comes out, and both can be written to Parquet."""
     custom_id = default_id(source_file, line)
-    user = None
+    user = shape_name = None
     try:
         if not isinstance(row, dict):
             raise Invalid("invalid_row", f"a row must be a JSON object, got {kind_of(row)}")
         shape = shape or detect(row)
+        shape_name = shape.name
         id_field = shape.id_field(row)  # custom_id; Gemini's lines: key
         given_id = row.get(id_field)
         if given_id is not None:
@@ -151,19 +153,20 @@ def parse_row(
         if isinstance(body, dict) and isinstance(body.get("user"), str) and is_text(body["user"]):
             user = body["user"]
         try:
-            return _parse_body(body, custom_id, source_file, line, ctx, warnings)
+            return _parse_body(body, custom_id, source_file, line, ctx, warnings, shape_name)
         except Invalid as e:
             raise shape.explained(e) from None
     except Invalid as e:
-        return RowError(custom_id, source_file, line, e.code, e.message, e.param, user)
+        return RowError(custom_id, source_file, line, e.code, e.message, e.param, user, shape=shape_name)
     except Exception as e:  # a bug of ours must cost one row, never the job
         return RowError(custom_id, source_file, line, "invalid_row",
                         f"the row could not be read ({type(e).__name__}: {short(str(e), 120)}); "
-                        "please report this with the row", None, user)
+                        "please report this with the row", None, user, shape=shape_name)
 
 
 def _parse_body(
-    body: Any, custom_id: str, source_file: str, line: int, ctx: Context, warnings: list[str]
+    body: Any, custom_id: str, source_file: str, line: int, ctx: Context, warnings: list[str],
+    shape: str | None = None,
 ) -> Request:
     if not isinstance(body, dict):
         raise Invalid("invalid_row", f"the request body must be a JSON object, got {kind_of(body)}", "body")
@@ -225,7 +228,7 @@ def _parse_body(
     unknown = tuple(n if len(n) <= 64 else n[:63] + "…" for n in unknown[:MAX_UNKNOWN_FIELDS])
     return Request(
         custom_id, source_file, line, messages, params, tools, tool_choice,
-        response_format, user, tuple(warnings), unknown, requested_model=model,
+        response_format, user, tuple(warnings), unknown, requested_model=model, shape=shape,
     )
 
 
@@ -436,8 +439,8 @@ def validate_rows(
     seen = SeenIds()
     shapes: dict[str, Shape] = {}
     for source_file, line, row in rows:
-        if isinstance(row, RowError):
-            yield row
+        if isinstance(row, RowError):  # an unreadable line: it takes its file's shape, once known
+            yield replace(row, shape=shapes[source_file].name) if source_file in shapes else row
             continue
         if source_file not in shapes and isinstance(row, dict):
             shapes[source_file] = detect(row)  # a file's shape: that of its first object
@@ -447,6 +450,6 @@ def validate_rows(
             item = RowError(
                 item.custom_id, source_file, line, "duplicate_custom_id",
                 f"{id_field} {short(item.custom_id)} appears earlier in the input; every request needs "
-                "its own id", id_field, item.user,
+                "its own id", id_field, item.user, shape=item.shape,
             )
         yield item

@@ -1,4 +1,4 @@
-"""Build output rows (the one record that leaves the pipeline) and their OpenAI Batch form."""
+"""Build output rows (the one record that leaves the pipeline); formats.py writes them out."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def error_row(err: RowError, model: str) -> dict[str, Any]:
         "error": {"code": err.code, "message": err.message, "param": err.param, "line": err.line},
         "source_file": err.source_file,
         "source_line": err.line,
+        "input_shape": err.shape,
         "engine": None,
         "engine_seconds": None,
         "finished_at": datetime.now(timezone.utc),
@@ -42,6 +43,7 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
     warnings = list(req.warnings) + list(res.warnings)
     if res.error is not None:
         row = error_row(RowError.of(res.error, req.custom_id, req.source_file, req.line, req.user), model)
+        row["input_shape"] = req.shape
         row["prompt_tokens"] = res.prompt_tokens
         row["warnings"] = warnings or None
         row["requested_model"] = req.requested_model
@@ -66,6 +68,7 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "error": None,
         "source_file": req.source_file,
         "source_line": req.line,
+        "input_shape": req.shape,
         **_timing(res),
     }
 

@@ -56,6 +56,9 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("error", ERROR),
     pa.field("source_file", pa.string(), nullable=False),
     pa.field("source_line", pa.int64(), nullable=False),
+    # the input line's shape (openai-batch, anthropic-batch, gemini-batch, ...; shapes.py), which
+    # --format native answers in; null for a line read before its file's shape was known
+    pa.field("input_shape", pa.string()),
     pa.field("engine", pa.int32()),  # which engine of the run answered (0-based)
     pa.field("engine_seconds", pa.float64()),  # from hand-over to the engine to its answer
     pa.field("finished_at", pa.timestamp("ms", tz="UTC")),  # when the row was made

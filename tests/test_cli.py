@@ -89,7 +89,8 @@ def test_openai_output_format(tmp_path):
     body = ok["response"]["body"]
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
-    assert bad["response"] is None and bad["error"]["code"] == "invalid_json" and bad["error"]["line"] == 2
+    assert bad["response"] is None and bad["error"]["code"] == "invalid_json" and "(line 2)" in bad["error"]["message"]
+    assert set(bad) == {"id", "custom_id", "response", "error"} and set(bad["error"]) == {"code", "message"}
 
 
 def test_missing_input_is_a_clear_error(tmp_path):
