@@ -33,6 +33,7 @@ try:
     import vllm
     from vllm import LLM
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.lora.request import LoRARequest
     from vllm.platforms import current_platform
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
     from vllm.tool_parsers import ToolParserManager
@@ -67,6 +68,11 @@ class VLLMEngine:
                      "kv_cache_memory_bytes=... to choose)", args["kv_cache_memory_bytes"] / GiB)
         self.llm = LLM(model=spec.model, **args)
         self.engine = self.llm.llm_engine
+        # One LoRARequest per adapter (ids from 1, in --lora order), loaded now so that an adapter
+        # vLLM cannot read stops the engine at start, not one request in the middle of the run.
+        self.loras = {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(spec.lora.items(), 1)}
+        for lora in self.loras.values():
+            self.engine.add_lora(lora)
         self.tokenizer = self.llm.get_tokenizer()
         model_config = self.llm.model_config
         self.max_model_len = model_config.max_model_len
@@ -80,7 +86,7 @@ class VLLMEngine:
             "tool_parser": self.tool_parser_name, "pid": os.getpid(),
             "kv_cache_memory_bytes": self.engine.vllm_config.cache_config.kv_cache_memory_bytes,
             "dtype": str(model_config.dtype).removeprefix("torch."), "dtype_reason": dtype_reason,
-            "sampling_defaults": self.defaults,
+            "sampling_defaults": self.defaults, "lora": {n: r.lora_path for n, r in self.loras.items()},
         }
 
     # ---- requests in -----------------------------------------------------------------------
@@ -116,6 +122,7 @@ class VLLMEngine:
         try:
             [rid] = self.llm.enqueue_chat(
                 [req.messages], [params], use_tqdm=False, tools=engine_tools(req),
+                lora_request=self.loras[req.adapter] if req.adapter else None,
             )
         except Exception as e:
             raise _Refused(self._refusal(e), tuple(warnings)) from None
