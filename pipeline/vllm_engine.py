@@ -66,6 +66,12 @@ class VLLMEngine:
                                                                int(os.environ.get(ENGINES_ENV) or 1))
             log.info("CPU KV cache: %.2f GiB (set VLLM_CPU_KVCACHE_SPACE=<GiB> or --engine-arg "
                      "kv_cache_memory_bytes=... to choose)", args["kv_cache_memory_bytes"] / GiB)
+        if self.cpu and spec.lora:
+            # vLLM's CPU LoRA ops pick each token's adapter weights by slot index, and the index of a
+            # request without adapter is -1: Python's last slot. One slot more than the adapters
+            # keeps that last slot empty (zero weights), so base-model requests batched with
+            # adapter requests run on the base model (slots fill from the first free one).
+            args["max_loras"] = max(args.get("max_loras") or 1, len(spec.lora)) + 1
         self.llm = LLM(model=spec.model, **args)
         self.engine = self.llm.llm_engine
         # One LoRARequest per adapter (ids from 1, in --lora order), loaded now so that an adapter
