@@ -13,7 +13,7 @@ import yaml
 
 from . import options
 
-KEY_VALUE_OPTIONS = ("storage_option", "engine_arg", "engine_option", "sample", "sample_column", "route")  # KEY=VALUE..., held as dicts
+KEY_VALUE_OPTIONS = ("storage_option", "engine_arg", "engine_option", "sample", "sample_column", "route", "lora")  # KEY=VALUE..., held as dicts
 
 
 def _field(opt: options.Opt):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -50,3 +51,23 @@ def find_price(
         price_output if price_output is not None else (row or {}).get("output", 0.0),
         "command line" if row is None else f"{name} list price" + (" (overridden)" if price_input is not None or price_output is not None else ""),
     )
+
+
+_VERSION_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+
+
+def hosted_price(model: str) -> Price | None:
+    """The default list price of a model a request names (gpt-4o-mini, claude-3-5-haiku-20241022):
+    the table's row for that name, else for the name without its date or `-latest` suffix, and
+    for an OpenAI fine-tune (ft:BASE:org:name:id) the row of `ft:BASE`; None when the table does
+    not know it. What the same requests would cost where they were written for."""
+    table = price_table()
+    key = model
+    if key not in table:
+        key = "ft:" + key.split(":")[1] if key.startswith("ft:") and key.count(":") >= 2 else key
+        key = _VERSION_SUFFIX.sub("", key)
+    rows = table.get(key) or {}
+    name, row = next(((p, r) for p, r in rows.items() if r.get("default")), (None, None))
+    if row is None:
+        return None
+    return Price(row["input"], row["output"], f"{name} list price for {key}")

@@ -41,6 +41,7 @@ class EngineSpec:
     seed_policy: str = "ignore"  # what to do with a per-request seed where the engine cannot honour it
     tool_parser: str | None = None  # vLLM tool parser for tool_choice "auto"
     options: dict[str, Any] = field(default_factory=dict)  # engine-specific knobs (the fake engine's)
+    lora: dict[str, str] = field(default_factory=dict)  # LoRA adapter name -> local folder, in --lora order
 
 
 @dataclass(slots=True)

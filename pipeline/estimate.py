@@ -21,14 +21,15 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import click
 
-from .cost import Price, find_price
+from .adapters import load_adapters
+from .cost import Price, find_price, hosted_price
 from .inputs import list_inputs
-from .models import output_name
+from .models import output_name, served_names
 from .reader import scan
 from .requests import Context, Request, RowError
 from .schedule import order, shared_blocks
@@ -154,7 +155,7 @@ def run_estimate(
     calibrate_from: str | None = None, tokens_per_second: float | None = None, gpu_hour_usd: float = 2.0,
     workers: int | None = None, as_json: bool = False, rows_file: str | None = None,
     tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
-    block_size: int | None = None, order_buffer: int = 100_000, **template_values,
+    lora: dict | None = None, block_size: int | None = None, order_buffer: int = 100_000, **template_values,
 ) -> dict[str, Any]:
     """Count, estimate, print the table (or one JSON object) and write --rows-file; returns the
     figures. `template_values`: the template job options (templates.py), if any."""
@@ -169,11 +170,12 @@ def run_estimate(
     counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,
                             trust_remote_code=trust_remote_code)
     # The model names a run with these options accepts, so that estimate and run agree on validity.
-    ctx = Context.of(model, tuple(served_model_name), max_n, route)
+    adapters = load_adapters(lora, served_names(model, tuple(served_model_name)))
+    ctx = Context.of(model, tuple(served_model_name), max_n, route, tuple(a.name for a in adapters))
     workers = workers or cpu_count()
     block_size = block_size or 16
 
-    tallies, total = {f.display: Tally() for f in files}, Tally()
+    tallies, total, routes = {f.display: Tally() for f in files}, Tally(), {}
     with RequestRows(rows_file, storage_options) if rows_file else contextlib.nullcontext() as out:
         stream = request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes)
         # in the order a run uses (schedule.py), so that each request follows the one it shares most with
@@ -184,6 +186,8 @@ def run_estimate(
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
                 computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
+                routes.setdefault((item.requested_model, item.adapter), Tally()).add(item, prompt_tokens, upper,
+                                                                                     computed)
             tallies[item.source_file].add(item, prompt_tokens, upper, computed)
             total.add(item, prompt_tokens, upper, computed)
             if out is not None:
@@ -197,16 +201,41 @@ def run_estimate(
     result = {
         "model": model_name, "max_model_len": counter.max_model_len, **rates.figures(total),
         "completion_ratio": rates.completion_ratio, "completion_ratio_source": rates.ratio_source,
-        "price": None if price is None else {"input": price.input, "output": price.output, "source": price.source},
+        "price": _price(price),
         "tokens_per_second": rates.tokens_per_second, "throughput_source": rates.throughput_source,
         "gpu_hour_usd": gpu_hour_usd, "block_size": block_size,
         "files": [{"file": url, **rates.figures(t)} for url, t in tallies.items()],
+        "routes": route_figures(routes, rates, model_name, ctx),
         "rows_file": rows_file, "seconds": round(seconds, 3),
     }
     click.echo(json.dumps(result, indent=2) if as_json else table(result))
     click.echo(f"counted {total.requests:,} requests in {seconds:.1f} s ({total.requests / max(seconds, 1e-9):,.0f}/s, "
                f"{workers} tokenizer process{'es' if workers > 1 else ''})", err=True)
     return result
+
+
+def route_figures(routes: dict[tuple[str | None, str | None], Tally], rates: Rates, model_name: str,
+                  ctx: Context) -> list[dict[str, Any]]:
+    """Per route (the model the requests named → what runs them: the model or a --lora adapter),
+    the figures at the price of what they run on (an adapter at its base model's price: it adds
+    no tokens), and, where the price table knows the requested model, at its price there."""
+    out = []
+    for (requested, adapter), t in sorted(routes.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or "")):
+        figures = rates.figures(t)
+        hosted = None
+        if requested is not None and requested not in ctx.model_names and requested not in ctx.adapters:
+            price = hosted_price(requested)
+            if price is not None:
+                there = replace(rates, price=price).figures(t)
+                hosted = {"price": _price(price), "cost_usd_expected": there["cost_usd_expected"],
+                          "cost_usd_upper": there["cost_usd_upper"]}
+        out.append({"requested_model": requested, "served_model": adapter or model_name,
+                    "adapter": adapter is not None, **figures, "price": _price(rates.price), "hosted": hosted})
+    return out
+
+
+def _price(price: Price | None) -> dict[str, Any] | None:
+    return None if price is None else {"input": price.input, "output": price.output, "source": price.source}
 
 
 # ---- the terminal table ------------------------------------------------------------------------
@@ -244,7 +273,32 @@ def table(r: dict[str, Any]) -> str:
                    f"${r['gpu_hour_usd']:g}/GPU-hour: {_figure(r['gpu_hours_expected'])} GPU-hours, "
                    f"{_usd(r['compute_cost_usd_expected'])} expected; up to {_figure(r['gpu_hours_upper'])}, "
                    f"{_usd(r['compute_cost_usd_upper'])}")
-    return "\n".join(out)
+    return "\n".join(out + _route_lines(r["routes"]))
+
+
+def _route_lines(routes: list[dict[str, Any]]) -> list[str]:
+    """Per route: its valid requests and tokens, their cost at the price of what runs them, and
+    at the requested model's own list price where the table knows it. Nothing for a job whose
+    requests all run on the model under its own name."""
+    if all(g["requested_model"] is None and not g["adapter"] for g in routes):
+        return []
+    head = ("requested → served", "requests", "prompt tokens", "completion (exp / max)",
+            "list price (exp / max)", "at the requested model's price (exp / max)")
+    lines = []
+    for g in routes:
+        hosted = g["hosted"]
+        lines.append((
+            f"{g['requested_model'] or '(none)'} → {g['served_model']}" + (" (LoRA)" if g["adapter"] else ""),
+            f"{g['valid']:,}", f"{g['prompt_tokens']:,}",
+            f"{g['completion_tokens_expected']:,} / {g['completion_tokens_upper']:,}",
+            "-" if g["cost_usd_upper"] is None else f"{_usd(g['cost_usd_expected'])} / {_usd(g['cost_usd_upper'])}",
+            "-" if hosted is None else f"{_usd(hosted['cost_usd_expected'])} / {_usd(hosted['cost_usd_upper'])} "
+            f"({hosted['price']['source']})",
+        ))
+    widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
+    return ["", "per route:"] + [
+        "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in [head, *lines]]
 
 
 def _cells(name: str, f: dict[str, Any]) -> tuple[str, ...]:

@@ -111,6 +111,10 @@ OPTIONS: tuple[Opt, ...] = (
         "exact name or a glob (gpt-4o*; * for every name), MODEL this run's -m or a served name. "
         "Repeatable; a mapping in a job file. The output keeps the requested name.",
         multiple=True, metavar="PATTERN=MODEL", commands=MODEL_CMDS, output=True),
+    Opt("lora", "A LoRA adapter of this model: NAME=PATH, PATH a local folder from peft's "
+        "save_pretrained. NAME becomes a model name of this run (requests may name it; --route may "
+        "point at it); one engine serves the base model and every adapter. Repeatable; a mapping "
+        "in a job file.", multiple=True, metavar="NAME=PATH", commands=MODEL_CMDS, output=True),
     Opt("max_model_len", "Context length (prompt + completion); default: the model's.", Int1,
         commands=MODEL_CMDS, engine=True, output=True),
     Opt("tokenizer", "Tokenizer name or path, if not the model's.", commands=MODEL_CMDS, engine=True,

@@ -76,6 +76,7 @@ class Request:
     carried: dict[str, Any] | None = None
     requested_model: str | None = None  # the model the row asked for, as it wrote it
     shape: str | None = None  # the input line's shape (shapes.Shape.name): --format native answers in it
+    adapter: str | None = None  # the --lora adapter it runs with (None: the base model)
     # Its prefix group in the run's order (schedule.py): a group goes to one engine. 0: none.
     group: int = 0
 
@@ -97,27 +98,39 @@ class Context:
     model_names: frozenset[str] = frozenset()
     max_n: int = 4
     # --route PATTERN=MODEL: other names (exact, or globs such as gpt-4o*; * is a catch-all)
-    # that requests may use for this run's model, in the order given.
+    # that requests may use for this run's model or one of its adapters, in the order given.
     routes: tuple[tuple[str, str], ...] = ()
+    # --lora NAME=PATH: the names of the LoRA adapters this run serves on its model.
+    adapters: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, model: str | None, served: tuple[str, ...] = (), max_n: int = 4,
-           routes: dict[str, str] | None = None) -> Context:
-        """The context of a run of `model`; raises ValueError for a route to a model this run
-        does not serve."""
+           routes: dict[str, str] | None = None, adapters: tuple[str, ...] = ()) -> Context:
+        """The context of a run of `model` (with these adapters); raises ValueError for a route
+        to a model this run does not serve."""
         from .models import served_names
 
         names = served_names(model, tuple(served)) if model else frozenset()
         pairs = tuple((str(k), str(v)) for k, v in (routes or {}).items())
+        known = names | set(adapters)
         for pattern, target in pairs:
-            if names and target not in names:
-                raise ValueError(f"--route {pattern}={target}: this run serves {', '.join(sorted(names))}, "
-                                 f"not {target}. Hint: route to one of those names")
-        return cls(names, max_n, pairs)
+            if names and target not in known:
+                raise ValueError(f"--route {pattern}={target}: this run serves {', '.join(sorted(known))}, "
+                                 f"not {target}. Hint: route to one of those names, or add the adapter "
+                                 f"with --lora {target}=PATH")
+        return cls(names, max_n, pairs, frozenset(adapters))
 
     def accepts(self, model: str) -> bool:
-        return not self.model_names or model in self.model_names or any(
+        return not self.model_names or model in self.model_names or model in self.adapters or any(
             fnmatch.fnmatchcase(model, pattern) for pattern, _ in self.routes)
+
+    def adapter_for(self, model: str | None) -> str | None:
+        """The adapter a request for `model` runs with: the adapter of that name, else the target
+        of the first route whose pattern matches, if that is an adapter; None: the base model."""
+        if model is None or model in self.adapters or model in self.model_names:
+            return model if model in self.adapters else None
+        target = next((t for pattern, t in self.routes if fnmatch.fnmatchcase(model, pattern)), None)
+        return target if target in self.adapters else None
 
 
 MAX_CUSTOM_ID = 512  # characters
@@ -174,7 +187,7 @@ def _parse_body(
     if model is not None and not isinstance(model, str):
         raise Invalid("invalid_parameter", f"model must be a string, got {kind_of(model)}", "model")
     if model is not None and not ctx.accepts(model):
-        names = ", ".join(sorted(ctx.model_names))
+        names = ", ".join(sorted(ctx.model_names | ctx.adapters))
         raise Invalid(
             "model_mismatch",
             f"the request asks for model {short(model)} but this run serves {names}. Hint: to run "
@@ -229,6 +242,7 @@ def _parse_body(
     return Request(
         custom_id, source_file, line, messages, params, tools, tool_choice,
         response_format, user, tuple(warnings), unknown, requested_model=model, shape=shape,
+        adapter=ctx.adapter_for(model),
     )
 
 

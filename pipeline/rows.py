@@ -17,6 +17,7 @@ def error_row(err: RowError, model: str) -> dict[str, Any]:
         "custom_id": err.custom_id,
         "model": model,
         "requested_model": None,
+        "served_model": None,
         "content": None,
         "finish_reason": None,
         "tool_calls": None,
@@ -46,7 +47,7 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         row["input_shape"] = req.shape
         row["prompt_tokens"] = res.prompt_tokens
         row["warnings"] = warnings or None
-        row["requested_model"] = req.requested_model
+        row["requested_model"], row["served_model"] = req.requested_model, req.adapter or model
         return {**row, **_timing(res)}
     first = res.choices[0] if res.choices else {}
     prompt, completion = res.prompt_tokens or 0, res.completion_tokens or 0
@@ -54,6 +55,7 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "custom_id": req.custom_id,
         "model": model,
         "requested_model": req.requested_model,
+        "served_model": req.adapter or model,
         "content": first.get("content"),
         "finish_reason": first.get("finish_reason"),
         "tool_calls": first.get("tool_calls"),

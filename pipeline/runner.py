@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import __version__, exits, options
+from .adapters import Adapter, adapters_fingerprint, load_adapters, lora_engine_args
 from .config import RunConfig
 from .cost import Price, find_price
 from .engine import KINDS, EngineSpec
@@ -73,6 +74,7 @@ class Plan:
     envs: list[dict[str, str]] = field(default_factory=list)
     spec: TemplateSpec | None = None  # a template job's (None: request files)
     layout: Layout | None = None  # its extra output columns
+    adapters: tuple[Adapter, ...] = ()  # --lora
 
     @property
     def same_job(self) -> bool:
@@ -115,8 +117,12 @@ def plan(cfg: RunConfig) -> Plan:
     model_name = output_name(cfg.model, cfg.served_model_name)
     price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                        price_output=cfg.price_output)
-    ctx = Context.of(cfg.model, cfg.served_model_name, cfg.max_n, cfg.route)
-    p = Plan(cfg, files, scans, detail, out, state, model_name, price, ctx, spec=spec, layout=layout)
+    loras = load_adapters(cfg.lora, cfg.model_names())
+    if loras:
+        detail["adapters"] = adapters_fingerprint(loras)
+    ctx = Context.of(cfg.model, cfg.served_model_name, cfg.max_n, cfg.route, tuple(a.name for a in loras))
+    p = Plan(cfg, files, scans, detail, out, state, model_name, price, ctx, spec=spec, layout=layout,
+             adapters=loras)
     if p.complete:
         return p
     refuse_foreign(out, state, cfg.allow_foreign_files)
@@ -198,8 +204,9 @@ def execute(p: Plan, started: float) -> Outcome:
 
         spec = EngineSpec(
             kind=cfg.engine, model=resolve_model(cfg.model) if KINDS[cfg.engine].loads_model else cfg.model,
-            engine_args=cfg.engine_args(), seed_policy=cfg.seed_on_cpu,
+            engine_args={**lora_engine_args(p.adapters), **cfg.engine_args()}, seed_policy=cfg.seed_on_cpu,
             tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
+            lora={a.name: a.path for a in p.adapters},
         )
         # keep every engine's batch full between refills (vLLM runs up to 1024 sequences on big GPUs)
         window = cfg.max_in_flight or max(2048, 2 * (cfg.max_num_seqs or 0))

@@ -49,10 +49,13 @@ ORDERS = ("prefix", "input")
 
 def conversation_text(request: Request) -> str:
     """The text the chat template renders a request from, in its order: tools, then every
-    message's role, content and tool calls (not the rendered prompt: no tokenizer needed)."""
+    message's role, content and tool calls (not the rendered prompt: no tokenizer needed),
+    after the LoRA adapter's name, if any (an adapter's prefix cache is not the base model's)."""
     import json
 
-    parts = [json.dumps(request.tools, sort_keys=True, ensure_ascii=False)] if request.tools else []
+    parts = [f"adapter\x1f{request.adapter}"] if request.adapter else []  # an adapter's cache is its own
+    if request.tools:
+        parts.append(json.dumps(request.tools, sort_keys=True, ensure_ascii=False))
     for m in request.messages:
         content = m.get("content")
         if isinstance(content, list):

@@ -42,6 +42,7 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("custom_id", pa.string(), nullable=False),
     pa.field("model", pa.string()),
     pa.field("requested_model", pa.string()),  # the model the request named (--route maps it to `model`)
+    pa.field("served_model", pa.string()),  # the name it ran under: its --lora adapter, else `model`
     pa.field("content", pa.string()),
     pa.field("finish_reason", pa.string()),
     pa.field("tool_calls", pa.list_(TOOL_CALL)),

@@ -6,7 +6,9 @@ from collections import Counter
 
 import click
 
+from .adapters import load_adapters
 from .inputs import list_inputs
+from .models import served_names
 from .reader import scan
 from .requests import Context, Request, RowError
 from .templates import TemplateSpec, request_stream
@@ -18,14 +20,16 @@ def validate_inputs(
     inputs, *, storage_options, max_line_bytes: int, max_n: int, model: str | None,
     max_model_len: int | None, served_model_name=(), max_errors: int = 100,
     tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
-    **template_values,
+    lora: dict | None = None, **template_values,
 ) -> bool:
     """Print each invalid row and a summary; True when every row is valid. `template_values`:
     the template job options (templates.py), if any."""
     spec = TemplateSpec.from_values(template_values)
     files = list_inputs(list(inputs), storage_options)
     layout = spec.layout(files) if spec else None
-    ctx = Context.of(model, tuple(served_model_name), max_n, route)
+    names = served_names(model, tuple(served_model_name)) if model else frozenset()
+    ctx = Context.of(model, tuple(served_model_name), max_n, route,
+                     tuple(a.name for a in load_adapters(lora, names)))
     counter = None
     if model:
         from .token_count import PromptCounter

@@ -33,6 +33,7 @@ try:
     import vllm
     from vllm import LLM
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.lora.request import LoRARequest
     from vllm.platforms import current_platform
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
     from vllm.tool_parsers import ToolParserManager
@@ -65,8 +66,19 @@ class VLLMEngine:
                                                                int(os.environ.get(ENGINES_ENV) or 1))
             log.info("CPU KV cache: %.2f GiB (set VLLM_CPU_KVCACHE_SPACE=<GiB> or --engine-arg "
                      "kv_cache_memory_bytes=... to choose)", args["kv_cache_memory_bytes"] / GiB)
+        if self.cpu and spec.lora:
+            # vLLM's CPU LoRA ops pick each token's adapter weights by slot index, and the index of a
+            # request without adapter is -1: Python's last slot. One slot more than the adapters
+            # keeps that last slot empty (zero weights), so base-model requests batched with
+            # adapter requests run on the base model (slots fill from the first free one).
+            args["max_loras"] = max(args.get("max_loras") or 1, len(spec.lora)) + 1
         self.llm = LLM(model=spec.model, **args)
         self.engine = self.llm.llm_engine
+        # One LoRARequest per adapter (ids from 1, in --lora order), loaded now so that an adapter
+        # vLLM cannot read stops the engine at start, not one request in the middle of the run.
+        self.loras = {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(spec.lora.items(), 1)}
+        for lora in self.loras.values():
+            self.engine.add_lora(lora)
         self.tokenizer = self.llm.get_tokenizer()
         model_config = self.llm.model_config
         self.max_model_len = model_config.max_model_len
@@ -80,7 +92,7 @@ class VLLMEngine:
             "tool_parser": self.tool_parser_name, "pid": os.getpid(),
             "kv_cache_memory_bytes": self.engine.vllm_config.cache_config.kv_cache_memory_bytes,
             "dtype": str(model_config.dtype).removeprefix("torch."), "dtype_reason": dtype_reason,
-            "sampling_defaults": self.defaults,
+            "sampling_defaults": self.defaults, "lora": {n: r.lora_path for n, r in self.loras.items()},
         }
 
     # ---- requests in -----------------------------------------------------------------------
@@ -116,6 +128,7 @@ class VLLMEngine:
         try:
             [rid] = self.llm.enqueue_chat(
                 [req.messages], [params], use_tqdm=False, tools=engine_tools(req),
+                lora_request=self.loras[req.adapter] if req.adapter else None,
             )
         except Exception as e:
             raise _Refused(self._refusal(e), tuple(warnings)) from None
