@@ -95,7 +95,7 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
     body = {
         "id": f"chatcmpl-{row['custom_id']}",
         "object": "chat.completion",
-        "model": row["model"],
+        "model": row.get("served_model") or row["model"],
         "choices": choices,
         "usage": {
             "prompt_tokens": row["prompt_tokens"],
@@ -150,7 +150,7 @@ def responses_line(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": int(row["finished_at"].timestamp()) if row.get("finished_at") else None,
         "status": "incomplete" if cut else "completed",
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
-        "model": row["model"],
+        "model": row.get("served_model") or row["model"],
         "output": output,
         "usage": {
             "input_tokens": row["prompt_tokens"],
@@ -192,7 +192,7 @@ def anthropic_line(row: dict[str, Any]) -> dict[str, Any]:
         "id": f"msg_{row['custom_id']}",
         "type": "message",
         "role": "assistant",
-        "model": row["model"],
+        "model": row.get("served_model") or row["model"],
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
@@ -243,7 +243,7 @@ def gemini_line(row: dict[str, Any]) -> dict[str, Any]:
              "totalTokenCount": row["total_tokens"]}
     if row.get("cached_tokens"):
         usage["cachedContentTokenCount"] = row["cached_tokens"]
-    line["response"] = {"candidates": candidates, "usageMetadata": usage, "modelVersion": row["model"]}
+    line["response"] = {"candidates": candidates, "usageMetadata": usage, "modelVersion": row.get("served_model") or row["model"]}
     return line
 
 
