@@ -7,6 +7,7 @@ import os
 import random
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import invoke
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -154,3 +155,36 @@ def test_estimate_counts_each_shared_block_once(tmp_path):
     assert r["prompt_tokens"] == sum(map(len, ids))
     assert r["prompt_tokens_computed"] == 16 * len(blocks) + sum(len(i) % 16 for i in ids)
     assert r["prompt_tokens_computed"] < r["prompt_tokens"] / 3  # four questions per document
+
+
+@pytest.mark.engine
+def test_real_engine_prefix_order_serves_what_estimate_predicts(tmp_path):
+    """A shuffled documents x questions file whose documents do not all fit in a small KV cache:
+    in prefix order the engine serves from cache about what estimate predicts, far more than in
+    the input's order; rows, ids and prompt tokens are the same either way."""
+    rnd = random.Random(1)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi".split()
+    docs = [" ".join(rnd.choice(words) for _ in range(450)) for _ in range(12)]
+    pairs = [(d, q) for d in range(12) for q in range(3)]
+    rnd.shuffle(pairs)
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"custom_id": f"d{d}q{q}", "body": {
+        "max_tokens": 4, "temperature": 0, "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": f"Document {d}:\n{docs[d]}\n\nQuestion {q}: which word comes first?"}]}})
+        + "\n" for d, q in pairs))
+    est = invoke("estimate", src, "-m", "smollm2", "--block-size", "128", "--json", "--workers", "1")
+    predicted = json.loads(est.stdout)
+    cached = {}
+    for how in ("prefix", "input"):
+        # 24 blocks of 128 tokens hold about 4 of the 12 documents
+        res = invoke("run", src, "-o", tmp_path / how, "-m", "smollm2", "-q", "--order", how, "--max-model-len",
+                     "2048", "--enable-prefix-caching", "--engine-arg", "num_gpu_blocks_override=24")
+        assert res.exit_code == 0, res.output
+        t = pq.read_table(tmp_path / how, schema=None).sort_by("custom_id")
+        cached[how] = sum(t["cached_tokens"].to_pylist())
+        assert t["custom_id"].to_pylist() == sorted(f"d{d}q{q}" for d, q in pairs)
+        assert sum(t["prompt_tokens"].to_pylist()) == predicted["prompt_tokens"]
+        assert all(e is None for e in t["error"].to_pylist())
+    reuse = predicted["prompt_tokens"] - predicted["prompt_tokens_computed"]
+    assert cached["prefix"] >= 0.9 * reuse and cached["prefix"] > 1.5 * cached["input"], (cached, reuse)
