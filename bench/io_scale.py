@@ -1,8 +1,8 @@
 """`make bench-io`: reading, validating and writing at scale, with the instant fake engine.
 
 N synthetic requests (and N/10, to show that peak memory does not grow with the input) go
-through `pipeline validate`, `pipeline estimate` and `pipeline run --engine fake`, each as its
-own process; wall time, rows/s and the peak resident memory of the whole process tree
+through `pipeline validate`, `pipeline estimate` and `pipeline run --engine fake` (in prefix
+order, the default, and in input order), each as its own process; wall time, rows/s and the peak resident memory of the whole process tree
 (sampled every 0.2 s) are reported.
 
     python bench/io_scale.py                      # 100k and 1M requests
@@ -40,7 +40,8 @@ def steps(model: str, requests: Path, out: Path) -> dict[str, list[Any]]:
     return {
         "validate": [*pipeline, "validate", requests],
         "estimate": [*pipeline, "estimate", "-m", model, "--json", requests],
-        "run (fake engine)": [*pipeline, "run", requests, "-o", out, "--engine", "fake", "-m", model, "-q"],
+        **{f"run (fake engine, --order {how})": [*pipeline, "run", requests, "-o", out / how, "--engine", "fake",
+                                                 "-m", model, "-q", "--order", how] for how in ("prefix", "input")},
     }
 
 
@@ -52,7 +53,7 @@ def measure_size(n: int, model: str, work: Path, keep: bool) -> list[dict[str, A
     env = base_env(0)
     results = []
     for name, cmd in steps(model, requests, work / f"out-{n}").items():
-        m = run_measured(cmd, log=work / f"log-{n}-{name.split()[0]}.txt", env=env)
+        m = run_measured(cmd, log=work / f"log-{n}-{name.split()[0]}-{name.split()[-1].rstrip(')')}.txt", env=env)
         row: dict[str, Any] = {"step": name, "requests": n, "input_bytes": requests.stat().st_size, **m.as_dict()}
         if m.rc != 0 and name == "estimate":
             row["status"] = "skipped: the command failed (" + (m.tail(1).strip() or f"exit {m.rc}")[:200] + ")"
@@ -62,7 +63,7 @@ def measure_size(n: int, model: str, work: Path, keep: bool) -> list[dict[str, A
             row["status"] = "ok"
             row["rows_per_s"] = n / m.wall_s
         if name.startswith("run") and m.rc == 0:
-            report = json.loads((work / f"out-{n}" / "_report.json").read_text())
+            report = json.loads((work / f"out-{n}" / name.split()[-1].rstrip(")") / "_report.json").read_text())
             row["rows_written"] = report["requests"]
             if report["requests"] != n:
                 row["status"] = f"wrong: {report['requests']} rows written for {n} requests"
