@@ -7,7 +7,7 @@
 #   MODEL=... DOCS=512 QUESTIONS=16 KV_CACHE_TOKENS=200000 bench/gpu_prefix.sh --note "H100 trial"
 #
 # Defaults: 256 documents of ~500 words x 16 questions = 4096 requests, max_tokens 16, KV cache
-# half the distinct shared-prefix tokens (about 100k tokens, ~12.5 GiB for Llama-3.1-8B), block
+# half the distinct shared-prefix tokens (about 99k tokens, ~12 GiB for Llama-3.1-8B), block
 # size 16, 2 repeats. Results: bench/results/latest.md and a JSON file beside it. Expected duration
 # with an 8B model: 6 runs of 1.5-4 minutes each (engine start dominates), about 15 minutes.
 # Extra arguments go to bench/engines.py (e.g. --tools bare,pipeline,pipeline_input,run_batch).
