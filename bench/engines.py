@@ -579,7 +579,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, help="mixed: number of requests (default: 64 on CPU, 2000 on GPU).")
     parser.add_argument("--max-tokens", type=int, help="mixed: max_tokens of every request (default: 64 on CPU, 256 on GPU).")
     parser.add_argument("--docs", type=int, help="docs: documents (default: 8 on CPU, 256 on GPU).")
-    parser.add_argument("--questions", type=int, help="docs: questions per document (default: 12 on CPU, 16 on GPU; "
+    parser.add_argument("--questions", type=int, help="docs: questions per document (default: 10 on CPU, 16 on GPU; "
                         "up to 16 are distinct).")
     parser.add_argument("--doc-words", type=int, default=500, help="docs: words per document (default 500: "
                         "about 800 tokens with SmolLM2's tokenizer).")
@@ -614,7 +614,7 @@ def main() -> None:
     args.requests = args.requests or (2000 if args.gpus else 64)
     args.max_tokens = args.max_tokens or (256 if args.gpus else 64)
     args.docs = args.docs or (256 if args.gpus else 8)
-    args.questions = args.questions or (16 if args.gpus else 12)
+    args.questions = args.questions or (16 if args.gpus else 10)
     chosen = args.tools.split(",")
     unknown = set(chosen) - {t.name for t in TOOLS}
     if unknown:
