@@ -438,6 +438,7 @@ def compare(summary: dict[str, dict[str, Any]], gpus: int, workload: str) -> dic
         o = summary[other]
         r = {k: ratio(p[k], o[k]) for k in ("wall_s", "tokens_per_s", "tokens_per_s_after_start")}
         r["speedup"] = ratio(o["wall_s"], p["wall_s"])  # other's wall time / pipeline's: > 1 favours the pipeline
+        r["cache_hit_ratios"] = [p["cache_hit_ratio"], o["cache_hit_ratio"]]  # pipeline's, other's
         if other in ("bare", "run_batch") and r["speedup"] is not None:
             if workload == "docs":
                 r["target"] = f"speedup >= {TARGET_DOCS_SPEEDUP}"
@@ -508,11 +509,13 @@ def workload_lines(name: str, w: dict[str, Any], settings: dict[str, Any], runs:
         "",
     ]
     ratios = [[k, v["speedup"], v["wall_s"], v["tokens_per_s"], v["tokens_per_s_after_start"],
+               " vs ".join(_pct(h) or "–" for h in v["cache_hit_ratios"]),
                (v["target"] + (": met" if v["meets_target"] else ": NOT met")) if "target" in v else None]
               for k, v in cmp_.items() if k != "scaling"]
     if ratios:
         lines += [table(["ratio", "speedup (other wall / pipeline wall)", "wall time", "gen tokens/s",
-                         "gen tokens/s engine up → output done", "target (issue #11)"], ratios), ""]
+                         "gen tokens/s engine up → output done", "cache hit ratio (pipeline vs other)",
+                         "target (issue #11)"], ratios), ""]
     if "scaling" in cmp_:
         sc = cmp_["scaling"]
         eff = sc["efficiency"]
