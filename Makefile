@@ -62,7 +62,7 @@ chaos: install
 	$(BIN)/python tests/chaos.py --rounds 40 --seed 1
 
 bench: install
-	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/engines.py --workload both
 
 bench-io: install
 	$(BIN)/python bench/io_scale.py

@@ -1,7 +1,8 @@
 """The baseline: what a user could write in twenty lines with vLLM's `LLM.chat`.
 
 One `LLM.chat` call over all the requests of an OpenAI Batch file (per-request SamplingParams
-from the request bodies), then one Parquet file with custom_id, content and token counts.
+from the request bodies), then one Parquet file with custom_id, content and token counts
+(prompt, completion, and prompt tokens served from vLLM's prefix cache: `num_cached_tokens`).
 No validation, no checkpoints, no resume, no error rows: a bad request or a crash loses the batch.
 
     python bench/bare_llm_chat.py IN.jsonl OUT.parquet --model PATH [--engine-args '{"enforce_eager": true}']
@@ -40,6 +41,7 @@ def main() -> None:
         "content": [o.outputs[0].text for o in outputs],
         "prompt_tokens": [len(o.prompt_token_ids) for o in outputs],
         "completion_tokens": [sum(len(c.token_ids) for c in o.outputs) for o in outputs],
+        "cached_tokens": [o.num_cached_tokens or 0 for o in outputs],
     }), args.output)
     timings = {"start_s": t1 - t0, "generate_s": t2 - t1, "write_s": time.monotonic() - t2}
     print("BENCH timings " + json.dumps({k: round(v, 3) for k, v in timings.items()}), flush=True)

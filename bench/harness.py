@@ -90,6 +90,88 @@ def write_requests(path: Path, n: int, *, max_tokens: int, seed: int = 0) -> Pat
     return path
 
 
+# ---- a shared-document workload ------------------------------------------------------------
+DOC_SUBJECTS = ("the committee", "the northern district", "the river authority", "the old mill", "the harbour board",
+                "the council", "the survey team", "the railway company", "the museum", "the cooperative",
+                "the school board", "the lighthouse keepers", "the water works", "the archive", "the guild")
+DOC_VERBS = ("reported", "approved", "rejected", "measured", "recorded", "postponed", "reviewed", "proposed",
+             "funded", "inspected", "rebuilt", "extended", "questioned", "published", "closed")
+DOC_OBJECTS = ("a new bridge", "the annual budget", "the flood defences", "a grain store", "the east road",
+               "a public library", "the tram line", "the fishing quotas", "a night market", "the town clock",
+               "the water supply", "a winter shelter", "the harbour wall", "a census", "the wool trade",
+               "the orchard leases", "a ferry service", "the mining rights", "a printing office", "the salt works")
+DOC_DETAILS = ("after a long debate", "despite strong objections", "for the third year in a row", "with little notice",
+               "at a cost of {n} silver marks", "before the spring floods", "on the advice of {name}",
+               "in a vote of {n} to {m}", "following a fire in {month}", "under pressure from the merchants",
+               "while the mayor was abroad", "as the census of {year} required")
+DOC_NAMES = ("Aldous Brenner", "Mira Okafor", "Tobias Lind", "Hana Sato", "Elena Varga", "Jonas Pike",
+             "Ruth Calder", "Ivo Marsh", "Lena Ostrova", "Pavel Dunn", "Sofia Reyes", "Marten Hale")
+DOC_MONTHS = ("January", "March", "April", "June", "August", "September", "October", "December")
+DOC_QUESTIONS = (
+    "What did {s} decide about {o}?",
+    "Who advised {s}, according to the document?",
+    "Summarise the document in one sentence.",
+    "Which year is mentioned most often in the document?",
+    "What happened to {o}?",
+    "List two decisions that were postponed.",
+    "What was the cost of {o}?",
+    "Did anyone object to the decisions? Answer yes or no, then name one.",
+    "What is the main topic of the document?",
+    "Which person is named first in the document?",
+    "Give the title this document should have.",
+    "What did the document say about floods?",
+    "Name one thing that {s} funded.",
+    "Was a fire mentioned? Answer in one sentence.",
+    "Which decision was made by a vote?",
+    "What role did the merchants play?",
+)
+DOC_SYSTEM = "You answer questions about the document the user gives you. Answer briefly, from the document only."
+
+
+def document(d: int, words: int, seed: int) -> tuple[str, list[str], list[str]]:
+    """Deterministic pseudo-text of about `words` words (a town's records), and the subjects and
+    objects it mentions (for questions). The same (d, words, seed) gives the same text."""
+    rng = random.Random(f"doc-{seed}-{d}")
+    subjects, objects = rng.sample(DOC_SUBJECTS, 4), rng.sample(DOC_OBJECTS, 6)
+    sentences, n = [f"Records of the town of {rng.choice(DOC_NAMES).split()[1]}ford, document {d + 1}."], 0
+    while n < words:
+        year = rng.randint(1700, 1899)
+        detail = rng.choice(DOC_DETAILS).format(n=rng.randint(3, 900), m=rng.randint(1, 9), name=rng.choice(DOC_NAMES),
+                                                month=rng.choice(DOC_MONTHS), year=year)
+        sentence = f"In {rng.choice(DOC_MONTHS)} {year}, {rng.choice(subjects)} {rng.choice(DOC_VERBS)} {rng.choice(objects)} {detail}."
+        sentence = sentence[0].upper() + sentence[1:]
+        sentences.append(sentence)
+        n += len(sentence.split())
+    paragraphs = [" ".join(sentences[i:i + 5]) for i in range(0, len(sentences), 5)]
+    return "\n\n".join(paragraphs), subjects, objects
+
+
+def write_doc_requests(path: Path, docs: int, questions: int, *, doc_words: int, max_tokens: int,
+                       seed: int = 0) -> Path:
+    """`docs` documents x `questions` questions, one request each, shuffled with `seed`: every
+    request is the same system prompt, then a user message with the whole document and then one
+    question, so the requests of a document share a long prompt prefix (system + document) and
+    differ only at the end. custom_id `doc-DDDD-qQQ`. Temperature 0."""
+    rng = random.Random(seed)
+    lines = []
+    for d in range(docs):
+        text, subjects, objects = document(d, doc_words, seed)
+        drng = random.Random(f"questions-{seed}-{d}")
+        asked = [DOC_QUESTIONS[i % len(DOC_QUESTIONS)] for i in drng.sample(range(max(questions, len(DOC_QUESTIONS))), questions)]
+        for q, template in enumerate(asked):
+            question = template.format(s=drng.choice(subjects), o=drng.choice(objects))
+            messages = [{"role": "system", "content": DOC_SYSTEM},
+                        {"role": "user", "content": f"Document:\n{text}\n\nQuestion: {question}"}]
+            lines.append(json.dumps({
+                "custom_id": f"doc-{d:04d}-q{q:02d}", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"messages": messages, "temperature": 0, "top_p": 1.0, "max_tokens": max_tokens},
+            }) + "\n")
+    rng.shuffle(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+    return path
+
+
 # ---- running and measuring one command ---------------------------------------------------------
 @dataclass
 class Measured:
