@@ -152,7 +152,6 @@ class PrefixOrder:
             raise self._error
         try:
             merged = heapq.merge(*map(_read_run, self.runs)) if self.runs else iter(self.memory)
-            self.memory = [] if self.runs else self.memory
             group, prev = 0, None
             for key, _, item in merged:
                 if isinstance(item, Request):

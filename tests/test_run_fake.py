@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from conftest import (
     REPO,
     chat_line,
@@ -135,15 +136,18 @@ def test_disk_full_stops_cleanly_and_rerun_completes(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "out" / "_report.json").read_text())["resumed"] == 5
 
 
-def test_kill_and_resume_exactly_once(tmp_path):
-    """SIGKILL the run once a part is committed; the rerun sends only uncommitted requests."""
+@pytest.mark.parametrize("first,then", [("prefix", "prefix"), ("input", "prefix"), ("prefix", "input")])
+def test_kill_and_resume_exactly_once(tmp_path, first, then):
+    """SIGKILL the run once a part is committed; the rerun sends only uncommitted requests, in
+    either order (--order is not part of the job: a run stopped in one order finishes in the other)."""
     n = 60
-    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"q{i}") for i in range(n)])
+    # documents shared by several rows, so that prefix order differs from the input's
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"{'doc ' * 80}{i % 7}: q{i}") for i in range(n)])
     out, log = tmp_path / "out", tmp_path / "sent.log"
     cmd = [sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,
            "--checkpoint-every", "5", "--max-in-flight", "4",
            "--engine-option", "step_delay=0.05", "--engine-option", f"log_file={log}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([*cmd, "--order", first], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wait_for_commit(out, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -153,8 +157,10 @@ def test_kill_and_resume_exactly_once(tmp_path):
                  for start, end in ranges for line in range(start, end + 1)}
     assert 0 < len(committed) < n
     assert not (out / "_SUCCESS").exists()
+    if first == "prefix":  # the order it sent them in is not the input's
+        assert [int(line[1:]) for line in log.read_text().split()] != sorted(int(line[1:]) for line in log.read_text().split())
     log.write_text("")
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run([*cmd, "--order", then], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     df = read_output(out)
     assert sorted(df["custom_id"].to_list()) == sorted(f"r{i}" for i in range(n))
