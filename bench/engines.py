@@ -105,12 +105,22 @@ def bare_command(s: Setup, out: Path) -> list[str]:
 
 
 def bare_sorted_command(s: Setup, out: Path) -> list[str]:
-    """The bare script on the same requests sorted by custom_id (docs: document by document): a
-    control that shows what plain reordering does, and how far batch order alone changes texts."""
+    """The bare script on the same requests in the order `pipeline run --order prefix` sends them
+    (pipeline/schedule.py's key; a stable sort, as the pipeline's): a control that shows that
+    the gain is the order alone, and that with the same order the texts are the same."""
+    from pipeline.requests import Request
+    from pipeline.schedule import prefix_key
+
     sorted_file = s.requests.with_name(s.requests.stem + ".sorted.jsonl")
     if not sorted_file.exists():
         lines = s.requests.read_text().splitlines(keepends=True)
-        sorted_file.write_text("".join(sorted(lines, key=lambda line: json.loads(line)["custom_id"])))
+
+        def key(line: str) -> bytes:
+            row = json.loads(line)
+            body = row["body"]
+            return prefix_key(Request(row["custom_id"], "f", 1, body["messages"], tools=body.get("tools")))
+
+        sorted_file.write_text("".join(sorted(lines, key=key)))
     return bare_command(dataclasses.replace(s, requests=sorted_file), out)
 
 
@@ -197,7 +207,7 @@ PIPELINE = Tool("pipeline", "pipeline run", pipeline_command(1, "prefix"), read_
 PIPELINE_INPUT = Tool("pipeline_input", "pipeline run --order input", pipeline_command(1, "input"), read_pipeline,
                       r"engine \d+ ready", "out/_SUCCESS")
 RUN_BATCH = Tool("run_batch", "vLLM run_batch", run_batch_command, read_run_batch, r"Reading batch from", "out.jsonl")
-BARE_SORTED = Tool("bare_sorted", "bare LLM.chat script, file sorted by custom_id", bare_sorted_command, read_bare,
+BARE_SORTED = Tool("bare_sorted", "bare LLM.chat script, file in the pipeline's prefix order", bare_sorted_command, read_bare,
                    r"^BENCH ready", "out.parquet")
 TOOLS = (BARE, PIPELINE, PIPELINE_INPUT, RUN_BATCH, BARE_SORTED)
 
@@ -600,7 +610,7 @@ def main() -> None:
                         help="Extra option for `pipeline run` only, e.g. --pipeline-option=--max-in-flight=4096. Repeatable.")
     parser.add_argument("--tools", default="bare,pipeline,run_batch", help="Comma-separated subset to run, of bare, "
                         "pipeline, run_batch and two controls: pipeline_input (`pipeline run --order input`; needs "
-                        "--order) and bare_sorted (the bare script on the file sorted by custom_id).")
+                        "--order) and bare_sorted (the bare script on the file in the pipeline's prefix order).")
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds before one run is killed (default 3600).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the synthetic request files.")
     parser.add_argument("--note", help="A line to print above the results, e.g. 'small trial run, busy machine'.")
