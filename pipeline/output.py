@@ -232,12 +232,16 @@ class Claim:
     def __init__(self, out: Output, lease: Lease, manifest: dict[str, Any], attempt: str,
                  records: list[dict[str, Any]], detail: dict[str, Any]):
         self.out, self.lease, self.manifest, self.attempt = out, lease, manifest, attempt
-        self.records = list(records)
+        self._before = State(manifest, records, False, [], []).committed()
+        # The records' stats, without their keys: the bitmaps above hold what was committed
+        # before, and this run's keys need not stay in memory (one range per row in prefix order).
+        self.records = [_without_keys(r) for r in records]
         self.file_index = {f["file"]: i for i, f in enumerate(detail["inputs"])}
         self._seq = 0
 
     def committed(self) -> Committed:
-        return State(self.manifest, self.records, False, [], []).committed()
+        """The rows committed before this claim."""
+        return self._before
 
     def commit(self, rows: list[dict[str, Any]]) -> str:
         """Write one part atomically, then its commit record."""
@@ -260,7 +264,7 @@ class Claim:
             raise
         self.out.loc.child(f"{COMMITS}/{self.attempt}-{self._seq:05d}.json").put_atomic(
             json.dumps(record).encode())
-        self.records.append(record)
+        self.records.append(_without_keys(record))
         return name
 
     def finish(self, report: dict[str, Any]) -> bool:
@@ -394,3 +398,7 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _without_keys(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "keys"}
