@@ -16,7 +16,15 @@ from test_dispatcher import MemoryPool
 from pipeline.executor import Dispatcher
 from pipeline.problems import RowError
 from pipeline.requests import Request
-from pipeline.schedule import AUTO_GAIN, BLOCK_CHARS, DIGEST, PrefixOrder, order, prefix_key, shared_blocks
+from pipeline.schedule import (
+    AUTO_GAIN,
+    BLOCK_CHARS,
+    DIGEST,
+    PrefixOrder,
+    order,
+    prefix_key,
+    shared_blocks,
+)
 
 DOC = "".join(chr(ord("a") + i % 26) for i in range(3 * BLOCK_CHARS))
 
