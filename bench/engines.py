@@ -202,7 +202,7 @@ def read_run_batch(out: Path) -> Output:
 
 
 BARE = Tool("bare", "bare LLM.chat script", bare_command, read_bare, r"^BENCH ready", "out.parquet")
-PIPELINE = Tool("pipeline", "pipeline run", pipeline_command(1, "prefix"), read_pipeline, r"engine \d+ ready",
+PIPELINE = Tool("pipeline", "pipeline run", pipeline_command(1), read_pipeline, r"engine \d+ ready",
                 "out/_SUCCESS")
 PIPELINE_INPUT = Tool("pipeline_input", "pipeline run --order input", pipeline_command(1, "input"), read_pipeline,
                       r"engine \d+ ready", "out/_SUCCESS")
@@ -413,7 +413,8 @@ def _inner_timings(tool: Tool, out: Path) -> dict[str, Any]:
     if tool.name.startswith("pipeline"):
         report = out / "out" / "_report.json"
         if report.is_file():
-            return {"report_wall_seconds": json.loads(report.read_text()).get("wall_seconds")}
+            r = json.loads(report.read_text())
+            return {"report_wall_seconds": r.get("wall_seconds"), "order": r.get("order")}
     return {}
 
 
@@ -510,6 +511,9 @@ def workload_lines(name: str, w: dict[str, Any], settings: dict[str, Any], runs:
                      f"x block_size {f['block_size']} = {f['kv_cache_tokens']:,} tokens"
                      + (f" ({kv:,} bytes/token: {f['kv_cache_tokens'] * kv / 2**20:,.0f} MiB)" if kv else "")
                      + f", {f['kv_cache_share']:.2f} x the distinct shared-prefix tokens")
+    chosen = sorted({str(r.get("inner", {}).get("order")) for r in runs if r.get("tool") == "pipeline" and r.get("workload") == name and r.get("inner")})
+    if chosen:
+        lines.append(f"- Order `pipeline run` chose (its `_report.json`): {', '.join(chosen)}")
     lines += [
         "- Engine settings, the same for every tool: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in w["engine_args"].items()),
         "",
@@ -559,7 +563,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Model `{s['model']}` ({s['model_path']}); environment of every tool: "
         + (", ".join(f"{k}={v}" for k, v in s["env"].items()) or "–"),
         f"- `pipeline run` {'has' if s['pipeline_order'] else 'has NO'} `--order`"
-        + (" (pipeline runs with `--order prefix`)" if s["pipeline_order"] else " (it runs in its own order)"),
+        + (" (pipeline runs with its default, `--order auto`; each workload says what it chose)" if s["pipeline_order"]
+           else " (it runs in its own order)"),
         *([f"- Extra `pipeline run` options: {' '.join(s['pipeline_options'])}"] if s["pipeline_options"] else []),
         f"- {s['repeats']} repeat(s) per workload in alternating order ({', '.join(s['tools'])}, ...); medians over "
         f"repeats. 1-minute load average before the runs: {_load_range(all_runs)} "

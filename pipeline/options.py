@@ -166,10 +166,11 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("ray_address", "Ray cluster to join (default: start or join a local one)."),
     Opt("max_in_flight", "Requests held by each engine at once (default: 2048, or twice --max-num-seqs).",
         Int1),
-    Opt("order", "prefix: requests sharing a prompt prefix reach the engines together, so the prefix "
-        "is computed once while cached (reads the whole input first, spilling to $TMPDIR past "
-        "--order-buffer); input: the input's order.", click.Choice(["prefix", "input"]), "prefix"),
-    Opt("order_buffer", "With --order prefix: requests held in memory; more are sorted in runs on "
+    Opt("order", "auto: prefix order when it helps (decided on the first --order-buffer requests); "
+        "prefix: requests sharing a prompt prefix reach the engines together, so the prefix is "
+        "computed once while cached (reads the whole input first, spilling to $TMPDIR past "
+        "--order-buffer); input: the input's order.", click.Choice(["auto", "prefix", "input"]), "auto"),
+    Opt("order_buffer", "With --order prefix or auto: requests held in memory; more are sorted in runs on "
         "local temporary disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
     Opt("max_engine_restarts", "Stop (exit 3, resumable) after this many engine deaths.", Int0, 50),
     Opt("data_parallel_size", "Number of engines. Default: one per group of --tensor-parallel-size "

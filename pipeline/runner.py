@@ -42,7 +42,7 @@ from .reader import Scan, scan
 from .report import total_stats
 from .requests import Context, Request, RowError
 from .rows import dataset_rows, error_row, result_row
-from .schedule import order
+from .schedule import PrefixOrder, order
 from .storage import Location, StorageError
 from .templates import OPTION_NAMES as TEMPLATE_OPTIONS
 from .templates import Layout, TemplateSpec, request_stream
@@ -190,7 +190,7 @@ def execute(p: Plan, started: float) -> Outcome:
                 else:
                     yield item
 
-        # with --order prefix, reading starts now, in a thread, while the engines start
+        # with --order prefix or auto, reading starts now, in a thread, while the engines start
         ordered = order(fresh(), cfg.order, buffer=cfg.order_buffer)
 
         def pending() -> Iterator[Request]:
@@ -249,7 +249,7 @@ def execute(p: Plan, started: float) -> Outcome:
             "engines": pool.size if pool else 0,
             "engine": dispatcher.engine_info if pool else None,
             "engine_restarts": dispatcher.restarts if pool else 0,
-            "order": cfg.order,
+            **(ordered.describe() if isinstance(ordered, PrefixOrder) else {"order": cfg.order}),
             "pipeline_version": __version__,
             "date": cfg.date,
             "run_id": cfg.run_id,

@@ -1,5 +1,6 @@
-"""The order requests reach the engines in: grouped by shared prompt prefix (`--order prefix`,
-the default), or as the input has them (`--order input`).
+"""The order requests reach the engines in: grouped by shared prompt prefix (`--order prefix`),
+as the input has them (`--order input`), or the first where it helps (`--order auto`, the
+default: decided on the first `--order-buffer` requests, see AUTO_GAIN).
 
 vLLM's prefix cache only saves work when requests that share a prefix (a system prompt, a
 few-shot block, a document asked many questions) meet while that prefix is still cached. A batch
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import os
 import pickle
 import tempfile
@@ -39,11 +41,16 @@ from typing import Any
 from .problems import RowError
 from .requests import Request
 
+log = logging.getLogger("pipeline")
+
 BLOCK_CHARS = 256
 MAX_BLOCKS = 256  # keys cover the first 64k characters: longer shared prefixes sort as one
 DIGEST = 8
 SPILL_BATCH = 64
-ORDERS = ("prefix", "input")
+ORDERS = ("auto", "prefix", "input")
+# --order auto: prefix order when, on the first --order-buffer requests, it shares at least this
+# much more of their text (in 256-character blocks) with the request before than the input's order
+AUTO_GAIN = 0.05
 
 
 def conversation_text(request: Request) -> str:
@@ -96,22 +103,36 @@ def shared_blocks(a: bytes, b: bytes) -> int:
 
 def order(items: Iterable[Request | RowError], how: str, *, buffer: int = 100_000,
           spill_dir: str | None = None) -> Iterable[Request | RowError]:
-    """`items` in the order `how` names; for "prefix", reading starts at once in a thread."""
+    """`items` in the order `how` names; for "prefix" and "auto", reading starts at once in a
+    thread."""
     if how == "input":
         return items
-    if how != "prefix":
+    if how not in ORDERS:
         raise ValueError(f"unknown order {how!r}; use one of {', '.join(ORDERS)}")
-    return PrefixOrder(items, buffer=buffer, spill_dir=spill_dir)
+    return PrefixOrder(items, buffer=buffer, spill_dir=spill_dir, auto=how == "auto")
+
+
+def shared_share(keys: list[bytes]) -> float:
+    """The share of the keys' blocks that each key shares with the one before it."""
+    blocks = sum(len(k) // DIGEST for k in keys)
+    shared = sum(shared_blocks(a, b) for a, b in zip(keys, keys[1:], strict=False))
+    return shared / blocks if blocks else 0.0
 
 
 class PrefixOrder:
-    """Requests sorted by prefix key, with bounded memory (see the module's docstring)."""
+    """Requests sorted by prefix key, with bounded memory (see the module's docstring). With
+    `auto`, the first `buffer` requests decide: if sorting them shares less than AUTO_GAIN more
+    of their text with the request before than the input's order does, everything goes in the
+    input's order, streamed as read."""
 
     def __init__(self, items: Iterable[Request | RowError], *, buffer: int = 100_000,
-                 spill_dir: str | None = None, background: bool = True):
-        self.buffer, self.spill_dir = max(1, buffer), spill_dir
+                 spill_dir: str | None = None, background: bool = True, auto: bool = False):
+        self.buffer, self.spill_dir, self.auto = max(1, buffer), spill_dir, auto
         self.memory: list[tuple[bytes, int, Any]] = []
         self.runs: list[str] = []
+        self.chosen = "prefix"
+        self.measured: dict[str, Any] = {}  # what auto measured on the first buffer
+        self._rest: Iterator[Request | RowError] | None = None  # "input": the items not read yet
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._read, args=(items,), name="prefix-order", daemon=True)
@@ -120,18 +141,45 @@ class PrefixOrder:
         else:
             self._read(items)
 
+    def describe(self) -> dict[str, Any]:
+        """For the run's report: the order used and, under auto, why."""
+        return {"order": self.chosen, **({"order_auto": self.measured} if self.measured else {})}
+
     def _read(self, items: Iterable[Request | RowError]) -> None:
         try:
-            for seq, item in enumerate(items):
+            rest = iter(items)
+            for seq, item in enumerate(rest):
                 key = prefix_key(item) if isinstance(item, Request) else b""
                 self.memory.append((key, seq, item))
                 if len(self.memory) >= self.buffer:
+                    if self.auto and not self._grouping_helps(rest):
+                        return
                     self._spill()
+            if self.auto and not self.runs and not self._grouping_helps(rest):
+                return
             self.memory.sort()
             if self.runs and self.memory:
                 self._spill()
         except BaseException as e:  # raised again in the reading thread's consumer
             self._error = e
+
+    def _grouping_helps(self, rest: Iterator[Request | RowError]) -> bool:
+        """Auto, once, on the first buffer: True to go on in prefix order; False to stop reading
+        and leave `rest` to the consumer, in the input's order."""
+        if self.measured:
+            return True
+        keys = [k for k, _, item in self.memory if isinstance(item, Request)]
+        as_read, grouped = shared_share(keys), shared_share(sorted(keys))
+        self.measured = {"requests_measured": len(keys), "shared_in_input_order": round(as_read, 4),
+                         "shared_in_prefix_order": round(grouped, 4), "threshold": AUTO_GAIN}
+        helps = grouped - as_read >= AUTO_GAIN
+        log.info("--order auto: the first %d requests share %.1f%% of their text with the one before in "
+                 "prefix order, %.1f%% in input order: %s order", len(keys), 100 * grouped, 100 * as_read,
+                 "prefix" if helps else "input")
+        if helps:
+            return True
+        self.chosen, self._rest = "input", rest
+        return False
 
     def _spill(self) -> None:
         self.memory.sort()
@@ -149,6 +197,11 @@ class PrefixOrder:
             self._thread.join(0.5)
         if self._error is not None:
             raise self._error
+        if self.chosen == "input":
+            yield from (item for _, _, item in self.memory)
+            self.memory = []
+            yield from self._rest or ()
+            return
         try:
             merged = heapq.merge(*map(_read_run, self.runs)) if self.runs else iter(self.memory)
             group, prev = 0, None

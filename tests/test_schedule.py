@@ -16,7 +16,15 @@ from test_dispatcher import MemoryPool
 from pipeline.executor import Dispatcher
 from pipeline.problems import RowError
 from pipeline.requests import Request
-from pipeline.schedule import BLOCK_CHARS, DIGEST, PrefixOrder, order, prefix_key, shared_blocks
+from pipeline.schedule import (
+    AUTO_GAIN,
+    BLOCK_CHARS,
+    DIGEST,
+    PrefixOrder,
+    order,
+    prefix_key,
+    shared_blocks,
+)
 
 DOC = "".join(chr(ord("a") + i % 26) for i in range(3 * BLOCK_CHARS))
 
@@ -125,7 +133,7 @@ def test_run_output_is_the_same_in_either_order(tmp_path):
             f.write(json.dumps({"custom_id": r.custom_id + str(r.line), "body": {"messages": r.messages}}) + "\n")
         f.write("not json\n")
     tables = {}
-    for how in ("prefix", "input"):
+    for how in ("prefix", "input", "auto"):
         out = tmp_path / how
         res = invoke("run", str(src), "-o", str(out), "--engine", "fake", "-m", "m", "-q", "--order", how,
                   "--order-buffer", "5", "--checkpoint-every", "7")
@@ -133,8 +141,8 @@ def test_run_output_is_the_same_in_either_order(tmp_path):
         t = pq.read_table(out).sort_by("source_line").select(
             ["custom_id", "source_line", "prompt_tokens", "completion_tokens", "error"]).to_pylist()
         tables[how] = t
-        assert json.loads((out / "_report.json").read_text())["order"] == how
-    assert tables["prefix"] == tables["input"] and len(tables["prefix"]) == 25
+        assert json.loads((out / "_report.json").read_text())["order"] == ("prefix" if how == "auto" else how)
+    assert tables["prefix"] == tables["input"] == tables["auto"] and len(tables["prefix"]) == 25
 
 
 def test_estimate_counts_each_shared_block_once(tmp_path):
@@ -188,3 +196,31 @@ def test_real_engine_prefix_order_serves_what_estimate_predicts(tmp_path):
         assert all(e is None for e in t["error"].to_pylist())
     reuse = predicted["prompt_tokens"] - predicted["prompt_tokens_computed"]
     assert cached["prefix"] >= 0.9 * reuse and cached["prefix"] > 1.5 * cached["input"], (cached, reuse)
+
+
+@pytest.mark.parametrize("buffer", [4, 1000])
+def test_auto_groups_shared_documents_and_streams_the_rest(tmp_path, buffer):
+    """auto decides on the first buffer: shuffled documents x questions go in prefix order; rows
+    that share nothing go in the input's order, every item once, the rest streamed as read."""
+    docs = docs_workload(6, 4, seed=2)
+    ordered = PrefixOrder(iter(docs), buffer=buffer, auto=True, spill_dir=str(tmp_path))
+    out = list(ordered)
+    assert ordered.chosen == "prefix" and sorted(r.line for r in out) == sorted(r.line for r in docs)
+    measured = ordered.describe()["order_auto"]
+    assert contiguous([doc_of(r) for r in out])
+    assert measured["shared_in_prefix_order"] >= measured["shared_in_input_order"] + AUTO_GAIN
+
+    rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": f"{i} " + "x" * 600}]) for i in range(30)]
+    consumed = []
+
+    def source():
+        for r in rows:
+            consumed.append(r.line)
+            yield r
+
+    ordered = PrefixOrder(source(), buffer=buffer, auto=True)
+    out = iter(ordered)
+    first = next(out)
+    assert ordered.chosen == "input" and first is rows[0]
+    assert len(consumed) == min(buffer, 30)  # read no further than the first buffer before the first request
+    assert [first, *out] == rows and ordered.describe() == {"order": "input", "order_auto": ordered.measured}
