@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .requests import Context
+
 # vLLM's LoRAConfig.max_lora_rank accepts these values only (vllm/config/lora.py MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -70,6 +72,16 @@ def load_adapters(lora: dict[str, Any] | None, base_names: frozenset[str] = froz
                              f"{VLLM_LORA_RANKS[-1]}")
         out.append(Adapter(name, folder, rank, _digest(config_bytes, weights)))
     return tuple(out)
+
+
+def run_context(model: str | None, served: tuple[str, ...], max_n: int, routes: dict[str, str] | None,
+                lora: dict[str, Any] | None) -> tuple[Context, tuple[Adapter, ...]]:
+    """What run, validate and estimate check rows against (the model's names, routes and these
+    --lora adapters), and the adapters, checked as load_adapters does."""
+    from .models import served_names
+
+    adapters = load_adapters(lora, served_names(model, tuple(served)) if model else frozenset())
+    return Context.of(model, tuple(served), max_n, routes, tuple(a.name for a in adapters)), adapters
 
 
 def adapter_rank(config: dict[str, Any]) -> int:

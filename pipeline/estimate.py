@@ -26,10 +26,10 @@ from typing import Any
 
 import click
 
-from .adapters import load_adapters
+from .adapters import run_context
 from .cost import Price, find_price, hosted_price
 from .inputs import list_inputs
-from .models import output_name, served_names
+from .models import output_name
 from .reader import scan
 from .requests import Context, Request, RowError
 from .schedule import order, shared_blocks
@@ -170,8 +170,7 @@ def run_estimate(
     counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,
                             trust_remote_code=trust_remote_code)
     # The model names a run with these options accepts, so that estimate and run agree on validity.
-    adapters = load_adapters(lora, served_names(model, tuple(served_model_name)))
-    ctx = Context.of(model, tuple(served_model_name), max_n, route, tuple(a.name for a in adapters))
+    ctx, _ = run_context(model, tuple(served_model_name), max_n, route, lora)
     workers = workers or cpu_count()
     block_size = block_size or 16
 

@@ -60,6 +60,16 @@ def _failed(row: dict[str, Any]) -> bool:
     return row["error"] is not None and row["choices"] is None
 
 
+def _model(row: dict[str, Any]) -> str:
+    """The model a line names: the adapter that ran the row, else the model."""
+    return row.get("served_model") or row["model"]
+
+
+def _has_text(choice: dict[str, Any]) -> bool:
+    """Whether a choice's text gets its own part: any text, or an empty one without tool calls."""
+    return choice.get("content") is not None and bool(choice["content"] or not choice.get("tool_calls"))
+
+
 def error_text(err: dict[str, Any]) -> str:
     """The error's message with where it is (input line, field) folded in, for formats whose
     error has no place for them."""
@@ -95,7 +105,7 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
     body = {
         "id": f"chatcmpl-{row['custom_id']}",
         "object": "chat.completion",
-        "model": row.get("served_model") or row["model"],
+        "model": _model(row),
         "choices": choices,
         "usage": {
             "prompt_tokens": row["prompt_tokens"],
@@ -135,7 +145,7 @@ def responses_line(row: dict[str, Any]) -> dict[str, Any]:
         return _openai_error(row)
     first = row["choices"][0] if row["choices"] else {}
     output: list[dict[str, Any]] = []
-    if first.get("content") is not None and (first["content"] or not first.get("tool_calls")):
+    if _has_text(first):
         output.append({"type": "message", "id": f"msg_{row['custom_id']}", "status": "completed",
                        "role": "assistant",
                        "content": [{"type": "output_text", "text": first["content"], "annotations": []}]})
@@ -150,7 +160,7 @@ def responses_line(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": int(row["finished_at"].timestamp()) if row.get("finished_at") else None,
         "status": "incomplete" if cut else "completed",
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
-        "model": row.get("served_model") or row["model"],
+        "model": _model(row),
         "output": output,
         "usage": {
             "input_tokens": row["prompt_tokens"],
@@ -180,7 +190,7 @@ def anthropic_line(row: dict[str, Any]) -> dict[str, Any]:
     first = row["choices"][0] if row["choices"] else {}
     calls = first.get("tool_calls") or []
     content: list[dict[str, Any]] = []
-    if first.get("content") is not None and (first["content"] or not calls):
+    if _has_text(first):
         content.append({"type": "text", "text": first["content"]})
     for call in calls:
         content.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
@@ -192,7 +202,7 @@ def anthropic_line(row: dict[str, Any]) -> dict[str, Any]:
         "id": f"msg_{row['custom_id']}",
         "type": "message",
         "role": "assistant",
-        "model": row.get("served_model") or row["model"],
+        "model": _model(row),
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
@@ -231,7 +241,7 @@ def gemini_line(row: dict[str, Any]) -> dict[str, Any]:
     for c in row["choices"]:
         parts: list[dict[str, Any]] = []
         calls = c.get("tool_calls") or []
-        if c.get("content") is not None and (c["content"] or not calls):
+        if _has_text(c):
             parts.append({"text": c["content"]})
         for call in calls:
             parts.append({"functionCall": {"id": call["id"], "name": call["function"]["name"],
@@ -243,7 +253,7 @@ def gemini_line(row: dict[str, Any]) -> dict[str, Any]:
              "totalTokenCount": row["total_tokens"]}
     if row.get("cached_tokens"):
         usage["cachedContentTokenCount"] = row["cached_tokens"]
-    line["response"] = {"candidates": candidates, "usageMetadata": usage, "modelVersion": row.get("served_model") or row["model"]}
+    line["response"] = {"candidates": candidates, "usageMetadata": usage, "modelVersion": _model(row)}
     return line
 
 

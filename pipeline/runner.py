@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import __version__, exits, options
-from .adapters import Adapter, adapters_fingerprint, load_adapters, lora_engine_args
+from .adapters import Adapter, adapters_fingerprint, lora_engine_args, run_context
 from .config import RunConfig
 from .cost import Price, find_price
 from .engine import KINDS, EngineSpec
@@ -117,10 +117,9 @@ def plan(cfg: RunConfig) -> Plan:
     model_name = output_name(cfg.model, cfg.served_model_name)
     price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                        price_output=cfg.price_output)
-    loras = load_adapters(cfg.lora, cfg.model_names())
+    ctx, loras = run_context(cfg.model, cfg.served_model_name, cfg.max_n, cfg.route, cfg.lora)
     if loras:
         detail["adapters"] = adapters_fingerprint(loras)
-    ctx = Context.of(cfg.model, cfg.served_model_name, cfg.max_n, cfg.route, tuple(a.name for a in loras))
     p = Plan(cfg, files, scans, detail, out, state, model_name, price, ctx, spec=spec, layout=layout,
              adapters=loras)
     if p.complete:

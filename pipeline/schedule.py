@@ -126,7 +126,7 @@ class PrefixOrder:
     input's order, streamed as read."""
 
     def __init__(self, items: Iterable[Request | RowError], *, buffer: int = 100_000,
-                 spill_dir: str | None = None, background: bool = True, auto: bool = False):
+                 spill_dir: str | None = None, auto: bool = False):
         self.buffer, self.spill_dir, self.auto = max(1, buffer), spill_dir, auto
         self.memory: list[tuple[bytes, int, Any]] = []
         self.runs: list[str] = []
@@ -136,10 +136,7 @@ class PrefixOrder:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._read, args=(items,), name="prefix-order", daemon=True)
-        if background:
-            self._thread.start()
-        else:
-            self._read(items)
+        self._thread.start()
 
     def describe(self) -> dict[str, Any]:
         """For the run's report: the order used and, under auto, why."""

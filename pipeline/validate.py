@@ -6,11 +6,10 @@ from collections import Counter
 
 import click
 
-from .adapters import load_adapters
+from .adapters import run_context
 from .inputs import list_inputs
-from .models import served_names
 from .reader import scan
-from .requests import Context, Request, RowError
+from .requests import Request, RowError
 from .templates import TemplateSpec, request_stream
 
 MAX_UNKNOWN = 1000  # distinct unknown field names counted
@@ -27,9 +26,7 @@ def validate_inputs(
     spec = TemplateSpec.from_values(template_values)
     files = list_inputs(list(inputs), storage_options)
     layout = spec.layout(files) if spec else None
-    names = served_names(model, tuple(served_model_name)) if model else frozenset()
-    ctx = Context.of(model, tuple(served_model_name), max_n, route,
-                     tuple(a.name for a in load_adapters(lora, names)))
+    ctx, _ = run_context(model, tuple(served_model_name), max_n, route, lora)
     counter = None
     if model:
         from .token_count import PromptCounter
