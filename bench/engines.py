@@ -52,8 +52,8 @@ from harness import (
     write_requests,
 )
 
-from pipeline.models import resolve_model
-from pipeline.placement import detect_gpus
+from pipeline.engines.placement import detect_gpus
+from pipeline.models.names import resolve_model
 
 TARGET_SCALING = 0.95  # N engines should give at least this share of N x one engine's throughput
 # Issue #11's targets: on the shuffled shared-document workload pipeline run at least this much
@@ -108,8 +108,8 @@ def bare_sorted_command(s: Setup, out: Path) -> list[str]:
     """The bare script on the same requests in the order `pipeline run --order prefix` sends them
     (pipeline/schedule.py's key; a stable sort, as the pipeline's): a control that shows that
     the gain is the order alone, and that with the same order the texts are the same."""
-    from pipeline.requests import Request
-    from pipeline.schedule import prefix_key
+    from pipeline.intake.order import prefix_key
+    from pipeline.records import Request
 
     sorted_file = s.requests.with_name(s.requests.stem + ".sorted.jsonl")
     if not sorted_file.exists():

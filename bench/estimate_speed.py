@@ -81,7 +81,7 @@ def plain(path: str, model: str, batch_size: int = 1000) -> None:
     """The plain way: json per line, apply_chat_template, batch-encode with the fast tokenizer."""
     from transformers import AutoTokenizer
 
-    from pipeline.models import resolve_model
+    from pipeline.models.names import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model(model))
     requests = tokens = 0

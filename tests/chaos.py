@@ -178,7 +178,7 @@ class Chaos:
 
     def check_records(self) -> None:
         """Committed records never cover one line twice, whatever happened."""
-        from pipeline.output import Output
+        from pipeline.output.folder import Output
         from pipeline.storage import Location
 
         seen: Counter[tuple[str, int]] = Counter()
@@ -199,7 +199,7 @@ class Chaos:
         parts = sorted(self.out.glob("part-*.parquet"))
         df = pl.concat([pl.read_parquet(p) for p in parts])
         keys = Counter(zip(df["source_file"].to_list(), df["source_line"].to_list(), strict=True))
-        from pipeline.output import Output
+        from pipeline.output.folder import Output
         from pipeline.storage import Location
 
         recorded = {r["part"] for r in Output(Location.of(str(self.out))).read_state().records}

@@ -42,7 +42,7 @@ def read_output(directory):
 
 def committed_records(out, storage_options=None):
     """The commit records of an output folder: what is committed, as a rerun would see it."""
-    from pipeline.output import Output
+    from pipeline.output.folder import Output
     from pipeline.storage import Location
 
     return Output(Location.of(str(out), storage_options)).read_state().records

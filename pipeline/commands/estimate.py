@@ -1,0 +1,411 @@
+"""`pipeline estimate`: what a job will cost, before it spends GPU time.
+
+Prompt tokens are counted exactly as the engine will count them (chat_render.py, token_count.py: the model's
+tokenizer and chat template; no engine, no weights). Completion tokens get an upper bound per
+request (n × max_tokens, never more than the context left after the prompt, which is the bound
+where max_tokens is absent) and an expected figure: the bound × a completion ratio, given with
+--completion-ratio or calibrated from a previous run of the job. Dollars come at the hosted
+list price (prices.yaml) and on our own GPUs: GPU-hours at a throughput per GPU × --gpu-hour-usd.
+
+GPU-hours count the prompt tokens a run computes, not those billed: requests are taken in the
+order `run --order prefix` uses (schedule.py), and the whole KV cache blocks each prompt shares
+with the one before it are served by vLLM's prefix cache. So --rows-file lists rows in that order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import click
+
+from pipeline.intake.order import order
+from pipeline.intake.reader import scan
+from pipeline.intake.requests import Context
+from pipeline.intake.sources import list_inputs
+from pipeline.intake.stream import request_stream, run_context
+from pipeline.intake.templates import TemplateSpec
+from pipeline.models.names import output_name
+from pipeline.models.prefix import shared_blocks
+from pipeline.models.prices import Price, find_price, hosted_price
+from pipeline.models.tokens import PromptCounter, cpu_count
+from pipeline.records import FailedRequest, Request
+from pipeline.storage import Location
+
+DEFAULT_COMPLETION_RATIO = 0.5
+
+
+def completion_upper(request: Request, prompt_tokens: int, max_model_len: int) -> int:
+    """The most completion tokens the engine can produce for a request: n choices of at most
+    max_tokens each, and never past the context (vLLM stops a sequence at max_model_len)."""
+    room = max_model_len - prompt_tokens
+    return request.n * (min(request.max_tokens, room) if request.max_tokens else room)
+
+
+@dataclass
+class Tally:
+    """Counts for one input file or for the whole job."""
+
+    requests: int = 0
+    invalid: int = 0
+    prompt_tokens: int = 0  # of valid requests: what would be billed
+    prompt_tokens_computed: int = 0  # ...less what the prefix cache would serve, in the run's order
+    completion_tokens_upper: int = 0
+    errors: Counter = field(default_factory=Counter)
+
+    def add(self, item: Request | FailedRequest, prompt_tokens: int | None, upper: int | None,
+            computed: int | None = None) -> None:
+        self.requests += 1
+        if isinstance(item, FailedRequest):
+            self.invalid += 1
+            self.errors[item.code] += 1
+        else:
+            self.prompt_tokens += prompt_tokens
+            self.prompt_tokens_computed += prompt_tokens if computed is None else computed
+            self.completion_tokens_upper += upper
+
+
+def computed_tokens(prompt_tokens: int, blocks: bytes, before: bytes, block_size: int) -> int:
+    """The prompt tokens an engine computes for a request whose prompt's block digests are
+    `blocks` right after one whose are `before` (--order prefix puts each request after the one
+    it shares most with): the shared whole blocks come from the prefix cache, except that vLLM
+    always computes the last token (so a fully cached prompt recomputes its last block)."""
+    cached = min(shared_blocks(before, blocks) * block_size, (prompt_tokens - 1) // block_size * block_size)
+    return prompt_tokens - max(0, cached)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What turns token counts into expected tokens, dollars and GPU-hours, and where each came from."""
+
+    completion_ratio: float
+    ratio_source: str
+    price: Price | None
+    tokens_per_second: float | None  # per GPU, prompt + completion tokens
+    throughput_source: str
+    gpu_hour_usd: float
+
+    def figures(self, t: Tally) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "requests": t.requests, "valid": t.requests - t.invalid, "invalid": t.invalid,
+            "errors_by_code": dict(sorted(t.errors.items())), "prompt_tokens": t.prompt_tokens,
+            "prompt_tokens_computed": t.prompt_tokens_computed,
+        }
+        bounds = {"expected": t.completion_tokens_upper * self.completion_ratio, "upper": t.completion_tokens_upper}
+        for bound, completion in bounds.items():
+            out[f"completion_tokens_{bound}"] = round(completion)
+        for bound, completion in bounds.items():
+            out[f"cost_usd_{bound}"] = self.price.cost(t.prompt_tokens, completion) if self.price else None
+        for bound, completion in bounds.items():
+            # the GPU computes the prompt tokens the prefix cache does not serve
+            hours = ((t.prompt_tokens_computed + completion) / self.tokens_per_second / 3600
+                     if self.tokens_per_second else None)
+            out[f"gpu_hours_{bound}"] = hours
+            out[f"compute_cost_usd_{bound}"] = None if hours is None else hours * self.gpu_hour_usd
+        return out
+
+
+def rates_for(*, upper: int, report: dict[str, Any] | None, calibrate_from: str | None,
+              completion_ratio: float | None, tokens_per_second: float | None,
+              price: Price | None, gpu_hour_usd: float) -> Rates:
+    """The completion ratio and throughput: given on the command line, else calibrated from a
+    run's report, else the default ratio and no throughput.
+
+    Calibrated ratio = the run's completion tokens / the upper bounds of the same inputs' valid
+    requests, counted now. Calibrated throughput per GPU = the run's prompt + completion tokens /
+    its wall time / its engines; that wall time includes engine start, so a short run understates
+    what a long job will reach.
+    """
+    ratio, ratio_source = DEFAULT_COMPLETION_RATIO, "default; pass --completion-ratio or --calibrate-from DIR"
+    tps, tps_source = None, "none; pass --tokens-per-second or --calibrate-from DIR"
+    if report is not None:
+        if upper and report.get("completion_tokens") is not None:
+            ratio, ratio_source = report["completion_tokens"] / upper, f"calibrated from {calibrate_from}"
+        if report.get("resumed"):
+            tps_source = f"none: the run in {calibrate_from} was resumed, so its wall time covers part of its tokens"
+        elif report.get("wall_seconds"):
+            tokens = report.get("prompt_tokens", 0) + report.get("completion_tokens", 0)
+            tps = tokens / report["wall_seconds"] / (report.get("engines") or 1)
+            tps_source = f"calibrated from {calibrate_from}, whose wall time includes engine start"
+    if completion_ratio is not None:
+        ratio, ratio_source = completion_ratio, "--completion-ratio"
+    if tokens_per_second is not None:
+        tps, tps_source = tokens_per_second, "--tokens-per-second"
+    return Rates(ratio, ratio_source, price, tps, tps_source, gpu_hour_usd)
+
+
+def read_report(directory: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The _report.json of a finished run's output directory."""
+    data = Location.of(directory, storage_options).child("_report.json").cat()
+    if data is not None:
+        return json.loads(data)
+    raise ValueError(f"--calibrate-from {directory}: no _report.json there. "
+                     "Hint: pass the output directory of a finished `pipeline run` of this job")
+
+
+def run_estimate(
+    inputs, *, storage_options: dict[str, Any], max_line_bytes: int, max_n: int, model: str,
+    max_model_len: int | None = None, served_model_name=(), provider: str | None = None,
+    price_input: float | None = None, price_output: float | None = None, completion_ratio: float | None = None,
+    calibrate_from: str | None = None, tokens_per_second: float | None = None, gpu_hour_usd: float = 2.0,
+    workers: int | None = None, as_json: bool = False, rows_file: str | None = None,
+    tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
+    lora: dict | None = None, block_size: int | None = None, order_buffer: int = 100_000, **template_values,
+) -> dict[str, Any]:
+    """Count, estimate, print the table (or one JSON object) and write --rows-file; returns the
+    figures. `template_values`: the template job options (templates.py), if any."""
+    started = time.monotonic()
+    spec = TemplateSpec.from_values(template_values)
+    files = list_inputs(list(inputs), storage_options)
+    model_name = output_name(model, tuple(served_model_name))
+    price = find_price(model_name, provider=provider, price_input=price_input, price_output=price_output)
+    report = read_report(calibrate_from, storage_options) if calibrate_from else None
+    if report and report.get("model") not in (None, model_name):
+        click.echo(f"warning: {calibrate_from} is a run of {report['model']}, not {model_name}", err=True)
+    counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,
+                            trust_remote_code=trust_remote_code)
+    # The model names a run with these options accepts, so that estimate and run agree on validity.
+    ctx, _ = run_context(model, tuple(served_model_name), max_n, route, lora)
+    workers = workers or cpu_count()
+    block_size = block_size or 16
+
+    tallies, total, routes = {f.display: Tally() for f in files}, Tally(), {}
+    with RequestRows(rows_file, storage_options) if rows_file else contextlib.nullcontext() as out:
+        stream = request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes)
+        # in the order a run uses (schedule.py), so that each request follows the one it shares most with
+        before = b""
+        for item, prompt_tokens, blocks in counter.check_all(order(stream, "prefix", buffer=order_buffer),
+                                                             workers=workers, block_size=block_size):
+            upper = computed = None
+            if isinstance(item, Request):
+                upper = completion_upper(item, prompt_tokens, counter.max_model_len)
+                computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
+                routes.setdefault((item.requested_model, item.adapter), Tally()).add(item, prompt_tokens, upper,
+                                                                                     computed)
+            tallies[item.source_file].add(item, prompt_tokens, upper, computed)
+            total.add(item, prompt_tokens, upper, computed)
+            if out is not None:
+                out.add(item, prompt_tokens, upper)
+        rates = rates_for(upper=total.completion_tokens_upper, report=report, calibrate_from=calibrate_from,
+                          completion_ratio=completion_ratio, tokens_per_second=tokens_per_second,
+                          price=price, gpu_hour_usd=gpu_hour_usd)
+        if out is not None:
+            out.finish(rates)
+    seconds = time.monotonic() - started
+    result = {
+        "model": model_name, "max_model_len": counter.max_model_len, **rates.figures(total),
+        "completion_ratio": rates.completion_ratio, "completion_ratio_source": rates.ratio_source,
+        "price": _price(price),
+        "tokens_per_second": rates.tokens_per_second, "throughput_source": rates.throughput_source,
+        "gpu_hour_usd": gpu_hour_usd, "block_size": block_size,
+        "files": [{"file": url, **rates.figures(t)} for url, t in tallies.items()],
+        "routes": route_figures(routes, rates, model_name, ctx),
+        "rows_file": rows_file, "seconds": round(seconds, 3),
+    }
+    click.echo(json.dumps(result, indent=2) if as_json else table(result))
+    click.echo(f"counted {total.requests:,} requests in {seconds:.1f} s ({total.requests / max(seconds, 1e-9):,.0f}/s, "
+               f"{workers} tokenizer process{'es' if workers > 1 else ''})", err=True)
+    return result
+
+
+def route_figures(routes: dict[tuple[str | None, str | None], Tally], rates: Rates, model_name: str,
+                  ctx: Context) -> list[dict[str, Any]]:
+    """Per route (the model the requests named → what runs them: the model or a --lora adapter),
+    the figures at the price of what they run on (an adapter at its base model's price: it adds
+    no tokens), and, where the price table knows the requested model, at its price there."""
+    out = []
+    for (requested, adapter), t in sorted(routes.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or "")):
+        figures = rates.figures(t)
+        hosted = None
+        if requested is not None and requested not in ctx.model_names and requested not in ctx.adapters:
+            price = hosted_price(requested)
+            if price is not None:
+                there = replace(rates, price=price).figures(t)
+                hosted = {"price": _price(price), "cost_usd_expected": there["cost_usd_expected"],
+                          "cost_usd_upper": there["cost_usd_upper"]}
+        out.append({"requested_model": requested, "served_model": adapter or model_name,
+                    "adapter": adapter is not None, **figures, "price": _price(rates.price), "hosted": hosted})
+    return out
+
+
+def _price(price: Price | None) -> dict[str, Any] | None:
+    return None if price is None else {"input": price.input, "output": price.output, "source": price.source}
+
+
+# ---- the terminal table ------------------------------------------------------------------------
+def table(r: dict[str, Any]) -> str:
+    """Per file and total: requests, invalid, prompt tokens, completion tokens, list-price
+    dollars and GPU-hours (expected / upper), then where each rate came from."""
+    head = ("file", "requests", "invalid", "prompt tokens", "completion (exp / max)",
+            "list price (exp / max)", "GPU-hours (exp / max)")
+    lines = [_cells(_short(f["file"]), f) for f in r["files"]]
+    if len(r["files"]) > 1:
+        lines.append(_cells("total", r))
+    widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+           for row in [head, *lines]]
+    errors = ", ".join(f"{code} ×{n}" for code, n in r["errors_by_code"].items())
+    out += [
+        "",
+        f"{r['model']}, context {r['max_model_len']:,} tokens: {r['requests']:,} requests, {r['invalid']:,} invalid"
+        + (f" ({errors})" if errors else ""),
+        f"completion tokens expected: {r['completion_ratio']:.3g} × the upper bound ({r['completion_ratio_source']})",
+        f"prompt tokens a run computes: {r['prompt_tokens_computed']:,} of {r['prompt_tokens']:,} "
+        f"({_share(r['prompt_tokens_computed'], r['prompt_tokens'])}; the rest is shared prefixes served from the "
+        f"prefix cache in --order prefix, {r['block_size']}-token blocks); GPU-hours count these",
+    ]
+    price = r["price"]
+    if price is None:
+        out.append(f"hosted: no list price for {r['model']}; pass --price-input and --price-output")
+    else:
+        out.append(f"hosted, at ${price['input']:g}/M input and ${price['output']:g}/M output ({price['source']}): "
+                   f"{_usd(r['cost_usd_expected'])} expected, up to {_usd(r['cost_usd_upper'])}")
+    if r["tokens_per_second"] is None:
+        out.append(f"own GPUs: no throughput ({r['throughput_source']})")
+    else:
+        out.append(f"own GPUs, at {r['tokens_per_second']:,.0f} tokens/s per GPU ({r['throughput_source']}) and "
+                   f"${r['gpu_hour_usd']:g}/GPU-hour: {_figure(r['gpu_hours_expected'])} GPU-hours, "
+                   f"{_usd(r['compute_cost_usd_expected'])} expected; up to {_figure(r['gpu_hours_upper'])}, "
+                   f"{_usd(r['compute_cost_usd_upper'])}")
+    return "\n".join(out + _route_lines(r["routes"]))
+
+
+def _route_lines(routes: list[dict[str, Any]]) -> list[str]:
+    """Per route: its valid requests and tokens, their cost at the price of what runs them, and
+    at the requested model's own list price where the table knows it. Nothing for a job whose
+    requests all run on the model under its own name."""
+    if all(g["requested_model"] is None and not g["adapter"] for g in routes):
+        return []
+    head = ("requested → served", "requests", "prompt tokens", "completion (exp / max)",
+            "list price (exp / max)", "at the requested model's price (exp / max)")
+    lines = []
+    for g in routes:
+        hosted = g["hosted"]
+        lines.append((
+            f"{g['requested_model'] or '(none)'} → {g['served_model']}" + (" (LoRA)" if g["adapter"] else ""),
+            f"{g['valid']:,}", f"{g['prompt_tokens']:,}",
+            f"{g['completion_tokens_expected']:,} / {g['completion_tokens_upper']:,}",
+            "-" if g["cost_usd_upper"] is None else f"{_usd(g['cost_usd_expected'])} / {_usd(g['cost_usd_upper'])}",
+            "-" if hosted is None else f"{_usd(hosted['cost_usd_expected'])} / {_usd(hosted['cost_usd_upper'])} "
+            f"({hosted['price']['source']})",
+        ))
+    widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
+    return ["", "per route:"] + [
+        "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in [head, *lines]]
+
+
+def _cells(name: str, f: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        name, f"{f['requests']:,}", f"{f['invalid']:,}", f"{f['prompt_tokens']:,}",
+        f"{f['completion_tokens_expected']:,} / {f['completion_tokens_upper']:,}",
+        "-" if f["cost_usd_upper"] is None else f"{_usd(f['cost_usd_expected'])} / {_usd(f['cost_usd_upper'])}",
+        "-" if f["gpu_hours_upper"] is None else f"{_figure(f['gpu_hours_expected'])} / {_figure(f['gpu_hours_upper'])}",
+    )
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
+def _short(url: str, width: int = 48) -> str:
+    return url if len(url) <= width else "…" + url[-(width - 1):]
+
+
+def _usd(x: float) -> str:
+    return "$" + _figure(x)
+
+
+def _figure(x: float) -> str:
+    """Two decimals from 1 up, three significant digits below, never an exponent."""
+    if x >= 1 or x == 0:
+        return f"{x:,.2f}"
+    return f"{x:.{2 - math.floor(math.log10(x))}f}"
+
+
+# ---- --output: one row per request -------------------------------------------------------------
+def row_schema(final: bool = True):
+    """The --output file's schema (pipeline.schema.ESTIMATE_SCHEMA); without the columns that
+    need the completion ratio while rows are still streaming (`final=False`)."""
+    import pyarrow as pa
+
+    from pipeline.schema import ESTIMATE_SCHEMA
+
+    late = {"completion_tokens_expected", "cost_usd_expected", "cost_usd_upper"}
+    return ESTIMATE_SCHEMA if final else pa.schema([f for f in ESTIMATE_SCHEMA if f.name not in late])
+
+
+class RequestRows:
+    """One Parquet row per request (invalid ones with `error` set). Rows stream to a local
+    temporary file; `finish` adds the columns that need the completion ratio (known only at the
+    end when it is calibrated) and writes the file to its destination."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any], batch_rows: int = 65536):
+        import pyarrow.parquet as pq
+
+        self.url, self.storage_options, self.batch_rows = url, storage_options, batch_rows
+        self.first = row_schema(final=False)
+        fd, self.tmp = tempfile.mkstemp(suffix=".parquet", prefix="estimate-")
+        os.close(fd)
+        self.writer = pq.ParquetWriter(self.tmp, self.first)
+        self.columns: dict[str, list] = {name: [] for name in self.first.names}
+
+    def add(self, item: Request | FailedRequest, prompt_tokens: int | None, upper: int | None) -> None:
+        c = self.columns
+        c["custom_id"].append(item.custom_id)
+        c["source_file"].append(item.source_file)
+        c["source_line"].append(item.line)
+        c["prompt_tokens"].append(prompt_tokens)
+        c["completion_tokens_upper"].append(upper)
+        c["error"].append({"code": item.code, "message": item.message, "param": item.param, "line": item.line}
+                          if isinstance(item, FailedRequest) else None)
+        if len(c["custom_id"]) >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.columns["custom_id"]:
+            self.writer.write_table(pa.table(self.columns, schema=self.first))
+            self.columns = {name: [] for name in self.first.names}
+
+    def finish(self, rates: Rates) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        self._flush()
+        self.writer.close()
+        price, schema = rates.price, row_schema()
+        target = Location.of(self.url, self.storage_options)
+        if target.local:
+            os.makedirs(os.path.dirname(target.path), exist_ok=True)
+        with target.open("wb") as f, pq.ParquetWriter(f, schema) as writer:
+            for batch in pq.ParquetFile(self.tmp).iter_batches(self.batch_rows):
+                columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+                prompt = pc.cast(columns["prompt_tokens"], pa.float64())
+                upper = pc.cast(columns["completion_tokens_upper"], pa.float64())
+                columns["completion_tokens_expected"] = expected = pc.multiply(upper, rates.completion_ratio)
+                for bound, tokens in (("expected", expected), ("upper", upper)):
+                    columns[f"cost_usd_{bound}"] = pa.nulls(len(batch), pa.float64()) if price is None else pc.divide(
+                        pc.add(pc.multiply(prompt, price.input), pc.multiply(tokens, price.output)), 1e6)
+                writer.write_batch(pa.record_batch([columns[name] for name in schema.names], schema=schema))
+
+    def __enter__(self) -> RequestRows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.tmp)
+
+
+__all__ = ["run_estimate", "completion_upper", "rates_for", "row_schema", "Rates", "Tally", "table"]

@@ -1,0 +1,238 @@
+"""`pipeline report DIR`: a run report people look at. One self-contained HTML file (plotly's
+JavaScript inlined: no network needed to view it) and a terminal summary.
+
+It reads the output folder as a rerun would (committed parts only): requests, errors by code
+with example rows, token distributions, finish reasons, throughput over the run and per engine,
+the share of prompt tokens served from cache, cost, the slowest and longest requests, a sample of
+outputs, and with `--compare PREV_DIR` the change from a previous run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.output.folder import Output
+from pipeline.output.formats import summary
+from pipeline.storage import Location
+
+EXAMPLES_PER_CODE = 3
+TOP = 10
+SAMPLE = 10
+
+
+@dataclass
+class RunData:
+    display: str
+    report: dict[str, Any]
+    rows: Any  # polars DataFrame of the committed rows
+    commits: list[dict[str, Any]]
+
+
+def load(url: str, storage_options: dict[str, Any] | None = None) -> RunData:
+    import polars as pl
+
+    out = Output(Location.of(url, storage_options))
+    state = out.job_state()
+    raw = out.loc.child("_report.json").cat()
+    report = json.loads(raw) if raw else {}
+    frames = []
+    for rec in state.records:
+        data = out.loc.child(rec["part"]).cat()
+        if rec["part"].endswith(".parquet"):
+            import io
+
+            frames.append(pl.read_parquet(io.BytesIO(data)))
+        else:
+            frames.append(pl.DataFrame([summary(json.loads(line)) for line in data.splitlines() if line.strip()]))
+    rows = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    return RunData(out.display, report, rows, state.records)
+
+
+def figures(d: RunData) -> dict[str, Any]:
+    """The numbers the page and the terminal show."""
+    import polars as pl
+
+    r, rows = d.report, d.rows
+    n = rows.height
+    errors = rows.filter(pl.col("error").is_not_null()) if n else rows
+    ok = rows.filter(pl.col("error").is_null()) if n else rows
+    prompt = int(ok["prompt_tokens"].sum() or 0) if n else 0
+    cached = int(ok["cached_tokens"].sum() or 0) if n and "cached_tokens" in ok.columns else 0
+    codes: dict[str, list[dict[str, Any]]] = {}
+    for row in errors.iter_rows(named=True):
+        e = row["error"]
+        examples = codes.setdefault(e["code"], [])
+        if len(examples) < EXAMPLES_PER_CODE:
+            examples.append({"custom_id": row["custom_id"], "where": f"{row.get('source_file')}:{e.get('line')}",
+                             "message": e["message"]})
+    counts = errors["error"].struct.field("code").value_counts().to_dicts() if errors.height else []
+    return {
+        "requests": n, "succeeded": ok.height, "failed": errors.height,
+        "errors_by_code": {c["code"]: c["count"] for c in sorted(counts, key=lambda c: -c["count"])},
+        "examples": codes,
+        "prompt_tokens": prompt, "completion_tokens": int(ok["completion_tokens"].sum() or 0) if n else 0,
+        "cached_tokens": cached, "cached_ratio": (cached / prompt) if prompt else 0.0,
+        "estimated_cost": float(rows["estimated_cost"].sum() or 0.0) if n else 0.0,
+        "price": r.get("price"), "wall_seconds": r.get("wall_seconds"),
+        "requests_per_second": r.get("requests_per_second"),
+        "generated_tokens_per_second": r.get("generated_tokens_per_second"),
+        "model": r.get("model"), "engines": r.get("engines"),
+    }
+
+
+def compare(now: dict[str, Any], before: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """(figure, before, now, change) for the figures a nightly regression shows in."""
+    out = []
+    for key, label in (("requests", "requests"), ("failed", "error rows"), ("prompt_tokens", "prompt tokens"),
+                       ("completion_tokens", "completion tokens"), ("estimated_cost", "estimated cost (USD)"),
+                       ("requests_per_second", "requests/s"), ("generated_tokens_per_second", "generated tokens/s"),
+                       ("cached_ratio", "prompt tokens from cache")):
+        a, b = before.get(key), now.get(key)
+        if key == "failed":
+            a = (a / before["requests"]) if before.get("requests") else None
+            b = (b / now["requests"]) if now.get("requests") else None
+            label = "error rate"
+        change = "" if not a or b is None else f"{(b - a) / a:+.1%}"
+        out.append((label, a, b, change))
+    return out
+
+
+def terminal_summary(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> str:
+    lines = [f"{d.display}: {f['requests']} requests, {f['succeeded']} ok, {f['failed']} failed"
+             + (f" on {f['model']}" if f["model"] else "")]
+    for code, count in f["errors_by_code"].items():
+        lines.append(f"  {code} ×{count}")
+        for ex in f["examples"].get(code, []):
+            lines.append(f"    {ex['custom_id']} ({ex['where']}): {_cut(ex['message'], 100)}")
+    lines.append(f"tokens: {f['prompt_tokens']} prompt ({f['cached_ratio']:.1%} from cache), "
+                 f"{f['completion_tokens']} completion; estimated cost ${f['estimated_cost']:.6f}")
+    if f["wall_seconds"]:
+        lines.append(f"last run: {f['wall_seconds']:.1f} s, {f['requests_per_second']} requests/s, "
+                     f"{f['generated_tokens_per_second']} generated tokens/s")
+    if prev is not None:
+        lines.append("compared with the previous run:")
+        lines += [f"  {label}: {_fmt(a)} → {_fmt(b)} {change}" for label, a, b, change in compare(f, prev)]
+    return "\n".join(lines)
+
+
+def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> str:
+    """The self-contained HTML report."""
+    import plotly.graph_objects as go
+    from plotly.offline import get_plotlyjs
+
+    charts: list[tuple[str, Any]] = []
+    rows = d.rows
+    ok = rows.filter(rows["error"].is_null()) if rows.height else rows
+    if ok.height:
+        charts.append(("Prompt tokens per request", go.Figure(go.Histogram(x=ok["prompt_tokens"].to_list(), nbinsx=40))))
+        charts.append(("Completion tokens per request", go.Figure(go.Histogram(x=ok["completion_tokens"].to_list(), nbinsx=40))))
+        reasons = ok["finish_reason"].fill_null("none").value_counts().sort("finish_reason")
+        charts.append(("Finish reasons", go.Figure(go.Bar(x=reasons["finish_reason"].to_list(), y=reasons["count"].to_list()))))
+    if f["errors_by_code"]:
+        charts.append(("Error rows by code", go.Figure(go.Bar(x=list(f["errors_by_code"]), y=list(f["errors_by_code"].values())))))
+    timeline = _timeline(d)
+    if timeline:
+        x, y = timeline
+        charts.append(("Rows finished over the run", go.Figure(go.Scatter(x=x, y=y, mode="lines"))))
+    per = _per_engine(ok)
+    if per is not None:
+        names = [f"engine {e}" for e in per["engine"]]
+        charts.append(("Requests per engine", go.Figure(go.Bar(x=names, y=per["rows"].to_list()))))
+        charts.append(("Generated tokens/s per engine (first to last answer)",
+                       go.Figure(go.Bar(x=names, y=per["tokens_per_second"].to_list()))))
+    charts.append(("Prompt tokens served from cache", go.Figure(go.Pie(
+        labels=["from cache", "computed"], values=[f["cached_tokens"], max(0, f["prompt_tokens"] - f["cached_tokens"])], hole=0.5))))
+    parts = []
+    for i, (title, fig) in enumerate(charts):
+        fig.update_layout(title=title, height=320, margin={"l": 40, "r": 20, "t": 50, "b": 40})
+        parts.append(f'<div class="chart">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart{i}")}</div>')
+    cards = "".join(f'<div class="card"><b>{html.escape(str(v))}</b><span>{html.escape(k)}</span></div>' for k, v in (
+        ("requests", f["requests"]), ("ok", f["succeeded"]), ("failed", f["failed"]),
+        ("prompt tokens", f["prompt_tokens"]), ("completion tokens", f["completion_tokens"]),
+        ("from cache", f"{f['cached_ratio']:.1%}"), ("estimated cost", f"${f['estimated_cost']:.6g}"),
+        ("requests/s", f["requests_per_second"] or "–"), ("generated tok/s", f["generated_tokens_per_second"] or "–")))
+    sections = [f"<h2>Summary</h2><div class='cards'>{cards}</div>",
+                f"<p>Model {html.escape(str(f['model']))}; price {html.escape(str(f['price']))}; engines {f['engines']}</p>"]
+    sections.append("<h2>Cost by price row</h2>" + _table(
+        ["model", "price row", "prompt tokens", "completion tokens", "estimated cost (USD)"],
+        [(f["model"], f["price"] or "none (no price known: pass --price-input/--price-output)",
+          f["prompt_tokens"], f["completion_tokens"], f"{f['estimated_cost']:.6g}")]))
+    if prev is not None:
+        sections.append("<h2>Change from the previous run</h2>" + _table(
+            ["figure", "previous", "this run", "change"], [(a, _fmt(b), _fmt(c), d) for a, b, c, d in compare(f, prev)]))
+    if f["examples"]:
+        sections.append("<h2>Errors by code, with examples</h2>" + _table(
+            ["code", "rows", "custom_id", "where", "message"],
+            [(code, f["errors_by_code"].get(code), ex["custom_id"], ex["where"], ex["message"])
+             for code, exs in f["examples"].items() for ex in exs]))
+    sections.append("<h2>Charts</h2>" + "".join(parts))
+    if ok.height:
+        sort_key = "engine_seconds" if "engine_seconds" in ok.columns and ok["engine_seconds"].drop_nulls().len() else "completion_tokens"
+        top = ok.sort(sort_key, descending=True, nulls_last=True).head(TOP)
+        sections.append(f"<h2>{'Slowest' if sort_key == 'engine_seconds' else 'Longest'} requests</h2>" + _table(
+            ["custom_id", sort_key, "prompt tokens", "completion tokens", "finish"],
+            [(r["custom_id"], r[sort_key], r["prompt_tokens"], r["completion_tokens"], r["finish_reason"])
+             for r in top.iter_rows(named=True)]))
+        sample = ok.sample(min(SAMPLE, ok.height), seed=0)
+        sections.append("<h2>A sample of outputs</h2>" + _table(
+            ["custom_id", "content"], [(r["custom_id"], _cut(r["content"] or "", 300)) for r in sample.iter_rows(named=True)]))
+    title = f"Run report: {d.display}"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<script>{get_plotlyjs()}</script>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} .cards{{display:flex;flex-wrap:wrap;gap:.8em}}
+.card{{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:8em}} .card b{{display:block;font-size:1.4em}}
+.card span{{color:#666}} table{{border-collapse:collapse;margin:.5em 0}} td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}}
+.chart{{display:inline-block;width:48%;min-width:420px}}</style></head>
+<body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>"""
+
+
+def _per_engine(ok):
+    """Rows and generated tokens/s of each engine, from the rows' engine and finish times."""
+    import polars as pl
+
+    if not ok.height or "engine" not in ok.columns or not ok["engine"].drop_nulls().len():
+        return None
+    per = ok.filter(pl.col("engine").is_not_null()).group_by("engine").agg(
+        pl.len().alias("rows"), pl.col("completion_tokens").sum().alias("tokens"),
+        ((pl.col("finished_at").max() - pl.col("finished_at").min()).dt.total_milliseconds() / 1000).alias("span"),
+    ).sort("engine")
+    return per.with_columns((pl.col("tokens") / pl.col("span").clip(lower_bound=1e-3)).round(1).alias("tokens_per_second"))
+
+
+def _timeline(d: RunData) -> tuple[list[str], list[int]] | None:
+    rows = d.rows
+    if rows.height and "finished_at" in rows.columns and rows["finished_at"].drop_nulls().len():
+        times = rows["finished_at"].drop_nulls().sort()
+        return [t.isoformat() for t in times.to_list()], list(range(1, times.len() + 1))
+    stamps = [(r.get("at"), r["rows"]) for r in d.commits if r.get("at")]
+    if not stamps:
+        return None
+    stamps.sort()
+    total, x, y = 0, [], []
+    for at, n in stamps:
+        total += n
+        x.append(at)
+        y.append(total)
+    return x, y
+
+
+def _table(head: list[str], body: list[tuple]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in body)
+    return f"<table><tr>{h}</tr>{rows}</table>"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

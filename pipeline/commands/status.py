@@ -1,0 +1,60 @@
+"""`pipeline status DIR`: where a job stands, read from its output folder without changing it:
+committed rows of total, parts, last commit, the writer holding the lease, and the command that
+finishes the job."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from typing import Any
+
+from pipeline.output.folder import Output
+from pipeline.output.lease import current, why_busy
+from pipeline.storage import Location
+
+
+def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = Output(Location.of(url, storage_options))
+    state = out.job_state()
+    attempts = state.manifest.get("attempts", [])
+    last = attempts[-1] if attempts else {}
+    committed = sum(r["rows"] for r in state.records)
+    holder = None
+    if not state.complete:
+        lease = current(out.loc)
+        holder = why_busy(lease, float((lease or {}).get("timeout", 60)))
+    stamps = [r["at"] for r in state.records if r.get("at")]
+    return {
+        "output": out.display,
+        "state": "complete" if state.complete else ("running" if holder else "stopped"),
+        "rows_committed": committed,
+        "rows_total": last.get("rows_total"),
+        "parts": len(state.records),
+        "last_commit": max(stamps) if stamps else None,
+        "attempts": len(attempts),
+        "writer": holder,
+        "command": last.get("command"),
+        "created": state.manifest.get("created"),
+    }
+
+
+def status_text(s: dict[str, Any]) -> str:
+    total = s["rows_total"]
+    share = f" of {total} ({100 * s['rows_committed'] / total:.1f}%)" if total else ""
+    lines = [f"{s['output']}: {s['state']}",
+             f"  rows committed: {s['rows_committed']}{share}",
+             f"  parts: {s['parts']}" + (f", last commit {s['last_commit']} ({_ago(s['last_commit'])})"
+                                        if s["last_commit"] else ""),
+             f"  attempts: {s['attempts']} (first started {s['created']})"]
+    if s["writer"]:
+        lines.append(f"  being written by {s['writer']}")
+    if s["state"] == "stopped" and s["command"]:
+        lines.append(f"  finish it with: {s['command']}")
+        if "--storage-option" in s["command"]:
+            lines.append("  (storage option values are not recorded: give them again)")
+    return "\n".join(lines)
+
+
+def _ago(stamp: str) -> str:
+    seconds = max(0, int(time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))))
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min ago" if seconds >= 3600 else f"{seconds // 60} min {seconds % 60} s ago"

@@ -1,0 +1,233 @@
+"""Moves Requests to engine workers and Results back; restarts dead engines and isolates
+the request that killed one.
+
+The dispatch logic is transport-agnostic: a pool of workers (local processes here, Ray actors
+in `ray_pool.py`) exposes submit / wait / restart, and the `Dispatcher` feeds every worker
+up to its window of requests as results come back, so a slow engine never holds the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pipeline.engines.base import Result
+from pipeline.records import Problem, Request
+
+log = logging.getLogger("pipeline")
+
+
+class EngineStartError(RuntimeError):
+    """An engine could not start at all (bad model, no memory, missing install), or died while
+    loading `max_start_tries` times in a row."""
+
+
+class TooManyRestarts(RuntimeError):
+    """Engines keep dying without a request to blame."""
+
+
+@dataclass
+class Event:
+    worker: int
+    kind: str  # "ready", "results", "died", "fatal"
+    payload: Any = None
+    output: str = ""  # for "died": the last lines the engine printed, where the pool keeps them
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a process ended, in words: "killed by SIGKILL (the OOM killer?)", "exited with code 1"."""
+    if exitcode is None:
+        return "ended (exit status unknown)"
+    if exitcode >= 0:
+        return f"exited with code {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    return f"killed by {name}" + (" (the OOM killer?)" if exitcode == -signal.SIGKILL else "")
+
+
+def _killed_core(text: str) -> str:
+    """vLLM's engine core process was killed by a signal while it loaded the model (its error
+    lists it with a negative exit code, e.g. "Failed core proc(s): {'EngineCore': -9}"): say so."""
+    found = re.search(r"Failed core proc\(s\): \{[^}]*?: (-\d+)", text)
+    return f"\nIts engine core process was {describe_exit(int(found[1]))}." if found else ""
+
+
+class Pool(Protocol):
+    size: int
+
+    def submit(self, worker: int, items: list[tuple[int, Request]]) -> None: ...
+    def wait(self, timeout: float) -> list[Event]: ...
+    def restart(self, worker: int) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Worker:
+    ready: bool = False
+    inflight: dict[int, Request] = field(default_factory=dict)
+    sent: dict[int, float] = field(default_factory=dict)  # seq -> when it was handed over
+    exclusive: bool = False  # running a suspect group alone
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Feeds requests to a pool and yields every (Request, Result) as it finishes, engine-crash
+    verdicts included; it calls nothing back, so it runs the same in memory in a test.
+
+    When an engine dies, the requests it held are re-run as a "suspect group" alone on one
+    engine; a group that kills an engine again is split in halves, and a single request that
+    kills an engine gets an `engine_crash` error instead of taking the batch down.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        window: int,
+        max_restarts: int = 50,
+        max_start_tries: int = 3,
+        chunk: int = 256,
+    ):
+        self.pool, self.window, self.chunk = pool, window, chunk
+        self.max_restarts, self.max_start_tries = max_restarts, max_start_tries
+        self.start_failures = [0] * pool.size  # per worker: deaths before ready, in a row
+        self.workers = [_Worker() for _ in range(pool.size)]
+        self.requeued: deque[Request] = deque()
+        self.suspects: deque[list[Request]] = deque()
+        self.restarts = 0
+        self.engine_info: dict[str, Any] = {}
+        self._seq = 0
+        self._ahead: Request | None = None  # taken from the source, not yet handed to an engine
+
+    def results(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result] | None]:
+        """(request, result) for every request, in the order they finish; None after each
+        wait for the engines (about every half second), so the caller can act on time."""
+        source: Iterator[Request] | None = iter(requests)
+        while True:
+            for i, w in enumerate(self.workers):
+                if w.ready and not w.exclusive:
+                    source = self._feed(i, w, source)
+            if source is None and self._ahead is None and not self.requeued and not self.suspects and not any(
+                w.inflight for w in self.workers
+            ):
+                return
+            for ev in self.pool.wait(timeout=0.5):
+                yield from self._handle(ev)
+            yield None
+
+    def _feed(self, i: int, w: _Worker, source: Iterator[Request] | None):
+        if self.suspects and not w.inflight:
+            group = self.suspects.popleft()
+            w.exclusive = True
+            self._submit(i, w, group)
+            return source
+        if len(w.inflight) > self.window // 2:
+            return source
+        batch: list[Request] = []
+        while (held := len(w.inflight) + len(batch)) < 2 * self.window:
+            if self.requeued:
+                if held >= self.window:
+                    break
+                batch.append(self.requeued.popleft())
+                continue
+            if source is None:
+                break
+            nxt = self._ahead if self._ahead is not None else next(source, None)
+            self._ahead = None
+            if nxt is None:
+                source = None
+                break
+            # past the window only to finish a prefix group (schedule.py): one engine computes its prefix
+            if held >= self.window and not (nxt.group and batch and nxt.group == batch[-1].group):
+                self._ahead = nxt
+                break
+            batch.append(nxt)
+        for start in range(0, len(batch), self.chunk):
+            self._submit(i, w, batch[start : start + self.chunk])
+        return source
+
+    def _submit(self, i: int, w: _Worker, reqs: list[Request]) -> None:
+        items = []
+        now = time.monotonic()
+        for req in reqs:
+            self._seq += 1
+            w.inflight[self._seq], w.sent[self._seq] = req, now
+            items.append((self._seq, req))
+        self.pool.submit(i, items)
+
+    def _handle(self, ev: Event) -> Iterator[tuple[Request, Result]]:
+        w = self.workers[ev.worker]
+        if ev.kind == "ready":
+            w.ready, w.info = True, ev.payload
+            self.start_failures[ev.worker] = 0
+            self.engine_info = ev.payload
+            log.info("engine %d ready: %s", ev.worker, ev.payload)
+        elif ev.kind == "results":
+            now = time.monotonic()
+            for res in ev.payload:
+                req = w.inflight.pop(res.seq, None)
+                if req is not None:
+                    res.engine, res.seconds = ev.worker, round(now - w.sent.pop(res.seq, now), 6)
+                    yield req, res
+            if w.exclusive and not w.inflight:
+                w.exclusive = False
+        elif ev.kind == "fatal":
+            raise EngineStartError(f"the engine could not start:\n{ev.payload}{_killed_core(str(ev.payload))}")
+        elif ev.kind == "died" and not w.ready:
+            self._start_failed(ev.worker, ev.payload, ev.output)
+        elif ev.kind == "died":
+            yield from self._died(ev.worker, w, ev.payload)
+
+    def _start_failed(self, i: int, reason: str, output: str) -> None:
+        """An engine died before it was ready (killed while loading the model, most often by the
+        OOM killer): it held no requests, and another load is likely to end the same way, so it
+        gets `max_start_tries` loads in a row, not the restart budget."""
+        self.start_failures[i] += 1
+        tries = self.start_failures[i]
+        if tries < self.max_start_tries:
+            log.warning("engine %d died while starting (%s); starting it again (try %d of %d)",
+                        i, reason, tries + 1, self.max_start_tries)
+            self.pool.restart(i)
+            return
+        shown = "\n".join("  " + line for line in output.splitlines())
+        raise EngineStartError(
+            f"engine {i} died while starting, {tries} times in a row (last: {reason})."
+            + (f"\nIts last output:\n{shown}" if shown else "")
+            + "\nHint: an engine killed while loading has usually run out of memory: free memory, or make the "
+            "engine smaller (fewer engines with --data-parallel-size, a lower --max-model-len or "
+            "--max-num-seqs, a smaller or quantized model); otherwise its output above says why."
+        )
+
+    def _died(self, i: int, w: _Worker, reason: str) -> Iterator[tuple[Request, Result]]:
+        held = list(w.inflight.values())
+        was_exclusive = w.exclusive
+        self.workers[i] = _Worker()
+        self.restarts += 1
+        log.warning("engine %d died (%s) holding %d request(s); restarting", i, reason, len(held))
+        if self.restarts > self.max_restarts:
+            self.requeued.extendleft(reversed(held))
+            raise TooManyRestarts(
+                f"engines died {self.restarts} times (last: {reason}); stopping. Committed output "
+                "is kept: rerun the same command to finish, or lower --max-num-seqs / check memory."
+            )
+        if not was_exclusive:
+            if held:
+                self.suspects.append(held)
+        elif len(held) == 1:
+            yield held[0], Result(0, error=Problem(
+                "engine_crash",
+                f"this request crashed the engine twice ({reason}); it was isolated so the batch "
+                "could go on. Check its parameters (e.g. seed on the CPU build) and rerun it alone.",
+            ), engine=i)
+        elif held:
+            half = len(held) // 2
+            self.suspects.extendleft([held[half:], held[:half]])
+        self.pool.restart(i)

@@ -1,0 +1,98 @@
+"""An instant engine for fast tests and I/O benchmarks: it echoes the last message back.
+
+Options (EngineSpec.options): `die_on` (a custom_id whose request kills the worker process,
+like a poison request kills a real engine), `die_at` (kill the process when this many requests
+have been added, once per marker file `die_marker`), `step_delay` (seconds per step),
+`log_file` (append every custom_id the engine receives, to check what a resume re-sends),
+`die_loading` (die while loading, before the worker reports ready: a signal name such as SIGKILL,
+as the OOM killer does, or an exit code), `load_log` (append a line at every load) and
+`die_loads` (with `load_log`: die only while this many loads have been logged, then load fine).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from pipeline.engines.base import EngineSpec, Result
+from pipeline.records import Request
+
+
+class FakeEngine:
+    def __init__(self, spec: EngineSpec):
+        self.opts = spec.options
+        self.info = {"model": spec.model, "max_model_len": self.opts.get("max_model_len", 4096),
+                     "platform": "fake", "pid": os.getpid()}
+        self.queue: list[Result] = []
+        self.added = 0
+        self._load()
+
+    def _load(self) -> None:
+        loads = 0
+        if self.opts.get("load_log"):
+            with open(self.opts["load_log"], "a+") as log:
+                log.write(f"load {os.getpid()}\n")
+                log.seek(0)
+                loads = len(log.readlines())
+        how = self.opts.get("die_loading")
+        if how is None or ("die_loads" in self.opts and loads > self.opts["die_loads"]):
+            return
+        print(f"fake engine: loading {self.info['model']} (load {loads}) ... out of memory", file=sys.stderr, flush=True)
+        if isinstance(how, str):
+            os.kill(os.getpid(), getattr(signal, how))
+            time.sleep(10)  # the signal is delivered before this ends
+        os._exit(int(how))
+
+    def add(self, items: list[tuple[int, Request]]) -> list[Result]:
+        if self.opts.get("log_file"):
+            with open(self.opts["log_file"], "a") as log:
+                log.write("".join(f"{req.custom_id}\n" for _, req in items))
+        for seq, req in items:
+            self.added += 1
+            if req.custom_id in self.opts.get("die_on", ()):
+                os._exit(86)
+            if self.opts.get("die_at") == self.added and self._claim_death():
+                os._exit(86)
+            text = _last_text(req)
+            prompt = sum(len(str(m.get("content") or "").split()) + 4 for m in req.messages)
+            budget = req.max_tokens or 16
+            words = text.split()[:budget]
+            choices = [
+                {"index": i, "content": " ".join(words), "tool_calls": None,
+                 "finish_reason": "length" if len(text.split()) > budget else "stop", "logprobs": None}
+                for i in range(req.n)
+            ]
+            self.queue.append(Result(seq, choices, prompt, len(words) * req.n, 0))
+        return []
+
+    def _claim_death(self) -> bool:
+        """Die only once per marker file, so that a restarted worker survives."""
+        marker = self.opts.get("die_marker")
+        if marker is None:
+            return True
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            return True
+        except FileExistsError:
+            return False
+
+    def step(self) -> list[Result]:
+        if self.opts.get("step_delay"):
+            time.sleep(self.opts["step_delay"])
+        done, self.queue = self.queue, []
+        return done
+
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def close(self) -> None:
+        self.queue = []
+
+
+def _last_text(req: Request) -> str:
+    content = req.messages[-1].get("content") or ""
+    if isinstance(content, list):
+        content = "\n".join(p["text"] for p in content)
+    return content

@@ -1,0 +1,345 @@
+"""The real engine: vLLM's offline `LLM`, fed continuously.
+
+Requests go in through `LLM.enqueue_chat` (the same rendering path as `LLM.chat`: the model's
+chat template, tools included) and come out of `llm_engine.step()` as each one finishes, so the
+engine always has the whole window of work and never waits on a batch barrier. Request fields
+are read by vLLM's own OpenAI `ChatCompletionRequest`, so sampling defaults, response_format and
+tool_choice mean what they mean in vLLM's OpenAI server. Imported only inside engine workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from typing import Any
+
+from pipeline.engines.base import EngineSpec, Result
+from pipeline.models.render import context_problem, engine_tools
+from pipeline.records import Problem, Request
+
+log = logging.getLogger("pipeline.engines")
+_PROMPT_LENGTH = re.compile(r"prompt \(length (\d+)\)")
+
+GiB = 1 << 30
+# Engines that the executor starts on this machine at once (it sets this in each engine's
+# environment), so that they share the memory that the CPU KV cache default is sized from.
+ENGINES_ENV = "PIPELINE_ENGINES_PER_NODE"
+
+try:
+    import vllm
+    from vllm import LLM
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.lora.request import LoRARequest
+    from vllm.platforms import current_platform
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+    from vllm.tool_parsers import ToolParserManager
+    from vllm.tool_parsers.utils import get_json_schema_from_tools
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError(
+        f"vLLM is not installed ({e}). Install the engine: `pip install -e .[gpu]` on a GPU machine, "
+        "`pip install -e .[cpu]` on CPU, or `make install`."
+    ) from e
+
+
+class VLLMEngine:
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.cpu = current_platform.is_cpu()
+        args = dict(spec.engine_args)
+        if args.get("enforce_eager") is None:
+            # On CPU, torch.compile warm-up costs minutes and gains nothing for small batches.
+            args["enforce_eager"] = self.cpu
+        args.setdefault("trust_remote_code", False)
+        dtype_reason = "--dtype" if args.get("dtype") else "the model's (vLLM's default)"
+        if self.cpu and not args.get("dtype"):
+            chosen = cpu_default_dtype(_cpu_flags())
+            if chosen is not None:
+                args["dtype"], dtype_reason = chosen, (
+                    "this CPU has no native bf16 (no avx512_bf16 or amx_bf16): vLLM would emulate it, "
+                    "several times slower than float32")
+        if self.cpu and _cpu_kv_cache_unset(args):
+            args["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(_cpu_available_memory(),
+                                                               int(os.environ.get(ENGINES_ENV) or 1))
+            log.info("CPU KV cache: %.2f GiB (set VLLM_CPU_KVCACHE_SPACE=<GiB> or --engine-arg "
+                     "kv_cache_memory_bytes=... to choose)", args["kv_cache_memory_bytes"] / GiB)
+        if self.cpu and spec.lora:
+            # vLLM's CPU LoRA ops pick each token's adapter weights by slot index, and the index of a
+            # request without adapter is -1: Python's last slot. One slot more than the adapters
+            # keeps that last slot empty (zero weights), so base-model requests batched with
+            # adapter requests run on the base model (slots fill from the first free one).
+            args["max_loras"] = max(args.get("max_loras") or 1, len(spec.lora)) + 1
+        self.llm = LLM(model=spec.model, **args)
+        self.engine = self.llm.llm_engine
+        # One LoRARequest per adapter (ids from 1, in --lora order), loaded now so that an adapter
+        # vLLM cannot read stops the engine at start, not one request in the middle of the run.
+        self.loras = {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(spec.lora.items(), 1)}
+        for lora in self.loras.values():
+            self.engine.add_lora(lora)
+        self.tokenizer = self.llm.get_tokenizer()
+        model_config = self.llm.model_config
+        self.max_model_len = model_config.max_model_len
+        self.defaults = model_config.get_diff_sampling_param()
+        self.tool_parser_name, self.tool_parser_cls = _tool_parser(spec.tool_parser, self.tokenizer)
+        self.inflight: dict[str, tuple[int, Request, ChatCompletionRequest, tuple[str, ...]]] = {}
+        self.info = {
+            "model": spec.model, "max_model_len": self.max_model_len,
+            "platform": "cpu" if self.cpu else current_platform.device_name,
+            "vllm": vllm.__version__, "enforce_eager": args["enforce_eager"],
+            "tool_parser": self.tool_parser_name, "pid": os.getpid(),
+            "kv_cache_memory_bytes": self.engine.vllm_config.cache_config.kv_cache_memory_bytes,
+            "dtype": str(model_config.dtype).removeprefix("torch."), "dtype_reason": dtype_reason,
+            "sampling_defaults": self.defaults, "lora": {n: r.lora_path for n, r in self.loras.items()},
+        }
+
+    # ---- requests in -----------------------------------------------------------------------
+    def add(self, items: list[tuple[int, Request]]) -> list[Result]:
+        refused = []
+        for seq, req in items:
+            try:
+                self._add(seq, req)
+            except _Refused as e:
+                refused.append(Result(seq, error=e.error, warnings=e.warnings))
+        return refused
+
+    def _add(self, seq: int, req: Request) -> None:
+        warnings: list[str] = []
+        try:
+            creq = chat_request(req)
+        except Exception as e:  # pydantic ValidationError: a field vLLM's API refuses
+            raise _Refused(Problem("invalid_parameter", f"vLLM refused the request: {_first_line(e)}")) from None
+        params = creq.to_sampling_params(req.max_tokens, self.defaults)
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        schema = get_json_schema_from_tools(
+            tool_choice=creq.tool_choice, tools=creq.tools, parallel_tool_calls=creq.parallel_tool_calls
+        ) if creq.tools else None
+        if schema is not None:  # tool_choice required or named: the call's JSON is enforced
+            params.structured_outputs = StructuredOutputsParams(json=schema)
+        if params.seed is not None and self.cpu and self.spec.seed_policy != "engine":
+            if self.spec.seed_policy == "error":
+                raise _Refused(Problem("unsupported_parameter",
+                                       "seed is not supported by the CPU build of vLLM (it crashes the "
+                                       "engine); drop it or run with --seed-on-cpu ignore", "seed"))
+            params.seed = None
+            warnings.append("seed ignored: the CPU build of vLLM cannot seed one request (it crashes the engine)")
+        try:
+            [rid] = self.llm.enqueue_chat(
+                [req.messages], [params], use_tqdm=False, tools=engine_tools(req),
+                lora_request=self.loras[req.adapter] if req.adapter else None,
+            )
+        except Exception as e:
+            raise _Refused(self._refusal(e), tuple(warnings)) from None
+        self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))
+
+    def _refusal(self, e: Exception) -> Problem:
+        """vLLM's refusal of a prompt, in our words: a prompt over the context gets the same
+        verdict (and message) that `estimate` and `validate` give it (chat_render.py)."""
+        message = _first_line(e)
+        length = _PROMPT_LENGTH.search(message)  # the input processor's form
+        tokens = int(length.group(1)) if length else None
+        param = getattr(e, "parameter", None)  # the renderer's: VLLMValidationError(parameter=...)
+        if param == "input_tokens" and isinstance(getattr(e, "value", None), int):
+            tokens = e.value
+        if tokens is not None or param in ("input_tokens", "input_text"):
+            problem = context_problem(tokens, self.info["max_model_len"], at_least="at least" in message)
+            if problem is not None:
+                return problem
+        return Problem("invalid_request", message, "messages")
+
+    # ---- results out -------------------------------------------------------------------------
+    def step(self) -> list[Result]:
+        done = []
+        for out in self.engine.step():
+            if not out.finished:
+                continue
+            seq, req, creq, warnings = self.inflight.pop(out.request_id)
+            try:
+                done.append(self._result(seq, req, creq, warnings, out))
+            except Exception as e:  # a bug in reading one output must not take the engine down
+                log.exception("reading the output of request %s failed", req.custom_id)
+                done.append(Result(seq, error=Problem("output_error", f"reading the engine's output failed: {_first_line(e)}"),
+                                   prompt_tokens=len(out.prompt_token_ids or ())))
+        return done
+
+    def _result(self, seq, req: Request, creq, warnings, out) -> Result:
+        choices = [self._choice(req, creq, c) for c in sorted(out.outputs, key=lambda c: c.index)]
+        return Result(
+            seq, choices,
+            prompt_tokens=len(out.prompt_token_ids or ()),
+            completion_tokens=sum(len(c.token_ids) for c in out.outputs),
+            cached_tokens=out.num_cached_tokens or 0,
+            warnings=warnings,
+        )
+
+    def _choice(self, req: Request, creq, c) -> dict[str, Any]:
+        parser = self.tool_parser_cls(self.tokenizer, creq.tools) if self.tool_parser_cls and req.tools else None
+        content, tool_calls, finish = read_tool_calls(c.text, c.finish_reason or "stop", req, creq, parser)
+        return {
+            "index": c.index, "content": content, "tool_calls": tool_calls, "finish_reason": finish,
+            "logprobs": self._logprobs(c, req.params.get("top_logprobs", 0)) if req.params.get("logprobs") else None,
+        }
+
+    def _logprobs(self, c, top_n: int) -> dict[str, Any] | None:
+        """vLLM's per-token {token_id: Logprob} (the sampled token plus the top ones) into
+        OpenAI's choice.logprobs.content: each token with its `top_n` most likely alternatives."""
+        if c.logprobs is None:
+            return None
+        content = []
+        for token_id, entries in zip(c.token_ids, c.logprobs, strict=True):
+            ranked = sorted((lp.rank, tid, lp) for tid, lp in entries.items() if lp.rank is not None)
+            content.append({
+                **self._token(token_id, entries.get(token_id)),
+                "top_logprobs": [self._token(tid, lp) for _, tid, lp in ranked[:top_n]],
+            })
+        return {"content": content}
+
+    def _token(self, token_id: int, lp) -> dict[str, Any]:
+        text = lp.decoded_token if lp is not None and lp.decoded_token is not None else self.tokenizer.decode([token_id])
+        return {"token": text, "logprob": float(lp.logprob) if lp is not None else None,
+                "bytes": list(text.encode("utf-8", errors="replace"))}
+
+    def pending(self) -> int:
+        return len(self.inflight)
+
+    def close(self) -> None:
+        self.inflight.clear()
+        self.engine.engine_core.shutdown()  # LLM has no shutdown of its own in vLLM 0.32
+
+
+def read_tool_calls(text: str, finish: str, req: Request, creq, parser) -> tuple[str | None, list | None, str]:
+    """(content, tool_calls, finish_reason) of one choice, the way vLLM's OpenAI server reads it:
+    a named function's text is its arguments; `required` produced a JSON list of calls; `auto`
+    calls are parsed out of the text by the model family's tool parser."""
+    choice = req.tool_choice
+    if isinstance(choice, dict):
+        return None, [_call(choice["function"]["name"], text)], finish
+    if choice == "required":
+        calls = _loads(text)
+        if isinstance(calls, list):
+            return None, [_call(k.get("name"), json.dumps(k.get("parameters", {}), ensure_ascii=False))
+                          for k in calls if isinstance(k, dict)], "tool_calls" if finish == "stop" else finish
+        return text, None, finish
+    if req.tools and choice in (None, "auto") and parser is not None:
+        parsed = parser.extract_tool_calls(text, creq)
+        if parsed.tools_called:
+            calls = [_call(t.function.name, t.function.arguments, t.id) for t in parsed.tool_calls]
+            return parsed.content or None, calls, "tool_calls"
+    return text, None, finish
+
+
+def chat_request(req: Request) -> ChatCompletionRequest:
+    """The request as vLLM's OpenAI protocol model (what its server would have built)."""
+    return ChatCompletionRequest.model_validate(_body(req))
+
+
+class _Refused(Exception):
+    def __init__(self, error: Problem, warnings: tuple[str, ...] = ()):
+        super().__init__(error.message)
+        self.error, self.warnings = error, warnings
+
+
+def _body(req: Request) -> dict[str, Any]:
+    """The request as vLLM's OpenAI layer reads it (already validated by us)."""
+    body: dict[str, Any] = {"model": "batch", "messages": req.messages, **req.params}
+    body.pop("max_tokens", None), body.pop("max_completion_tokens", None)
+    if "logit_bias" in body:
+        body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
+    if "top_logprobs" in body and not body.get("logprobs"):
+        body.pop("top_logprobs")
+    for key in ("tools", "tool_choice", "response_format", "user"):
+        value = getattr(req, key)
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def _external_id(rid: str) -> str:
+    """enqueue_chat returns the engine's internal id, `<external>-<8 random chars>`; outputs
+    carry the external one (an integer string from the LLM's own counter)."""
+    head, _, tail = rid.rpartition("-")
+    return head if head.isdigit() and len(tail) == 8 else rid
+
+
+def _call(name: str | None, arguments: str, call_id: str | None = None) -> dict[str, Any]:
+    return {"id": call_id or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def cpu_default_dtype(flags: set[str]) -> str | None:
+    """The dtype a CPU engine should compute in when none is given: float32 on an x86 CPU without
+    native bf16 (vLLM's default bf16 is then emulated: 507 s against 120 s for the same 40 requests
+    on such a machine, see issue 11), else None (the model's dtype, vLLM's default)."""
+    x86 = "avx2" in flags or "avx512f" in flags or "sse4_2" in flags
+    if x86 and not flags & {"avx512_bf16", "amx_bf16"}:
+        return "float32"
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_kv_cache_bytes(available: int, engines: int = 1, *, share: float = 0.3, cap: int = 4 * GiB) -> int:
+    """The KV cache each CPU engine gets when nobody chose one: `share` of the memory available
+    now (capped at `cap`), split between the `engines` that start together, in whole MiB.
+
+    Without a size, vLLM's CPU build reserves `gpu_memory_utilization` (0.92) of the whole NUMA
+    node and refuses to start when less than that is free, which a few GiB of page cache cause.
+    """
+    per_engine = min(cap, int(available * share)) // max(1, engines)
+    return max(per_engine >> 20, 1) << 20
+
+
+def _cpu_kv_cache_unset(args: dict[str, Any]) -> bool:
+    """Neither the user (VLLM_CPU_KVCACHE_SPACE, as vLLM reads it, or an engine argument that
+    sizes the cache) nor vLLM's own `gpu_memory_utilization`, when given, decides the size."""
+    return (os.environ.get("VLLM_CPU_KVCACHE_SPACE", "") == ""
+            and args.get("kv_cache_memory_bytes") is None and args.get("gpu_memory_utilization") is None)
+
+
+def _cpu_available_memory() -> int:
+    """Memory available to the engine now, as vLLM's CPU worker counts it (free memory, page
+    cache and reclaimable slabs of the NUMA node it runs on, within the cgroup's limit)."""
+    from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
+
+    try:
+        return get_memory_node_info(get_allowed_cpu_list()[0].numa_node).available_memory
+    except Exception:  # no lscpu, an unusual /sys: the machine-wide figure
+        import psutil
+
+        return psutil.virtual_memory().available
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split("\n")[:3])[:500]
+
+
+def _tool_parser(name: str | None, tokenizer):
+    """The vLLM tool parser for tool_choice "auto": the one asked for, else the format the
+    tokenizer knows (Llama 3.1's JSON calls when it has <|python_tag|>, else Hermes tags)."""
+    if name:
+        try:
+            cls = ToolParserManager.get_tool_parser(name)
+            cls(tokenizer)
+        except Exception as e:
+            raise ValueError(f"--tool-call-parser {name!r} cannot be used with this model: {_first_line(e)}") from None
+        return name, cls
+    name = "llama3_json" if "<|python_tag|>" in tokenizer.get_vocab() else "hermes"
+    return name, ToolParserManager.get_tool_parser(name)

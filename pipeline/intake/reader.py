@@ -1,0 +1,400 @@
+"""Reading input files: a scan (rows, integrity, content digest) and a stream of raw rows.
+
+`read_rows` yields `(line, row)` where row is the decoded JSON value or a `Problem` saying why
+the line cannot be read. It is total: whatever the bytes, each non-blank line gives exactly one
+item, so one bad line can never stop a job. What cannot be read to its end gives one file-level
+problem at the line where it broke:
+
+- a compressed file is decompressed in full by `scan` before any of its rows runs; a corrupt or
+  truncated one gives a single `unreadable_file` row and none of its (possibly garbage) lines;
+- a Parquet file whose pages break mid-way gives its rows up to the break, then that row;
+- transient storage errors while reading are retried by reopening the file and skipping the
+  lines already read; past the retries the run stops resumable (StorageError, exit 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fsspec.spec import AbstractBufferedFile
+
+from pipeline import storage
+from pipeline.intake.sources import InputFile
+from pipeline.records import FailedRequest, Problem, default_id, is_text
+from pipeline.storage import StorageError, is_transient
+
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a first pass over a file found."""
+
+    rows: int | None  # lines (JSON lines) or rows (Parquet); None where not counted
+    broken: Problem | None = None  # the file cannot be read to its end
+    broken_line: int = 0
+    digest: str | None = None  # sha256 of the file's bytes (--verify-content)
+
+
+def scan(file: InputFile, *, digest: bool = False) -> Scan:
+    """Count a file's rows where that is cheap or needed, verify compressed files end to end,
+    and hash the content when asked. Remote plain files are only read with `digest`."""
+    if file.format == "parquet":
+        return _scan_parquet(file, digest)
+    if file.format in ("csv", "arrow"):
+        return _scan_table(file, digest)
+    if file.compression is None and not file.location.local and not digest:
+        return Scan(None)
+    hasher = hashlib.sha256() if digest else None
+    lines, last = 0, b"\n"
+    try:
+        with file.location.open("rb") as raw:
+            source = _Hashing(raw, hasher) if hasher else raw
+            stream = _decompressed(source, file.compression)
+            while chunk := stream.read(1 << 22):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+    except StorageError:
+        raise
+    except Exception as e:  # corrupt or truncated compressed data
+        return Scan(None, _unreadable(file, lines + 1, e), lines + 1)
+    return Scan(lines + (last != b"\n"), digest=hasher.hexdigest() if hasher else None)
+
+
+def _content_digest(file: InputFile) -> str:
+    """sha256 of the file's bytes as stored (--verify-content), read in a pass of its own."""
+    hasher = hashlib.sha256()
+    with file.location.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _scan_parquet(file: InputFile, digest: bool) -> Scan:
+    import pyarrow.parquet as pq
+
+    found = _content_digest(file) if digest else None
+    try:
+        with file.location.open("rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+    except StorageError:
+        raise
+    except Exception as e:
+        return Scan(None, _unreadable(file, 1, e), 1, found)
+    return Scan(rows, digest=found)
+
+
+def read_rows(file: InputFile, found: Scan | None = None, *,
+              max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line, decoded row or Problem) for every non-blank line, Parquet row or CSV record (its
+    line is the record's number, the header not counted) of a file. `raw`: Parquet rows as their
+    columns, nulls kept (template jobs), not read as requests."""
+    if found is not None and found.broken is not None:
+        yield found.broken_line, found.broken
+        return
+    if file.format == "parquet":
+        read = _parquet_table_rows if raw else _parquet_rows
+    else:
+        read = _table_rows if file.format in ("csv", "arrow") else _jsonl_rows
+    done, tries = 0, 0
+    while True:
+        try:
+            for line, row in read(file, done, max_line_bytes):
+                done = line
+                yield line, row
+            return
+        except StorageError:
+            raise
+        except Exception as e:
+            if is_transient(e) and tries < len(storage.RETRY_DELAYS):
+                time.sleep(storage.RETRY_DELAYS[tries])
+                tries += 1  # reopen and skip what was read
+                continue
+            if is_transient(e):
+                raise StorageError(f"reading {file.display} failed at line {done + 1}: {e}") from None
+            yield done + 1, _unreadable(file, done + 1, e)
+            return
+
+
+def read_all(files: Sequence[InputFile], scans: Sequence[Scan] | None = None, *,
+             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[str, int, Any]]:
+    """(source_file, line, row or FailedRequest) over every input file, in order: the stream that
+    `requests.validate_rows` (or, with `raw`, `templates.render_rows`) turns into requests."""
+    for i, file in enumerate(files):
+        name = file.display
+        for line, row in read_rows(file, scans[i] if scans else None, max_line_bytes=max_line_bytes, raw=raw):
+            if isinstance(row, Problem):
+                row = FailedRequest.of(row, default_id(name, line), name, line)
+            yield name, line, row
+
+
+def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int) -> Iterator[tuple[int, Any]]:
+    with file.location.open("rb") as raw:
+        f = _decompressed(raw, file.compression)
+        line = 0
+        while True:
+            data = f.readline(max_line_bytes + 1)
+            if not data:
+                return
+            line += 1
+            long = len(data) > max_line_bytes and not data.endswith(b"\n")
+            while long and data and not data.endswith(b"\n"):  # skip the rest of the line
+                data = f.readline(1 << 20)
+            if line <= skip:
+                continue
+            if long:
+                yield line, Problem("line_too_long", f"the line is longer than {max_line_bytes} bytes; "
+                                    "split the request or raise --max-line-bytes")
+                continue
+            if line == 1 and data.startswith(_BOM):
+                data = data[len(_BOM):]
+            if data.strip():
+                yield line, decode_line(data)
+
+
+def _decompressed(raw, compression: str | None):
+    """A readable binary stream of the file's decompressed bytes that takes a readline size."""
+    if compression is None:
+        stream = raw
+    elif compression == "gzip":
+        import gzip
+
+        stream = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif compression == "bz2":
+        import bz2
+
+        stream = bz2.BZ2File(raw, "rb")
+    elif compression == "xz":
+        import lzma
+
+        stream = lzma.LZMAFile(raw, "rb")
+    else:
+        import zstandard
+
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    # zstd's reader and fsspec's remote files take no readline size: give them a buffer that does
+    if compression == "zstd" or isinstance(stream, AbstractBufferedFile):
+        return io.BufferedReader(stream, 1 << 20)
+    return stream
+
+
+def decode_line(data: bytes) -> Any:
+    """One JSON line to a value or a Problem: never raises, whatever the bytes."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Problem("invalid_utf8", f"the line is not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return Problem("invalid_json", f"invalid JSON at column {e.colno}: {e.msg}")
+    except RecursionError:
+        return Problem("invalid_json", "the JSON is nested too deeply to read; flatten the request")
+    except ValueError as e:  # e.g. an integer longer than Python's digit limit
+        return Problem("invalid_json", f"invalid JSON: {str(e)[:200]}")
+    if _SURROGATE_ESCAPE.search(data):
+        where = lone_surrogate(value)
+        if where is not None:
+            return Problem("invalid_utf8", f"{where} holds a lone surrogate escape (\\ud800-\\udfff), "
+                           "which is not text; fix the encoding of the file that wrote it", where)
+    return value
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The path of the first string (or key) that is not valid Unicode text, else None."""
+    stack: list[tuple[str, Any]] = [("line", value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            if not is_text(v):
+                return path
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                if not is_text(k):
+                    return f"{path} (a field name)"
+                stack.append((k if path == "line" else f"{path}.{k}", item))
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(v))
+    return None
+
+
+def _unreadable(file: InputFile, line: int, e: BaseException) -> Problem:
+    what = " ".join(str(e).split())[:200] or type(e).__name__
+    kind = "compressed " if file.compression else ""
+    return Problem("unreadable_file",
+                   f"{file.display} cannot be read to its end: the {kind}data breaks at line {line} "
+                   f"({type(e).__name__}: {what}). No row of it after that point was run. "
+                   "Re-create or re-upload the file, then rerun with --overwrite.")
+
+
+class _Hashing(io.RawIOBase):
+    """A read-through stream that hashes what passes."""
+
+    def __init__(self, raw, hasher):
+        self.raw, self.hasher = raw, hasher
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.raw.read(len(b))
+        self.hasher.update(data)
+        b[: len(data)] = data
+        return len(data)
+
+
+# ---- Parquet ----------------------------------------------------------------------------------
+def _parquet_rows(file: InputFile, skip: int, _max_line_bytes: int, batch_size: int = 1024):
+    import pyarrow.parquet as pq
+
+    with file.location.open("rb") as f:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        body_is_text = "body" in names and str(pf.schema_arrow.field("body").type) in ("string", "large_string")
+        for line, row in _numbered(pf.iter_batches(batch_size=batch_size), skip):
+            yield line, _parquet_row(row, body_is_text)
+
+
+def _parquet_row(row: dict[str, Any], body_is_text: bool) -> Any:
+    """Parquet rows: a `body` column (JSON text or struct) or the request fields as columns.
+
+    Null columns mean "not set" (Parquet has no absent field), so they are dropped.
+    """
+    if "body" not in row:
+        return _drop_nulls(row)
+    body = row["body"]
+    if body_is_text and isinstance(body, str):
+        body = decode_line(body.encode("utf-8", "surrogatepass"))
+        if isinstance(body, Problem):
+            return Problem(body.code, f"column body: {body.message}", "body")
+    out = {k: v for k, v in row.items() if v is not None and k != "body"}
+    out["body"] = _drop_nulls(body)
+    if "url" not in out and "method" not in out and isinstance(out["body"], dict):
+        return {**out.pop("body"), **out}  # a body column alone is a bare body with an id
+    return out
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def _parquet_table_rows(file: InputFile, skip: int, _max_line_bytes: int, batch_size: int = 1024):
+    """A Parquet file's rows as they are: every column, nulls kept (a table, not requests)."""
+    import pyarrow.parquet as pq
+
+    with file.location.open("rb") as f:
+        yield from _numbered(pq.ParquetFile(f).iter_batches(batch_size=batch_size), skip)
+
+
+# ---- CSV ----------------------------------------------------------------------------------------
+CSV_BLOCK = 1 << 22  # types are inferred from the first block (4 MiB), by pyarrow
+
+
+def open_csv(stream):
+    """pyarrow's streaming CSV reader, the same way everywhere (types from the first block)."""
+    import pyarrow.csv as pcsv
+
+    return pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
+                         convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+
+
+def _table_batches(file: InputFile, raw):
+    """Record batches of a CSV file (streamed) or an Arrow IPC file (a Hugging Face dataset's
+    save_to_disk writes the stream format; the file format is read too)."""
+    if file.format == "csv":
+        return open_csv(_decompressed(raw, file.compression))
+    import pyarrow as pa
+
+    head = raw.read(6)
+    raw.seek(0)
+    if head != b"ARROW1":
+        return pa.ipc.open_stream(raw)  # iterable, with .schema
+    reader = pa.ipc.open_file(raw)
+    return _Batches(reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches)))
+
+
+class _Batches:
+    def __init__(self, schema, batches):
+        self.schema, self._batches = schema, batches
+
+    def __iter__(self):
+        return iter(self._batches)
+
+
+def _scan_table(file: InputFile, digest: bool) -> Scan:
+    found = _content_digest(file) if digest else None
+    rows = 0
+    try:
+        with file.location.open("rb") as raw:
+            for batch in _table_batches(file, raw):
+                rows += batch.num_rows
+    except StorageError:
+        raise
+    except Exception as e:
+        return Scan(None, _unreadable(file, rows + 1, e), rows + 1, found)
+    return Scan(rows, digest=found)
+
+
+def _table_rows(file: InputFile, skip: int, _max_line_bytes: int):
+    with file.location.open("rb") as raw:
+        yield from _numbered(_table_batches(file, raw), skip)
+
+
+def _numbered(batches, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number from 1, row) of record batches, without the first `skip` rows (a batch
+    wholly before them is not even converted)."""
+    line = 0
+    for batch in batches:
+        if line + batch.num_rows <= skip:
+            line += batch.num_rows
+            continue
+        for row in batch.to_pylist():
+            line += 1
+            if line > skip:
+                yield line, row
+
+
+def input_schema(file: InputFile, sample_rows: int = 1000):
+    """The Arrow schema of a table file: Parquet's own, CSV's as pyarrow infers it from the first
+    block, JSON lines' as inferred from the first `sample_rows` objects (a column whose values
+    disagree in type is a string column)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if file.format == "parquet":
+        with file.location.open("rb") as f:
+            return pq.ParquetFile(f).schema_arrow
+    if file.format in ("csv", "arrow"):
+        with file.location.open("rb") as raw:
+            return _table_batches(file, raw).schema
+    rows = []
+    for _, row in _jsonl_rows(file, 0, DEFAULT_MAX_LINE_BYTES):
+        if isinstance(row, dict):
+            rows.append(row)
+        if len(rows) >= sample_rows:
+            break
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    fields = []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            dtype = pa.array(values).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            dtype = pa.string()
+        fields.append(pa.field(name, pa.string() if pa.types.is_null(dtype) else dtype))
+    return pa.schema(fields)

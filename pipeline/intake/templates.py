@@ -1,0 +1,314 @@
+"""Template jobs: requests made from the rows of any table (Parquet, CSV, JSON lines).
+
+`--template-user` (and `--template-system`) are Jinja2 templates over the row's columns; the
+sampling fields come from `--sample KEY=VALUE` (set once) and `--sample-column KEY=COLUMN` (per
+row); `--response-schema FILE` becomes the request's `response_format`. The body made here is
+validated by `requests.parse_row`, like a request file's, and `validate`, `estimate`, `run` and
+`--dry-run` all read their requests through `request_stream`, so they never disagree.
+
+A column the template needs that is missing from the row, or null in it, gives that row a
+`template_error` naming the column: never a crash. (A condition such as `{% if hint %}` on a null
+column is false; printing it is the error.) A row's identity for resume stays its file and row
+number; `--id-column` names the column whose value is the row's `custom_id`.
+
+Output columns (`Layout`): the output schema (`schema.OUTPUT_SCHEMA`), then, with
+`--response-schema`, one typed column per property of the schema and `parse_error`, then the
+carried input columns with their input types. Name clashes: the pipeline's own columns keep
+their names; a response property whose name is taken is written as `response_<name>`; a carried
+column whose name is taken (by either) as `input_<name>` (prefixes repeat until the name is free).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.intake.requests import BODY_FIELDS, Context, SeenIds, parse_row
+from pipeline.intake.shapes import BARE
+from pipeline.intake.sources import InputFile
+from pipeline.output import structured
+from pipeline.output.layout import Layout
+from pipeline.records import FailedRequest, Request, default_id, short
+
+TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2", ".tmpl", ".txt", ".md")  # a value like these is a file
+OPTION_NAMES = ("template_user", "template_system", "template_turns", "sample", "sample_column", "response_schema",
+                "id_column", "carry", "carry_all", "explode_choices")
+_UNDEFINED = re.compile(r"'([^']*)' is undefined|has no attribute '([^']*)'|no element '?([^']*?)'?$")
+
+
+def _text_or_file(value: str, option: str) -> str:
+    """FILE_OR_TEXT: a path to an existing file is read; a single word ending in a template
+    suffix (.j2, .txt...) must be one; anything else is the template itself."""
+    if "{{" not in value and "{%" not in value and "\n" not in value and len(value) < 4096:
+        path = Path(value).expanduser()
+        if path.is_file():
+            try:
+                return path.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"{option} {value}: cannot read the template file ({e})") from None
+        if not any(c.isspace() for c in value) and value.lower().endswith(TEMPLATE_SUFFIXES):
+            raise ValueError(f"{option} {value}: no such template file")
+    return value
+
+
+def _environment():
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    class Missing(StrictUndefined):
+        """False in conditions (`{% if col %}` works on a null column); printing or iterating it
+        is an error naming the column."""
+
+        __slots__ = ()
+
+        def __bool__(self) -> bool:
+            return False
+
+    env = SandboxedEnvironment(undefined=Missing, autoescape=False, keep_trailing_newline=False)
+    env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent, default=str)
+    return env
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    user: str
+    system: str | None = None
+    turns: str | None = None  # renders a JSON/YAML list of earlier messages
+    sample: dict[str, Any] = field(default_factory=dict)
+    sample_column: dict[str, str] = field(default_factory=dict)
+    response_schema: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    id_column: str | None = None
+    carry: tuple[str, ...] = ()
+    carry_all: bool = False
+    explode: bool = False
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> TemplateSpec | None:
+        """The spec from the options' values, or None for a job of request files. Raises
+        ValueError for what the user must fix (a template that does not compile, ...)."""
+        user = values.get("template_user")
+        if not user:
+            given = [n for n in OPTION_NAMES if values.get(n) not in (None, False, (), {}, "")]
+            if given:
+                raise ValueError(f"--{given[0].replace('_', '-')} needs --template-user (a template job "
+                                 "makes its requests from table rows)")
+            return None
+        sample = dict(values.get("sample") or {})
+        sample_column = {k: str(v) for k, v in dict(values.get("sample_column") or {}).items()}
+        allowed = BODY_FIELDS - {"messages", "response_format", "model"}
+        for key in [*sample, *sample_column]:
+            if key not in allowed:
+                raise ValueError(f"--sample/--sample-column {key}: not a sampling field of a chat request "
+                                 f"(one of {', '.join(sorted(allowed - {'stream', 'stream_options', 'store', 'metadata', 'service_tier', 'parallel_tool_calls'}))})")
+        schema = fmt = None
+        if values.get("response_schema"):
+            path = Path(values["response_schema"]).expanduser()
+            try:
+                text = path.read_text()
+            except OSError as e:
+                raise ValueError(f"--response-schema {path}: cannot read it ({e.strerror or e})") from None
+            try:
+                data = _json_or_yaml(text)
+            except ValueError as e:
+                raise ValueError(f"--response-schema {path} is neither JSON nor YAML: {e}") from None
+            schema, fmt = structured.load_schema(data, f"--response-schema {path}")
+        spec = cls(
+            user=_text_or_file(user, "--template-user"),
+            system=_text_or_file(values["template_system"], "--template-system") if values.get("template_system") else None,
+            turns=_text_or_file(values["template_turns"], "--template-turns") if values.get("template_turns") else None,
+            sample=sample, sample_column=sample_column, response_schema=schema, response_format=fmt,
+            id_column=values.get("id_column") or None, carry=tuple(values.get("carry") or ()),
+            carry_all=bool(values.get("carry_all")), explode=bool(values.get("explode_choices")),
+        )
+        spec.compiled()  # a syntax error is the user's to fix before anything runs
+        return spec
+
+    def compiled(self):
+        from jinja2 import TemplateSyntaxError
+
+        env = _environment()
+        out = []
+        for option, text in (("--template-system", self.system), ("--template-turns", self.turns),
+                             ("--template-user", self.user)):
+            if text is None:
+                out.append(None)
+                continue
+            try:
+                out.append(env.from_string(text))
+            except TemplateSyntaxError as e:
+                raise ValueError(f"{option}: the template does not compile: {e.message} (line {e.lineno})") from None
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What changes the rows beyond the option values: the templates' and schema's text."""
+        return {"user": self.user, "system": self.system, "turns": self.turns,
+                "response_format": self.response_format}
+
+    # ---- columns ------------------------------------------------------------------------------
+    def layout(self, files: Sequence[InputFile]) -> Layout:
+        """The output columns for these inputs; raises ValueError for a --carry column that no
+        input has or whose types disagree between files."""
+        from pipeline.intake.reader import input_schema
+        from pipeline.schema import OUTPUT_SCHEMA
+
+        types: dict[str, pa.DataType] = {}
+        if self.carry or self.carry_all:
+            for f in files:
+                try:
+                    found = input_schema(f)
+                except Exception as e:  # an unreadable file gets its error rows when read
+                    if isinstance(e, ValueError) and "carry" in str(e):
+                        raise
+                    continue
+                for fld in found:
+                    dtype = fld.type.value_type if pa.types.is_dictionary(fld.type) else fld.type
+                    if pa.types.is_null(dtype):
+                        dtype = pa.string()
+                    if fld.name in types and types[fld.name] != dtype:
+                        try:
+                            dtype = pa.unify_schemas([pa.schema([pa.field("x", types[fld.name])]),
+                                                      pa.schema([pa.field("x", dtype)])],
+                                                     promote_options="permissive").field("x").type
+                        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                            raise ValueError(f"--carry: column {fld.name!r} is {types[fld.name]} in one input "
+                                             f"and {dtype} in {f.display}; make the inputs agree") from None
+                    types[fld.name] = dtype
+        names = list(types) if self.carry_all else list(dict.fromkeys(self.carry))
+        unknown = [n for n in names if n not in types]
+        if unknown:
+            raise ValueError(f"--carry {unknown[0]}: no input has this column (columns: "
+                             f"{', '.join(list(types)[:20]) or 'none'})")
+        taken = set(OUTPUT_SCHEMA.names) | ({"choice_index"} if self.explode else set())
+        response = []
+        if self.response_schema is not None:
+            taken.add("parse_error")
+            for prop, dtype in structured.fields(self.response_schema):
+                col = _free(prop, "response_", taken)
+                taken.add(col)
+                response.append((prop, col, dtype))
+        carried = []
+        for name in names:
+            col = _free(name, "input_", taken)
+            taken.add(col)
+            carried.append((name, col, types[name]))
+        return Layout(tuple(carried), tuple(response), self.response_schema, self.explode,
+                      check_types=any(f.format == "jsonl" for f in files))
+
+    # ---- rows -> requests ---------------------------------------------------------------------
+    def render_rows(self, rows: Iterable[tuple[str, int, Any]], ctx: Context,
+                    layout: Layout | None = None) -> Iterator[Request | FailedRequest]:
+        """(source_file, line, table row or FailedRequest) -> Request | FailedRequest, in order."""
+        system, turns, user = self.compiled()
+        seen = SeenIds()
+        for source_file, line, row in rows:
+            if isinstance(row, FailedRequest):
+                yield row
+                continue
+            warnings: list[str] = []
+            carried = layout.carry(row, warnings) if layout and isinstance(row, dict) else None
+            item = self._one(row, source_file, line, ctx, system, turns, user)
+            if isinstance(item, Request):
+                if self.id_column and seen.add(item.custom_id):
+                    item = FailedRequest(item.custom_id, source_file, line, "duplicate_custom_id",
+                                    f"--id-column {self.id_column}: {short(item.custom_id)} appears earlier in "
+                                    "the input; every row needs its own id", self.id_column, item.user)
+                else:
+                    item = replace(item, warnings=item.warnings + tuple(warnings))
+            yield replace(item, carried=carried) if carried is not None else item
+
+    def _one(self, row: Any, source_file: str, line: int, ctx: Context, system, turns, user) -> Request | FailedRequest:
+        custom_id = default_id(source_file, line)
+
+        def error(message: str, param: str | None = None, code: str = "template_error") -> FailedRequest:
+            return FailedRequest(custom_id, source_file, line, code, message, param)
+
+        if not isinstance(row, dict):
+            return error(f"a table row must be an object of columns, got {short(row)}", None, "invalid_row")
+        if self.id_column:
+            value = row.get(self.id_column)
+            if value is None:
+                return error(f"--id-column {self.id_column}: the column is "
+                             f"{'null' if self.id_column in row else 'missing'} in this row", self.id_column)
+            custom_id = value if isinstance(value, str) else json.dumps(value, default=str)
+        columns = {k: v for k, v in row.items() if v is not None}
+        context = {"row": columns, **columns}
+        messages = []
+        for role, template, option in (("system", system, "--template-system"), ("turns", turns, "--template-turns"),
+                                       ("user", user, "--template-user")):
+            if template is None:
+                continue
+            try:
+                text = template.render(context)
+            except Exception as e:
+                return error(*_template_problem(e, row, option))
+            if role != "turns":
+                messages.append({"role": role, "content": text})
+                continue
+            earlier = _turns(text)
+            if isinstance(earlier, str):
+                return error(f"--template-turns: {earlier}", None)
+            messages.extend(earlier)
+        body: dict[str, Any] = {"custom_id": custom_id, "messages": messages, **self.sample}
+        for key, column in self.sample_column.items():
+            if column not in row:
+                return error(f"--sample-column {key}={column}: the row has no column {column!r}", column)
+            if row[column] is not None:
+                body[key] = row[column]
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
+        item = parse_row(body, source_file=source_file, line=line, ctx=ctx, shape=BARE)
+        return item
+
+
+def _template_problem(e: Exception, row: dict[str, Any], option: str) -> tuple[str, str | None]:
+    from jinja2 import UndefinedError
+
+    if isinstance(e, UndefinedError):
+        m = _UNDEFINED.search(str(e))
+        name = next((g for g in m.groups() if g), None) if m else None
+        if name is not None:
+            state = "null" if name in row else "missing"
+            return (f"{option}: the template needs column {name!r}, which is {state} in this row", name)
+        return f"{option}: {short(str(e), 200)}", None
+    return f"{option}: the template failed on this row ({type(e).__name__}: {short(str(e), 200)})", None
+
+
+def _turns(text: str) -> list[dict[str, Any]] | str:
+    """The rendered --template-turns as a list of messages, or what is wrong with it."""
+    try:
+        value = _json_or_yaml(text)
+    except ValueError as e:
+        return f"the rendered turns are neither JSON nor YAML ({short(str(e), 120)})"
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
+        return "the rendered turns must be a list of messages, each with a role and content"
+    return value
+
+
+def _json_or_yaml(text: str) -> Any:
+    """JSON, else YAML; ValueError with YAML's complaint when it is neither."""
+    import yaml
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(str(e)) from None
+
+
+def _free(name: str, prefix: str, taken: set[str]) -> str:
+    while name in taken:
+        name = prefix + name
+    return name
+
+

@@ -1,0 +1,73 @@
+"""Prices per million tokens, from the shipped table or the command line, and the arithmetic."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    source: str = "command line"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+
+@cache
+def price_table() -> dict[str, dict[str, dict]]:
+    return yaml.safe_load(resources.files("pipeline.models").joinpath("prices.yaml").read_text())
+
+
+def find_price(
+    model: str,
+    *,
+    provider: str | None = None,
+    price_input: float | None = None,
+    price_output: float | None = None,
+) -> Price | None:
+    """The price for a model: command-line figures win, then the table's row for the provider
+    (or the model's default row). None when the model is not in the table and no price was given.
+    """
+    rows = price_table().get(model) or {}
+    if provider is not None and provider not in rows:
+        known = ", ".join(sorted(rows)) or "none"
+        raise ValueError(f"no price for model {model!r} at provider {provider!r} (known: {known}); "
+                         "pass --price-input and --price-output")
+    row = rows.get(provider) if provider else next((r for r in rows.values() if r.get("default")), None)
+    name = provider or next((p for p, r in rows.items() if r is row), None)
+    if row is None and price_input is None and price_output is None:
+        return None
+    return Price(
+        price_input if price_input is not None else (row or {}).get("input", 0.0),
+        price_output if price_output is not None else (row or {}).get("output", 0.0),
+        "command line" if row is None else f"{name} list price" + (" (overridden)" if price_input is not None or price_output is not None else ""),
+    )
+
+
+_VERSION_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+
+
+def hosted_price(model: str) -> Price | None:
+    """The default list price of a model a request names (gpt-4o-mini, claude-3-5-haiku-20241022):
+    the table's row for that name, else for the name without its date or `-latest` suffix, and
+    for an OpenAI fine-tune (ft:BASE:org:name:id) the row of `ft:BASE`; None when the table does
+    not know it. What the same requests would cost where they were written for."""
+    table = price_table()
+    key = model
+    if key not in table:
+        key = "ft:" + key.split(":")[1] if key.startswith("ft:") and key.count(":") >= 2 else key
+        key = _VERSION_SUFFIX.sub("", key)
+    rows = table.get(key) or {}
+    name, row = next(((p, r) for p, r in rows.items() if r.get("default")), (None, None))
+    if row is None:
+        return None
+    return Price(row["input"], row["output"], f"{name} list price for {key}")

@@ -1,0 +1,385 @@
+"""Prompt tokens exactly as vLLM 0.32 counts them for a chat request, without vLLM.
+
+`LLM.chat` / `LLM.enqueue_chat` (what `vllm_engine.py` calls) turn a conversation into prompt
+token ids in three steps, repeated here with transformers and jinja2 only (imported lazily, so
+that `estimate` starts fast and runs where vLLM and torch are not installed):
+
+1. parse the messages (vllm/renderers/chat_utils.py `parse_chat_messages`): text parts joined
+   with "\\n" for templates that take string content, kept as parts for templates that loop
+   over them; None content becomes ""; assistant tool-call arguments, a JSON string, become a
+   dict; developer messages become system ones when the template does not know that role;
+2. render the model's chat template with the tools and add_generation_prompt=True
+   (vllm/renderers/hf.py `safe_apply_chat_template`);
+3. tokenize the text with add_special_tokens=False: the template writes BOS itself.
+
+Not covered: multimodal parts (validation refuses them), Mistral-format tokenizers
+(`tokenizer_mode mistral`) and vLLM's fallback templates for models that ship none.
+
+Speed: added tokens (<|im_start|>, <|eot_id|>, ...) are matched before the tokenizer's
+normalizer and pre-tokenizer run, so the text between two of them tokenizes on its own. Each
+such segment's ids are kept in an LRU cache: a system prompt shared by a million rows is
+tokenized once. A segment not in the cache is, for byte-level BPE tokenizers (GPT-2, Llama 3,
+Qwen 2, SmolLM style), cut into the pre-tokenizer's pieces with its own regex and tokenized piece
+by piece through a word cache; otherwise by the tokenizer in one batch. Probes at load time
+check that these paths give exactly the ids of the whole text for this tokenizer; where one does
+not (e.g. SentencePiece "prepend to the first word only"), the next slower one is used, down to
+whole texts. `check_all` spreads the work over one process per core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import sys
+from array import array
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from itertools import chain, islice
+from typing import Any
+
+from pipeline.models.names import context_length, resolve_model
+from pipeline.models.prefix import chained_digests
+from pipeline.models.render import (
+    PromptError,
+    content_format,
+    context_problem,
+    conversation,
+    engine_tools,
+)
+from pipeline.records import FailedRequest, Request
+
+log = logging.getLogger("pipeline.models.tokens")
+
+# config.json keys that bound the context, as vLLM reads them (derive_max_model_len_and_key).
+
+
+class PromptCounter:
+    """A model's chat template and tokenizer: prompt token ids and counts for Requests, and the
+    context check vLLM applies before generation (`check`)."""
+
+    # Characters of segment text the LRU cache holds (about as many bytes again for the ids).
+    cache_chars = 1 << 24
+
+    def __init__(self, model: str, max_model_len: int | None = None, *, tokenizer: str | None = None,
+                 trust_remote_code: bool = False):
+        from transformers import AutoTokenizer
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        self.model, self.tokenizer_name, self.trust_remote_code = model, tokenizer, trust_remote_code
+        path = resolve_model(model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                resolve_model(tokenizer) if tokenizer else path, trust_remote_code=trust_remote_code)
+        except OSError as e:  # not a folder, not in the Hugging Face cache, no network
+            raise ValueError(f"cannot load the tokenizer of {model}: {e}\nHint: pass a local model folder, "
+                             "or a hub id whose files are in the Hugging Face cache") from None
+        self.max_model_len = context_length(path, max_model_len)
+        self._backend = self.tokenizer.backend_tokenizer
+        self._backend.no_truncation()  # a tokenizer.json may carry truncation; vLLM's prompts are not cut
+        self._backend.no_padding()
+        self._render_jinja = render_jinja_template
+        self._template_kwargs = dict(self.tokenizer.special_tokens_map)  # what apply_chat_template adds
+        self._templates: dict[bool, tuple[str, str, bool]] = {}
+        self._template(None)  # fail now, not on every row, when the model has no chat template
+        self._split, self._added = _added_token_splitter(self._backend)
+        self._words = _pre_token_splitter(self._backend)
+        self._word_ids: dict[str, tuple[int, ...]] = {}
+        # The fastest way that gives exactly the ids of whole texts, for this tokenizer.
+        if self._words is not None and not self._exact():
+            self._words = None
+        if not self._exact():
+            log.info("%s: segment-wise tokenization differs from whole texts; tokenizing whole prompts", model)
+            self._split = _whole
+
+    def __reduce__(self):  # spawned workers load their own copy
+        return _counter, (self.model, self.max_model_len, self.tokenizer_name, self.trust_remote_code)
+
+    # ---- one request ---------------------------------------------------------------------------
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text vLLM renders for these messages and tools."""
+        template, content_format, developer = self._template(tools)
+        conv = conversation(messages, content_format, developer_role=developer)
+        try:
+            texts, _ = self._render_jinja([conv], tools=tools, chat_template=template,
+                                          add_generation_prompt=True, **self._template_kwargs)
+        except Exception as e:  # vLLM answers a template's exception with a 400 for the request
+            raise PromptError(f"the chat template rejected the conversation: {e}") from e
+        return texts[0]
+
+    def token_ids(self, request: Request) -> list[int]:
+        """The prompt token ids vLLM gives the engine for this request."""
+        return list(self._ids([self.render(request.messages, engine_tools(request))])[0])
+
+    def count(self, request: Request) -> int:
+        return len(self._ids([self.render(request.messages, engine_tools(request))])[0])
+
+    def check(self, request: Request) -> Request | FailedRequest:
+        """The request, or the FailedRequest vLLM's answer to it becomes (context too small, template error)."""
+        try:
+            return self.verdict(request, self.count(request))
+        except PromptError as e:
+            return _template_error(request, e)
+
+    def verdict(self, request: Request, prompt_tokens: int) -> Request | FailedRequest:
+        # vLLM refuses a prompt that leaves no room for one completion token.
+        problem = context_problem(prompt_tokens, self.max_model_len)
+        if problem is None:
+            return request
+        return FailedRequest.of(problem, request.custom_id, request.source_file, request.line, request.user)
+
+    # ---- a stream of rows, on all cores ----------------------------------------------------------
+    def check_all(
+        self, items: Iterable[Request | FailedRequest], *, workers: int | None = None, chunk_size: int = 512,
+        block_size: int = 16,
+    ) -> Iterator[tuple[Request | FailedRequest, int | None, bytes]]:
+        """(item, prompt tokens, block digests) for every item, in order: Requests are counted and
+        checked (a Request that fails becomes a FailedRequest, with its count when it has one);
+        RowErrors pass with None. The digests (schedule.chained_digests) are of the prompt's
+        whole `block_size`-token blocks: what vLLM's prefix cache can reuse. With workers > 1,
+        chunks go to that many processes, a bounded number at a time, so memory stays flat
+        however long the stream."""
+        workers = workers or cpu_count()
+        pool = None
+        if workers > 1:
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(_START_METHOD),
+                                       initializer=_init_worker, initargs=(self,))
+        pending: deque = deque()
+        items = iter(items)
+        try:
+            while chunk := list(islice(items, chunk_size)):
+                work = [(r.messages, engine_tools(r)) for r in chunk if isinstance(r, Request)]
+                pending.append((chunk, pool.submit(_count_in_worker, work, block_size) if pool
+                                else self.count_many(work, block_size)))
+                while len(pending) > (2 * workers if pool else 0):
+                    yield from self._verdicts(*pending.popleft())
+            while pending:
+                yield from self._verdicts(*pending.popleft())
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def count_many(self, work: list[tuple[list, list | None]], block_size: int = 16) -> list[tuple[int, bytes] | str]:
+        """(prompt tokens, block digests) of (messages, tools) pairs; a str where the template
+        refuses one."""
+        texts: list[str | PromptError] = []
+        for messages, tools in work:
+            try:
+                texts.append(self.render(messages, tools))
+            except PromptError as e:
+                texts.append(e)
+        ids = iter(self._ids([t for t in texts if isinstance(t, str)]))
+        step = block_size * array("i").itemsize
+        return [(len(i := next(ids)), chained_digests(i.tobytes(), step, whole_blocks=True))
+                if isinstance(t, str) else str(t) for t in texts]
+
+    def _verdicts(self, chunk, counts):
+        counts = iter(counts if isinstance(counts, list) else counts.result())
+        for item in chunk:
+            if not isinstance(item, Request):
+                yield item, None, b""
+                continue
+            counted = next(counts)
+            if isinstance(counted, str):
+                yield _template_error(item, PromptError(counted)), None, b""
+            else:
+                yield self.verdict(item, counted[0]), *counted
+
+    # ---- tokenization -------------------------------------------------------------------------
+    def _ids(self, texts: list[str]) -> list[array]:
+        """Token ids of rendered texts: added tokens by lookup, the segments between them
+        through the LRU cache, the missing ones tokenized together."""
+        pieces = [self._split(t) for t in texts]
+        known: dict[str, array | None] = {}
+        missing: list[str] = []
+        for parts in pieces:
+            for seg in parts[::2]:
+                if seg and seg not in known:
+                    ids = known[seg] = self._cache.get(seg)
+                    if ids is None:
+                        missing.append(seg)
+                    else:
+                        self._cache.move_to_end(seg)
+        for seg, ids in zip(missing, self._encode(missing), strict=True):
+            known[seg] = self._remember(seg, ids)
+        out = []
+        for parts in pieces:
+            ids = array("i")
+            for i, part in enumerate(parts):
+                if i % 2:
+                    tid = self._added.get(part)
+                    ids.append(self._added_id(part) if tid is None else tid)
+                elif part:
+                    ids.extend(known[part])
+            out.append(ids)
+        return out
+
+    def _encode(self, segments: list[str]) -> list[array]:
+        """Token ids of segments. Plain-ASCII segments of a byte-level BPE tokenizer go word by
+        word (its pre-tokens) through a word cache; the others through the tokenizer, in one batch."""
+        out: list[Any] = [None] * len(segments)
+        if self._words is not None:
+            for i, seg in enumerate(segments):
+                if not _NOT_PLAIN_ASCII(seg):
+                    words = self._words(seg)
+                    if sum(map(len, words)) == len(seg):  # the pattern covered the whole segment
+                        out[i] = words
+            seen = set(chain.from_iterable(words for words in out if words))
+            if len(self._word_ids) + len(seen) > _MAX_WORDS:
+                self._word_ids.clear()
+            new = list(seen - self._word_ids.keys())
+            for w, enc in zip(new, self._batch(new), strict=True):
+                self._word_ids[w] = tuple(enc.ids)
+            word_ids = self._word_ids.__getitem__
+            for i, words in enumerate(out):
+                if words is not None:
+                    out[i] = array("i", chain.from_iterable(map(word_ids, words)))
+        rest = [i for i, ids in enumerate(out) if ids is None]
+        for i, enc in zip(rest, self._batch([segments[i] for i in rest]), strict=True):
+            out[i] = array("i", enc.ids)
+        return out
+
+    def _batch(self, texts: list[str]) -> list:
+        if len(texts) > 1:
+            return self._backend.encode_batch_fast(texts, add_special_tokens=False)
+        return [self._backend.encode(t, add_special_tokens=False) for t in texts]
+
+    def _remember(self, seg: str, ids: array) -> array:
+        self._cache[seg] = ids
+        self._cached_chars += len(seg)
+        while self._cached_chars > self.cache_chars:
+            old, _ = self._cache.popitem(last=False)
+            self._cached_chars -= len(old)
+        return ids
+
+    def _reset_cache(self) -> None:
+        self._cache: OrderedDict[str, array] = OrderedDict()
+        self._cached_chars = 0
+        self._word_ids.clear()
+
+    def _added_id(self, piece: str) -> int:
+        """The id of an added token matched with the whitespace its lstrip/rstrip absorbs."""
+        for text in (piece.strip(), piece.lstrip(), piece.rstrip()):
+            if text in self._added:
+                return self._added[text]
+        raise KeyError(piece)
+
+    def _exact(self) -> bool:
+        """Do the cached paths give the ids of the whole text, for this tokenizer? Probes with
+        added tokens, whitespace runs, contractions, digits, punctuation and non-ASCII text."""
+        self._reset_cache()
+        marks = sorted(self._added, key=len)[:6] or ["<s>"]
+        probes = [f"{m}x{m} y\n{m}\n z{m}  {m}é 中文{m}\t1 2{m}" for m in marks]
+        probes += ["Don't stop: I'LL see 12345 items...  ok?!\n\n\tyes -- no\r\n end  ", " a", "a ", "\n", "   "]
+        for conv in ([{"role": "user", "content": "Hi  there\n\n"}, {"role": "assistant", "content": "\tHello! 42"},
+                      {"role": "user", "content": "é 中文 ok"}],
+                     [{"role": "system", "content": " Be brief.\n"}, {"role": "user", "content": "Hi"}]):
+            with contextlib.suppress(PromptError):  # a template may refuse one of them
+                probes.append(self.render(conv))
+        return [list(ids) for ids in self._ids(probes)] == [
+            self._backend.encode(p, add_special_tokens=False).ids for p in probes]
+
+    def _template(self, tools) -> tuple[str, str, bool]:
+        """(template, content format, knows the developer role), as vLLM picks them: the
+        tokenizer's template (its tool_use variant when tools are given)."""
+        key = tools is not None
+        if key not in self._templates:
+            try:
+                text = self.tokenizer.get_chat_template(None, tools)
+            except ValueError as e:
+                raise ValueError(f"{self.model} has no chat template ({e}); estimate needs the template "
+                                 "vLLM would use. Hint: use a model that ships one") from None
+            developer = '"developer"' in text or "'developer'" in text
+            self._templates[key] = (text, content_format(text), developer)
+        return self._templates[key]
+
+
+def _template_error(request: Request, e: PromptError) -> FailedRequest:
+    return FailedRequest(request.custom_id, request.source_file, request.line, "invalid_request", str(e),
+                    "messages", request.user)
+
+
+def _whole(text: str) -> list[str]:
+    return [text]
+
+
+# The word path only sees plain ASCII (printable, \t, \n, \r), where Python's regex engines
+# read \s, \p{L} and \p{N} as the tokenizer's Oniguruma does.
+_NOT_PLAIN_ASCII = re.compile(r"[^\t\n\r\x20-\x7e]").search
+# GPT-2's pre-tokenizer pattern (byte-level BPE with use_regex), \p{L} and \p{N} written for
+# that ASCII: the built-in re runs it faster than the regex module runs the original.
+_GPT2_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""")
+_MAX_WORDS = 1 << 20  # the word cache starts over beyond this many distinct words
+
+
+def _pre_token_splitter(backend):
+    """For a byte-level BPE tokenizer whose pre-tokenizer is one regex (GPT-2's, or a Split
+    pattern as in Llama 3 and Qwen 2) and which has no normalizer: that regex's findall, which
+    cuts text into the pieces the BPE model sees one by one. None for any other tokenizer."""
+    pre = json.loads(backend.pre_tokenizer.__getstate__()) if backend.pre_tokenizer is not None else {}
+    if backend.normalizer is not None or type(backend.model).__name__ != "BPE" or any(
+            t.single_word for t in backend.get_added_tokens_decoder().values()):
+        return None
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+        return _GPT2_ASCII.findall
+    steps = pre.get("pretokenizers", ()) if pre.get("type") == "Sequence" else ()
+    if [p.get("type") for p in steps] != ["Split", "ByteLevel"]:
+        return None
+    split, byte_level = steps
+    if (split.get("behavior") != "Isolated" or split.get("invert") or "Regex" not in split.get("pattern", {})
+            or byte_level.get("use_regex", True) or byte_level.get("add_prefix_space")):
+        return None
+    import regex  # a transformers dependency; it knows \p{L} as the tokenizer's Oniguruma does
+
+    try:
+        return regex.compile(split["pattern"]["Regex"]).findall
+    except regex.error:
+        return None
+
+
+def _added_token_splitter(backend) -> tuple[Any, dict[str, int]]:
+    """A function splitting text at the added tokens the tokenizer matches in the raw text
+    (re.split: text, token, text, ...), and the ids of those tokens. Tokens matched after
+    normalization, or only as whole words, stay inside the segments: the tokenizer finds them."""
+    has_normalizer = backend.normalizer is not None
+    added, patterns = {}, []
+    for tid, tok in backend.get_added_tokens_decoder().items():
+        if tok.single_word or (tok.normalized and has_normalizer) or not tok.content:
+            continue
+        added[tok.content] = tid
+        patterns.append((len(tok.content), (r"\s*" if tok.lstrip else "") + re.escape(tok.content)
+                         + (r"\s*" if tok.rstrip else "")))
+    if not patterns:
+        return _whole, added
+    # Longest first: at one position the longest added token wins, as in the tokenizer.
+    return re.compile("(" + "|".join(p for _, p in sorted(patterns, reverse=True)) + ")").split, added
+
+
+# ---- parsing the messages as vLLM does ---------------------------------------------------------
+_START_METHOD = "fork" if sys.platform == "linux" else "spawn"
+_worker: PromptCounter | None = None
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _init_worker(counter: PromptCounter) -> None:
+    global _worker
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    _worker = counter
+
+
+def _count_in_worker(work, block_size):
+    return _worker.count_many(work, block_size)
+
+
+def _counter(model, max_model_len, tokenizer, trust_remote_code) -> PromptCounter:
+    return PromptCounter(model, max_model_len, tokenizer=tokenizer, trust_remote_code=trust_remote_code)

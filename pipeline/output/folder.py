@@ -1,0 +1,404 @@
+"""The output folder: who may write it, what it holds, and how a part is committed.
+
+Layout (every name ours; anything else in the folder is a foreign file and is never touched):
+
+    _manifest.json            the job (fingerprint, inputs, options) and its attempts
+    _lease/<gen>.json         the writer: one at a time (see lease.py)
+    _commits/<attempt>-<seq>.json   one record per committed part: its rows' (file, line) keys
+    part-<attempt>-<seq>.parquet    the rows (or .jsonl with --format openai)
+    _report.json, _SUCCESS    written last, when every request has its row
+    _report.html              the page `pipeline report DIR` writes
+
+Commit protocol (the lease holder's job alone):
+1. the part's bytes go to a name no other attempt uses: on local disk through a temporary name
+   and a rename, on object stores as a single PUT;
+2. its commit record is written (one small file: work per checkpoint stays bounded however long
+   the job runs). A part without a record is not committed.
+3. when every request has its row, `_report.json`, then `_SUCCESS` (exclusive create).
+
+An attempt's records count only up to the cutoff that the next writer wrote into the manifest
+when it took over, so a writer that lost its lease while paused can never add rows twice.
+Only files that the manifest's attempts prove ours are ever removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.output.formats import FORMAT_EXT, encode
+from pipeline.output.lease import FOLDER as LEASES
+from pipeline.output.lease import Lease, LeaseLost
+from pipeline.output.stats import part_stats
+from pipeline.storage import Location, StorageError
+
+log = logging.getLogger("pipeline")
+MANIFEST = "_manifest.json"
+REPORT = "_report.json"
+SUCCESS = "_SUCCESS"
+COMMITS = "_commits"
+REPORT_PAGE = "_report.html"  # `pipeline report DIR` writes it
+_PART = re.compile(r"^part-([0-9a-f]{8})-(\d{5,})\.(parquet|jsonl)$")
+_RECORD = re.compile(r"^([0-9a-f]{8})-(\d{5,})\.json$")
+_TMP = re.compile(r"^\.tmp-[0-9a-f]{12}-(.+)$")
+
+
+class OutputConflict(RuntimeError):
+    """The output folder holds a different job's output, or files this tool did not write."""
+
+
+__all__ = ["Claim", "Committed", "LeaseLost", "Output", "OutputConflict", "PartWriter", "State", "StorageError"]
+
+
+def fingerprint(detail: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(detail, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Committed:
+    """Which (input file, line) pairs already have a committed row: one bitmap per input file."""
+
+    bitmaps: dict[int, np.ndarray] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, file_index: int, ranges: list[list[int]]) -> None:
+        top = max(end for _, end in ranges)
+        bits = self.bitmaps.get(file_index)
+        if bits is None or len(bits) <= top:
+            grown = np.zeros(max(top + 1, 2 * len(bits) if bits is not None else 0), dtype=bool)
+            if bits is not None:
+                grown[: len(bits)] = bits
+            bits = self.bitmaps[file_index] = grown
+        for start, end in ranges:
+            self.count += end - start + 1 - int(bits[start : end + 1].sum())
+            bits[start : end + 1] = True
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        bits = self.bitmaps.get(key[0])
+        return bits is not None and key[1] < len(bits) and bool(bits[key[1]])
+
+
+@dataclass
+class State:
+    """What an output folder holds, read without changing anything."""
+
+    manifest: dict[str, Any] | None
+    records: list[dict[str, Any]]  # accepted commit records, in commit order
+    complete: bool
+    foreign: list[str]  # names this tool did not write
+    debris: list[str]  # our files that no accepted record covers (removable)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return (self.manifest or {}).get("fingerprint")
+
+    def committed(self) -> Committed:
+        done = Committed()
+        for rec in self.records:
+            for idx, ranges in rec["keys"].items():
+                done.add(int(idx), ranges)
+        return done
+
+
+class Output:
+    """One job's output folder, local or on any fsspec filesystem."""
+
+    def __init__(self, loc: Location, fmt: str = "parquet", schema=None):
+        self.loc, self.fmt = loc, fmt
+        self.schema = schema  # the parts' Arrow schema; None: schema.OUTPUT_SCHEMA
+
+    @property
+    def display(self) -> str:
+        return self.loc.display
+
+    def job_state(self) -> State:
+        """The state of a folder that must hold a job of this tool (status, report)."""
+        self.check_not_file()
+        state = self.read_state()
+        if state.manifest is None:
+            raise FileNotFoundError(f"{self.display} holds no job of this tool (no _manifest.json). "
+                                    "Hint: pass the --output folder of a `pipeline run`")
+        return state
+
+    def check_not_file(self) -> None:
+        info = self.loc.info()
+        if info is not None and info.get("type") != "directory":
+            raise OutputConflict(f"--output {self.display} is a file; the output is a folder of part "
+                                 "files. Hint: name a new or empty folder")
+
+    def read_state(self) -> State:
+        """Classify every name in the folder; changes nothing."""
+        names = self.loc.names()
+        raw = self.loc.child(MANIFEST).cat() if MANIFEST in names else None
+        manifest = _json(raw, self.loc.child(MANIFEST)) if raw is not None else None
+        attempts = {a["id"]: a.get("cutoff") for a in (manifest or {}).get("attempts", [])}
+        # the first version's manifest listed its parts itself: they are ours too
+        legacy = {p.get("name") for p in (manifest or {}).get("parts", []) if isinstance(p, dict)}
+        records_by_name: dict[str, dict[str, Any]] = {}
+        debris: list[str] = []
+        if manifest is not None and COMMITS in names:
+            record_names = self.loc.child(COMMITS).names()
+            for name in record_names:
+                m = _RECORD.match(name)
+                if m is None or m.group(1) not in attempts:
+                    continue  # not ours: left alone
+                cutoff = attempts[m.group(1)]
+                if cutoff is not None and int(m.group(2)) > cutoff:
+                    debris.append(f"{COMMITS}/{name}")
+                    continue
+                records_by_name[name] = {}
+            contents = self._cat_many([f"{COMMITS}/{n}" for n in records_by_name])
+            for name in list(records_by_name):
+                records_by_name[name] = _json(contents[f"{COMMITS}/{name}"], self.loc.child(f"{COMMITS}/{name}"))
+        records = sorted(records_by_name.values(), key=lambda r: (r["order"], r["part"]))
+        covered = {r["part"] for r in records}
+        foreign: list[str] = []
+        ours_fixed = ({MANIFEST, REPORT, SUCCESS, COMMITS, REPORT_PAGE, LEASES} if manifest is not None
+                      else {COMMITS, LEASES})
+        for name in names:
+            tmp = _TMP.match(name)
+            base = tmp.group(1) if tmp else name
+            part = _PART.match(base)
+            if part and (part.group(1) in attempts or base in legacy):
+                if tmp or name not in covered:
+                    debris.append(name)
+            elif base in ours_fixed:
+                if tmp:
+                    debris.append(name)
+            else:
+                foreign.append(name)
+        complete = manifest is not None and SUCCESS in names
+        return State(manifest, records, complete, foreign, debris)
+
+    def _cat_many(self, names: list[str]) -> dict[str, bytes]:
+        if not names:
+            return {}
+        paths = {self.loc.child(n).path: n for n in names}
+        got = self.loc._call("reading", lambda: self.loc.fs.cat(list(paths)))
+        return {paths[p]: data for p, data in got.items()}
+
+    # ---- claiming --------------------------------------------------------------------------
+    def claim(self, detail: dict[str, Any], *, overwrite: bool, allow_foreign: bool,
+              lease_timeout: float, about: dict[str, Any] | None = None) -> Claim:
+        """Take the folder for this job: lease it, record a new attempt (cutting off every earlier
+        attempt at what it committed), remove our own debris. Returns the writer."""
+        self.check_not_file()
+        self.loc.makedirs()
+        self.loc.child(COMMITS).makedirs()
+        lease = Lease.acquire(self.loc, lease_timeout)
+        try:
+            state = self.read_state()
+            refuse_foreign(self, state, allow_foreign)
+            fp = fingerprint(detail)
+            if state.manifest is not None and state.fingerprint != fp:
+                if not overwrite:
+                    raise OutputConflict(conflict_message(self, state, detail))
+                self._remove(_ours(state))
+                state = self.read_state()
+            manifest = state.manifest or {"version": 2, "fingerprint": fp, "job": detail,
+                                          "format": self.fmt, "created": _now(), "attempts": []}
+            attempt = uuid.uuid4().hex[:8]
+            last_seq = _last_seqs(state)
+            for a in manifest["attempts"]:
+                if a.get("cutoff") is None:
+                    a["cutoff"] = last_seq.get(a["id"], 0)
+            manifest["attempts"].append({"id": attempt, "lease": lease.generation, "started": _now(),
+                                         "cutoff": None, **(about or {})})
+            lease.check()
+            self.loc.child(MANIFEST).put_atomic(json.dumps(manifest, indent=1).encode())
+            self._remove(state.debris + [f"{COMMITS}/{n}" for n in _beyond_cutoff(self.loc, manifest)])
+            lease.remove_older()
+        except BaseException:
+            lease.release()
+            raise
+        return Claim(self, lease, manifest, attempt, state.records, detail)
+
+    def _remove(self, names: list[str]) -> None:
+        for name in names:
+            self.loc.child(name).rm()
+
+
+class Claim:
+    """The lease holder's handle: commits parts, then finishes the job."""
+
+    def __init__(self, out: Output, lease: Lease, manifest: dict[str, Any], attempt: str,
+                 records: list[dict[str, Any]], detail: dict[str, Any]):
+        self.out, self.lease, self.manifest, self.attempt = out, lease, manifest, attempt
+        self._before = State(manifest, records, False, [], []).committed()
+        # The records' stats, without their keys: the bitmaps above hold what was committed
+        # before, and this run's keys need not stay in memory (one range per row in prefix order).
+        self.records = [_without_keys(r) for r in records]
+        self.file_index = {f["file"]: i for i, f in enumerate(detail["inputs"])}
+        self._seq = 0
+
+    def committed(self) -> Committed:
+        """The rows committed before this claim."""
+        return self._before
+
+    def commit(self, rows: list[dict[str, Any]]) -> str:
+        """Write one part atomically, then its commit record."""
+        rows.sort(key=lambda r: (self.file_index.get(r["source_file"], -1), r["source_line"]))
+        self._seq += 1
+        name = f"part-{self.attempt}-{self._seq:05d}.{FORMAT_EXT[self.out.fmt]}"
+        self.lease.check()
+        self.out.loc.child(name).put_atomic(encode(rows, self.out.fmt, self.out.schema))
+        keys: dict[str, list[int]] = {}
+        for r in rows:
+            keys.setdefault(str(self.file_index[r["source_file"]]), []).append(r["source_line"])
+        keys = {k: sorted(set(v)) for k, v in keys.items()}  # one key per request, however many rows
+        record = {"part": name, "order": len(self.records), "rows": sum(map(len, keys.values())),
+                  "keys": {k: _ranges(v) for k, v in keys.items()}, "stats": part_stats(rows),
+                  "at": _now()}
+        try:
+            self.lease.check()
+        except LeaseLost:
+            self.out.loc.child(name).rm()  # never committed: a successor must not find it
+            raise
+        self.out.loc.child(f"{COMMITS}/{self.attempt}-{self._seq:05d}.json").put_atomic(
+            json.dumps(record).encode())
+        self.records.append(_without_keys(record))
+        return name
+
+    def finish(self, report: dict[str, Any]) -> bool:
+        """Write the report, then the completion marker (exclusive). False when another run
+        created the marker first. Debris is removed first, so a finished folder holds only
+        committed parts (a writer that lost its lease may have added one past its cutoff)."""
+        self.lease.check()
+        self.out._remove(self.out.read_state().debris)
+        self.lease.check()
+        self.out.loc.child(REPORT).put_atomic(json.dumps(report, indent=2).encode())
+        marker = json.dumps({"fingerprint": self.manifest["fingerprint"], "requests": report["requests"],
+                             "finished": _now()}).encode()
+        return self.out.loc.child(SUCCESS).create_exclusive(marker)
+
+    def release(self) -> None:
+        self.lease.release()
+
+
+class PartWriter:
+    """Buffers output rows and commits a part every `every` rows or `seconds` seconds."""
+
+    def __init__(self, claim: Claim, every: int, seconds: float):
+        self.claim, self.every, self.seconds = claim, every, seconds
+        self.rows: list[dict[str, Any]] = []
+        self.last = time.monotonic()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.every:
+            self.flush()
+
+    def add_all(self, rows: list[dict[str, Any]]) -> None:
+        """One request's rows (one per choice with --explode-choices): always in the same part."""
+        self.rows.extend(rows)
+        if len(self.rows) >= self.every:
+            self.flush()
+
+    def tick(self) -> None:
+        if self.rows and time.monotonic() - self.last >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            rows, self.rows = self.rows, []
+            name = self.claim.commit(rows)
+            log.info("committed %s (%d rows)", name, len(rows))
+        self.last = time.monotonic()
+
+
+def refuse_foreign(out: Output, state: State, allow_foreign: bool) -> None:
+    clash = sorted(set(state.foreign) & {MANIFEST, REPORT, SUCCESS})
+    if clash and allow_foreign:
+        raise OutputConflict(
+            f"--output {out.display} holds {', '.join(clash)} written by something else (Spark and "
+            "Hadoop write _SUCCESS too); this tool needs those names. Nothing was changed. Hint: "
+            "choose a new or empty folder")
+    if state.foreign and not allow_foreign:
+        shown = ", ".join(state.foreign[:5]) + (f" (+{len(state.foreign) - 5} more)" if len(state.foreign) > 5 else "")
+        raise OutputConflict(
+            f"--output {out.display} holds files this tool did not write ({shown}). Nothing was "
+            "changed. Hint: choose a new or empty folder, or pass --allow-foreign-files to write "
+            "beside them (they are never read, changed or deleted)")
+
+
+def conflict_message(out: Output, state: State, detail: dict[str, Any]) -> str:
+    return (f"{out.display} holds the output of a different job "
+            f"({_diff((state.manifest or {}).get('job', {}), detail)}). Nothing was changed. Hint: use "
+            "another --output folder, or pass --overwrite to discard that output")
+
+
+def _ours(state: State) -> list[str]:
+    """Every file the folder's records prove ours (the lease files stay)."""
+    names = [r["part"] for r in state.records] + state.debris
+    return names + [MANIFEST, REPORT, SUCCESS, REPORT_PAGE] + [f"{COMMITS}/{n}" for n in _record_names(state)]
+
+
+def _record_names(state: State) -> list[str]:
+    return [f"{r['part'][5:].rsplit('.', 1)[0]}.json" for r in state.records]
+
+
+def _last_seqs(state: State) -> dict[str, int]:
+    """The highest committed sequence number of each attempt, as listed now."""
+    last: dict[str, int] = {}
+    for rec in state.records:
+        m = _PART.match(rec["part"])
+        if m:
+            last[m.group(1)] = max(last.get(m.group(1), 0), int(m.group(2)))
+    return last
+
+
+def _beyond_cutoff(loc: Location, manifest: dict[str, Any]) -> list[str]:
+    cut = {a["id"]: a["cutoff"] for a in manifest["attempts"] if a.get("cutoff") is not None}
+    out = []
+    for name in loc.child(COMMITS).names():
+        m = _RECORD.match(name)
+        if m and m.group(1) in cut and int(m.group(2)) > cut[m.group(1)]:
+            out.append(name)
+    return out
+
+
+def _json(data: bytes, loc: Location) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise OutputConflict(f"{loc.display} is not valid JSON: the output folder was changed by "
+                             "something else. Hint: move it away, or use another --output folder") from None
+    if not isinstance(value, dict):
+        raise OutputConflict(f"{loc.display} is not a JSON object: the output folder was changed by "
+                             "something else")
+    return value
+
+
+def _ranges(lines: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for n in sorted(lines):
+        if out and n == out[-1][1] + 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    return out
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Say what differs between two job descriptions: the inputs, and which options."""
+    changed = ["inputs"] if old.get("inputs") != new.get("inputs") else []
+    old_opts, new_opts = old.get("options", {}), new.get("options", {})
+    changed += [f"--{k.replace('_', '-')}" for k in sorted(set(old_opts) | set(new_opts))
+                if old_opts.get(k) != new_opts.get(k)]
+    return "changed: " + (", ".join(changed) or "job description")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _without_keys(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "keys"}

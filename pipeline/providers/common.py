@@ -1,0 +1,84 @@
+"""Other providers' batch forms, both directions: the contract of every file in this folder.
+
+A provider file (anthropic.py, gemini.py, responses.py, openai.py) holds, side by side:
+- in: `<provider>_body(request, warnings) -> dict`, the provider's request (Anthropic's `params`,
+  Gemini's `request`, a Responses API `body`) converted to the OpenAI chat-completions body that
+  intake/requests.py validates. A conversion is faithful or it is refused: what has no equivalent
+  in a local chat model (built-in server tools, state kept on the provider's servers, an assistant
+  prefill to be continued) raises `Invalid` saying what and why, with `param` the path in the
+  provider's own form. Fields the converter does not know are kept in the body under a prefixed
+  name (`params.foo`), so that the validator lists them as unknown fields, ignored, and they never
+  collide with a chat field.
+- out: `<provider>_line(row) -> dict`, one output row (output/rows.py) as one line of that
+  provider's batch result format, with the row's id in its id field (custom_id; Gemini: key).
+
+This module holds the helpers both directions share. OpenAI Batch lines need no conversion in
+(intake/shapes.py reads them); openai.py holds their result writer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.records import kind_of
+
+
+def _name(value: Any, width: int = 40) -> str:
+    """A block or part type for a message: short, whatever it is."""
+    text = value if isinstance(value, str) else kind_of(value)
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _parts(parts: list[dict[str, Any]]) -> Any:
+    """Text parts as chat content: one part is its string, several stay a list of parts."""
+    if len(parts) == 1:
+        return parts[0]["text"]
+    return parts
+
+
+def _keep_unknown(body: dict[str, Any], source: dict[str, Any], known: set[str], prefix: str) -> None:
+    for key in source:
+        if key not in known and source[key] is not None:
+            body[f"{prefix}.{key}" if isinstance(key, str) else prefix] = source[key]
+
+
+def _failed(row: dict[str, Any]) -> bool:
+    return row["error"] is not None and row["choices"] is None
+
+
+def _model(row: dict[str, Any]) -> str:
+    """The model a line names: the adapter that ran the row, else the model."""
+    return row.get("served_model") or row["model"]
+
+
+def _has_text(choice: dict[str, Any]) -> bool:
+    """Whether a choice's text gets its own part: any text, or an empty one without tool calls."""
+    return choice.get("content") is not None and bool(choice["content"] or not choice.get("tool_calls"))
+
+
+def error_text(err: dict[str, Any]) -> str:
+    """The error's message with where it is (input line, field) folded in, for formats whose
+    error has no place for them."""
+    where = [f"line {err['line']}"] if err.get("line") is not None else []
+    if err.get("param"):
+        where.append(f"field {err['param']}")
+    return f"{err['message']} ({', '.join(where)})" if where else err["message"]
+
+
+def _arguments(text: str | None) -> dict[str, Any]:
+    """A tool call's JSON arguments as the object Anthropic and Gemini put in the call; text that
+    is not a JSON object (a model's broken call) is kept whole under `_unparsed_arguments`."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {"_unparsed_arguments": text}
+
+
+# Errors that are the request's fault (the rest, e.g. engine_crash and output_error, are ours).
+SERVER_ERRORS = {"engine_crash", "output_error"}

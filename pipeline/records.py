@@ -1,0 +1,141 @@
+"""The records every layer speaks: a valid request (`Request`), what went wrong with one
+(`Problem`) and where (`FailedRequest`), and the text helpers their messages use.
+
+The error record:
+Parsing, validation, the engine and the writer all speak it: a reader's unreadable line, a
+validator's refusal, an engine's refusal and an isolated engine crash are the same record, and
+one function turns it into the output row's `error` column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What is wrong, as a stable code, a message that says how to fix it, and the field."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+    def as_error(self, line: int | None) -> dict[str, Any]:
+        """The output row's `error` value."""
+        return {"code": self.code, "message": self.message, "param": self.param, "line": line}
+
+
+class Invalid(Exception):
+    """Raised inside parsing and validation; the caller turns it into a FailedRequest."""
+
+    def __init__(self, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+    @property
+    def problem(self) -> Problem:
+        return Problem(self.code, self.message, self.param)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRequest:
+    """A request that gets an error row instead of a completion: what is wrong and where."""
+
+    custom_id: str
+    source_file: str
+    line: int
+    code: str
+    message: str
+    param: str | None = None
+    user: str | None = None
+    # Template jobs: the input columns the output row carries over (output name -> value).
+    carried: dict[str, Any] | None = None
+    shape: str | None = None  # the input line's shape (shapes.Shape.name), when known
+
+    @classmethod
+    def of(cls, problem: Problem, custom_id: str, source_file: str, line: int,
+           user: str | None = None) -> FailedRequest:
+        return cls(custom_id, source_file, line, problem.code, problem.message, problem.param, user)
+
+    @property
+    def problem(self) -> Problem:
+        return Problem(self.code, self.message, self.param)
+
+
+def default_id(source_file: str, line: int) -> str:
+    """A stable id for a row that has none: derived from its file and line."""
+    digest = hashlib.blake2b(source_file.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{digest}-{line}"
+
+
+def is_text(text: str) -> bool:
+    """Can this string be written as UTF-8 (no lone surrogates)? Rows that are not text become
+    error rows instead of breaking the Parquet writer."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def kind_of(value: Any) -> str:
+    """What a JSON value is, for messages: "an object", "a string", "null", ..."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A valid chat-completion request, with where it came from."""
+
+    custom_id: str
+    source_file: str
+    line: int
+    messages: list[dict[str, Any]]
+    # Sampling fields under their OpenAI names, only those the row sets.
+    params: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+    warnings: tuple[str, ...] = ()
+    unknown_fields: tuple[str, ...] = ()
+    # Template jobs: the input columns the output row carries over (output name -> value).
+    carried: dict[str, Any] | None = None
+    requested_model: str | None = None  # the model the row asked for, as it wrote it
+    shape: str | None = None  # the input line's shape (shapes.Shape.name): --format native answers in it
+    adapter: str | None = None  # the --lora adapter it runs with (None: the base model)
+    # Its prefix group in the run's order (schedule.py): a group goes to one engine. 0: none.
+    group: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.params.get("n", 1)
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.params.get("max_completion_tokens", self.params.get("max_tokens"))
+
+
+def field_names(keys: Any) -> list[str]:
+    """Field names, sorted, as text a message can hold (a lone surrogate is escaped)."""
+    return sorted(k if isinstance(k, str) and is_text(k) else ascii(k) for k in keys)
+
+
+def names_list(names: list[str], limit: int = 5, width: int = 40) -> str:
+    """A bounded list of field names for a message: a row with a million unknown fields must
+    not make a megabyte warning."""
+    shown = [n if len(n) <= width else n[: width - 1] + "…" for n in names[:limit]]
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(shown) + more
+
+
+def short(value: Any, width: int = 60) -> str:
+    """A bounded repr for messages, that cannot fail (an int past Python's digit limit)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<{type(value).__name__}>"
+    return text if len(text) <= width else text[: width - 1] + "…"

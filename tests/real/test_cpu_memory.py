@@ -1,0 +1,111 @@
+"""The CPU build of vLLM starts with `pipeline run` as the README shows it, without
+VLLM_CPU_KVCACHE_SPACE: the pipeline sizes the KV cache itself (vLLM's own default reserves 92% of
+the NUMA node and refuses to start once page cache or anything else holds more than 8% of it)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, chat_line, read_output, write_jsonl
+
+GiB = 1 << 30
+
+
+@pytest.fixture
+def vllm_engine():
+    pytest.importorskip("vllm")
+    from pipeline.engines import vllm as vllm_engine
+
+    return vllm_engine
+
+
+def test_kv_cache_size(vllm_engine):
+    size = vllm_engine.cpu_kv_cache_bytes
+    assert size(3 * GiB) == int(0.9 * 1024) << 20  # 30% of what is available, in whole MiB
+    assert size(64 * GiB) == 4 * GiB  # capped
+    assert size(64 * GiB, engines=2) == 2 * GiB  # engines that start together share it
+    assert size(10 * GiB, engines=3) == GiB
+    assert size(1 << 20) == 1 << 20  # never zero (vLLM would read 0 as "no cache")
+
+
+class _Stop(Exception):
+    pass
+
+
+def engine_args(vllm_engine, monkeypatch, *, available, engines=None, kvcache_env=None, **args):
+    """The arguments VLLMEngine hands vLLM's LLM on a CPU build with `available` bytes free."""
+    from pipeline.engines.base import EngineSpec
+
+    seen = {}
+
+    def fake_llm(**kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    class CPU:
+        @staticmethod
+        def is_cpu():
+            return True
+
+    monkeypatch.setattr(vllm_engine, "LLM", fake_llm)
+    monkeypatch.setattr(vllm_engine, "current_platform", CPU)
+    monkeypatch.setattr(vllm_engine, "_cpu_available_memory", lambda: available)
+    for name, value in ((vllm_engine.ENGINES_ENV, engines), ("VLLM_CPU_KVCACHE_SPACE", kvcache_env)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(_Stop):
+        vllm_engine.VLLMEngine(EngineSpec(kind="vllm", model="m", engine_args=args))
+    return seen
+
+
+def test_cpu_engine_gets_a_kv_cache_size_when_none_is_set(vllm_engine, monkeypatch):
+    args = engine_args(vllm_engine, monkeypatch, available=6 * GiB)
+    assert args["kv_cache_memory_bytes"] == vllm_engine.cpu_kv_cache_bytes(6 * GiB)
+    args = engine_args(vllm_engine, monkeypatch, available=40 * GiB, engines="2")
+    assert args["kv_cache_memory_bytes"] == 2 * GiB
+
+
+@pytest.mark.parametrize("setting", [
+    {"kvcache_env": "3"},  # VLLM_CPU_KVCACHE_SPACE: vLLM reads it itself
+    {"kv_cache_memory_bytes": 123 << 20},  # --engine-arg kv_cache_memory_bytes=...
+    {"gpu_memory_utilization": 0.5},  # the user chose vLLM's own sizing
+])
+def test_a_chosen_size_is_left_alone(vllm_engine, monkeypatch, setting):
+    args = engine_args(vllm_engine, monkeypatch, available=6 * GiB, **setting)
+    assert args.get("kv_cache_memory_bytes") == setting.get("kv_cache_memory_bytes")
+
+
+@pytest.mark.engine
+def test_cli_starts_the_cpu_engine_without_vllm_cpu_kvcache_space(tmp_path):
+    from pipeline.engines.vllm import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("the KV cache default is for the CPU build of vLLM")
+    rows = [chat_line("a", "Say hi.", temperature=0, max_tokens=4),
+            chat_line("b", "Say bye.", temperature=0, max_tokens=4)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    script = Path(sys.executable).parent / "pipeline"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline"]
+    res = subprocess.run([*cli, "run", src, "-o", tmp_path / "out", "-m", "smollm2", "-q",
+                          "--max-model-len", "512"], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr[-5000:]
+    df = read_output(tmp_path / "out")
+    assert sorted(df["custom_id"]) == ["a", "b"] and df["error"].is_null().all()
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert 0 < report["engine"]["kv_cache_memory_bytes"] <= 4 * GiB
+
+
+def test_cpu_dtype_default_follows_native_bf16():
+    from pipeline.engines.vllm import cpu_default_dtype
+
+    assert cpu_default_dtype({"sse4_2", "avx2", "avx512f"}) == "float32"  # bf16 would be emulated
+    assert cpu_default_dtype({"avx2", "avx512f", "avx512_bf16"}) is None  # the model's dtype
+    assert cpu_default_dtype({"avx2", "avx512f", "amx_bf16", "amx_tile"}) is None
+    assert cpu_default_dtype({"fp", "asimd", "bf16"}) is None  # not x86: vLLM's default

@@ -1,0 +1,157 @@
+"""Validation: one raw row → a Request or a FailedRequest that says what, where and how to fix."""
+
+import pytest
+
+from pipeline.intake.requests import Context, parse_row, validate_rows
+from pipeline.records import FailedRequest, Request
+
+CTX = Context(model_names=frozenset({"m"}))
+
+
+def body(**kw):
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **kw}
+
+
+def parse(row, ctx=CTX):
+    return parse_row(row, source_file="f.jsonl", line=7, ctx=ctx)
+
+
+def test_batch_line_shape():
+    req = parse({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body(temperature=0.5)})
+    assert isinstance(req, Request)
+    assert (req.custom_id, req.line, req.params) == ("a", 7, {"temperature": 0.5})
+
+
+def test_bare_body_without_id_gets_stable_id():
+    a, b = parse(body()), parse(body())
+    assert isinstance(a, Request) and a.custom_id == b.custom_id
+    other = parse_row(body(), source_file="g.jsonl", line=7, ctx=CTX)
+    assert other.custom_id != a.custom_id
+
+
+@pytest.mark.parametrize(
+    "field,value,code,param",
+    [
+        ("temperature", 2.5, "invalid_parameter", "temperature"),
+        ("temperature", -0.1, "invalid_parameter", "temperature"),
+        ("temperature", True, "invalid_parameter", "temperature"),
+        ("top_p", 0, "invalid_parameter", "top_p"),
+        ("top_p", 1.01, "invalid_parameter", "top_p"),
+        ("min_p", 1.5, "invalid_parameter", "min_p"),
+        ("top_k", 1000, "invalid_parameter", "top_k"),
+        ("top_k", 1.5, "invalid_parameter", "top_k"),
+        ("max_tokens", 0, "invalid_parameter", "max_tokens"),
+        ("n", 5, "invalid_parameter", "n"),
+        ("presence_penalty", 2.1, "invalid_parameter", "presence_penalty"),
+        ("frequency_penalty", -3, "invalid_parameter", "frequency_penalty"),
+        ("repetition_penalty", 0, "invalid_parameter", "repetition_penalty"),
+        ("repetition_penalty", 5.5, "invalid_parameter", "repetition_penalty"),
+        ("seed", "x", "invalid_parameter", "seed"),
+        ("stop", [f"s{i}" for i in range(17)], "invalid_parameter", "stop"),
+        ("stop", 3, "invalid_parameter", "stop"),
+        ("top_logprobs", 3, "invalid_parameter", "top_logprobs"),
+        ("logprobs", "yes", "invalid_parameter", "logprobs"),
+        ("response_format", {"type": "xml"}, "invalid_parameter", "response_format"),
+        ("tool_choice", "required", "invalid_parameter", "tool_choice"),
+        ("user", 5, "invalid_parameter", "user"),
+    ],
+)
+def test_out_of_range_parameters(field, value, code, param):
+    err = parse(body(**{field: value}))
+    assert isinstance(err, FailedRequest), err
+    assert (err.code, err.param, err.line) == (code, param, 7)
+    assert field in err.message
+
+
+def test_accepted_edges():
+    req = parse(body(temperature=0, top_p=1, min_p=0, top_k=0, n=4, presence_penalty=-2,
+                     frequency_penalty=2, repetition_penalty=0.01, stop=[f"s{i}" for i in range(16)],
+                     seed=2**40, logprobs=True, top_logprobs=20, max_completion_tokens=5))
+    assert isinstance(req, Request), req
+    assert req.max_tokens == 5 and req.n == 4
+
+
+def test_max_n_is_configurable():
+    assert isinstance(parse(body(n=6), Context(max_n=8)), Request)
+
+
+@pytest.mark.parametrize(
+    "messages,param",
+    [
+        (None, "messages"),
+        ([], "messages"),
+        ([{"role": "robot", "content": "x"}], "messages[0].role"),
+        ([{"role": "user"}], "messages[0].content"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]"),
+        ([{"role": "user", "content": "q"}, {"role": "tool", "content": "r", "tool_call_id": "c1"}], "messages[1].tool_call_id"),
+        ([{"role": "user", "content": 5}], "messages[0].content"),
+    ],
+)
+def test_bad_messages(messages, param):
+    err = parse({"model": "m", "messages": messages})
+    assert isinstance(err, FailedRequest)
+    assert err.param == param, err
+
+
+def test_tool_conversation_and_text_parts():
+    msgs = [
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    assert isinstance(parse({"model": "m", "messages": msgs}), Request)
+
+
+def test_model_mismatch_and_wrong_url():
+    err = parse(body(model="gpt-4o"))
+    assert err.code == "model_mismatch" and "gpt-4o" in err.message and "-m" in err.message
+    err = parse({"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": body()})
+    assert err.code == "invalid_url" and err.custom_id == "x"
+
+
+def test_unknown_fields_are_reported_not_used():
+    req = parse(body(frobnicate=1, stream=True))
+    assert req.unknown_fields == ("frobnicate",)
+    assert any("frobnicate" in w for w in req.warnings)
+    assert any(w.startswith("stream") for w in req.warnings)
+    assert "frobnicate" not in req.params
+
+
+def test_tools_and_named_choice():
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    ok = parse(body(tools=tools, tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+    assert isinstance(ok, Request)
+    err = parse(body(tools=tools, tool_choice={"type": "function", "function": {"name": "nope"}}))
+    assert err.code == "invalid_parameter" and "nope" in err.message
+
+
+def test_duplicate_ids_and_passthrough_errors():
+    rows = [
+        ("f", 1, {"custom_id": "a", **body()}),
+        ("f", 2, {"custom_id": "a", **body()}),
+        ("f", 3, FailedRequest("x", "f", 3, "invalid_json", "bad")),
+        ("f", 4, body()),
+    ]
+    out = list(validate_rows(rows, CTX))
+    assert isinstance(out[0], Request)
+    assert out[1].code == "duplicate_custom_id" and out[1].line == 2
+    assert out[2].code == "invalid_json"
+    assert isinstance(out[3], Request)
+
+
+def test_shape_is_detected_per_file():
+    batch = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body()}
+    out = list(validate_rows([("f", 1, batch), ("f", 2, body())], CTX))
+    assert isinstance(out[0], Request)
+    assert out[1].code == "invalid_url"  # a bare body in a batch-format file
+
+
+def test_seen_ids_is_exact_through_growth():
+    from pipeline.intake.requests import SeenIds
+
+    seen = SeenIds(capacity=8)
+    assert [seen.add(f"id-{i}") for i in range(5000)] == [False] * 5000
+    assert all(seen.add(f"id-{i}") for i in range(0, 5000, 7))
+    assert not seen.add("id-5000") and seen.count == 5001 and len(seen.table) <= 4 * 5001
