@@ -98,22 +98,21 @@ def _key_values(pairs, option: str) -> dict:
 
 
 def user_errors(f):
-    """Turn the errors a user can fix into one clear message (exit 1), storage that keeps failing
-    and interruptions into exit 3."""
+    """The one error handler of every command: an error of the hierarchy in exits.py prints its
+    message and hint and exits with its code; other errors a user can fix (a missing file, a
+    refused access, a bad value) exit 1; an interruption before a run's loop exits 3."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        from pipeline.output.folder import OutputConflict
-        from pipeline.storage import StorageError, redact
+        from pipeline.storage import redact
 
         try:
             return f(*args, **kwargs)
-        except (FileNotFoundError, ValueError, OutputConflict, PermissionError) as e:
-            raise click.ClickException(redact(str(e))) from None
-        except StorageError as e:
-            click.echo(f"Error: {redact(str(e))}\nrerun the same command once storage works again", err=True)
-            sys.exit(exits.INCOMPLETE)
-        except exits.Interrupted:
+        except (exits.PipelineError, FileNotFoundError, PermissionError, ValueError) as e:
+            hint = getattr(e, "hint", "")
+            click.echo(f"Error: {redact(str(e))}" + (f"\n{hint}" if hint else ""), err=True)
+            sys.exit(exits.code_of(e))
+        except (exits.Interrupted, KeyboardInterrupt):
             click.echo("interrupted before any row was written; rerun the same command", err=True)
             sys.exit(exits.INCOMPLETE)
 
@@ -162,7 +161,7 @@ def run(inputs, **values) -> None:
         outcome = run_job(cfg)
     except BaseException as e:  # the error itself is reported by user_errors
         if cfg.metrics_file:
-            _write_metrics(cfg, {}, exits.INCOMPLETE if isinstance(e, exits.Interrupted) else exits.ERROR)
+            _write_metrics(cfg, {}, exits.code_of(e))
         raise
     if cfg.metrics_file:
         _write_metrics(cfg, outcome.report, outcome.exit_code)
@@ -191,12 +190,10 @@ def validate(inputs, **values) -> None:
 
     Prints each problem as FILE:LINE: field: message, then a summary. Exits 0 only if every row is valid.
     """
-    from pipeline.commands.validate import validate_inputs
+    from pipeline.commands.validate import validate as validate_job
+    from pipeline.job import Job, RunConfig
 
-    values = _values(inputs, values)
-    del values["date"], values["run_id"]
-    ok = validate_inputs(values.pop("inputs"), storage_options=values.pop("storage_option"), **values)
-    sys.exit(0 if ok else 1)
+    sys.exit(exits.OK if validate_job(Job.open(RunConfig(**_values(inputs, values)))) else exits.ERROR)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -205,11 +202,10 @@ def validate(inputs, **values) -> None:
 def estimate(inputs, **values) -> None:
     """Count prompt tokens exactly and estimate completion tokens, dollars and GPU-hours, without
     a GPU or the model's weights (tokenizer and chat template only)."""
-    from pipeline.commands.estimate import run_estimate
+    from pipeline.commands.estimate import estimate as estimate_job
+    from pipeline.job import Job, RunConfig
 
-    values = _values(inputs, values)
-    del values["date"], values["run_id"]
-    run_estimate(values.pop("inputs"), storage_options=values.pop("storage_option"), **values)
+    estimate_job(Job.open(RunConfig(**_values(inputs, values))))
 
 
 @cli.command(context_settings=CONTEXT)

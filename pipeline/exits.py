@@ -1,4 +1,9 @@
-"""Exit codes, one table for the code, `--help` and the README, and the interruption signal."""
+"""How the process ends: the exit codes (one table for the code, `--help` and the docs), the error
+hierarchy whose classes carry their exit code, and the interruption signal.
+
+One handler in cli.py serves every command: an error of this hierarchy prints its message (and
+its hint) and exits with its code.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,67 @@ USAGE = 2  # bad command line or job file
 INCOMPLETE = 3  # interrupted, storage failure, another run holds the output, engines keep dying: rerun
 ENGINE_START = 4  # the engine could not start
 
-HELP = ("Exit codes: 0 every request has a row (per-row errors are counted in the summary); "
-        "1 an error to fix (input missing, output conflict, access refused); 2 usage error; "
-        "3 incomplete (interrupted, storage failure, output busy, engines keep dying): rerun the same "
-        "command to finish; 4 the engine could not start.")
+# code -> what it means, for --help and the docs' table (a test keeps the docs in step)
+MEANING = {
+    OK: "every request has its row (per-row errors are counted in the summary)",
+    ERROR: "an error to fix (input missing, output conflict, access refused); nothing was written",
+    USAGE: "usage error (bad command line or job file)",
+    INCOMPLETE: "incomplete (interrupted by SIGTERM or SIGINT, storage failure, output busy, engines "
+                "keep dying): rerun the same command to finish",
+    ENGINE_START: "the engine could not start",
+}
+HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in MEANING.items()) + "."
 
 
-class Interrupted(Exception):
-    """SIGTERM or SIGINT: commit what is finished and stop (exit 3)."""
+class PipelineError(Exception):
+    """An error the user sees: its message says what is wrong and how to fix it; `hint` is a
+    line printed after it; `exit_code` is how the process ends."""
+
+    exit_code = ERROR
+    hint = ""
+
+
+class UserError(PipelineError, ValueError):
+    """Something the user can fix (input, option, model, output folder); nothing was written."""
+
+
+class Incomplete(PipelineError):
+    """The job is not finished, and rerunning the same command finishes it."""
+
+    exit_code = INCOMPLETE
+    hint = "rerun the same command to finish"
+
+
+class TooManyRestarts(Incomplete):
+    """Engines keep dying without a request to blame (its message says what to do)."""
+
+    hint = ""
+
+
+class EngineStartError(PipelineError):
+    """An engine could not start at all (bad model, no memory, missing install), or died while
+    loading too many times in a row."""
+
+    exit_code = ENGINE_START
+    hint = "committed output is kept; rerun the same command to finish once the engine starts"
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT: commit what is finished and stop (exit 3). A BaseException, as
+    KeyboardInterrupt is, so that no handler of errors can swallow it."""
+
+    exit_code = INCOMPLETE
+
+
+# What stops a run in order: the rows that finished are committed first.
+STOPS = (Interrupted, KeyboardInterrupt, TooManyRestarts, EngineStartError)
+
+
+def code_of(e: BaseException) -> int:
+    """The exit code an exception ends the process with."""
+    if isinstance(e, (Interrupted, KeyboardInterrupt)):
+        return INCOMPLETE
+    return getattr(e, "exit_code", ERROR)
 
 
 def _raise_interrupted(signum, frame):

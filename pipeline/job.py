@@ -1,17 +1,39 @@
-"""Run configuration: one frozen dataclass, filled from the command line over a job file over
-defaults, and validated once at the edge."""
+"""A job: its configuration (one frozen dataclass over the option table, filled from the command
+line over a job file over defaults) and the front half every command shares, built once.
+
+`Job.open(cfg)` lists the inputs, scans them, reads the template spec and its output layout,
+checks the model's names, routes and adapters, and finds the price. `run`, `validate`,
+`estimate` and the dry run read requests only through `Job.rows()` and order them only through
+`Job.ordered()`, so that they cannot disagree about which rows are valid or what order a run takes.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, field, make_dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipeline import options
+from pipeline.engines.base import KINDS, EngineSpec
+from pipeline.exits import UserError
+from pipeline.intake.order import order
+from pipeline.intake.reader import Scan, scan
+from pipeline.intake.requests import Context
+from pipeline.intake.sources import InputFile, list_inputs
+from pipeline.intake.stream import request_stream, run_context
+from pipeline.intake.templates import OPTION_NAMES as TEMPLATE_OPTIONS
+from pipeline.intake.templates import TemplateSpec
+from pipeline.models.adapters import Adapter, adapters_fingerprint, lora_engine_args
+from pipeline.models.names import output_name, resolve_model
+from pipeline.models.prices import Price, find_price
+from pipeline.output.layout import Layout
+from pipeline.records import FailedRequest, Request
+from pipeline.storage import Location
 
 KEY_VALUE_OPTIONS = ("storage_option", "engine_arg", "engine_option", "sample", "sample_column", "route", "lora")  # KEY=VALUE..., held as dicts
 
@@ -52,14 +74,82 @@ class _RunConfigMethods:
         return served_names(self.model, self.served_model_name)
 
 
-# `pipeline run`'s configuration: one frozen dataclass with a field per option of the table
-# (options.py), filled from the command line over a job file over defaults.
+# The configuration of a command that reads requests (run, validate, estimate): one frozen
+# dataclass with a field per option of the table (options.py), filled from the command line over a
+# job file over defaults; a command's own options are set, the others keep their defaults.
+# config.pyi declares its fields with types, for readers and editors (a test keeps it in step).
 RunConfig = make_dataclass(
     "RunConfig",
-    [("inputs", tuple), *((o.name, Any, _field(o)) for o in options.of(options.RUN))],
+    [("inputs", tuple), *((o.name, Any, _field(o)) for o in options.OPTIONS if o.commands & options.READERS)],
     bases=(_RunConfigMethods,), frozen=True, kw_only=True,
 )
 RunConfig.__module__ = __name__
+
+
+@dataclass
+class Job:
+    """The front half of every command that reads requests, built once (see the module's doc)."""
+
+    cfg: Any  # RunConfig
+    files: list[InputFile]
+    scans: list[Scan]
+    ctx: Context
+    adapters: tuple[Adapter, ...] = ()  # --lora
+    spec: TemplateSpec | None = None  # a template job's (None: request files)
+    layout: Layout | None = None  # its extra output columns
+    model_name: str | None = None  # the model's name in output rows (None: no --model)
+    price: Price | None = None
+
+    @classmethod
+    def open(cls, cfg, *, exclude: Location | None = None) -> Job:
+        """Check the inputs, template, model names and adapters without side effects; raises what
+        the user must fix. `exclude`: the run's output folder, never an input."""
+        spec = TemplateSpec.from_values({n: getattr(cfg, n) for n in TEMPLATE_OPTIONS})
+        files = list_inputs(list(cfg.inputs), cfg.storage_options, exclude=exclude)
+        layout = spec.layout(files) if spec else None
+        scans = [scan(f, digest=cfg.verify_content) for f in files]
+        ctx, adapters = run_context(cfg.model, cfg.served_model_name, cfg.max_n, cfg.route, cfg.lora)
+        model_name = price = None
+        if cfg.model:
+            model_name = output_name(cfg.model, cfg.served_model_name)
+            price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
+                               price_output=cfg.price_output)
+        return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price)
+
+    def rows(self) -> Iterator[Request | FailedRequest]:
+        """Every input row as a Request or FailedRequest, in the input's order."""
+        return request_stream(self.files, self.scans, self.ctx, self.spec,
+                              max_line_bytes=self.cfg.max_line_bytes, layout=self.layout)
+
+    def ordered(self, items: Iterable[Request | FailedRequest]) -> Iterable[Request | FailedRequest]:
+        """`items` in the order a run takes them (--order): the one decision run and estimate share."""
+        return order(items, self.cfg.order, buffer=self.cfg.order_buffer)
+
+    def total(self) -> int | None:
+        """Input rows, where every file's scan counted them."""
+        counts = [s.rows for s in self.scans]
+        return None if any(c is None for c in counts) else sum(counts)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes two runs the same job: the inputs as scanned, the options that change rows,
+        the template and the adapters (resume refuses a different one)."""
+        detail = {"inputs": [f.fingerprint(s.digest) for f, s in zip(self.files, self.scans, strict=True)],
+                  "options": self.cfg.output_options()}
+        if self.spec is not None:
+            detail["template"] = self.spec.fingerprint()
+        if self.adapters:
+            detail["adapters"] = adapters_fingerprint(self.adapters)
+        return detail
+
+    def engine_spec(self) -> EngineSpec:
+        """What each engine process is started with."""
+        cfg = self.cfg
+        return EngineSpec(
+            kind=cfg.engine, model=resolve_model(cfg.model) if KINDS[cfg.engine].loads_model else cfg.model,
+            engine_args={**lora_engine_args(self.adapters), **cfg.engine_args()}, seed_policy=cfg.seed_on_cpu,
+            tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
+            lora={a.name: a.path for a in self.adapters},
+        )
 
 
 def load_job(path: str) -> dict[str, Any]:
@@ -67,11 +157,11 @@ def load_job(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
-        raise ValueError(f"job file not found: {path}") from None
+        raise UserError(f"job file not found: {path}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"job file {path} is not valid YAML: {e}") from None
+        raise UserError(f"job file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"job file {path} must be a mapping of option names to values")
+        raise UserError(f"job file {path} must be a mapping of option names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -88,7 +178,7 @@ def parse_key_values(pairs: tuple[str, ...] | list[str] | dict, what: str) -> di
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{what} takes KEY=VALUE; one of them has no '=' or no key "
+            raise UserError(f"{what} takes KEY=VALUE; one of them has no '=' or no key "
                              "(not shown: it may hold a secret)")
         out[key.strip().replace("-", "_") if what == "--engine-arg" else key.strip()] = json_or_text(value)
     return out

@@ -1,6 +1,6 @@
 """Every option of `run`, `validate` and `estimate`, declared once.
 
-The table generates each command's Click options, the run's configuration (`config.RunConfig`),
+The table generates each command's Click options, the commands' configuration (`job.RunConfig`),
 the vLLM engine arguments (`engine=True`), the options that change what output rows say and so
 are part of the resume fingerprint (`output=True`), and the keys a job file may hold: one job
 file drives all three commands, each taking the keys it knows. Adding a vLLM flag is one line.
@@ -169,7 +169,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("order", "auto: prefix order when it helps (decided on the first --order-buffer requests); "
         "prefix: requests sharing a prompt prefix reach the engines together, so the prefix is "
         "computed once while cached (reads the whole input first, spilling to $TMPDIR past "
-        "--order-buffer); input: the input's order.", click.Choice(["auto", "prefix", "input"]), "auto"),
+        "--order-buffer); input: the input's order. estimate takes the same order as run.",
+        click.Choice(["auto", "prefix", "input"]), "auto", commands=frozenset({RUN, ESTIMATE})),
     Opt("order_buffer", "With --order prefix or auto: requests held in memory; more are sorted in runs on "
         "local temporary disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
     Opt("max_engine_restarts", "Stop (exit 3, resumable) after this many engine deaths.", Int0, 50),

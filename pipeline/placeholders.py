@@ -15,6 +15,8 @@ import string
 import uuid
 from typing import Any
 
+from pipeline.exits import UserError
+
 NAMES = ("date", "yesterday", "run_id")
 
 
@@ -22,7 +24,7 @@ def values(date: str | None, run_id: str | None) -> dict[str, Any]:
     try:
         day = dt.date.fromisoformat(date) if date else dt.date.today()
     except ValueError:
-        raise ValueError(f"--date {date!r} is not a date; give it as YYYY-MM-DD") from None
+        raise UserError(f"--date {date!r} is not a date; give it as YYYY-MM-DD") from None
     now = dt.datetime.now()
     rid = run_id or f"{day.isoformat()}T{now:%H%M%S}-{uuid.uuid4().hex[:4]}"
     return {"date": day, "yesterday": day - dt.timedelta(days=1), "run_id": rid}
@@ -35,11 +37,11 @@ def resolve(text: str, found: dict[str, Any]) -> str:
     try:
         for _, name, _, _ in string.Formatter().parse(text):
             if name is not None and name not in NAMES:
-                raise ValueError(f"unknown placeholder {{{name}}} in {text!r}: use {{date}}, {{yesterday}} "
+                raise UserError(f"unknown placeholder {{{name}}} in {text!r}: use {{date}}, {{yesterday}} "
                                  "or {run_id} (a literal brace is written twice)")
         return text.format(**found)
     except (ValueError, IndexError) as e:
         if "placeholder" in str(e):
             raise
-        raise ValueError(f"cannot fill in the placeholders of {text!r}: {e}. A literal brace is "
+        raise UserError(f"cannot fill in the placeholders of {text!r}: {e}. A literal brace is "
                          "written twice") from None

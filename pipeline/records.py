@@ -118,6 +118,19 @@ class Request:
     def max_tokens(self) -> int | None:
         return self.params.get("max_completion_tokens", self.params.get("max_tokens"))
 
+    @property
+    def body(self) -> dict[str, Any]:
+        """The normalized OpenAI chat-completions body: every field the row set, as validated,
+        under its OpenAI name. Engines read this body; none rebuilds the request its own way."""
+        body: dict[str, Any] = {"messages": self.messages, **self.params}
+        if "logit_bias" in body:  # JSON object keys: strings
+            body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
+        for key in ("tools", "tool_choice", "response_format", "user"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        return body
+
 
 def field_names(keys: Any) -> list[str]:
     """Field names, sorted, as text a message can hold (a lone surrogate is escaped)."""

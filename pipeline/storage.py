@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.exits import Incomplete
+
 log = logging.getLogger("pipeline")
 T = TypeVar("T")
 
@@ -36,9 +38,11 @@ CREDENTIAL_PARAMS = frozenset({
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a transient failure
 
 
-class StorageError(RuntimeError):
+class StorageError(Incomplete):
     """Storage failed after retries (disk full, upload refused, service down): the run stops,
     committed output stays valid, and rerunning the same command finishes the job."""
+
+    hint = "rerun the same command once storage works again"
 
 
 class AccessDenied(PermissionError):

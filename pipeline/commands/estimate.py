@@ -8,7 +8,7 @@ where max_tokens is absent) and an expected figure: the bound × a completion ra
 list price (prices.yaml) and on our own GPUs: GPU-hours at a throughput per GPU × --gpu-hour-usd.
 
 GPU-hours count the prompt tokens a run computes, not those billed: requests are taken in the
-order `run --order prefix` uses (schedule.py), and the whole KV cache blocks each prompt shares
+order a run of the same job takes (--order, intake/order.py), and the whole KV cache blocks each prompt shares
 with the one before it are served by vLLM's prefix cache. So --rows-file lists rows in that order.
 """
 
@@ -26,16 +26,13 @@ from typing import Any
 
 import click
 
-from pipeline.intake.order import order
-from pipeline.intake.reader import scan
+from pipeline.exits import UserError
 from pipeline.intake.requests import Context
-from pipeline.intake.sources import list_inputs
-from pipeline.intake.stream import request_stream, run_context
-from pipeline.intake.templates import TemplateSpec
-from pipeline.models.names import output_name
+from pipeline.job import Job
 from pipeline.models.prefix import shared_blocks
-from pipeline.models.prices import Price, find_price, hosted_price
+from pipeline.models.prices import Price, hosted_price
 from pipeline.models.tokens import PromptCounter, cpu_count
+from pipeline.output.folder import Output
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
 
@@ -143,76 +140,64 @@ def rates_for(*, upper: int, report: dict[str, Any] | None, calibrate_from: str 
 
 def read_report(directory: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     """The _report.json of a finished run's output directory."""
-    data = Location.of(directory, storage_options).child("_report.json").cat()
-    if data is not None:
-        return json.loads(data)
-    raise ValueError(f"--calibrate-from {directory}: no _report.json there. "
+    report = Output(Location.of(directory, storage_options)).read_report()
+    if report:
+        return report
+    raise UserError(f"--calibrate-from {directory}: no _report.json there. "
                      "Hint: pass the output directory of a finished `pipeline run` of this job")
 
 
-def run_estimate(
-    inputs, *, storage_options: dict[str, Any], max_line_bytes: int, max_n: int, model: str,
-    max_model_len: int | None = None, served_model_name=(), provider: str | None = None,
-    price_input: float | None = None, price_output: float | None = None, completion_ratio: float | None = None,
-    calibrate_from: str | None = None, tokens_per_second: float | None = None, gpu_hour_usd: float = 2.0,
-    workers: int | None = None, as_json: bool = False, rows_file: str | None = None,
-    tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
-    lora: dict | None = None, block_size: int | None = None, order_buffer: int = 100_000, **template_values,
-) -> dict[str, Any]:
+def estimate(job: Job) -> dict[str, Any]:
     """Count, estimate, print the table (or one JSON object) and write --rows-file; returns the
-    figures. `template_values`: the template job options (templates.py), if any."""
-    started = time.monotonic()
-    spec = TemplateSpec.from_values(template_values)
-    files = list_inputs(list(inputs), storage_options)
-    model_name = output_name(model, tuple(served_model_name))
-    price = find_price(model_name, provider=provider, price_input=price_input, price_output=price_output)
-    report = read_report(calibrate_from, storage_options) if calibrate_from else None
-    if report and report.get("model") not in (None, model_name):
-        click.echo(f"warning: {calibrate_from} is a run of {report['model']}, not {model_name}", err=True)
-    counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,
-                            trust_remote_code=trust_remote_code)
-    # The model names a run with these options accepts, so that estimate and run agree on validity.
-    ctx, _ = run_context(model, tuple(served_model_name), max_n, route, lora)
-    workers = workers or cpu_count()
-    block_size = block_size or 16
-
-    tallies, total, routes = {f.display: Tally() for f in files}, Tally(), {}
-    with RequestRows(rows_file, storage_options) if rows_file else contextlib.nullcontext() as out:
-        stream = request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes)
-        # in the order a run uses (schedule.py), so that each request follows the one it shares most with
+    figures. Requests are taken in the order a run of the same job takes (`Job.ordered`)."""
+    cfg, started = job.cfg, time.monotonic()
+    report = read_report(cfg.calibrate_from, cfg.storage_options) if cfg.calibrate_from else None
+    if report and report.get("model") not in (None, job.model_name):
+        click.echo(f"warning: {cfg.calibrate_from} is a run of {report['model']}, not {job.model_name}", err=True)
+    counter = PromptCounter(cfg.model, max_model_len=cfg.max_model_len, tokenizer=cfg.tokenizer,
+                            trust_remote_code=cfg.trust_remote_code)
+    workers, block_size = cfg.workers or cpu_count(), cfg.block_size or 16
+    tallies, total, routes = {f.display: Tally() for f in job.files}, Tally(), {}
+    ordered = job.ordered(job.rows())
+    with RequestRows(cfg.rows_file, cfg.storage_options) if cfg.rows_file else contextlib.nullcontext() as out:
         before = b""
-        for item, prompt_tokens, blocks in counter.check_all(order(stream, "prefix", buffer=order_buffer),
-                                                             workers=workers, block_size=block_size):
+        for item, prompt_tokens, blocks in counter.check_all(ordered, workers=workers, block_size=block_size):
             upper = computed = None
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
                 computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
                 routes.setdefault((item.requested_model, item.adapter), Tally()).add(item, prompt_tokens, upper,
                                                                                      computed)
-            tallies[item.source_file].add(item, prompt_tokens, upper, computed)
-            total.add(item, prompt_tokens, upper, computed)
+            for tally in (tallies[item.source_file], total):
+                tally.add(item, prompt_tokens, upper, computed)
             if out is not None:
                 out.add(item, prompt_tokens, upper)
-        rates = rates_for(upper=total.completion_tokens_upper, report=report, calibrate_from=calibrate_from,
-                          completion_ratio=completion_ratio, tokens_per_second=tokens_per_second,
-                          price=price, gpu_hour_usd=gpu_hour_usd)
+        rates = rates_for(upper=total.completion_tokens_upper, report=report, calibrate_from=cfg.calibrate_from,
+                          completion_ratio=cfg.completion_ratio, tokens_per_second=cfg.tokens_per_second,
+                          price=job.price, gpu_hour_usd=cfg.gpu_hour_usd)
         if out is not None:
             out.finish(rates)
     seconds = time.monotonic() - started
     result = {
-        "model": model_name, "max_model_len": counter.max_model_len, **rates.figures(total),
+        "model": job.model_name, "max_model_len": counter.max_model_len, **rates.figures(total),
         "completion_ratio": rates.completion_ratio, "completion_ratio_source": rates.ratio_source,
-        "price": _price(price),
+        "price": _price(job.price),
         "tokens_per_second": rates.tokens_per_second, "throughput_source": rates.throughput_source,
-        "gpu_hour_usd": gpu_hour_usd, "block_size": block_size,
+        "gpu_hour_usd": cfg.gpu_hour_usd, "block_size": block_size,
+        **order_figures(ordered),
         "files": [{"file": url, **rates.figures(t)} for url, t in tallies.items()],
-        "routes": route_figures(routes, rates, model_name, ctx),
-        "rows_file": rows_file, "seconds": round(seconds, 3),
+        "routes": route_figures(routes, rates, job.model_name, job.ctx),
+        "rows_file": cfg.rows_file, "seconds": round(seconds, 3),
     }
-    click.echo(json.dumps(result, indent=2) if as_json else table(result))
+    click.echo(json.dumps(result, indent=2) if cfg.as_json else table(result))
     click.echo(f"counted {total.requests:,} requests in {seconds:.1f} s ({total.requests / max(seconds, 1e-9):,.0f}/s, "
                f"{workers} tokenizer process{'es' if workers > 1 else ''})", err=True)
     return result
+
+
+def order_figures(ordered: Any) -> dict[str, Any]:
+    """The order decision, as the run's report gives it."""
+    return ordered.describe() if hasattr(ordered, "describe") else {"order": "input"}
 
 
 def route_figures(routes: dict[tuple[str | None, str | None], Tally], rates: Rates, model_name: str,
@@ -408,4 +393,4 @@ class RequestRows:
             os.remove(self.tmp)
 
 
-__all__ = ["run_estimate", "completion_upper", "rates_for", "row_schema", "Rates", "Tally", "table"]
+__all__ = ["estimate", "completion_upper", "rates_for", "row_schema", "Rates", "Tally", "table"]

@@ -7,17 +7,17 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int | None, *, quiet: bool, interval: float = 30.0, stream=None):
+    def __init__(self, total: int | None, *, quiet: bool, initial: int = 0, interval: float = 30.0, stream=None):
         self.stream = stream or sys.stderr
         self.total, self.quiet, self.interval = total, quiet, interval
-        self.done = self.tokens = 0
+        self.done, self.tokens = initial, 0
         self.start = self.last = time.monotonic()
         self.bar = None
         if not quiet and self.stream.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="req", file=self.stream, dynamic_ncols=True,
-                            smoothing=0.1, desc="requests")
+                            smoothing=0.1, desc="requests", initial=initial)
 
     def update(self, requests: int, generated_tokens: int = 0) -> None:
         self.done += requests

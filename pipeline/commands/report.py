@@ -36,8 +36,7 @@ def load(url: str, storage_options: dict[str, Any] | None = None) -> RunData:
 
     out = Output(Location.of(url, storage_options))
     state = out.job_state()
-    raw = out.loc.child("_report.json").cat()
-    report = json.loads(raw) if raw else {}
+    report = out.read_report()
     frames = []
     for rec in state.records:
         data = out.loc.child(rec["part"]).cat()
@@ -120,35 +119,10 @@ def terminal_summary(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None 
 
 def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> str:
     """The self-contained HTML report."""
-    import plotly.graph_objects as go
     from plotly.offline import get_plotlyjs
 
-    charts: list[tuple[str, Any]] = []
-    rows = d.rows
-    ok = rows.filter(rows["error"].is_null()) if rows.height else rows
-    if ok.height:
-        charts.append(("Prompt tokens per request", go.Figure(go.Histogram(x=ok["prompt_tokens"].to_list(), nbinsx=40))))
-        charts.append(("Completion tokens per request", go.Figure(go.Histogram(x=ok["completion_tokens"].to_list(), nbinsx=40))))
-        reasons = ok["finish_reason"].fill_null("none").value_counts().sort("finish_reason")
-        charts.append(("Finish reasons", go.Figure(go.Bar(x=reasons["finish_reason"].to_list(), y=reasons["count"].to_list()))))
-    if f["errors_by_code"]:
-        charts.append(("Error rows by code", go.Figure(go.Bar(x=list(f["errors_by_code"]), y=list(f["errors_by_code"].values())))))
-    timeline = _timeline(d)
-    if timeline:
-        x, y = timeline
-        charts.append(("Rows finished over the run", go.Figure(go.Scatter(x=x, y=y, mode="lines"))))
-    per = _per_engine(ok)
-    if per is not None:
-        names = [f"engine {e}" for e in per["engine"]]
-        charts.append(("Requests per engine", go.Figure(go.Bar(x=names, y=per["rows"].to_list()))))
-        charts.append(("Generated tokens/s per engine (first to last answer)",
-                       go.Figure(go.Bar(x=names, y=per["tokens_per_second"].to_list()))))
-    charts.append(("Prompt tokens served from cache", go.Figure(go.Pie(
-        labels=["from cache", "computed"], values=[f["cached_tokens"], max(0, f["prompt_tokens"] - f["cached_tokens"])], hole=0.5))))
-    parts = []
-    for i, (title, fig) in enumerate(charts):
-        fig.update_layout(title=title, height=320, margin={"l": 40, "r": 20, "t": 50, "b": 40})
-        parts.append(f'<div class="chart">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart{i}")}</div>')
+    ok = d.rows.filter(d.rows["error"].is_null()) if d.rows.height else d.rows
+    parts = _charts(d, f, ok)
     cards = "".join(f'<div class="card"><b>{html.escape(str(v))}</b><span>{html.escape(k)}</span></div>' for k, v in (
         ("requests", f["requests"]), ("ok", f["succeeded"]), ("failed", f["failed"]),
         ("prompt tokens", f["prompt_tokens"]), ("completion tokens", f["completion_tokens"]),
@@ -187,6 +161,37 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
 .card span{{color:#666}} table{{border-collapse:collapse;margin:.5em 0}} td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}}
 .chart{{display:inline-block;width:48%;min-width:420px}}</style></head>
 <body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>"""
+
+
+def _charts(d: RunData, f: dict[str, Any], ok) -> list[str]:
+    """The report's charts, as HTML divs (plotly's script is included once by the page)."""
+    import plotly.graph_objects as go
+
+    charts: list[tuple[str, Any]] = []
+    if ok.height:
+        charts.append(("Prompt tokens per request", go.Figure(go.Histogram(x=ok["prompt_tokens"].to_list(), nbinsx=40))))
+        charts.append(("Completion tokens per request", go.Figure(go.Histogram(x=ok["completion_tokens"].to_list(), nbinsx=40))))
+        reasons = ok["finish_reason"].fill_null("none").value_counts().sort("finish_reason")
+        charts.append(("Finish reasons", go.Figure(go.Bar(x=reasons["finish_reason"].to_list(), y=reasons["count"].to_list()))))
+    if f["errors_by_code"]:
+        charts.append(("Error rows by code", go.Figure(go.Bar(x=list(f["errors_by_code"]), y=list(f["errors_by_code"].values())))))
+    timeline = _timeline(d)
+    if timeline:
+        x, y = timeline
+        charts.append(("Rows finished over the run", go.Figure(go.Scatter(x=x, y=y, mode="lines"))))
+    per = _per_engine(ok)
+    if per is not None:
+        names = [f"engine {e}" for e in per["engine"]]
+        charts.append(("Requests per engine", go.Figure(go.Bar(x=names, y=per["rows"].to_list()))))
+        charts.append(("Generated tokens/s per engine (first to last answer)",
+                       go.Figure(go.Bar(x=names, y=per["tokens_per_second"].to_list()))))
+    charts.append(("Prompt tokens served from cache", go.Figure(go.Pie(
+        labels=["from cache", "computed"], values=[f["cached_tokens"], max(0, f["prompt_tokens"] - f["cached_tokens"])], hole=0.5))))
+    parts = []
+    for i, (title, fig) in enumerate(charts):
+        fig.update_layout(title=title, height=320, margin={"l": 40, "r": 20, "t": 50, "b": 40})
+        parts.append(f'<div class="chart">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart{i}")}</div>')
+    return parts
 
 
 def _per_engine(ok):

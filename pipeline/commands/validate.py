@@ -6,50 +6,36 @@ from collections import Counter
 
 import click
 
-from pipeline.intake.reader import scan
-from pipeline.intake.sources import list_inputs
-from pipeline.intake.stream import request_stream, run_context
-from pipeline.intake.templates import TemplateSpec
+from pipeline.job import Job
 from pipeline.records import FailedRequest, Request
 
 MAX_UNKNOWN = 1000  # distinct unknown field names counted
 
 
-def validate_inputs(
-    inputs, *, storage_options, max_line_bytes: int, max_n: int, model: str | None,
-    max_model_len: int | None, served_model_name=(), max_errors: int = 100,
-    tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
-    lora: dict | None = None, **template_values,
-) -> bool:
-    """Print each invalid row and a summary; True when every row is valid. `template_values`:
-    the template job options (templates.py), if any."""
-    spec = TemplateSpec.from_values(template_values)
-    files = list_inputs(list(inputs), storage_options)
-    layout = spec.layout(files) if spec else None
-    ctx, _ = run_context(model, tuple(served_model_name), max_n, route, lora)
-    counter = None
-    if model:
+def validate(job: Job) -> bool:
+    """Print each invalid row (at most --max-errors) and a summary; True when every row is valid.
+    With --model, prompts are also checked against the model's context and chat template."""
+    cfg, counter = job.cfg, None
+    if cfg.model:
         from pipeline.models.tokens import PromptCounter
 
-        counter = PromptCounter(model, max_model_len=max_model_len, tokenizer=tokenizer,
-                                trust_remote_code=trust_remote_code)
-
+        counter = PromptCounter(cfg.model, max_model_len=cfg.max_model_len, tokenizer=cfg.tokenizer,
+                                trust_remote_code=cfg.trust_remote_code)
     total, codes, unknown, shown = 0, Counter(), Counter(), 0
-    for item in request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes,
-                               layout=layout):
+    for item in job.rows():
         total += 1
         if isinstance(item, Request) and counter is not None:
             item = counter.check(item)
         if isinstance(item, FailedRequest):
             codes[item.code] += 1
-            if shown < max_errors:
+            if shown < cfg.max_errors:
                 shown += 1
                 click.echo(f"{item.source_file}:{item.line}: {item.param or item.code}: {item.message}")
         else:
             # bounded: a file with a million different field names keeps its first thousand
             unknown.update(n for n in item.unknown_fields if n in unknown or len(unknown) < MAX_UNKNOWN)
     bad = sum(codes.values())
-    click.echo(f"{total} rows in {len(files)} file(s): {total - bad} valid, {bad} invalid", err=True)
+    click.echo(f"{total} rows in {len(job.files)} file(s): {total - bad} valid, {bad} invalid", err=True)
     if codes:
         click.echo("errors: " + ", ".join(f"{c} ×{n}" for c, n in codes.most_common()), err=True)
     if unknown:

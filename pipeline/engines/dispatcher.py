@@ -18,18 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.engines.base import Result
+from pipeline.exits import EngineStartError, TooManyRestarts
 from pipeline.records import Problem, Request
 
-log = logging.getLogger("pipeline")
-
-
-class EngineStartError(RuntimeError):
-    """An engine could not start at all (bad model, no memory, missing install), or died while
-    loading `max_start_tries` times in a row."""
-
-
-class TooManyRestarts(RuntimeError):
-    """Engines keep dying without a request to blame."""
+log = logging.getLogger("pipeline.engines")
 
 
 @dataclass
@@ -76,6 +68,12 @@ class _Worker:
     sent: dict[int, float] = field(default_factory=dict)  # seq -> when it was handed over
     exclusive: bool = False  # running a suspect group alone
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def in_flight_window(max_in_flight: int | None, max_num_seqs: int | None) -> int:
+    """Requests held by each engine at once: --max-in-flight, else enough to keep its batch full
+    between refills (vLLM runs up to 1024 sequences on big GPUs)."""
+    return max_in_flight or max(2048, 2 * (max_num_seqs or 0))
 
 
 class Dispatcher:

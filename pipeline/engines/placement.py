@@ -8,15 +8,17 @@ import os
 import shutil
 import subprocess
 
+from pipeline.exits import UserError
+
 
 def engine_count(gpus: int, tp: int, dp: int | None, where: str) -> int:
     """Engines of `tp` GPUs each: `dp`, or as many groups as there are GPUs for."""
     if gpus < tp:
-        raise ValueError(f"--tensor-parallel-size {tp} needs {tp} GPUs; {where} has {gpus}. "
+        raise UserError(f"--tensor-parallel-size {tp} needs {tp} GPUs; {where} has {gpus}. "
                          "Hint: an engine's GPUs must be on one node.")
     size = dp or gpus // tp
     if size * tp > gpus:
-        raise ValueError(f"--data-parallel-size {size} × --tensor-parallel-size {tp} needs {size * tp} "
+        raise UserError(f"--data-parallel-size {size} × --tensor-parallel-size {tp} needs {size * tp} "
                          f"GPUs; {where} has {gpus}. Hint: leave --data-parallel-size out to use them all.")
     return size
 
@@ -43,7 +45,7 @@ def ray_layout(tp: int | None, dp: int | None, cluster: dict[str, float],
         cpus = int(cluster.get("CPU", 1))
         size = dp or 1
         if size > cpus:
-            raise ValueError(f"--data-parallel-size {size} needs {size} CPUs on the Ray cluster; it has "
+            raise UserError(f"--data-parallel-size {size} needs {size} CPUs on the Ray cluster; it has "
                              f"{cpus}. Hint: lower --data-parallel-size or add nodes.")
         return size, {"num_cpus": 1, "num_gpus": 0}
     tp = tp or 1

@@ -241,17 +241,10 @@ class _Refused(Exception):
 
 
 def _body(req: Request) -> dict[str, Any]:
-    """The request as vLLM's OpenAI layer reads it (already validated by us)."""
-    body: dict[str, Any] = {"model": "batch", "messages": req.messages, **req.params}
+    """The request's own body (`Request.body`, validated by us) as vLLM's OpenAI layer takes it:
+    the length limit is ours to set (`_add`, from the context left), so it is left out here."""
+    body = {**req.body, "model": "batch"}
     body.pop("max_tokens", None), body.pop("max_completion_tokens", None)
-    if "logit_bias" in body:
-        body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
-    if "top_logprobs" in body and not body.get("logprobs"):
-        body.pop("top_logprobs")
-    for key in ("tools", "tool_choice", "response_format", "user"):
-        value = getattr(req, key)
-        if value is not None:
-            body[key] = value
     return body
 
 

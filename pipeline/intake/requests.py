@@ -159,19 +159,7 @@ def _parse_body(
 ) -> Request:
     if not isinstance(body, dict):
         raise Invalid("invalid_row", f"the request body must be a JSON object, got {kind_of(body)}", "body")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise Invalid("invalid_parameter", f"model must be a string, got {kind_of(model)}", "model")
-    if model is not None and not ctx.accepts(model):
-        names = ", ".join(sorted(ctx.model_names | ctx.adapters))
-        raise Invalid(
-            "model_mismatch",
-            f"the request asks for model {short(model)} but this run serves {names}. Hint: to run "
-            f"it on this model, pass --route '{short(model, 40).strip(chr(39))}=<one of those names>' "
-            "(or a pattern such as 'gpt-4o*=...' or '*=...' for every name), or "
-            "--served-model-name; or run with -m for that model",
-            "model",
-        )
+    model = _model(body.get("model"), ctx)
     messages = _messages(body.get("messages"))
     params: dict[str, Any] = {}
     for name, spec in NUMERIC_PARAMS.items():
@@ -204,6 +192,34 @@ def _parse_body(
         raise Invalid("invalid_parameter", "user must be a string", "user")
     if user is not None and not is_text(user):
         raise Invalid("invalid_utf8", "user holds a lone surrogate (\\ud800-\\udfff), which is not text", "user")
+    unknown = _unknown_fields(body, warnings)
+    return Request(
+        custom_id, source_file, line, messages, params, tools, tool_choice,
+        response_format, user, tuple(warnings), unknown, requested_model=model, shape=shape,
+        adapter=ctx.adapter_for(model),
+    )
+
+
+def _model(model: Any, ctx: Context) -> str | None:
+    """The model the request names, if this run serves it (its name, a route or an adapter)."""
+    if model is not None and not isinstance(model, str):
+        raise Invalid("invalid_parameter", f"model must be a string, got {kind_of(model)}", "model")
+    if model is not None and not ctx.accepts(model):
+        names = ", ".join(sorted(ctx.model_names | ctx.adapters))
+        raise Invalid(
+            "model_mismatch",
+            f"the request asks for model {short(model)} but this run serves {names}. Hint: to run "
+            f"it on this model, pass --route '{short(model, 40).strip(chr(39))}=<one of those names>' "
+            "(or a pattern such as 'gpt-4o*=...' or '*=...' for every name), or "
+            "--served-model-name; or run with -m for that model",
+            "model",
+        )
+    return model
+
+
+def _unknown_fields(body: dict[Any, Any], warnings: list[str]) -> tuple[str, ...]:
+    """The body's field names that the chat API does not have (warned about, kept bounded), and
+    warnings for the fields that have no effect on a batch."""
     bad_key = next((k for k in body if not isinstance(k, str) or not is_text(k)), None)
     if bad_key is not None:
         raise Invalid("invalid_utf8", "a field name holds a lone surrogate (\\ud800-\\udfff), which is "
@@ -214,12 +230,7 @@ def _parse_body(
     unknown = sorted(set(body) - BODY_FIELDS)
     if unknown:
         warnings.append(f"unknown field(s) ignored: {names_list(unknown)}")
-    unknown = tuple(n if len(n) <= 64 else n[:63] + "…" for n in unknown[:MAX_UNKNOWN_FIELDS])
-    return Request(
-        custom_id, source_file, line, messages, params, tools, tool_choice,
-        response_format, user, tuple(warnings), unknown, requested_model=model, shape=shape,
-        adapter=ctx.adapter_for(model),
-    )
+    return tuple(n if len(n) <= 64 else n[:63] + "…" for n in unknown[:MAX_UNKNOWN_FIELDS])
 
 
 def _number(name: str, value: Any, kind: type, lo: float, hi: float, lo_in: bool, hi_in: bool):

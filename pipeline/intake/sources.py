@@ -16,6 +16,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.exits import UserError
 from pipeline.storage import Location
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -84,7 +85,7 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any] | None = None
     for given in inputs:
         root = Location.of(given, storage_options)
         if exclude is not None and exclude.contains(root):
-            raise ValueError(f"input {root.display} is inside the --output folder {exclude.display}. "
+            raise UserError(f"input {root.display} is inside the --output folder {exclude.display}. "
                              "Hint: write the output to another folder, never over the inputs")
         info = root.info()
         if info is None:
@@ -101,7 +102,7 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any] | None = None
         matched = [(loc, i) for loc, i in candidates
                    if file_format(loc.name) and not (exclude is not None and exclude.contains(loc))]
         if not matched:
-            raise ValueError(f"no input files in {root.display}: expected .jsonl/.json/.ndjson, .csv or .arrow "
+            raise UserError(f"no input files in {root.display}: expected .jsonl/.json/.ndjson, .csv or .arrow "
                              "(optionally .gz/.zst/.bz2/.xz) or .parquet files")
         for loc, i in matched:
             if loc.identity not in found:

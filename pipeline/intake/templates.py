@@ -29,6 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.exits import UserError
 from pipeline.intake.requests import BODY_FIELDS, Context, SeenIds, parse_row
 from pipeline.intake.shapes import BARE
 from pipeline.intake.sources import InputFile
@@ -51,9 +52,9 @@ def _text_or_file(value: str, option: str) -> str:
             try:
                 return path.read_text()
             except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"{option} {value}: cannot read the template file ({e})") from None
+                raise UserError(f"{option} {value}: cannot read the template file ({e})") from None
         if not any(c.isspace() for c in value) and value.lower().endswith(TEMPLATE_SUFFIXES):
-            raise ValueError(f"{option} {value}: no such template file")
+            raise UserError(f"{option} {value}: no such template file")
     return value
 
 
@@ -97,7 +98,7 @@ class TemplateSpec:
         if not user:
             given = [n for n in OPTION_NAMES if values.get(n) not in (None, False, (), {}, "")]
             if given:
-                raise ValueError(f"--{given[0].replace('_', '-')} needs --template-user (a template job "
+                raise UserError(f"--{given[0].replace('_', '-')} needs --template-user (a template job "
                                  "makes its requests from table rows)")
             return None
         sample = dict(values.get("sample") or {})
@@ -105,7 +106,7 @@ class TemplateSpec:
         allowed = BODY_FIELDS - {"messages", "response_format", "model"}
         for key in [*sample, *sample_column]:
             if key not in allowed:
-                raise ValueError(f"--sample/--sample-column {key}: not a sampling field of a chat request "
+                raise UserError(f"--sample/--sample-column {key}: not a sampling field of a chat request "
                                  f"(one of {', '.join(sorted(allowed - {'stream', 'stream_options', 'store', 'metadata', 'service_tier', 'parallel_tool_calls'}))})")
         schema = fmt = None
         if values.get("response_schema"):
@@ -113,11 +114,11 @@ class TemplateSpec:
             try:
                 text = path.read_text()
             except OSError as e:
-                raise ValueError(f"--response-schema {path}: cannot read it ({e.strerror or e})") from None
+                raise UserError(f"--response-schema {path}: cannot read it ({e.strerror or e})") from None
             try:
                 data = _json_or_yaml(text)
             except ValueError as e:
-                raise ValueError(f"--response-schema {path} is neither JSON nor YAML: {e}") from None
+                raise UserError(f"--response-schema {path} is neither JSON nor YAML: {e}") from None
             schema, fmt = structured.load_schema(data, f"--response-schema {path}")
         spec = cls(
             user=_text_or_file(user, "--template-user"),
@@ -143,7 +144,7 @@ class TemplateSpec:
             try:
                 out.append(env.from_string(text))
             except TemplateSyntaxError as e:
-                raise ValueError(f"{option}: the template does not compile: {e.message} (line {e.lineno})") from None
+                raise UserError(f"{option}: the template does not compile: {e.message} (line {e.lineno})") from None
         return out
 
     def fingerprint(self) -> dict[str, Any]:
@@ -177,13 +178,13 @@ class TemplateSpec:
                                                       pa.schema([pa.field("x", dtype)])],
                                                      promote_options="permissive").field("x").type
                         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                            raise ValueError(f"--carry: column {fld.name!r} is {types[fld.name]} in one input "
+                            raise UserError(f"--carry: column {fld.name!r} is {types[fld.name]} in one input "
                                              f"and {dtype} in {f.display}; make the inputs agree") from None
                     types[fld.name] = dtype
         names = list(types) if self.carry_all else list(dict.fromkeys(self.carry))
         unknown = [n for n in names if n not in types]
         if unknown:
-            raise ValueError(f"--carry {unknown[0]}: no input has this column (columns: "
+            raise UserError(f"--carry {unknown[0]}: no input has this column (columns: "
                              f"{', '.join(list(types)[:20]) or 'none'})")
         taken = set(OUTPUT_SCHEMA.names) | ({"choice_index"} if self.explode else set())
         response = []
@@ -303,7 +304,7 @@ def _json_or_yaml(text: str) -> Any:
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ValueError(str(e)) from None
+            raise UserError(str(e)) from None
 
 
 def _free(name: str, prefix: str, taken: set[str]) -> str:

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.exits import UserError
+
 # vLLM's LoRAConfig.max_lora_rank accepts these values only (vllm/config/lora.py MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -41,32 +43,32 @@ def load_adapters(lora: dict[str, Any] | None, base_names: frozenset[str] = froz
         name, path = str(name), "" if path is None else str(path)
         where = f"--lora {name}={path}"
         if not name or not path:
-            raise ValueError(f"{where}: give NAME=PATH, a name and the adapter's folder. {_HINT}")
+            raise UserError(f"{where}: give NAME=PATH, a name and the adapter's folder. {_HINT}")
         if name in base_names:
-            raise ValueError(f"{where}: {name} already names the base model; give the adapter another name")
+            raise UserError(f"{where}: {name} already names the base model; give the adapter another name")
         folder = os.path.abspath(os.path.expanduser(path))
         if not os.path.isdir(folder):
-            raise ValueError(f"{where}: no such folder {folder}. {_HINT}")
+            raise UserError(f"{where}: no such folder {folder}. {_HINT}")
         config_file = os.path.join(folder, "adapter_config.json")
         try:
             with open(config_file, "rb") as f:
                 config_bytes = f.read()
             config = json.loads(config_bytes)
         except FileNotFoundError:
-            raise ValueError(f"{where}: {config_file} is missing, so this is not a LoRA adapter folder. "
+            raise UserError(f"{where}: {config_file} is missing, so this is not a LoRA adapter folder. "
                              f"{_HINT}") from None
         except ValueError as e:
-            raise ValueError(f"{where}: {config_file} is not valid JSON ({e})") from None
+            raise UserError(f"{where}: {config_file} is not valid JSON ({e})") from None
         if not isinstance(config, dict) or str(config.get("peft_type", "LORA")).upper() != "LORA":
-            raise ValueError(f"{where}: {config_file} is not a LoRA adapter's config "
+            raise UserError(f"{where}: {config_file} is not a LoRA adapter's config "
                              f"(peft_type {config.get('peft_type') if isinstance(config, dict) else None!r}); "
                              "only LoRA adapters run on vLLM")
         weights = next((os.path.join(folder, w) for w in WEIGHT_FILES if os.path.isfile(os.path.join(folder, w))), None)
         if weights is None:
-            raise ValueError(f"{where}: {folder} holds no {' or '.join(WEIGHT_FILES)}. {_HINT}")
+            raise UserError(f"{where}: {folder} holds no {' or '.join(WEIGHT_FILES)}. {_HINT}")
         rank = adapter_rank(config)
         if rank > VLLM_LORA_RANKS[-1]:
-            raise ValueError(f"{where}: rank {rank} ({config_file}) is above vLLM's largest LoRA rank "
+            raise UserError(f"{where}: rank {rank} ({config_file}) is above vLLM's largest LoRA rank "
                              f"{VLLM_LORA_RANKS[-1]}")
         out.append(Adapter(name, folder, rank, _digest(config_bytes, weights)))
     return tuple(out)

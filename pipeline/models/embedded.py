@@ -15,6 +15,8 @@ import pathlib
 import shutil
 import uuid
 
+from pipeline.exits import UserError
+
 EMBEDDED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 # alias -> canonical name
@@ -32,7 +34,7 @@ _INSTALL_HINT = (
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
-class EmbeddedModelUnavailable(RuntimeError):
+class EmbeddedModelUnavailable(UserError):
     """The package that ships the embedded model's weights is not installed."""
 
 

@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any
 
+from pipeline.exits import UserError
 from pipeline.models.embedded import EMBEDDED
 
 _LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
@@ -83,7 +84,7 @@ def context_length(path: str, max_model_len: int | None = None) -> int:
     allowed = config.get("model_max_length")
     if max_model_len > derived and not (allowed and max_model_len <= allowed) \
             and os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0").lower() not in ("1", "true"):
-        raise ValueError(f"--max-model-len {max_model_len} is greater than the model's context ({int(derived)}); "
+        raise UserError(f"--max-model-len {max_model_len} is greater than the model's context ({int(derived)}); "
                          "vLLM refuses it (unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)")
     return max_model_len
 

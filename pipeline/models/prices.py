@@ -9,6 +9,8 @@ from importlib import resources
 
 import yaml
 
+from pipeline.exits import UserError
+
 
 @dataclass(frozen=True)
 class Price:
@@ -40,7 +42,7 @@ def find_price(
     rows = price_table().get(model) or {}
     if provider is not None and provider not in rows:
         known = ", ".join(sorted(rows)) or "none"
-        raise ValueError(f"no price for model {model!r} at provider {provider!r} (known: {known}); "
+        raise UserError(f"no price for model {model!r} at provider {provider!r} (known: {known}); "
                          "pass --price-input and --price-output")
     row = rows.get(provider) if provider else next((r for r in rows.values() if r.get("default")), None)
     name = provider or next((p for p, r in rows.items() if r is row), None)

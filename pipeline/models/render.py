@@ -137,28 +137,39 @@ def content_format(template: str) -> str:
         return "string"
 
 
+def _is_name(node, var) -> bool:
+    from jinja2 import nodes
+
+    return isinstance(node, nodes.Name) and node.ctx == "load" and node.name == var
+
+
+def _access(node, var, key=None) -> bool:
+    """`var` (or `var[key]` / `var.key`), also through filters, tests and slices."""
+    from jinja2 import nodes
+
+    if isinstance(node, (nodes.Filter, nodes.Test)):
+        return node.node is not None and _access(node.node, var, key)
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Slice):
+        return _access(node.node, var, key)
+    if key is None:
+        return _is_name(node, var)
+    if isinstance(node, nodes.Getitem):
+        return _is_name(node.node, var) and isinstance(node.arg, nodes.Const) and node.arg.value == key
+    return isinstance(node, nodes.Getattr) and _is_name(node.node, var) and node.attr == key
+
+
+def _target(loop) -> str:
+    from jinja2 import nodes
+
+    if not isinstance(loop.target, nodes.Name):
+        raise TypeError("unpacking loop target")  # vLLM's assertion: the template is not analysed
+    return loop.target.name
+
+
 def _loops_over_content(ast) -> bool:
     from jinja2 import nodes
 
-    def name(node, var) -> bool:
-        return isinstance(node, nodes.Name) and node.ctx == "load" and node.name == var
-
-    def access(node, var, key=None) -> bool:
-        """`var` (or `var[key]` / `var.key`), also through filters, tests and slices."""
-        if isinstance(node, (nodes.Filter, nodes.Test)):
-            return node.node is not None and access(node.node, var, key)
-        if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Slice):
-            return access(node.node, var, key)
-        if key is None:
-            return name(node, var)
-        if isinstance(node, nodes.Getitem):
-            return name(node.node, var) and isinstance(node.arg, nodes.Const) and node.arg.value == key
-        return isinstance(node, nodes.Getattr) and name(node.node, var) and node.attr == key
-
-    def target(loop) -> str:
-        if not isinstance(loop.target, nodes.Name):
-            raise TypeError("unpacking loop target")  # vLLM's assertion: the template is not analysed
-        return loop.target.name
+    access, target = _access, _target
 
     # Names bound to the messages (or a slice of them), then the loops over those names.
     names, todo = {"messages"}, deque(["messages"])

@@ -42,6 +42,7 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import chain, islice
 from typing import Any
 
+from pipeline.exits import UserError
 from pipeline.models.names import context_length, resolve_model
 from pipeline.models.prefix import chained_digests
 from pipeline.models.render import (
@@ -76,7 +77,7 @@ class PromptCounter:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 resolve_model(tokenizer) if tokenizer else path, trust_remote_code=trust_remote_code)
         except OSError as e:  # not a folder, not in the Hugging Face cache, no network
-            raise ValueError(f"cannot load the tokenizer of {model}: {e}\nHint: pass a local model folder, "
+            raise UserError(f"cannot load the tokenizer of {model}: {e}\nHint: pass a local model folder, "
                              "or a hub id whose files are in the Hugging Face cache") from None
         self.max_model_len = context_length(path, max_model_len)
         self._backend = self.tokenizer.backend_tokenizer
@@ -291,7 +292,7 @@ class PromptCounter:
             try:
                 text = self.tokenizer.get_chat_template(None, tools)
             except ValueError as e:
-                raise ValueError(f"{self.model} has no chat template ({e}); estimate needs the template "
+                raise UserError(f"{self.model} has no chat template ({e}); estimate needs the template "
                                  "vLLM would use. Hint: use a model that ships one") from None
             developer = '"developer"' in text or "'developer'" in text
             self._templates[key] = (text, content_format(text), developer)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.exits import STOPS, UserError
 from pipeline.output.formats import FORMAT_EXT, encode
 from pipeline.output.lease import FOLDER as LEASES
 from pipeline.output.lease import Lease, LeaseLost
@@ -51,7 +52,7 @@ _RECORD = re.compile(r"^([0-9a-f]{8})-(\d{5,})\.json$")
 _TMP = re.compile(r"^\.tmp-[0-9a-f]{12}-(.+)$")
 
 
-class OutputConflict(RuntimeError):
+class OutputConflict(UserError):
     """The output folder holds a different job's output, or files this tool did not write."""
 
 
@@ -133,6 +134,15 @@ class Output:
         if info is not None and info.get("type") != "directory":
             raise OutputConflict(f"--output {self.display} is a file; the output is a folder of part "
                                  "files. Hint: name a new or empty folder")
+
+    def read_report(self) -> dict[str, Any]:
+        """The finished run's `_report.json` ({} when there is none or it cannot be read)."""
+        data = self.loc.child(REPORT).cat()
+        try:
+            report = json.loads(data) if data else {}
+        except ValueError:
+            return {}
+        return report if isinstance(report, dict) else {}
 
     def read_state(self) -> State:
         """Classify every name in the folder; changes nothing."""
@@ -239,6 +249,12 @@ class Claim:
         self.file_index = {f["file"]: i for i, f in enumerate(detail["inputs"])}
         self._seq = 0
 
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
     def committed(self) -> Committed:
         """The rows committed before this claim."""
         return self._before
@@ -284,12 +300,21 @@ class Claim:
 
 
 class PartWriter:
-    """Buffers output rows and commits a part every `every` rows or `seconds` seconds."""
+    """Buffers output rows and commits a part every `every` rows or `seconds` seconds. As a
+    context manager it commits what it holds on leaving, also when the run stops in order
+    (exits.STOPS); not when storage or the lease failed, which it could only repeat."""
 
     def __init__(self, claim: Claim, every: int, seconds: float):
         self.claim, self.every, self.seconds = claim, every, seconds
         self.rows: list[dict[str, Any]] = []
         self.last = time.monotonic()
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is None or isinstance(error, STOPS):
+            self.flush()
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+from pipeline.exits import Incomplete
 from pipeline.storage import Location, StorageError
 
 log = logging.getLogger("pipeline")
@@ -30,12 +31,16 @@ FOLDER = "_lease"
 _LEASE = re.compile(r"^(\d+)\.json$")
 
 
-class OutputBusy(RuntimeError):
-    """Another run holds the output folder."""
+class OutputBusy(Incomplete):
+    """Another run holds the output folder (its message names the holder and what to do)."""
+
+    hint = ""
 
 
 class LeaseLost(StorageError):
     """This run no longer holds the output folder: it must stop writing."""
+
+    hint = ""
 
 
 class Lease:

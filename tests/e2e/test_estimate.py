@@ -393,7 +393,7 @@ def counted(smollm2, folder, max_model_len=256):
 def test_json_and_parquet(tmp_path, smollm2):
     folder = mixed_inputs(tmp_path)
     res = invoke("estimate", folder, "-m", "smollm2", "--max-model-len", "256", "--json",
-                 "--rows-file", tmp_path / "rows.parquet", "--workers", "2")
+                 "--rows-file", tmp_path / "rows.parquet", "--workers", "2", "--order", "prefix")
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     hand = counted(smollm2, folder)
@@ -491,3 +491,23 @@ def test_unknown_provider_and_unpriced_model(tmp_path):
     r = json.loads(res.stdout)
     assert r["price"] is None and r["cost_usd_expected"] is None and r["model"] == "my-model"
     assert r["invalid"] == 0  # a run serving my-model from smollm2 also accepts the embedded name
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_estimate_takes_the_order_run_takes(tmp_path, shared):
+    """One Job decides the order for both commands: under --order auto, estimate counts prompt
+    tokens in the order the run then takes, and both report the same decision."""
+    docs = [f"document {d}: " + f"a long text about topic {d}, sentence after sentence. " * 40 for d in range(4)]
+    # shared: 4 documents x 6 questions, the documents interleaved in the file (sorting groups them)
+    rows = [chat_line(f"q{i}", (docs[i % 4] + f" Question {i}?") if shared
+                      else f"question {i} about something else " + "x" * (i * 37 % 300)) for i in range(24)]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    res = invoke("estimate", path, "-m", "smollm2", "--json", "--order-buffer", "8", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    estimated = json.loads(res.stdout)
+    ran = invoke("run", path, "-o", tmp_path / "out", "--engine", "fake", "-m", "smollm2", "-q",
+                 "--order-buffer", "8")
+    assert ran.exit_code == 0, ran.output
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert estimated["order"] == report["order"] == ("prefix" if shared else "input")
+    assert estimated.get("order_auto") == report.get("order_auto")
