@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import click
 
+from pipeline.intake.limit import Limit
 from pipeline.intake.order import order
 from pipeline.intake.reader import scan
 from pipeline.intake.requests import Context
@@ -36,6 +36,7 @@ from pipeline.models.names import output_name
 from pipeline.models.prefix import shared_blocks
 from pipeline.models.prices import Price, find_price, hosted_price
 from pipeline.models.tokens import PromptCounter, cpu_count
+from pipeline.output.humane import figure, trial_text, usd
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
 
@@ -157,13 +158,15 @@ def run_estimate(
     calibrate_from: str | None = None, tokens_per_second: float | None = None, gpu_hour_usd: float = 2.0,
     workers: int | None = None, as_json: bool = False, rows_file: str | None = None,
     tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
-    lora: dict | None = None, block_size: int | None = None, order_buffer: int = 100_000, **template_values,
+    lora: dict | None = None, block_size: int | None = None, order_buffer: int = 100_000,
+    limit: int | None = None, sample_seed: int | None = None, **template_values,
 ) -> dict[str, Any]:
     """Count, estimate, print the table (or one JSON object) and write --rows-file; returns the
     figures. `template_values`: the template job options (templates.py), if any."""
     started = time.monotonic()
     spec = TemplateSpec.from_values(template_values)
     files = list_inputs(list(inputs), storage_options)
+    trial = Limit.of(limit, sample_seed)
     model_name = output_name(model, tuple(served_model_name))
     price = find_price(model_name, provider=provider, price_input=price_input, price_output=price_output)
     report = read_report(calibrate_from, storage_options) if calibrate_from else None
@@ -178,7 +181,8 @@ def run_estimate(
 
     tallies, total, routes = {f.display: Tally() for f in files}, Tally(), {}
     with RequestRows(rows_file, storage_options) if rows_file else contextlib.nullcontext() as out:
-        stream = request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes)
+        scans = [scan(f) for f in files]
+        stream = request_stream(files, scans, ctx, spec, max_line_bytes=max_line_bytes, limit=trial)
         # in the order a run uses (schedule.py), so that each request follows the one it shares most with
         before = b""
         for item, prompt_tokens, blocks in counter.check_all(order(stream, "prefix", buffer=order_buffer),
@@ -207,7 +211,7 @@ def run_estimate(
         "gpu_hour_usd": gpu_hour_usd, "block_size": block_size,
         "files": [{"file": url, **rates.figures(t)} for url, t in tallies.items()],
         "routes": route_figures(routes, rates, model_name, ctx),
-        "rows_file": rows_file, "seconds": round(seconds, 3),
+        "rows_file": rows_file, "trial": trial.describe(scans), "seconds": round(seconds, 3),
     }
     click.echo(json.dumps(result, indent=2) if as_json else table(result))
     click.echo(f"counted {total.requests:,} requests in {seconds:.1f} s ({total.requests / max(seconds, 1e-9):,.0f}/s, "
@@ -266,14 +270,16 @@ def table(r: dict[str, Any]) -> str:
         out.append(f"hosted: no list price for {r['model']}; pass --price-input and --price-output")
     else:
         out.append(f"hosted, at ${price['input']:g}/M input and ${price['output']:g}/M output ({price['source']}): "
-                   f"{_usd(r['cost_usd_expected'])} expected, up to {_usd(r['cost_usd_upper'])}")
+                   f"{usd(r['cost_usd_expected'])} expected, up to {usd(r['cost_usd_upper'])}")
     if r["tokens_per_second"] is None:
         out.append(f"own GPUs: no throughput ({r['throughput_source']})")
     else:
         out.append(f"own GPUs, at {r['tokens_per_second']:,.0f} tokens/s per GPU ({r['throughput_source']}) and "
-                   f"${r['gpu_hour_usd']:g}/GPU-hour: {_figure(r['gpu_hours_expected'])} GPU-hours, "
-                   f"{_usd(r['compute_cost_usd_expected'])} expected; up to {_figure(r['gpu_hours_upper'])}, "
-                   f"{_usd(r['compute_cost_usd_upper'])}")
+                   f"${r['gpu_hour_usd']:g}/GPU-hour: {figure(r['gpu_hours_expected'])} GPU-hours, "
+                   f"{usd(r['compute_cost_usd_expected'])} expected; up to {figure(r['gpu_hours_upper'])}, "
+                   f"{usd(r['compute_cost_usd_upper'])}")
+    if r["trial"]:
+        out.append(f"{trial_text(r['trial'])}: the figures are for these rows only")
     return "\n".join(out + _route_lines(r["routes"]))
 
 
@@ -292,8 +298,8 @@ def _route_lines(routes: list[dict[str, Any]]) -> list[str]:
             f"{g['requested_model'] or '(none)'} → {g['served_model']}" + (" (LoRA)" if g["adapter"] else ""),
             f"{g['valid']:,}", f"{g['prompt_tokens']:,}",
             f"{g['completion_tokens_expected']:,} / {g['completion_tokens_upper']:,}",
-            "-" if g["cost_usd_upper"] is None else f"{_usd(g['cost_usd_expected'])} / {_usd(g['cost_usd_upper'])}",
-            "-" if hosted is None else f"{_usd(hosted['cost_usd_expected'])} / {_usd(hosted['cost_usd_upper'])} "
+            "-" if g["cost_usd_upper"] is None else f"{usd(g['cost_usd_expected'])} / {usd(g['cost_usd_upper'])}",
+            "-" if hosted is None else f"{usd(hosted['cost_usd_expected'])} / {usd(hosted['cost_usd_upper'])} "
             f"({hosted['price']['source']})",
         ))
     widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
@@ -306,8 +312,8 @@ def _cells(name: str, f: dict[str, Any]) -> tuple[str, ...]:
     return (
         name, f"{f['requests']:,}", f"{f['invalid']:,}", f"{f['prompt_tokens']:,}",
         f"{f['completion_tokens_expected']:,} / {f['completion_tokens_upper']:,}",
-        "-" if f["cost_usd_upper"] is None else f"{_usd(f['cost_usd_expected'])} / {_usd(f['cost_usd_upper'])}",
-        "-" if f["gpu_hours_upper"] is None else f"{_figure(f['gpu_hours_expected'])} / {_figure(f['gpu_hours_upper'])}",
+        "-" if f["cost_usd_upper"] is None else f"{usd(f['cost_usd_expected'])} / {usd(f['cost_usd_upper'])}",
+        "-" if f["gpu_hours_upper"] is None else f"{figure(f['gpu_hours_expected'])} / {figure(f['gpu_hours_upper'])}",
     )
 
 
@@ -317,17 +323,6 @@ def _share(part: int, whole: int) -> str:
 
 def _short(url: str, width: int = 48) -> str:
     return url if len(url) <= width else "…" + url[-(width - 1):]
-
-
-def _usd(x: float) -> str:
-    return "$" + _figure(x)
-
-
-def _figure(x: float) -> str:
-    """Two decimals from 1 up, three significant digits below, never an exponent."""
-    if x >= 1 or x == 0:
-        return f"{x:,.2f}"
-    return f"{x:.{2 - math.floor(math.log10(x))}f}"
 
 
 # ---- --output: one row per request -------------------------------------------------------------

@@ -22,6 +22,7 @@ from pipeline.engines.base import KINDS, EngineSpec
 from pipeline.engines.dispatcher import Dispatcher, EngineStartError, TooManyRestarts
 from pipeline.engines.local import LocalPool
 from pipeline.engines.placement import local_envs
+from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.order import PrefixOrder, order
 from pipeline.intake.reader import Scan, scan
 from pipeline.intake.requests import Context
@@ -44,6 +45,7 @@ from pipeline.output.folder import (
     fingerprint,
     refuse_foreign,
 )
+from pipeline.output.humane import trial_text
 from pipeline.output.layout import Layout
 from pipeline.output.lease import OutputBusy
 from pipeline.output.rows import dataset_rows, error_row, result_row
@@ -79,6 +81,7 @@ class Plan:
     spec: TemplateSpec | None = None  # a template job's (None: request files)
     layout: Layout | None = None  # its extra output columns
     adapters: tuple[Adapter, ...] = ()  # --lora
+    limit: Limit = FULL  # --limit, --sample-seed: a trial run
 
     @property
     def same_job(self) -> bool:
@@ -96,12 +99,11 @@ class Plan:
         return self.state.committed() if self.same_job else Committed()
 
     def total(self) -> int | None:
-        counts = [s.rows for s in self.scans]
-        return None if any(c is None for c in counts) else sum(counts)
+        return self.limit.total(self.scans)
 
     def rows(self) -> Iterator[Request | FailedRequest]:
         return request_stream(self.files, self.scans, self.ctx, self.spec,
-                              max_line_bytes=self.cfg.max_line_bytes, layout=self.layout)
+                              max_line_bytes=self.cfg.max_line_bytes, layout=self.layout, limit=self.limit)
 
 
 def plan(cfg: RunConfig) -> Plan:
@@ -125,7 +127,7 @@ def plan(cfg: RunConfig) -> Plan:
     if loras:
         detail["adapters"] = adapters_fingerprint(loras)
     p = Plan(cfg, files, scans, detail, out, state, model_name, price, ctx, spec=spec, layout=layout,
-             adapters=loras)
+             adapters=loras, limit=Limit.of(cfg.limit, cfg.sample_seed))
     if p.complete:
         return p
     refuse_foreign(out, state, cfg.allow_foreign_files)
@@ -164,9 +166,10 @@ def preview(p: Plan) -> str:
             counts["invalid" if isinstance(item, FailedRequest) else "run"] += 1
     replace = (" (it holds a different job's output, which --overwrite would discard)"
                if p.replaces_output else "")
+    trial = trial_text(p.limit.describe(p.scans))
     return (f"Would process {counts['run']} requests on {p.model_name} ({counts['invalid']} invalid "
-            f"rows would get error rows, {counts['resumed']} already done) into {p.out.display}{replace}. "
-            "Nothing was written.")
+            f"rows would get error rows, {counts['resumed']} already done) into {p.out.display}{replace}"
+            f"{f'; {trial}' if trial else ''}. Nothing was written.")
 
 
 def execute(p: Plan, started: float) -> Outcome:
@@ -253,6 +256,8 @@ def execute(p: Plan, started: float) -> Outcome:
             "engine": dispatcher.engine_info if pool else None,
             "engine_restarts": dispatcher.restarts if pool else 0,
             **(ordered.describe() if isinstance(ordered, PrefixOrder) else {"order": cfg.order}),
+            "trial": p.limit.describe(p.scans),
+            "job_name": cfg.job_name,
             "pipeline_version": __version__,
             "date": cfg.date,
             "run_id": cfg.run_id,

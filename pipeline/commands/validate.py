@@ -6,10 +6,12 @@ from collections import Counter
 
 import click
 
+from pipeline.intake.limit import Limit
 from pipeline.intake.reader import scan
 from pipeline.intake.sources import list_inputs
 from pipeline.intake.stream import request_stream, run_context
 from pipeline.intake.templates import TemplateSpec
+from pipeline.output.humane import trial_text
 from pipeline.records import FailedRequest, Request
 
 MAX_UNKNOWN = 1000  # distinct unknown field names counted
@@ -19,7 +21,7 @@ def validate_inputs(
     inputs, *, storage_options, max_line_bytes: int, max_n: int, model: str | None,
     max_model_len: int | None, served_model_name=(), max_errors: int = 100,
     tokenizer: str | None = None, trust_remote_code: bool = False, route: dict | None = None,
-    lora: dict | None = None, **template_values,
+    lora: dict | None = None, limit: int | None = None, sample_seed: int | None = None, **template_values,
 ) -> bool:
     """Print each invalid row and a summary; True when every row is valid. `template_values`:
     the template job options (templates.py), if any."""
@@ -35,8 +37,9 @@ def validate_inputs(
                                 trust_remote_code=trust_remote_code)
 
     total, codes, unknown, shown = 0, Counter(), Counter(), 0
-    for item in request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes,
-                               layout=layout):
+    scans = [scan(f) for f in files]
+    trial = Limit.of(limit, sample_seed)
+    for item in request_stream(files, scans, ctx, spec, max_line_bytes=max_line_bytes, layout=layout, limit=trial):
         total += 1
         if isinstance(item, Request) and counter is not None:
             item = counter.check(item)
@@ -50,6 +53,8 @@ def validate_inputs(
             unknown.update(n for n in item.unknown_fields if n in unknown or len(unknown) < MAX_UNKNOWN)
     bad = sum(codes.values())
     click.echo(f"{total} rows in {len(files)} file(s): {total - bad} valid, {bad} invalid", err=True)
+    if trial:
+        click.echo(trial_text(trial.describe(scans)), err=True)
     if codes:
         click.echo("errors: " + ", ".join(f"{c} ×{n}" for c, n in codes.most_common()), err=True)
     if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.requests import Context, validate_rows
 from pipeline.intake.sources import InputFile
 from pipeline.intake.templates import TemplateSpec
@@ -14,14 +15,18 @@ from pipeline.records import FailedRequest, Request
 
 
 def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: TemplateSpec | None, *,
-                   max_line_bytes: int, layout: Layout | None = None) -> Iterator[Request | FailedRequest]:
+                   max_line_bytes: int, layout: Layout | None = None,
+                   limit: Limit = FULL) -> Iterator[Request | FailedRequest]:
     """Every input row as a Request or FailedRequest: the one stream `validate`, `estimate` and `run`
-    read (request files as they are, table rows through the templates)."""
+    read (request files as they are, table rows through the templates); with `limit`, only the
+    rows a trial takes (limit.py)."""
     from pipeline.intake.reader import read_all
 
-    if spec is None:
-        return validate_rows(read_all(files, scans, max_line_bytes=max_line_bytes), ctx)
-    return spec.render_rows(read_all(files, scans, max_line_bytes=max_line_bytes, raw=True), ctx, layout)
+    def rows(raw: bool):
+        return read_all(files, scans, max_line_bytes=max_line_bytes, raw=raw)
+
+    items = validate_rows(rows(False), ctx) if spec is None else spec.render_rows(rows(True), ctx, layout)
+    return limit.apply(items, lambda: ((name, line) for name, line, _ in rows(True)))
 
 
 def run_context(model: str | None, served: tuple[str, ...], max_n: int, routes: dict[str, str] | None,
