@@ -343,9 +343,15 @@ def refuse_foreign(out: Output, state: State, allow_foreign: bool) -> None:
 
 
 def conflict_message(out: Output, state: State, detail: dict[str, Any]) -> str:
-    return (f"{out.display} holds the output of a different job "
-            f"({_diff((state.manifest or {}).get('job', {}), detail)}). Nothing was changed. Hint: use "
-            "another --output folder, or pass --overwrite to discard that output")
+    old = (state.manifest or {}).get("job", {})
+    limits = [(job.get("options") or {}).get("limit") for job in (old, detail)]
+    trial = ""
+    if limits[0] != limits[1]:  # a trial (--limit) and another run of the same inputs never mix
+        was = f"a trial of {limits[0]} rows (--limit {limits[0]})" if limits[0] else "the full job"
+        now = f"a trial of {limits[1]} rows" if limits[1] else "the full job"
+        trial = f" It holds {was}; this run is {now}."
+    return (f"{out.display} holds the output of a different job ({_diff(old, detail)}).{trial} Nothing "
+            "was changed. Hint: use another --output folder, or pass --overwrite to discard that output")
 
 
 def _ours(state: State) -> list[str]:
