@@ -30,7 +30,7 @@ from pipeline.intake.order import order
 from pipeline.intake.reader import scan
 from pipeline.intake.requests import Context
 from pipeline.intake.sources import list_inputs
-from pipeline.intake.stream import request_stream, run_context
+from pipeline.intake.stream import request_stream, run_context, trial_keys
 from pipeline.intake.templates import TemplateSpec
 from pipeline.models.names import output_name
 from pipeline.models.prefix import shared_blocks
@@ -183,6 +183,9 @@ def run_estimate(
     with RequestRows(rows_file, storage_options) if rows_file else contextlib.nullcontext() as out:
         scans = [scan(f) for f in files]
         stream = request_stream(files, scans, ctx, spec, max_line_bytes=max_line_bytes, limit=trial)
+        # a calibrating trial run (--limit) took only some rows: its ratio is against their bound
+        calibration = trial_keys((report or {}).get("trial"), files, scans, max_line_bytes=max_line_bytes)
+        calibration_upper = 0
         # in the order a run uses (schedule.py), so that each request follows the one it shares most with
         before = b""
         for item, prompt_tokens, blocks in counter.check_all(order(stream, "prefix", buffer=order_buffer),
@@ -190,6 +193,8 @@ def run_estimate(
             upper = computed = None
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
+                if calibration is not None and (item.source_file, item.line) in calibration:
+                    calibration_upper += upper
                 computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
                 routes.setdefault((item.requested_model, item.adapter), Tally()).add(item, prompt_tokens, upper,
                                                                                      computed)
@@ -197,7 +202,8 @@ def run_estimate(
             total.add(item, prompt_tokens, upper, computed)
             if out is not None:
                 out.add(item, prompt_tokens, upper)
-        rates = rates_for(upper=total.completion_tokens_upper, report=report, calibrate_from=calibrate_from,
+        rates = rates_for(upper=total.completion_tokens_upper if calibration is None else calibration_upper,
+                          report=report, calibrate_from=calibrate_from,
                           completion_ratio=completion_ratio, tokens_per_second=tokens_per_second,
                           price=price, gpu_hour_usd=gpu_hour_usd)
         if out is not None:

@@ -45,11 +45,14 @@ class Limit:
             return iter(items)
         if self.seed is None:
             return islice(items, self.rows)
-        chosen = self.sample(keys())
+        chosen = self.chosen(keys())
         return (item for item in items if (item.source_file, item.line) in chosen)
 
-    def sample(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
-        """The (file, line) keys of the N rows with the smallest hashes."""
+    def chosen(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+        """The (file, line) keys of the rows this limit takes, out of every row's keys in input
+        order: the first N, or the N with the smallest hashes."""
+        if self.seed is None:
+            return set(islice(keys, self.rows))
         seed = str(self.seed).encode()
         hashed = ((_hash(seed, name, line), name, line) for name, line in keys)
         return {(name, line) for _, name, line in heapq.nsmallest(self.rows, hashed)}

@@ -22,11 +22,17 @@ def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: Templa
     rows a trial takes (limit.py)."""
     from pipeline.intake.reader import read_all
 
-    def rows(raw: bool):
-        return read_all(files, scans, max_line_bytes=max_line_bytes, raw=raw)
+    rows = read_all(files, scans, max_line_bytes=max_line_bytes, raw=spec is not None)
+    items = validate_rows(rows, ctx) if spec is None else spec.render_rows(rows, ctx, layout)
+    return limit.apply(items, lambda: row_keys(files, scans, max_line_bytes=max_line_bytes))
 
-    items = validate_rows(rows(False), ctx) if spec is None else spec.render_rows(rows(True), ctx, layout)
-    return limit.apply(items, lambda: ((name, line) for name, line, _ in rows(True)))
+
+def row_keys(files: Sequence[InputFile], scans, *, max_line_bytes: int) -> Iterator[tuple[str, int]]:
+    """Every input row's (source_file, line) in input order, read without validation: the rows a
+    `--limit` takes are chosen from these."""
+    from pipeline.intake.reader import read_all
+
+    return ((name, line) for name, line, _ in read_all(files, scans, max_line_bytes=max_line_bytes, raw=True))
 
 
 def run_context(model: str | None, served: tuple[str, ...], max_n: int, routes: dict[str, str] | None,
@@ -37,3 +43,12 @@ def run_context(model: str | None, served: tuple[str, ...], max_n: int, routes: 
 
     adapters = load_adapters(lora, served_names(model, tuple(served)) if model else frozenset())
     return Context.of(model, tuple(served), max_n, routes, tuple(a.name for a in adapters)), adapters
+
+
+def trial_keys(trial: dict[str, Any] | None, files: Sequence[InputFile], scans, *,
+               max_line_bytes: int) -> set[tuple[str, int]] | None:
+    """The (source_file, line) keys of the rows that a trial run (its report's `trial`) took from
+    these inputs; None for a full run."""
+    if not trial:
+        return None
+    return Limit.of(trial["limit"], trial.get("sample_seed")).chosen(row_keys(files, scans, max_line_bytes=max_line_bytes))

@@ -5,6 +5,7 @@ message; dry run, validate and estimate take the same rows."""
 
 import json
 
+import pytest
 from conftest import chat_line, invoke, read_output, write_jsonl
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
@@ -70,3 +71,14 @@ def test_dry_run_validate_and_estimate_take_the_trials_rows(tmp_path):
 def test_a_sample_seed_without_a_limit_is_refused(tmp_path):
     res = invoke("run", job(tmp_path), "-o", tmp_path / "out", *FAKE, "--sample-seed", "3")
     assert res.exit_code == 1 and "--sample-seed needs --limit N" in res.output
+
+
+def test_estimating_the_full_job_from_a_trial_calibrates_on_the_trials_rows(tmp_path):
+    rows = [chat_line(f"r{i:02d}", f"question {i}", max_tokens=4 if i < 10 else 400) for i in range(40)]
+    src, out = write_jsonl(tmp_path / "big.jsonl", rows), tmp_path / "trial"
+    assert invoke("run", src, "-o", out, *FAKE, "--limit", "10", "--sample-seed", "3").exit_code == 0
+    args = ("estimate", src, "-m", "smollm2", "--json", "--workers", "1", "--calibrate-from", out)
+    full = json.loads(invoke(*args).stdout)
+    same_rows = json.loads(invoke(*args, "--limit", "10", "--sample-seed", "3").stdout)
+    assert full["completion_ratio"] == pytest.approx(same_rows["completion_ratio"])
+    assert same_rows["completion_tokens_expected"] == pytest.approx(report(out)["completion_tokens"], abs=1)
