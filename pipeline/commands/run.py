@@ -45,6 +45,7 @@ from pipeline.output.folder import (
     fingerprint,
     refuse_foreign,
 )
+from pipeline.output.formats import LINE_FORMATS
 from pipeline.output.humane import trial_text
 from pipeline.output.layout import Layout
 from pipeline.output.lease import OutputBusy
@@ -110,6 +111,9 @@ def plan(cfg: RunConfig) -> Plan:
     """Check the whole job without side effects; raises what the user must fix."""
     out = Output(Location.of(cfg.output, cfg.storage_options), cfg.format)
     out.check_not_file()
+    if cfg.split_errors and cfg.format not in LINE_FORMATS:
+        raise ValueError("--split-errors needs a line format (--format openai|native|anthropic|gemini); "
+                         "Parquet output keeps failed requests in its error column")
     spec = TemplateSpec.from_values({n: getattr(cfg, n) for n in TEMPLATE_OPTIONS})
     files = list_inputs(list(cfg.inputs), cfg.storage_options, exclude=out.loc)
     layout = spec.layout(files) if spec else None

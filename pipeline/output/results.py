@@ -51,7 +51,7 @@ def result_names(files: Sequence[str]) -> list[str]:
 
 
 def assemble(loc: Location, records: list[dict[str, Any]], files: Sequence[str], *, split_errors: bool,
-             failed, check=lambda: None) -> int:
+             failed, check) -> int:
     """Write each input's result file(s) under `loc`/results/ from the committed parts (`records`,
     in commit order, each with its part's line count per input: `lines`). `failed(line)` says
     whether a line is an error line; `check()` runs before each write (the lease). Returns the

@@ -136,3 +136,10 @@ def test_a_foreign_results_folder_is_refused_for_a_line_format(tmp_path):
 ])
 def test_result_names_follow_the_inputs_paths_and_never_collide(inputs, names):
     assert result_names(inputs) == names
+
+
+def test_split_errors_needs_a_line_format(tmp_path):
+    src = batch_folder(tmp_path / "batches")
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--split-errors")
+    assert res.exit_code == 1 and "--split-errors needs a line format" in res.output
+    assert not (tmp_path / "out").exists()
