@@ -140,9 +140,9 @@ QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "gcsfs", "adlfs", "
 
 
 def setup_logging(verbose: int) -> None:
-    """Our progress and summary always; vLLM's warnings and errors by default (its engines inherit
-    VLLM_LOGGING_LEVEL), its info logs with -v; -vv debug for ours and vLLM's, never the storage
-    clients'. An engine that fails to start always shows its last output (executor.py)."""
+    """Our progress and summary always; what the engines print only with -v (vLLM's info logs;
+    they inherit VLLM_LOGGING_LEVEL), -vv debug for ours and vLLM's, never the storage clients'.
+    An engine that fails to start always shows its last output (engines/local.py)."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     os.environ.setdefault("VLLM_LOGGING_LEVEL", logging.getLevelName(level))
     logging.basicConfig(level=logging.WARNING if verbose < 2 else logging.INFO,

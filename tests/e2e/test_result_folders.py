@@ -143,3 +143,31 @@ def test_split_errors_needs_a_line_format(tmp_path):
     res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--split-errors")
     assert res.exit_code == 1 and "--split-errors needs a line format" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_killed_runs_end_with_each_input_line_once_in_its_result_file(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "batches"
+    for folder in ("eu", "us"):
+        (root / folder).mkdir(parents=True)
+        write_jsonl(root / folder / "a.jsonl", [chat_line(f"{folder}-{i}", "hi", n=1 if i % 9 else 9) for i in range(60)])
+    out, rng = tmp_path / "out", random.Random(5)
+    command = [sys.executable, "-m", "pipeline", "run", str(root), "-o", str(out), *FAKE, "--format", "openai",
+               "--split-errors", "--checkpoint-every", "7", "--max-in-flight", "4", "--engine-option", "step_delay=0.01"]
+    for _ in range(4):
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert subprocess.run(command, cwd=REPO, capture_output=True).returncode == 0
+    for folder in ("eu", "us"):
+        ok = ids(out / "results" / folder / "a.results.jsonl")
+        bad = ids(out / "results" / folder / "a.errors.jsonl")
+        assert sorted(ok + bad) == sorted(f"{folder}-{i}" for i in range(60))
+        assert bad == sorted(f"{folder}-{i}" for i in range(0, 60, 9))
+    assert not [p for p in out.rglob(".tmp-*")]
