@@ -82,3 +82,15 @@ def test_estimating_the_full_job_from_a_trial_calibrates_on_the_trials_rows(tmp_
     same_rows = json.loads(invoke(*args, "--limit", "10", "--sample-seed", "3").stdout)
     assert full["completion_ratio"] == pytest.approx(same_rows["completion_ratio"])
     assert same_rows["completion_tokens_expected"] == pytest.approx(report(out)["completion_tokens"], abs=1)
+
+
+def test_a_template_job_samples_table_rows(tmp_path):
+    src = tmp_path / "table.csv"
+    src.write_text("question\n" + "".join(f"q{i}\n" for i in range(30)))
+    out = tmp_path / "out"
+    res = invoke("run", src, "-o", out, *FAKE, "--template-user", "{{ question }}", "--carry", "question",
+                 "--limit", "5", "--sample-seed", "2")
+    assert res.exit_code == 0, res.output
+    rows = read_output(out)
+    assert rows.height == 5 and rows["error"].is_null().all()
+    assert sorted(rows["question"]) == sorted(f"q{line - 1}" for line in rows["source_line"])
