@@ -66,7 +66,11 @@ def assemble(loc: Location, records: list[dict[str, Any]], files: Sequence[str],
         for i in range(len(files)):
             open(paths[i, "results"], "wb").close()  # every input gets its results file
         for rec in records:
-            lines = (loc.child(rec["part"]).cat() or b"").splitlines(keepends=True)
+            part = loc.child(rec["part"])
+            lines = (part.cat() or b"").splitlines(keepends=True)
+            if len(lines) != sum(count for _, count in rec["lines"]):
+                raise ValueError(f"{part.display} does not hold the lines its commit record lists: the "
+                                     "output folder was changed by something else. Hint: rerun with --overwrite")
             at = 0
             for index, count in rec["lines"]:
                 group, at = lines[at:at + count], at + count

@@ -171,3 +171,21 @@ def test_killed_runs_end_with_each_input_line_once_in_its_result_file(tmp_path):
         assert sorted(ok + bad) == sorted(f"{folder}-{i}" for i in range(60))
         assert bad == sorted(f"{folder}-{i}" for i in range(0, 60, 9))
     assert not [p for p in out.rglob(".tmp-*")]
+
+
+def test_a_part_changed_by_something_else_is_refused_not_assembled(tmp_path, monkeypatch):
+    from pipeline.output import folder
+
+    src = batch_folder(tmp_path / "batches")
+    out = tmp_path / "out"
+    finish = folder.Claim.finish
+
+    def truncate_a_part_first(self, report):
+        part = next(out.glob("part-*.jsonl"))
+        part.write_bytes(part.read_bytes().split(b"\n", 1)[1])
+        return finish(self, report)
+
+    monkeypatch.setattr(folder.Claim, "finish", truncate_a_part_first)
+    res = invoke("run", src, "-o", out, *FAKE, "--format", "openai")
+    assert res.exit_code == 1 and "does not hold the lines its commit record lists" in res.output
+    assert not (out / "_SUCCESS").exists()
