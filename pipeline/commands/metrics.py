@@ -1,9 +1,9 @@
 """The run's counters in Prometheus text format (exposition format 0.0.4), for node-exporter's
 textfile collector or a pushgateway: `--metrics-file /var/lib/node_exporter/pipeline.prom`.
 
-Every sample is labelled by the job's stable name (`job_name`, see `job_name`), never by its
-dated output path: tonight's run and last night's are one series, so alerts and graphs follow
-the job across dates.
+Every sample has one label for the job, `job_name`: its stable name (`job_name()` below), never
+its dated output path, so tonight's run and last night's are one series and alerts and graphs
+follow the job across dates.
 """
 
 from __future__ import annotations

@@ -179,9 +179,8 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
         top = ok.sort(sort_key, descending=True, nulls_last=True).head(TOP)
         slowest = sort_key == "engine_seconds"
         sections.append(f"<h2>{'Slowest' if slowest else 'Longest'} requests</h2>" + _table(
-            ["custom_id", "time in the engine" if slowest else "completion tokens", "prompt tokens",
-             "completion tokens", "finish"],
-            [(r["custom_id"], duration(r[sort_key]) if slowest else r[sort_key], r["prompt_tokens"],
+            ["custom_id", *(["time in the engine"] if slowest else []), "prompt tokens", "completion tokens", "finish"],
+            [(r["custom_id"], *([duration(r[sort_key])] if slowest else []), r["prompt_tokens"],
               r["completion_tokens"], r["finish_reason"]) for r in top.iter_rows(named=True)]))
         sample = ok.sample(min(SAMPLE, ok.height), seed=0)
         sections.append("<h2>A sample of outputs</h2>" + _table(
