@@ -41,6 +41,7 @@ def _load_job(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     # KEY=VALUE options given as mappings keep their values as the file typed them
     ctx.meta["job_mappings"] = {k: job.pop(k) for k in KEY_VALUE_OPTIONS if isinstance(job.get(k), dict)}
     ctx.default_map = {**(ctx.default_map or {}), **job}
+    ctx.meta["job_file"] = value
     return value
 
 
@@ -72,6 +73,10 @@ def _values(inputs: tuple[str, ...], values: dict) -> dict:
         if isinstance(out.get(name), str):
             out[name] = placeholders.resolve(out[name], found)
     out["inputs"] = tuple(placeholders.resolve(i, found) for i in _inputs(inputs))
+    if "job_name" in out and not out["job_name"]:
+        from pipeline.commands.metrics import job_name
+
+        out["job_name"] = job_name(ctx.meta.get("job_file"), values.get("output"))
     for name in KEY_VALUE_OPTIONS:
         if name in out:
             merged = dict(ctx.meta.get("job_mappings", {}).get(name, {}))
@@ -134,9 +139,9 @@ QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "gcsfs", "adlfs", "
 
 
 def setup_logging(verbose: int) -> None:
-    """Our progress and summary always; vLLM's warnings and errors by default (its engines inherit
-    VLLM_LOGGING_LEVEL), its info logs with -v; -vv debug for ours and vLLM's, never the storage
-    clients'. An engine that fails to start always shows its last output (executor.py)."""
+    """Our progress and summary always; what the engines print only with -v (vLLM's info logs;
+    they inherit VLLM_LOGGING_LEVEL), -vv debug for ours and vLLM's, never the storage clients'.
+    An engine that fails to start always shows its last output (engines/local.py)."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     os.environ.setdefault("VLLM_LOGGING_LEVEL", logging.getLevelName(level))
     logging.basicConfig(level=logging.WARNING if verbose < 2 else logging.INFO,
@@ -176,7 +181,7 @@ def _write_metrics(cfg, report: dict, exit_code: int) -> None:
     from pipeline.commands.metrics import prometheus_text
     from pipeline.storage import Location
 
-    text = prometheus_text(report, exit_code, Location.of(cfg.output, cfg.storage_options).display)
+    text = prometheus_text(report, exit_code, cfg.job_name)
     target = Location.of(cfg.metrics_file, cfg.storage_options)
     target.at(target.path.rsplit("/", 1)[0]).makedirs()
     target.put_atomic(text.encode())

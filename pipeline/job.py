@@ -21,6 +21,7 @@ import yaml
 from pipeline import options
 from pipeline.engines.base import KINDS, EngineSpec
 from pipeline.exits import UserError
+from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.order import order
 from pipeline.intake.reader import Scan, scan
 from pipeline.intake.requests import Context
@@ -99,6 +100,7 @@ class Job:
     layout: Layout | None = None  # its extra output columns
     model_name: str | None = None  # the model's name in output rows (None: no --model)
     price: Price | None = None
+    limit: Limit = FULL  # --limit, --sample-seed: a trial run
 
     @classmethod
     def open(cls, cfg, *, exclude: Location | None = None) -> Job:
@@ -114,21 +116,26 @@ class Job:
             model_name = output_name(cfg.model, cfg.served_model_name)
             price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                                price_output=cfg.price_output)
-        return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price)
+        return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
+                   Limit.of(cfg.limit, cfg.sample_seed))
 
     def rows(self) -> Iterator[Request | FailedRequest]:
-        """Every input row as a Request or FailedRequest, in the input's order."""
+        """Every input row (those a --limit trial takes) as a Request or FailedRequest, in the
+        input's order."""
         return request_stream(self.files, self.scans, self.ctx, self.spec,
-                              max_line_bytes=self.cfg.max_line_bytes, layout=self.layout)
+                              max_line_bytes=self.cfg.max_line_bytes, layout=self.layout, limit=self.limit)
 
     def ordered(self, items: Iterable[Request | FailedRequest]) -> Iterable[Request | FailedRequest]:
         """`items` in the order a run takes them (--order): the one decision run and estimate share."""
         return order(items, self.cfg.order, buffer=self.cfg.order_buffer)
 
     def total(self) -> int | None:
-        """Input rows, where every file's scan counted them."""
-        counts = [s.rows for s in self.scans]
-        return None if any(c is None for c in counts) else sum(counts)
+        """The rows the job takes, where every file's scan counted them."""
+        return self.limit.total(self.scans)
+
+    def trial(self) -> dict[str, Any] | None:
+        """What a --limit trial takes, for reports (None: the whole input)."""
+        return self.limit.describe(self.scans)
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes two runs the same job: the inputs as scanned, the options that change rows,

@@ -72,6 +72,11 @@ OPTIONS: tuple[Opt, ...] = (
         8 * 1024 * 1024, commands=READERS, output=True),
     Opt("max_n", "Largest accepted `n` (choices per request).", click.IntRange(1, 128), 4,
         commands=READERS, output=True),
+    Opt("limit", "A trial run: take only the first N rows of the input (with --sample-seed: a seeded "
+        "random sample of N rows). Part of the job's fingerprint: a full run into the same output is "
+        "a different job.", Int1, metavar="N", commands=READERS, output=True),
+    Opt("sample_seed", "With --limit N: take a random sample of N rows chosen by this seed (the same "
+        "rows every time) instead of the first N.", int, metavar="S", commands=READERS, output=True),
     Opt("date", "The run's date for {date} and {yesterday} in paths (YYYY-MM-DD; default: today). "
         "For backfills.", commands=READERS),
     Opt("run_id", "The value of {run_id} in paths (default: the date and time of the run).",
@@ -133,8 +138,13 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("format", "parquet: part files with the output schema; JSON lines in a batch API's result format: "
         "openai (OpenAI Batch), anthropic (Message Batches results), gemini (Gemini/Vertex batch output), "
         "or native: each row in the format of its input line (Anthropic lines get Anthropic results, "
-        "Gemini lines Gemini lines, Responses API lines Responses output, the rest OpenAI Batch lines).",
+        "Gemini lines Gemini lines, Responses API lines Responses output, the rest OpenAI Batch lines). "
+        "A line format also gives each input file its own result file, results/NAME.results.jsonl, "
+        "when the job completes.",
         click.Choice(["parquet", "openai", "native", "anthropic", "gemini"]), "parquet", short="-f", output=True),
+    Opt("split_errors", "With a line format: write each input's failed requests to "
+        "results/NAME.errors.jsonl, apart from its results/NAME.results.jsonl (OpenAI Batch's output and "
+        "error files). Without it, results/NAME.results.jsonl holds every line.", is_flag=True, output=True),
     Opt("checkpoint_every", "Commit a part file every N finished requests.", Int1, 5000),
     Opt("checkpoint_seconds", "...or every this many seconds, whichever comes first.",
         click.FloatRange(min=0.1), 300.0),
@@ -148,6 +158,9 @@ OPTIONS: tuple[Opt, ...] = (
         "output of a crashed run on another machine.", click.FloatRange(min=1), 60.0),
     Opt("metrics_file", "Also write the run's counters in Prometheus text format to this file "
         "(node-exporter textfile collector), whatever the exit code."),
+    Opt("job_name", "The job's stable name: the job_name label of --metrics-file (default: the --job "
+        "file's name without .yaml, else the --output path as written, {date}-style placeholders and "
+        "dates left as {date})."),
     Opt("quiet", "No progress output.", is_flag=True, short="-q"),
     Opt("dry_run", "Read and validate everything, start no engine, write nothing; say what would run.",
         is_flag=True),

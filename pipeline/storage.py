@@ -14,6 +14,7 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -242,20 +243,34 @@ class Location:
         """Make the file hold `data` atomically: readers see the old file or the new, never half.
         Local disk: a temporary name in the same folder, fsync, rename. Object stores: one PUT."""
         if self.local:
-            tmp = f"{posixpath.dirname(self.path)}/.tmp-{uuid.uuid4().hex[:12]}-{self.name}"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except OSError as e:
-                raise StorageError(f"writing {self.display} failed: {e}") from e
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            self._replace_local(lambda f: f.write(data))
         else:
             self._write("writing", lambda: self.fs.pipe_file(self.path, data))
+
+    def put_file(self, source: str) -> None:
+        """Make the file hold a local file's bytes atomically, as put_atomic does, without reading
+        them into memory (object stores: one upload, multipart where the store needs it). Local
+        folders on the way are created."""
+        if self.local:
+            os.makedirs(posixpath.dirname(self.path), exist_ok=True)
+            with open(source, "rb") as src:
+                self._replace_local(lambda f: shutil.copyfileobj(src, f, 1 << 22))
+        else:
+            self._write("writing", lambda: self.fs.put_file(source, self.path))
+
+    def _replace_local(self, write: Callable[[Any], Any]) -> None:
+        tmp = f"{posixpath.dirname(self.path)}/.tmp-{uuid.uuid4().hex[:12]}-{self.name}"
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise StorageError(f"writing {self.display} failed: {e}") from e
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def create_exclusive(self, data: bytes) -> bool:
         """Create the file only if it does not exist; False when it already does.
@@ -278,9 +293,10 @@ class Location:
             raise StorageError(f"creating {self.display} failed: {e}") from e
         return True
 
-    def rm(self) -> None:
+    def rm(self, recursive: bool = False) -> None:
+        """Remove the file (`recursive`: the folder and everything in it); nothing there is fine."""
         try:
-            self._write("removing", lambda: self.fs.rm(self.path))
+            self._write("removing", lambda: self.fs.rm(self.path, recursive=recursive))
         except FileNotFoundError:
             pass
 

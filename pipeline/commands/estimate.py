@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -28,11 +27,13 @@ import click
 
 from pipeline.exits import UserError
 from pipeline.intake.requests import Context
+from pipeline.intake.stream import trial_keys
 from pipeline.job import Job
 from pipeline.models.prefix import shared_blocks
 from pipeline.models.prices import Price, hosted_price
 from pipeline.models.tokens import PromptCounter, cpu_count
 from pipeline.output.folder import Output
+from pipeline.output.humane import figure, trial_text, usd
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
 
@@ -159,12 +160,17 @@ def estimate(job: Job) -> dict[str, Any]:
     workers, block_size = cfg.workers or cpu_count(), cfg.block_size or 16
     tallies, total, routes = {f.display: Tally() for f in job.files}, Tally(), {}
     ordered = job.ordered(job.rows())
+    # a calibrating trial run (--limit) took only some rows: its ratio is against their bound
+    calibration = trial_keys((report or {}).get("trial"), job.files, job.scans, max_line_bytes=cfg.max_line_bytes)
+    calibration_upper = 0
     with RequestRows(cfg.rows_file, cfg.storage_options) if cfg.rows_file else contextlib.nullcontext() as out:
         before = b""
         for item, prompt_tokens, blocks in counter.check_all(ordered, workers=workers, block_size=block_size):
             upper = computed = None
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
+                if calibration is not None and (item.source_file, item.line) in calibration:
+                    calibration_upper += upper
                 computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
                 routes.setdefault((item.requested_model, item.adapter), Tally()).add(item, prompt_tokens, upper,
                                                                                      computed)
@@ -172,7 +178,8 @@ def estimate(job: Job) -> dict[str, Any]:
                 tally.add(item, prompt_tokens, upper, computed)
             if out is not None:
                 out.add(item, prompt_tokens, upper)
-        rates = rates_for(upper=total.completion_tokens_upper, report=report, calibrate_from=cfg.calibrate_from,
+        rates = rates_for(upper=total.completion_tokens_upper if calibration is None else calibration_upper,
+                          report=report, calibrate_from=cfg.calibrate_from,
                           completion_ratio=cfg.completion_ratio, tokens_per_second=cfg.tokens_per_second,
                           price=job.price, gpu_hour_usd=cfg.gpu_hour_usd)
         if out is not None:
@@ -187,7 +194,7 @@ def estimate(job: Job) -> dict[str, Any]:
         **order_figures(ordered),
         "files": [{"file": url, **rates.figures(t)} for url, t in tallies.items()],
         "routes": route_figures(routes, rates, job.model_name, job.ctx),
-        "rows_file": cfg.rows_file, "seconds": round(seconds, 3),
+        "rows_file": cfg.rows_file, "trial": job.trial(), "seconds": round(seconds, 3),
     }
     click.echo(json.dumps(result, indent=2) if cfg.as_json else table(result))
     click.echo(f"counted {total.requests:,} requests in {seconds:.1f} s ({total.requests / max(seconds, 1e-9):,.0f}/s, "
@@ -251,14 +258,16 @@ def table(r: dict[str, Any]) -> str:
         out.append(f"hosted: no list price for {r['model']}; pass --price-input and --price-output")
     else:
         out.append(f"hosted, at ${price['input']:g}/M input and ${price['output']:g}/M output ({price['source']}): "
-                   f"{_usd(r['cost_usd_expected'])} expected, up to {_usd(r['cost_usd_upper'])}")
+                   f"{usd(r['cost_usd_expected'])} expected, up to {usd(r['cost_usd_upper'])}")
     if r["tokens_per_second"] is None:
         out.append(f"own GPUs: no throughput ({r['throughput_source']})")
     else:
         out.append(f"own GPUs, at {r['tokens_per_second']:,.0f} tokens/s per GPU ({r['throughput_source']}) and "
-                   f"${r['gpu_hour_usd']:g}/GPU-hour: {_figure(r['gpu_hours_expected'])} GPU-hours, "
-                   f"{_usd(r['compute_cost_usd_expected'])} expected; up to {_figure(r['gpu_hours_upper'])}, "
-                   f"{_usd(r['compute_cost_usd_upper'])}")
+                   f"${r['gpu_hour_usd']:g}/GPU-hour: {figure(r['gpu_hours_expected'])} GPU-hours, "
+                   f"{usd(r['compute_cost_usd_expected'])} expected; up to {figure(r['gpu_hours_upper'])}, "
+                   f"{usd(r['compute_cost_usd_upper'])}")
+    if r["trial"]:
+        out.append(f"{trial_text(r['trial'])}: the figures are for these rows only")
     return "\n".join(out + _route_lines(r["routes"]))
 
 
@@ -277,8 +286,8 @@ def _route_lines(routes: list[dict[str, Any]]) -> list[str]:
             f"{g['requested_model'] or '(none)'} → {g['served_model']}" + (" (LoRA)" if g["adapter"] else ""),
             f"{g['valid']:,}", f"{g['prompt_tokens']:,}",
             f"{g['completion_tokens_expected']:,} / {g['completion_tokens_upper']:,}",
-            "-" if g["cost_usd_upper"] is None else f"{_usd(g['cost_usd_expected'])} / {_usd(g['cost_usd_upper'])}",
-            "-" if hosted is None else f"{_usd(hosted['cost_usd_expected'])} / {_usd(hosted['cost_usd_upper'])} "
+            "-" if g["cost_usd_upper"] is None else f"{usd(g['cost_usd_expected'])} / {usd(g['cost_usd_upper'])}",
+            "-" if hosted is None else f"{usd(hosted['cost_usd_expected'])} / {usd(hosted['cost_usd_upper'])} "
             f"({hosted['price']['source']})",
         ))
     widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
@@ -291,8 +300,8 @@ def _cells(name: str, f: dict[str, Any]) -> tuple[str, ...]:
     return (
         name, f"{f['requests']:,}", f"{f['invalid']:,}", f"{f['prompt_tokens']:,}",
         f"{f['completion_tokens_expected']:,} / {f['completion_tokens_upper']:,}",
-        "-" if f["cost_usd_upper"] is None else f"{_usd(f['cost_usd_expected'])} / {_usd(f['cost_usd_upper'])}",
-        "-" if f["gpu_hours_upper"] is None else f"{_figure(f['gpu_hours_expected'])} / {_figure(f['gpu_hours_upper'])}",
+        "-" if f["cost_usd_upper"] is None else f"{usd(f['cost_usd_expected'])} / {usd(f['cost_usd_upper'])}",
+        "-" if f["gpu_hours_upper"] is None else f"{figure(f['gpu_hours_expected'])} / {figure(f['gpu_hours_upper'])}",
     )
 
 
@@ -302,17 +311,6 @@ def _share(part: int, whole: int) -> str:
 
 def _short(url: str, width: int = 48) -> str:
     return url if len(url) <= width else "…" + url[-(width - 1):]
-
-
-def _usd(x: float) -> str:
-    return "$" + _figure(x)
-
-
-def _figure(x: float) -> str:
-    """Two decimals from 1 up, three significant digits below, never an exponent."""
-    if x >= 1 or x == 0:
-        return f"{x:,.2f}"
-    return f"{x:.{2 - math.floor(math.log10(x))}f}"
 
 
 # ---- --output: one row per request -------------------------------------------------------------

@@ -1,10 +1,22 @@
 """The run's counters in Prometheus text format (exposition format 0.0.4), for node-exporter's
-textfile collector or a pushgateway: `--metrics-file /var/lib/node_exporter/pipeline.prom`."""
+textfile collector or a pushgateway: `--metrics-file /var/lib/node_exporter/pipeline.prom`.
+
+Every sample has one label for the job, `job_name`: its stable name (`job_name()` below), never
+its dated output path, so tonight's run and last night's are one series and alerts and graphs
+follow the job across dates.
+"""
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Any
+
+from pipeline.storage import redact
+
+# A date written into a path by the shell or a scheduler (2026-12-02, 2026/12/02, 20261202).
+_DATE = re.compile(r"(?<!\d)(\d{4})([-/]?)(0[1-9]|1[0-2])\2(0[1-9]|[12]\d|3[01])(?!\d)")
 
 # (metric, help, report key or None, label name, label values from the report)
 GAUGES = (
@@ -23,9 +35,18 @@ GAUGES = (
 )
 
 
-def prometheus_text(report: dict[str, Any], exit_code: int, output: str, now: float | None = None) -> str:
+def job_name(job_file: str | None, output: str | None) -> str:
+    """The job's stable name when --job-name is not given: the --job file's name without its
+    suffix, else the --output path as written, its {date}-style placeholders left unexpanded and
+    any literal date written as {date} (credentials removed)."""
+    if job_file:
+        return Path(job_file).stem
+    return _DATE.sub("{date}", redact(output or ""))
+
+
+def prometheus_text(report: dict[str, Any], exit_code: int, job: str, now: float | None = None) -> str:
     now = time.time() if now is None else now
-    base = f'output="{_escape(output)}"'
+    base = f'job_name="{_escape(job)}"'
     samples: dict[str, list[tuple[str, float]]] = {name: [] for name, _ in GAUGES}
     if report:
         for status in ("succeeded", "failed"):

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.output.folder import Output
 from pipeline.output.formats import summary
+from pipeline.output.humane import duration, rate, share, trial_text, usd
 from pipeline.storage import Location
 
 EXAMPLES_PER_CODE = 3
@@ -78,7 +79,7 @@ def figures(d: RunData) -> dict[str, Any]:
         "price": r.get("price"), "wall_seconds": r.get("wall_seconds"),
         "requests_per_second": r.get("requests_per_second"),
         "generated_tokens_per_second": r.get("generated_tokens_per_second"),
-        "model": r.get("model"), "engines": r.get("engines"),
+        "model": r.get("model"), "engines": r.get("engines"), "trial": r.get("trial"),
     }
 
 
@@ -86,7 +87,7 @@ def compare(now: dict[str, Any], before: dict[str, Any]) -> list[tuple[str, Any,
     """(figure, before, now, change) for the figures a nightly regression shows in."""
     out = []
     for key, label in (("requests", "requests"), ("failed", "error rows"), ("prompt_tokens", "prompt tokens"),
-                       ("completion_tokens", "completion tokens"), ("estimated_cost", "estimated cost (USD)"),
+                       ("completion_tokens", "completion tokens"), ("estimated_cost", "estimated cost"),
                        ("requests_per_second", "requests/s"), ("generated_tokens_per_second", "generated tokens/s"),
                        ("cached_ratio", "prompt tokens from cache")):
         a, b = before.get(key), now.get(key)
@@ -95,25 +96,27 @@ def compare(now: dict[str, Any], before: dict[str, Any]) -> list[tuple[str, Any,
             b = (b / now["requests"]) if now.get("requests") else None
             label = "error rate"
         change = "" if not a or b is None else f"{(b - a) / a:+.1%}"
-        out.append((label, a, b, change))
+        out.append((label, _fmt(key, a), _fmt(key, b), change))
     return out
 
 
 def terminal_summary(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> str:
-    lines = [f"{d.display}: {f['requests']} requests, {f['succeeded']} ok, {f['failed']} failed"
+    lines = [f"{d.display}: {f['requests']:,} requests, {f['succeeded']:,} ok, {f['failed']:,} failed"
              + (f" on {f['model']}" if f["model"] else "")]
+    if f["trial"]:
+        lines.append(trial_text(f["trial"]))
     for code, count in f["errors_by_code"].items():
-        lines.append(f"  {code} ×{count}")
+        lines.append(f"  {code} ×{count:,}")
         for ex in f["examples"].get(code, []):
             lines.append(f"    {ex['custom_id']} ({ex['where']}): {_cut(ex['message'], 100)}")
-    lines.append(f"tokens: {f['prompt_tokens']} prompt ({f['cached_ratio']:.1%} from cache), "
-                 f"{f['completion_tokens']} completion; estimated cost ${f['estimated_cost']:.6f}")
+    lines.append(f"tokens: {f['prompt_tokens']:,} prompt ({share(f['cached_ratio'])} from cache), "
+                 f"{f['completion_tokens']:,} completion; estimated cost {usd(f['estimated_cost'])}")
     if f["wall_seconds"]:
-        lines.append(f"last run: {f['wall_seconds']:.1f} s, {f['requests_per_second']} requests/s, "
-                     f"{f['generated_tokens_per_second']} generated tokens/s")
+        lines.append(f"last run: {duration(f['wall_seconds'])}, {rate(f['requests_per_second'])} requests/s, "
+                     f"{rate(f['generated_tokens_per_second'])} generated tokens/s")
     if prev is not None:
         lines.append("compared with the previous run:")
-        lines += [f"  {label}: {_fmt(a)} → {_fmt(b)} {change}" for label, a, b, change in compare(f, prev)]
+        lines += [f"  {label}: {a} → {b} {change}" for label, a, b, change in compare(f, prev)]
     return "\n".join(lines)
 
 
@@ -124,19 +127,21 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
     ok = d.rows.filter(d.rows["error"].is_null()) if d.rows.height else d.rows
     parts = _charts(d, f, ok)
     cards = "".join(f'<div class="card"><b>{html.escape(str(v))}</b><span>{html.escape(k)}</span></div>' for k, v in (
-        ("requests", f["requests"]), ("ok", f["succeeded"]), ("failed", f["failed"]),
-        ("prompt tokens", f["prompt_tokens"]), ("completion tokens", f["completion_tokens"]),
-        ("from cache", f"{f['cached_ratio']:.1%}"), ("estimated cost", f"${f['estimated_cost']:.6g}"),
-        ("requests/s", f["requests_per_second"] or "–"), ("generated tok/s", f["generated_tokens_per_second"] or "–")))
-    sections = [f"<h2>Summary</h2><div class='cards'>{cards}</div>",
+        ("requests", f"{f['requests']:,}"), ("ok", f"{f['succeeded']:,}"), ("failed", f"{f['failed']:,}"),
+        ("prompt tokens", f"{f['prompt_tokens']:,}"), ("completion tokens", f"{f['completion_tokens']:,}"),
+        ("from cache", share(f["cached_ratio"])), ("estimated cost", usd(f["estimated_cost"])),
+        ("wall time", duration(f["wall_seconds"])), ("requests/s", rate(f["requests_per_second"])),
+        ("generated tok/s", rate(f["generated_tokens_per_second"]))))
+    trial = f"<p><b>{html.escape(trial_text(f['trial']))}</b></p>" if f["trial"] else ""
+    sections = [f"<h2>Summary</h2>{trial}<div class='cards'>{cards}</div>",
                 f"<p>Model {html.escape(str(f['model']))}; price {html.escape(str(f['price']))}; engines {f['engines']}</p>"]
     sections.append("<h2>Cost by price row</h2>" + _table(
-        ["model", "price row", "prompt tokens", "completion tokens", "estimated cost (USD)"],
+        ["model", "price row", "prompt tokens", "completion tokens", "estimated cost"],
         [(f["model"], f["price"] or "none (no price known: pass --price-input/--price-output)",
-          f["prompt_tokens"], f["completion_tokens"], f"{f['estimated_cost']:.6g}")]))
+          f"{f['prompt_tokens']:,}", f"{f['completion_tokens']:,}", usd(f["estimated_cost"]))]))
     if prev is not None:
         sections.append("<h2>Change from the previous run</h2>" + _table(
-            ["figure", "previous", "this run", "change"], [(a, _fmt(b), _fmt(c), d) for a, b, c, d in compare(f, prev)]))
+            ["figure", "previous", "this run", "change"], compare(f, prev)))
     if f["examples"]:
         sections.append("<h2>Errors by code, with examples</h2>" + _table(
             ["code", "rows", "custom_id", "where", "message"],
@@ -146,10 +151,11 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
     if ok.height:
         sort_key = "engine_seconds" if "engine_seconds" in ok.columns and ok["engine_seconds"].drop_nulls().len() else "completion_tokens"
         top = ok.sort(sort_key, descending=True, nulls_last=True).head(TOP)
-        sections.append(f"<h2>{'Slowest' if sort_key == 'engine_seconds' else 'Longest'} requests</h2>" + _table(
-            ["custom_id", sort_key, "prompt tokens", "completion tokens", "finish"],
-            [(r["custom_id"], r[sort_key], r["prompt_tokens"], r["completion_tokens"], r["finish_reason"])
-             for r in top.iter_rows(named=True)]))
+        slowest = sort_key == "engine_seconds"
+        sections.append(f"<h2>{'Slowest' if slowest else 'Longest'} requests</h2>" + _table(
+            ["custom_id", *(["time in the engine"] if slowest else []), "prompt tokens", "completion tokens", "finish"],
+            [(r["custom_id"], *([duration(r[sort_key])] if slowest else []), r["prompt_tokens"],
+              r["completion_tokens"], r["finish_reason"]) for r in top.iter_rows(named=True)]))
         sample = ok.sample(min(SAMPLE, ok.height), seed=0)
         sections.append("<h2>A sample of outputs</h2>" + _table(
             ["custom_id", "content"], [(r["custom_id"], _cut(r["content"] or "", 300)) for r in sample.iter_rows(named=True)]))
@@ -230,12 +236,17 @@ def _table(head: list[str], body: list[tuple]) -> str:
     return f"<table><tr>{h}</tr>{rows}</table>"
 
 
-def _fmt(v: Any) -> str:
+def _fmt(key: str, v: Any) -> str:
+    """A compared figure as people read it: money, shares, rates, counts."""
     if v is None:
         return "–"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    if key == "estimated_cost":
+        return usd(v)
+    if key in ("failed", "cached_ratio"):  # `failed` is compared as the error rate
+        return share(v)
+    if key.endswith("per_second"):
+        return rate(v)
+    return f"{v:,}"
 
 
 def _cut(text: str, width: int) -> str:

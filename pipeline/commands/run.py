@@ -24,6 +24,7 @@ from pipeline.engines.base import KINDS, EngineSpec, Result
 from pipeline.engines.dispatcher import Dispatcher, in_flight_window
 from pipeline.engines.local import LocalPool
 from pipeline.engines.placement import local_envs
+from pipeline.exits import UserError
 from pipeline.job import Job
 from pipeline.options import command_line
 from pipeline.output.folder import (
@@ -36,6 +37,8 @@ from pipeline.output.folder import (
     fingerprint,
     refuse_foreign,
 )
+from pipeline.output.formats import LINE_FORMATS
+from pipeline.output.humane import trial_text
 from pipeline.output.rows import dataset_rows, error_row, result_row
 from pipeline.output.stats import total_stats
 from pipeline.records import FailedRequest, Request
@@ -81,6 +84,9 @@ def plan(cfg) -> Plan:
     """Check the whole job without side effects; raises what the user must fix."""
     out = Output(Location.of(cfg.output, cfg.storage_options), cfg.format)
     out.check_not_file()
+    if cfg.split_errors and cfg.format not in LINE_FORMATS:
+        raise UserError("--split-errors needs a line format (--format openai|native|anthropic|gemini); "
+                        "Parquet output keeps failed requests in its error column")
     job = Job.open(cfg, exclude=out.loc)
     if job.layout is not None:
         out.schema = job.layout.schema
@@ -136,9 +142,10 @@ def preview(p: Plan) -> str:
     invalid = Counter(isinstance(item, FailedRequest) for item in not_committed(p, p.committed(), stats))
     replace = (" (it holds a different job's output, which --overwrite would discard)"
                if p.replaces_output else "")
+    trial = trial_text(p.job.trial())
     return (f"Would process {invalid[False]} requests on {p.job.model_name} ({invalid[True]} invalid "
-            f"rows would get error rows, {stats.resumed} already done) into {p.out.display}{replace}. "
-            "Nothing was written.")
+            f"rows would get error rows, {stats.resumed} already done) into {p.out.display}{replace}"
+            f"{f'; {trial}' if trial else ''}. Nothing was written.")
 
 
 class RowSink:
@@ -239,6 +246,8 @@ def _report(p: Plan, stats: RunStats, claim, dispatcher, ordered) -> dict[str, A
         "engine": dispatcher.engine_info if dispatcher else None,
         "engine_restarts": dispatcher.restarts if dispatcher else 0,
         **(ordered.describe() if hasattr(ordered, "describe") else {"order": cfg.order}),
+        "trial": p.job.trial(),
+        "job_name": cfg.job_name,
         "pipeline_version": __version__,
         "date": cfg.date,
         "run_id": cfg.run_id,

@@ -7,6 +7,7 @@ from collections import Counter
 import click
 
 from pipeline.job import Job
+from pipeline.output.humane import trial_text
 from pipeline.records import FailedRequest, Request
 
 MAX_UNKNOWN = 1000  # distinct unknown field names counted
@@ -36,6 +37,8 @@ def validate(job: Job) -> bool:
             unknown.update(n for n in item.unknown_fields if n in unknown or len(unknown) < MAX_UNKNOWN)
     bad = sum(codes.values())
     click.echo(f"{total} rows in {len(job.files)} file(s): {total - bad} valid, {bad} invalid", err=True)
+    if job.limit:
+        click.echo(trial_text(job.trial()), err=True)
     if codes:
         click.echo("errors: " + ", ".join(f"{c} ×{n}" for c, n in codes.most_common()), err=True)
     if unknown:

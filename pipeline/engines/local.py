@@ -1,5 +1,10 @@
 """The local transport: one spawned worker process per engine on this machine, requests and
-results over pipes (the `Pool` contract of dispatcher.py)."""
+results over pipes (the `Pool` contract of dispatcher.py).
+
+What the engines print (vLLM, torch, Triton, transformers: their logs, warnings and progress
+bars) reaches our stderr only with `-v`; by default a run's stderr is our progress and summary.
+Either way the last lines are kept, and an engine that cannot start shows them.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +25,12 @@ log = logging.getLogger("pipeline.engines")
 
 
 class _Tail:
-    """Copies an engine's output (its stdout and stderr, one pipe) to our stderr and keeps the
-    last lines, so that the reason an engine died can be reported with what it printed last."""
+    """Keeps the last lines of an engine's output (its stdout and stderr, one pipe), so that the
+    reason an engine died can be reported with what it printed last; with `echo`, copies it all
+    to our stderr as well."""
 
-    def __init__(self, conn, keep: int = 4096):
-        self.conn, self.keep, self.text, self.done = conn, keep, b"", threading.Event()
+    def __init__(self, conn, echo: bool, keep: int = 4096):
+        self.conn, self.echo, self.keep, self.text, self.done = conn, echo, keep, b"", threading.Event()
         threading.Thread(target=self._copy, daemon=True).start()
 
     def _copy(self) -> None:
@@ -32,7 +38,7 @@ class _Tail:
         try:
             while data := os.read(fd, 65536):
                 self.text = (self.text + data)[-self.keep:]
-                while data:
+                while self.echo and data:
                     data = data[os.write(2, data):]
         except OSError:
             pass
@@ -48,11 +54,22 @@ class _Tail:
         return "\n".join([line for line in lines if line.strip()][-n:])
 
 
+def engine_log_env(verbose: bool) -> dict[str, str]:
+    """The engine's logging settings: by default its output is only kept for error messages, so
+    it keeps vLLM's warnings and errors (VLLM_LOGGING_LEVEL as -v/-vv set it: cli.py) and drops
+    the rest: transformers' advice, Python warnings, progress bars. With -v, all of it."""
+    if verbose:
+        return {}
+    return {"TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1",
+            "TORCH_CPP_LOG_LEVEL": "ERROR"}
+
+
 class LocalPool:
     """One engine worker process per engine, each with its own environment (GPU set)."""
 
     def __init__(self, spec: EngineSpec, envs: list[dict[str, str]]):
         self.spec, self.envs, self.size = spec, envs, len(envs)
+        self.verbose = log.isEnabledFor(logging.INFO)  # -v: the engines' own output too
         self.ctx = mp.get_context("spawn")  # vLLM and CUDA need spawned, not forked, workers
         # Engines are killed, not shut down (see _kill): multiprocessing's resource tracker then
         # frees their shared memory itself and need not warn about it at exit.
@@ -73,13 +90,13 @@ class LocalPool:
         parent, child = self.ctx.Pipe()
         out_read, out_write = self.ctx.Pipe(duplex=False)
         # The engines share this machine's memory (the CPU build sizes its KV cache from it).
-        env = {"PIPELINE_ENGINES_PER_NODE": str(self.size), **self.envs[i]}
+        env = {"PIPELINE_ENGINES_PER_NODE": str(self.size), **engine_log_env(self.verbose), **self.envs[i]}
         proc = self.ctx.Process(target=process_main, args=(child, self.spec, env, out_write),
                                 name=f"engine-{i}", daemon=False)
         proc.start()
         child.close()  # so that the worker's death reads as EOF here
         out_write.close()
-        self.tails[i], self.ready[i] = _Tail(out_read), False
+        self.tails[i], self.ready[i] = _Tail(out_read, echo=self.verbose), False
         self.procs[i], self.conns[i] = proc, parent
         self.outboxes[i] = queue.Queue()
         # Sends go through a thread: a full pipe must never block the dispatcher while the

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.requests import Context, validate_rows
 from pipeline.intake.sources import InputFile
 from pipeline.intake.templates import TemplateSpec
@@ -14,14 +15,24 @@ from pipeline.records import FailedRequest, Request
 
 
 def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: TemplateSpec | None, *,
-                   max_line_bytes: int, layout: Layout | None = None) -> Iterator[Request | FailedRequest]:
+                   max_line_bytes: int, layout: Layout | None = None,
+                   limit: Limit = FULL) -> Iterator[Request | FailedRequest]:
     """Every input row as a Request or FailedRequest: the one stream `validate`, `estimate` and `run`
-    read (request files as they are, table rows through the templates)."""
+    read (request files as they are, table rows through the templates); with `limit`, only the
+    rows a trial takes (limit.py)."""
     from pipeline.intake.reader import read_all
 
-    if spec is None:
-        return validate_rows(read_all(files, scans, max_line_bytes=max_line_bytes), ctx)
-    return spec.render_rows(read_all(files, scans, max_line_bytes=max_line_bytes, raw=True), ctx, layout)
+    rows = read_all(files, scans, max_line_bytes=max_line_bytes, raw=spec is not None)
+    items = validate_rows(rows, ctx) if spec is None else spec.render_rows(rows, ctx, layout)
+    return limit.apply(items, lambda: row_keys(files, scans, max_line_bytes=max_line_bytes))
+
+
+def row_keys(files: Sequence[InputFile], scans, *, max_line_bytes: int) -> Iterator[tuple[str, int]]:
+    """Every input row's (source_file, line) in input order, read without validation: the rows a
+    `--limit` takes are chosen from these."""
+    from pipeline.intake.reader import read_all
+
+    return ((name, line) for name, line, _ in read_all(files, scans, max_line_bytes=max_line_bytes, raw=True))
 
 
 def run_context(model: str | None, served: tuple[str, ...], max_n: int, routes: dict[str, str] | None,
@@ -32,3 +43,12 @@ def run_context(model: str | None, served: tuple[str, ...], max_n: int, routes: 
 
     adapters = load_adapters(lora, served_names(model, tuple(served)) if model else frozenset())
     return Context.of(model, tuple(served), max_n, routes, tuple(a.name for a in adapters)), adapters
+
+
+def trial_keys(trial: dict[str, Any] | None, files: Sequence[InputFile], scans, *,
+               max_line_bytes: int) -> set[tuple[str, int]] | None:
+    """The (source_file, line) keys of the rows that a trial run (its report's `trial`) took from
+    these inputs; None for a full run."""
+    if not trial:
+        return None
+    return Limit.of(trial["limit"], trial.get("sample_seed")).chosen(row_keys(files, scans, max_line_bytes=max_line_bytes))

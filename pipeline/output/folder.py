@@ -6,6 +6,8 @@ Layout (every name ours; anything else in the folder is a foreign file and is ne
     _lease/<gen>.json         the writer: one at a time (see lease.py)
     _commits/<attempt>-<seq>.json   one record per committed part: its rows' (file, line) keys
     part-<attempt>-<seq>.parquet    the rows (or .jsonl with --format openai)
+    results/<input>.results.jsonl   line formats: each input's lines, assembled from the parts
+                              when every request has its row (results.py)
     _report.json, _SUCCESS    written last, when every request has its row
     _report.html              the page `pipeline report DIR` writes
 
@@ -14,7 +16,8 @@ Commit protocol (the lease holder's job alone):
    and a rename, on object stores as a single PUT;
 2. its commit record is written (one small file: work per checkpoint stays bounded however long
    the job runs). A part without a record is not committed.
-3. when every request has its row, `_report.json`, then `_SUCCESS` (exclusive create).
+3. when every request has its row: with a line format, the per-input result files (results.py),
+   then `_report.json`, then `_SUCCESS` (exclusive create).
 
 An attempt's records count only up to the cutoff that the next writer wrote into the manifest
 when it took over, so a writer that lost its lease while paused can never add rows twice.
@@ -35,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.exits import STOPS, UserError
-from pipeline.output.formats import FORMAT_EXT, encode
+from pipeline.output.formats import FORMAT_EXT, LINE_FORMATS, encode, failed
 from pipeline.output.lease import FOLDER as LEASES
 from pipeline.output.lease import Lease, LeaseLost
+from pipeline.output.results import RESULTS, assemble
 from pipeline.output.stats import part_stats
 from pipeline.storage import Location, StorageError
 
@@ -173,6 +177,8 @@ class Output:
         foreign: list[str] = []
         ours_fixed = ({MANIFEST, REPORT, SUCCESS, COMMITS, REPORT_PAGE, LEASES} if manifest is not None
                       else {COMMITS, LEASES})
+        if manifest is not None and manifest.get("format") in LINE_FORMATS:
+            ours_fixed.add(RESULTS)
         for name in names:
             tmp = _TMP.match(name)
             base = tmp.group(1) if tmp else name
@@ -233,7 +239,7 @@ class Output:
 
     def _remove(self, names: list[str]) -> None:
         for name in names:
-            self.loc.child(name).rm()
+            self.loc.child(name).rm(recursive=name == RESULTS)
 
 
 class Claim:
@@ -246,7 +252,9 @@ class Claim:
         # The records' stats, without their keys: the bitmaps above hold what was committed
         # before, and this run's keys need not stay in memory (one range per row in prefix order).
         self.records = [_without_keys(r) for r in records]
-        self.file_index = {f["file"]: i for i, f in enumerate(detail["inputs"])}
+        self.files = [f["file"] for f in detail["inputs"]]
+        self.file_index = {f: i for i, f in enumerate(self.files)}
+        self.split_errors = bool(detail["options"].get("split_errors"))
         self._seq = 0
 
     def __enter__(self) -> Claim:
@@ -269,10 +277,12 @@ class Claim:
         keys: dict[str, list[int]] = {}
         for r in rows:
             keys.setdefault(str(self.file_index[r["source_file"]]), []).append(r["source_line"])
+        # the part's lines of each input, in the part's order (results.py splits parts with it)
+        lines = [[int(k), len(v)] for k, v in keys.items()]
         keys = {k: sorted(set(v)) for k, v in keys.items()}  # one key per request, however many rows
         record = {"part": name, "order": len(self.records), "rows": sum(map(len, keys.values())),
-                  "keys": {k: _ranges(v) for k, v in keys.items()}, "stats": part_stats(rows),
-                  "at": _now()}
+                  "keys": {k: _ranges(v) for k, v in keys.items()}, "lines": lines,
+                  "stats": part_stats(rows), "at": _now()}
         try:
             self.lease.check()
         except LeaseLost:
@@ -289,6 +299,9 @@ class Claim:
         committed parts (a writer that lost its lease may have added one past its cutoff)."""
         self.lease.check()
         self.out._remove(self.out.read_state().debris)
+        if self.out.fmt in LINE_FORMATS:
+            report["result_files"] = assemble(self.out.loc, self.records, self.files, failed=failed,
+                                              split_errors=self.split_errors, check=self.lease.check)
         self.lease.check()
         self.out.loc.child(REPORT).put_atomic(json.dumps(report, indent=2).encode())
         marker = json.dumps({"fingerprint": self.manifest["fingerprint"], "requests": report["requests"],
@@ -340,7 +353,7 @@ class PartWriter:
 
 
 def refuse_foreign(out: Output, state: State, allow_foreign: bool) -> None:
-    clash = sorted(set(state.foreign) & {MANIFEST, REPORT, SUCCESS})
+    clash = sorted(set(state.foreign) & {MANIFEST, REPORT, SUCCESS, *([RESULTS] if out.fmt in LINE_FORMATS else [])})
     if clash and allow_foreign:
         raise OutputConflict(
             f"--output {out.display} holds {', '.join(clash)} written by something else (Spark and "
@@ -355,14 +368,22 @@ def refuse_foreign(out: Output, state: State, allow_foreign: bool) -> None:
 
 
 def conflict_message(out: Output, state: State, detail: dict[str, Any]) -> str:
-    return (f"{out.display} holds the output of a different job "
-            f"({_diff((state.manifest or {}).get('job', {}), detail)}). Nothing was changed. Hint: use "
-            "another --output folder, or pass --overwrite to discard that output")
+    old = (state.manifest or {}).get("job", {})
+    limits = [(job.get("options") or {}).get("limit") for job in (old, detail)]
+    trial = ""
+    if limits[0] != limits[1]:  # a trial (--limit) and another run of the same inputs never mix
+        was = f"a trial of {limits[0]} rows (--limit {limits[0]})" if limits[0] else "the full job"
+        now = f"a trial of {limits[1]} rows" if limits[1] else "the full job"
+        trial = f" It holds {was}; this run is {now}."
+    return (f"{out.display} holds the output of a different job ({_diff(old, detail)}).{trial} Nothing "
+            "was changed. Hint: use another --output folder, or pass --overwrite to discard that output")
 
 
 def _ours(state: State) -> list[str]:
     """Every file the folder's records prove ours (the lease files stay)."""
     names = [r["part"] for r in state.records] + state.debris
+    if (state.manifest or {}).get("format") in LINE_FORMATS:
+        names.append(RESULTS)
     return names + [MANIFEST, REPORT, SUCCESS, REPORT_PAGE] + [f"{COMMITS}/{n}" for n in _record_names(state)]
 
 

@@ -56,6 +56,14 @@ def line_of(row: dict[str, Any], fmt: str) -> dict[str, Any]:
     return WRITERS[fmt](row)
 
 
+def failed(line: dict[str, Any]) -> bool:
+    """Whether an output line of any line format answers a failed request (what OpenAI's Batch
+    API puts in its error file)."""
+    if "result" in line:  # Anthropic
+        return (line["result"] or {}).get("type") != "succeeded"
+    if "key" in line:  # Gemini / Vertex
+        return bool(line.get("status"))
+    return line.get("error") is not None  # OpenAI Batch, Responses
 
 
 WRITERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {

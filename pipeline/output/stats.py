@@ -6,6 +6,8 @@ import re
 from collections import Counter
 from typing import Any
 
+from pipeline.output.humane import duration, rate, share, trial_text, usd
+
 COUNTERS = ("requests", "succeeded", "failed", "prompt_tokens", "completion_tokens",
             "total_tokens", "cached_tokens")
 
@@ -64,21 +66,24 @@ def summary_text(report: dict[str, Any]) -> str:
     """The short summary printed at the end of a run."""
     r = report
     lines = [
-        f"{r['requests']} requests: {r['succeeded']} ok, {r['failed']} failed"
-        + (f" ({', '.join(f'{k}: {v}' for k, v in r['errors_by_code'].items())})" if r["errors_by_code"] else "")
-        + (f"; {r['resumed']} already done before this run" if r.get("resumed") else ""),
-        f"tokens: {r['prompt_tokens']} in, {r['completion_tokens']} out, {r['total_tokens']} total"
-        + (f" ({r['cached_tokens']} prompt tokens from cache: {r['cached_tokens'] / r['prompt_tokens']:.1%})"
+        f"{r['requests']:,} requests: {r['succeeded']:,} ok, {r['failed']:,} failed"
+        + (f" ({', '.join(f'{k}: {v:,}' for k, v in r['errors_by_code'].items())})" if r["errors_by_code"] else "")
+        + (f"; {r['resumed']:,} already done before this run" if r.get("resumed") else ""),
+        f"tokens: {r['prompt_tokens']:,} in, {r['completion_tokens']:,} out, {r['total_tokens']:,} total"
+        + (f" ({r['cached_tokens']:,} prompt tokens from cache: {share(r['cached_tokens'] / r['prompt_tokens'])})"
            if r.get("cached_tokens") and r.get("prompt_tokens") else ""),
     ]
+    if r.get("trial"):
+        lines.append(trial_text(r["trial"]))
     if r.get("wall_seconds"):
         lines.append(
-            f"this run: {r['wall_seconds']:.1f} s, {r['requests_per_second']:.2f} requests/s, "
-            f"{r['generated_tokens_per_second']:.1f} generated tokens/s"
+            f"this run: {duration(r['wall_seconds'])}, {rate(r['requests_per_second'])} requests/s, "
+            f"{rate(r['generated_tokens_per_second'])} generated tokens/s"
         )
     if r.get("price"):
-        lines.append(f"estimated cost: ${r['estimated_cost']:.6f} at {r['price']}")
+        lines.append(f"estimated cost: {usd(r['estimated_cost'])} at {r['price']}")
     if r.get("warnings"):
-        lines.append("warnings: " + "; ".join(f"{k} ×{v}" for k, v in r["warnings"].items()))
-    lines.append(f"output: {r['output']}")
+        lines.append("warnings: " + "; ".join(f"{k} ×{v:,}" for k, v in r["warnings"].items()))
+    lines.append(f"output: {r['output']}" + (f" (one result file per input in results/: {r['result_files']:,} files)"
+                                            if r.get("result_files") else ""))
     return "\n".join(lines)

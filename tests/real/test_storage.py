@@ -243,3 +243,18 @@ def test_debug_logging_never_prints_credentials(store):
     for secret in store.secrets:
         assert secret not in res.stderr and secret not in res.stdout
     assert "botocore" not in res.stderr
+
+
+def test_result_files_of_a_line_format_on_the_bucket(store):
+    inputs = upload_inputs(store)
+    out = f"{store.root}/out"
+    res = invoke("run", inputs, "-o", out, *FAKE, *store.options, "--format", "openai", "--split-errors",
+                 "--checkpoint-every", "5")
+    assert res.exit_code == 0, res.output
+    lines = store.read("out/results/a.results.jsonl").decode().splitlines()
+    assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(f"j{i}" for i in range(12))
+    assert len(store.read("out/results/b.results.jsonl").splitlines()) == 4
+    assert not store.exists("out/results/a.errors.jsonl")  # no failed request: no error file
+    res = invoke("run", inputs, "-o", out, *FAKE, *store.options, "--format", "native", "--overwrite")
+    assert res.exit_code == 0, res.output  # the old job's result files removed, the new ones written
+    assert len(store.read("out/results/a.results.jsonl").splitlines()) == 12
