@@ -113,7 +113,7 @@ def user_errors(f):
         except StorageError as e:
             click.echo(f"Error: {redact(str(e))}\nrerun the same command once storage works again", err=True)
             sys.exit(exits.INCOMPLETE)
-        except exits.Interrupted:
+        except (exits.Interrupted, KeyboardInterrupt):
             click.echo("interrupted before any row was written; rerun the same command", err=True)
             sys.exit(exits.INCOMPLETE)
 
@@ -162,7 +162,7 @@ def run(inputs, **values) -> None:
         outcome = run_job(cfg)
     except BaseException as e:  # the error itself is reported by user_errors
         if cfg.metrics_file:
-            _write_metrics(cfg, {}, exits.INCOMPLETE if isinstance(e, exits.Interrupted) else exits.ERROR)
+            _write_metrics(cfg, {}, exits.INCOMPLETE if isinstance(e, (exits.Interrupted, KeyboardInterrupt)) else exits.ERROR)
         raise
     if cfg.metrics_file:
         _write_metrics(cfg, outcome.report, outcome.exit_code)

@@ -16,14 +16,22 @@ HELP = ("Exit codes: 0 every request has a row (per-row errors are counted in th
         "command to finish; 4 the engine could not start.")
 
 
-class Interrupted(Exception):
-    """SIGTERM or SIGINT: commit what is finished and stop (exit 3)."""
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT: commit what is finished and stop (exit 3). A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` (a reader's "this file is unreadable", a
+    row's "this row is invalid") can turn it into an error row and let the run go on."""
 
 
 def _raise_interrupted(signum, frame):
+    # One interruption is enough: later signals must not break the flush and cleanup it starts.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise Interrupted()
 
 
 def install_handlers() -> None:
-    """SIGTERM raises Interrupted from the first moment the command runs."""
+    """SIGTERM, and SIGINT unless it was ignored when the process started (a background job of a
+    shell), raise Interrupted from the first moment the command runs."""
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _raise_interrupted)

@@ -176,7 +176,7 @@ def run_estimate(
     workers = workers or cpu_count()
     block_size = block_size or 16
 
-    tallies, total, routes = {f.display: Tally() for f in files}, Tally(), {}
+    tallies, total, routes = [Tally() for _ in files], Tally(), {}
     with RequestRows(rows_file, storage_options) if rows_file else contextlib.nullcontext() as out:
         stream = request_stream(files, [scan(f) for f in files], ctx, spec, max_line_bytes=max_line_bytes)
         # in the order a run uses (schedule.py), so that each request follows the one it shares most with
@@ -189,7 +189,7 @@ def run_estimate(
                 computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
                 routes.setdefault((item.requested_model, item.adapter), Tally()).add(item, prompt_tokens, upper,
                                                                                      computed)
-            tallies[item.source_file].add(item, prompt_tokens, upper, computed)
+            tallies[item.file].add(item, prompt_tokens, upper, computed)
             total.add(item, prompt_tokens, upper, computed)
             if out is not None:
                 out.add(item, prompt_tokens, upper)
@@ -205,7 +205,7 @@ def run_estimate(
         "price": _price(price),
         "tokens_per_second": rates.tokens_per_second, "throughput_source": rates.throughput_source,
         "gpu_hour_usd": gpu_hour_usd, "block_size": block_size,
-        "files": [{"file": url, **rates.figures(t)} for url, t in tallies.items()],
+        "files": [{"file": f.display, **rates.figures(t)} for f, t in zip(files, tallies, strict=True)],
         "routes": route_figures(routes, rates, model_name, ctx),
         "rows_file": rows_file, "seconds": round(seconds, 3),
     }

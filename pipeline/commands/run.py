@@ -156,9 +156,8 @@ def preview(p: Plan) -> str:
     """What a run would do: read and validate everything, write and delete nothing."""
     committed = p.committed()
     counts = {"run": 0, "invalid": 0, "resumed": 0}
-    index = {f.display: i for i, f in enumerate(p.files)}
     for item in p.rows():
-        if (index[item.source_file], item.line) in committed:
+        if (item.file, item.line) in committed:
             counts["resumed"] += 1
         else:
             counts["invalid" if isinstance(item, FailedRequest) else "run"] += 1
@@ -184,11 +183,10 @@ def execute(p: Plan, started: float) -> Outcome:
             progress.bar.update(committed.count)
         writer = PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds)
         counts = {"resumed": 0, "rows": 0, "generated": 0}
-        index = {f.display: i for i, f in enumerate(p.files)}
 
         def fresh() -> Iterator[Request | FailedRequest]:
             for item in p.rows():
-                if (index[item.source_file], item.line) in committed:
+                if (item.file, item.line) in committed:
                     counts["resumed"] += 1
                 else:
                     yield item
@@ -199,7 +197,7 @@ def execute(p: Plan, started: float) -> Outcome:
         def pending() -> Iterator[Request]:
             for item in ordered:
                 if isinstance(item, FailedRequest):
-                    writer.add_all(dataset_rows(error_row(item, p.model_name), item, p.layout))
+                    writer.add_all(dataset_rows(error_row(item, p.model_name), item, p.layout), item.file)
                     counts["rows"] += 1
                     progress.update(1)
                 else:
@@ -222,7 +220,7 @@ def execute(p: Plan, started: float) -> Outcome:
                     writer.tick()
                     continue
                 req, res = done
-                writer.add_all(dataset_rows(result_row(req, res, p.model_name, p.price), req, p.layout))
+                writer.add_all(dataset_rows(result_row(req, res, p.model_name, p.price), req, p.layout), req.file)
                 counts["rows"] += 1
                 counts["generated"] += res.completion_tokens or 0
                 progress.update(1, res.completion_tokens or 0)

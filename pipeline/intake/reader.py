@@ -27,7 +27,7 @@ from fsspec.spec import AbstractBufferedFile
 
 from pipeline import storage
 from pipeline.intake.sources import InputFile
-from pipeline.records import FailedRequest, Problem, default_id, is_text
+from pipeline.records import FailedRequest, Problem, Source, is_text
 from pipeline.storage import StorageError, is_transient
 
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
@@ -126,15 +126,15 @@ def read_rows(file: InputFile, found: Scan | None = None, *,
 
 
 def read_all(files: Sequence[InputFile], scans: Sequence[Scan] | None = None, *,
-             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[str, int, Any]]:
-    """(source_file, line, row or FailedRequest) over every input file, in order: the stream that
+             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[Source, int, Any]]:
+    """(source, line, row or FailedRequest) over every input file, in order: the stream that
     `requests.validate_rows` (or, with `raw`, `templates.render_rows`) turns into requests."""
     for i, file in enumerate(files):
-        name = file.display
+        source = Source(i, file.display, file.identity)
         for line, row in read_rows(file, scans[i] if scans else None, max_line_bytes=max_line_bytes, raw=raw):
             if isinstance(row, Problem):
-                row = FailedRequest.of(row, default_id(name, line), name, line)
-            yield name, line, row
+                row = FailedRequest.of(row, source.default_id(line), source.name, line, file=i)
+            yield source, line, row
 
 
 def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int) -> Iterator[tuple[int, Any]]:

@@ -219,7 +219,7 @@ class Output:
         except BaseException:
             lease.release()
             raise
-        return Claim(self, lease, manifest, attempt, state.records, detail)
+        return Claim(self, lease, manifest, attempt, state.records)
 
     def _remove(self, names: list[str]) -> None:
         for name in names:
@@ -230,29 +230,31 @@ class Claim:
     """The lease holder's handle: commits parts, then finishes the job."""
 
     def __init__(self, out: Output, lease: Lease, manifest: dict[str, Any], attempt: str,
-                 records: list[dict[str, Any]], detail: dict[str, Any]):
+                 records: list[dict[str, Any]]):
         self.out, self.lease, self.manifest, self.attempt = out, lease, manifest, attempt
         self._before = State(manifest, records, False, [], []).committed()
         # The records' stats, without their keys: the bitmaps above hold what was committed
         # before, and this run's keys need not stay in memory (one range per row in prefix order).
         self.records = [_without_keys(r) for r in records]
-        self.file_index = {f["file"]: i for i, f in enumerate(detail["inputs"])}
         self._seq = 0
 
     def committed(self) -> Committed:
         """The rows committed before this claim."""
         return self._before
 
-    def commit(self, rows: list[dict[str, Any]]) -> str:
-        """Write one part atomically, then its commit record."""
-        rows.sort(key=lambda r: (self.file_index.get(r["source_file"], -1), r["source_line"]))
+    def commit(self, keyed: list[tuple[int, dict[str, Any]]]) -> str:
+        """Write one part atomically, then its commit record. `keyed`: (input file index, row)
+        pairs; the index, never the displayed `source_file` (two files can display alike), keys
+        the row."""
+        keyed.sort(key=lambda fr: (fr[0], fr[1]["source_line"]))
+        rows = [r for _, r in keyed]
         self._seq += 1
         name = f"part-{self.attempt}-{self._seq:05d}.{FORMAT_EXT[self.out.fmt]}"
         self.lease.check()
         self.out.loc.child(name).put_atomic(encode(rows, self.out.fmt, self.out.schema))
         keys: dict[str, list[int]] = {}
-        for r in rows:
-            keys.setdefault(str(self.file_index[r["source_file"]]), []).append(r["source_line"])
+        for file, r in keyed:
+            keys.setdefault(str(file), []).append(r["source_line"])
         keys = {k: sorted(set(v)) for k, v in keys.items()}  # one key per request, however many rows
         record = {"part": name, "order": len(self.records), "rows": sum(map(len, keys.values())),
                   "keys": {k: _ranges(v) for k, v in keys.items()}, "stats": part_stats(rows),
@@ -288,17 +290,13 @@ class PartWriter:
 
     def __init__(self, claim: Claim, every: int, seconds: float):
         self.claim, self.every, self.seconds = claim, every, seconds
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[tuple[int, dict[str, Any]]] = []  # (input file index, row)
         self.last = time.monotonic()
 
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= self.every:
-            self.flush()
-
-    def add_all(self, rows: list[dict[str, Any]]) -> None:
-        """One request's rows (one per choice with --explode-choices): always in the same part."""
-        self.rows.extend(rows)
+    def add_all(self, rows: list[dict[str, Any]], file: int) -> None:
+        """One request's rows (one per choice with --explode-choices), from input file `file`
+        (its index): always in the same part."""
+        self.rows.extend((file, r) for r in rows)
         if len(self.rows) >= self.every:
             self.flush()
 

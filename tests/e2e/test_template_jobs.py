@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, invoke, read_output, wait_for_commit, write_jsonl
+from conftest import REPO, invoke, read_output, source, wait_for_commit, write_jsonl
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
 SCHEMA = {
@@ -403,7 +403,7 @@ def test_earlier_turns_from_a_template(tmp_path):
     from pipeline.intake.templates import TemplateSpec
 
     spec = TemplateSpec.from_values({"template_user": "{{ q }}", "template_system": "S", "template_turns": turns})
-    [req] = list(spec.render_rows([("f", 1, {"q": "x", "ex_q": "y", "ex_a": "z"})], Context()))
+    [req] = list(spec.render_rows([(source("f"), 1, {"q": "x", "ex_q": "y", "ex_a": "z"})], Context()))
     assert [m["role"] for m in req.messages] == ["system", "user", "assistant", "user"]
 
 
