@@ -261,7 +261,7 @@ def _parquet_rows(file: InputFile, skip: int, _max_line_bytes: int, batch_size: 
         names = pf.schema_arrow.names
         body_is_text = "body" in names and str(pf.schema_arrow.field("body").type) in ("string", "large_string")
         for line, row in _numbered(pf.iter_batches(batch_size=batch_size), skip):
-            yield line, _parquet_row(row, body_is_text)
+            yield line, row if isinstance(row, Problem) else _parquet_row(row, body_is_text)
 
 
 def _parquet_row(row: dict[str, Any], body_is_text: bool) -> Any:
@@ -304,11 +304,14 @@ CSV_BLOCK = 1 << 22  # types are inferred from the first block (4 MiB), by pyarr
 
 
 def open_csv(stream):
-    """pyarrow's streaming CSV reader, the same way everywhere (types from the first block)."""
+    """pyarrow's streaming CSV reader, the same way everywhere (types from the first block).
+    UTF-8 is not checked by pyarrow, which would make a column with one bad byte in the first
+    block binary (every value `b'...'`) and fail a later block whole: `_numbered` decodes each
+    row's text strictly, so a bad byte costs its own row (`invalid_utf8`)."""
     import pyarrow.csv as pcsv
 
     return pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
-                         convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+                         convert_options=pcsv.ConvertOptions(strings_can_be_null=True, check_utf8=False))
 
 
 def _table_batches(file: InputFile, raw):
@@ -344,6 +347,8 @@ def _scan_table(file: InputFile, digest: bool) -> Scan:
     except StorageError:
         raise
     except Exception as e:
+        if file.compression is None:  # read_rows gives the rows before the break, then the break
+            return Scan(None, digest=found)
         return Scan(None, _unreadable(file, rows + 1, e), rows + 1, found)
     return Scan(rows, digest=found)
 
@@ -353,18 +358,47 @@ def _table_rows(file: InputFile, skip: int, _max_line_bytes: int):
         yield from _numbered(_table_batches(file, raw), skip)
 
 
-def _numbered(batches, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number from 1, row) of record batches, without the first `skip` rows (a batch
-    wholly before them is not even converted)."""
+def _numbered(batches, skip: int) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
+    """(row number from 1, row or Problem) of record batches, without the first `skip` rows (a
+    batch wholly before them is not even converted)."""
     line = 0
     for batch in batches:
         if line + batch.num_rows <= skip:
             line += batch.num_rows
             continue
-        for row in batch.to_pylist():
+        for row in _batch_rows(batch):
             line += 1
             if line > skip:
                 yield line, row
+
+
+def _batch_rows(batch) -> list[dict[str, Any] | Problem]:
+    """A record batch's rows; a row whose text is not UTF-8 is an `invalid_utf8` Problem."""
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    import pyarrow as pa
+
+    columns = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        columns[name] = (column.cast(pa.large_binary()) if text else column).to_pylist(), text
+    rows: list[dict[str, Any] | Problem] = []
+    for i in range(batch.num_rows):
+        row: dict[str, Any] | Problem = {}
+        for name, (values, text) in columns.items():
+            value = values[i]
+            if text and value is not None:
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    row = Problem("invalid_utf8", f"column {name} is not valid UTF-8 (byte {e.start}); "
+                                  "re-encode the file as UTF-8", name)
+                    break
+            row[name] = value
+        rows.append(row)
+    return rows
 
 
 def input_schema(file: InputFile, sample_rows: int = 1000):

@@ -216,6 +216,17 @@ def test_validate_estimate_and_dry_run_on_a_templated_csv(tmp_path):
     assert t.column("source_line").to_pylist() == [1, 2, 3]
 
 
+def test_a_latin1_byte_in_a_csv_costs_its_row_never_the_prompts_of_the_others(tmp_path):
+    src = tmp_path / "t.csv"
+    src.write_bytes(b"q\n" + b"".join(b"caf\xe9\n" if i == 5 else b"row %d\n" % i for i in range(1, 51)))
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--template-user", "Q: {{ q }}")
+    assert res.exit_code == 0, res.output
+    rows = {r["source_line"]: r for r in by_line(tmp_path / "out").to_dicts()}
+    assert sorted(rows) == list(range(1, 51))
+    assert rows[5]["error"]["code"] == "invalid_utf8" and rows[5]["error"]["line"] == 5
+    assert all(rows[i]["content"] == f"Q: row {i}" for i in rows if i != 5)
+
+
 def test_job_file_with_sample_mapping(tmp_path):
     src = write_jsonl(tmp_path / "t.jsonl", [{"q": "a b c"}])
     job = tmp_path / "job.yaml"
