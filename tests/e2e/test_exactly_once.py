@@ -468,3 +468,61 @@ def test_validate_counts_unknown_fields_within_bounds(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     res = invoke("validate", src)
     assert res.exit_code == 0 and "(+980 more names)" in res.output
+
+
+# ---- interruptions: SIGTERM and SIGINT at any moment -------------------------------------------
+def signal_while_reading(proc, path: Path, sig, past=1 << 20):
+    """Send `sig` once `proc` has read `past` bytes of `path` in a read that is not done yet."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == str(path):
+                    pos = int(Path(f"/proc/{proc.pid}/fdinfo/{fd.name}").read_text().split()[1])
+                    if past < pos < path.stat().st_size:
+                        proc.send_signal(sig)
+                        return
+            except (OSError, ValueError, IndexError):
+                pass
+        time.sleep(0.01)
+    raise AssertionError("the file was not being read")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_file_is_read_stops_the_run_and_the_rerun_finishes_it(tmp_path, sig):
+    """Rows with millions of blank lines between them: the reader is busy for seconds. The signal
+    must stop the run (exit 3, no _SUCCESS), never turn the rest of the file into an error row."""
+    src = tmp_path / "in.jsonl"
+    with src.open("wb") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in lines(10)).encode())
+        f.write(b"\n" * 12_000_000)
+        f.write("".join(json.dumps(r) + "\n" for r in lines(10, prefix="s")).encode())
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,
+                             "--order", "input"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    signal_while_reading(proc, src, sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    assert "interrupted" in stderr and not (out / "_SUCCESS").exists()
+    res = cli("run", src, "-o", out, *FAKE)
+    assert res.returncode == 0, res.stderr
+    df = read_output(out)
+    assert df["error"].is_null().all() and sorted(df["custom_id"]) == sorted(
+        [f"r{i}" for i in range(10)] + [f"s{i}" for i in range(10)])
+
+
+def test_a_second_signal_during_the_flush_is_ignored(tmp_path):
+    n = 60
+    src = write_jsonl(tmp_path / "in.jsonl", lines(n))
+    out = tmp_path / "out"
+    proc = slow_run(src, out, delay="0.2")
+    wait_for_commit(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    res = cli("run", src, "-o", out, *FAKE)
+    assert res.returncode == 0, res.stderr
+    df = read_output(out)
+    assert df.height == n and df["custom_id"].n_unique() == n

@@ -173,3 +173,17 @@ def test_seen_ids_is_exact_through_growth():
     assert [seen.add(f"id-{i}") for i in range(5000)] == [False] * 5000
     assert all(seen.add(f"id-{i}") for i in range(0, 5000, 7))
     assert not seen.add("id-5000") and seen.count == 5001 and len(seen.table) <= 4 * 5001
+
+
+def test_an_interruption_while_a_row_is_validated_is_never_an_error_row(monkeypatch):
+    """The signal handler raises wherever the main thread is: "a bug of ours costs one row"
+    must not catch it."""
+    from pipeline import exits
+    from pipeline.intake import requests
+
+    def interrupted(row):
+        raise exits.Interrupted()
+
+    monkeypatch.setattr(requests, "detect", interrupted)
+    with pytest.raises(exits.Interrupted):
+        parse(body())
