@@ -526,3 +526,44 @@ def test_a_second_signal_during_the_flush_is_ignored(tmp_path):
     assert res.returncode == 0, res.stderr
     df = read_output(out)
     assert df.height == n and df["custom_id"].n_unique() == n
+
+
+# ---- inputs that display alike are still two inputs ---------------------------------------------
+def bare_lines(n):
+    """Request bodies without a custom_id: their ids are derived from their file and line."""
+    return [chat_line("x", f"question {i}")["body"] for i in range(n)]
+
+
+def test_names_that_display_alike_keep_their_own_resume_state_after_kill_9(tmp_path):
+    """caf\\xe9 and caf\\xe8 both display as caf\ufffd.jsonl: a kill -9 and a rerun lose nothing, and
+    their derived ids differ."""
+    folder = os.fsencode(tmp_path / "in")
+    os.mkdir(folder)
+    for name in (b"caf\xe9.jsonl", b"caf\xe8.jsonl"):
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in bare_lines(20)))
+    out = tmp_path / "out"
+    proc = slow_run(tmp_path / "in", out, "--order", "input")
+    wait_for_commit(out, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < sum(r["rows"] for r in committed_records(out)) < 40
+    res = cli("run", tmp_path / "in", "-o", out, *FAKE)
+    assert res.returncode == 0, res.stderr
+    df = read_output(out)
+    assert df.height == 40 and df["custom_id"].n_unique() == 40 and df["error"].is_null().all()
+    assert sorted(df["source_line"].to_list()) == sorted(list(range(1, 21)) * 2)
+    assert sum(r["rows"] for r in committed_records(out)) == 40
+
+
+def test_two_files_may_use_the_same_ids_and_names_that_redact_alike(tmp_path):
+    """batch?sig=1 and batch?sig=2 display alike (the signature is redacted); both use r0..r9."""
+    (tmp_path / "in").mkdir()
+    for name in ("batch?sig=1.jsonl", "batch?sig=2.jsonl"):
+        write_jsonl(tmp_path / "in" / name, lines(10))
+    res = invoke("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE, "--checkpoint-every", "100")
+    assert res.exit_code == 0, res.output
+    df = read_output(tmp_path / "out")
+    assert df.height == 20 and df["error"].is_null().all()
+    [record] = committed_records(tmp_path / "out")
+    assert record["rows"] == 20 and record["keys"] == {"0": [[1, 10]], "1": [[1, 10]]}
