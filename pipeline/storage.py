@@ -14,6 +14,7 @@ import logging
 import os
 import posixpath
 import re
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,8 +46,14 @@ class AccessDenied(PermissionError):
     """The storage refused access (HTTP 403, file permissions)."""
 
 
+class NotAFile(OSError):
+    """A local path that is no regular file (a FIFO, a socket, a device): opening it could block
+    forever, so it is refused."""
+
+
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_QUERY = re.compile(r"\?[^\s\"'<>]*")
+# a query string, without the punctuation that follows a URL in a sentence ("... a.jsonl?sig=x: ...")
+_QUERY = re.compile(r"\?(?:[^\s\"'<>]*[^\s\"'<>.,:;!)\]])?")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -84,7 +91,7 @@ def is_transient(e: BaseException) -> bool:
         status = _cause_status(e)  # fsspec's HTTP filesystem reports any failed request as missing
         return status >= 500 or status in (408, 429)
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                      FileExistsError)):
+                      FileExistsError, NotAFile)):
         return False
     if isinstance(e, OSError) and e.errno in (28, 122, 30):  # ENOSPC, EDQUOT, EROFS
         return False
@@ -184,7 +191,9 @@ class Location:
 
     @property
     def name(self) -> str:
-        return posixpath.basename(self.path)
+        """The last path segment (of a URL: without its query, which may hold a signature)."""
+        path = urlsplit(self.path).path if self.scheme in ("http", "https") else self.path
+        return posixpath.basename(path)
 
     def contains(self, other: Location) -> bool:
         """Is `other` this location or inside it (same filesystem)?"""
@@ -224,6 +233,8 @@ class Location:
         return sorted(self._call("listing", lambda: self.fs.glob(pattern)))
 
     def open(self, mode: str = "rb", compression: str | None = None):
+        if self.local and "r" in mode and not stat.S_ISREG(os.stat(self.path).st_mode):
+            raise NotAFile(f"{self.display} is not a regular file (a FIFO, socket or device)")
         return self._call("opening", lambda: self.fs.open(self.path, mode, compression=compression))
 
     def cat(self) -> bytes | None:

@@ -47,7 +47,10 @@ class Scan:
 
 def scan(file: InputFile, *, digest: bool = False) -> Scan:
     """Count a file's rows where that is cheap or needed, verify compressed files end to end,
-    and hash the content when asked. Remote plain files are only read with `digest`."""
+    and hash the content when asked, or when the file has no version (an http server that sends
+    no ETag): then its content is what shows that it changed. Remote plain files are only read
+    to be hashed."""
+    digest = digest or file.version is None
     if file.format == "parquet":
         return _scan_parquet(file, digest)
     if file.format in ("csv", "arrow"):

@@ -567,3 +567,59 @@ def test_two_files_may_use_the_same_ids_and_names_that_redact_alike(tmp_path):
     assert df.height == 20 and df["error"].is_null().all()
     [record] = committed_records(tmp_path / "out")
     assert record["rows"] == 20 and record["keys"] == {"0": [[1, 10]], "1": [[1, 10]]}
+
+
+# ---- http inputs: signed URLs, no ETag, credentials ------------------------------------------------
+@pytest.mark.parametrize("query", ["X-Amz-Expires=3600&X-Amz-Signature=abc123", "sv=2024&se=2030-01-01&sig=abc%2B"])
+def test_presigned_and_sas_urls_are_inputs(tmp_path, http_server, query):
+    handler, base = http_server
+    handler.body = "".join(json.dumps(r) + "\n" for r in lines(3)).encode()
+    res = invoke("run", f"{base}/a.jsonl?{query}", "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 0, res.output
+    df = read_output(tmp_path / "out")
+    assert df.height == 3 and "abc" not in "".join(df["source_file"])
+
+
+def test_the_query_redaction_keeps_what_follows_the_url():
+    from pipeline.storage import redact
+
+    assert redact("no input files in https://h/a.jsonl?sig=abc: expected") == \
+        "no input files in https://h/a.jsonl?sig=***: expected"
+
+
+def test_an_http_input_without_etag_that_changed_is_refused(tmp_path, http_server):
+    """The server sends neither ETag nor Last-Modified: the content digest says it changed."""
+    handler, base = http_server
+    handler.body = "".join(json.dumps(chat_line(f"r{i}", "old version")) + "\n" for i in range(4)).encode()
+    assert invoke("run", f"{base}/a.jsonl", "-o", tmp_path / "out", *FAKE).exit_code == 0
+    handler.body = handler.body.replace(b"old", b"new")  # the same size
+    res = invoke("run", f"{base}/a.jsonl", "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 1 and "changed: inputs" in res.output, res.output
+
+
+def test_url_credentials_are_never_written_or_printed(tmp_path, http_server):
+    handler, base = http_server
+    handler.body = "".join(json.dumps(r) + "\n" for r in lines(3)).encode()
+    url = base.replace("http://", "http://alice:Sup3rSecretPw@") + "/a.jsonl"
+    out = tmp_path / "out"
+    res = invoke("run", url, "-o", out, *FAKE, "--metrics-file", tmp_path / "metrics.prom")
+    assert res.exit_code == 0, res.output
+    assert "Sup3rSecretPw" not in res.output
+    for path in [*out.rglob("*"), tmp_path / "metrics.prom"]:
+        assert not path.is_file() or b"Sup3rSecretPw" not in path.read_bytes(), path
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert "http://***@127.0.0.1" in manifest["attempts"][0]["command"]
+    res = invoke("status", out, "--json")
+    assert "Sup3rSecretPw" not in res.output
+
+
+def test_a_fifo_in_an_input_folder_is_an_error_row_not_a_hang(tmp_path):
+    (tmp_path / "in").mkdir()
+    write_jsonl(tmp_path / "in" / "a.jsonl", lines(3))
+    os.mkfifo(tmp_path / "in" / "b.jsonl")
+    res = cli("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE, timeout=60)
+    assert res.returncode == 0, res.stderr
+    df = read_output(tmp_path / "out")
+    errors = df.filter(df["error"].is_not_null())["error"].to_list()
+    assert df.height == 4 and len(errors) == 1 and errors[0]["code"] == "unreadable_file"
+    assert "not a regular file" in errors[0]["message"]
