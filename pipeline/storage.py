@@ -209,6 +209,18 @@ class Location:
         except FileNotFoundError:
             return None
 
+    def modified(self) -> float | None:
+        """When the file was last written, in seconds since the epoch, by the storage's own clock
+        (local disk: the kernel's; object stores: the service's), or None."""
+        info = self.info() or {}
+        value = next((info[k] for k in ("mtime", "LastModified", "last_modified", "updated", "created")
+                      if info.get(k) is not None), None)
+        if isinstance(value, str):
+            from datetime import datetime
+
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return value.timestamp() if hasattr(value, "timestamp") else None if value is None else float(value)
+
     def exists(self) -> bool:
         return self.info() is not None
 

@@ -21,8 +21,7 @@ def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[
     committed = sum(r["rows"] for r in state.records)
     holder = None
     if not state.complete:
-        lease = current(out.loc)
-        holder = why_busy(lease, float((lease or {}).get("timeout", 60)))
+        holder = why_busy(*current(out.loc), 0)  # the holder's own timeout
     stamps = [r["at"] for r in state.records if r.get("at")]
     return {
         "output": out.display,

@@ -7,6 +7,8 @@ import http.server
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -623,3 +625,55 @@ def test_a_fifo_in_an_input_folder_is_an_error_row_not_a_hang(tmp_path):
     errors = df.filter(df["error"].is_not_null())["error"].to_list()
     assert df.height == 4 and len(errors) == 1 and errors[0]["code"] == "unreadable_file"
     assert "not a regular file" in errors[0]["message"]
+
+
+# ---- one writer across pid namespaces and clocks ----------------------------------------------------
+def free_pid():
+    """A pid that no process outside a new pid namespace has now."""
+    limit = int(Path("/proc/sys/kernel/pid_max").read_text())
+    return next(p for p in range(limit - 200, 300, -1) if not Path(f"/proc/{p}").exists() and not Path(f"/proc/{p + 1}").exists())
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+def test_a_live_run_in_another_pid_namespace_keeps_its_lease(tmp_path):
+    """Same host name and boot, another pid namespace (a container with the host's network): the
+    holder's pid means nothing here, so the second run must not take over a live run."""
+    n = 40
+    src = write_jsonl(tmp_path / "in.jsonl", lines(n))
+    out = tmp_path / "out"
+    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,
+                      "--checkpoint-every", "5", "--max-in-flight", "4", "--engine-option", "step_delay=0.2"])
+    # its pid there is one that is free here (the next after ns_last_pid)
+    script = f"echo {free_pid()} > /proc/sys/kernel/ns_last_pid; {run}; exit $?"
+    first = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_commit(out, first)
+    holder = json.loads(max((out / "_lease").glob("*.json")).read_text())
+    assert not Path(f"/proc/{holder['pid']}").exists()  # the test means something
+    second = cli("run", src, "-o", out, *FAKE)
+    assert second.returncode == 3 and "being written by another run" in second.stderr, second.stderr
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stdout + stderr
+    df = read_output(out)
+    assert df.height == n and df["custom_id"].n_unique() == n
+
+
+def test_a_holder_whose_clock_is_behind_is_not_taken_for_dead(tmp_path):
+    """Run A on "another host" whose clock is 120 s behind; run B here 1 s later must see a live
+    run (exit 3), and A must finish (exit 0)."""
+    n = 40
+    src = write_jsonl(tmp_path / "in.jsonl", lines(n))
+    out = tmp_path / "out"
+    skewed = ("import socket, sys, time; real = time.time; time.time = lambda: real() - 120; "
+              "socket.gethostname = lambda: 'other-host'; sys.argv[0] = 'pipeline'; "
+              "from pipeline.cli import main; main()")
+    first = subprocess.Popen([sys.executable, "-c", skewed, "run", str(src), "-o", str(out), *FAKE,
+                              "--checkpoint-every", "5", "--max-in-flight", "4", "--engine-option", "step_delay=0.2"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_commit(out, first)
+    time.sleep(1)
+    second = cli("run", src, "-o", out, *FAKE)
+    assert second.returncode == 3 and "on other-host" in second.stderr, second.stderr
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stdout + stderr
+    assert read_output(out)["custom_id"].n_unique() == n
