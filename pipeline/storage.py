@@ -286,9 +286,13 @@ class Location:
         try:
             if self.local:
                 with open(self.path, "xb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                    try:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    except BaseException:  # a full disk must not leave an empty file behind
+                        os.remove(self.path)
+                        raise
             else:
                 self._write("creating", lambda: self.fs.pipe_file(self.path, data, mode="create"))
         except FileExistsError:
@@ -305,7 +309,12 @@ class Location:
 
     def makedirs(self) -> None:
         if self.local:
-            os.makedirs(self.path, exist_ok=True)
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except (PermissionError, FileExistsError, NotADirectoryError):
+                raise
+            except OSError as e:  # a read-only or full disk: storage that does not work now
+                raise StorageError(f"creating {self.display} failed: {e.strerror}") from None
 
     # ---- errors -----------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:

@@ -138,7 +138,7 @@ class Output:
         """Classify every name in the folder; changes nothing."""
         names = self.loc.names()
         raw = self.loc.child(MANIFEST).cat() if MANIFEST in names else None
-        manifest = _json(raw, self.loc.child(MANIFEST)) if raw is not None else None
+        manifest = _json(raw, self.loc.child(MANIFEST), _valid_manifest) if raw is not None else None
         attempts = {a["id"]: a.get("cutoff") for a in (manifest or {}).get("attempts", [])}
         # the first version's manifest listed its parts itself: they are ours too
         legacy = {p.get("name") for p in (manifest or {}).get("parts", []) if isinstance(p, dict)}
@@ -157,7 +157,8 @@ class Output:
                 records_by_name[name] = {}
             contents = self._cat_many([f"{COMMITS}/{n}" for n in records_by_name])
             for name in list(records_by_name):
-                records_by_name[name] = _json(contents[f"{COMMITS}/{name}"], self.loc.child(f"{COMMITS}/{name}"))
+                records_by_name[name] = _json(contents[f"{COMMITS}/{name}"], self.loc.child(f"{COMMITS}/{name}"),
+                                              _valid_record)
         records = sorted(records_by_name.values(), key=lambda r: (r["order"], r["part"]))
         covered = {r["part"] for r in records}
         foreign: list[str] = []
@@ -363,16 +364,37 @@ def _beyond_cutoff(loc: Location, manifest: dict[str, Any]) -> list[str]:
     return out
 
 
-def _json(data: bytes, loc: Location) -> dict[str, Any]:
+def _json(data: bytes, loc: Location, valid) -> dict[str, Any]:
+    """A manifest or commit record, checked by `valid` (a person may have edited it)."""
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise OutputConflict(f"{loc.display} is not valid JSON: the output folder was changed by "
                              "something else. Hint: move it away, or use another --output folder") from None
-    if not isinstance(value, dict):
-        raise OutputConflict(f"{loc.display} is not a JSON object: the output folder was changed by "
-                             "something else")
+    if not isinstance(value, dict) or not valid(value):
+        raise OutputConflict(f"{loc.display} is not {'a JSON object' if not isinstance(value, dict) else 'as this tool writes it'}: "
+                             "the output folder was changed by something else. Hint: move it away, or "
+                             "use another --output folder")
     return value
+
+
+def _valid_manifest(m: dict[str, Any]) -> bool:
+    attempts = m.get("attempts", [])
+    return isinstance(attempts, list) and all(
+        isinstance(a, dict) and isinstance(a.get("id"), str) and _int_or_none(a.get("cutoff")) for a in attempts)
+
+
+def _valid_record(r: dict[str, Any]) -> bool:
+    keys = r.get("keys")
+    return (isinstance(r.get("part"), str) and _int_or_none(r.get("order")) and r.get("order") is not None
+            and isinstance(r.get("rows"), int) and isinstance(r.get("stats"), dict) and isinstance(keys, dict)
+            and all(k.isdigit() and isinstance(v, list) and all(
+                isinstance(x, list) and len(x) == 2 and all(type(i) is int for i in x) for x in v)
+                for k, v in keys.items()))
+
+
+def _int_or_none(value: Any) -> bool:
+    return value is None or type(value) is int
 
 
 def _ranges(lines: list[int]) -> list[list[int]]:
