@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from conftest import (
     REPO,
     chat_line,
@@ -677,3 +678,84 @@ def test_a_holder_whose_clock_is_behind_is_not_taken_for_dead(tmp_path):
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stdout + stderr
     assert read_output(out)["custom_id"].n_unique() == n
+
+
+# ---- full and read-only disks, damaged and edited output folders -----------------------------------
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+
+
+def in_mount_namespace(script: str) -> str:
+    """Run a shell script in a mount namespace of its own (tmpfs mounts vanish with it)."""
+    res = subprocess.run(["unshare", "--mount", "sh", "-c", script], cwd=REPO, capture_output=True,
+                         text=True, timeout=180)
+    return res.stdout + res.stderr
+
+
+@needs_root
+def test_a_full_disk_at_lease_creation_leaves_no_lease_behind(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", lines(3))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(disk / "out"), *FAKE])
+    got = in_mount_namespace(
+        f"mount -t tmpfs -o size=64k tmpfs {disk}; mkdir -p {disk}/out/_lease {disk}/out/_commits; "
+        f"dd if=/dev/zero of={disk}/fill bs=1k 2>/dev/null; {run}; echo first=$?; "
+        f"ls -A {disk}/out/_lease; rm {disk}/fill; {run}; echo second=$?")
+    assert "first=3" in got and "second=0" in got, got
+    assert "1.json" not in got.split("first=3")[1].split("second=")[0].split("requests:")[0], got
+    assert "Traceback" not in got and "another run" not in got
+
+
+@needs_root
+def test_a_new_output_folder_on_a_read_only_disk_is_a_clear_error(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", lines(3))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(disk / "out"), *FAKE])
+    got = in_mount_namespace(f"mount -t tmpfs -o ro,size=64k tmpfs {disk}; {run}; echo rc=$?")
+    assert "rc=3" in got and "Read-only file system" in got and "Traceback" not in got, got
+
+
+@pytest.mark.parametrize("damage", ["empty", "missing", "cut"])
+def test_report_on_a_damaged_committed_part_is_a_clear_error(tmp_path, damage):
+    src = write_jsonl(tmp_path / "in.jsonl", lines(30))
+    out = tmp_path / "out"
+    assert invoke("run", src, "-o", out, *FAKE).exit_code == 0
+    part = next(out.glob("part-*.parquet"))
+    if damage == "missing":
+        part.unlink()
+    else:
+        part.write_bytes(part.read_bytes()[:500] if damage == "cut" else b"")
+    res = CliRunner().invoke(cli_group(), ["report", str(out)])
+    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit), res.output
+    assert f"committed part {part}" in res.output and "changed by something else" in res.output
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("_lease/1.json", {"heartbeat": None, "started": "x", "timeout": "soon", "pid": "?", "host": 3}),
+    ("_commits/{attempt}-00001.json", {}),
+    ("_manifest.json", None),  # "attempts": null
+])
+def test_hand_edited_lease_commit_and_manifest_files_give_clear_errors(tmp_path, name, content):
+    src = write_jsonl(tmp_path / "in.jsonl", lines(3))
+    out = tmp_path / "out"
+    assert invoke("run", src, "-o", out, *FAKE).exit_code == 0
+    (out / "_SUCCESS").unlink()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    if name == "_manifest.json":
+        manifest["attempts"] = None
+        content = manifest
+    (out / name.format(attempt=manifest["attempts"] and manifest["attempts"][0]["id"])).write_text(json.dumps(content))
+    for args in (["status", out], ["run", src, "-o", out, *FAKE]):
+        res = CliRunner().invoke(cli_group(), [str(a) for a in args])
+        assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+        if name.startswith("_lease"):  # held until it is older than the timeout
+            assert args[0] == "status" or (res.exit_code == 3 and "pid ? on 3, started ?" in res.output), res.output
+        else:
+            assert res.exit_code == 1 and "changed by something else" in res.output, res.output
+
+
+def cli_group():
+    from pipeline.cli import cli as group
+
+    return group
