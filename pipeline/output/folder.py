@@ -381,20 +381,17 @@ def _json(data: bytes, loc: Location, valid) -> dict[str, Any]:
 def _valid_manifest(m: dict[str, Any]) -> bool:
     attempts = m.get("attempts", [])
     return isinstance(attempts, list) and all(
-        isinstance(a, dict) and isinstance(a.get("id"), str) and _int_or_none(a.get("cutoff")) for a in attempts)
+        isinstance(a, dict) and isinstance(a.get("id"), str) and type(a.get("cutoff")) in (int, type(None))
+        for a in attempts)
 
 
 def _valid_record(r: dict[str, Any]) -> bool:
     keys = r.get("keys")
-    return (isinstance(r.get("part"), str) and _int_or_none(r.get("order")) and r.get("order") is not None
-            and isinstance(r.get("rows"), int) and isinstance(r.get("stats"), dict) and isinstance(keys, dict)
+    return (isinstance(r.get("part"), str) and type(r.get("order")) is int and type(r.get("rows")) is int
+            and isinstance(r.get("stats", {}), dict) and isinstance(keys, dict)
             and all(k.isdigit() and isinstance(v, list) and all(
                 isinstance(x, list) and len(x) == 2 and all(type(i) is int for i in x) for x in v)
                 for k, v in keys.items()))
-
-
-def _int_or_none(value: Any) -> bool:
-    return value is None or type(value) is int
 
 
 def _ranges(lines: list[int]) -> list[list[int]]:
