@@ -51,6 +51,15 @@ def scan(file: InputFile, *, digest: bool = False) -> Scan:
     no ETag): then its content is what shows that it changed. Remote plain files are only read
     to be hashed."""
     digest = digest or file.version is None
+    try:
+        return storage.retrying(f"reading {file.display}", lambda: _scan(file, digest))
+    except Exception as e:
+        if is_transient(e):  # still failing after the retries
+            raise StorageError(f"reading {file.display} failed: {e}") from None
+        raise
+
+
+def _scan(file: InputFile, digest: bool) -> Scan:
     if file.format == "parquet":
         return _scan_parquet(file, digest)
     if file.format in ("csv", "arrow"):
@@ -66,10 +75,8 @@ def scan(file: InputFile, *, digest: bool = False) -> Scan:
             while chunk := stream.read(1 << 22):
                 lines += chunk.count(b"\n")
                 last = chunk[-1:]
-    except StorageError:
-        raise
     except Exception as e:  # corrupt or truncated compressed data
-        return Scan(None, _unreadable(file, lines + 1, e), lines + 1)
+        return _broken(file, lines + 1, e)
     return Scan(lines + (last != b"\n"), digest=hasher.hexdigest() if hasher else None)
 
 
@@ -89,11 +96,17 @@ def _scan_parquet(file: InputFile, digest: bool) -> Scan:
     try:
         with file.location.open("rb") as f:
             rows = pq.ParquetFile(f).metadata.num_rows
-    except StorageError:
-        raise
     except Exception as e:
-        return Scan(None, _unreadable(file, 1, e), 1, found)
+        return _broken(file, 1, e, found)
     return Scan(rows, digest=found)
+
+
+def _broken(file: InputFile, line: int, e: Exception, digest: str | None = None) -> Scan:
+    """The scan of a file that breaks at `line`. Storage errors are raised again: a transient one
+    is retried, the rest stop the run resumably."""
+    if isinstance(e, StorageError) or is_transient(e):
+        raise e
+    return Scan(None, _unreadable(file, line, e), line, digest)
 
 
 def read_rows(file: InputFile, found: Scan | None = None, *,
@@ -347,12 +360,10 @@ def _scan_table(file: InputFile, digest: bool) -> Scan:
         with file.location.open("rb") as raw:
             for batch in _table_batches(file, raw):
                 rows += batch.num_rows
-    except StorageError:
-        raise
     except Exception as e:
-        if file.compression is None:  # read_rows gives the rows before the break, then the break
-            return Scan(None, digest=found)
-        return Scan(None, _unreadable(file, rows + 1, e), rows + 1, found)
+        broken = _broken(file, rows + 1, e, found)
+        # uncompressed, the rows before the break are sound: read_rows gives them, then the break
+        return broken if file.compression else Scan(None, digest=found)
     return Scan(rows, digest=found)
 
 
