@@ -759,3 +759,27 @@ def cli_group():
     from pipeline.cli import cli as group
 
     return group
+
+
+def test_a_signal_while_an_engine_starts_leaves_no_engine_behind(tmp_path):
+    """The signal lands the moment a worker process has started: the worker must be stopped
+    with the run, never left waiting for work while the run waits for it at exit."""
+    script = """
+import multiprocessing.context, os, signal, sys
+from pipeline import exits
+from pipeline.engines.base import EngineSpec
+from pipeline.engines.local import LocalPool
+
+start = multiprocessing.context.SpawnProcess.start
+def start_then_signal(self):
+    start(self)
+    os.kill(os.getpid(), signal.SIGTERM)
+multiprocessing.context.SpawnProcess.start = start_then_signal
+exits.install_handlers()
+try:
+    LocalPool(EngineSpec("fake", "smollm2"), [{}])
+except exits.Interrupted:
+    print("interrupted", multiprocessing.active_children())
+"""
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "interrupted []" in res.stdout, res.stdout + res.stderr
