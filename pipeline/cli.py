@@ -114,7 +114,7 @@ def user_errors(f):
             click.echo(f"Error: {redact(str(e))}\nrerun the same command once storage works again", err=True)
             sys.exit(exits.INCOMPLETE)
         except (exits.Interrupted, KeyboardInterrupt):
-            click.echo("interrupted before any row was written; rerun the same command", err=True)
+            click.echo("interrupted: committed output is kept; rerun the same command to finish", err=True)
             sys.exit(exits.INCOMPLETE)
 
     return wrapper

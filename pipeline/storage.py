@@ -212,14 +212,16 @@ class Location:
     def modified(self) -> float | None:
         """When the file was last written, in seconds since the epoch, by the storage's own clock
         (local disk: the kernel's; object stores: the service's), or None."""
+        from datetime import datetime
+
         info = self.info() or {}
         value = next((info[k] for k in ("mtime", "LastModified", "last_modified", "updated", "created")
                       if info.get(k) is not None), None)
-        if isinstance(value, str):
-            from datetime import datetime
-
+        if value is None:
+            return None
+        if isinstance(value, str):  # GCS: RFC 3339 text
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return value.timestamp() if hasattr(value, "timestamp") else None if value is None else float(value)
+        return value.timestamp() if isinstance(value, datetime) else float(value)
 
     def exists(self) -> bool:
         return self.info() is not None
