@@ -115,3 +115,23 @@ def test_a_table_that_breaks_mid_way_gives_its_rows_before_the_break(tmp_path, m
     *fine, (_, line, broken) = got
     assert [row for _, _, row in fine] == [{"q": f"row {i}", "n": i} for i in range(1, len(fine) + 1)]
     assert len(fine) > 1000 and broken.code == "unreadable_file" and line == len(fine) + 1
+
+
+@pytest.mark.parametrize("where", ["scan", "read_rows"])
+def test_an_interruption_while_a_file_is_read_is_never_an_unreadable_file(tmp_path, monkeypatch, where):
+    from pipeline import exits
+    from pipeline.intake import reader
+
+    [f] = list_inputs([str(write_rows(tmp_path / "a.jsonl"))])
+
+    def interrupted(*args):
+        raise exits.Interrupted()
+
+    monkeypatch.setattr(reader, "_decompressed" if where == "scan" else "decode_line", interrupted)
+    with pytest.raises(exits.Interrupted):
+        reader.scan(f) if where == "scan" else list(reader.read_rows(f))
+
+
+def write_rows(path):
+    path.write_text(json.dumps(ROW) + "\n")
+    return path

@@ -227,6 +227,20 @@ def test_a_latin1_byte_in_a_csv_costs_its_row_never_the_prompts_of_the_others(tm
     assert all(rows[i]["content"] == f"Q: row {i}" for i in rows if i != 5)
 
 
+def test_an_interruption_while_a_row_is_rendered_is_never_a_template_error():
+    from pipeline import exits
+    from pipeline.intake.requests import Context
+    from pipeline.intake.templates import TemplateSpec
+
+    class Interrupting:
+        def __str__(self):
+            raise exits.Interrupted()  # as the signal handler does, wherever the main thread is
+
+    spec = TemplateSpec.from_values({"template_user": "{{ q }}"})
+    with pytest.raises(exits.Interrupted):
+        list(spec.render_rows([(source("f"), 1, {"q": Interrupting()})], Context()))
+
+
 def test_job_file_with_sample_mapping(tmp_path):
     src = write_jsonl(tmp_path / "t.jsonl", [{"q": "a b c"}])
     job = tmp_path / "job.yaml"
