@@ -10,6 +10,7 @@ access says so instead of "not found".
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -93,7 +94,7 @@ def is_transient(e: BaseException) -> bool:
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
                       FileExistsError, NotAFile)):
         return False
-    if isinstance(e, OSError) and e.errno in (28, 122, 30):  # ENOSPC, EDQUOT, EROFS
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ELOOP):
         return False
     if isinstance(e, (ConnectionError, TimeoutError)):
         return True

@@ -616,16 +616,18 @@ def test_url_credentials_are_never_written_or_printed(tmp_path, http_server):
     assert "Sup3rSecretPw" not in res.output
 
 
-def test_a_fifo_in_an_input_folder_is_an_error_row_not_a_hang(tmp_path):
+@pytest.mark.parametrize(("make", "says"), [(os.mkfifo, "not a regular file"),
+                                            (lambda p: os.symlink(p.name, p), "Too many levels of symbolic links")])
+def test_a_fifo_or_a_link_loop_in_an_input_folder_is_an_error_row_not_a_hang(tmp_path, make, says):
     (tmp_path / "in").mkdir()
     write_jsonl(tmp_path / "in" / "a.jsonl", lines(3))
-    os.mkfifo(tmp_path / "in" / "b.jsonl")
+    make(tmp_path / "in" / "b.jsonl")
     res = cli("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE, timeout=60)
     assert res.returncode == 0, res.stderr
     df = read_output(tmp_path / "out")
     errors = df.filter(df["error"].is_not_null())["error"].to_list()
     assert df.height == 4 and len(errors) == 1 and errors[0]["code"] == "unreadable_file"
-    assert "not a regular file" in errors[0]["message"]
+    assert says in errors[0]["message"]
 
 
 # ---- one writer across pid namespaces and clocks ----------------------------------------------------
