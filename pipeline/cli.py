@@ -14,7 +14,6 @@ import sys
 import click
 
 from pipeline import __version__, exits, options
-from pipeline.job import KEY_VALUE_OPTIONS, load_job, parse_key_values
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PIPELINE", "max_content_width": 100}
 
@@ -26,6 +25,8 @@ def _load_job(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if not value:
         return value
     try:
+        from pipeline.job import load_job
+
         job = load_job(value)
     except ValueError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
@@ -39,7 +40,7 @@ def _load_job(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if isinstance(job.get("inputs"), str):
         job["inputs"] = [job["inputs"]]
     # KEY=VALUE options given as mappings keep their values as the file typed them
-    ctx.meta["job_mappings"] = {k: job.pop(k) for k in KEY_VALUE_OPTIONS if isinstance(job.get(k), dict)}
+    ctx.meta["job_mappings"] = {k: job.pop(k) for k in options.KEY_VALUE_OPTIONS if isinstance(job.get(k), dict)}
     ctx.default_map = {**(ctx.default_map or {}), **job}
     ctx.meta["job_file"] = value
     return value
@@ -77,7 +78,7 @@ def _values(inputs: tuple[str, ...], values: dict) -> dict:
         from pipeline.commands.metrics import job_name
 
         out["job_name"] = job_name(ctx.meta.get("job_file"), values.get("output"))
-    for name in KEY_VALUE_OPTIONS:
+    for name in options.KEY_VALUE_OPTIONS:
         if name in out:
             merged = dict(ctx.meta.get("job_mappings", {}).get(name, {}))
             merged.update(_key_values(out[name], options.BY_NAME[name].long))
@@ -97,6 +98,8 @@ def _inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
 def _key_values(pairs, option: str) -> dict:
     """KEY=VALUE options; a malformed one is a usage error (exit 2)."""
     try:
+        from pipeline.job import parse_key_values
+
         return parse_key_values(pairs, option)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint=option) from None
@@ -118,7 +121,7 @@ def user_errors(f):
             click.echo(f"Error: {redact(str(e))}" + (f"\n{hint}" if hint else ""), err=True)
             sys.exit(exits.code_of(e))
         except (exits.Interrupted, KeyboardInterrupt):
-            click.echo("interrupted before any row was written; rerun the same command", err=True)
+            click.echo("interrupted: committed output is kept; rerun the same command to finish", err=True)
             sys.exit(exits.INCOMPLETE)
 
     return wrapper

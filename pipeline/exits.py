@@ -7,6 +7,7 @@ its hint) and exits with its code.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 OK = 0  # every request has its row (per-row errors are counted in the summary)
@@ -80,10 +81,39 @@ def code_of(e: BaseException) -> int:
     return getattr(e, "exit_code", ERROR)
 
 
+_deferring = 0  # depth of `deferred()` blocks the main thread is in
+_pending = False  # a signal came inside one
+
+
 def _raise_interrupted(signum, frame):
+    global _pending
+    if _deferring:
+        _pending = True
+        return
+    # One interruption is enough: later signals must not break the flush and cleanup it starts.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise Interrupted()
 
 
+@contextlib.contextmanager
+def deferred():
+    """A block that an interruption must not cut in half (starting an engine process and keeping
+    its handle, so that it is stopped with the run): SIGTERM and SIGINT raise at its end."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _pending:
+            _pending = False
+            _raise_interrupted(signal.SIGTERM, None)
+
+
 def install_handlers() -> None:
-    """SIGTERM raises Interrupted from the first moment the command runs."""
+    """SIGTERM, and SIGINT unless it was ignored when the process started (a background job of a
+    shell), raise Interrupted from the first moment the command runs."""
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _raise_interrupted)

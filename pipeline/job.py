@@ -36,11 +36,9 @@ from pipeline.output.layout import Layout
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
 
-KEY_VALUE_OPTIONS = ("storage_option", "engine_arg", "engine_option", "sample", "sample_column", "route", "lora")  # KEY=VALUE..., held as dicts
-
 
 def _field(opt: options.Opt):
-    if opt.name in KEY_VALUE_OPTIONS:
+    if opt.name in options.KEY_VALUE_OPTIONS:
         return field(default_factory=dict)
     if opt.multiple:
         return field(default=())

@@ -235,6 +235,7 @@ OPTIONS: tuple[Opt, ...] = (
         commands=frozenset({REPORT})),
 )
 
+KEY_VALUE_OPTIONS = ("storage_option", "engine_arg", "engine_option", "sample", "sample_column", "route", "lora")  # KEY=VALUE..., held as dicts
 BY_NAME = {o.name: o for o in OPTIONS}
 ENGINE_ARGS = tuple(o.name for o in OPTIONS if o.engine and RUN in o.commands)
 OUTPUT_OPTIONS = tuple(o.name for o in OPTIONS if o.output and RUN in o.commands)
@@ -243,9 +244,11 @@ JOB_KEYS = frozenset({"inputs", *BY_NAME})  # what a job file may hold, for any 
 
 def command_line(command: str, inputs: tuple[str, ...], values: dict[str, Any]) -> str:
     """The command that gives these values, with every option that differs from its default.
-    Storage option values are never shown (they may be credentials)."""
+    Credentials are never shown: storage option values, `user:password@` and signatures in URLs."""
     import json
     import shlex
+
+    from pipeline.storage import redact
 
     parts = ["pipeline", command, *map(shlex.quote, inputs)]
     for o in of(command):
@@ -265,7 +268,7 @@ def command_line(command: str, inputs: tuple[str, ...], values: dict[str, Any]) 
                 parts += [o.long, shlex.quote(str(x))]
         else:
             parts += [o.long, shlex.quote(str(v))]
-    return " ".join(parts)
+    return redact(" ".join(parts))
 
 
 def of(command: str) -> list[Opt]:

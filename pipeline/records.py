@@ -10,6 +10,7 @@ one function turns it into the output row's `error` column.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,20 @@ class Invalid(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """An input file as its rows know it. `index` (its place in the run's sorted inputs) with the
+    line is a row's key for resume and commits; `identity` (its real location) derives ids;
+    `name` (its display form) is for people only: two files can display alike."""
+
+    index: int
+    name: str
+    identity: str
+
+    def default_id(self, line: int) -> str:
+        return default_id(self.identity, line)
+
+
+@dataclass(frozen=True, slots=True)
 class FailedRequest:
     """A request that gets an error row instead of a completion: what is wrong and where."""
 
@@ -53,21 +68,34 @@ class FailedRequest:
     # Template jobs: the input columns the output row carries over (output name -> value).
     carried: dict[str, Any] | None = None
     shape: str | None = None  # the input line's shape (shapes.Shape.name), when known
+    file: int = 0  # the input file's index (Source.index): with line, the row's key
 
     @classmethod
     def of(cls, problem: Problem, custom_id: str, source_file: str, line: int,
-           user: str | None = None) -> FailedRequest:
-        return cls(custom_id, source_file, line, problem.code, problem.message, problem.param, user)
+           user: str | None = None, file: int = 0) -> FailedRequest:
+        return cls(custom_id, source_file, line, problem.code, problem.message, problem.param, user,
+                   file=file)
+
+    @classmethod
+    def about(cls, problem: Problem, request: Request) -> FailedRequest:
+        """The error row of a valid request that failed later (at rendering, in the engine)."""
+        return cls.of(problem, request.custom_id, request.source_file, request.line, request.user,
+                      request.file)
 
     @property
     def problem(self) -> Problem:
         return Problem(self.code, self.message, self.param)
 
 
-def default_id(source_file: str, line: int) -> str:
-    """A stable id for a row that has none: derived from its file and line."""
-    digest = hashlib.blake2b(source_file.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+def default_id(identity: str, line: int) -> str:
+    """A stable id for a row that has none: derived from its file's identity and its line."""
+    digest = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
     return f"{digest}-{line}"
+
+
+def is_default_id(custom_id: str, line: int) -> bool:
+    """Was this id derived by `default_id` (the row came without one)?"""
+    return re.fullmatch(rf"[0-9a-f]{{8}}-{line}", custom_id) is not None
 
 
 def is_text(text: str) -> bool:
@@ -109,6 +137,7 @@ class Request:
     adapter: str | None = None  # the --lora adapter it runs with (None: the base model)
     # Its prefix group in the run's order (schedule.py): a group goes to one engine. 0: none.
     group: int = 0
+    file: int = 0  # the input file's index (Source.index): with line, the request's key
 
     @property
     def n(self) -> int:

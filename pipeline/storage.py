@@ -10,11 +10,13 @@ access says so instead of "not found".
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
 import re
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,8 +52,14 @@ class AccessDenied(PermissionError):
     """The storage refused access (HTTP 403, file permissions)."""
 
 
+class NotAFile(OSError):
+    """A local path that is no regular file (a FIFO, a socket, a device): opening it could block
+    forever, so it is refused."""
+
+
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_QUERY = re.compile(r"\?[^\s\"'<>]*")
+# a query string, without the punctuation that follows a URL in a sentence ("... a.jsonl?sig=x: ...")
+_QUERY = re.compile(r"\?(?:[^\s\"'<>]*[^\s\"'<>.,:;!)\]])?")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -89,9 +97,9 @@ def is_transient(e: BaseException) -> bool:
         status = _cause_status(e)  # fsspec's HTTP filesystem reports any failed request as missing
         return status >= 500 or status in (408, 429)
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                      FileExistsError)):
+                      FileExistsError, NotAFile)):
         return False
-    if isinstance(e, OSError) and e.errno in (28, 122, 30):  # ENOSPC, EDQUOT, EROFS
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ELOOP):
         return False
     if isinstance(e, (ConnectionError, TimeoutError)):
         return True
@@ -189,7 +197,9 @@ class Location:
 
     @property
     def name(self) -> str:
-        return posixpath.basename(self.path)
+        """The last path segment (of a URL: without its query, which may hold a signature)."""
+        path = urlsplit(self.path).path if self.scheme in ("http", "https") else self.path
+        return posixpath.basename(path)
 
     def contains(self, other: Location) -> bool:
         """Is `other` this location or inside it (same filesystem)?"""
@@ -204,6 +214,20 @@ class Location:
             return self._call("reading", lambda: self.fs.info(self.path))
         except FileNotFoundError:
             return None
+
+    def modified(self) -> float | None:
+        """When the file was last written, in seconds since the epoch, by the storage's own clock
+        (local disk: the kernel's; object stores: the service's), or None."""
+        from datetime import datetime
+
+        info = self.info() or {}
+        value = next((info[k] for k in ("mtime", "LastModified", "last_modified", "updated", "created")
+                      if info.get(k) is not None), None)
+        if value is None:
+            return None
+        if isinstance(value, str):  # GCS: RFC 3339 text
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return value.timestamp() if isinstance(value, datetime) else float(value)
 
     def exists(self) -> bool:
         return self.info() is not None
@@ -229,6 +253,8 @@ class Location:
         return sorted(self._call("listing", lambda: self.fs.glob(pattern)))
 
     def open(self, mode: str = "rb", compression: str | None = None):
+        if self.local and "r" in mode and not stat.S_ISREG(os.stat(self.path).st_mode):
+            raise NotAFile(f"{self.display} is not a regular file (a FIFO, socket or device)")
         return self._call("opening", lambda: self.fs.open(self.path, mode, compression=compression))
 
     def cat(self) -> bytes | None:
@@ -282,9 +308,13 @@ class Location:
         try:
             if self.local:
                 with open(self.path, "xb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                    try:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    except BaseException:  # a full disk must not leave an empty file behind
+                        os.remove(self.path)
+                        raise
             else:
                 self._write("creating", lambda: self.fs.pipe_file(self.path, data, mode="create"))
         except FileExistsError:
@@ -302,7 +332,12 @@ class Location:
 
     def makedirs(self) -> None:
         if self.local:
-            os.makedirs(self.path, exist_ok=True)
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except (PermissionError, FileExistsError, NotADirectoryError):
+                raise
+            except OSError as e:  # a read-only or full disk: storage that does not work now
+                raise StorageError(f"creating {self.display} failed: {e.strerror}") from None
 
     # ---- errors -----------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:

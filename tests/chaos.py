@@ -7,6 +7,10 @@ each round does one of:
   two        two runs of the same command start at once; one may be killed
   dry        dry runs (and a second writer) are started while a run writes
   disk-full  the output's disk is filled up while a run writes (a small tmpfs; needs root)
+  signal     a run gets SIGTERM or SIGINT at a random moment, often while it reads a file padded
+             with blank lines (it must exit 3, or 0 if it had finished)
+  collide    a job of its own over files whose names display alike (latin-1 bytes, redacted
+             signatures), rows without ids: killed mid-run, rerun until complete, and checked
 The inputs are partitioned folders of JSON lines, gzip and Parquet with fuzzed lines mixed in
 (random bytes, broken JSON, deep nesting, huge integers, lone surrogates, wrong types). After
 every round the commit records must not cover any line twice; a completed job's folder must hold
@@ -34,7 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-ACTIONS = ("kill", "two", "dry", "disk-full")
+ACTIONS = ("kill", "two", "dry", "disk-full", "signal", "collide")
+COLLIDING = (b"caf\xe9.jsonl", b"caf\xe8.jsonl", b"batch?sig=1.jsonl", b"batch?sig=2.jsonl")
 
 
 def fuzzed_line(rng: random.Random) -> bytes:
@@ -89,7 +94,20 @@ def make_inputs(root: Path, rng: random.Random, rows: int) -> int:
                              "messages": [[{"role": "user", "content": f"parquet {i}"}] for i in range(n)],
                              "max_tokens": [float(rng.randrange(1, 9)) for _ in range(n)]}),
                    folder / "requests.parquet")
-    return total + n
+    folder = root / "partition_key=4"  # seconds of reading for few rows: signals land mid-read
+    folder.mkdir()
+    (folder / "padded.jsonl").write_bytes(b"".join(chat(i, 4) + b"\n" * 20_000 for i in range(n // 4)))
+    return total + n + n // 4
+
+
+def make_colliding(root: Path, rows: int) -> int:
+    """Files whose names display alike, of rows without ids (derived from file and line)."""
+    os.makedirs(root)
+    for name in COLLIDING:
+        with open(os.path.join(os.fsencode(root), name), "wb") as f:
+            f.write(b"".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}],
+                                         "max_tokens": 3}).encode() + b"\n" for i in range(rows)))
+    return rows * len(COLLIDING)
 
 
 class Chaos:
@@ -97,6 +115,8 @@ class Chaos:
         self.rng = random.Random(seed)
         self.inputs = work / "inputs"
         self.expected = make_inputs(self.inputs, self.rng, rows)
+        self.colliding = work / "colliding"
+        self.colliding_rows = make_colliding(self.colliding, rows // 10)
         self.disk = work / "disk"
         self.disk.mkdir()
         self.tmpfs = _mount_tmpfs(self.disk, "64m")
@@ -111,16 +131,16 @@ class Chaos:
         self.out.mkdir()
         (self.out / "notes.txt").write_text("a file the pipeline did not write\n")
 
-    def command(self, *extra: str) -> list[str]:
+    def command(self, *extra: str, inputs: Path | None = None, out: Path | None = None) -> list[str]:
         delay = self.rng.choice(["0.002", "0.005", "0.01", "0.02"])
-        return [sys.executable, "-m", "pipeline", "run", str(self.inputs), "-o", str(self.out),
+        return [sys.executable, "-m", "pipeline", "run", str(inputs or self.inputs), "-o", str(out or self.out),
                 "--engine", "fake", "-m", "smollm2", "-q", "--allow-foreign-files",
                 "--checkpoint-every", str(self.rng.choice([1, 3, 7, 20])), "--max-in-flight", "4",
                 "--lease-timeout", "30", "--engine-option", f"step_delay={delay}", *extra]
 
-    def start(self, *extra: str) -> subprocess.Popen:
+    def start(self, *extra: str, **where: Path) -> subprocess.Popen:
         self.counts["runs"] += 1
-        return subprocess.Popen(self.command(*extra), cwd=REPO, stdout=subprocess.DEVNULL,
+        return subprocess.Popen(self.command(*extra, **where), cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
 
     def finish(self, proc: subprocess.Popen, timeout: float = 120) -> int:
@@ -132,6 +152,8 @@ class Chaos:
             self.counts["second writer refused"] += 1
         if proc.returncode == 3 and "No space left" in err:
             self.counts["stopped by a full disk"] += 1
+        if proc.returncode == 3 and "interrupted" in err:
+            self.counts["interrupted, exit 3"] += 1
         return proc.returncode
 
     def kill_later(self, proc: subprocess.Popen, low: float = 0.2, high: float = 3.0) -> None:
@@ -174,7 +196,31 @@ class Chaos:
                 self.finish(self.start())
             finally:
                 filler.unlink()
+        elif action == "signal":
+            proc = self.start("--order", self.rng.choice(["input", "auto", "prefix"]))
+            time.sleep(self.rng.uniform(0.3, 3.0))
+            if proc.poll() is None:
+                proc.send_signal(self.rng.choice([signal.SIGTERM, signal.SIGINT]))
+                self.counts["signals"] += 1
+            self.finish(proc)
+        elif action == "collide":
+            self.collide()
         self.check_records()
+
+    def collide(self) -> None:
+        """A job over files that display alike: killed mid-run, finished by reruns, then every
+        line must have exactly one row, with ids of its own."""
+        import polars as pl
+
+        out = self.disk / f"colliding-{self.counts['round collide']}"
+        self.kill_later(self.start(inputs=self.colliding, out=out), 0.5, 3.0)
+        while self.finish(self.start(inputs=self.colliding, out=out)) != 0:
+            pass
+        df = pl.concat([pl.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))])
+        ids = df["custom_id"].n_unique()
+        self.totals.update({"colliding rows in": self.colliding_rows, "colliding rows out": df.height,
+                            "colliding duplicated": df.height - ids, "colliding lost": self.colliding_rows - ids})
+        shutil.rmtree(out)
 
     def check_records(self) -> None:
         """Committed records never cover one line twice, whatever happened."""
@@ -223,6 +269,7 @@ class Chaos:
             code = self.finish(self.start(), timeout=600)
         self.verify()
         return {**self.totals, "duplicated": self.totals["duplicated"] + self.counts["duplicated"],
+                "lost": self.totals["lost"] + self.totals["colliding lost"],
                 "final exit": code}
 
 
@@ -263,7 +310,8 @@ def main() -> None:
     for key, value in result.items():
         print(f"  {key:32s} {value}")
     ok = (result["duplicated"] == 0 and result["lost"] == 0 and result["rows out"] == result["rows in"]
-          and result["debris files"] == 0 and result["foreign files lost"] == 0)
+          and result["debris files"] == 0 and result["foreign files lost"] == 0
+          and result.get("colliding duplicated", 0) == 0)
     print("PASS: every input line has exactly one row" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 

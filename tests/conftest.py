@@ -64,3 +64,10 @@ def wait_for_commit(out, proc, timeout=60.0, poll=0.02):
 @pytest.fixture
 def chat():
     return chat_line
+
+
+def source(name="f.jsonl", index=0):
+    """An input file as rows carry it (records.Source), named `name`."""
+    from pipeline.records import Source
+
+    return Source(index, name, name)

@@ -158,7 +158,7 @@ def estimate(job: Job) -> dict[str, Any]:
     counter = PromptCounter(cfg.model, max_model_len=cfg.max_model_len, tokenizer=cfg.tokenizer,
                             trust_remote_code=cfg.trust_remote_code)
     workers, block_size = cfg.workers or cpu_count(), cfg.block_size or 16
-    tallies, total, routes = {f.display: Tally() for f in job.files}, Tally(), {}
+    tallies, total, routes = [Tally() for _ in job.files], Tally(), {}
     ordered = job.ordered(job.rows())
     # a calibrating trial run (--limit) took only some rows: its ratio is against their bound
     calibration = trial_keys((report or {}).get("trial"), job.files, job.scans, max_line_bytes=cfg.max_line_bytes)
@@ -169,12 +169,12 @@ def estimate(job: Job) -> dict[str, Any]:
             upper = computed = None
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
-                if calibration is not None and (item.source_file, item.line) in calibration:
+                if calibration is not None and (item.file, item.line) in calibration:
                     calibration_upper += upper
                 computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
                 routes.setdefault((item.requested_model, item.adapter), Tally()).add(item, prompt_tokens, upper,
                                                                                      computed)
-            for tally in (tallies[item.source_file], total):
+            for tally in (tallies[item.file], total):
                 tally.add(item, prompt_tokens, upper, computed)
             if out is not None:
                 out.add(item, prompt_tokens, upper)
@@ -192,7 +192,7 @@ def estimate(job: Job) -> dict[str, Any]:
         "tokens_per_second": rates.tokens_per_second, "throughput_source": rates.throughput_source,
         "gpu_hour_usd": cfg.gpu_hour_usd, "block_size": block_size,
         **order_figures(ordered),
-        "files": [{"file": url, **rates.figures(t)} for url, t in tallies.items()],
+        "files": [{"file": f.display, **rates.figures(t)} for f, t in zip(job.files, tallies, strict=True)],
         "routes": route_figures(routes, rates, job.model_name, job.ctx),
         "rows_file": cfg.rows_file, "trial": job.trial(), "seconds": round(seconds, 3),
     }

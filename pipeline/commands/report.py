@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.output.folder import Output
+from pipeline.output.folder import Output, OutputConflict
 from pipeline.output.formats import summary
 from pipeline.output.humane import duration, rate, share, trial_text, usd
 from pipeline.storage import Location
@@ -38,17 +38,29 @@ def load(url: str, storage_options: dict[str, Any] | None = None) -> RunData:
     out = Output(Location.of(url, storage_options))
     state = out.job_state()
     report = out.read_report()
-    frames = []
-    for rec in state.records:
-        data = out.loc.child(rec["part"]).cat()
-        if rec["part"].endswith(".parquet"):
-            import io
-
-            frames.append(pl.read_parquet(io.BytesIO(data)))
-        else:
-            frames.append(pl.DataFrame([summary(json.loads(line)) for line in data.splitlines() if line.strip()]))
+    frames = [_part_rows(out.loc.child(rec["part"])) for rec in state.records]
     rows = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     return RunData(out.display, report, rows, state.records)
+
+
+def _part_rows(part: Location):
+    """A committed part's rows; a part that is missing or cannot be read is the folder's damage,
+    said as such (OutputConflict), never a traceback."""
+    import io
+
+    import polars as pl
+
+    data = part.cat()
+    damage = "is missing" if data is None else "is empty" if not data else None
+    if damage is None:
+        try:
+            if part.name.endswith(".parquet"):
+                return pl.read_parquet(io.BytesIO(data))
+            return pl.DataFrame([summary(json.loads(line)) for line in data.splitlines() if line.strip()])
+        except Exception as e:
+            damage = f"cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    raise OutputConflict(f"the committed part {part.display} {damage}: the output folder was changed by "
+                         "something else. Hint: rerun the job into a new --output folder (or with --overwrite)")
 
 
 def figures(d: RunData) -> dict[str, Any]:

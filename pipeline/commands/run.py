@@ -128,9 +128,8 @@ class RunStats:
 
 def not_committed(p: Plan, committed: Committed, stats: RunStats) -> Iterator[Request | FailedRequest]:
     """The job's rows less those an earlier attempt committed (counted as resumed)."""
-    index = {f.display: i for i, f in enumerate(p.job.files)}
     for item in p.job.rows():
-        if (index[item.source_file], item.line) in committed:
+        if (item.file, item.line) in committed:
             stats.resumed += 1
         else:
             yield item
@@ -170,7 +169,7 @@ class RowSink:
         self.write(req, result_row(req, res, job.model_name, job.price), res.completion_tokens or 0)
 
     def write(self, item: Request | FailedRequest, row: dict[str, Any], tokens: int = 0) -> None:
-        self.writer.add_all(dataset_rows(row, item, self.p.job.layout))
+        self.writer.add_all(dataset_rows(row, item, self.p.job.layout), item.file)
         self.stats.rows += 1
         self.progress.update(1, tokens)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.output.folder import Output
 from pipeline.output.lease import current, why_busy
-from pipeline.storage import Location
+from pipeline.storage import Location, redact
 
 
 def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -21,8 +21,7 @@ def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[
     committed = sum(r["rows"] for r in state.records)
     holder = None
     if not state.complete:
-        lease = current(out.loc)
-        holder = why_busy(lease, float((lease or {}).get("timeout", 60)))
+        holder = why_busy(*current(out.loc), 0)  # the holder's own timeout
     stamps = [r["at"] for r in state.records if r.get("at")]
     return {
         "output": out.display,
@@ -33,7 +32,7 @@ def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[
         "last_commit": max(stamps) if stamps else None,
         "attempts": len(attempts),
         "writer": holder,
-        "command": last.get("command"),
+        "command": redact(last["command"]) if isinstance(last.get("command"), str) else None,  # older runs kept credentials
         "created": state.manifest.get("created"),
     }
 
@@ -50,8 +49,8 @@ def status_text(s: dict[str, Any]) -> str:
         lines.append(f"  being written by {s['writer']}")
     if s["state"] == "stopped" and s["command"]:
         lines.append(f"  finish it with: {s['command']}")
-        if "--storage-option" in s["command"]:
-            lines.append("  (storage option values are not recorded: give them again)")
+        if "***" in s["command"]:
+            lines.append("  (credentials and storage option values are not recorded: give them again)")
     return "\n".join(lines)
 
 

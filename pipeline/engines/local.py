@@ -17,6 +17,7 @@ import threading
 from multiprocessing.connection import wait as wait_connections
 from typing import Any
 
+from pipeline import exits
 from pipeline.engines.base import EngineSpec
 from pipeline.engines.dispatcher import Event, describe_exit
 from pipeline.records import Request
@@ -81,10 +82,18 @@ class LocalPool:
         self.outboxes: list[queue.Queue] = [queue.Queue() for _ in range(self.size)]
         self.tails: list[_Tail | None] = [None] * self.size
         self.ready = [False] * self.size
-        for i in range(self.size):
-            self._start(i)
+        try:
+            for i in range(self.size):
+                self._start(i)
+        except BaseException:  # an interruption or a failed start: no worker may outlive the pool
+            self.close()
+            raise
 
     def _start(self, i: int) -> None:
+        with exits.deferred():  # a started worker is always in self.procs, so that close() stops it
+            self._spawn(i)
+
+    def _spawn(self, i: int) -> None:
         from pipeline.engines.worker import process_main
 
         parent, child = self.ctx.Pipe()
@@ -147,8 +156,8 @@ class LocalPool:
         self.outboxes[i].put(None)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        except ProcessLookupError:  # not yet in a group of its own, or gone
+            proc.kill()
         proc.join(timeout=10)
         if self.conns[i] is not None:
             self.conns[i].close()

@@ -18,7 +18,7 @@ from itertools import islice
 from typing import Any
 
 from pipeline.intake.reader import Scan
-from pipeline.records import FailedRequest, Request
+from pipeline.records import FailedRequest, Request, Source
 
 
 @dataclass(frozen=True)
@@ -38,24 +38,24 @@ class Limit:
         return self.rows is not None
 
     def apply(self, items: Iterable[Request | FailedRequest],
-              keys: Callable[[], Iterable[tuple[str, int]]]) -> Iterator[Request | FailedRequest]:
-        """The selected items of the stream. `keys` gives every input row's (source_file, line)
-        in a pass of its own (read only for a sample)."""
+              keys: Callable[[], Iterable[tuple[Source, int]]]) -> Iterator[Request | FailedRequest]:
+        """The selected items of the stream. `keys` gives every input row's (file, line) in a
+        pass of its own (read only for a sample)."""
         if self.rows is None:
             return iter(items)
         if self.seed is None:
             return islice(items, self.rows)
         chosen = self.chosen(keys())
-        return (item for item in items if (item.source_file, item.line) in chosen)
+        return (item for item in items if (item.file, item.line) in chosen)
 
-    def chosen(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
-        """The (file, line) keys of the rows this limit takes, out of every row's keys in input
-        order: the first N, or the N with the smallest hashes."""
+    def chosen(self, keys: Iterable[tuple[Source, int]]) -> set[tuple[int, int]]:
+        """The (file index, line) keys of the rows this limit takes, out of every row's keys in
+        input order: the first N, or the N whose (seed, real location, line) hash smallest."""
         if self.seed is None:
-            return set(islice(keys, self.rows))
+            return {(source.index, line) for source, line in islice(keys, self.rows)}
         seed = str(self.seed).encode()
-        hashed = ((_hash(seed, name, line), name, line) for name, line in keys)
-        return {(name, line) for _, name, line in heapq.nsmallest(self.rows, hashed)}
+        hashed = ((_hash(seed, source.identity, line), source.index, line) for source, line in keys)
+        return {(index, line) for _, index, line in heapq.nsmallest(self.rows, hashed)}
 
     def total(self, scans: Sequence[Scan]) -> int | None:
         """The rows the job takes out of the scanned input (None: not counted)."""

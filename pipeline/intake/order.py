@@ -14,7 +14,9 @@ Memory stays bounded for any input: at most `buffer` requests are held (`--order
 fuller buffer is sorted and spilled to a local temporary file (pickle), and the spilled runs are
 merged, reading 64 requests of each run at a time. For 10M requests of ~2 KB with the default
 buffer of 100,000: about 0.3 GB while reading, 100 runs and ~20 GB of temporary disk (in
-$TMPDIR), then 100 x 64 requests while merging. Compressed and remote inputs are read once,
+$TMPDIR), then 100 x 64 requests while merging. A run's file has no name from the moment it is
+created (it is unlinked and kept open), so a killed run leaves no disk behind; a full disk stops
+the run resumably (StorageError, exit 3). Compressed and remote inputs are read once,
 front to back, like any run.
 
 The reading runs in a thread that starts before the engines do, so it overlaps their start;
@@ -30,15 +32,15 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import pickle
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from pipeline.models.prefix import DIGEST, chained_digests, shared_blocks
 from pipeline.records import FailedRequest, Request
+from pipeline.storage import StorageError
 
 log = logging.getLogger("pipeline")
 
@@ -105,11 +107,10 @@ class PrefixOrder:
                  spill_dir: str | None = None, auto: bool = False):
         self.buffer, self.spill_dir, self.auto = max(1, buffer), spill_dir, auto
         self.memory: list[tuple[bytes, int, Any]] = []
-        self.runs: list[str] = []
+        self.runs: list[IO[bytes]] = []  # spilled runs: open files without a name
         self.chosen = "prefix"
         self.measured: dict[str, Any] = {}  # what auto measured on the first buffer
         self._rest: Iterator[Request | FailedRequest] | None = None  # "input": the items not read yet
-        self._tmp: tempfile.TemporaryDirectory | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._read, args=(items,), name="prefix-order", daemon=True)
         self._thread.start()
@@ -156,13 +157,16 @@ class PrefixOrder:
 
     def _spill(self) -> None:
         self.memory.sort()
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="pipeline-order-", dir=self.spill_dir)
-        path = os.path.join(self._tmp.name, f"run-{len(self.runs):06d}.pickle")
-        with open(path, "wb") as f:
+        try:
+            f = tempfile.TemporaryFile(prefix="pipeline-order-", dir=self.spill_dir)
+            self.runs.append(f)
             for start in range(0, len(self.memory), SPILL_BATCH):
                 pickle.dump(self.memory[start : start + SPILL_BATCH], f, protocol=pickle.HIGHEST_PROTOCOL)
-        self.runs.append(path)
+            f.flush()
+        except OSError as e:
+            raise StorageError(f"--order prefix: spilling sorted requests to {self.spill_dir or tempfile.gettempdir()} "
+                               f"failed ({e.strerror}). Hint: free space there, set TMPDIR to a larger disk, "
+                               "or use --order input") from None
         self.memory = []
 
     def __iter__(self) -> Iterator[Request | FailedRequest]:
@@ -189,14 +193,14 @@ class PrefixOrder:
                 yield item
         finally:
             self.memory = []
-            if self._tmp is not None:
-                self._tmp.cleanup()
+            for f in self.runs:
+                f.close()
 
 
-def _read_run(path: str) -> Iterator[tuple[bytes, int, Any]]:
-    with open(path, "rb") as f:
-        while True:
-            try:
-                yield from pickle.load(f)
-            except EOFError:
-                return
+def _read_run(f: IO[bytes]) -> Iterator[tuple[bytes, int, Any]]:
+    f.seek(0)
+    while True:
+        try:
+            yield from pickle.load(f)
+        except EOFError:
+            return

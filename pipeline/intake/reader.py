@@ -27,7 +27,7 @@ from fsspec.spec import AbstractBufferedFile
 
 from pipeline import storage
 from pipeline.intake.sources import InputFile
-from pipeline.records import FailedRequest, Problem, default_id, is_text
+from pipeline.records import FailedRequest, Problem, Source, is_text
 from pipeline.storage import StorageError, is_transient
 
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
@@ -47,7 +47,19 @@ class Scan:
 
 def scan(file: InputFile, *, digest: bool = False) -> Scan:
     """Count a file's rows where that is cheap or needed, verify compressed files end to end,
-    and hash the content when asked. Remote plain files are only read with `digest`."""
+    and hash the content when asked, or when the file has no version (an http server that sends
+    no ETag): then its content is what shows that it changed. Remote plain files are only read
+    to be hashed."""
+    digest = digest or file.version is None
+    try:
+        return storage.retrying(f"reading {file.display}", lambda: _scan(file, digest))
+    except Exception as e:
+        if is_transient(e):  # still failing after the retries
+            raise StorageError(f"reading {file.display} failed: {e}") from None
+        raise
+
+
+def _scan(file: InputFile, digest: bool) -> Scan:
     if file.format == "parquet":
         return _scan_parquet(file, digest)
     if file.format in ("csv", "arrow"):
@@ -63,10 +75,8 @@ def scan(file: InputFile, *, digest: bool = False) -> Scan:
             while chunk := stream.read(1 << 22):
                 lines += chunk.count(b"\n")
                 last = chunk[-1:]
-    except StorageError:
-        raise
     except Exception as e:  # corrupt or truncated compressed data
-        return Scan(None, _unreadable(file, lines + 1, e), lines + 1)
+        return _broken(file, lines + 1, e)
     return Scan(lines + (last != b"\n"), digest=hasher.hexdigest() if hasher else None)
 
 
@@ -86,11 +96,17 @@ def _scan_parquet(file: InputFile, digest: bool) -> Scan:
     try:
         with file.location.open("rb") as f:
             rows = pq.ParquetFile(f).metadata.num_rows
-    except StorageError:
-        raise
     except Exception as e:
-        return Scan(None, _unreadable(file, 1, e), 1, found)
+        return _broken(file, 1, e, found)
     return Scan(rows, digest=found)
+
+
+def _broken(file: InputFile, line: int, e: Exception, digest: str | None = None) -> Scan:
+    """The scan of a file that breaks at `line`. Storage errors are raised again: a transient one
+    is retried, the rest stop the run resumably."""
+    if isinstance(e, StorageError) or is_transient(e):
+        raise e
+    return Scan(None, _unreadable(file, line, e), line, digest)
 
 
 def read_rows(file: InputFile, found: Scan | None = None, *,
@@ -126,15 +142,15 @@ def read_rows(file: InputFile, found: Scan | None = None, *,
 
 
 def read_all(files: Sequence[InputFile], scans: Sequence[Scan] | None = None, *,
-             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[str, int, Any]]:
-    """(source_file, line, row or FailedRequest) over every input file, in order: the stream that
+             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[Source, int, Any]]:
+    """(source, line, row or FailedRequest) over every input file, in order: the stream that
     `requests.validate_rows` (or, with `raw`, `templates.render_rows`) turns into requests."""
     for i, file in enumerate(files):
-        name = file.display
+        source = Source(i, file.display, file.identity)
         for line, row in read_rows(file, scans[i] if scans else None, max_line_bytes=max_line_bytes, raw=raw):
             if isinstance(row, Problem):
-                row = FailedRequest.of(row, default_id(name, line), name, line)
-            yield name, line, row
+                row = FailedRequest.of(row, source.default_id(line), source.name, line, file=i)
+            yield source, line, row
 
 
 def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int) -> Iterator[tuple[int, Any]]:
@@ -261,7 +277,7 @@ def _parquet_rows(file: InputFile, skip: int, _max_line_bytes: int, batch_size: 
         names = pf.schema_arrow.names
         body_is_text = "body" in names and str(pf.schema_arrow.field("body").type) in ("string", "large_string")
         for line, row in _numbered(pf.iter_batches(batch_size=batch_size), skip):
-            yield line, _parquet_row(row, body_is_text)
+            yield line, row if isinstance(row, Problem) else _parquet_row(row, body_is_text)
 
 
 def _parquet_row(row: dict[str, Any], body_is_text: bool) -> Any:
@@ -304,11 +320,14 @@ CSV_BLOCK = 1 << 22  # types are inferred from the first block (4 MiB), by pyarr
 
 
 def open_csv(stream):
-    """pyarrow's streaming CSV reader, the same way everywhere (types from the first block)."""
+    """pyarrow's streaming CSV reader, the same way everywhere (types from the first block).
+    UTF-8 is not checked by pyarrow, which would make a column with one bad byte in the first
+    block binary (every value `b'...'`) and fail a later block whole: `_numbered` decodes each
+    row's text strictly, so a bad byte costs its own row (`invalid_utf8`)."""
     import pyarrow.csv as pcsv
 
     return pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
-                         convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+                         convert_options=pcsv.ConvertOptions(strings_can_be_null=True, check_utf8=False))
 
 
 def _table_batches(file: InputFile, raw):
@@ -341,10 +360,10 @@ def _scan_table(file: InputFile, digest: bool) -> Scan:
         with file.location.open("rb") as raw:
             for batch in _table_batches(file, raw):
                 rows += batch.num_rows
-    except StorageError:
-        raise
     except Exception as e:
-        return Scan(None, _unreadable(file, rows + 1, e), rows + 1, found)
+        broken = _broken(file, rows + 1, e, found)
+        # uncompressed, the rows before the break are sound: read_rows gives them, then the break
+        return broken if file.compression else Scan(None, digest=found)
     return Scan(rows, digest=found)
 
 
@@ -353,18 +372,47 @@ def _table_rows(file: InputFile, skip: int, _max_line_bytes: int):
         yield from _numbered(_table_batches(file, raw), skip)
 
 
-def _numbered(batches, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number from 1, row) of record batches, without the first `skip` rows (a batch
-    wholly before them is not even converted)."""
+def _numbered(batches, skip: int) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
+    """(row number from 1, row or Problem) of record batches, without the first `skip` rows (a
+    batch wholly before them is not even converted)."""
     line = 0
     for batch in batches:
         if line + batch.num_rows <= skip:
             line += batch.num_rows
             continue
-        for row in batch.to_pylist():
+        for row in _batch_rows(batch):
             line += 1
             if line > skip:
                 yield line, row
+
+
+def _batch_rows(batch) -> list[dict[str, Any] | Problem]:
+    """A record batch's rows; a row whose text is not UTF-8 is an `invalid_utf8` Problem."""
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    import pyarrow as pa
+
+    columns = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        columns[name] = (column.cast(pa.large_binary()) if text else column).to_pylist(), text
+    rows: list[dict[str, Any] | Problem] = []
+    for i in range(batch.num_rows):
+        row: dict[str, Any] | Problem = {}
+        for name, (values, text) in columns.items():
+            value = values[i]
+            if text and value is not None:
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    row = Problem("invalid_utf8", f"column {name} is not valid UTF-8 (byte {e.start}); "
+                                  "re-encode the file as UTF-8", name)
+                    break
+            row[name] = value
+        rows.append(row)
+    return rows
 
 
 def input_schema(file: InputFile, sample_rows: int = 1000):

@@ -21,7 +21,7 @@ from pipeline.records import (
     FailedRequest,
     Invalid,
     Request,
-    default_id,
+    Source,
     is_text,
     kind_of,
     names_list,
@@ -114,11 +114,11 @@ MAX_UNKNOWN_FIELDS = 20  # kept per request: a row with a million unknown keys s
 
 
 def parse_row(
-    row: Any, *, source_file: str, line: int, ctx: Context, shape: Shape | None = None
+    row: Any, *, source: Source, line: int, ctx: Context, shape: Shape | None = None
 ) -> Request | FailedRequest:
     """Turn one decoded row into a Request, or a FailedRequest saying what is wrong. Total: whatever
     the value, exactly one of the two comes out, and both can be written to Parquet."""
-    custom_id = default_id(source_file, line)
+    custom_id = source.default_id(line)
     user = shape_name = None
     try:
         if not isinstance(row, dict):
@@ -142,19 +142,20 @@ def parse_row(
         if isinstance(body, dict) and isinstance(body.get("user"), str) and is_text(body["user"]):
             user = body["user"]
         try:
-            return _parse_body(body, custom_id, source_file, line, ctx, warnings, shape_name)
+            return _parse_body(body, custom_id, source, line, ctx, warnings, shape_name)
         except Invalid as e:
             raise shape.explained(e) from None
     except Invalid as e:
-        return FailedRequest(custom_id, source_file, line, e.code, e.message, e.param, user, shape=shape_name)
-    except Exception as e:  # a bug of ours must cost one row, never the job
-        return FailedRequest(custom_id, source_file, line, "invalid_row",
-                        f"the row could not be read ({type(e).__name__}: {short(str(e), 120)}); "
-                        "please report this with the row", None, user, shape=shape_name)
+        return FailedRequest(custom_id, source.name, line, e.code, e.message, e.param, user, shape=shape_name,
+                             file=source.index)
+    except Exception as e:  # a bug of ours must cost one row, never the job (an interruption is no Exception)
+        return FailedRequest(custom_id, source.name, line, "invalid_row",
+                             f"the row could not be read ({type(e).__name__}: {short(str(e), 120)}); "
+                             "please report this with the row", None, user, shape=shape_name, file=source.index)
 
 
 def _parse_body(
-    body: Any, custom_id: str, source_file: str, line: int, ctx: Context, warnings: list[str],
+    body: Any, custom_id: str, source: Source, line: int, ctx: Context, warnings: list[str],
     shape: str | None = None,
 ) -> Request:
     if not isinstance(body, dict):
@@ -194,9 +195,9 @@ def _parse_body(
         raise Invalid("invalid_utf8", "user holds a lone surrogate (\\ud800-\\udfff), which is not text", "user")
     unknown = _unknown_fields(body, warnings)
     return Request(
-        custom_id, source_file, line, messages, params, tools, tool_choice,
+        custom_id, source.name, line, messages, params, tools, tool_choice,
         response_format, user, tuple(warnings), unknown, requested_model=model, shape=shape,
-        adapter=ctx.adapter_for(model),
+        adapter=ctx.adapter_for(model), file=source.index,
     )
 
 
@@ -431,26 +432,28 @@ class SeenIds:
 
 
 def validate_rows(
-    rows: Iterable[tuple[str, int, Any]], ctx: Context
+    rows: Iterable[tuple[Source, int, Any]], ctx: Context
 ) -> Iterator[Request | FailedRequest]:
-    """Validate a stream of (source_file, line, row) and flag duplicate custom_ids.
+    """Validate a stream of (source, line, row), file after file, and flag a custom_id used twice
+    in one file (two files may use the same ids: a row's key is its file and line).
 
     A row that is already a FailedRequest (unreadable line) passes through.
     """
-    seen = SeenIds()
-    shapes: dict[str, Shape] = {}
-    for source_file, line, row in rows:
+    seen, shape, current = SeenIds(), None, None
+    for source, line, row in rows:
+        if source != current:
+            seen, shape, current = SeenIds(), None, source
         if isinstance(row, FailedRequest):  # an unreadable line: it takes its file's shape, once known
-            yield replace(row, shape=shapes[source_file].name) if source_file in shapes else row
+            yield replace(row, shape=shape.name) if shape is not None else row
             continue
-        if source_file not in shapes and isinstance(row, dict):
-            shapes[source_file] = detect(row)  # a file's shape: that of its first object
-        item = parse_row(row, source_file=source_file, line=line, ctx=ctx, shape=shapes.get(source_file))
-        id_field = shapes[source_file].id_field(row) if isinstance(row, dict) else "custom_id"
+        if shape is None and isinstance(row, dict):
+            shape = detect(row)  # a file's shape: that of its first object
+        item = parse_row(row, source=source, line=line, ctx=ctx, shape=shape)
+        id_field = shape.id_field(row) if isinstance(row, dict) else "custom_id"
         if isinstance(row, dict) and row.get(id_field) == item.custom_id and seen.add(item.custom_id):
             item = FailedRequest(
-                item.custom_id, source_file, line, "duplicate_custom_id",
-                f"{id_field} {short(item.custom_id)} appears earlier in the input; every request needs "
-                "its own id", id_field, item.user, shape=item.shape,
+                item.custom_id, source.name, line, "duplicate_custom_id",
+                f"{id_field} {short(item.custom_id)} appears earlier in this file; every request of a "
+                "file needs its own id", id_field, item.user, shape=item.shape, file=source.index,
             )
         yield item

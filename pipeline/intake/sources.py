@@ -87,7 +87,7 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any] | None = None
         if exclude is not None and exclude.contains(root):
             raise UserError(f"input {root.display} is inside the --output folder {exclude.display}. "
                              "Hint: write the output to another folder, never over the inputs")
-        info = root.info()
+        info = _info(root)
         if info is None:
             if not any(c in given for c in GLOB_CHARS):
                 raise FileNotFoundError(f"input not found: {root.display}")
@@ -106,8 +106,19 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any] | None = None
                              "(optionally .gz/.zst/.bz2/.xz) or .parquet files")
         for loc, i in matched:
             if loc.identity not in found:
-                found[loc.identity] = _input_file(loc, i or loc.info() or {})
+                found[loc.identity] = _input_file(loc, i or _info(loc) or {})
     return [found[k] for k in sorted(found)]
+
+
+def _info(loc: Location) -> dict[str, Any] | None:
+    """A file's metadata (None: nothing there). One that cannot be looked at (a symbolic link to
+    itself) is a file without any: reading it gives its `unreadable_file` row."""
+    try:
+        return loc.info()
+    except PermissionError:
+        raise
+    except OSError:
+        return {}
 
 
 def _walk(root: Location, exclude: Location | None):

@@ -11,7 +11,7 @@ from pipeline.intake.sources import InputFile
 from pipeline.intake.templates import TemplateSpec
 from pipeline.models.adapters import Adapter, load_adapters
 from pipeline.output.layout import Layout
-from pipeline.records import FailedRequest, Request
+from pipeline.records import FailedRequest, Request, Source
 
 
 def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: TemplateSpec | None, *,
@@ -27,12 +27,12 @@ def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: Templa
     return limit.apply(items, lambda: row_keys(files, scans, max_line_bytes=max_line_bytes))
 
 
-def row_keys(files: Sequence[InputFile], scans, *, max_line_bytes: int) -> Iterator[tuple[str, int]]:
-    """Every input row's (source_file, line) in input order, read without validation: the rows a
+def row_keys(files: Sequence[InputFile], scans, *, max_line_bytes: int) -> Iterator[tuple[Source, int]]:
+    """Every input row's (file, line) in input order, read without validation: the rows a
     `--limit` takes are chosen from these."""
     from pipeline.intake.reader import read_all
 
-    return ((name, line) for name, line, _ in read_all(files, scans, max_line_bytes=max_line_bytes, raw=True))
+    return ((source, line) for source, line, _ in read_all(files, scans, max_line_bytes=max_line_bytes, raw=True))
 
 
 def run_context(model: str | None, served: tuple[str, ...], max_n: int, routes: dict[str, str] | None,
@@ -47,7 +47,7 @@ def run_context(model: str | None, served: tuple[str, ...], max_n: int, routes: 
 
 def trial_keys(trial: dict[str, Any] | None, files: Sequence[InputFile], scans, *,
                max_line_bytes: int) -> set[tuple[str, int]] | None:
-    """The (source_file, line) keys of the rows that a trial run (its report's `trial`) took from
+    """The (file index, line) keys of the rows that a trial run (its report's `trial`) took from
     these inputs; None for a full run."""
     if not trial:
         return None

@@ -35,7 +35,7 @@ from pipeline.intake.shapes import BARE
 from pipeline.intake.sources import InputFile
 from pipeline.output import structured
 from pipeline.output.layout import Layout
-from pipeline.records import FailedRequest, Request, default_id, short
+from pipeline.records import FailedRequest, Request, Source, short
 
 TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2", ".tmpl", ".txt", ".md")  # a value like these is a file
 OPTION_NAMES = ("template_user", "template_system", "template_turns", "sample", "sample_column", "response_schema",
@@ -203,32 +203,36 @@ class TemplateSpec:
                       check_types=any(f.format == "jsonl" for f in files))
 
     # ---- rows -> requests ---------------------------------------------------------------------
-    def render_rows(self, rows: Iterable[tuple[str, int, Any]], ctx: Context,
+    def render_rows(self, rows: Iterable[tuple[Source, int, Any]], ctx: Context,
                     layout: Layout | None = None) -> Iterator[Request | FailedRequest]:
-        """(source_file, line, table row or FailedRequest) -> Request | FailedRequest, in order."""
+        """(source, line, table row or FailedRequest) -> Request | FailedRequest, in order; an
+        --id-column value used twice in one file is an error row (ids are per file)."""
         system, turns, user = self.compiled()
-        seen = SeenIds()
-        for source_file, line, row in rows:
+        seen, current = SeenIds(), None
+        for source, line, row in rows:
+            if source != current:
+                seen, current = SeenIds(), source
             if isinstance(row, FailedRequest):
                 yield row
                 continue
             warnings: list[str] = []
             carried = layout.carry(row, warnings) if layout and isinstance(row, dict) else None
-            item = self._one(row, source_file, line, ctx, system, turns, user)
+            item = self._one(row, source, line, ctx, system, turns, user)
             if isinstance(item, Request):
                 if self.id_column and seen.add(item.custom_id):
-                    item = FailedRequest(item.custom_id, source_file, line, "duplicate_custom_id",
-                                    f"--id-column {self.id_column}: {short(item.custom_id)} appears earlier in "
-                                    "the input; every row needs its own id", self.id_column, item.user)
+                    item = FailedRequest(item.custom_id, source.name, line, "duplicate_custom_id",
+                                         f"--id-column {self.id_column}: {short(item.custom_id)} appears earlier in "
+                                         "this file; every row of a file needs its own id", self.id_column, item.user,
+                                         file=source.index)
                 else:
                     item = replace(item, warnings=item.warnings + tuple(warnings))
             yield replace(item, carried=carried) if carried is not None else item
 
-    def _one(self, row: Any, source_file: str, line: int, ctx: Context, system, turns, user) -> Request | FailedRequest:
-        custom_id = default_id(source_file, line)
+    def _one(self, row: Any, source: Source, line: int, ctx: Context, system, turns, user) -> Request | FailedRequest:
+        custom_id = source.default_id(line)
 
         def error(message: str, param: str | None = None, code: str = "template_error") -> FailedRequest:
-            return FailedRequest(custom_id, source_file, line, code, message, param)
+            return FailedRequest(custom_id, source.name, line, code, message, param, file=source.index)
 
         if not isinstance(row, dict):
             return error(f"a table row must be an object of columns, got {short(row)}", None, "invalid_row")
@@ -264,7 +268,7 @@ class TemplateSpec:
                 body[key] = row[column]
         if self.response_format is not None:
             body["response_format"] = self.response_format
-        item = parse_row(body, source_file=source_file, line=line, ctx=ctx, shape=BARE)
+        item = parse_row(body, source=source, line=line, ctx=ctx, shape=BARE)
         return item
 
 

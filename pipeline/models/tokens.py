@@ -52,7 +52,7 @@ from pipeline.models.render import (
     conversation,
     engine_tools,
 )
-from pipeline.records import FailedRequest, Request
+from pipeline.records import FailedRequest, Problem, Request
 
 log = logging.getLogger("pipeline.models.tokens")
 
@@ -131,7 +131,7 @@ class PromptCounter:
         problem = context_problem(prompt_tokens, self.max_model_len)
         if problem is None:
             return request
-        return FailedRequest.of(problem, request.custom_id, request.source_file, request.line, request.user)
+        return FailedRequest.about(problem, request)
 
     # ---- a stream of rows, on all cores ----------------------------------------------------------
     def check_all(
@@ -300,8 +300,7 @@ class PromptCounter:
 
 
 def _template_error(request: Request, e: PromptError) -> FailedRequest:
-    return FailedRequest(request.custom_id, request.source_file, request.line, "invalid_request", str(e),
-                    "messages", request.user)
+    return FailedRequest.about(Problem("invalid_request", str(e), "messages"), request)
 
 
 def _whole(text: str) -> list[str]:

@@ -152,7 +152,7 @@ class Output:
         """Classify every name in the folder; changes nothing."""
         names = self.loc.names()
         raw = self.loc.child(MANIFEST).cat() if MANIFEST in names else None
-        manifest = _json(raw, self.loc.child(MANIFEST)) if raw is not None else None
+        manifest = _json(raw, self.loc.child(MANIFEST), _valid_manifest) if raw is not None else None
         attempts = {a["id"]: a.get("cutoff") for a in (manifest or {}).get("attempts", [])}
         # the first version's manifest listed its parts itself: they are ours too
         legacy = {p.get("name") for p in (manifest or {}).get("parts", []) if isinstance(p, dict)}
@@ -171,7 +171,8 @@ class Output:
                 records_by_name[name] = {}
             contents = self._cat_many([f"{COMMITS}/{n}" for n in records_by_name])
             for name in list(records_by_name):
-                records_by_name[name] = _json(contents[f"{COMMITS}/{name}"], self.loc.child(f"{COMMITS}/{name}"))
+                records_by_name[name] = _json(contents[f"{COMMITS}/{name}"], self.loc.child(f"{COMMITS}/{name}"),
+                                              _valid_record)
         records = sorted(records_by_name.values(), key=lambda r: (r["order"], r["part"]))
         covered = {r["part"] for r in records}
         foreign: list[str] = []
@@ -252,8 +253,7 @@ class Claim:
         # The records' stats, without their keys: the bitmaps above hold what was committed
         # before, and this run's keys need not stay in memory (one range per row in prefix order).
         self.records = [_without_keys(r) for r in records]
-        self.files = [f["file"] for f in detail["inputs"]]
-        self.file_index = {f: i for i, f in enumerate(self.files)}
+        self.files = [f["file"] for f in detail["inputs"]]  # displayed names, by index
         self.split_errors = bool(detail["options"].get("split_errors"))
         self._seq = 0
 
@@ -267,16 +267,19 @@ class Claim:
         """The rows committed before this claim."""
         return self._before
 
-    def commit(self, rows: list[dict[str, Any]]) -> str:
-        """Write one part atomically, then its commit record."""
-        rows.sort(key=lambda r: (self.file_index.get(r["source_file"], -1), r["source_line"]))
+    def commit(self, keyed: list[tuple[int, dict[str, Any]]]) -> str:
+        """Write one part atomically, then its commit record. `keyed`: (input file index, row)
+        pairs; the index, never the displayed `source_file` (two files can display alike), keys
+        the row."""
+        keyed.sort(key=lambda fr: (fr[0], fr[1]["source_line"]))
+        rows = [r for _, r in keyed]
         self._seq += 1
         name = f"part-{self.attempt}-{self._seq:05d}.{FORMAT_EXT[self.out.fmt]}"
         self.lease.check()
         self.out.loc.child(name).put_atomic(encode(rows, self.out.fmt, self.out.schema))
         keys: dict[str, list[int]] = {}
-        for r in rows:
-            keys.setdefault(str(self.file_index[r["source_file"]]), []).append(r["source_line"])
+        for file, r in keyed:
+            keys.setdefault(str(file), []).append(r["source_line"])
         # the part's lines of each input, in the part's order (results.py splits parts with it)
         lines = [[int(k), len(v)] for k, v in keys.items()]
         keys = {k: sorted(set(v)) for k, v in keys.items()}  # one key per request, however many rows
@@ -319,7 +322,7 @@ class PartWriter:
 
     def __init__(self, claim: Claim, every: int, seconds: float):
         self.claim, self.every, self.seconds = claim, every, seconds
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[tuple[int, dict[str, Any]]] = []  # (input file index, row)
         self.last = time.monotonic()
 
     def __enter__(self) -> PartWriter:
@@ -329,14 +332,10 @@ class PartWriter:
         if error is None or isinstance(error, STOPS):
             self.flush()
 
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= self.every:
-            self.flush()
-
-    def add_all(self, rows: list[dict[str, Any]]) -> None:
-        """One request's rows (one per choice with --explode-choices): always in the same part."""
-        self.rows.extend(rows)
+    def add_all(self, rows: list[dict[str, Any]], file: int) -> None:
+        """One request's rows (one per choice with --explode-choices), from input file `file`
+        (its index): always in the same part."""
+        self.rows.extend((file, r) for r in rows)
         if len(self.rows) >= self.every:
             self.flush()
 
@@ -411,16 +410,34 @@ def _beyond_cutoff(loc: Location, manifest: dict[str, Any]) -> list[str]:
     return out
 
 
-def _json(data: bytes, loc: Location) -> dict[str, Any]:
+def _json(data: bytes, loc: Location, valid) -> dict[str, Any]:
+    """A manifest or commit record, checked by `valid` (a person may have edited it)."""
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise OutputConflict(f"{loc.display} is not valid JSON: the output folder was changed by "
                              "something else. Hint: move it away, or use another --output folder") from None
-    if not isinstance(value, dict):
-        raise OutputConflict(f"{loc.display} is not a JSON object: the output folder was changed by "
-                             "something else")
+    if not isinstance(value, dict) or not valid(value):
+        raise OutputConflict(f"{loc.display} is not {'a JSON object' if not isinstance(value, dict) else 'as this tool writes it'}: "
+                             "the output folder was changed by something else. Hint: move it away, or "
+                             "use another --output folder")
     return value
+
+
+def _valid_manifest(m: dict[str, Any]) -> bool:
+    attempts = m.get("attempts", [])
+    return isinstance(attempts, list) and all(
+        isinstance(a, dict) and isinstance(a.get("id"), str) and type(a.get("cutoff")) in (int, type(None))
+        for a in attempts)
+
+
+def _valid_record(r: dict[str, Any]) -> bool:
+    keys = r.get("keys")
+    return (isinstance(r.get("part"), str) and type(r.get("order")) is int and type(r.get("rows")) is int
+            and isinstance(r.get("stats", {}), dict) and isinstance(keys, dict)
+            and all(k.isdigit() and isinstance(v, list) and all(
+                isinstance(x, list) and len(x) == 2 and all(type(i) is int for i in x) for x in v)
+                for k, v in keys.items()))
 
 
 def _ranges(lines: list[int]) -> list[list[int]]:

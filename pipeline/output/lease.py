@@ -5,21 +5,31 @@ The lease is the file `_lease/<gen>.json` with the highest generation (a folder 
 that checking it lists a few names however many parts the output holds). A run acquires the folder
 by creating generation `gen + 1` with an exclusive create (a conditional PUT on object stores),
 which only one of two racing runs can win. It may do so only when the current lease is free:
-released, its heartbeat older than the timeout, or held by a process of this machine that no
-longer exists. The holder refreshes its heartbeat in a background thread and, before each
-write, checks that no newer generation exists and that its own heartbeat is recent, so a writer
-that was paused longer than the timeout stops instead of writing beside its successor.
+released, not rewritten for longer than the timeout, or held by a process of this machine that no
+longer exists. The holder names itself by a random token, its host and pid, and the machine's boot
+id and pid namespace: the pid is checked only where both match ours (same host name is not
+enough: containers with the host's network share it, each with its own pids).
+
+The lease's age is measured by one clock only, the storage's: the lease file's modification time
+against that of a file written just then (the holder's clock is never read, so a host whose clock
+is wrong can neither look dead nor block others). The holder rewrites its lease in a background
+thread and, before each write, checks by its own monotonic clock that it did so recently and that
+no newer generation exists, so a writer that was paused longer than the timeout stops instead of
+writing beside its successor.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
 import threading
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 from pipeline.exits import Incomplete
@@ -55,16 +65,15 @@ class Lease:
     def acquire(cls, folder: Location, timeout: float = DEFAULT_TIMEOUT) -> Lease:
         """Take the folder, or raise OutputBusy naming the holder."""
         folder.child(FOLDER).makedirs()
-        gens = generations(folder)
-        top = max(gens, default=0)
+        top = max(generations(folder), default=0)
         if top:
-            current = _read(folder.child(f"{FOLDER}/{gens[top]}"))
-            busy = why_busy(current, timeout)
+            busy = why_busy(*current(folder, now=_storage_now(folder)), timeout)
             if busy:
                 raise OutputBusy(f"{folder.display} is being written by another run ({busy}). "
                                  "Hint: wait for it to finish, or stop it; a crashed run's lease "
                                  f"is taken over {timeout:g} s after its last heartbeat")
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        holder = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                  **_machine(), "started": time.time()}
         lease = cls(folder, top + 1, timeout, holder)
         if not lease.loc.create_exclusive(lease._content()):
             raise OutputBusy(f"{folder.display} was taken by another run at the same moment. "
@@ -74,8 +83,7 @@ class Lease:
         return lease
 
     def _content(self, released: bool = False) -> bytes:
-        return json.dumps({**self.holder, "heartbeat": time.time(), "timeout": self.timeout,
-                           "released": released}).encode()
+        return json.dumps({**self.holder, "timeout": self.timeout, "released": released}).encode()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(max(0.05, self.timeout / 6)):
@@ -101,7 +109,7 @@ class Lease:
         """Earlier generations (and a crashed heartbeat's temporary files) go; this one stays."""
         for name in self.folder.child(FOLDER).names():
             m = _LEASE.match(name)
-            if (m and int(m.group(1)) < self.generation) or name.startswith(".tmp-"):
+            if (m and int(m.group(1)) < self.generation) or name.startswith((".tmp-", _PROBE)):
                 self.folder.child(f"{FOLDER}/{name}").rm()
 
     def release(self) -> None:
@@ -125,24 +133,73 @@ def generations(folder: Location) -> dict[int, str]:
     return out
 
 
-def current(folder: Location) -> dict[str, Any] | None:
-    """The newest lease's content, or None."""
+def current(folder: Location, now: float | None = None) -> tuple[dict[str, Any] | None, float | None]:
+    """The newest lease's content and its age: seconds since it was last written, by the storage's
+    clock against `now` (read from the storage; None: this machine's clock, for display only).
+    (None, None) when there is no lease; the age is None where the storage keeps no time."""
     gens = generations(folder)
-    return _read(folder.child(f"{FOLDER}/{gens[max(gens)]}")) if gens else None
+    if not gens:
+        return None, None
+    loc = folder.child(f"{FOLDER}/{gens[max(gens)]}")
+    content, written = _read(loc), loc.modified()
+    if written is None:
+        return content, None
+    return content, (time.time() if now is None else now) - written
 
 
-def why_busy(current: dict[str, Any] | None, timeout: float) -> str | None:
-    """Why the lease is held (a description of the holder), or None when it is free."""
-    if current is None or current.get("released"):
+def why_busy(lease: dict[str, Any] | None, age: float | None, timeout: float) -> str | None:
+    """Why the lease is held (a description of the holder), or None when it is free: released, not
+    rewritten for longer than the timeout (`age`, from `current`), or held by a process of this
+    machine (same boot and pid namespace) that is gone."""
+    if lease is None or lease.get("released") is True:
         return None
-    age = time.time() - float(current.get("heartbeat", 0))
-    if age > max(timeout, float(current.get("timeout", 0))):
+    if age is not None and age > max(timeout, _number(lease.get("timeout")) or 0):
         return None
-    host, pid = current.get("host"), current.get("pid")
-    if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+    pid = lease.get("pid")
+    if _this_machine(lease) and isinstance(pid, int) and not _alive(pid):
         return None
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(current.get("started", 0))))
-    return f"pid {pid} on {host}, started {started}, last heartbeat {age:.0f} s ago"
+    started = _number(lease.get("started"))
+    when = "?" if started is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+    beat = "?" if age is None else f"{max(0.0, age):.0f}"
+    return f"pid {pid} on {lease.get('host')}, started {when}, last heartbeat {beat} s ago"
+
+
+_PROBE = ".now-"
+
+
+def _storage_now(folder: Location) -> float | None:
+    """The storage's clock now: the modification time of a file written for the purpose."""
+    probe = folder.child(f"{FOLDER}/{_PROBE}{uuid.uuid4().hex[:12]}")
+    probe.put_atomic(b"")
+    try:
+        return probe.modified()
+    finally:
+        probe.rm()
+
+
+def _machine() -> dict[str, str | None]:
+    """This machine's boot id and this process's pid namespace (None where unknown): a pid
+    means the same process only where both are equal."""
+    def read(fn) -> str | None:
+        try:
+            return fn().strip()
+        except OSError:
+            return None
+
+    return {"boot": read(lambda: Path("/proc/sys/kernel/random/boot_id").read_text()),
+            "pidns": read(lambda: os.readlink("/proc/self/ns/pid"))}
+
+
+def _this_machine(lease: dict[str, Any]) -> bool:
+    mine = _machine()
+    return (lease.get("host") == socket.gethostname() and None not in mine.values()
+            and all(lease.get(k) == v for k, v in mine.items()))
+
+
+def _number(value: Any) -> float | None:
+    """A number from a lease file (which a person may have edited), or None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def _alive(pid: int) -> bool:
@@ -162,7 +219,7 @@ def _read(loc: Location) -> dict[str, Any] | None:
     try:
         value = json.loads(data)
     except ValueError:
-        # a half-written lease cannot be: creates and rewrites are atomic. Treat as held,
-        # with the file's age as heartbeat.
-        return {"heartbeat": (loc.info() or {}).get("mtime", time.time()), "host": "?", "pid": "?"}
+        # a half-written lease cannot be: creates and rewrites are atomic. Treat it as held, until
+        # its file is older than the timeout.
+        return {"host": "?", "pid": "?"}
     return value if isinstance(value, dict) else None

@@ -43,7 +43,7 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
     """An output row for a request the engine answered (or refused: then `error` is set)."""
     warnings = list(req.warnings) + list(res.warnings)
     if res.error is not None:
-        row = error_row(FailedRequest.of(res.error, req.custom_id, req.source_file, req.line, req.user), model)
+        row = error_row(FailedRequest.about(res.error, req), model)
         row["input_shape"] = req.shape
         row["prompt_tokens"] = res.prompt_tokens
         row["warnings"] = warnings or None

@@ -16,7 +16,7 @@ from pipeline.providers.common import (
     _parts,
     error_text,
 )
-from pipeline.records import Invalid, default_id, kind_of
+from pipeline.records import Invalid, is_default_id, kind_of
 
 GEMINI_KNOWN = {"contents", "systemInstruction", "generationConfig", "tools", "toolConfig",
                 "safetySettings", "cachedContent", "model", "labels"}
@@ -294,7 +294,7 @@ def gemini_line(row: dict[str, Any]) -> dict[str, Any]:
     google.rpc.Status); one without (Vertex AI's form) gets Vertex's `{status: "" or the error,
     processed_time, response}`, with `key` set to the row's derived id (the request itself is not
     echoed)."""
-    vertex = row["custom_id"] == default_id(row["source_file"], row["source_line"])
+    vertex = is_default_id(row["custom_id"], row["source_line"])
     line: dict[str, Any] = {"key": row["custom_id"]}
     if vertex:
         done = row.get("finished_at")

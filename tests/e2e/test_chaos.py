@@ -1,5 +1,6 @@
-"""The fast subset of `make chaos`: a few rounds of kills, two writers, dry runs during a run and
-a full disk over fuzzed, partitioned inputs; no line may be lost or get two rows."""
+"""The fast subset of `make chaos`: a few rounds of kills, two writers, dry runs during a run, a
+full disk, SIGTERM/SIGINT while reading, and files whose names display alike, over fuzzed,
+partitioned inputs; no line may be lost or get two rows."""
 
 import chaos
 
@@ -10,3 +11,5 @@ def test_chaos_fast_subset():
     assert result["rows out"] == result["rows in"] and result["debris files"] == 0, result
     assert result["foreign files lost"] == 0 and result["final exit"] == 0, result
     assert result["runs"] >= 9 and result["error rows"] > 0 and result["kills"] >= 1, result
+    assert result["round signal"] >= 1 and result["colliding duplicated"] == 0, result
+    assert result["colliding rows out"] == result["colliding rows in"] > 0, result

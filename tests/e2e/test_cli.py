@@ -3,7 +3,7 @@
 import json
 
 import click
-from conftest import chat_line, invoke, read_output, write_jsonl
+from conftest import chat_line, invoke, read_output, source, write_jsonl
 
 from pipeline.cli import cli
 
@@ -207,7 +207,7 @@ def test_openai_format_with_n_and_tool_calls(tmp_path):
     assert body["usage"]["completion_tokens"] == 4
 
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-    req = parse_row(chat_line("t", "weather in Paris?", tools=[tool], n=2), source_file="f", line=1, ctx=Context())
+    req = parse_row(chat_line("t", "weather in Paris?", tools=[tool], n=2), source=source("f"), line=1, ctx=Context())
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
     result = Result(0, [{"index": 0, "content": None, "tool_calls": [call], "finish_reason": "tool_calls", "logprobs": None},
                         {"index": 1, "content": "sunny", "tool_calls": None, "finish_reason": "stop", "logprobs": None}],

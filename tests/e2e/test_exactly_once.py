@@ -7,6 +7,8 @@ import http.server
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from conftest import (
     REPO,
     chat_line,
@@ -468,3 +471,317 @@ def test_validate_counts_unknown_fields_within_bounds(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     res = invoke("validate", src)
     assert res.exit_code == 0 and "(+980 more names)" in res.output
+
+
+# ---- interruptions: SIGTERM and SIGINT at any moment -------------------------------------------
+def signal_while_reading(proc, path: Path, sig, past=1 << 20):
+    """Send `sig` once `proc` has read `past` bytes of `path` in a read that is not done yet."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == str(path):
+                    pos = int(Path(f"/proc/{proc.pid}/fdinfo/{fd.name}").read_text().split()[1])
+                    if past < pos < path.stat().st_size:
+                        proc.send_signal(sig)
+                        return
+            except (OSError, ValueError, IndexError):
+                pass
+        time.sleep(0.01)
+    raise AssertionError("the file was not being read")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_file_is_read_stops_the_run_and_the_rerun_finishes_it(tmp_path, sig):
+    """Rows with millions of blank lines between them: the reader is busy for seconds. The signal
+    must stop the run (exit 3, no _SUCCESS), never turn the rest of the file into an error row."""
+    src = tmp_path / "in.jsonl"
+    with src.open("wb") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in lines(10)).encode())
+        f.write(b"\n" * 12_000_000)
+        f.write("".join(json.dumps(r) + "\n" for r in lines(10, prefix="s")).encode())
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,
+                             "--order", "input"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    signal_while_reading(proc, src, sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    assert "interrupted" in stderr and not (out / "_SUCCESS").exists()
+    res = cli("run", src, "-o", out, *FAKE)
+    assert res.returncode == 0, res.stderr
+    df = read_output(out)
+    assert df["error"].is_null().all() and sorted(df["custom_id"]) == sorted(
+        [f"r{i}" for i in range(10)] + [f"s{i}" for i in range(10)])
+
+
+def test_a_second_signal_during_the_flush_is_ignored(tmp_path):
+    n = 60
+    src = write_jsonl(tmp_path / "in.jsonl", lines(n))
+    out = tmp_path / "out"
+    proc = slow_run(src, out, delay="0.2")
+    wait_for_commit(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    res = cli("run", src, "-o", out, *FAKE)
+    assert res.returncode == 0, res.stderr
+    df = read_output(out)
+    assert df.height == n and df["custom_id"].n_unique() == n
+
+
+# ---- inputs that display alike are still two inputs ---------------------------------------------
+def bare_lines(n):
+    """Request bodies without a custom_id: their ids are derived from their file and line."""
+    return [chat_line("x", f"question {i}")["body"] for i in range(n)]
+
+
+def test_names_that_display_alike_keep_their_own_resume_state_after_kill_9(tmp_path):
+    """caf\\xe9 and caf\\xe8 both display as caf\ufffd.jsonl: a kill -9 and a rerun lose nothing, and
+    their derived ids differ."""
+    folder = os.fsencode(tmp_path / "in")
+    os.mkdir(folder)
+    for name in (b"caf\xe9.jsonl", b"caf\xe8.jsonl"):
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in bare_lines(20)))
+    out = tmp_path / "out"
+    proc = slow_run(tmp_path / "in", out, "--order", "input")
+    wait_for_commit(out, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < sum(r["rows"] for r in committed_records(out)) < 40
+    res = cli("run", tmp_path / "in", "-o", out, *FAKE)
+    assert res.returncode == 0, res.stderr
+    df = read_output(out)
+    assert df.height == 40 and df["custom_id"].n_unique() == 40 and df["error"].is_null().all()
+    assert sorted(df["source_line"].to_list()) == sorted(list(range(1, 21)) * 2)
+    assert sum(r["rows"] for r in committed_records(out)) == 40
+
+
+def test_two_files_may_use_the_same_ids_and_names_that_redact_alike(tmp_path):
+    """batch?sig=1 and batch?sig=2 display alike (the signature is redacted); both use r0..r9."""
+    (tmp_path / "in").mkdir()
+    for name in ("batch?sig=1.jsonl", "batch?sig=2.jsonl"):
+        write_jsonl(tmp_path / "in" / name, lines(10))
+    res = invoke("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE, "--checkpoint-every", "100")
+    assert res.exit_code == 0, res.output
+    df = read_output(tmp_path / "out")
+    assert df.height == 20 and df["error"].is_null().all()
+    [record] = committed_records(tmp_path / "out")
+    assert record["rows"] == 20 and record["keys"] == {"0": [[1, 10]], "1": [[1, 10]]}
+
+
+# ---- http inputs: signed URLs, no ETag, credentials ------------------------------------------------
+@pytest.mark.parametrize("query", ["X-Amz-Expires=3600&X-Amz-Signature=abc123", "sv=2024&se=2030-01-01&sig=abc%2B"])
+def test_presigned_and_sas_urls_are_inputs(tmp_path, http_server, query):
+    handler, base = http_server
+    handler.body = "".join(json.dumps(r) + "\n" for r in lines(3)).encode()
+    res = invoke("run", f"{base}/a.jsonl?{query}", "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 0, res.output
+    df = read_output(tmp_path / "out")
+    assert df.height == 3 and "abc" not in "".join(df["source_file"])
+
+
+def test_the_query_redaction_keeps_what_follows_the_url():
+    from pipeline.storage import redact
+
+    assert redact("no input files in https://h/a.jsonl?sig=abc: expected") == \
+        "no input files in https://h/a.jsonl?sig=***: expected"
+
+
+def test_an_http_input_without_etag_that_changed_is_refused(tmp_path, http_server):
+    """The server sends neither ETag nor Last-Modified: the content digest says it changed."""
+    handler, base = http_server
+    handler.body = "".join(json.dumps(chat_line(f"r{i}", "old version")) + "\n" for i in range(4)).encode()
+    assert invoke("run", f"{base}/a.jsonl", "-o", tmp_path / "out", *FAKE).exit_code == 0
+    handler.body = handler.body.replace(b"old", b"new")  # the same size
+    res = invoke("run", f"{base}/a.jsonl", "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 1 and "changed: inputs" in res.output, res.output
+
+
+def test_url_credentials_are_never_written_or_printed(tmp_path, http_server):
+    handler, base = http_server
+    handler.body = "".join(json.dumps(r) + "\n" for r in lines(3)).encode()
+    url = base.replace("http://", "http://alice:Sup3rSecretPw@") + "/a.jsonl"
+    out = tmp_path / "out"
+    res = invoke("run", url, "-o", out, *FAKE, "--metrics-file", tmp_path / "metrics.prom")
+    assert res.exit_code == 0, res.output
+    assert "Sup3rSecretPw" not in res.output
+    for path in [*out.rglob("*"), tmp_path / "metrics.prom"]:
+        assert not path.is_file() or b"Sup3rSecretPw" not in path.read_bytes(), path
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert "http://***@127.0.0.1" in manifest["attempts"][0]["command"]
+    res = invoke("status", out, "--json")
+    assert "Sup3rSecretPw" not in res.output
+
+
+@pytest.mark.parametrize(("make", "says"), [(os.mkfifo, "not a regular file"),
+                                            (lambda p: os.symlink(p.name, p), "Too many levels of symbolic links")])
+def test_a_fifo_or_a_link_loop_in_an_input_folder_is_an_error_row_not_a_hang(tmp_path, make, says):
+    (tmp_path / "in").mkdir()
+    write_jsonl(tmp_path / "in" / "a.jsonl", lines(3))
+    make(tmp_path / "in" / "b.jsonl")
+    res = cli("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE, timeout=60)
+    assert res.returncode == 0, res.stderr
+    df = read_output(tmp_path / "out")
+    errors = df.filter(df["error"].is_not_null())["error"].to_list()
+    assert df.height == 4 and len(errors) == 1 and errors[0]["code"] == "unreadable_file"
+    assert says in errors[0]["message"]
+
+
+# ---- one writer across pid namespaces and clocks ----------------------------------------------------
+def free_pid():
+    """A pid that no process outside a new pid namespace has now."""
+    limit = int(Path("/proc/sys/kernel/pid_max").read_text())
+    return next(p for p in range(limit - 200, 300, -1) if not Path(f"/proc/{p}").exists() and not Path(f"/proc/{p + 1}").exists())
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+def test_a_live_run_in_another_pid_namespace_keeps_its_lease(tmp_path):
+    """Same host name and boot, another pid namespace (a container with the host's network): the
+    holder's pid means nothing here, so the second run must not take over a live run."""
+    n = 40
+    src = write_jsonl(tmp_path / "in.jsonl", lines(n))
+    out = tmp_path / "out"
+    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,
+                      "--checkpoint-every", "5", "--max-in-flight", "4", "--engine-option", "step_delay=0.2"])
+    # its pid there is one that is free here (the next after ns_last_pid)
+    script = f"echo {free_pid()} > /proc/sys/kernel/ns_last_pid; {run}; exit $?"
+    first = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_commit(out, first)
+    holder = json.loads(max((out / "_lease").glob("*.json")).read_text())
+    assert not Path(f"/proc/{holder['pid']}").exists()  # the test means something
+    second = cli("run", src, "-o", out, *FAKE)
+    assert second.returncode == 3 and "being written by another run" in second.stderr, second.stderr
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stdout + stderr
+    df = read_output(out)
+    assert df.height == n and df["custom_id"].n_unique() == n
+
+
+def test_a_holder_whose_clock_is_behind_is_not_taken_for_dead(tmp_path):
+    """Run A on "another host" whose clock is 120 s behind; run B here 1 s later must see a live
+    run (exit 3), and A must finish (exit 0)."""
+    n = 40
+    src = write_jsonl(tmp_path / "in.jsonl", lines(n))
+    out = tmp_path / "out"
+    skewed = ("import socket, sys, time; real = time.time; time.time = lambda: real() - 120; "
+              "socket.gethostname = lambda: 'other-host'; sys.argv[0] = 'pipeline'; "
+              "from pipeline.cli import main; main()")
+    first = subprocess.Popen([sys.executable, "-c", skewed, "run", str(src), "-o", str(out), *FAKE,
+                              "--checkpoint-every", "5", "--max-in-flight", "4", "--engine-option", "step_delay=0.2"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_commit(out, first)
+    time.sleep(1)
+    second = cli("run", src, "-o", out, *FAKE)
+    assert second.returncode == 3 and "on other-host" in second.stderr, second.stderr
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stdout + stderr
+    assert read_output(out)["custom_id"].n_unique() == n
+
+
+# ---- full and read-only disks, damaged and edited output folders -----------------------------------
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+
+
+def in_mount_namespace(script: str) -> str:
+    """Run a shell script in a mount namespace of its own (tmpfs mounts vanish with it)."""
+    res = subprocess.run(["unshare", "--mount", "sh", "-c", script], cwd=REPO, capture_output=True,
+                         text=True, timeout=180)
+    return res.stdout + res.stderr
+
+
+@needs_root
+def test_a_full_disk_at_lease_creation_leaves_no_lease_behind(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", lines(3))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(disk / "out"), *FAKE])
+    got = in_mount_namespace(
+        f"mount -t tmpfs -o size=64k tmpfs {disk}; mkdir -p {disk}/out/_lease {disk}/out/_commits; "
+        f"dd if=/dev/zero of={disk}/fill bs=1k 2>/dev/null; {run}; echo first=$?; "
+        f"ls -A {disk}/out/_lease; rm {disk}/fill; {run}; echo second=$?")
+    assert "first=3" in got and "second=0" in got, got
+    assert "1.json" not in got.split("first=3")[1].split("second=")[0].split("requests:")[0], got
+    assert "Traceback" not in got and "another run" not in got
+
+
+@needs_root
+def test_a_new_output_folder_on_a_read_only_disk_is_a_clear_error(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", lines(3))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(disk / "out"), *FAKE])
+    got = in_mount_namespace(f"mount -t tmpfs -o ro,size=64k tmpfs {disk}; {run}; echo rc=$?")
+    assert "rc=3" in got and "Read-only file system" in got and "Traceback" not in got, got
+
+
+@pytest.mark.parametrize("damage", ["empty", "missing", "cut"])
+def test_report_on_a_damaged_committed_part_is_a_clear_error(tmp_path, damage):
+    src = write_jsonl(tmp_path / "in.jsonl", lines(30))
+    out = tmp_path / "out"
+    assert invoke("run", src, "-o", out, *FAKE).exit_code == 0
+    part = next(out.glob("part-*.parquet"))
+    if damage == "missing":
+        part.unlink()
+    else:
+        part.write_bytes(part.read_bytes()[:500] if damage == "cut" else b"")
+    res = CliRunner().invoke(cli_group(), ["report", str(out)])
+    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit), res.output
+    assert f"committed part {part}" in res.output and "changed by something else" in res.output
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("_lease/1.json", {"heartbeat": None, "started": "x", "timeout": "soon", "pid": "?", "host": 3}),
+    ("_commits/{attempt}-00001.json", {}),
+    ("_manifest.json", None),  # "attempts": null
+])
+def test_hand_edited_lease_commit_and_manifest_files_give_clear_errors(tmp_path, name, content):
+    src = write_jsonl(tmp_path / "in.jsonl", lines(3))
+    out = tmp_path / "out"
+    assert invoke("run", src, "-o", out, *FAKE).exit_code == 0
+    (out / "_SUCCESS").unlink()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    if name == "_manifest.json":
+        manifest["attempts"] = None
+        content = manifest
+    (out / name.format(attempt=manifest["attempts"] and manifest["attempts"][0]["id"])).write_text(json.dumps(content))
+    for args in (["status", out], ["run", src, "-o", out, *FAKE]):
+        res = CliRunner().invoke(cli_group(), [str(a) for a in args])
+        assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+        if name.startswith("_lease"):  # held until it is older than the timeout
+            assert args[0] == "status" or (res.exit_code == 3 and "pid ? on 3, started ?" in res.output), res.output
+        else:
+            assert res.exit_code == 1 and "changed by something else" in res.output, res.output
+
+
+def cli_group():
+    from pipeline.cli import cli as group
+
+    return group
+
+
+def test_a_signal_while_an_engine_starts_leaves_no_engine_behind(tmp_path):
+    """The signal lands the moment a worker process has started: the worker must be stopped
+    with the run, never left waiting for work while the run waits for it at exit."""
+    script = """
+import multiprocessing.context, os, signal, sys
+from pipeline import exits
+from pipeline.engines.base import EngineSpec
+from pipeline.engines.local import LocalPool
+
+start = multiprocessing.context.SpawnProcess.start
+def start_then_signal(self):
+    start(self)
+    os.kill(os.getpid(), signal.SIGTERM)
+multiprocessing.context.SpawnProcess.start = start_then_signal
+exits.install_handlers()
+try:
+    LocalPool(EngineSpec("fake", "smollm2"), [{}])
+except exits.Interrupted:
+    print("interrupted", multiprocessing.active_children())
+"""
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "interrupted []" in res.stdout, res.stdout + res.stderr

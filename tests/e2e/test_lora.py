@@ -10,7 +10,7 @@ import json
 import os
 
 import pytest
-from conftest import MODEL, chat_line, invoke, read_output, write_jsonl
+from conftest import MODEL, chat_line, invoke, read_output, source, write_jsonl
 
 from pipeline.intake.requests import Context, parse_row
 from pipeline.models.adapters import adapter_rank, load_adapters, lora_engine_args
@@ -77,7 +77,7 @@ def test_requests_name_an_adapter_directly_or_through_a_route():
 
     def adapter_of(model):
         body = {"messages": [{"role": "user", "content": "x"}], **({"model": model} if model else {})}
-        return parse_row({"custom_id": "a", "body": body}, source_file="f", line=1, ctx=ctx).adapter
+        return parse_row({"custom_id": "a", "body": body}, source=source("f"), line=1, ctx=ctx).adapter
 
     assert adapter_of("bot2") == "bot2"
     assert adapter_of("ft:gpt-4o-mini-2024-07-18:acme:support-bot:x1") == "bot1"

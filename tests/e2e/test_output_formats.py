@@ -10,7 +10,7 @@ import shutil
 from datetime import datetime, timezone
 
 import pytest
-from conftest import REPO, chat_line, invoke, read_output, write_jsonl
+from conftest import REPO, chat_line, invoke, read_output, source, write_jsonl
 
 from pipeline.engines.base import Result
 from pipeline.intake.requests import Context, parse_row
@@ -269,7 +269,7 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", 
 
 
 def tool_row(req_line, n=1):
-    req = parse_row(req_line, source_file="f.jsonl", line=1, ctx=Context())
+    req = parse_row(req_line, source=source("f.jsonl"), line=1, ctx=Context())
     choices = [{"index": i, "content": None, "tool_calls": [CALL], "finish_reason": "tool_calls", "logprobs": None}
                for i in range(n)]
     return result_row(req, Result(0, choices, 12, 7, 0), "m", None)

@@ -82,3 +82,56 @@ def test_redact_removes_credentials():
     assert redact("s3://AKIA:secret@bucket/x") == "s3://***@bucket/x"
     assert "hunter2" not in redact("https://host/f.jsonl?sig=hunter2&X-Amz-Credential=abc")
     assert redact("https://host/f.jsonl?page=2") == "https://host/f.jsonl?page=2"
+
+
+def csv_with_bad_bytes(path, rows, bad):
+    """A CSV of `rows` records (q, n), where the records numbered in `bad` hold a latin-1 byte."""
+    path.write_bytes(b"q,n\n" + b"".join((b"caf\xe9 %d" if i in bad else b"row %d") % i + b",%d\n" % i
+                                         for i in range(1, rows + 1)))
+    return path
+
+
+@pytest.mark.parametrize("block", [1 << 22, 1 << 12])  # the bad records in the first block, or later ones
+def test_csv_bad_bytes_cost_their_own_rows_anywhere_in_the_file(tmp_path, monkeypatch, block):
+    from pipeline.intake import reader
+
+    monkeypatch.setattr(reader, "CSV_BLOCK", block)
+    path = csv_with_bad_bytes(tmp_path / "t.csv", 2000, {5, 1500})
+    got = rows_of(path, raw=True)
+    assert [line for _, line, _ in got] == list(range(1, 2001))
+    errors = {line: (row.code, row.param) for _, line, row in got if isinstance(row, FailedRequest)}
+    assert errors == {5: ("invalid_utf8", "q"), 1500: ("invalid_utf8", "q")}
+    assert all(row == {"q": f"row {line}", "n": line} for _, line, row in got if line not in errors)
+
+
+def test_a_table_that_breaks_mid_way_gives_its_rows_before_the_break(tmp_path, monkeypatch):
+    from pipeline.intake import reader
+
+    monkeypatch.setattr(reader, "CSV_BLOCK", 1 << 12)
+    path = tmp_path / "t.csv"  # n is inferred as an integer from the first block; a later one is not
+    path.write_bytes(b"q,n\n" + b"".join(b"row %d,%d\n" % (i, i) for i in range(1, 2001)) + b"x,not a number\n")
+    [f] = list_inputs([str(path)])
+    got = list(read_all([f], [reader.scan(f)], raw=True))  # as a run reads it: scanned first
+    *fine, (_, line, broken) = got
+    assert [row for _, _, row in fine] == [{"q": f"row {i}", "n": i} for i in range(1, len(fine) + 1)]
+    assert len(fine) > 1000 and broken.code == "unreadable_file" and line == len(fine) + 1
+
+
+@pytest.mark.parametrize("where", ["scan", "read_rows"])
+def test_an_interruption_while_a_file_is_read_is_never_an_unreadable_file(tmp_path, monkeypatch, where):
+    from pipeline import exits
+    from pipeline.intake import reader
+
+    [f] = list_inputs([str(write_rows(tmp_path / "a.jsonl"))])
+
+    def interrupted(*args):
+        raise exits.Interrupted()
+
+    monkeypatch.setattr(reader, "_decompressed" if where == "scan" else "decode_line", interrupted)
+    with pytest.raises(exits.Interrupted):
+        reader.scan(f) if where == "scan" else list(reader.read_rows(f))
+
+
+def write_rows(path):
+    path.write_text(json.dumps(ROW) + "\n")
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, invoke, read_output, wait_for_commit, write_jsonl
+from conftest import REPO, invoke, read_output, source, wait_for_commit, write_jsonl
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
 SCHEMA = {
@@ -216,6 +216,31 @@ def test_validate_estimate_and_dry_run_on_a_templated_csv(tmp_path):
     assert t.column("source_line").to_pylist() == [1, 2, 3]
 
 
+def test_a_latin1_byte_in_a_csv_costs_its_row_never_the_prompts_of_the_others(tmp_path):
+    src = tmp_path / "t.csv"
+    src.write_bytes(b"q\n" + b"".join(b"caf\xe9\n" if i == 5 else b"row %d\n" % i for i in range(1, 51)))
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--template-user", "Q: {{ q }}")
+    assert res.exit_code == 0, res.output
+    rows = {r["source_line"]: r for r in by_line(tmp_path / "out").to_dicts()}
+    assert sorted(rows) == list(range(1, 51))
+    assert rows[5]["error"]["code"] == "invalid_utf8" and rows[5]["error"]["line"] == 5
+    assert all(rows[i]["content"] == f"Q: row {i}" for i in rows if i != 5)
+
+
+def test_an_interruption_while_a_row_is_rendered_is_never_a_template_error():
+    from pipeline import exits
+    from pipeline.intake.requests import Context
+    from pipeline.intake.templates import TemplateSpec
+
+    class Interrupting:
+        def __str__(self):
+            raise exits.Interrupted()  # as the signal handler does, wherever the main thread is
+
+    spec = TemplateSpec.from_values({"template_user": "{{ q }}"})
+    with pytest.raises(exits.Interrupted):
+        list(spec.render_rows([(source("f"), 1, {"q": Interrupting()})], Context()))
+
+
 def test_job_file_with_sample_mapping(tmp_path):
     src = write_jsonl(tmp_path / "t.jsonl", [{"q": "a b c"}])
     job = tmp_path / "job.yaml"
@@ -403,7 +428,7 @@ def test_earlier_turns_from_a_template(tmp_path):
     from pipeline.intake.templates import TemplateSpec
 
     spec = TemplateSpec.from_values({"template_user": "{{ q }}", "template_system": "S", "template_turns": turns})
-    [req] = list(spec.render_rows([("f", 1, {"q": "x", "ex_q": "y", "ex_a": "z"})], Context()))
+    [req] = list(spec.render_rows([(source("f"), 1, {"q": "x", "ex_q": "y", "ex_a": "z"})], Context()))
     assert [m["role"] for m in req.messages] == ["system", "user", "assistant", "user"]
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import source
 
 from pipeline.intake.requests import Context, parse_row
 
@@ -14,7 +15,7 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
 
 def request(**body):
     row = {"messages": [{"role": "user", "content": "weather in Paris?"}], "tools": [WEATHER], **body}
-    req = parse_row(row, source_file="f", line=1, ctx=Context())
+    req = parse_row(row, source=source("f"), line=1, ctx=Context())
     return req, vllm_engine.chat_request(req)
 
 

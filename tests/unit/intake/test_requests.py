@@ -1,9 +1,10 @@
 """Validation: one raw row → a Request or a FailedRequest that says what, where and how to fix."""
 
 import pytest
+from conftest import source
 
 from pipeline.intake.requests import Context, parse_row, validate_rows
-from pipeline.records import FailedRequest, Request
+from pipeline.records import FailedRequest, Request, Source
 
 CTX = Context(model_names=frozenset({"m"}))
 
@@ -13,7 +14,7 @@ def body(**kw):
 
 
 def parse(row, ctx=CTX):
-    return parse_row(row, source_file="f.jsonl", line=7, ctx=ctx)
+    return parse_row(row, source=source("f.jsonl"), line=7, ctx=ctx)
 
 
 def test_batch_line_shape():
@@ -25,7 +26,7 @@ def test_batch_line_shape():
 def test_bare_body_without_id_gets_stable_id():
     a, b = parse(body()), parse(body())
     assert isinstance(a, Request) and a.custom_id == b.custom_id
-    other = parse_row(body(), source_file="g.jsonl", line=7, ctx=CTX)
+    other = parse_row(body(), source=source("g.jsonl"), line=7, ctx=CTX)
     assert other.custom_id != a.custom_id
 
 
@@ -129,10 +130,10 @@ def test_tools_and_named_choice():
 
 def test_duplicate_ids_and_passthrough_errors():
     rows = [
-        ("f", 1, {"custom_id": "a", **body()}),
-        ("f", 2, {"custom_id": "a", **body()}),
-        ("f", 3, FailedRequest("x", "f", 3, "invalid_json", "bad")),
-        ("f", 4, body()),
+        (source("f"), 1, {"custom_id": "a", **body()}),
+        (source("f"), 2, {"custom_id": "a", **body()}),
+        (source("f"), 3, FailedRequest("x", "f", 3, "invalid_json", "bad")),
+        (source("f"), 4, body()),
     ]
     out = list(validate_rows(rows, CTX))
     assert isinstance(out[0], Request)
@@ -141,9 +142,26 @@ def test_duplicate_ids_and_passthrough_errors():
     assert isinstance(out[3], Request)
 
 
+def test_custom_ids_are_unique_per_file_not_per_run():
+    """Two files may both use request-1; inside one file it stays a duplicate."""
+    a, b = source("a.jsonl", 0), source("a.jsonl", 1)  # two files that display alike
+    rows = [(a, 1, {"custom_id": "request-1", **body()}), (b, 1, {"custom_id": "request-1", **body()}),
+            (b, 2, {"custom_id": "request-1", **body()})]
+    out = list(validate_rows(rows, CTX))
+    assert [isinstance(o, Request) for o in out] == [True, True, False]
+    assert out[2].code == "duplicate_custom_id" and (out[2].file, out[2].line) == (1, 2)
+    assert [o.file for o in out] == [0, 1, 1]
+
+
+def test_derived_ids_come_from_the_file_identity_not_its_name():
+    one, two = Source(0, "caf\ufffd.jsonl", "file:///in/caf\udce9.jsonl"), Source(1, "caf\ufffd.jsonl", "file:///in/caf\udce8.jsonl")
+    ids = {parse_row(body(), source=s, line=1, ctx=CTX).custom_id for s in (one, two)}
+    assert len(ids) == 2
+
+
 def test_shape_is_detected_per_file():
     batch = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body()}
-    out = list(validate_rows([("f", 1, batch), ("f", 2, body())], CTX))
+    out = list(validate_rows([(source("f"), 1, batch), (source("f"), 2, body())], CTX))
     assert isinstance(out[0], Request)
     assert out[1].code == "invalid_url"  # a bare body in a batch-format file
 
@@ -155,3 +173,17 @@ def test_seen_ids_is_exact_through_growth():
     assert [seen.add(f"id-{i}") for i in range(5000)] == [False] * 5000
     assert all(seen.add(f"id-{i}") for i in range(0, 5000, 7))
     assert not seen.add("id-5000") and seen.count == 5001 and len(seen.table) <= 4 * 5001
+
+
+def test_an_interruption_while_a_row_is_validated_is_never_an_error_row(monkeypatch):
+    """The signal handler raises wherever the main thread is: "a bug of ours costs one row"
+    must not catch it."""
+    from pipeline import exits
+    from pipeline.intake import requests
+
+    def interrupted(row):
+        raise exits.Interrupted()
+
+    monkeypatch.setattr(requests, "detect", interrupted)
+    with pytest.raises(exits.Interrupted):
+        parse(body())

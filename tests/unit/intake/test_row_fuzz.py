@@ -7,7 +7,7 @@ import math
 
 import pyarrow as pa
 import pytest
-from conftest import chat_line
+from conftest import chat_line, source
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +54,7 @@ def test_any_bytes_decode_to_a_value_or_a_problem(data):
 @FAST
 @given(values)
 def test_any_value_gives_one_request_or_one_error(value):
-    check_one(parse_row(value, source_file="f.jsonl", line=1, ctx=CTX))
+    check_one(parse_row(value, source=source("f.jsonl"), line=1, ctx=CTX))
 
 
 @FAST
@@ -67,13 +67,13 @@ def test_any_field_of_a_valid_request_replaced_by_anything(field, value, batch):
         row = {"custom_id": row["custom_id"], **row["body"]}
         target = row
     target[field] = value
-    check_one(parse_row(row, source_file="f.jsonl", line=1, ctx=CTX))
+    check_one(parse_row(row, source=source("f.jsonl"), line=1, ctx=CTX))
 
 
 @FAST
 @given(st.lists(st.one_of(values, st.builds(lambda: chat_line("same", "x"))), max_size=8))
 def test_a_stream_gives_one_item_per_row(rows):
-    items = list(validate_rows((("f.jsonl", i + 1, r) for i, r in enumerate(rows)), CTX))
+    items = list(validate_rows(((source(), i + 1, r) for i, r in enumerate(rows)), CTX))
     assert [i.line for i in items] == list(range(1, len(rows) + 1))
     for i, item in enumerate(items):
         check_one(item, line=i + 1)
@@ -86,7 +86,7 @@ def test_bytes_through_reader_and_validator(data):
     if isinstance(value, Problem):
         item = FailedRequest.of(value, "x-1", "f.jsonl", 1)
     else:
-        item = parse_row(value, source_file="f.jsonl", line=1, ctx=CTX)
+        item = parse_row(value, source=source("f.jsonl"), line=1, ctx=CTX)
     check_one(item)
 
 
@@ -115,7 +115,7 @@ def body(**fields):
     ({**body(), "\ud800": 1}, "invalid_utf8", None),
 ])
 def test_rows_that_used_to_stop_the_job(row, code, param):
-    item = parse_row(row, source_file="f.jsonl", line=3, ctx=CTX)
+    item = parse_row(row, source=source("f.jsonl"), line=3, ctx=CTX)
     assert isinstance(item, FailedRequest), item
     assert (item.code, item.param) == (code, param), item.message
     check_one(item, line=3)
@@ -133,7 +133,7 @@ def test_lines_that_used_to_stop_the_job(data, code):
 
 
 def test_integral_floats_are_integers():
-    item = parse_row(body(max_tokens=5.0, n=2.0, seed=3.0, top_k=40.0), source_file="f", line=1, ctx=CTX)
+    item = parse_row(body(max_tokens=5.0, n=2.0, seed=3.0, top_k=40.0), source=source("f"), line=1, ctx=CTX)
     assert isinstance(item, Request), item
     assert item.params["max_tokens"] == 5 and isinstance(item.params["max_tokens"], int)
     assert item.n == 2 and item.params["seed"] == 3 and item.params["top_k"] == 40
@@ -141,7 +141,7 @@ def test_integral_floats_are_integers():
 
 def test_unknown_fields_stay_bounded():
     row = body(**{f"field_{i}_" + "x" * 200: i for i in range(10_000)})
-    item = parse_row(row, source_file="f", line=1, ctx=CTX)
+    item = parse_row(row, source=source("f"), line=1, ctx=CTX)
     assert isinstance(item, Request)
     assert len(item.unknown_fields) == 20 and max(map(len, item.unknown_fields)) <= 64
     assert sum(map(len, item.warnings)) < 500 and "(+9995 more)" in item.warnings[0]

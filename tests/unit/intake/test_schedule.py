@@ -69,6 +69,26 @@ def test_every_item_once_errors_first_documents_together(tmp_path_factory, d, q,
     assert os.listdir(spill) == []  # spilled runs are removed once read
 
 
+def test_spilled_runs_have_no_name_on_disk_so_a_kill_leaves_none(tmp_path):
+    rows = docs_workload(6, 5, 1, 0)
+    ordered = PrefixOrder(iter(rows), buffer=4, spill_dir=str(tmp_path))
+    ordered._thread.join()
+    assert len(ordered.runs) > 2 and os.listdir(tmp_path) == []  # what SIGKILL now would leave
+    assert len(list(ordered)) == len(rows)
+
+
+def test_a_full_spill_disk_stops_the_run_resumably(tmp_path, monkeypatch):
+    from pipeline.intake import order
+    from pipeline.storage import StorageError
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(order.pickle, "dump", full)
+    with pytest.raises(StorageError, match="No space left on device.*TMPDIR"):
+        list(PrefixOrder(iter(docs_workload(6, 5, 1, 0)), buffer=4, spill_dir=str(tmp_path)))
+
+
 texts = st.text(alphabet="ab", min_size=0, max_size=6).map(lambda s: "".join(c * BLOCK_CHARS for c in s))
 
 

@@ -5,6 +5,7 @@ documentation of its batch input line."""
 import json
 
 import pytest
+from conftest import source
 
 from pipeline.intake.reader import read_all
 from pipeline.intake.requests import Context, parse_row, validate_rows
@@ -17,7 +18,7 @@ USER = [{"role": "user", "content": "hi"}]
 
 
 def parse(row):
-    return parse_row(row, source_file="f.jsonl", line=1, ctx=CTX)
+    return parse_row(row, source=source("f.jsonl"), line=1, ctx=CTX)
 
 
 def ok(row) -> Request:
@@ -34,7 +35,7 @@ def err(row, code) -> FailedRequest:
 
 
 def stream(*rows):
-    return list(validate_rows([("f.jsonl", i + 1, r) for i, r in enumerate(rows)], CTX))
+    return list(validate_rows([(source(), i + 1, r) for i, r in enumerate(rows)], CTX))
 
 
 # --- OpenAI Batch: Azure's URL forms, Together's form ---------------------------------------
