@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from pipeline import options
-from pipeline.engines.base import KINDS, EngineSpec
+from pipeline.engines.base import KINDS, EngineSpec, default_kv_block_tokens
 from pipeline.exits import UserError
 from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.order import order
@@ -125,7 +125,12 @@ class Job:
 
     def ordered(self, items: Iterable[Request | FailedRequest]) -> Iterable[Request | FailedRequest]:
         """`items` in the order a run takes them (--order): the one decision run and estimate share."""
-        return order(items, self.cfg.order, buffer=self.cfg.order_buffer)
+        return order(items, self.cfg.order, buffer=self.cfg.order_buffer, kv_block_tokens=self.kv_block_tokens())
+
+    def kv_block_tokens(self) -> int:
+        """The engines' KV cache block size: --block-size (or --engine-arg block_size), else the
+        installed vLLM build's default."""
+        return self.cfg.engine_args().get("block_size") or default_kv_block_tokens()
 
     def total(self) -> int | None:
         """The rows the job takes, where every file's scan counted them."""

@@ -198,9 +198,10 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("tensor_parallel_size", "vLLM: GPUs per engine (for models that do not fit on one GPU).",
         Int1, engine=True),
     Opt("max_num_seqs", "vLLM: most sequences in one engine step.", Int1, engine=True),
-    Opt("block_size", {RUN: "vLLM: tokens per KV cache block (default: 16 on GPU, 128 on the CPU build).",
+    Opt("block_size", {RUN: "vLLM: tokens per KV cache block (default: 16 on GPU, 128 on the CPU build); --order auto judges prefix reuse in these blocks.",
                        ESTIMATE: "Tokens per KV cache block of the run, for the prompt tokens computed "
-                                 "after prefix reuse (default 16, vLLM's on GPU; 128 on the CPU build)."},
+                                 "after prefix reuse and --order auto's decision (default: the installed "
+                                 "vLLM build's, 16 on GPU, 128 on the CPU build)."},
         Int1, commands=frozenset({RUN, ESTIMATE}), engine=True),
     Opt("max_num_batched_tokens", "vLLM: most tokens in one engine step.", Int1, engine=True),
     Opt("enable_prefix_caching", "vLLM: reuse KV cache across shared prompt prefixes.", pair=True,

@@ -157,7 +157,7 @@ def estimate(job: Job) -> dict[str, Any]:
         click.echo(f"warning: {cfg.calibrate_from} is a run of {report['model']}, not {job.model_name}", err=True)
     counter = PromptCounter(cfg.model, max_model_len=cfg.max_model_len, tokenizer=cfg.tokenizer,
                             trust_remote_code=cfg.trust_remote_code)
-    workers, block_size = cfg.workers or cpu_count(), cfg.block_size or 16
+    workers, block_size = cfg.workers or cpu_count(), job.kv_block_tokens()
     tallies, total, routes = [Tally() for _ in job.files], Tally(), {}
     ordered = job.ordered(job.rows())
     # a calibrating trial run (--limit) took only some rows: its ratio is against their bound

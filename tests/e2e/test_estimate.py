@@ -434,7 +434,8 @@ def test_cost_arithmetic(tmp_path):
     """Prices, ratio, throughput and GPU price from the command line, against hand-computed figures."""
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "Hi", max_tokens=100), chat_line("b", "Hello there", max_tokens=300, n=2)])
     res = invoke("estimate", src, "-m", "smollm2", "--json", "--price-input", "1", "--price-output", "4",
-                 "--completion-ratio", "0.25", "--tokens-per-second", "1000", "--gpu-hour-usd", "3", "--workers", "1")
+                 "--completion-ratio", "0.25", "--tokens-per-second", "1000", "--gpu-hour-usd", "3", "--workers", "1",
+                 "--block-size", "16")
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     p = r["prompt_tokens"]

@@ -166,7 +166,8 @@ def test_estimate_counts_each_shared_block_once(tmp_path):
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"custom_id": f"c{r.line}", "body": {"messages": r.messages}}) + "\n"
                            for r in rows))
-    res = invoke("estimate", src, "-m", "smollm2", "--json", "--workers", "1", "--order-buffer", "7")
+    res = invoke("estimate", src, "-m", "smollm2", "--json", "--workers", "1", "--order-buffer", "7",
+                 "--block-size", "16")
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     counter = PromptCounter("smollm2")
@@ -236,3 +237,20 @@ def test_auto_groups_shared_documents_and_streams_the_rest(tmp_path, buffer):
     assert ordered.chosen == "input" and first is rows[0]
     assert len(consumed) == min(buffer, 30)  # read no further than the first buffer before the first request
     assert [first, *out] == rows and ordered.describe() == {"order": "input", "order_auto": ordered.measured}
+
+
+@pytest.mark.parametrize(("kv_block_tokens", "chosen"), [(128, "input"), (16, "prefix")])
+def test_auto_decides_on_whole_kv_blocks_not_shared_text(kv_block_tokens, chosen):
+    """Prompts that share most of their text but are shorter than one KV block can reuse nothing:
+    auto keeps the input's order; with blocks small enough to hold the shared part, prefix order."""
+    heads = ["Translate this sentence into French and answer with the translation only, please: ",
+             "Classify the sentiment of this product review as positive or negative, one word: "]
+    rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": heads[i % 2] * 5 + f"item {i}"}])
+            for i in range(40)]  # about 430 characters: under one CPU block (128 tokens), several GPU blocks
+    ordered = PrefixOrder(iter(rows), buffer=40, auto=True, kv_block_tokens=kv_block_tokens)
+    out = list(ordered)
+    assert ordered.chosen == chosen and sorted(r.line for r in out) == list(range(1, 41))
+    measured = ordered.describe()["order_auto"]
+    assert measured["kv_block_tokens"] == kv_block_tokens
+    if chosen == "input":
+        assert measured["shared_in_prefix_order"] == measured["shared_in_input_order"] == 0
