@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from pipeline.intake.images import ImagePolicy, resolve_all
 from pipeline.intake.requests import Context, validate_rows
 from pipeline.intake.sources import InputFile
 from pipeline.intake.templates import TemplateSpec
@@ -14,14 +15,18 @@ from pipeline.records import FailedRequest, Request
 
 
 def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: TemplateSpec | None, *,
-                   max_line_bytes: int, layout: Layout | None = None) -> Iterator[Request | FailedRequest]:
+                   max_line_bytes: int, layout: Layout | None = None,
+                   images: ImagePolicy | None = None) -> Iterator[Request | FailedRequest]:
     """Every input row as a Request or FailedRequest: the one stream `validate`, `estimate` and `run`
-    read (request files as they are, table rows through the templates)."""
+    read (request files as they are, table rows through the templates), with their images fetched
+    and checked (images.py)."""
     from pipeline.intake.reader import read_all
 
     if spec is None:
-        return validate_rows(read_all(files, scans, max_line_bytes=max_line_bytes), ctx)
-    return spec.render_rows(read_all(files, scans, max_line_bytes=max_line_bytes, raw=True), ctx, layout)
+        stream = validate_rows(read_all(files, scans, max_line_bytes=max_line_bytes), ctx)
+    else:
+        stream = spec.render_rows(read_all(files, scans, max_line_bytes=max_line_bytes, raw=True), ctx, layout)
+    return resolve_all(stream, images or ImagePolicy())
 
 
 def run_context(model: str | None, served: tuple[str, ...], max_n: int, routes: dict[str, str] | None,

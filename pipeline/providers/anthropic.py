@@ -14,7 +14,9 @@ from pipeline.providers.common import (
     _model,
     _name,
     _parts,
+    data_url,
     error_text,
+    image_part,
 )
 from pipeline.records import Invalid, kind_of
 
@@ -121,11 +123,12 @@ def _anthropic_message(msg: Any, where: str, warnings: list[str]) -> list[dict[s
     for j, block in enumerate(content):
         at = f"{where}.content[{j}]"
         btype = block.get("type") if isinstance(block, dict) else None
-        if btype == "text" and isinstance(block.get("text"), str):
+        if (btype == "text" and isinstance(block.get("text"), str)) or (btype == "image" and role == "user"):
             if texts is None:
                 texts = []
                 out.append({"role": role, "content": texts})
-            texts.append({"type": "text", "text": block["text"]})
+            texts.append({"type": "text", "text": block["text"]} if btype == "text"
+                         else _anthropic_image(block.get("source"), f"{at}.source"))
         elif btype == "tool_use" and role == "assistant":
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise Invalid("invalid_messages", f"{at}: a tool_use block needs id and name", at)
@@ -163,6 +166,18 @@ def _anthropic_message(msg: Any, where: str, warnings: list[str]) -> list[dict[s
     if not out:
         raise Invalid("invalid_messages", f"{where}.content is empty", f"{where}.content")
     return out
+
+
+def _anthropic_image(source: Any, at: str) -> dict[str, Any]:
+    """An image block's source (base64 data or a URL) as an image_url part."""
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64":
+        return image_part(data_url(source.get("media_type"), source.get("data"), at), at)
+    if kind == "url":
+        return image_part(source.get("url"), at)
+    raise Invalid("unsupported_content", f"{at} is a source of type {_name(kind)}: an image here is "
+                  "{\"type\": \"base64\", \"media_type\", \"data\"} or {\"type\": \"url\", \"url\"} "
+                  "(files kept on Anthropic's servers cannot be read)", at)
 
 
 def _anthropic_tools(tools: Any) -> list[dict[str, Any]]:
