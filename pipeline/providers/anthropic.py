@@ -28,6 +28,7 @@ ANTHROPIC_KNOWN = {
 
 
 ANTHROPIC_MEDIA = ("image", "document", "file", "search_result", "container_upload")
+MEDIA_NOTE = "images are taken in user messages; documents and files are not supported"
 
 
 def anthropic_body(params: Any, warnings: list[str]) -> dict[str, Any]:
@@ -94,8 +95,8 @@ def _anthropic_text(value: Any, where: str) -> Any:
     for j, block in enumerate(value):
         btype = block.get("type") if isinstance(block, dict) else None
         if btype in ANTHROPIC_MEDIA:
-            raise Invalid("unsupported_content", f"{where}[{j}] is a block of type {_name(btype)}: images and documents are not "
-                          "supported by a text model", f"{where}[{j}]")
+            raise Invalid("unsupported_content", f"{where}[{j}] is a block of type {_name(btype)}: {MEDIA_NOTE} "
+                          "(not in tool results or system prompts)", f"{where}[{j}]")
         if btype != "text" or not isinstance(block.get("text"), str):
             raise Invalid("invalid_messages", f"{where}[{j}] must be a text block {{\"type\": \"text\", \"text\": ...}}, "
                           f"got {_name(btype)}", f"{where}[{j}]")
@@ -146,8 +147,7 @@ def _anthropic_message(msg: Any, where: str, warnings: list[str]) -> list[dict[s
         elif btype in ("thinking", "redacted_thinking") and role == "assistant":
             warnings.append(f"{at}: a {btype} block of an earlier turn is not sent to this model")
         elif btype in ANTHROPIC_MEDIA:
-            raise Invalid("unsupported_content", f"{at} is a block of type {_name(btype)}: images and documents are not "
-                          "supported by a text model", at)
+            raise Invalid("unsupported_content", f"{at} is a block of type {_name(btype)}: {MEDIA_NOTE}", at)
         elif btype in ("tool_use", "tool_result"):
             raise Invalid("invalid_messages", f"{at}: a {btype} block belongs in {'an assistant' if btype == 'tool_use' else 'a user'} "
                           "message", at)
