@@ -108,7 +108,9 @@ def inline(url: str, param: str, policy: ImagePolicy) -> str:
         raise Invalid("image_too_large", f"{param} is {len(data):,} bytes; at most {policy.max_bytes:,} are "
                       "accepted. Hint: shrink the image or raise --image-max-bytes", param)
     mime = check(data, param)
-    return url if url.startswith(f"data:{mime};base64,") else f"data:{mime};base64,{base64.b64encode(data).decode()}"
+    if url.startswith("data:"):  # the same base64, with the media type the bytes are
+        return f"data:{mime};base64,{url.partition(',')[2]}"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
 def _inline_bytes(url: str, param: str) -> bytes:
