@@ -74,6 +74,7 @@ def figures(d: RunData) -> dict[str, Any]:
         "examples": codes,
         "prompt_tokens": prompt, "completion_tokens": int(ok["completion_tokens"].sum() or 0) if n else 0,
         "cached_tokens": cached, "cached_ratio": (cached / prompt) if prompt else 0.0,
+        "images": int(ok["images"].sum() or 0) if n and "images" in ok.columns else 0,
         "estimated_cost": float(rows["estimated_cost"].sum() or 0.0) if n else 0.0,
         "price": r.get("price"), "wall_seconds": r.get("wall_seconds"),
         "requests_per_second": r.get("requests_per_second"),
@@ -107,7 +108,8 @@ def terminal_summary(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None 
         for ex in f["examples"].get(code, []):
             lines.append(f"    {ex['custom_id']} ({ex['where']}): {_cut(ex['message'], 100)}")
     lines.append(f"tokens: {f['prompt_tokens']} prompt ({f['cached_ratio']:.1%} from cache), "
-                 f"{f['completion_tokens']} completion; estimated cost ${f['estimated_cost']:.6f}")
+                 f"{f['completion_tokens']} completion; estimated cost ${f['estimated_cost']:.6f}"
+                 + (f"; {f['images']} images" if f["images"] else ""))
     if f["wall_seconds"]:
         lines.append(f"last run: {f['wall_seconds']:.1f} s, {f['requests_per_second']} requests/s, "
                      f"{f['generated_tokens_per_second']} generated tokens/s")
@@ -125,7 +127,7 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
     parts = _charts(d, f, ok)
     cards = "".join(f'<div class="card"><b>{html.escape(str(v))}</b><span>{html.escape(k)}</span></div>' for k, v in (
         ("requests", f["requests"]), ("ok", f["succeeded"]), ("failed", f["failed"]),
-        ("prompt tokens", f["prompt_tokens"]), ("completion tokens", f["completion_tokens"]),
+        ("prompt tokens", f["prompt_tokens"]), ("completion tokens", f["completion_tokens"]), ("images", f["images"]),
         ("from cache", f"{f['cached_ratio']:.1%}"), ("estimated cost", f"${f['estimated_cost']:.6g}"),
         ("requests/s", f["requests_per_second"] or "–"), ("generated tok/s", f["generated_tokens_per_second"] or "–")))
     sections = [f"<h2>Summary</h2><div class='cards'>{cards}</div>",
