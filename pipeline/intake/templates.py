@@ -284,9 +284,12 @@ class TemplateSpec:
         for column in self.images:
             if column not in row:
                 return f"--template-image {column}: the row has no column {column!r}", column
-            url = image_url(row[column], source_file)
-            if url is None and row[column] is not None:
-                return (f"--template-image {column}: {short(row[column])} is not an image (bytes, a path or URL, "
+            value = row[column]
+            if isinstance(value, dict):  # a datasets Image: {bytes, path}, either may be null
+                value = value.get("bytes") or value.get("path")
+            url = image_url(value, source_file)
+            if url is None and value is not None:
+                return (f"--template-image {column}: {short(value)} is not an image (bytes, a path or URL, "
                         "or {bytes, path})", column)
             if url is not None:
                 parts.append({"type": "image_url", "image_url": {"url": url}})
@@ -295,16 +298,13 @@ class TemplateSpec:
 
 def image_url(value: Any, source_file: str) -> str | None:
     """A table cell as an image URL: bytes (Parquet binary) as a data: URI, a path or URL as it is
-    (a relative path is relative to the table's folder), a datasets Image {bytes, path} by its
-    bytes, else its path; None for anything else."""
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
+    (a relative path is relative to the table's folder); None for anything else."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         # The media type is found when the bytes are decoded (images.inline).
         return "data:application/octet-stream;base64," + base64.b64encode(bytes(value)).decode()
     if not isinstance(value, str) or not value:
         return None
-    if "://" in value or value.startswith(("/", "data:", "~")):
+    if "://" in value or value.startswith(("/", "data:")):
         return value
     return posixpath.join(posixpath.dirname(source_file), value)
 

@@ -133,7 +133,7 @@ def test_bad_images_are_error_rows_beside_good_ones(tmp_path, vlm):
     assert "--image-max-bytes" in messages["too-large"] and "at most 2" in messages["too-many"]
     assert "FileNotFoundError" in messages["missing-file"] and "127.0.0.1:9" in messages["refused-url"]
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
-    assert report["images"] == 3  # good + the 2 images of too-many are refused: only good's counts
+    assert report["images"] == 1  # only the images that reached the engine count
     assert report["errors_by_code"]["invalid_image"] == 3
 
 
