@@ -72,7 +72,8 @@ def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | Fai
         _refuse(parts, policy)
         urls = {param: inline(part["image_url"]["url"], param, policy) for param, part in parts}
     except Invalid as e:
-        return FailedRequest.of(e.problem, item.custom_id, item.source_file, item.line, item.user)
+        failed = FailedRequest.of(e.problem, item.custom_id, item.source_file, item.line, item.user)
+        return replace(failed, carried=item.carried, shape=item.shape)
     return replace(item, messages=_with_urls(item.messages, urls))
 
 

@@ -15,7 +15,7 @@ from conftest import REPO, invoke, read_output, write_jsonl
 
 from pipeline.intake.images import ImagePolicy, resolve, resolve_all
 from pipeline.intake.requests import Context, parse_row
-from pipeline.records import FailedRequest, Request
+from pipeline.records import Request
 
 sys.path.insert(0, str(REPO / "tests"))
 from vlm_model import data_url, png, tiny_vlm  # noqa: E402
