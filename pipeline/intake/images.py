@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pipeline.models.render import image_parts
 from pipeline.records import FailedRequest, Invalid, Request, short
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif",
@@ -44,20 +45,6 @@ class ImagePolicy:
     storage_options: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
     vision: bool | None = None  # is the model a vision-language model (None: unknown, or no model)
-
-
-def image_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(param, part) of every image_url part, in order."""
-    for i, msg in enumerate(messages):
-        content = msg.get("content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if part.get("type") == "image_url":
-                    yield f"messages[{i}].content[{j}].image_url", part
-
-
-def count_images(request: Request) -> int:
-    return sum(1 for _ in image_parts(request.messages))
 
 
 def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | FailedRequest:

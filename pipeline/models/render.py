@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from pipeline.records import Problem
@@ -95,10 +96,19 @@ def _texts(content: Any, role: str) -> list[tuple[str, dict[str, Any]]]:
     return kept
 
 
+def image_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(param, part) of every image_url part of a conversation, in order."""
+    for i, msg in enumerate(messages):
+        content = msg.get("content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if part.get("type") == "image_url":
+                    yield f"messages[{i}].content[{j}].image_url", part
+
+
 def image_urls(messages: list[dict[str, Any]]) -> list[str]:
     """The URLs (data: URIs, once intake has checked them) of a conversation's images, in order."""
-    return [p["image_url"]["url"] for m in messages if isinstance(m.get("content"), list)
-            for p in m["content"] if p.get("type") == "image_url"]
+    return [part["image_url"]["url"] for _, part in image_parts(messages)]
 
 
 def _tool_call(call: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ SmolVLM, PaliGemma, Phi-3-vision, MiniCPM-V, Gemma 3, Pixtral...) carries a visi
 
 from __future__ import annotations
 
-from pipeline.models.names import _json_file, resolve_model
+from pipeline.models.names import _json_file, is_embedded, resolve_model
 
 # config.json keys that only a model with an image encoder has.
 VISION_KEYS = ("vision_config", "vision_tower", "mm_vision_tower", "visual", "img_processor",
@@ -19,6 +19,8 @@ EXAMPLES = "Qwen/Qwen2.5-VL-7B-Instruct, meta-llama/Llama-3.2-11B-Vision-Instruc
 def is_vision_model(model: str) -> bool | None:
     """True for a vision-language model, False for a text-only one, None when its config cannot
     be read (then the engine decides)."""
+    if is_embedded(model):  # SmolLM2: text only (and never prepared just to be asked)
+        return False
     try:
         config = _json_file(resolve_model(model), "config.json")
     except Exception:  # noqa: BLE001 - no network, no cache: unknown, not a refusal
