@@ -187,3 +187,16 @@ def test_samples_job_validates(tmp_path, vlm):
     job = Path(REPO / "samples" / "images" / "job.yaml")
     res = invoke("validate", "--job", job, "-m", vlm)
     assert res.exit_code == 0, res.output
+
+
+def test_fsspec_urls_are_read_with_the_jobs_storage(tmp_path):
+    import fsspec
+
+    fsspec.filesystem("memory").pipe("/imgs/cat.png", PNG)
+    row = chat("mem", image("memory://imgs/cat.png"), image("memory://imgs/dog.png"))
+    item = resolve(parse_row(row, source_file="f", line=3, ctx=Context()), ImagePolicy(retries=0))
+    assert item.code == "image_fetch_failed" and item.param == "messages[0].content[2].image_url"
+    assert "memory://imgs/dog.png" in item.message and item.line == 3
+    ok = resolve(parse_row(chat("mem", image("memory://imgs/cat.png")), source_file="f", line=1, ctx=Context()),
+                 ImagePolicy())
+    assert ok.messages[0]["content"][1]["image_url"]["url"] == data_url(PNG)
