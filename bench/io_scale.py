@@ -5,8 +5,13 @@ through `pipeline validate`, `pipeline estimate` and `pipeline run --engine fake
 order, the default, and in input order), each as its own process; wall time, rows/s and the peak resident memory of the whole process tree
 (sampled every 0.2 s) are reported.
 
-    python bench/io_scale.py                      # 100k and 1M requests
-    python bench/io_scale.py --requests 20000     # 2k and 20k: a quick check
+Images: a folder of PNGs listed in a CSV goes through `pipeline validate` as a template job with
+`--template-image` (every image read, decoded and checked; intake/images.py) with 1 thread and
+with 8, and the cost of handing one decoded image to the engine process (pickled across the pipe)
+is measured for the two forms vLLM takes: a data: URI of the checked bytes and a PIL image.
+
+    python bench/io_scale.py                      # 100k and 1M requests, 2,000 images
+    python bench/io_scale.py --requests 20000 --images 500    # a quick check
 """
 
 from __future__ import annotations
@@ -76,6 +81,59 @@ def measure_size(n: int, model: str, work: Path, keep: bool) -> list[dict[str, A
     return results
 
 
+def write_images(folder: Path, n: int, size: int = 384) -> Path:
+    """n PNGs of `size` x `size` (a gradient with noise: photo-like compression) and their CSV."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 200, size, dtype=np.float32)
+    for i in range(n):
+        noise = rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
+        pixels = (ramp[None, :, None] + ramp[:, None, None] * (i % 5) / 5 + noise).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img-{i}.png")
+    listing = folder / "images.csv"
+    listing.write_text("name,file\n" + "".join(f"img-{i},img-{i}.png\n" for i in range(n)))
+    return listing
+
+
+def measure_images(n: int, work: Path) -> list[dict[str, Any]]:
+    """Fetch + decode + check throughput through `pipeline validate`, 1 thread against 8."""
+    listing = write_images(work / "images", n)
+    total = sum(f.stat().st_size for f in listing.parent.glob("*.png"))
+    rows = []
+    for threads in (1, 8):
+        cmd = [python(), "-m", "pipeline", "validate", listing, "--template-user", "Caption {{ name }}",
+               "--template-image", "file", "--image-workers", str(threads)]
+        m = run_measured(cmd, log=work / f"log-images-{threads}.txt", env=base_env(0))
+        rows.append({"step": f"validate, {threads} image thread{'s' if threads > 1 else ''}", "images": n,
+                     "image_bytes": total, **m.as_dict(), "images_per_s": n / m.wall_s,
+                     "status": "ok" if m.rc == 0 else f"FAILED (exit {m.rc}): {m.tail(3)}"})
+        print(f"  images x {n}, {threads} threads: {m.wall_s:.1f} s ({n / m.wall_s:.0f} images/s)", file=sys.stderr)
+    return rows
+
+
+def pipe_cost(listing: Path) -> list[dict[str, Any]]:
+    """Bytes and seconds to pickle one image for the engine process: data URI vs PIL image."""
+    import base64
+    import pickle
+
+    from PIL import Image
+
+    data = next(listing.parent.glob("*.png")).read_bytes()
+    forms = {"data: URI (base64 of the checked bytes)": "data:image/png;base64," + base64.b64encode(data).decode(),
+             "PIL image (decoded pixels)": Image.open(listing.parent / "img-0.png").convert("RGB")}
+    out = []
+    for name, value in forms.items():
+        t0, reps = time.perf_counter(), 200
+        for _ in range(reps):
+            blob = pickle.dumps({"type": "image_url", "image": value})
+            pickle.loads(blob)
+        out.append({"form": name, "bytes": len(blob), "ms_per_image": (time.perf_counter() - t0) * 1000 / reps})
+    return out
+
+
 def growth(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, float | None]:
     """Peak RSS at the largest size over peak RSS at the smallest, per step."""
     out = {}
@@ -86,18 +144,37 @@ def growth(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, float | No
     return out
 
 
+def images_markdown(result: dict[str, Any]) -> list[str]:
+    if not result.get("images"):
+        return []
+    rows = [[r["step"], r["images"], r["image_bytes"] / MIB, r["wall_s"], r["images_per_s"],
+             r["image_bytes"] / MIB / r["wall_s"], r["peak_rss_bytes"] / MIB, r["status"]] for r in result["images"]]
+    pipe = [[p["form"], p["bytes"], p["ms_per_image"]] for p in result["pipe"]]
+    return [
+        "## Images: read, decode and check (template job over a CSV of PNG paths)", "",
+        table(["step", "images", "image MiB", "wall s", "images/s", "MiB/s", "peak RSS MiB", "status"], rows), "",
+        "Handing one image to the engine process (pickle out and back, as the pipe does):", "",
+        table(["form", "bytes", "ms per image"], pipe), "",
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     rows = [[r["step"], r["requests"], r["input_bytes"] / MIB, r["wall_s"], r.get("rows_per_s"),
              r["peak_rss_bytes"] / MIB, r["load_before"], r["status"]] for r in result["runs"]]
     sizes = result["settings"]["sizes"]
     grow = ", ".join(f"{step} {g:.2f}x" for step, g in result["peak_rss_growth"].items() if g is not None)
-    return "\n".join([
+    head = [
         "# I/O and scale benchmark (fake instant engine)",
         "",
         *([f"**{result['note']}**", ""] if result.get("note") else []),
         f"- When: {result['date']} (UTC); total benchmark time {result['bench_seconds'] / 60:.1f} min",
         f"- Machine: {machine_line(result['machine'])}",
         f"- Versions: {versions_line(result['versions'])}",
+    ]
+    if not result["runs"]:  # --skip-requests
+        return "\n".join([*head, "", *images_markdown(result)])
+    return "\n".join([
+        *head,
         f"- Input: synthetic OpenAI Batch JSONL (chat requests, ~{result['settings']['bytes_per_request']:.0f} "
         f"bytes each), model `{result['settings']['model']}` for estimate and run",
         "",
@@ -111,6 +188,7 @@ def markdown(result: dict[str, Any]) -> str:
         "largest sum of resident memory over the command's process tree (main process and engine worker) "
         "in samples every 0.2 s. See bench/README.md.",
         "",
+        *images_markdown(result),
     ])
 
 
@@ -121,6 +199,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000,
                         help="The large size; the small one is a tenth of it (default 1,000,000).")
     parser.add_argument("--model", default="smollm2", help="Model for estimate and run (tokenizer only).")
+    parser.add_argument("--images", type=int, default=2000, help="PNGs for the images case (0: skip it).")
+    parser.add_argument("--skip-requests", action="store_true", help="Run the images case only.")
     parser.add_argument("--note", help="A line to print above the results, e.g. 'small trial run'.")
     parser.add_argument("--keep", action="store_true", help=f"Keep request files, outputs and logs under {WORK}.")
     args = parser.parse_args()
@@ -128,13 +208,16 @@ def main() -> None:
     started = time.monotonic()
     work = WORK / f"io-{time.strftime('%Y%m%d-%H%M%S')}"
     sizes = sorted({max(1, args.requests // 10), args.requests})
-    runs = [r for n in sizes for r in measure_size(n, args.model, work, args.keep)]
+    runs = [] if args.skip_requests else [r for n in sizes for r in measure_size(n, args.model, work, args.keep)]
+    images = measure_images(args.images, work) if args.images else []
     result = {
         **envelope("io_scale", args.note, started),
         "settings": {"sizes": sizes, "model": args.model,
-                     "bytes_per_request": runs[-1]["input_bytes"] / sizes[-1]},
+                     "bytes_per_request": runs[-1]["input_bytes"] / sizes[-1] if runs else None},
         "peak_rss_growth": growth(runs, sizes),
         "runs": runs,
+        "images": images,
+        "pipe": pipe_cost(work / "images" / "images.csv") if images else [],
     }
     publish("io", result, markdown(result), "io_latest.md", work, args.keep)
 

@@ -21,6 +21,7 @@ import yaml
 from pipeline import options
 from pipeline.engines.base import KINDS, EngineSpec, default_kv_block_tokens
 from pipeline.exits import UserError
+from pipeline.intake.images import ImagePolicy
 from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.order import order
 from pipeline.intake.reader import Scan, scan
@@ -32,6 +33,7 @@ from pipeline.intake.templates import TemplateSpec
 from pipeline.models.adapters import Adapter, adapters_fingerprint, lora_engine_args
 from pipeline.models.names import output_name, resolve_model
 from pipeline.models.prices import Price, find_price
+from pipeline.models.vision import is_vision_model
 from pipeline.output.layout import Layout
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
@@ -58,7 +60,7 @@ class _RunConfigMethods:
 
     def engine_args(self) -> dict[str, Any]:
         """The vLLM EngineArgs this run sets (unset ones keep vLLM's defaults)."""
-        args = {k: getattr(self, k) for k in options.ENGINE_ARGS if getattr(self, k) is not None}
+        args = {k: getattr(self, k) for k in options.ENGINE_ARGS if getattr(self, k) not in (None, {})}
         args.update(self.engine_arg)
         return args
 
@@ -99,6 +101,7 @@ class Job:
     model_name: str | None = None  # the model's name in output rows (None: no --model)
     price: Price | None = None
     limit: Limit = FULL  # --limit, --sample-seed: a trial run
+    images: ImagePolicy | None = None  # how image parts are fetched and checked
 
     @classmethod
     def open(cls, cfg, *, exclude: Location | None = None) -> Job:
@@ -115,13 +118,14 @@ class Job:
             price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                                price_output=cfg.price_output)
         return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
-                   Limit.of(cfg.limit, cfg.sample_seed))
+                   Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg))
 
     def rows(self) -> Iterator[Request | FailedRequest]:
         """Every input row (those a --limit trial takes) as a Request or FailedRequest, in the
         input's order."""
         return request_stream(self.files, self.scans, self.ctx, self.spec,
-                              max_line_bytes=self.cfg.max_line_bytes, layout=self.layout, limit=self.limit)
+                              max_line_bytes=self.cfg.max_line_bytes, layout=self.layout, limit=self.limit,
+                              images=self.images)
 
     def ordered(self, items: Iterable[Request | FailedRequest]) -> Iterable[Request | FailedRequest]:
         """`items` in the order a run takes them (--order): the one decision run and estimate share."""
@@ -160,6 +164,16 @@ class Job:
             tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
             lora={a.name: a.path for a in self.adapters},
         )
+
+
+def image_policy(cfg) -> ImagePolicy:
+    """The job's image checks: its limits, its storage options, and whether its model sees images."""
+    limit = cfg.limit_mm_per_prompt.get("image")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise UserError(f"--limit-mm-per-prompt image={limit}: N must be a whole number of images")
+    return ImagePolicy(max_bytes=cfg.image_max_bytes, limit=limit, timeout=cfg.image_timeout,
+                       workers=cfg.image_workers, storage_options=cfg.storage_options, model=cfg.model,
+                       vision=is_vision_model(cfg.model) if cfg.model else None)
 
 
 def load_job(path: str) -> dict[str, Any]:

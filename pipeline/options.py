@@ -99,6 +99,17 @@ OPTIONS: tuple[Opt, ...] = (
         "completion, with parse_error.", metavar="FILE", commands=READERS, output=True),
     Opt("id_column", "The column whose value is each row's custom_id (default: from file and row).",
         metavar="NAME", commands=READERS, output=True),
+    Opt("template_image", "A column whose value is an image for the user message (bytes, a path or "
+        "URL, or a datasets Image {bytes, path}): an image part after the user text. Repeatable, in order; "
+        "a null value adds no image.", multiple=True, metavar="COLUMN", commands=READERS, output=True),
+    # ---- images (every command; see intake/images.py) -------------------------------------------
+    Opt("image_max_bytes", "Largest accepted image (inline or fetched); larger ones make error rows.", Int1,
+        20 * 1024 * 1024, commands=READERS, output=True),
+    Opt("image_timeout", "Seconds to fetch one image URL (then retried twice).", click.FloatRange(min=0.1), 30.0,
+        commands=READERS),
+    Opt("image_workers", "Threads fetching and decoding images ahead of the engine.", Int1, 8, commands=READERS),
+    Opt("limit_mm_per_prompt", "Most images per request, as image=N (vLLM's limit_mm_per_prompt); more "
+        "make error rows.", multiple=True, metavar="image=N", commands=READERS, engine=True, output=True),
     Opt("carry", "An input column to copy into every output row, with its input type. Repeatable.",
         multiple=True, metavar="COLUMN", commands=READERS, output=True),
     Opt("carry_all", "Copy every input column into the output rows.", is_flag=True, commands=READERS,
@@ -236,7 +247,8 @@ OPTIONS: tuple[Opt, ...] = (
         commands=frozenset({REPORT})),
 )
 
-KEY_VALUE_OPTIONS = ("storage_option", "engine_arg", "engine_option", "sample", "sample_column", "route", "lora")  # KEY=VALUE..., held as dicts
+KEY_VALUE_OPTIONS = ("storage_option", "engine_arg", "engine_option", "sample", "sample_column", "route", "lora",
+                     "limit_mm_per_prompt")  # KEY=VALUE..., held as dicts
 BY_NAME = {o.name: o for o in OPTIONS}
 ENGINE_ARGS = tuple(o.name for o in OPTIONS if o.engine and RUN in o.commands)
 OUTPUT_OPTIONS = tuple(o.name for o in OPTIONS if o.output and RUN in o.commands)

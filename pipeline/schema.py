@@ -51,6 +51,7 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("completion_tokens", pa.int64()),
     pa.field("total_tokens", pa.int64()),
     pa.field("cached_tokens", pa.int64()),
+    pa.field("images", pa.int32()),  # images the request sent to the engine (null: it never got there)
     pa.field("estimated_cost", pa.float64()),
     pa.field("user", pa.string()),
     pa.field("warnings", pa.list_(pa.string())),

@@ -87,6 +87,7 @@ def figures(d: RunData) -> dict[str, Any]:
         "examples": codes,
         "prompt_tokens": prompt, "completion_tokens": int(ok["completion_tokens"].sum() or 0) if n else 0,
         "cached_tokens": cached, "cached_ratio": (cached / prompt) if prompt else 0.0,
+        "images": int(ok["images"].sum() or 0) if n and "images" in ok.columns else 0,
         "estimated_cost": float(rows["estimated_cost"].sum() or 0.0) if n else 0.0,
         "price": r.get("price"), "wall_seconds": r.get("wall_seconds"),
         "requests_per_second": r.get("requests_per_second"),
@@ -122,7 +123,8 @@ def terminal_summary(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None 
         for ex in f["examples"].get(code, []):
             lines.append(f"    {ex['custom_id']} ({ex['where']}): {_cut(ex['message'], 100)}")
     lines.append(f"tokens: {f['prompt_tokens']:,} prompt ({share(f['cached_ratio'])} from cache), "
-                 f"{f['completion_tokens']:,} completion; estimated cost {usd(f['estimated_cost'])}")
+                 f"{f['completion_tokens']:,} completion; estimated cost {usd(f['estimated_cost'])}"
+                 + (f"; {f['images']:,} images" if f["images"] else ""))
     if f["wall_seconds"]:
         lines.append(f"last run: {duration(f['wall_seconds'])}, {rate(f['requests_per_second'])} requests/s, "
                      f"{rate(f['generated_tokens_per_second'])} generated tokens/s")
@@ -141,6 +143,7 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
     cards = "".join(f'<div class="card"><b>{html.escape(str(v))}</b><span>{html.escape(k)}</span></div>' for k, v in (
         ("requests", f"{f['requests']:,}"), ("ok", f"{f['succeeded']:,}"), ("failed", f"{f['failed']:,}"),
         ("prompt tokens", f"{f['prompt_tokens']:,}"), ("completion tokens", f"{f['completion_tokens']:,}"),
+        ("images", f"{f['images']:,}"),
         ("from cache", share(f["cached_ratio"])), ("estimated cost", usd(f["estimated_cost"])),
         ("wall time", duration(f["wall_seconds"])), ("requests/s", rate(f["requests_per_second"])),
         ("generated tok/s", rate(f["generated_tokens_per_second"]))))

@@ -28,6 +28,7 @@ def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[
         "state": "complete" if state.complete else ("running" if holder else "stopped"),
         "rows_committed": committed,
         "rows_total": last.get("rows_total"),
+        "images": sum((r.get("stats") or {}).get("images", 0) for r in state.records),
         "parts": len(state.records),
         "last_commit": max(stamps) if stamps else None,
         "attempts": len(attempts),
@@ -41,7 +42,7 @@ def status_text(s: dict[str, Any]) -> str:
     total = s["rows_total"]
     share = f" of {total} ({100 * s['rows_committed'] / total:.1f}%)" if total else ""
     lines = [f"{s['output']}: {s['state']}",
-             f"  rows committed: {s['rows_committed']}{share}",
+             f"  rows committed: {s['rows_committed']}{share}" + (f", {s['images']} images" if s["images"] else ""),
              f"  parts: {s['parts']}" + (f", last commit {s['last_commit']} ({_ago(s['last_commit'])})"
                                         if s["last_commit"] else ""),
              f"  attempts: {s['attempts']} (first started {s['created']})"]

@@ -94,5 +94,5 @@ class FakeEngine:
 def _last_text(req: Request) -> str:
     content = req.messages[-1].get("content") or ""
     if isinstance(content, list):
-        content = "\n".join(p["text"] for p in content)
+        content = "\n".join(p["text"] for p in content if p["type"] == "text")
     return content

@@ -270,19 +270,36 @@ def _logit_bias(bias: Any) -> dict[int, float]:
     return out
 
 
-def _text(content: Any, where: str) -> str | None:
-    """Check message content: a string or a list of text parts."""
+IMAGE_DETAIL = ("auto", "low", "high")
+
+
+def _text(content: Any, where: str, role: str = "user") -> str | None:
+    """Check message content: a string or a list of text parts (and, in user messages, image_url parts)."""
     if content is None or isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise Invalid("invalid_messages", f"{where}.content must be a string or a list of text parts", f"{where}.content")
     for j, part in enumerate(content):
         ptype = part.get("type") if isinstance(part, dict) else None
+        if ptype == "image_url" and role == "user":
+            _image_url(part.get("image_url"), f"{where}.content[{j}].image_url")
+            continue
         if ptype != "text" or not isinstance(part.get("text"), str):
             what = f"a part of type {ptype!r}" if ptype else "a part that is not {\"type\": \"text\", \"text\": ...}"
             code = "unsupported_content" if ptype in ("image_url", "input_audio", "file", "video_url") else "invalid_messages"
-            raise Invalid(code, f"{where}.content[{j}] is {what}; this text model takes text parts only", f"{where}.content[{j}]")
+            takes = "text parts, and images in user messages" if ptype == "image_url" else "text and image parts only"
+            raise Invalid(code, f"{where}.content[{j}] is {what}; a message takes {takes}", f"{where}.content[{j}]")
     return "text"
+
+
+def _image_url(image: Any, at: str) -> None:
+    """An image_url part's object: {"url": a data: URI, a path or a URL, "detail": auto|low|high}."""
+    if not isinstance(image, dict) or not isinstance(image.get("url"), str) or not image["url"]:
+        raise Invalid("invalid_messages", f"{at} must be {{\"url\": \"data:image/png;base64,...\" or a path or "
+                      "URL}", at)
+    if image.get("detail") not in (None, *IMAGE_DETAIL):
+        raise Invalid("invalid_parameter", f"{at}.detail must be one of {', '.join(IMAGE_DETAIL)}, got "
+                      f"{short(image['detail'])}", f"{at}.detail")
 
 
 def _messages(messages: Any) -> list[dict[str, Any]]:
@@ -298,7 +315,7 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         role = msg.get("role")
         if role not in ROLES:
             raise Invalid("invalid_messages", f"{where}.role {role!r} is not one of {', '.join(ROLES)}", f"{where}.role")
-        content = _text(msg.get("content"), where)
+        content = _text(msg.get("content"), where, role)
         calls = msg.get("tool_calls")
         if role == "assistant" and calls:
             open_calls = _assistant_calls(calls, where)

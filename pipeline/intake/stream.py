@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from pipeline.intake.images import ImagePolicy, resolve_all
 from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.requests import Context, validate_rows
 from pipeline.intake.sources import InputFile
@@ -16,15 +17,16 @@ from pipeline.records import FailedRequest, Request, Source
 
 def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: TemplateSpec | None, *,
                    max_line_bytes: int, layout: Layout | None = None,
-                   limit: Limit = FULL) -> Iterator[Request | FailedRequest]:
+                   limit: Limit = FULL, images: ImagePolicy | None = None) -> Iterator[Request | FailedRequest]:
     """Every input row as a Request or FailedRequest: the one stream `validate`, `estimate` and `run`
     read (request files as they are, table rows through the templates); with `limit`, only the
-    rows a trial takes (limit.py)."""
+    rows a trial takes (limit.py); their images fetched and checked (images.py)."""
     from pipeline.intake.reader import read_all
 
     rows = read_all(files, scans, max_line_bytes=max_line_bytes, raw=spec is not None)
     items = validate_rows(rows, ctx) if spec is None else spec.render_rows(rows, ctx, layout)
-    return limit.apply(items, lambda: row_keys(files, scans, max_line_bytes=max_line_bytes))
+    items = limit.apply(items, lambda: row_keys(files, scans, max_line_bytes=max_line_bytes))
+    return resolve_all(items, images or ImagePolicy())
 
 
 def row_keys(files: Sequence[InputFile], scans, *, max_line_bytes: int) -> Iterator[tuple[Source, int]]:

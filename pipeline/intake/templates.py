@@ -20,7 +20,9 @@ column whose name is taken (by either) as `input_<name>` (prefixes repeat until 
 
 from __future__ import annotations
 
+import base64
 import json
+import posixpath
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,7 +41,7 @@ from pipeline.records import FailedRequest, Request, Source, short
 
 TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2", ".tmpl", ".txt", ".md")  # a value like these is a file
 OPTION_NAMES = ("template_user", "template_system", "template_turns", "sample", "sample_column", "response_schema",
-                "id_column", "carry", "carry_all", "explode_choices")
+                "id_column", "carry", "carry_all", "explode_choices", "template_image")
 _UNDEFINED = re.compile(r"'([^']*)' is undefined|has no attribute '([^']*)'|no element '?([^']*?)'?$")
 
 
@@ -89,6 +91,7 @@ class TemplateSpec:
     carry: tuple[str, ...] = ()
     carry_all: bool = False
     explode: bool = False
+    images: tuple[str, ...] = ()  # --template-image: columns whose images follow the user text
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> TemplateSpec | None:
@@ -127,6 +130,7 @@ class TemplateSpec:
             sample=sample, sample_column=sample_column, response_schema=schema, response_format=fmt,
             id_column=values.get("id_column") or None, carry=tuple(values.get("carry") or ()),
             carry_all=bool(values.get("carry_all")), explode=bool(values.get("explode_choices")),
+            images=tuple(values.get("template_image") or ()),
         )
         spec.compiled()  # a syntax error is the user's to fix before anything runs
         return spec
@@ -150,7 +154,7 @@ class TemplateSpec:
     def fingerprint(self) -> dict[str, Any]:
         """What changes the rows beyond the option values: the templates' and schema's text."""
         return {"user": self.user, "system": self.system, "turns": self.turns,
-                "response_format": self.response_format}
+                "response_format": self.response_format, **({"images": list(self.images)} if self.images else {})}
 
     # ---- columns ------------------------------------------------------------------------------
     def layout(self, files: Sequence[InputFile]) -> Layout:
@@ -260,6 +264,11 @@ class TemplateSpec:
             if isinstance(earlier, str):
                 return error(f"--template-turns: {earlier}", None)
             messages.extend(earlier)
+        images = self._images(row, source.name)
+        if isinstance(images, tuple):
+            return error(*images)
+        if images:
+            messages[-1]["content"] = [{"type": "text", "text": messages[-1]["content"]}, *images]
         body: dict[str, Any] = {"custom_id": custom_id, "messages": messages, **self.sample}
         for key, column in self.sample_column.items():
             if column not in row:
@@ -270,6 +279,38 @@ class TemplateSpec:
             body["response_format"] = self.response_format
         item = parse_row(body, source=source, line=line, ctx=ctx, shape=BARE)
         return item
+
+
+    def _images(self, row: dict[str, Any], source_file: str) -> list[dict[str, Any]] | tuple[str, str]:
+        """The --template-image columns' images as image_url parts (a null value: none), or
+        what is wrong."""
+        parts = []
+        for column in self.images:
+            if column not in row:
+                return f"--template-image {column}: the row has no column {column!r}", column
+            value = row[column]
+            if isinstance(value, dict):  # a datasets Image: {bytes, path}, either may be null
+                value = value.get("bytes") or value.get("path")
+            url = image_url(value, source_file)
+            if url is None and value is not None:
+                return (f"--template-image {column}: {short(value)} is not an image (bytes, a path or URL, "
+                        "or {bytes, path})", column)
+            if url is not None:
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+        return parts
+
+
+def image_url(value: Any, source_file: str) -> str | None:
+    """A table cell as an image URL: bytes (Parquet binary) as a data: URI, a path or URL as it is
+    (a relative path is relative to the table's folder); None for anything else."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        # The media type is found when the bytes are decoded (images.inline).
+        return "data:application/octet-stream;base64," + base64.b64encode(bytes(value)).decode()
+    if not isinstance(value, str) or not value:
+        return None
+    if "://" in value or value.startswith(("/", "data:")):
+        return value
+    return posixpath.join(posixpath.dirname(source_file), value)
 
 
 def _template_problem(e: Exception, row: dict[str, Any], option: str) -> tuple[str, str | None]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from pipeline.records import Problem
@@ -42,15 +43,17 @@ def context_problem(prompt_tokens: int | None, max_model_len: int, *, at_least: 
 
 
 def conversation(messages: list[dict[str, Any]], content_format: str = "string", *,
-                 developer_role: bool = True) -> list[dict[str, Any]]:
-    """The messages as vLLM hands them to the chat template (text-only requests)."""
+                 developer_role: bool = True, image_token: str = "<image>") -> list[dict[str, Any]]:
+    """The messages as vLLM hands them to the chat template. Image parts: {"type": "image"} for
+    templates that loop over parts; for string templates, one `image_token` line per image
+    before the text (vLLM's placeholders)."""
     conv = []
     for m in messages:
         role = m["role"]
         texts = _texts(m.get("content"), role)
-        content: Any = "\n".join(t for t, _ in texts)
+        content: Any = "\n".join([image_token] * sum(t is None for t, _ in texts) + [t for t, _ in texts if t is not None])
         if content_format == "openai" and role != "tool":
-            content = [{"type": "text", "text": t, **extra} for t, extra in texts]
+            content = [{"type": "image"} if t is None else {"type": "text", "text": t, **extra} for t, extra in texts]
         msg: dict[str, Any] = {"role": role, "content": content}
         if role == "assistant":
             if m.get("tool_calls") is not None:
@@ -73,23 +76,39 @@ def conversation(messages: list[dict[str, Any]], content_format: str = "string",
 
 
 def _texts(content: Any, role: str) -> list[tuple[str, dict[str, Any]]]:
-    """The text parts of a message's content, with any extra keys of each part."""
+    """The text parts of a message's content, with any extra keys of each part; (None, {}) for an image."""
     if content is None:
         return []
     if isinstance(content, str):
         parts = [(content, {})]
     else:
-        parts = [(p["text"], {k: v for k, v in p.items() if k not in ("type", "text")}) for p in content]
+        parts = [(None, {}) if p["type"] == "image_url" else (p["text"], {k: v for k, v in p.items() if k not in ("type", "text")})
+                 for p in content]
     if role != "system":
         return parts
     kept = []  # vLLM drops this per-request header line from system prompts, for the prefix cache
     for text, extra in parts:
-        if text.startswith(_BILLING_HEADER):
+        if text is not None and text.startswith(_BILLING_HEADER):
             text = text.partition("\n")[2]
             if not text:
                 continue
         kept.append((text, extra))
     return kept
+
+
+def image_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(param, part) of every image_url part of a conversation, in order."""
+    for i, msg in enumerate(messages):
+        content = msg.get("content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if part.get("type") == "image_url":
+                    yield f"messages[{i}].content[{j}].image_url", part
+
+
+def image_urls(messages: list[dict[str, Any]]) -> list[str]:
+    """The URLs (data: URIs, once intake has checked them) of a conversation's images, in order."""
+    return [part["image_url"]["url"] for _, part in image_parts(messages)]
 
 
 def _tool_call(call: Any) -> dict[str, Any]:

@@ -12,7 +12,13 @@ that `estimate` starts fast and runs where vLLM and torch are not installed):
    (vllm/renderers/hf.py `safe_apply_chat_template`);
 3. tokenize the text with add_special_tokens=False: the template writes BOS itself.
 
-Not covered: multimodal parts (validation refuses them), Mistral-format tokenizers
+Images (image_url parts, data: URIs once intake has checked them): the template sees
+{"type": "image"} parts (or, for string templates, the processor's image token per image), and
+the model's HF processor (transformers' AutoProcessor, no weights) expands each placeholder by
+the image's size, exactly as vLLM's multimodal processor does for Idefics3/SmolVLM, Qwen2-VL,
+LLaVA, mllama and the like.
+
+Not covered: Mistral-format tokenizers
 (`tokenizer_mode mistral`) and vLLM's fallback templates for models that ship none.
 
 Speed: added tokens (<|im_start|>, <|eot_id|>, ...) are matched before the tokenizer's
@@ -51,6 +57,7 @@ from pipeline.models.render import (
     context_problem,
     conversation,
     engine_tools,
+    image_urls,
 )
 from pipeline.records import FailedRequest, Problem, Request
 
@@ -86,6 +93,7 @@ class PromptCounter:
         self._render_jinja = render_jinja_template
         self._template_kwargs = dict(self.tokenizer.special_tokens_map)  # what apply_chat_template adds
         self._templates: dict[bool, tuple[str, str, bool]] = {}
+        self._mm = None  # the HF processor, for prompts with images
         self._template(None)  # fail now, not on every row, when the model has no chat template
         self._split, self._added = _added_token_splitter(self._backend)
         self._words = _pre_token_splitter(self._backend)
@@ -104,7 +112,8 @@ class PromptCounter:
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text vLLM renders for these messages and tools."""
         template, content_format, developer = self._template(tools)
-        conv = conversation(messages, content_format, developer_role=developer)
+        image_token = getattr(self._processor, "image_token", "<image>") if image_urls(messages) else "<image>"
+        conv = conversation(messages, content_format, developer_role=developer, image_token=image_token)
         try:
             texts, _ = self._render_jinja([conv], tools=tools, chat_template=template,
                                           add_generation_prompt=True, **self._template_kwargs)
@@ -114,10 +123,11 @@ class PromptCounter:
 
     def token_ids(self, request: Request) -> list[int]:
         """The prompt token ids vLLM gives the engine for this request."""
-        return list(self._ids([self.render(request.messages, engine_tools(request))])[0])
+        text, images = self.render(request.messages, engine_tools(request)), image_urls(request.messages)
+        return list(self._image_ids(text, images) if images else self._ids([text])[0])
 
     def count(self, request: Request) -> int:
-        return len(self._ids([self.render(request.messages, engine_tools(request))])[0])
+        return len(self.token_ids(request))
 
     def check(self, request: Request) -> Request | FailedRequest:
         """The request, or the FailedRequest vLLM's answer to it becomes (context too small, template error)."""
@@ -173,10 +183,35 @@ class PromptCounter:
                 texts.append(self.render(messages, tools))
             except PromptError as e:
                 texts.append(e)
-        ids = iter(self._ids([t for t in texts if isinstance(t, str)]))
+        pictures = [image_urls(messages) for messages, _ in work]
+        ids = iter(self._ids([t for t, p in zip(texts, pictures, strict=True) if isinstance(t, str) and not p]))
         step = block_size * array("i").itemsize
-        return [(len(i := next(ids)), chained_digests(i.tobytes(), step, whole_blocks=True))
-                if isinstance(t, str) else str(t) for t in texts]
+        # An image prompt's placeholder ids are the same for every image: no prefix digests for it.
+        return [str(t) if not isinstance(t, str) else (len(self._image_ids(t, p)), b"") if p else
+                (len(i := next(ids)), chained_digests(i.tobytes(), step, whole_blocks=True))
+                for t, p in zip(texts, pictures, strict=True)]
+
+    # ---- images --------------------------------------------------------------------------------
+    @property
+    def _processor(self):
+        """The model's HF processor (image preprocessing and placeholder expansion), loaded once."""
+        if self._mm is None:
+            from transformers import AutoProcessor
+
+            self._mm = AutoProcessor.from_pretrained(resolve_model(self.model), trust_remote_code=self.trust_remote_code)
+        return self._mm
+
+    def _image_ids(self, text: str, urls: list[str]) -> array:
+        """The ids of a rendered prompt with images: the processor expands each image's
+        placeholder by the image's size, as vLLM's multimodal processor does."""
+        import base64
+        import io
+
+        from PIL import Image
+
+        images = [Image.open(io.BytesIO(base64.b64decode(u.partition(",")[2]))).convert("RGB") for u in urls]
+        ids = self._processor(text=[text], images=[images], add_special_tokens=False)["input_ids"][0]
+        return array("i", [int(i) for i in ids])
 
     def _verdicts(self, chunk, counts):
         counts = iter(counts if isinstance(counts, list) else counts.result())

@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.engines.base import Result
 from pipeline.models.prices import Price
+from pipeline.models.render import image_urls
 from pipeline.output import structured
 from pipeline.records import FailedRequest, Request
 
@@ -26,6 +27,7 @@ def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
         "completion_tokens": None,
         "total_tokens": None,
         "cached_tokens": None,
+        "images": None,
         "estimated_cost": None,
         "user": err.user,
         "warnings": None,
@@ -64,6 +66,7 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "cached_tokens": res.cached_tokens or 0,
+        "images": len(image_urls(req.messages)),
         "estimated_cost": price.cost(prompt, completion) if price else None,
         "user": req.user,
         "warnings": warnings or None,

@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.output.humane import duration, rate, share, trial_text, usd
 
 COUNTERS = ("requests", "succeeded", "failed", "prompt_tokens", "completion_tokens",
-            "total_tokens", "cached_tokens")
+            "total_tokens", "cached_tokens", "images")
 
 
 def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -27,8 +27,8 @@ def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             stats["failed"] += 1
             codes[r["error"]["code"]] += 1
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
-            stats[key] += r[key] or 0
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "images"):
+            stats[key] += r.get(key) or 0
         cost += r["estimated_cost"] or 0.0
         for w in r["warnings"] or ():
             warnings[_warning_kind(w)] += 1
@@ -52,7 +52,7 @@ def total_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for p in parts:
         s = p["stats"]
         for key in COUNTERS:
-            out[key] += s[key]
+            out[key] += s.get(key, 0)  # a part committed before images were counted has none
         out["estimated_cost"] += s["estimated_cost"]
         codes.update(s["errors_by_code"])
         warnings.update(s["warnings"])
@@ -71,7 +71,8 @@ def summary_text(report: dict[str, Any]) -> str:
         + (f"; {r['resumed']:,} already done before this run" if r.get("resumed") else ""),
         f"tokens: {r['prompt_tokens']:,} in, {r['completion_tokens']:,} out, {r['total_tokens']:,} total"
         + (f" ({r['cached_tokens']:,} prompt tokens from cache: {share(r['cached_tokens'] / r['prompt_tokens'])})"
-           if r.get("cached_tokens") and r.get("prompt_tokens") else ""),
+           if r.get("cached_tokens") and r.get("prompt_tokens") else "")
+        + (f"; {r['images']:,} images" if r.get("images") else ""),
     ]
     if r.get("trial"):
         lines.append(trial_text(r["trial"]))

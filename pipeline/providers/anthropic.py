@@ -14,7 +14,9 @@ from pipeline.providers.common import (
     _model,
     _name,
     _parts,
+    data_url,
     error_text,
+    image_part,
 )
 from pipeline.records import Invalid, kind_of
 
@@ -26,6 +28,7 @@ ANTHROPIC_KNOWN = {
 
 
 ANTHROPIC_MEDIA = ("image", "document", "file", "search_result", "container_upload")
+MEDIA_NOTE = "images are taken in user messages; documents and files are not supported"
 
 
 def anthropic_body(params: Any, warnings: list[str]) -> dict[str, Any]:
@@ -92,8 +95,8 @@ def _anthropic_text(value: Any, where: str) -> Any:
     for j, block in enumerate(value):
         btype = block.get("type") if isinstance(block, dict) else None
         if btype in ANTHROPIC_MEDIA:
-            raise Invalid("unsupported_content", f"{where}[{j}] is a block of type {_name(btype)}: images and documents are not "
-                          "supported by a text model", f"{where}[{j}]")
+            raise Invalid("unsupported_content", f"{where}[{j}] is a block of type {_name(btype)}: {MEDIA_NOTE} "
+                          "(not in tool results or system prompts)", f"{where}[{j}]")
         if btype != "text" or not isinstance(block.get("text"), str):
             raise Invalid("invalid_messages", f"{where}[{j}] must be a text block {{\"type\": \"text\", \"text\": ...}}, "
                           f"got {_name(btype)}", f"{where}[{j}]")
@@ -121,11 +124,12 @@ def _anthropic_message(msg: Any, where: str, warnings: list[str]) -> list[dict[s
     for j, block in enumerate(content):
         at = f"{where}.content[{j}]"
         btype = block.get("type") if isinstance(block, dict) else None
-        if btype == "text" and isinstance(block.get("text"), str):
+        if (btype == "text" and isinstance(block.get("text"), str)) or (btype == "image" and role == "user"):
             if texts is None:
                 texts = []
                 out.append({"role": role, "content": texts})
-            texts.append({"type": "text", "text": block["text"]})
+            texts.append({"type": "text", "text": block["text"]} if btype == "text"
+                         else _anthropic_image(block.get("source"), f"{at}.source"))
         elif btype == "tool_use" and role == "assistant":
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise Invalid("invalid_messages", f"{at}: a tool_use block needs id and name", at)
@@ -143,8 +147,7 @@ def _anthropic_message(msg: Any, where: str, warnings: list[str]) -> list[dict[s
         elif btype in ("thinking", "redacted_thinking") and role == "assistant":
             warnings.append(f"{at}: a {btype} block of an earlier turn is not sent to this model")
         elif btype in ANTHROPIC_MEDIA:
-            raise Invalid("unsupported_content", f"{at} is a block of type {_name(btype)}: images and documents are not "
-                          "supported by a text model", at)
+            raise Invalid("unsupported_content", f"{at} is a block of type {_name(btype)}: {MEDIA_NOTE}", at)
         elif btype in ("tool_use", "tool_result"):
             raise Invalid("invalid_messages", f"{at}: a {btype} block belongs in {'an assistant' if btype == 'tool_use' else 'a user'} "
                           "message", at)
@@ -163,6 +166,18 @@ def _anthropic_message(msg: Any, where: str, warnings: list[str]) -> list[dict[s
     if not out:
         raise Invalid("invalid_messages", f"{where}.content is empty", f"{where}.content")
     return out
+
+
+def _anthropic_image(source: Any, at: str) -> dict[str, Any]:
+    """An image block's source (base64 data or a URL) as an image_url part."""
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64":
+        return image_part(data_url(source.get("media_type"), source.get("data"), at), at)
+    if kind == "url":
+        return image_part(source.get("url"), at)
+    raise Invalid("unsupported_content", f"{at} is a source of type {_name(kind)}: an image here is "
+                  "{\"type\": \"base64\", \"media_type\", \"data\"} or {\"type\": \"url\", \"url\"} "
+                  "(files kept on Anthropic's servers cannot be read)", at)
 
 
 def _anthropic_tools(tools: Any) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.records import kind_of
+from pipeline.records import Invalid, kind_of
 
 
 def _name(value: Any, width: int = 40) -> str:
@@ -35,10 +35,28 @@ def _json(value: Any) -> str:
 
 
 def _parts(parts: list[dict[str, Any]]) -> Any:
-    """Text parts as chat content: one part is its string, several stay a list of parts."""
-    if len(parts) == 1:
+    """Parts as chat content: one text part is its string; several, or images, stay a list of parts."""
+    if len(parts) == 1 and parts[0]["type"] == "text":
         return parts[0]["text"]
     return parts
+
+
+def image_part(url: Any, at: str, detail: Any = None) -> dict[str, Any]:
+    """An image (a URL, a path or a data: URI) as the OpenAI chat `image_url` part every input
+    form becomes; intake/images.py fetches and checks it."""
+    if not isinstance(url, str) or not url:
+        raise Invalid("invalid_messages", f"{at}: an image needs a URL, a path or base64 data, got {kind_of(url)}", at)
+    return {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail is not None else {})}}
+
+
+def data_url(mime: Any, data: Any, at: str) -> str:
+    """Base64 image data with its media type as a data: URI."""
+    if not isinstance(data, str) or not data:
+        raise Invalid("invalid_messages", f"{at}: the image's base64 data is missing", at)
+    if not isinstance(mime, str) or not mime.startswith("image/"):
+        raise Invalid("unsupported_content", f"{at}: media type {_name(mime)} is not an image; images "
+                      "(image/png, image/jpeg, image/webp, image/gif) are the media this run takes", at)
+    return f"data:{mime};base64,{data}"
 
 
 def _keep_unknown(body: dict[str, Any], source: dict[str, Any], known: set[str], prefix: str) -> None:

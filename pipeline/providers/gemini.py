@@ -14,7 +14,9 @@ from pipeline.providers.common import (
     _model,
     _name,
     _parts,
+    data_url,
     error_text,
+    image_part,
 )
 from pipeline.records import Invalid, is_default_id, kind_of
 
@@ -109,6 +111,20 @@ def _gemini_text(content: Any, where: str) -> Any:
     return _parts(texts) if texts else ""
 
 
+def _gemini_image(part: dict[str, Any], at: str) -> dict[str, Any]:
+    """An inlineData (base64) or fileData (a URI) part as an image_url part."""
+    if "inlineData" in part:
+        blob = _camel_keys(part["inlineData"])
+        blob = blob if isinstance(blob, dict) else {}
+        return image_part(data_url(blob.get("mimeType"), blob.get("data"), f"{at}.inlineData"), f"{at}.inlineData")
+    ref = _camel_keys(part["fileData"])
+    ref = ref if isinstance(ref, dict) else {}
+    if ref.get("mimeType") is not None and not str(ref["mimeType"]).startswith("image/"):
+        raise Invalid("unsupported_content", f"{at}.fileData: media type {_name(ref['mimeType'])} is not an image; "
+                      "images are the media this run takes", f"{at}.fileData")
+    return image_part(ref.get("fileUri"), f"{at}.fileData")
+
+
 def _gemini_content(content: Any, where: str, open_calls: list[list[str]], warnings: list[str],
                     index: int) -> list[dict[str, Any]]:
     if not isinstance(content, dict):
@@ -127,10 +143,12 @@ def _gemini_content(content: Any, where: str, open_calls: list[list[str]], warni
         part = _camel_keys(part)
         if not isinstance(part, dict):
             raise Invalid("invalid_messages", f"{at} must be an object such as {{\"text\": ...}}", at)
-        if any(k in part for k in GEMINI_MEDIA):
-            raise Invalid("unsupported_content", f"{at} is an inline or file data part (image, audio, video or "
-                          "document): this text model takes text parts only", at)
-        if isinstance(part.get("text"), str):
+        if any(k in part for k in GEMINI_MEDIA) and role == "user":
+            texts.append(_gemini_image(part, at))
+        elif any(k in part for k in GEMINI_MEDIA):
+            raise Invalid("unsupported_content", f"{at} is an inline or file data part in a {role} turn: "
+                          "images are taken in user turns only", at)
+        elif isinstance(part.get("text"), str):
             if part.get("thought"):
                 warnings.append(f"{at}: a thought part of an earlier turn is not sent to this model")
             else:

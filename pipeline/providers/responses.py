@@ -12,6 +12,7 @@ from pipeline.providers.common import (
     _model,
     _name,
     _parts,
+    image_part,
 )
 from pipeline.providers.openai import _openai_error, _openai_ok
 from pipeline.records import Invalid, kind_of
@@ -122,6 +123,9 @@ def _responses_content(content: Any, where: str) -> Any:
     parts = []
     for j, part in enumerate(content):
         ptype = part.get("type") if isinstance(part, dict) else None
+        if ptype == "input_image" and isinstance(part.get("image_url"), str):
+            parts.append(image_part(part["image_url"], f"{where}[{j}]", part.get("detail")))
+            continue
         if ptype in RESPONSES_MEDIA:
             raise Invalid("unsupported_content", f"{where}[{j}] is an {ptype} part: images, files and audio are not "
                           "supported by a text model", f"{where}[{j}]")

@@ -111,7 +111,8 @@ def test_anthropic_input_gets_anthropic_results(tmp_path):
     assert bad["message"].startswith("invalid_parameter: temperature must be in [0, 2]")
     assert "(line 9, field temperature)" in bad["message"]
     image = by_id["an-image"][0][0]["result"]["error"]["error"]["message"]
-    assert image.startswith("unsupported_content:") and "params.messages[0].content[0]" in image
+    assert image.startswith("unsupported_content:") and "messages[0].content[0].image_url" in image
+    assert "text-only model; use a vision-language model" in image
     first, dup = by_id["my-first-request"]
     assert first[1] is not None and dup[1] is None
     assert "duplicate_custom_id" in dup[0]["result"]["error"]["error"]["message"]

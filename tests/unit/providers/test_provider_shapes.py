@@ -117,11 +117,10 @@ def test_anthropic_tool_round_trip():
 
 
 @pytest.mark.parametrize("params, code, param, words", [
-    ({"messages": [{"role": "user", "content": [
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}}]}]},
-     "unsupported_content", "params.messages[0].content[0]", "not supported by a text model"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]},
+     "unsupported_content", "params.messages[0].content[0].source", "Anthropic's servers"),
     ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "data": "x"}}]}]},
-     "unsupported_content", "params.messages[0].content[0]", "not supported by a text model"),
+     "unsupported_content", "params.messages[0].content[0]", "documents and files are not supported"),
     ({"messages": [{"role": "user", "content": "Answer in JSON"}, {"role": "assistant", "content": "{"}]},
      "unsupported_parameter", "params.messages[1]", "prefill"),
     ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
@@ -197,11 +196,13 @@ def test_gemini_function_call_round_trip():
 
 
 @pytest.mark.parametrize("request_, code, words", [
-    ({"contents": [{"role": "user", "parts": [{"text": "What is this?"},
-                                              {"inlineData": {"mimeType": "image/jpeg", "data": "/9j/"}}]}]},
-     "unsupported_content", "text parts only"),
+    ({"contents": [{"role": "user", "parts": [{"text": "hi"}]}, {"role": "model", "parts": [
+        {"inlineData": {"mimeType": "image/jpeg", "data": "/9j/"}}]}, {"role": "user", "parts": [{"text": "?"}]}]},
+     "unsupported_content", "user turns only"),
     ({"contents": [{"role": "user", "parts": [{"fileData": {"fileUri": "gs://b/a.pdf", "mimeType": "application/pdf"}}]}]},
-     "unsupported_content", "text parts only"),
+     "unsupported_content", "is not an image"),
+    ({"contents": [{"role": "user", "parts": [{"inline_data": {"mime_type": "audio/wav", "data": "UklG"}}]}]},
+     "unsupported_content", "is not an image"),
     ({"tools": [{"googleSearch": {}}]}, "unsupported_parameter", "built-in tool"),
     ({"generationConfig": {"responseModalities": ["IMAGE"]}}, "unsupported_parameter", "text model"),
 ])
@@ -245,7 +246,7 @@ def test_responses_message_list_and_function_round_trip():
 @pytest.mark.parametrize("body, code, param", [
     ({"tools": [{"type": "web_search_preview"}]}, "unsupported_parameter", "body.tools[0]"),
     ({"previous_response_id": "resp_123"}, "unsupported_parameter", "body.previous_response_id"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]},
      "unsupported_content", "body.input[0].content[0]"),
 ])
 def test_responses_what_cannot_be_mapped(body, code, param):

@@ -1,0 +1,202 @@
+"""Images in requests on the fake engine and the estimate (no engine): every input form becomes
+checked image_url parts, every bad image an error row naming its part, and estimate's counts
+are the tiny VLM's processor's (test_images_real.py holds them to the engine's)."""
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, invoke, read_output, write_jsonl
+
+from pipeline.intake.images import ImagePolicy, resolve, resolve_all
+from pipeline.intake.requests import Context, parse_row
+from pipeline.records import Request, Source
+
+sys.path.insert(0, str(REPO / "tests"))
+from vlm_model import data_url, png, tiny_vlm  # noqa: E402
+
+PNG = png(40, 30, 1)
+B64 = base64.b64encode(PNG).decode()
+
+
+@pytest.fixture(scope="session")
+def vlm():
+    return tiny_vlm()
+
+
+@pytest.fixture
+def picture(tmp_path):
+    path = tmp_path / "cat.png"
+    path.write_bytes(PNG)
+    return path
+
+
+def chat(custom_id, *parts, **body):
+    content = [{"type": "text", "text": "What is this?"}, *parts]
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": content}], "max_tokens": 4, **body}}
+
+
+def image(url, **extra):
+    return {"type": "image_url", "image_url": {"url": url, **extra}}
+
+
+def every_form(path):
+    """One row per input form, each with the same image (inline or by path)."""
+    return [
+        chat("openai-data", image(data_url(PNG), detail="low")),
+        chat("openai-path", image(str(path))),
+        chat("openai-file-url", image(f"file://{path}")),
+        {"custom_id": "responses", "method": "POST", "url": "/v1/responses", "body": {"input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "What?"},
+                                         {"type": "input_image", "image_url": data_url(PNG), "detail": "auto"}]}]}},
+        {"custom_id": "anthropic-b64", "params": {"max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64}},
+            {"type": "text", "text": "What?"}]}]}},
+        {"custom_id": "anthropic-url", "params": {"max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": str(path)}}]}]}},
+        {"key": "gemini-inline", "request": {"contents": [{"role": "user", "parts": [
+            {"text": "What?"}, {"inline_data": {"mime_type": "image/png", "data": B64}}]}]}},
+        {"key": "gemini-inlineData", "request": {"contents": [{"role": "user", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": B64}}, {"text": "What?"}]}]}},
+        {"key": "gemini-file", "request": {"contents": [{"role": "user", "parts": [
+            {"file_data": {"mime_type": "image/png", "file_uri": str(path)}}, {"text": "What?"}]}]}},
+        {"key": "gemini-fileData", "request": {"contents": [{"role": "user", "parts": [
+            {"fileData": {"mimeType": "image/png", "fileUri": str(path)}}]}]}},
+    ]
+
+
+def test_every_form_becomes_checked_image_url_parts(picture):
+    for row in every_form(picture):
+        item = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy())
+        assert isinstance(item, Request), item
+        parts = [p for m in item.messages if isinstance(m["content"], list) for p in m["content"]]
+        [img] = [p for p in parts if p["type"] == "image_url"]
+        assert img["image_url"]["url"] == data_url(PNG), row  # fetched, checked, inlined
+
+
+def test_several_images_interleaved_keep_their_order(picture):
+    other = png(20, 20, 2)
+    row = chat("two", image(str(picture)), {"type": "text", "text": "and"}, image(data_url(other)))
+    item = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy(limit=2))
+    types = [p["type"] for p in item.messages[0]["content"]]
+    assert types == ["text", "image_url", "text", "image_url"]
+    assert [p["image_url"]["url"] for p in item.messages[0]["content"][1::2]] == [data_url(PNG), data_url(other)]
+
+
+def test_resolve_all_keeps_order_and_bounds_look_ahead():
+    rows = [chat(f"r{i}", image(data_url(png(8, 8, i)))) if i % 3 else chat(f"r{i}") for i in range(50)]
+    items = [parse_row(r, source=Source(0, "f", "f"), line=i, ctx=Context()) for i, r in enumerate(rows)]
+    out = list(resolve_all(iter(items), ImagePolicy(workers=4, ahead=5)))
+    assert [o.custom_id for o in out] == [f"r{i}" for i in range(50)]
+    assert all(isinstance(o, Request) for o in out)
+
+
+def bad_rows(tmp_path):
+    ppm = tmp_path / "x.ppm"
+    ppm.write_bytes(b"P6 1 1 255\n\x00\x00\x00")
+    return [
+        chat("good", image(data_url(PNG))),
+        chat("text-only", max_tokens=3),
+        chat("bad-bytes", image(data_url(b"hello, not an image"))),
+        chat("bad-base64", image("data:image/png;base64,@@@")),
+        chat("unknown-format", image(str(ppm))),
+        chat("too-large", image(data_url(png(300, 300, 5)))),
+        chat("too-many", image(data_url(PNG)), image(data_url(PNG)), image(data_url(PNG))),
+        chat("missing-file", image(str(tmp_path / "nowhere.png"))),
+        chat("refused-url", image("http://127.0.0.1:9/cat.png")),
+    ]
+
+
+def test_bad_images_are_error_rows_beside_good_ones(tmp_path, vlm):
+    src = write_jsonl(tmp_path / "in.jsonl", bad_rows(tmp_path))
+    res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", vlm, "-q",
+                 "--limit-mm-per-prompt", "image=2", "--image-max-bytes", "100000", "--image-timeout", "2")
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert rows["good"]["error"] is None and rows["text-only"]["error"] is None
+    errors = {k: (r["error"]["code"], r["error"]["param"], r["error"]["line"]) for k, r in rows.items() if r["error"]}
+    where = "messages[0].content[1].image_url"
+    assert errors == {
+        "bad-bytes": ("invalid_image", where, 3), "bad-base64": ("invalid_image", where, 4),
+        "unknown-format": ("invalid_image", where, 5), "too-large": ("image_too_large", where, 6),
+        "too-many": ("too_many_images", "messages[0].content[3].image_url", 7),
+        "missing-file": ("image_fetch_failed", where, 8), "refused-url": ("image_fetch_failed", where, 9),
+    }
+    messages = {k: r["error"]["message"] for k, r in rows.items() if r["error"]}
+    assert "could not be decoded" in messages["bad-bytes"] and "PPM" in messages["unknown-format"]
+    assert "--image-max-bytes" in messages["too-large"] and "at most 2" in messages["too-many"]
+    assert "FileNotFoundError" in messages["missing-file"] and "127.0.0.1:9" in messages["refused-url"]
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["images"] == 1  # only the images that reached the engine count
+    assert report["errors_by_code"]["invalid_image"] == 3
+
+
+def test_a_text_model_refuses_image_rows_up_front(tmp_path, picture):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat("img", image(str(picture))), chat("txt", max_tokens=3)])
+    res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", "smollm2", "-q")
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert rows["txt"]["error"] is None
+    err = rows["img"]["error"]
+    assert err["code"] == "unsupported_content" and err["param"] == "messages[0].content[1].image_url"
+    assert "text-only model; use a vision-language model, e.g. Qwen/Qwen2.5-VL" in err["message"]
+
+
+def test_template_images_from_parquet_datasets_and_csv(tmp_path, vlm, picture):
+    other = png(64, 32, 3)
+    pq.write_table(pa.table({
+        "name": ["a", "b", "c"],
+        "raw": pa.array([PNG, other, None], pa.binary()),
+        "hf": pa.array([{"bytes": None, "path": str(picture)}, {"bytes": other, "path": "x.png"},
+                        {"bytes": None, "path": None}],
+                       pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+    }), tmp_path / "t.parquet")
+    (tmp_path / "t.csv").write_text("name,file\nd,cat.png\ne,gone.png\n")
+    out = tmp_path / "out"
+    res = invoke("run", tmp_path / "t.parquet", "-o", out, "--engine", "fake", "-m", vlm, "-q",
+                 "--template-user", "Caption {{ name }}", "--template-image", "raw", "--template-image", "hf")
+    assert res.exit_code == 0, res.output
+    df = read_output(out).sort("source_line")
+    assert df["error"].to_list() == [None, None, None] and df["images"].to_list() == [2, 2, 0]
+    res = invoke("run", tmp_path / "t.csv", "-o", tmp_path / "out2", "--engine", "fake", "-m", vlm, "-q",
+                 "--template-user", "Caption {{ name }}", "--template-image", "file")
+    rows = read_output(tmp_path / "out2").sort("source_line").to_dicts()
+    assert rows[0]["error"] is None and rows[0]["images"] == 1  # relative to the table's folder
+    assert rows[1]["error"]["code"] == "image_fetch_failed" and "gone.png" in rows[1]["error"]["message"]
+
+
+def test_estimate_counts_each_image_by_its_size(tmp_path, vlm):
+    rows = [chat("square", image(data_url(png(64, 64)))), chat("wide", image(data_url(png(1000, 100)))),
+            chat("two", image(data_url(PNG)), image(data_url(png(97, 513)))), chat("none")]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    res = invoke("estimate", src, "-m", vlm, "--json", "--rows-file", tmp_path / "rows.parquet")
+    assert res.exit_code == 0, res.output
+    tokens = dict(pl.read_parquet(tmp_path / "rows.parquet").select("custom_id", "prompt_tokens").iter_rows())
+    text = tokens["none"]
+    # Idefics3 tiles: 107 tokens for a square, 32 for 10:1, 82 for 4:3, 35 for 97x513 (vlm_model.py)
+    assert (tokens["square"] - text, tokens["wide"] - text, tokens["two"] - text) == (107, 32, 82 + 35)
+
+
+def test_samples_job_validates(tmp_path, vlm):
+    job = Path(REPO / "samples" / "images" / "job.yaml")
+    res = invoke("validate", "--job", job, "-m", vlm)
+    assert res.exit_code == 0, res.output
+
+
+def test_fsspec_urls_are_read_with_the_jobs_storage(tmp_path):
+    import fsspec
+
+    fsspec.filesystem("memory").pipe("/imgs/cat.png", PNG)
+    row = chat("mem", image("memory://imgs/cat.png"), image("memory://imgs/dog.png"))
+    item = resolve(parse_row(row, source=Source(0, "f", "f"), line=3, ctx=Context()), ImagePolicy(retries=0))
+    assert item.code == "image_fetch_failed" and item.param == "messages[0].content[2].image_url"
+    assert "memory://imgs/dog.png" in item.message and item.line == 3
+    ok = resolve(parse_row(chat("mem", image("memory://imgs/cat.png")), source=Source(0, "f", "f"), line=1, ctx=Context()),
+                 ImagePolicy())
+    assert ok.messages[0]["content"][1]["image_url"]["url"] == data_url(PNG)
