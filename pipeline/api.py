@@ -21,9 +21,9 @@ import inspect
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import click
 
@@ -31,17 +31,17 @@ from pipeline import exits, options
 from pipeline.job import KEY_VALUE_OPTIONS, fill_values
 
 # What only Python has: name -> (annotation, default, help). The rest come from the option table.
-API_ONLY: dict[str, tuple[Any, Any, str]] = {
-    "response_format": (Any, None, "A pydantic model class or a JSON schema dict: the requests' response_format "
+API_ONLY: dict[str, tuple[str, Any, str]] = {
+    "response_format": ("type | dict[str, Any] | None", None, "A pydantic model class or a JSON schema dict: the requests' response_format "
                         "and typed output columns (as --response-schema)."),
-    "template": (Any, None, "Make each row's request with this: Jinja2 text (as --template-user) or a callable "
+    "template": ("str | Callable[[dict[str, Any]], Any] | None", None, "Make each row's request with this: Jinja2 text (as --template-user) or a callable "
                  "row -> messages (or -> request body)."),
-    "parse": (Any, None, "row -> None, a dict or a list of dicts: the rows of the returned frame made from each "
+    "parse": ("Callable[[dict[str, Any]], Any] | None", None, "row -> None, a dict or a list of dicts: the rows of the returned frame made from each "
               "output row (its columns under the returned ones). The output folder is unchanged."),
-    "parsed": (bool, False, "Add a `parsed` column of response_format model objects (None where the "
+    "parsed": ("bool", False, "Add a `parsed` column of response_format model objects (None where the "
                "completion does not parse)."),
-    "lazy": (bool, False, "Return a polars LazyFrame over the output folder instead of a DataFrame."),
-    "cache": (Any, None, "Cache folder for in-memory inputs, schemas and default output folders "
+    "lazy": ("bool", False, "Return a polars LazyFrame over the output folder instead of a DataFrame."),
+    "cache": ("str | os.PathLike | None", None, "Cache folder for in-memory inputs, schemas and default output folders "
               "(default: $PIPELINE_CACHE, else ~/.cache/pipeline)."),
 }
 _COMMAND_API = {options.RUN: ("response_format", "template", "parse", "parsed", "lazy", "cache"),
@@ -55,19 +55,21 @@ SESSION_OPTIONS = tuple(o.name for o in options.of(options.RUN)
                                                   "lora", "served_model_name"))
 
 
-def _annotation(o: options.Opt) -> Any:
+def _annotation(o: options.Opt) -> str:
+    """The option's Python type, as the text api.pyi writes."""
     if o.name in KEY_VALUE_OPTIONS:
-        return Mapping[str, Any] | Sequence[str] | None
+        return "Mapping[str, Any] | Sequence[str] | None"
     if o.multiple:
-        return Sequence[str] | None
+        return "Sequence[str] | None"
     if o.is_flag:
-        return bool
+        return "bool"
     if o.pair:
-        return bool | None
+        return "bool | None"
     if isinstance(o.type, click.Choice):
-        return Literal[tuple(o.type.choices)] | None  # type: ignore[misc]
-    py = {click.IntRange: int, click.FloatRange: float}.get(type(o.type), o.type if o.type in (int, float) else str)
-    return py | None
+        return f"Literal[{', '.join(map(repr, o.type.choices))}] | None"
+    py = {click.IntRange: "int", click.FloatRange: "float", int: "int", float: "float"}.get(
+        o.type if o.type in (int, float) else type(o.type), "str")
+    return f"{py} | None"
 
 
 def _help(o: options.Opt, command: str) -> str:
@@ -82,6 +84,30 @@ def parameters(command: str) -> list[inspect.Parameter]:
              for o in options.of(command)]
     return found + [inspect.Parameter(n, kw, annotation=API_ONLY[n][0], default=API_ONLY[n][1])
                     for n in _COMMAND_API[command]]
+
+
+RETURNS = {options.RUN: "pl.DataFrame | pl.LazyFrame | None", options.ESTIMATE: "dict[str, Any]",
+           options.VALIDATE: "bool"}
+STUB_HEAD = ("# Generated from the option table by `python -m pipeline.api > pipeline/api.pyi`; a test keeps it in step.\n"
+             "import os\nfrom collections.abc import Callable, Mapping, Sequence\nfrom typing import Any, Literal\n\n"
+             "import polars as pl\n\nfrom pipeline.exits import Incomplete as Incomplete\n\n"
+             "Inputs = Any  # paths, or a polars/pandas DataFrame, pyarrow Table/Dataset, datasets.Dataset, list of dicts\n")
+
+
+def stub() -> str:
+    """api.pyi: the three functions' keyword arguments with their types, from the table."""
+    def signature(command: str, name: str, first: str) -> str:
+        args = "".join(f"\n    {p.name}: {p.annotation} = {p.default!r}," for p in parameters(command))
+        return f"\ndef {name}({first}*,{args}\n) -> {RETURNS[command]}: ...\n"
+
+    session = "".join(f"\n        {p.name}: {p.annotation} = {p.default!r}," for p in parameters(options.RUN)
+                      if p.name in SESSION_OPTIONS)
+    return (STUB_HEAD + "".join(signature(c, c, "inputs: Inputs, ") for c in (options.RUN, options.ESTIMATE,
+                                                                          options.VALIDATE))
+            + f"\nclass Session:\n    starts: int\n    def __init__(\n        self, *,{session}\n    ) -> None: ...\n"
+            + "    def run(self, inputs: Inputs, **kwargs: Any) -> pl.DataFrame | pl.LazyFrame | None: ...\n"
+            + "    def close(self) -> None: ...\n    def __enter__(self) -> Session: ...\n"
+            + "    def __exit__(self, *exc: object) -> None: ...\n")
 
 
 def _document(command: str, summary: str):
@@ -341,3 +367,7 @@ def validate(inputs: Any, **kwargs: Any) -> bool:
     from pipeline.job import Job
 
     return validate_job(Job.open(config(options.VALIDATE, inputs, kwargs)))
+
+
+if __name__ == "__main__":
+    print(stub(), end="")
