@@ -16,6 +16,7 @@ writes to `<cache>/runs/<digest>`, the digest of the inputs and the options that
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -167,14 +168,16 @@ def _put_once(path: Path, write: Callable[[Path], None]) -> str:
 
 
 def input_paths(data: Any, cache: Path) -> tuple[str, ...]:
-    """The inputs as paths: in-memory tables become `<cache>/inputs/<digest>.parquet`."""
+    """The inputs as paths: in-memory tables become `<cache>/inputs/<digest>.parquet`, the digest
+    of their Arrow IPC stream (so the same columns of the same types and values are one file;
+    a string column that is large_string in one frame and string in another is not)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = as_arrow(data)
     if table is None:
         return tuple(map(str, [data] if isinstance(data, (str, os.PathLike)) else data))
-    table = table.combine_chunks()
+    table = table.combine_chunks().replace_schema_metadata(None)  # pandas' and datasets' notes are no data
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
@@ -262,6 +265,22 @@ def _parsed_rows(df, parse: Callable) -> Iterable[dict[str, Any]]:
 
 
 # ---- the commands ----------------------------------------------------------------------------
+def _user_errors(f):
+    """Errors the command line reports with exit 1 that are not of the hierarchy (a missing file,
+    a refused access, a bad value) raised as UserError with its message (the original chained)."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from pipeline.storage import redact
+
+        try:
+            return f(*args, **kwargs)
+        except exits.PipelineError:
+            raise
+        except (FileNotFoundError, PermissionError, ValueError) as e:
+            raise exits.UserError(redact(str(e))) from e
+    return wrapper
+
+
 def _raise_for(outcome) -> None:
     """A run that did not finish raises the error class of its exit code, with the CLI's message."""
     if outcome.exit_code == exits.ENGINE_START:
@@ -317,6 +336,7 @@ class Session:
         self.close()
 
 
+@_user_errors
 def _run(inputs: Any, kwargs: dict[str, Any], session: Session | None):
     from pipeline.commands.run import execute, plan
     from pipeline.output.stats import summary_text
@@ -353,6 +373,7 @@ def run(inputs: Any, **kwargs: Any):
 
 @_document(options.ESTIMATE, "Count prompt tokens and estimate completion tokens, dollars and GPU-hours; "
            "prints the table and returns the figures as a dict.")
+@_user_errors
 def estimate(inputs: Any, **kwargs: Any) -> dict[str, Any]:
     from pipeline.commands.estimate import estimate as estimate_job
     from pipeline.job import Job
@@ -362,6 +383,7 @@ def estimate(inputs: Any, **kwargs: Any) -> dict[str, Any]:
 
 @_document(options.VALIDATE, "Check the requests with the run's rules, without an engine; prints each "
            "problem and returns True when every row is valid.")
+@_user_errors
 def validate(inputs: Any, **kwargs: Any) -> bool:
     from pipeline.commands.validate import validate as validate_job
     from pipeline.job import Job
