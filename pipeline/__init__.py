@@ -10,7 +10,9 @@ __all__ = ["Session", "estimate", "run", "validate"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from pipeline import api
+        # imported by name on first use: the package (whose __version__ every layer reads) does
+        # not depend on its top layer
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module("pipeline.api"), name)
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

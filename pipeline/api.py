@@ -90,25 +90,35 @@ def parameters(command: str) -> list[inspect.Parameter]:
 RETURNS = {options.RUN: "pl.DataFrame | pl.LazyFrame | None", options.ESTIMATE: "dict[str, Any]",
            options.VALIDATE: "bool"}
 STUB_HEAD = ("# Generated from the option table by `python -m pipeline.api > pipeline/api.pyi`; a test keeps it in step.\n"
-             "import os\nfrom collections.abc import Callable, Mapping, Sequence\nfrom typing import Any, Literal\n\n"
-             "import polars as pl\n\nfrom pipeline.exits import Incomplete as Incomplete\n\n"
+             "import os\nfrom collections.abc import Callable, Mapping, Sequence\nfrom typing import Any, Literal, TypedDict\n\n"
+             "import polars as pl\nfrom typing_extensions import Unpack\n\n"
              "Inputs = Any  # paths, or a polars/pandas DataFrame, pyarrow Table/Dataset, datasets.Dataset, list of dicts\n")
+READERS = (options.RUN, options.ESTIMATE, options.VALIDATE)
 
 
 def stub() -> str:
-    """api.pyi: the three functions' keyword arguments with their types, from the table."""
-    def signature(command: str, name: str, first: str) -> str:
-        args = "".join(f"\n    {p.name}: {p.annotation} = {p.default!r}," for p in parameters(command))
-        return f"\ndef {name}({first}*,{args}\n) -> {RETURNS[command]}: ...\n"
-
-    session = "".join(f"\n        {p.name}: {p.annotation} = {p.default!r}," for p in parameters(options.RUN)
-                      if p.name in SESSION_OPTIONS)
-    return (STUB_HEAD + "".join(signature(c, c, "inputs: Inputs, ") for c in (options.RUN, options.ESTIMATE,
-                                                                          options.VALIDATE))
-            + f"\nclass Session:\n    starts: int\n    def __init__(\n        self, *,{session}\n    ) -> None: ...\n"
-            + "    def run(self, inputs: Inputs, **kwargs: Any) -> pl.DataFrame | pl.LazyFrame | None: ...\n"
-            + "    def close(self) -> None: ...\n    def __enter__(self) -> Session: ...\n"
-            + "    def __exit__(self, *exc: object) -> None: ...\n")
+    """api.pyi: each command's keyword arguments with their types and defaults, from the table: one
+    TypedDict per set of commands sharing options, each command's options inheriting those."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for o in options.OPTIONS:
+        shared = tuple(c for c in READERS if c in o.commands)
+        if shared:
+            groups.setdefault(shared, []).append(o.name)
+    for command in READERS:
+        groups.setdefault((command,), [])
+        groups[(command,)] += _COMMAND_API[command]
+    params = {p.name: p for c in READERS for p in parameters(c)}
+    text = STUB_HEAD
+    for shared, names in sorted(groups.items(), key=lambda g: -len(g[0])):  # bases first
+        bases = "".join(f"_{'_'.join(g)}, " for g in groups if set(g) > set(shared)) or "TypedDict, "
+        text += f"\nclass _{'_'.join(shared)}({bases}total=False):\n" + "".join(
+            f"    {n}: {params[n].annotation}  # default {params[n].default!r}\n" for n in names)
+    for command in READERS:
+        text += f"\ndef {command}(inputs: Inputs, **kwargs: Unpack[_{command}]) -> {RETURNS[command]}: ...\n"
+    return text + ("\nclass Session:\n    starts: int\n    def __init__(self, **engine_options: Unpack[_run]) -> None: ...\n"
+                   "    def run(self, inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | None: ...\n"
+                   "    def close(self) -> None: ...\n    def __enter__(self) -> Session: ...\n"
+                   "    def __exit__(self, *exc: object) -> None: ...\n")
 
 
 def _document(command: str, summary: str):

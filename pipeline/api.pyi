@@ -1,183 +1,112 @@
 # Generated from the option table by `python -m pipeline.api > pipeline/api.pyi`; a test keeps it in step.
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import polars as pl
-
-from pipeline.exits import Incomplete as Incomplete
+from typing_extensions import Unpack
 
 Inputs = Any  # paths, or a polars/pandas DataFrame, pyarrow Table/Dataset, datasets.Dataset, list of dicts
 
-def run(inputs: Inputs, *,
-    storage_option: Mapping[str, Any] | Sequence[str] | None = None,
-    max_line_bytes: int | None = 8388608,
-    max_n: int | None = 4,
-    date: str | None = None,
-    run_id: str | None = None,
-    template_user: str | None = None,
-    template_system: str | None = None,
-    template_turns: str | None = None,
-    sample: Mapping[str, Any] | Sequence[str] | None = None,
-    sample_column: Mapping[str, Any] | Sequence[str] | None = None,
-    response_schema: str | None = None,
-    id_column: str | None = None,
-    carry: Sequence[str] | None = None,
-    carry_all: bool = False,
-    explode_choices: bool = False,
-    model: str | None = None,
-    served_model_name: Sequence[str] | None = None,
-    route: Mapping[str, Any] | Sequence[str] | None = None,
-    lora: Mapping[str, Any] | Sequence[str] | None = None,
-    max_model_len: int | None = None,
-    tokenizer: str | None = None,
-    trust_remote_code: bool = False,
-    provider: str | None = None,
-    price_input: float | None = None,
-    price_output: float | None = None,
-    output: str | None = None,
-    format: Literal['parquet', 'openai', 'native', 'anthropic', 'gemini'] | None = 'parquet',
-    checkpoint_every: int | None = 5000,
-    checkpoint_seconds: float | None = 300.0,
-    overwrite: bool = False,
-    allow_foreign_files: bool = False,
-    verify_content: bool = False,
-    lease_timeout: float | None = 60.0,
-    metrics_file: str | None = None,
-    quiet: bool = False,
-    dry_run: bool = False,
-    seed_on_cpu: Literal['ignore', 'error', 'engine'] | None = 'ignore',
-    tool_call_parser: str | None = None,
-    engine: Literal['vllm', 'fake'] | None = 'vllm',
-    engine_option: Mapping[str, Any] | Sequence[str] | None = None,
-    executor: Literal['local', 'ray'] | None = 'local',
-    ray_address: str | None = None,
-    max_in_flight: int | None = None,
-    order: Literal['auto', 'prefix', 'input'] | None = 'auto',
-    order_buffer: int | None = 100000,
-    max_engine_restarts: int | None = 50,
-    data_parallel_size: int | None = None,
-    dtype: str | None = None,
-    enforce_eager: bool | None = None,
-    gpu_memory_utilization: float | None = None,
-    tensor_parallel_size: int | None = None,
-    max_num_seqs: int | None = None,
-    block_size: int | None = None,
-    max_num_batched_tokens: int | None = None,
-    enable_prefix_caching: bool | None = None,
-    quantization: str | None = None,
-    kv_cache_dtype: str | None = None,
-    seed: int | None = None,
-    engine_arg: Mapping[str, Any] | Sequence[str] | None = None,
-    response_format: type | dict[str, Any] | None = None,
-    template: str | Callable[[dict[str, Any]], Any] | None = None,
-    parse: Callable[[dict[str, Any]], Any] | None = None,
-    parsed: bool = False,
-    lazy: bool = False,
-    cache: str | os.PathLike | None = None,
-) -> pl.DataFrame | pl.LazyFrame | None: ...
+class _run_estimate_validate(TypedDict, total=False):
+    storage_option: Mapping[str, Any] | Sequence[str] | None  # default None
+    max_line_bytes: int | None  # default 8388608
+    max_n: int | None  # default 4
+    date: str | None  # default None
+    run_id: str | None  # default None
+    template_user: str | None  # default None
+    template_system: str | None  # default None
+    template_turns: str | None  # default None
+    sample: Mapping[str, Any] | Sequence[str] | None  # default None
+    sample_column: Mapping[str, Any] | Sequence[str] | None  # default None
+    response_schema: str | None  # default None
+    id_column: str | None  # default None
+    carry: Sequence[str] | None  # default None
+    carry_all: bool  # default False
+    model: str | None  # default None
+    served_model_name: Sequence[str] | None  # default None
+    route: Mapping[str, Any] | Sequence[str] | None  # default None
+    lora: Mapping[str, Any] | Sequence[str] | None  # default None
+    max_model_len: int | None  # default None
+    tokenizer: str | None  # default None
+    trust_remote_code: bool  # default False
 
-def estimate(inputs: Inputs, *,
-    storage_option: Mapping[str, Any] | Sequence[str] | None = None,
-    max_line_bytes: int | None = 8388608,
-    max_n: int | None = 4,
-    date: str | None = None,
-    run_id: str | None = None,
-    template_user: str | None = None,
-    template_system: str | None = None,
-    template_turns: str | None = None,
-    sample: Mapping[str, Any] | Sequence[str] | None = None,
-    sample_column: Mapping[str, Any] | Sequence[str] | None = None,
-    response_schema: str | None = None,
-    id_column: str | None = None,
-    carry: Sequence[str] | None = None,
-    carry_all: bool = False,
-    model: str | None = None,
-    served_model_name: Sequence[str] | None = None,
-    route: Mapping[str, Any] | Sequence[str] | None = None,
-    lora: Mapping[str, Any] | Sequence[str] | None = None,
-    max_model_len: int | None = None,
-    tokenizer: str | None = None,
-    trust_remote_code: bool = False,
-    provider: str | None = None,
-    price_input: float | None = None,
-    price_output: float | None = None,
-    order: Literal['auto', 'prefix', 'input'] | None = 'auto',
-    order_buffer: int | None = 100000,
-    block_size: int | None = None,
-    completion_ratio: float | None = None,
-    calibrate_from: str | None = None,
-    tokens_per_second: float | None = None,
-    gpu_hour_usd: float | None = 2.0,
-    workers: int | None = None,
-    as_json: bool = False,
-    rows_file: str | None = None,
-    response_format: type | dict[str, Any] | None = None,
-    template: str | Callable[[dict[str, Any]], Any] | None = None,
-    cache: str | os.PathLike | None = None,
-) -> dict[str, Any]: ...
+class _run_estimate(_run_estimate_validate, total=False):
+    provider: str | None  # default None
+    price_input: float | None  # default None
+    price_output: float | None  # default None
+    order: Literal['auto', 'prefix', 'input'] | None  # default 'auto'
+    order_buffer: int | None  # default 100000
+    block_size: int | None  # default None
 
-def validate(inputs: Inputs, *,
-    storage_option: Mapping[str, Any] | Sequence[str] | None = None,
-    max_line_bytes: int | None = 8388608,
-    max_n: int | None = 4,
-    date: str | None = None,
-    run_id: str | None = None,
-    template_user: str | None = None,
-    template_system: str | None = None,
-    template_turns: str | None = None,
-    sample: Mapping[str, Any] | Sequence[str] | None = None,
-    sample_column: Mapping[str, Any] | Sequence[str] | None = None,
-    response_schema: str | None = None,
-    id_column: str | None = None,
-    carry: Sequence[str] | None = None,
-    carry_all: bool = False,
-    model: str | None = None,
-    served_model_name: Sequence[str] | None = None,
-    route: Mapping[str, Any] | Sequence[str] | None = None,
-    lora: Mapping[str, Any] | Sequence[str] | None = None,
-    max_model_len: int | None = None,
-    tokenizer: str | None = None,
-    trust_remote_code: bool = False,
-    max_errors: int | None = 100,
-    response_format: type | dict[str, Any] | None = None,
-    template: str | Callable[[dict[str, Any]], Any] | None = None,
-    cache: str | os.PathLike | None = None,
-) -> bool: ...
+class _run(_run_estimate_validate, _run_estimate, total=False):
+    explode_choices: bool  # default False
+    output: str | None  # default None
+    format: Literal['parquet', 'openai', 'native', 'anthropic', 'gemini'] | None  # default 'parquet'
+    checkpoint_every: int | None  # default 5000
+    checkpoint_seconds: float | None  # default 300.0
+    overwrite: bool  # default False
+    allow_foreign_files: bool  # default False
+    verify_content: bool  # default False
+    lease_timeout: float | None  # default 60.0
+    metrics_file: str | None  # default None
+    quiet: bool  # default False
+    dry_run: bool  # default False
+    seed_on_cpu: Literal['ignore', 'error', 'engine'] | None  # default 'ignore'
+    tool_call_parser: str | None  # default None
+    engine: Literal['vllm', 'fake'] | None  # default 'vllm'
+    engine_option: Mapping[str, Any] | Sequence[str] | None  # default None
+    executor: Literal['local', 'ray'] | None  # default 'local'
+    ray_address: str | None  # default None
+    max_in_flight: int | None  # default None
+    max_engine_restarts: int | None  # default 50
+    data_parallel_size: int | None  # default None
+    dtype: str | None  # default None
+    enforce_eager: bool | None  # default None
+    gpu_memory_utilization: float | None  # default None
+    tensor_parallel_size: int | None  # default None
+    max_num_seqs: int | None  # default None
+    max_num_batched_tokens: int | None  # default None
+    enable_prefix_caching: bool | None  # default None
+    quantization: str | None  # default None
+    kv_cache_dtype: str | None  # default None
+    seed: int | None  # default None
+    engine_arg: Mapping[str, Any] | Sequence[str] | None  # default None
+    response_format: type | dict[str, Any] | None  # default None
+    template: str | Callable[[dict[str, Any]], Any] | None  # default None
+    parse: Callable[[dict[str, Any]], Any] | None  # default None
+    parsed: bool  # default False
+    lazy: bool  # default False
+    cache: str | os.PathLike | None  # default None
+
+class _validate(_run_estimate_validate, total=False):
+    max_errors: int | None  # default 100
+    response_format: type | dict[str, Any] | None  # default None
+    template: str | Callable[[dict[str, Any]], Any] | None  # default None
+    cache: str | os.PathLike | None  # default None
+
+class _estimate(_run_estimate_validate, _run_estimate, total=False):
+    completion_ratio: float | None  # default None
+    calibrate_from: str | None  # default None
+    tokens_per_second: float | None  # default None
+    gpu_hour_usd: float | None  # default 2.0
+    workers: int | None  # default None
+    as_json: bool  # default False
+    rows_file: str | None  # default None
+    response_format: type | dict[str, Any] | None  # default None
+    template: str | Callable[[dict[str, Any]], Any] | None  # default None
+    cache: str | os.PathLike | None  # default None
+
+def run(inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | None: ...
+
+def estimate(inputs: Inputs, **kwargs: Unpack[_estimate]) -> dict[str, Any]: ...
+
+def validate(inputs: Inputs, **kwargs: Unpack[_validate]) -> bool: ...
 
 class Session:
     starts: int
-    def __init__(
-        self, *,
-        model: str | None = None,
-        served_model_name: Sequence[str] | None = None,
-        lora: Mapping[str, Any] | Sequence[str] | None = None,
-        max_model_len: int | None = None,
-        tokenizer: str | None = None,
-        trust_remote_code: bool = False,
-        seed_on_cpu: Literal['ignore', 'error', 'engine'] | None = 'ignore',
-        tool_call_parser: str | None = None,
-        engine: Literal['vllm', 'fake'] | None = 'vllm',
-        engine_option: Mapping[str, Any] | Sequence[str] | None = None,
-        executor: Literal['local', 'ray'] | None = 'local',
-        ray_address: str | None = None,
-        max_in_flight: int | None = None,
-        max_engine_restarts: int | None = 50,
-        data_parallel_size: int | None = None,
-        dtype: str | None = None,
-        enforce_eager: bool | None = None,
-        gpu_memory_utilization: float | None = None,
-        tensor_parallel_size: int | None = None,
-        max_num_seqs: int | None = None,
-        block_size: int | None = None,
-        max_num_batched_tokens: int | None = None,
-        enable_prefix_caching: bool | None = None,
-        quantization: str | None = None,
-        kv_cache_dtype: str | None = None,
-        seed: int | None = None,
-        engine_arg: Mapping[str, Any] | Sequence[str] | None = None,
-    ) -> None: ...
-    def run(self, inputs: Inputs, **kwargs: Any) -> pl.DataFrame | pl.LazyFrame | None: ...
+    def __init__(self, **engine_options: Unpack[_run]) -> None: ...
+    def run(self, inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | None: ...
     def close(self) -> None: ...
     def __enter__(self) -> Session: ...
     def __exit__(self, *exc: object) -> None: ...
