@@ -110,7 +110,7 @@ def stub() -> str:
     params = {p.name: p for c in READERS for p in parameters(c)}
     text = STUB_HEAD
     for shared, names in sorted(groups.items(), key=lambda g: -len(g[0])):  # bases first
-        bases = "".join(f"_{'_'.join(g)}, " for g in groups if set(g) > set(shared)) or "TypedDict, "
+        bases = "".join(f"_{'_'.join(g)}, " for g in sorted(groups, key=len) if set(g) > set(shared)) or "TypedDict, "
         text += f"\nclass _{'_'.join(shared)}({bases}total=False):\n" + "".join(
             f"    {n}: {params[n].annotation}  # default {params[n].default!r}\n" for n in names)
     for command in READERS:

@@ -39,7 +39,7 @@ class _run_estimate(_run_estimate_validate, total=False):
     order_buffer: int | None  # default 100000
     block_size: int | None  # default None
 
-class _run(_run_estimate_validate, _run_estimate, total=False):
+class _run(_run_estimate, _run_estimate_validate, total=False):
     explode_choices: bool  # default False
     output: str | None  # default None
     format: Literal['parquet', 'openai', 'native', 'anthropic', 'gemini'] | None  # default 'parquet'
@@ -85,7 +85,7 @@ class _validate(_run_estimate_validate, total=False):
     template: str | Callable[[dict[str, Any]], Any] | None  # default None
     cache: str | os.PathLike | None  # default None
 
-class _estimate(_run_estimate_validate, _run_estimate, total=False):
+class _estimate(_run_estimate, _run_estimate_validate, total=False):
     completion_ratio: float | None  # default None
     calibrate_from: str | None  # default None
     tokens_per_second: float | None  # default None
