@@ -57,35 +57,17 @@ def reader_command(command: str):
     return decorate
 
 
-PATH_OPTIONS = ("output", "rows_file", "calibrate_from")  # besides INPUT...: where placeholders apply
-
-
 def _values(inputs: tuple[str, ...], values: dict) -> dict:
-    """The command's option values with KEY=VALUE options as dicts (a job file's mapping, then
-    the command line's pairs over it), repeatable options as tuples, and {date}-style
-    placeholders in paths filled in (the date and run id used are kept in the values)."""
-    from pipeline import placeholders
-
+    """The command's option values as RunConfig takes them (`job.fill_values`), a job file's
+    KEY=VALUE mappings under the command line's pairs."""
     ctx = click.get_current_context()
-    out = dict(values)
-    found = placeholders.values(out.get("date"), out.get("run_id"))
-    out["date"], out["run_id"] = found["date"].isoformat(), found["run_id"]
-    for name in PATH_OPTIONS:
-        if isinstance(out.get(name), str):
-            out[name] = placeholders.resolve(out[name], found)
-    out["inputs"] = tuple(placeholders.resolve(i, found) for i in _inputs(inputs))
+    from pipeline.job import fill_values
+
+    out = fill_values(_inputs(inputs), values, ctx.meta.get("job_mappings"), _key_values)
     if "job_name" in out and not out["job_name"]:
         from pipeline.commands.metrics import job_name
 
         out["job_name"] = job_name(ctx.meta.get("job_file"), values.get("output"))
-    for name in options.KEY_VALUE_OPTIONS:
-        if name in out:
-            merged = dict(ctx.meta.get("job_mappings", {}).get(name, {}))
-            merged.update(_key_values(out[name], options.BY_NAME[name].long))
-            out[name] = merged
-    for name, value in out.items():
-        if isinstance(value, list):
-            out[name] = tuple(value)
     return out
 
 

@@ -29,7 +29,7 @@ from pipeline.intake.requests import Context
 from pipeline.intake.sources import InputFile, list_inputs
 from pipeline.intake.stream import request_stream, run_context
 from pipeline.intake.templates import OPTION_NAMES as TEMPLATE_OPTIONS
-from pipeline.intake.templates import TemplateSpec
+from pipeline.intake.templates import TemplateSpec, callable_identity
 from pipeline.models.adapters import Adapter, adapters_fingerprint, lora_engine_args
 from pipeline.models.names import output_name, resolve_model
 from pipeline.models.prices import Price, find_price
@@ -67,7 +67,8 @@ class _RunConfigMethods:
     def output_options(self) -> dict[str, Any]:
         """The options that change what rows say: part of the resume fingerprint."""
         d = asdict(self)
-        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in options.OUTPUT_OPTIONS}
+        return {k: (list(d[k]) if isinstance(d[k], tuple) else callable_identity(d[k]) if callable(d[k]) else d[k])
+                for k in options.OUTPUT_OPTIONS}
 
     def model_names(self) -> frozenset[str]:
         from pipeline.models.names import served_names
@@ -174,6 +175,36 @@ def image_policy(cfg) -> ImagePolicy:
     return ImagePolicy(max_bytes=cfg.image_max_bytes, limit=limit, timeout=cfg.image_timeout,
                        workers=cfg.image_workers, storage_options=cfg.storage_options, model=cfg.model,
                        vision=is_vision_model(cfg.model) if cfg.model else None)
+
+
+PATH_OPTIONS = ("output", "rows_file", "calibrate_from")  # besides the inputs: where placeholders apply
+
+
+def fill_values(inputs: Iterable[str], values: dict[str, Any], mappings: dict[str, dict] | None = None,
+                key_values=None) -> dict[str, Any]:
+    """A command's option values as RunConfig takes them: KEY=VALUE options as dicts (`mappings`,
+    a job file's, then the given pairs or mapping over it, read by `key_values(pairs, flag)`),
+    repeatable options as tuples, and {date}-style placeholders in paths filled in (the date and
+    run id used are kept in the values). Shared by the command line and the Python API."""
+    from pipeline import placeholders
+
+    key_values = key_values or parse_key_values
+    out = dict(values)
+    found = placeholders.values(out.get("date"), out.get("run_id"))
+    out["date"], out["run_id"] = found["date"].isoformat(), found["run_id"]
+    for name in PATH_OPTIONS:
+        if isinstance(out.get(name), str):
+            out[name] = placeholders.resolve(out[name], found)
+    out["inputs"] = tuple(placeholders.resolve(i, found) for i in inputs)
+    for name in options.KEY_VALUE_OPTIONS:
+        if name in out:
+            merged = dict((mappings or {}).get(name, {}))
+            merged.update(key_values(out[name] or (), options.BY_NAME[name].long))
+            out[name] = merged
+    for name, value in out.items():
+        if isinstance(value, list):
+            out[name] = tuple(value)
+    return out
 
 
 def load_job(path: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Progress on stderr: a tqdm bar on a terminal, plain periodic lines in logs, nothing with --quiet."""
+"""Progress on stderr: a tqdm bar on a terminal (a notebook's own bar in Jupyter), plain periodic
+lines in logs, nothing with --quiet."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ class Progress:
         self.done, self.tokens = initial, 0
         self.start = self.last = time.monotonic()
         self.bar = None
-        if not quiet and self.stream.isatty():
-            from tqdm import tqdm
+        if not quiet and (self.stream.isatty() or _in_jupyter()):
+            from tqdm.auto import tqdm  # the notebook's widget in Jupyter, else the terminal's bar
 
             self.bar = tqdm(total=total, unit="req", file=self.stream, dynamic_ncols=True,
                             smoothing=0.1, desc="requests", initial=initial)
@@ -57,3 +58,9 @@ class Progress:
             self.bar.close()
         elif not self.quiet and self.done:
             self.line(self._status(time.monotonic()))
+
+
+def _in_jupyter() -> bool:
+    """Inside a Jupyter kernel (IPython's ZMQ shell), where stderr is no terminal but a bar shows."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"

@@ -174,22 +174,22 @@ class RowSink:
         self.progress.update(1, tokens)
 
 
-def execute(p: Plan, started: float) -> Outcome:
-    """Claim the output, run what is not committed yet, commit its rows, finish the job."""
+def execute(p: Plan, started: float, dispatcher: Dispatcher | None = None) -> Outcome:
+    """Claim the output, run what is not committed yet, commit its rows, finish the job.
+    `dispatcher`: engines already started (a Python session's), used and left running."""
     cfg, stats = p.job.cfg, RunStats(started)
     with p.out.claim(p.detail, overwrite=cfg.overwrite, allow_foreign=cfg.allow_foreign_files,
                      lease_timeout=cfg.lease_timeout, about=_about(p)) as claim, contextlib.ExitStack() as engines:
         committed = claim.committed()
         progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet)
-        code, message, dispatcher, ordered = exits.OK, "", None, None
+        code, message, ordered = exits.OK, "", None
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
                 sink = RowSink(p, writer, stats, progress)
                 ordered = p.job.ordered(not_committed(p, committed, stats))
-                # closed after the marker: every row is committed, engine shutdown need not delay it
-                pool = engines.enter_context(contextlib.closing(_make_pool(cfg, p.job.engine_spec(), p.envs)))
-                dispatcher = Dispatcher(pool, window=in_flight_window(cfg.max_in_flight, cfg.max_num_seqs),
-                                        max_restarts=cfg.max_engine_restarts)
+                if dispatcher is None:
+                    # closed after the marker: every row is committed, engine shutdown need not delay it
+                    dispatcher = engines.enter_context(contextlib.closing(start_engines(p)))
                 for done in dispatcher.results(sink.engine_requests(ordered)):
                     if done is None:  # a tick: commit on time even when nothing finishes
                         writer.tick()
@@ -251,6 +251,14 @@ def _report(p: Plan, stats: RunStats, claim, dispatcher, ordered) -> dict[str, A
         "date": cfg.date,
         "run_id": cfg.run_id,
     }
+
+
+def start_engines(p: Plan) -> Dispatcher:
+    """The plan's engines, started, behind a dispatcher (closing it stops them)."""
+    cfg = p.job.cfg
+    return Dispatcher(_make_pool(cfg, p.job.engine_spec(), p.envs),
+                      window=in_flight_window(cfg.max_in_flight, cfg.max_num_seqs),
+                      max_restarts=cfg.max_engine_restarts)
 
 
 def _make_pool(cfg, spec: EngineSpec, envs: list[dict[str, str]]):

@@ -105,6 +105,10 @@ class Dispatcher:
         self._seq = 0
         self._ahead: Request | None = None  # taken from the source, not yet handed to an engine
 
+    def close(self) -> None:
+        """Stop the engines."""
+        self.pool.close()
+
     def results(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result] | None]:
         """(request, result) for every request, in the order they finish; None after each
         wait for the engines (about every half second), so the caller can act on time."""

@@ -11,6 +11,13 @@ A column the template needs that is missing from the row, or null in it, gives t
 column is false; printing it is the error.) A row's identity for resume stays its file and row
 number; `--id-column` names the column whose value is the row's `custom_id`.
 
+From Python (api.py) the user template may instead be a callable `row -> messages` (a list of
+{role, content}) or `row -> request body` (a dict with `messages` and any sampling fields): it
+gets the row's columns (nulls included) and stands in for the user template (no system or turns
+template with it). Its identity for resume is its qualified name and source text
+(`callable_identity`): editing the function makes another job; an exception it raises is that
+row's `template_error`.
+
 Output columns (`Layout`): the output schema (`schema.OUTPUT_SCHEMA`), then, with
 `--response-schema`, one typed column per property of the schema and `parse_error`, then the
 carried input columns with their input types. Name clashes: the pipeline's own columns keep
@@ -24,7 +31,7 @@ import base64
 import json
 import posixpath
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -80,7 +87,7 @@ def _environment():
 
 @dataclass(frozen=True)
 class TemplateSpec:
-    user: str
+    user: str | Callable[[dict[str, Any]], Any]
     system: str | None = None
     turns: str | None = None  # renders a JSON/YAML list of earlier messages
     sample: dict[str, Any] = field(default_factory=dict)
@@ -123,8 +130,11 @@ class TemplateSpec:
             except ValueError as e:
                 raise UserError(f"--response-schema {path} is neither JSON nor YAML: {e}") from None
             schema, fmt = structured.load_schema(data, f"--response-schema {path}")
+        if callable(user) and (values.get("template_system") or values.get("template_turns")):
+            raise UserError("a Python template takes no --template-system or --template-turns: "
+                            "return the whole list of messages from it")
         spec = cls(
-            user=_text_or_file(user, "--template-user"),
+            user=user if callable(user) else _text_or_file(user, "--template-user"),
             system=_text_or_file(values["template_system"], "--template-system") if values.get("template_system") else None,
             turns=_text_or_file(values["template_turns"], "--template-turns") if values.get("template_turns") else None,
             sample=sample, sample_column=sample_column, response_schema=schema, response_format=fmt,
@@ -142,8 +152,8 @@ class TemplateSpec:
         out = []
         for option, text in (("--template-system", self.system), ("--template-turns", self.turns),
                              ("--template-user", self.user)):
-            if text is None:
-                out.append(None)
+            if text is None or callable(text):
+                out.append(text)
                 continue
             try:
                 out.append(env.from_string(text))
@@ -153,7 +163,8 @@ class TemplateSpec:
 
     def fingerprint(self) -> dict[str, Any]:
         """What changes the rows beyond the option values: the templates' and schema's text."""
-        return {"user": self.user, "system": self.system, "turns": self.turns,
+        user = callable_identity(self.user) if callable(self.user) else self.user
+        return {"user": user, "system": self.system, "turns": self.turns,
                 "response_format": self.response_format, **({"images": list(self.images)} if self.images else {})}
 
     # ---- columns ------------------------------------------------------------------------------
@@ -246,6 +257,13 @@ class TemplateSpec:
                 return error(f"--id-column {self.id_column}: the column is "
                              f"{'null' if self.id_column in row else 'missing'} in this row", self.id_column)
             custom_id = value if isinstance(value, str) else json.dumps(value, default=str)
+        if callable(user):
+            try:
+                made = user(dict(row))
+            except Exception as e:
+                return error(f"the template function {_name(user)} raised {type(e).__name__}: {e}")
+            body = dict(made) if isinstance(made, dict) else {"messages": made}
+            return self._body(row, body, custom_id, source, line, ctx, error)
         columns = {k: v for k, v in row.items() if v is not None}
         context = {"row": columns, **columns}
         messages = []
@@ -269,7 +287,12 @@ class TemplateSpec:
             return error(*images)
         if images:
             messages[-1]["content"] = [{"type": "text", "text": messages[-1]["content"]}, *images]
-        body: dict[str, Any] = {"custom_id": custom_id, "messages": messages, **self.sample}
+        return self._body(row, {"messages": messages}, custom_id, source, line, ctx, error)
+
+    def _body(self, row: dict[str, Any], made: dict[str, Any], custom_id: str, source: Source, line: int,
+              ctx: Context, error) -> Request | FailedRequest:
+        """The request from the rendered messages (or a Python template's body) and the options."""
+        body: dict[str, Any] = {"custom_id": custom_id, **self.sample, **made}
         for key, column in self.sample_column.items():
             if column not in row:
                 return error(f"--sample-column {key}={column}: the row has no column {column!r}", column)
@@ -277,9 +300,7 @@ class TemplateSpec:
                 body[key] = row[column]
         if self.response_format is not None:
             body["response_format"] = self.response_format
-        item = parse_row(body, source=source, line=line, ctx=ctx, shape=BARE)
-        return item
-
+        return parse_row(body, source=source, line=line, ctx=ctx, shape=BARE)
 
     def _images(self, row: dict[str, Any], source_file: str) -> list[dict[str, Any]] | tuple[str, str]:
         """The --template-image columns' images as image_url parts (a null value: none), or
@@ -298,6 +319,23 @@ class TemplateSpec:
             if url is not None:
                 parts.append({"type": "image_url", "image_url": {"url": url}})
         return parts
+
+
+def _name(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def callable_identity(fn: Callable) -> dict[str, str]:
+    """A Python template's identity for resume: its name and source text (or, where there is no
+    source, as for a lambda typed in a console, its compiled code)."""
+    import inspect
+
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        source = repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
+    return {"function": _name(fn), "source": source}
 
 
 def image_url(value: Any, source_file: str) -> str | None:

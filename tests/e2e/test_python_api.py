@@ -1,0 +1,199 @@
+"""Issue 24: the Python API driven the way a notebook drives it, on the fake engine (it echoes the
+last message, so a template rendering `{{ payload }}` makes the completion)."""
+
+import inspect
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from conftest import REPO, invoke
+from pydantic import BaseModel
+
+import pipeline
+from pipeline import Session, api, exits, options
+
+FAKE = {"model": "smollm2", "engine": "fake", "quiet": True}
+
+
+class Review(BaseModel):
+    label: str
+    score: float
+    tags: list[str]
+
+
+def payloads(n=6):
+    return [json.dumps({"label": "positive" if i % 2 else "negative", "score": i / 10, "tags": ["t"] * i})
+            for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_every_option_of_the_table_is_a_keyword_argument_with_its_help():
+    for command, fn in ((options.RUN, pipeline.run), (options.ESTIMATE, pipeline.estimate),
+                        (options.VALIDATE, pipeline.validate)):
+        params = inspect.signature(fn).parameters
+        missing = [o.name for o in options.of(command) if o.name not in params]
+        assert missing == [], f"{command}: {missing}"
+        assert all(params[o.name].kind == inspect.Parameter.KEYWORD_ONLY for o in options.of(command))
+        assert "max_n: Largest accepted `n`" in fn.__doc__
+    assert (REPO / "pipeline" / "api.pyi").read_text() == api.stub(), "regenerate: python -m pipeline.api > pipeline/api.pyi"
+
+
+def test_import_pipeline_stays_light():
+    code = "import sys, pipeline; print(sorted(m for m in ('pipeline.api', 'vllm', 'torch', 'polars') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_dataframe_in_typed_dataframe_out_with_a_pydantic_response_format(tmp_path):
+    df = pl.DataFrame({"id": list(range(6)), "payload": payloads()})
+    out = pipeline.run(df, template="{{ payload }}", response_format=Review, carry=["id"], parsed=True, **FAKE)
+    assert isinstance(out, pl.DataFrame) and out.height == 6
+    assert out.schema["score"] == pl.Float64 and out.schema["tags"] == pl.List(pl.String)
+    assert out["id"].to_list() == list(range(6))
+    assert out["label"].to_list()[:2] == ["negative", "positive"]
+    assert out["parsed"][3] == Review(label="positive", score=0.3, tags=["t"] * 3)
+    lazy = pipeline.run(df, template="{{ payload }}", response_format=Review, carry=["id"], lazy=True, **FAKE)
+    assert isinstance(lazy, pl.LazyFrame) and lazy.collect().drop("parsed", strict=False).equals(out.drop("parsed"))
+
+
+def test_parse_callable_makes_zero_one_or_several_rows():
+    df = pl.DataFrame({"n": [0, 1, 3]})
+
+    def parse(row):
+        n = int(row["content"])
+        return None if n == 0 else {"k": 0} if n == 1 else [{"k": k} for k in range(n)]
+
+    out = pipeline.run(df, template="{{ n }}", parse=parse, **FAKE)
+    assert out["content"].to_list() == ["1", "3", "3", "3"]
+    assert out["k"].to_list() == [0, 0, 1, 2]
+
+
+def messages(row):
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"about {row['topic']}"}]
+
+
+def body(row):
+    return {"messages": [{"role": "user", "content": row["topic"].upper()}], "max_tokens": 5}
+
+
+def test_callable_templates_and_their_identity(cache):
+    rows = [{"topic": "owls"}, {"topic": "cats"}]
+    out = pipeline.run(rows, template=messages, **FAKE)
+    assert out["content"].to_list() == ["about owls", "about cats"]
+    assert pipeline.run(rows, template=body, **FAKE)["content"].to_list() == ["OWLS", "CATS"]
+    assert len(list((cache / "runs").iterdir())) == 2  # two functions: two jobs, two folders
+    pipeline.run(rows, template=messages, **FAKE)
+    assert len(list((cache / "runs").iterdir())) == 2  # the same function: the same job
+
+    def broken(row):
+        raise KeyError("nope")
+
+    out = pipeline.run(rows, template=broken, **FAKE)
+    assert out["error"].struct.field("code").to_list() == ["template_error"] * 2
+    assert "broken raised KeyError" in out["error"].struct.field("message")[0]
+
+
+def test_every_kind_of_table_in(cache):
+    import datasets
+    import pyarrow.dataset as ds
+
+    table = pa.table({"q": ["a", "b", "c"]})
+    kinds = [table, ds.dataset(table), datasets.Dataset.from_dict({"q": ["a", "b", "c"]}),
+             table.to_pandas(), pl.from_arrow(table), [{"q": "a"}, {"q": "b"}, {"q": "c"}]]
+    for data in kinds:
+        out = pipeline.run(data, template="{{ q }}!", **FAKE)
+        assert out["content"].to_list() == ["a!", "b!", "c!"], type(data)
+    # content-addressed: a pyarrow Table, a Dataset over it, a datasets.Dataset and a list of
+    # dicts hold the same bytes; polars (and pandas' string dtype) write large_string
+    assert len({api.input_paths(data, cache) for data in kinds}) == len(list((cache / "inputs").iterdir())) <= 2
+    assert len({api.input_paths(data, cache) for data in kinds[:3] + kinds[-1:]}) == 1
+
+
+def test_paths_in_and_output_given(tmp_path, chat):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(chat(f"r{i}", f"hello {i}")) + "\n" for i in range(3)))
+    out = pipeline.run(str(src), output=str(tmp_path / "out"), **FAKE)
+    assert out["custom_id"].to_list() == ["r0", "r1", "r2"]
+    assert (tmp_path / "out" / "_SUCCESS").exists() or any((tmp_path / "out").glob("part-*"))
+    assert pipeline.validate([src]) is True
+
+
+def test_interrupted_call_resumes_exactly_once(tmp_path, monkeypatch):
+    from pipeline.commands.progress import Progress
+
+    log = tmp_path / "received.log"
+    df = pl.DataFrame({"q": [f"q{i}" for i in range(20)]})
+    kwargs = dict(template="{{ q }}", checkpoint_every=1, engine_option={"log_file": str(log)}, **FAKE)
+    update = Progress.update
+
+    def interrupting(self, requests, tokens=0):
+        update(self, requests, tokens)
+        if self.done == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "update", interrupting)
+    with pytest.raises(exits.Incomplete, match="interrupted: finished rows were committed; committed output is kept"):
+        pipeline.run(df, **kwargs)
+    monkeypatch.setattr(Progress, "update", update)
+    out = pipeline.run(df, **kwargs)
+    assert sorted(out["content"].to_list()) == sorted(df["q"].to_list())  # every row once
+    assert out["custom_id"].n_unique() == 20
+    first = log.read_text().split()
+    assert len(first) >= 20  # what the engine had when interrupted is sent again, rows are not
+
+
+def test_errors_are_the_hierarchys_with_the_cli_messages(tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    cli = invoke("run", missing, "-o", tmp_path / "o1", "-m", "smollm2", "--engine", "fake", "-q")
+    with pytest.raises(exits.UserError) as e:
+        pipeline.run(str(missing), output=str(tmp_path / "o1"), **FAKE)
+    assert cli.exit_code == e.value.exit_code == exits.ERROR
+    assert cli.output.strip() == f"Error: {e.value}"
+    out = tmp_path / "o2"
+    pipeline.run([{"q": "a"}], template="{{ q }}", output=str(out), **FAKE)
+    with pytest.raises(exits.UserError, match="holds"):  # another job's output: refused, as on the CLI
+        pipeline.run([{"q": "b"}], template="{{ q }}", output=str(out), **FAKE)
+    with pytest.raises(TypeError, match="unexpected keyword argument.*no_such_option"):
+        pipeline.run([{"q": "a"}], no_such_option=1, **FAKE)
+    with pytest.raises(exits.UserError, match="--template-user"):
+        pipeline.run([{"q": "a"}], template="{{ q ", **FAKE)
+
+
+def test_session_starts_its_engine_once(tmp_path):
+    loads = tmp_path / "loads.log"
+    with Session(model="smollm2", engine="fake", engine_option={"load_log": str(loads)}) as s:
+        a = s.run(pl.DataFrame({"q": ["a", "b"]}), template="{{ q }}", quiet=True)
+        b = s.run([{"x": "c"}], template="<{{ x }}>", quiet=True)
+        assert s.starts == 1
+    assert a["content"].to_list() == ["a", "b"] and b["content"].to_list() == ["<c>"]
+    assert len(loads.read_text().splitlines()) == 1
+    with pytest.raises(TypeError, match="fixed by the Session"):
+        Session(model="smollm2").run([{"q": "a"}], model="other")
+
+
+def test_a_notebook_runs_the_api(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    cells = ["import polars as pl, pipeline",
+             "df = pl.DataFrame({'q': ['x', 'y']})\n"
+             "out = pipeline.run(df, template='{{ q }}', model='smollm2', engine='fake')",
+             "assert out['content'].to_list() == ['x', 'y']; print('rows', out.height)"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(REPO)}}).execute()
+    assert "rows 2" in "".join(o.get("text", "") for o in nb.cells[2].outputs)
+
+
+def test_example_script_runs_on_the_fake_engine():
+    out = subprocess.run([sys.executable, str(REPO / "samples" / "python_api.py"), "fake"], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "One short fact about owls." in out.stdout
