@@ -109,6 +109,10 @@ class Request:
     adapter: str | None = None  # the --lora adapter it runs with (None: the base model)
     # Its prefix group in the run's order (schedule.py): a group goes to one engine. 0: none.
     group: int = 0
+    # The endpoint it asks for (ENDPOINTS): "chat", or "embeddings" with `input` (a string, a list
+    # of strings, token ids or a list of token-id lists; `messages` is then empty).
+    endpoint: str = "chat"
+    input: Any = None
 
     @property
     def n(self) -> int:
@@ -121,7 +125,10 @@ class Request:
     @property
     def body(self) -> dict[str, Any]:
         """The normalized OpenAI chat-completions body: every field the row set, as validated,
-        under its OpenAI name. Engines read this body; none rebuilds the request its own way."""
+        under its OpenAI name. Engines read this body; none rebuilds the request its own way.
+        An embeddings request's body is its OpenAI embeddings body."""
+        if self.endpoint == "embeddings":
+            return {"input": self.input, **self.params}
         body: dict[str, Any] = {"messages": self.messages, **self.params}
         if "logit_bias" in body:  # JSON object keys: strings
             body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
@@ -130,6 +137,10 @@ class Request:
             if value is not None:
                 body[key] = value
         return body
+
+
+# The endpoints a request may ask for, and the kind of model (vLLM runner) that serves each.
+ENDPOINTS = {"chat": "generate", "embeddings": "pooling"}
 
 
 def field_names(keys: Any) -> list[str]:
