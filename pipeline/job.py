@@ -21,6 +21,7 @@ import yaml
 from pipeline import options
 from pipeline.engines.base import KINDS, EngineSpec
 from pipeline.exits import UserError
+from pipeline.intake.endpoints import file_endpoints, runner_for
 from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.order import order
 from pipeline.intake.reader import Scan, scan
@@ -101,6 +102,7 @@ class Job:
     model_name: str | None = None  # the model's name in output rows (None: no --model)
     price: Price | None = None
     limit: Limit = FULL  # --limit, --sample-seed: a trial run
+    runner: str = "generate"  # the kind of model the run serves (--runner; auto: from the inputs)
 
     @classmethod
     def open(cls, cfg, *, exclude: Location | None = None) -> Job:
@@ -117,7 +119,7 @@ class Job:
             price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                                price_output=cfg.price_output)
         return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
-                   Limit.of(cfg.limit, cfg.sample_seed))
+                   Limit.of(cfg.limit, cfg.sample_seed), _runner(cfg, files, scans, spec))
 
     def rows(self) -> Iterator[Request | FailedRequest]:
         """Every input row (those a --limit trial takes) as a Request or FailedRequest, in the
@@ -153,10 +155,21 @@ class Job:
         cfg = self.cfg
         return EngineSpec(
             kind=cfg.engine, model=resolve_model(cfg.model) if KINDS[cfg.engine].loads_model else cfg.model,
-            engine_args={**lora_engine_args(self.adapters), **cfg.engine_args()}, seed_policy=cfg.seed_on_cpu,
-            tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
+            engine_args={**lora_engine_args(self.adapters), "runner": self.runner, **cfg.engine_args()},
+            seed_policy=cfg.seed_on_cpu, tool_parser=cfg.tool_call_parser,
+            options={"runner": self.runner, **cfg.engine_options},
             lora={a.name: a.path for a in self.adapters},
         )
+
+
+def _runner(cfg, files: list[InputFile], scans: list[Scan], spec: TemplateSpec | None) -> str:
+    """The kind of model the run serves: --runner, else the kind its request files need (a template
+    job: generate); a folder that mixes kinds is refused either way."""
+    try:
+        needed = "generate" if spec else runner_for(file_endpoints(files, scans, max_line_bytes=cfg.max_line_bytes))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return needed if cfg.runner == "auto" else cfg.runner
 
 
 def load_job(path: str) -> dict[str, Any]:

@@ -143,6 +143,30 @@ class Request:
 ENDPOINTS = {"chat": "generate", "embeddings": "pooling"}
 
 
+def kind_problem(endpoint: str, runner: str) -> Problem | None:
+    """Why a request for `endpoint` cannot run on a model of kind `runner` (None: it can)."""
+    needed = ENDPOINTS[endpoint]
+    if runner == needed:
+        return None
+    what = {"generate": "a generative model (--runner generate)",
+            "pooling": "an embedding model (--runner pooling; --convert embed turns a causal LM into one)"}
+    kind = "an embedding" if runner == "pooling" else "a generative"
+    return Problem("unsupported_endpoint", f"{endpoint} requests need {what[needed]}, and this run's model "
+                   f"is {kind} model. Hint: one run serves one model: put these requests in a run of their own")
+
+
+def is_token_ids(value: Any) -> bool:
+    """A non-empty list of token ids."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+
+
+def embedding_inputs(value: Any) -> list[Any]:
+    """The single inputs of an embeddings request's `input`, in order (strings or token-id lists):
+    a list of strings or of token-id lists holds several, anything else is one."""
+    return [value] if isinstance(value, str) or is_token_ids(value) else list(value)
+
+
 def field_names(keys: Any) -> list[str]:
     """Field names, sorted, as text a message can hold (a lone surrogate is escaped)."""
     return sorted(k if isinstance(k, str) and is_text(k) else ascii(k) for k in keys)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pipeline.records import ENDPOINTS, Invalid, Request, kind_of, names_list, short
+from pipeline.intake.reader import Scan, read_rows
+from pipeline.intake.sources import InputFile
+from pipeline.records import ENDPOINTS, Invalid, Request, is_token_ids, kind_of, names_list, short
 
 EMBEDDINGS_URL = "/v1/embeddings"
 EMBEDDINGS_URL_FORMS = re.compile(r"^(?:/v1|/openai/v1|/openai/deployments/[^/?#]+)?/embeddings(?:\?[^#]*)?$")
@@ -33,26 +35,11 @@ def embeddings_input(value: Any) -> Any:
     if isinstance(value, list) and value and len(value) <= MAX_INPUTS:
         if all(isinstance(v, str) and v for v in value):
             return value
-        if all(_token_ids(v) for v in value) or _token_ids(value):
+        if all(is_token_ids(v) for v in value) or is_token_ids(value):
             return value
     raise Invalid("invalid_input", f"input must be a non-empty string, a list of at most {MAX_INPUTS} "
                   f"non-empty strings, a list of token ids or a list of token-id lists; got {kind_of(value)} "
                   f"{short(value, 40)}", "input")
-
-
-def _token_ids(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
-
-
-def is_batch(value: Any) -> bool:
-    """Whether an input holds several inputs (a list of strings or of token-id lists)."""
-    return isinstance(value, list) and not _token_ids(value)
-
-
-def inputs_of(value: Any) -> list[Any]:
-    """The single inputs of an embeddings input, in order: strings or token-id lists."""
-    return list(value) if is_batch(value) else [value]
 
 
 def embeddings_request(body: Any, custom_id: str, source_file: str, line: int, model: str | None,
@@ -79,18 +66,6 @@ def embeddings_request(body: Any, custom_id: str, source_file: str, line: int, m
                    endpoint="embeddings", input=embeddings_input(body.get("input")))
 
 
-def kind_problem(endpoint: str, runner: str) -> str | None:
-    """Why a request for `endpoint` cannot run on a model of kind `runner` (None: it can)."""
-    needed = ENDPOINTS[endpoint]
-    if runner == needed:
-        return None
-    what = {"generate": "a generative model (--runner generate)",
-            "pooling": "an embedding model (--runner pooling; --convert embed turns a causal LM into one)"}
-    return (f"{endpoint} requests need {what[needed]}, and this run's model is "
-            f"{'an embedding' if runner == 'pooling' else 'a generative'} model. Hint: one run serves one "
-            "model: put these requests in a run of their own")
-
-
 def runner_for(endpoints: dict[str, str]) -> str:
     """The model kind (vLLM runner) for a folder whose files ask for these endpoints
     ({source_file: endpoint}); raises ValueError for a folder that mixes kinds."""
@@ -103,3 +78,14 @@ def runner_for(endpoints: dict[str, str]) -> str:
                          + "), but one run serves one model, generative or embedding. Hint: run each kind "
                          "of file on its own")
     return next(iter(kinds), "generate")
+
+
+def file_endpoints(files: list[InputFile], scans: list[Scan], *, max_line_bytes: int) -> dict[str, str]:
+    """Each request file's endpoint, from its first row that is an object (as its shape is)."""
+    found = {}
+    for file, found_scan in zip(files, scans, strict=True):
+        for _, row in read_rows(file, found_scan, max_line_bytes=max_line_bytes):
+            if isinstance(row, dict):
+                found[file.display] = "embeddings" if is_embeddings_line(row) else "chat"
+                break
+    return found
