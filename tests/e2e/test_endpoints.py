@@ -1,0 +1,95 @@
+"""Embeddings lines end to end on the fake engine: rows with vectors, OpenAI embedding result
+lines, the runner chosen from the inputs, and what a run refuses (docs/endpoints.md)."""
+
+import json
+
+import pytest
+from conftest import chat_line, invoke, read_output, write_jsonl
+
+from pipeline.engines.fake import fake_vector
+from pipeline.intake.requests import Context, parse_row
+
+FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
+
+
+def embed_line(custom_id, **body):
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings", "body": body}
+
+
+def unit(vector):
+    norm = sum(x * x for x in vector) ** 0.5
+    return [x / norm for x in vector]
+
+
+@pytest.fixture
+def embeddings_file(tmp_path):
+    (tmp_path / "in").mkdir()
+    return write_jsonl(tmp_path / "in" / "embed.jsonl", [
+        embed_line("one", input="hello world", model="smollm2"),
+        embed_line("many", input=["a b", "c"]),
+        embed_line("ids", input=[5, 6, 7], dimensions=4),
+        embed_line("empty", input=""),
+        embed_line("base64", input="x", encoding_format="base64"),
+    ])
+
+
+def test_embeddings_rows(tmp_path, embeddings_file):
+    res = invoke("run", embeddings_file, "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert len(rows) == 5
+    assert rows["one"]["embedding"] == pytest.approx(unit(fake_vector("hello world", 8)), abs=1e-6)
+    assert rows["one"]["embeddings"] is None and rows["one"]["choices"] is None
+    assert (rows["one"]["prompt_tokens"], rows["one"]["completion_tokens"]) == (2, 0)
+    assert rows["one"]["estimated_cost"] > 0
+    assert rows["many"]["embedding"] is None
+    assert rows["many"]["embeddings"] == [pytest.approx(unit(fake_vector(t, 8)), abs=1e-6) for t in ("a b", "c")]
+    assert rows["ids"]["embedding"] == pytest.approx(unit(fake_vector("[5, 6, 7]", 8)[:4]), abs=1e-6)
+    assert rows["empty"]["error"]["code"] == "invalid_input"
+    assert rows["base64"]["error"]["code"] == "unsupported_parameter"
+
+
+def test_openai_embedding_result_lines(tmp_path, embeddings_file):
+    res = invoke("run", embeddings_file, "-o", tmp_path / "out", *FAKE, "--format", "openai")
+    assert res.exit_code == 0, res.output
+    [results] = (tmp_path / "out").glob("results/*.jsonl")
+    lines = {x["custom_id"]: x for x in map(json.loads, results.read_text().splitlines())}
+    body = lines["many"]["response"]["body"]
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
+    assert body["data"][1]["object"] == "embedding" and len(body["data"][1]["embedding"]) == 8
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == 3
+    assert lines["empty"]["response"] is None and lines["empty"]["error"]["code"] == "invalid_input"
+
+
+def test_a_folder_mixing_chat_and_embeddings_is_refused(tmp_path, embeddings_file):
+    write_jsonl(tmp_path / "in" / "chat.jsonl", [chat_line("c", "hi")])
+    res = invoke("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code != 0
+    assert "these inputs mix chat and embeddings requests" in res.output
+    assert "one run serves one model" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_requests_for_another_kind_of_model_get_one_clear_error(tmp_path, embeddings_file):
+    res = invoke("run", embeddings_file, "-o", tmp_path / "out", *FAKE, "--runner", "generate")
+    assert res.exit_code == 0, res.output
+    errors = {r["custom_id"]: r["error"] for r in read_output(tmp_path / "out").to_dicts()}
+    assert errors["one"]["code"] == "unsupported_endpoint"
+    assert "embeddings requests need an embedding model (--runner pooling" in errors["one"]["message"]
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ({"input": []}, "invalid_input"),
+    ({"input": ["a", 1]}, "invalid_input"),
+    ({"input": [[1], [-2]]}, "invalid_input"),
+    ({"input": "x", "dimensions": 0}, "invalid_parameter"),
+    ({"input": "x", "model": "gpt-4o"}, "model_mismatch"),
+])
+def test_invalid_embeddings_bodies(body, code):
+    got = parse_row(embed_line("x", **body), source_file="f", line=1, ctx=Context.of("smollm2"))
+    assert got.code == code and got.shape == "openai-embeddings"
+
+
+def test_completions_lines_are_still_refused():
+    row = {"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": {"prompt": "hi"}}
+    assert parse_row(row, source_file="f", line=1, ctx=Context()).code == "invalid_url"
