@@ -93,3 +93,30 @@ def test_invalid_embeddings_bodies(body, code):
 def test_completions_lines_are_still_refused():
     row = {"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": {"prompt": "hi"}}
     assert parse_row(row, source_file="f", line=1, ctx=Context()).code == "invalid_url"
+
+
+def test_estimate_counts_embedding_input_tokens_exactly(tmp_path, embeddings_file):
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from pipeline.models.names import resolve_model
+
+    res = invoke("estimate", embeddings_file, "-m", "smollm2", "--rows-file", tmp_path / "rows.parquet", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in pl.read_parquet(tmp_path / "rows.parquet").to_dicts()}
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
+
+    def count(text):
+        return len(tokenizer(text)["input_ids"])
+
+    assert rows["one"]["prompt_tokens"] == count("hello world")
+    assert rows["many"]["prompt_tokens"] == count("a b") + count("c")
+    assert rows["ids"]["prompt_tokens"] == 3
+    assert {r["completion_tokens_upper"] for r in rows.values() if r["error"] is None} == {0}
+
+
+def test_embedding_list_prices():
+    from pipeline.models.prices import hosted_price
+
+    assert hosted_price("text-embedding-3-small").input == 0.02
+    assert hosted_price("text-embedding-3-large").cost(1_000_000, 0) == 0.13
