@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +118,11 @@ class Job:
             model_name = output_name(cfg.model, cfg.served_model_name)
             price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                                price_output=cfg.price_output)
+        runner = _runner(cfg, files, scans, spec)
+        if spec is not None and runner == "pooling":
+            spec = replace(spec, endpoint="embeddings")
         return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
-                   Limit.of(cfg.limit, cfg.sample_seed), _runner(cfg, files, scans, spec))
+                   Limit.of(cfg.limit, cfg.sample_seed), runner)
 
     def rows(self) -> Iterator[Request | FailedRequest]:
         """Every input row (those a --limit trial takes) as a Request or FailedRequest, in the
@@ -164,7 +167,8 @@ class Job:
 
 def _runner(cfg, files: list[InputFile], scans: list[Scan], spec: TemplateSpec | None) -> str:
     """The kind of model the run serves: --runner, else the kind its request files need (a template
-    job: generate); a folder that mixes kinds is refused either way."""
+    job: generate; with --runner pooling it embeds its rendered rows); a folder that mixes kinds is
+    refused either way."""
     try:
         needed = "generate" if spec else runner_for(file_endpoints(files, scans, max_line_bytes=cfg.max_line_bytes))
     except ValueError as e:

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from pipeline.exits import UserError
 from pipeline.intake.requests import BODY_FIELDS, Context, SeenIds, parse_row
-from pipeline.intake.shapes import BARE
+from pipeline.intake.shapes import BARE, EMBEDDINGS
 from pipeline.intake.sources import InputFile
 from pipeline.output import structured
 from pipeline.output.layout import Layout
@@ -89,6 +89,9 @@ class TemplateSpec:
     carry: tuple[str, ...] = ()
     carry_all: bool = False
     explode: bool = False
+    # "embeddings" on an embedding model (--runner pooling): the rendered --template-user text is
+    # each row's embeddings input (docs/endpoints.md)
+    endpoint: str = "chat"
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> TemplateSpec | None:
@@ -256,6 +259,10 @@ class TemplateSpec:
             if isinstance(earlier, str):
                 return error(f"--template-turns: {earlier}", None)
             messages.extend(earlier)
+        if self.endpoint == "embeddings":
+            request = {"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings",
+                     "body": {"input": messages[-1]["content"]}}
+            return parse_row(request, source_file=source_file, line=line, ctx=ctx, shape=EMBEDDINGS)
         body: dict[str, Any] = {"custom_id": custom_id, "messages": messages, **self.sample}
         for key, column in self.sample_column.items():
             if column not in row:

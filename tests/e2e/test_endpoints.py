@@ -120,3 +120,29 @@ def test_embedding_list_prices():
 
     assert hosted_price("text-embedding-3-small").input == 0.02
     assert hosted_price("text-embedding-3-large").cost(1_000_000, 0) == 0.13
+
+
+def test_embed_a_table(tmp_path):
+    """A template job on an embedding model: the table, its ids and carried columns, plus the
+    `embedding` vector column, which polars, DuckDB and `datasets` read as a list of floats."""
+    import datasets
+    import duckdb
+    import polars as pl
+
+    texts = ["red apple", "green pear", "blue sky"]
+    pl.DataFrame({"id": ["a", "b", "c"], "text": texts, "year": [2001, 2002, 2003]}).write_parquet(
+        tmp_path / "table.parquet")
+    args = ["run", tmp_path / "table.parquet", "-o", tmp_path / "out", *FAKE, "--runner", "pooling",
+            "--template-user", "{{ text }}", "--id-column", "id", "--carry-all"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    df = read_output(tmp_path / "out").sort("custom_id")
+    assert df["custom_id"].to_list() == ["a", "b", "c"] and df["year"].to_list() == [2001, 2002, 2003]
+    assert df.schema["embedding"] == pl.List(pl.Float32)
+    assert df["embedding"].to_list()[1] == pytest.approx(unit(fake_vector("green pear", 8)), abs=1e-6)
+    assert invoke(*args).exit_code == 0  # resume: already complete
+    parts = str(tmp_path / "out" / "part-*.parquet")
+    [(size,)] = duckdb.sql(f"SELECT DISTINCT len(embedding) FROM '{parts}'").fetchall()
+    assert size == 8
+    ds = datasets.load_dataset("parquet", data_files=parts, split="train")
+    assert ds.features["embedding"].feature.dtype == "float32" and len(ds[0]["embedding"]) == 8
