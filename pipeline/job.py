@@ -120,6 +120,10 @@ class Job:
                                price_output=cfg.price_output)
         runner = _runner(cfg, files, scans, spec)
         if spec is not None and runner == "pooling":
+            if spec.system or spec.turns or spec.sample or spec.sample_column or spec.response_schema:
+                raise UserError("a template job on an embedding model (--runner pooling) embeds the rendered "
+                                "--template-user text only: --template-system, --template-turns, --sample, "
+                                "--sample-column and --response-schema have no meaning there; drop them")
             spec = replace(spec, endpoint="embeddings")
         return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
                    Limit.of(cfg.limit, cfg.sample_seed), runner)

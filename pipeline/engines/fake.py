@@ -88,7 +88,7 @@ class FakeEngine:
         vectors = [fake_vector(str(one), size)[:dimensions] for one in inputs]
         tokens = sum(len(one) if isinstance(one, list) else len(one.split()) for one in inputs)
         return Result(seq, prompt_tokens=tokens, completion_tokens=0, cached_tokens=0,
-                      embeddings=[[x / sum(v * v for v in vec) ** 0.5 for x in vec] for vec in vectors])
+                      embeddings=[_unit(vector) for vector in vectors])
 
     def _claim_death(self) -> bool:
         """Die only once per marker file, so that a restarted worker survives."""
@@ -119,6 +119,11 @@ def _last_text(req: Request) -> str:
     if isinstance(content, list):
         content = "\n".join(p["text"] for p in content)
     return content
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = sum(x * x for x in vector) ** 0.5
+    return [x / norm for x in vector]
 
 
 def fake_vector(text: str, size: int) -> list[float]:

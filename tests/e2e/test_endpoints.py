@@ -146,3 +146,12 @@ def test_embed_a_table(tmp_path):
     assert size == 8
     ds = datasets.load_dataset("parquet", data_files=parts, split="train")
     assert ds.features["embedding"].feature.dtype == "float32" and len(ds[0]["embedding"]) == 8
+
+
+def test_a_template_job_on_an_embedding_model_refuses_chat_only_options(tmp_path):
+    import polars as pl
+
+    pl.DataFrame({"text": ["x"]}).write_parquet(tmp_path / "t.parquet")
+    res = invoke("run", tmp_path / "t.parquet", "-o", tmp_path / "out", *FAKE, "--runner", "pooling",
+                 "--template-user", "{{ text }}", "--template-system", "Be brief.")
+    assert res.exit_code != 0 and "embeds the rendered --template-user text only" in res.output
