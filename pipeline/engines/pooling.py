@@ -46,9 +46,9 @@ class PoolingQueue:
         work, self.queue = self.queue, []
         try:
             return self._embed(work)
-        except Exception:
+        except Exception as e:  # a request vLLM refuses fails the whole call: retry each on its own
             if len(work) == 1:
-                raise
+                return [Result(work[0][0], error=self.refusal(e))]
         results = []
         for one in work:
             try:

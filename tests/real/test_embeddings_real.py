@@ -45,6 +45,7 @@ def run(tmp_path_factory):
         line("batch", input=TEXTS[:2]),
         line("ids", input=[1, 504, 3240, 314]),
         line("dims", input="short", dimensions=32),
+        line("too-long", input="word " * 9000),
     ])
     res = invoke("run", src, "-o", tmp / "out", "-m", "smollm2", "--dtype", "float32", "-q")
     assert res.exit_code == 0, res.output
@@ -70,3 +71,5 @@ def test_usage_and_errors(run):
     assert run["t0"]["estimated_cost"] > 0
     error = run["dims"]["error"]
     assert error["code"] == "unsupported_parameter" and "matryoshka" in error["message"], json.dumps(error)
+    # vLLM refuses the whole call for one input over the context: only that request fails
+    assert run["too-long"]["error"]["code"] == "context_length_exceeded", json.dumps(run["too-long"]["error"])
