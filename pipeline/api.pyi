@@ -37,6 +37,7 @@ class _run_estimate_validate(TypedDict, total=False):
     max_model_len: int | None  # default None
     tokenizer: str | None  # default None
     trust_remote_code: bool  # default False
+    runner: Literal['auto', 'generate', 'pooling'] | None  # default 'auto'
 
 class _run_estimate(_run_estimate_validate, total=False):
     provider: str | None  # default None
@@ -64,6 +65,7 @@ class _run(_run_estimate, _run_estimate_validate, total=False):
     seed_on_cpu: Literal['ignore', 'error', 'engine'] | None  # default 'ignore'
     tool_call_parser: str | None  # default None
     engine: Literal['vllm', 'fake'] | None  # default 'vllm'
+    convert: Literal['auto', 'none', 'embed', 'classify'] | None  # default None
     engine_option: Mapping[str, Any] | Sequence[str] | None  # default None
     executor: Literal['local', 'ray'] | None  # default 'local'
     ray_address: str | None  # default None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import yaml
 from pipeline import options
 from pipeline.engines.base import KINDS, EngineSpec, default_kv_block_tokens
 from pipeline.exits import UserError
+from pipeline.intake.endpoints import file_endpoints, runner_for
 from pipeline.intake.images import ImagePolicy
 from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.order import order
@@ -103,6 +104,7 @@ class Job:
     price: Price | None = None
     limit: Limit = FULL  # --limit, --sample-seed: a trial run
     images: ImagePolicy | None = None  # how image parts are fetched and checked
+    runner: str = "generate"  # the kind of model the run serves (--runner; auto: from the inputs)
 
     @classmethod
     def open(cls, cfg, *, exclude: Location | None = None) -> Job:
@@ -118,8 +120,15 @@ class Job:
             model_name = output_name(cfg.model, cfg.served_model_name)
             price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                                price_output=cfg.price_output)
+        runner = _runner(cfg, files, scans, spec)
+        if spec is not None and runner == "pooling":
+            if spec.system or spec.turns or spec.sample or spec.sample_column or spec.response_schema:
+                raise UserError("a template job on an embedding model (--runner pooling) embeds the rendered "
+                                "--template-user text only: --template-system, --template-turns, --sample, "
+                                "--sample-column and --response-schema have no meaning there; drop them")
+            spec = replace(spec, endpoint="embeddings")
         return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
-                   Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg))
+                   Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg), runner)
 
     def rows(self) -> Iterator[Request | FailedRequest]:
         """Every input row (those a --limit trial takes) as a Request or FailedRequest, in the
@@ -161,8 +170,9 @@ class Job:
         cfg = self.cfg
         return EngineSpec(
             kind=cfg.engine, model=resolve_model(cfg.model) if KINDS[cfg.engine].loads_model else cfg.model,
-            engine_args={**lora_engine_args(self.adapters), **cfg.engine_args()}, seed_policy=cfg.seed_on_cpu,
-            tool_parser=cfg.tool_call_parser, options=cfg.engine_options,
+            engine_args={**lora_engine_args(self.adapters), "runner": self.runner, **cfg.engine_args()},
+            seed_policy=cfg.seed_on_cpu, tool_parser=cfg.tool_call_parser,
+            options={"runner": self.runner, **cfg.engine_options},
             lora={a.name: a.path for a in self.adapters},
         )
 
@@ -205,6 +215,17 @@ def fill_values(inputs: Iterable[str], values: dict[str, Any], mappings: dict[st
         if isinstance(value, list):
             out[name] = tuple(value)
     return out
+
+
+def _runner(cfg, files: list[InputFile], scans: list[Scan], spec: TemplateSpec | None) -> str:
+    """The kind of model the run serves: --runner, else the kind its request files need (a template
+    job: generate; with --runner pooling it embeds its rendered rows); a folder that mixes kinds is
+    refused either way."""
+    try:
+        needed = "generate" if spec else runner_for(file_endpoints(files, scans, max_line_bytes=cfg.max_line_bytes))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return needed if cfg.runner == "auto" else cfg.runner
 
 
 def load_job(path: str) -> dict[str, Any]:

@@ -183,6 +183,12 @@ OPTIONS: tuple[Opt, ...] = (
         "Default: by model family.", output=True),
     Opt("engine", "fake: an instant echo engine, for tests and I/O benchmarks.",
         click.Choice(list(KINDS)), "vllm", output=True),
+    Opt("runner", "The kind of model the run serves, as vLLM's runner: generate (chat) or pooling "
+        "(embeddings). auto: pooling when the inputs are embeddings lines, else generate.",
+        click.Choice(["auto", "generate", "pooling"]), "auto", commands=READERS, output=True),
+    Opt("convert", "vLLM: turn the model into another kind (embed: a causal LM into an embedding "
+        "model, last-token pooling; vLLM's auto does that for --runner pooling).",
+        click.Choice(["auto", "none", "embed", "classify"]), engine=True, output=True),
     Opt("engine_option", "Options of the engine itself (tests).", multiple=True, metavar="KEY=VALUE",
         hidden=True),
     Opt("executor", "local: engine processes on this machine; ray: engine actors on a Ray cluster.",

@@ -138,6 +138,10 @@ class Request:
     # Its prefix group in the run's order (schedule.py): a group goes to one engine. 0: none.
     group: int = 0
     file: int = 0  # the input file's index (Source.index): with line, the request's key
+    # The endpoint it asks for (ENDPOINTS): "chat", or "embeddings" with `input` (a string, a list
+    # of strings, token ids or a list of token-id lists; `messages` is then empty).
+    endpoint: str = "chat"
+    input: Any = None
 
     @property
     def n(self) -> int:
@@ -150,7 +154,10 @@ class Request:
     @property
     def body(self) -> dict[str, Any]:
         """The normalized OpenAI chat-completions body: every field the row set, as validated,
-        under its OpenAI name. Engines read this body; none rebuilds the request its own way."""
+        under its OpenAI name. Engines read this body; none rebuilds the request its own way.
+        An embeddings request's body is its OpenAI embeddings body."""
+        if self.endpoint == "embeddings":
+            return {"input": self.input, **self.params}
         body: dict[str, Any] = {"messages": self.messages, **self.params}
         if "logit_bias" in body:  # JSON object keys: strings
             body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
@@ -159,6 +166,34 @@ class Request:
             if value is not None:
                 body[key] = value
         return body
+
+
+# The endpoints a request may ask for, and the kind of model (vLLM runner) that serves each.
+ENDPOINTS = {"chat": "generate", "embeddings": "pooling"}
+
+
+def kind_problem(endpoint: str, runner: str) -> Problem | None:
+    """Why a request for `endpoint` cannot run on a model of kind `runner` (None: it can)."""
+    needed = ENDPOINTS[endpoint]
+    if runner == needed:
+        return None
+    what = {"generate": "a generative model (--runner generate)",
+            "pooling": "an embedding model (--runner pooling; --convert embed turns a causal LM into one)"}
+    kind = "an embedding" if runner == "pooling" else "a generative"
+    return Problem("unsupported_endpoint", f"{endpoint} requests need {what[needed]}, and this run's model "
+                   f"is {kind} model. Hint: one run serves one model: put these requests in a run of their own")
+
+
+def is_token_ids(value: Any) -> bool:
+    """A non-empty list of token ids."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+
+
+def embedding_inputs(value: Any) -> list[Any]:
+    """The single inputs of an embeddings request's `input`, in order (strings or token-id lists):
+    a list of strings or of token-id lists holds several, anything else is one."""
+    return [value] if isinstance(value, str) or is_token_ids(value) else list(value)
 
 
 def field_names(keys: Any) -> list[str]:

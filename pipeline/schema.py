@@ -47,6 +47,10 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("finish_reason", pa.string()),
     pa.field("tool_calls", pa.list_(TOOL_CALL)),
     pa.field("choices", pa.list_(CHOICE)),
+    # an embeddings request's vector (a line with one input), or its vectors in order (a line whose
+    # input is a list): the other is null (docs/endpoints.md)
+    pa.field("embedding", pa.list_(pa.float32())),
+    pa.field("embeddings", pa.list_(pa.list_(pa.float32()))),
     pa.field("prompt_tokens", pa.int64()),
     pa.field("completion_tokens", pa.int64()),
     pa.field("total_tokens", pa.int64()),

@@ -53,6 +53,7 @@ class Result:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     error: Problem | None = None  # the request failed inside the engine
+    embeddings: list[list[float]] | None = None  # an embeddings request's vectors, one per input
     warnings: tuple[str, ...] = ()
     # set by the dispatcher: which engine answered, and seconds from hand-over to answer
     engine: int | None = None

@@ -6,25 +6,29 @@ have been added, once per marker file `die_marker`), `step_delay` (seconds per s
 `log_file` (append every custom_id the engine receives, to check what a resume re-sends),
 `die_loading` (die while loading, before the worker reports ready: a signal name such as SIGKILL,
 as the OOM killer does, or an exit code), `load_log` (append a line at every load) and
-`die_loads` (with `load_log`: die only while this many loads have been logged, then load fine).
+`die_loads` (with `load_log`: die only while this many loads have been logged, then load fine),
+`runner` ("generate", the default, or "pooling": an embedding model, whose vectors are
+`embedding_size` (8) deterministic unit-length floats per input, derived from the input's hash).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
 import time
 
 from pipeline.engines.base import EngineSpec, Result
-from pipeline.records import Request
+from pipeline.records import Problem, Request, embedding_inputs, kind_problem
 
 
 class FakeEngine:
     def __init__(self, spec: EngineSpec):
         self.opts = spec.options
+        self.runner = self.opts.get("runner", "generate")
         self.info = {"model": spec.model, "max_model_len": self.opts.get("max_model_len", 4096),
-                     "platform": "fake", "pid": os.getpid()}
+                     "platform": "fake", "pid": os.getpid(), "runner": self.runner}
         self.queue: list[Result] = []
         self.added = 0
         self._load()
@@ -55,6 +59,13 @@ class FakeEngine:
                 os._exit(86)
             if self.opts.get("die_at") == self.added and self._claim_death():
                 os._exit(86)
+            problem = kind_problem(req.endpoint, self.runner)
+            if problem is not None:
+                self.queue.append(Result(seq, error=problem))
+                continue
+            if req.endpoint == "embeddings":
+                self.queue.append(self._embed(seq, req))
+                continue
             text = _last_text(req)
             prompt = sum(len(str(m.get("content") or "").split()) + 4 for m in req.messages)
             budget = req.max_tokens or 16
@@ -66,6 +77,18 @@ class FakeEngine:
             ]
             self.queue.append(Result(seq, choices, prompt, len(words) * req.n, 0))
         return []
+
+    def _embed(self, seq: int, req: Request) -> Result:
+        size = self.opts.get("embedding_size", 8)
+        dimensions = req.params.get("dimensions", size)
+        if dimensions > size:
+            return Result(seq, error=Problem("invalid_parameter", f"dimensions {dimensions} is more than the "
+                                             f"model's {size}", "dimensions"))
+        inputs = embedding_inputs(req.input)
+        vectors = [fake_vector(str(one), size)[:dimensions] for one in inputs]
+        tokens = sum(len(one) if isinstance(one, list) else len(one.split()) for one in inputs)
+        return Result(seq, prompt_tokens=tokens, completion_tokens=0, cached_tokens=0,
+                      embeddings=[_unit(vector) for vector in vectors])
 
     def _claim_death(self) -> bool:
         """Die only once per marker file, so that a restarted worker survives."""
@@ -96,3 +119,14 @@ def _last_text(req: Request) -> str:
     if isinstance(content, list):
         content = "\n".join(p["text"] for p in content if p["type"] == "text")
     return content
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = sum(x * x for x in vector) ** 0.5
+    return [x / norm for x in vector]
+
+
+def fake_vector(text: str, size: int) -> list[float]:
+    """A deterministic vector for a text: its hash's bytes, centred."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).digest()
+    return [(b - 127.5) / 127.5 for b in digest]

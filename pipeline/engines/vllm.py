@@ -17,8 +17,9 @@ import uuid
 from typing import Any
 
 from pipeline.engines.base import EngineSpec, Result
+from pipeline.engines.pooling import PoolingQueue
 from pipeline.models.render import context_problem, engine_tools
-from pipeline.records import Problem, Request
+from pipeline.records import Problem, Request, kind_problem
 
 log = logging.getLogger("pipeline.engines")
 _PROMPT_LENGTH = re.compile(r"prompt \(length (\d+)\)")
@@ -80,6 +81,8 @@ class VLLMEngine:
             self.engine.add_lora(lora)
         self.tokenizer = self.llm.get_tokenizer()
         model_config = self.llm.model_config
+        self.runner = model_config.runner_type  # generate, or pooling: embeddings go to self.pooling
+        self.pooling = PoolingQueue(self.llm, self._refusal) if self.runner == "pooling" else None
         self.max_model_len = model_config.max_model_len
         self.defaults = model_config.get_diff_sampling_param()
         self.tool_parser_name, self.tool_parser_cls = _tool_parser(spec.tool_parser, self.tokenizer)
@@ -92,16 +95,23 @@ class VLLMEngine:
             "kv_cache_memory_bytes": self.engine.vllm_config.cache_config.kv_cache_memory_bytes,
             "dtype": str(model_config.dtype).removeprefix("torch."), "dtype_reason": dtype_reason,
             "sampling_defaults": self.defaults, "lora": {n: r.lora_path for n, r in self.loras.items()},
+            "runner": self.runner,
         }
 
     # ---- requests in -----------------------------------------------------------------------
     def add(self, items: list[tuple[int, Request]]) -> list[Result]:
         refused = []
         for seq, req in items:
-            try:
-                self._add(seq, req)
-            except _Refused as e:
-                refused.append(Result(seq, error=e.error, warnings=e.warnings))
+            problem = kind_problem(req.endpoint, self.runner)
+            if problem is not None:
+                refused.append(Result(seq, error=problem))
+            elif self.pooling is not None:
+                refused.extend(r for r in [self.pooling.add(seq, req)] if r is not None)
+            else:
+                try:
+                    self._add(seq, req)
+                except _Refused as e:
+                    refused.append(Result(seq, error=e.error, warnings=e.warnings))
         return refused
 
     def _add(self, seq: int, req: Request) -> None:
@@ -150,6 +160,8 @@ class VLLMEngine:
 
     # ---- results out -------------------------------------------------------------------------
     def step(self) -> list[Result]:
+        if self.pooling is not None:
+            return self.pooling.step()
         done = []
         for out in self.engine.step():
             if not out.finished:
@@ -201,7 +213,7 @@ class VLLMEngine:
                 "bytes": list(text.encode("utf-8", errors="replace"))}
 
     def pending(self) -> int:
-        return len(self.inflight)
+        return len(self.inflight) + (self.pooling.pending() if self.pooling else 0)
 
     def close(self) -> None:
         self.inflight.clear()

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.intake.shapes import Shape, detect
+from pipeline.intake.endpoints import embeddings_request
+from pipeline.intake.shapes import EMBEDDINGS, Shape, detect
 from pipeline.records import (
     FailedRequest,
     Invalid,
@@ -161,6 +162,8 @@ def _parse_body(
     if not isinstance(body, dict):
         raise Invalid("invalid_row", f"the request body must be a JSON object, got {kind_of(body)}", "body")
     model = _model(body.get("model"), ctx)
+    if shape == EMBEDDINGS.name:
+        return embeddings_request(body, custom_id, source, line, model, warnings, shape, ctx.adapter_for(model))
     messages = _messages(body.get("messages"))
     params: dict[str, Any] = {}
     for name, spec in NUMERIC_PARAMS.items():

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.intake.endpoints import EMBEDDINGS_URL_FORMS, is_embeddings_line
 from pipeline.providers.anthropic import anthropic_body
 from pipeline.providers.gemini import gemini_body
 from pipeline.providers.responses import responses_body
@@ -82,6 +83,7 @@ def _batch_line(row: dict[str, Any], warnings: list[str], *, urls: re.Pattern[st
 URL_EXAMPLES = {
     "openai-batch": f"{CHAT_URL!r}, or Azure's '/chat/completions'",
     "openai-responses": "'/v1/responses'",
+    "openai-embeddings": "'/v1/embeddings'",
 }
 
 
@@ -89,6 +91,11 @@ def _responses_line(row: dict[str, Any], warnings: list[str]) -> Any:
     body = _batch_line(row, warnings, urls=RESPONSES_URL_FORMS, endpoint="the Responses API",
                        shape_name="openai-responses")
     return _converted(RESPONSES, responses_body, body, warnings)
+
+
+def _embeddings_line(row: dict[str, Any], warnings: list[str]) -> Any:
+    return _batch_line(row, warnings, urls=EMBEDDINGS_URL_FORMS, endpoint="embeddings",
+                       shape_name="openai-embeddings")
 
 
 def _together_line(row: dict[str, Any], warnings: list[str]) -> Any:
@@ -151,6 +158,8 @@ def _holds(field: str) -> Callable[[dict[str, Any]], bool]:
 
 RESPONSES = Shape("openai-responses", _is_responses_line, _responses_line,
                   "OpenAI Responses API batch lines ({custom_id, method, url: /v1/responses, body})", converted=True)
+EMBEDDINGS = Shape("openai-embeddings", is_embeddings_line, _embeddings_line,
+                   "OpenAI Batch embeddings lines ({custom_id, method, url: /v1/embeddings, body})")
 OPENAI_BATCH = Shape("openai-batch", _is_batch_line, _batch_line,
                      "OpenAI Batch lines ({custom_id, method, url: /v1/chat/completions, body})")
 TOGETHER = Shape("together-batch", _holds("body"), _together_line, "Together batch lines ({custom_id, body})")
@@ -160,7 +169,7 @@ GEMINI = Shape("gemini-batch", _holds("request"), _provider_line("gemini-batch",
                "Gemini/Vertex AI batch lines ({key, request: {contents}})", id_fields=("key", "custom_id"),
                converted=True)
 BARE = Shape("body", lambda row: True, _bare_body, "chat request bodies ({custom_id, model, messages, ...})")
-SHAPES = (RESPONSES, OPENAI_BATCH, TOGETHER, ANTHROPIC, GEMINI, BARE)  # detection order: the first that matches
+SHAPES = (RESPONSES, EMBEDDINGS, OPENAI_BATCH, TOGETHER, ANTHROPIC, GEMINI, BARE)  # detection order: the first that matches
 SHAPES_BY_NAME = {s.name: s for s in SHAPES}
 
 

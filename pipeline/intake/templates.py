@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from pipeline.exits import UserError
 from pipeline.intake.requests import BODY_FIELDS, Context, SeenIds, parse_row
-from pipeline.intake.shapes import BARE
+from pipeline.intake.shapes import BARE, EMBEDDINGS
 from pipeline.intake.sources import InputFile
 from pipeline.output import structured
 from pipeline.output.layout import Layout
@@ -99,6 +99,9 @@ class TemplateSpec:
     carry_all: bool = False
     explode: bool = False
     images: tuple[str, ...] = ()  # --template-image: columns whose images follow the user text
+    # "embeddings" on an embedding model (--runner pooling): the rendered --template-user text is
+    # each row's embeddings input (docs/endpoints.md)
+    endpoint: str = "chat"
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> TemplateSpec | None:
@@ -282,6 +285,10 @@ class TemplateSpec:
             if isinstance(earlier, str):
                 return error(f"--template-turns: {earlier}", None)
             messages.extend(earlier)
+        if self.endpoint == "embeddings":
+            request = {"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings",
+                       "body": {"input": messages[-1]["content"]}}
+            return parse_row(request, source=source, line=line, ctx=ctx, shape=EMBEDDINGS)
         images = self._images(row, source.name)
         if isinstance(images, tuple):
             return error(*images)

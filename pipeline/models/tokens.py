@@ -59,7 +59,7 @@ from pipeline.models.render import (
     engine_tools,
     image_urls,
 )
-from pipeline.records import FailedRequest, Problem, Request
+from pipeline.records import FailedRequest, Problem, Request, embedding_inputs
 
 log = logging.getLogger("pipeline.models.tokens")
 
@@ -137,8 +137,9 @@ class PromptCounter:
             return _template_error(request, e)
 
     def verdict(self, request: Request, prompt_tokens: int) -> Request | FailedRequest:
-        # vLLM refuses a prompt that leaves no room for one completion token.
-        problem = context_problem(prompt_tokens, self.max_model_len)
+        # vLLM refuses a prompt that leaves no room for one completion token. An embeddings
+        # request's inputs are separate prompts: the engine answers for each.
+        problem = context_problem(prompt_tokens, self.max_model_len) if request.endpoint == "chat" else None
         if problem is None:
             return request
         return FailedRequest.about(problem, request)
@@ -163,7 +164,7 @@ class PromptCounter:
         items = iter(items)
         try:
             while chunk := list(islice(items, chunk_size)):
-                work = [(r.messages, engine_tools(r)) for r in chunk if isinstance(r, Request)]
+                work = [_work(r) for r in chunk if isinstance(r, Request)]
                 pending.append((chunk, pool.submit(_count_in_worker, work, block_size) if pool
                                 else self.count_many(work, block_size)))
                 while len(pending) > (2 * workers if pool else 0):
@@ -175,21 +176,27 @@ class PromptCounter:
                 pool.shutdown(cancel_futures=True)
 
     def count_many(self, work: list[tuple[list, list | None]], block_size: int = 16) -> list[tuple[int, bytes] | str]:
-        """(prompt tokens, block digests) of (messages, tools) pairs; a str where the template
-        refuses one."""
-        texts: list[str | PromptError] = []
+        """(prompt tokens, block digests) of (messages, tools) pairs (`_work`); a str where the
+        template refuses one. An embeddings request's inputs: their tokens, no digests."""
+        texts: list[str | PromptError | list] = []
         for messages, tools in work:
             try:
-                texts.append(self.render(messages, tools))
+                texts.append(tools if messages is None else self.render(messages, tools))
             except PromptError as e:
                 texts.append(e)
-        pictures = [image_urls(messages) for messages, _ in work]
+        pictures = [image_urls(messages) if messages is not None else [] for messages, _ in work]
         ids = iter(self._ids([t for t, p in zip(texts, pictures, strict=True) if isinstance(t, str) and not p]))
         step = block_size * array("i").itemsize
         # An image prompt's placeholder ids are the same for every image: no prefix digests for it.
-        return [str(t) if not isinstance(t, str) else (len(self._image_ids(t, p)), b"") if p else
-                (len(i := next(ids)), chained_digests(i.tobytes(), step, whole_blocks=True))
+        return [(self._input_tokens(t), b"") if isinstance(t, list) else str(t) if not isinstance(t, str)
+                else (len(self._image_ids(t, p)), b"") if p
+                else (len(i := next(ids)), chained_digests(i.tobytes(), step, whole_blocks=True))
                 for t, p in zip(texts, pictures, strict=True)]
+
+    def _input_tokens(self, inputs: list[Any]) -> int:
+        """The tokens of an embeddings request's inputs, as vLLM tokenizes a plain prompt (with the
+        tokenizer's special tokens); token-id inputs are taken as they are."""
+        return sum(len(one) if isinstance(one, list) else len(self.tokenizer(one)["input_ids"]) for one in inputs)
 
     # ---- images --------------------------------------------------------------------------------
     @property
@@ -332,6 +339,14 @@ class PromptCounter:
             developer = '"developer"' in text or "'developer'" in text
             self._templates[key] = (text, content_format(text), developer)
         return self._templates[key]
+
+
+def _work(request: Request) -> tuple[list[dict[str, Any]] | None, Any]:
+    """What counting a request's prompt needs: (messages, tools), or (None, inputs) for an
+    embeddings request."""
+    if request.endpoint == "embeddings":
+        return None, embedding_inputs(request.input)
+    return request.messages, engine_tools(request)
 
 
 def _template_error(request: Request, e: PromptError) -> FailedRequest:

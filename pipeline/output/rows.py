@@ -9,7 +9,7 @@ from pipeline.engines.base import Result
 from pipeline.models.prices import Price
 from pipeline.models.render import image_urls
 from pipeline.output import structured
-from pipeline.records import FailedRequest, Request
+from pipeline.records import FailedRequest, Request, embedding_inputs
 
 
 def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
@@ -23,6 +23,8 @@ def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
         "finish_reason": None,
         "tool_calls": None,
         "choices": None,
+        "embedding": None,
+        "embeddings": None,
         "prompt_tokens": None,
         "completion_tokens": None,
         "total_tokens": None,
@@ -61,7 +63,8 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "content": first.get("content"),
         "finish_reason": first.get("finish_reason"),
         "tool_calls": first.get("tool_calls"),
-        "choices": res.choices,
+        "choices": None if res.embeddings is not None else res.choices,
+        **_vectors(req, res),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
@@ -76,6 +79,16 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "input_shape": req.shape,
         **_timing(res),
     }
+
+
+def _vectors(req: Request, res: Result) -> dict[str, Any]:
+    """The `embedding` and `embeddings` columns: one vector for a line with one input, the list of
+    them for a line whose input is a list."""
+    if res.embeddings is None:
+        return {"embedding": None, "embeddings": None}
+    if embedding_inputs(req.input) == [req.input]:
+        return {"embedding": res.embeddings[0], "embeddings": None}
+    return {"embedding": None, "embeddings": res.embeddings}
 
 
 def _timing(res: Result) -> dict[str, Any]:

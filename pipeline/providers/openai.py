@@ -17,6 +17,8 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
     failed request `response: null, error: {code, message}` (the line and field in the message)."""
     if _failed(row):
         return _openai_error(row)
+    if row.get("embedding") is not None or row.get("embeddings") is not None:
+        return _openai_ok(row, embeddings_body(row))
     choices = []
     for c in row["choices"]:
         message = {"role": "assistant", "content": c["content"]}
@@ -38,6 +40,19 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
         },
     }
     return _openai_ok(row, body)
+
+
+def embeddings_body(row: dict[str, Any]) -> dict[str, Any]:
+    """An embeddings row as OpenAI's embeddings response: one `data` item per input, in order."""
+    vectors = row["embeddings"] if row.get("embeddings") is not None else [row["embedding"]]
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
+                 for i, v in enumerate(vectors)],
+        "model": _model(row),
+        "usage": {"prompt_tokens": row["prompt_tokens"], "total_tokens": row["total_tokens"],
+                  "estimated_cost": row["estimated_cost"]},
+    }
 
 
 def _openai_ok(row: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def test_tool_conversation_and_text_parts():
 def test_model_mismatch_and_wrong_url():
     err = parse(body(model="gpt-4o"))
     assert err.code == "model_mismatch" and "gpt-4o" in err.message and "-m" in err.message
-    err = parse({"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": body()})
+    err = parse({"custom_id": "x", "method": "POST", "url": "/v1/moderations", "body": body()})
     assert err.code == "invalid_url" and err.custom_id == "x"
 
 

@@ -50,7 +50,7 @@ def test_azure_url_forms(url):
 
 
 def test_wrong_url_names_the_shape_and_the_forms():
-    e = err({"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {"messages": USER}}, "invalid_url")
+    e = err({"custom_id": "x", "method": "POST", "url": "/v1/moderations", "body": {"messages": USER}}, "invalid_url")
     assert "OpenAI Batch lines" in e.message and "/chat/completions" in e.message
 
 

@@ -1,0 +1,75 @@
+"""vLLM's pooling runner (an embedding model) behind the engine interface: embeddings requests.
+
+`VLLMEngine` hands its requests here when its model runs as a pooling model (`--runner pooling`).
+Each step embeds every request queued since the last one in one `LLM.embed` call (vLLM batches
+inside it), so the engine still gets the whole window of work. A call that vLLM refuses (a prompt
+over the context, ...) is retried one request at a time, so that only that request fails.
+Imported only inside engine workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vllm import LLM, PoolingParams
+
+from pipeline.engines.base import Result
+from pipeline.records import Problem, Request, embedding_inputs
+
+
+class PoolingQueue:
+    def __init__(self, llm: LLM, refusal: Callable[[Exception], Problem]):
+        self.llm, self.refusal = llm, refusal  # refusal: vLLM's exception as the request's Problem
+        self.queue: list[tuple[int, Request]] = []
+        config = llm.model_config
+        self.matryoshka = config.is_matryoshka
+        self.dimensions = config.matryoshka_dimensions
+
+    def add(self, seq: int, req: Request) -> Result | None:
+        """Queue an embeddings request; a Result when it is refused now."""
+        dimensions = req.params.get("dimensions")
+        if dimensions is not None and not self.matryoshka:
+            return Result(seq, error=Problem(
+                "unsupported_parameter", "dimensions: this model does not support shorter vectors (it is not "
+                "a matryoshka model). Hint: drop dimensions, or use a model trained for it", "dimensions"))
+        if dimensions is not None and self.dimensions and dimensions not in self.dimensions:
+            return Result(seq, error=Problem("unsupported_parameter", f"dimensions {dimensions} is not one of "
+                                             f"this model's {self.dimensions}", "dimensions"))
+        self.queue.append((seq, req))
+        return None
+
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def step(self) -> list[Result]:
+        work, self.queue = self.queue, []
+        try:
+            return self._embed(work)
+        except Exception as e:  # a request vLLM refuses fails the whole call: retry each on its own
+            if len(work) == 1:
+                return [Result(work[0][0], error=self.refusal(e))]
+        results = []
+        for one in work:
+            try:
+                results.extend(self._embed([one]))
+            except Exception as e:  # this request's own refusal
+                results.append(Result(one[0], error=self.refusal(e)))
+        return results
+
+    def _embed(self, work: list[tuple[int, Request]]) -> list[Result]:
+        prompts: list[Any] = []
+        params: list[PoolingParams] = []
+        for _, req in work:
+            for one in embedding_inputs(req.input):
+                prompts.append(one if isinstance(one, str) else {"prompt_token_ids": one})
+                params.append(PoolingParams(dimensions=req.params.get("dimensions")))
+        outputs = iter(self.llm.embed(prompts, pooling_params=params, use_tqdm=False))
+        results = []
+        for seq, req in work:
+            outs = [next(outputs) for _ in embedding_inputs(req.input)]
+            results.append(Result(seq, prompt_tokens=sum(len(o.prompt_token_ids) for o in outs),
+                                  completion_tokens=0, cached_tokens=0,
+                                  embeddings=[list(o.outputs.embedding) for o in outs]))
+        return results
+
