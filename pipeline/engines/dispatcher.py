@@ -22,6 +22,9 @@ from pipeline.exits import EngineStartError, TooManyRestarts
 from pipeline.records import Problem, Request
 
 log = logging.getLogger("pipeline.engines")
+# requests of a prefix group kept back for the engine that holds the group while it is full, at
+# most (per engine): past that, another engine takes the rest of the group rather than wait
+OWED_MAX = 4096
 
 
 @dataclass
@@ -68,6 +71,8 @@ class _Worker:
     sent: dict[int, float] = field(default_factory=dict)  # seq -> when it was handed over
     exclusive: bool = False  # running a suspect group alone
     info: dict[str, Any] = field(default_factory=dict)
+    group: int = 0  # the prefix group of the last request it was given
+    owed: deque[Request] = field(default_factory=deque)  # the rest of that group, met while it was full
 
 
 def in_flight_window(max_in_flight: int | None, max_num_seqs: int | None) -> int:
@@ -118,7 +123,7 @@ class Dispatcher:
                 if w.ready and not w.exclusive:
                     source = self._feed(i, w, source)
             if source is None and self._ahead is None and not self.requeued and not self.suspects and not any(
-                w.inflight for w in self.workers
+                w.inflight or w.owed for w in self.workers
             ):
                 return
             for ev in self.pool.wait(timeout=0.5):
@@ -135,10 +140,10 @@ class Dispatcher:
             return source
         batch: list[Request] = []
         while (held := len(w.inflight) + len(batch)) < 2 * self.window:
-            if self.requeued:
-                if held >= self.window:
+            if self.requeued or w.owed:
+                if held >= self.window and not w.owed:
                     break
-                batch.append(self.requeued.popleft())
+                batch.append(w.owed.popleft() if w.owed else self.requeued.popleft())
                 continue
             if source is None:
                 break
@@ -147,14 +152,29 @@ class Dispatcher:
             if nxt is None:
                 source = None
                 break
+            if self._owe(i, nxt):
+                continue
             # past the window only to finish a prefix group (schedule.py): one engine computes its prefix
             if held >= self.window and not (nxt.group and batch and nxt.group == batch[-1].group):
                 self._ahead = nxt
                 break
             batch.append(nxt)
+            w.group = nxt.group
         for start in range(0, len(batch), self.chunk):
             self._submit(i, w, batch[start : start + self.chunk])
         return source
+
+    def _owe(self, i: int, req: Request) -> bool:
+        """Keep `req` for the engine that holds its prefix group, if another engine does and is
+        up: so a group is split across engines only when OWED_MAX of it wait (other engines take
+        the groups that follow meanwhile)."""
+        if not req.group or self.workers[i].group == req.group:
+            return False
+        for w in self.workers:
+            if w.group == req.group and w.ready and not w.exclusive and len(w.owed) < OWED_MAX:
+                w.owed.append(req)
+                return True
+        return False
 
     def _submit(self, i: int, w: _Worker, reqs: list[Request]) -> None:
         items = []
@@ -211,6 +231,7 @@ class Dispatcher:
     def _died(self, i: int, w: _Worker, reason: str) -> Iterator[tuple[Request, Result]]:
         held = list(w.inflight.values())
         was_exclusive = w.exclusive
+        self.requeued.extend(w.owed)  # never handed over: no suspects
         self.workers[i] = _Worker()
         self.restarts += 1
         log.warning("engine %d died (%s) holding %d request(s); restarting", i, reason, len(held))

@@ -90,3 +90,20 @@ def test_engines_that_keep_dying_stop_the_run_resumably():
     pool = MemoryPool(size=1, poison={"r0", "r1", "r2", "r3"})
     with pytest.raises(TooManyRestarts, match="engines died 3 times"):
         list(x for x in Dispatcher(pool, window=8, max_restarts=2).results(req(i) for i in range(6)))
+
+
+def test_a_prefix_group_stays_on_its_engine_while_the_other_takes_the_next_groups():
+    """Two engines, window 8: a group of 40 (more than one engine holds at once) all goes to the
+    engine that started it; meanwhile the other engine takes the groups after it, not half of it."""
+    sizes = [40] + [3] * 12
+    rows = [Request(f"g{g}r{k}", "f.jsonl", 1, [{"role": "user", "content": f"{g}"}], group=g + 1)
+            for g, size in enumerate(sizes) for k in range(size)]
+    pool = MemoryPool(size=2)
+    out = [x for x in Dispatcher(pool, window=8, chunk=3).results(iter(rows)) if x is not None]
+    assert sorted(r.custom_id for r, _ in out) == sorted(r.custom_id for r in rows)
+    engines = {}
+    for r, res in out:
+        engines.setdefault(r.group, set()).add(res.engine)
+    assert all(len(e) == 1 for e in engines.values())
+    assert engines[1] != engines[2]  # the next group went to the other engine while the first ran
+    assert max(pool.max_held) <= 16
