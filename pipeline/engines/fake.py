@@ -8,7 +8,8 @@ have been added, once per marker file `die_marker`), `step_delay` (seconds per s
 as the OOM killer does, or an exit code), `load_log` (append a line at every load) and
 `die_loads` (with `load_log`: die only while this many loads have been logged, then load fine),
 `runner` ("generate", the default, or "pooling": an embedding model, whose vectors are
-`embedding_size` (8) deterministic unit-length floats per input, derived from the input's hash).
+`embedding_size` (8) deterministic unit-length floats per input, derived from the input's hash),
+`cpus_beside_model` (reported as a CPU vLLM engine reports the cores its model left free).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class FakeEngine:
         self.opts = spec.options
         self.runner = self.opts.get("runner", "generate")
         self.info = {"model": spec.model, "max_model_len": self.opts.get("max_model_len", 4096),
-                     "platform": "fake", "pid": os.getpid(), "runner": self.runner}
+                     "platform": "fake", "pid": os.getpid(), "runner": self.runner,
+                     "cpus_beside_model": self.opts.get("cpus_beside_model")}  # as a CPU vLLM engine reports
         self.queue: list[Result] = []
         self.added = 0
         self._load()

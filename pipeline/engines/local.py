@@ -19,6 +19,7 @@ from typing import Any
 
 from pipeline import exits
 from pipeline.engines.base import EngineSpec
+from pipeline.engines.cores import pin
 from pipeline.engines.dispatcher import Event, describe_exit
 from pipeline.records import Request
 
@@ -82,6 +83,8 @@ class LocalPool:
         self.outboxes: list[queue.Queue] = [queue.Queue() for _ in range(self.size)]
         self.tails: list[_Tail | None] = [None] * self.size
         self.ready = [False] * self.size
+        self.affinity = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        self.beside: set[int] | None = None  # the cores every engine's model left free
         try:
             for i in range(self.size):
                 self._start(i)
@@ -131,6 +134,8 @@ class LocalPool:
             try:
                 kind, payload = conn.recv()
                 self.ready[i] = self.ready[i] or kind == "ready"
+                if kind == "ready" and payload.get("cpus_beside_model"):
+                    self._beside(payload["cpus_beside_model"])
                 events.append(Event(i, kind, payload))
             except (EOFError, OSError):
                 proc = self.procs[i]
@@ -142,6 +147,13 @@ class LocalPool:
                 output = tail.last_lines() if tail and not self.ready[i] else ""
                 events.append(Event(i, "died", f"engine process {describe_exit(proc.exitcode)}", output))
         return events
+
+    def _beside(self, cores: list[int]) -> None:
+        """This process onto the cores that the engines' models left free (engines/cores.py):
+        writing rows must not preempt a model thread."""
+        self.beside = set(cores) if self.beside is None else self.beside & set(cores)
+        if self.beside:
+            pin(os.getpid(), self.beside)
 
     def restart(self, worker: int) -> None:
         self._kill(worker)
@@ -167,3 +179,6 @@ class LocalPool:
         """Called once every row is committed (or the run stops): nothing in the engines is kept."""
         for i in range(self.size):
             self._kill(i)
+        if self.beside and self.affinity:  # a Python session goes on with every core
+            pin(os.getpid(), self.affinity)
+            self.beside = None

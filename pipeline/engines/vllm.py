@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from pipeline.engines.base import EngineSpec, Result
+from pipeline.engines.cores import pin_beside_model
 from pipeline.engines.pooling import PoolingQueue
 from pipeline.models.render import context_problem, engine_tools
 from pipeline.records import Problem, Request, kind_problem
@@ -96,6 +97,8 @@ class VLLMEngine:
             "dtype": str(model_config.dtype).removeprefix("torch."), "dtype_reason": dtype_reason,
             "sampling_defaults": self.defaults, "lora": {n: r.lora_path for n, r in self.loras.items()},
             "runner": self.runner,
+            # CPU build: this worker and vLLM's scheduler moved off the model's cores (cores.py)
+            "cpus_beside_model": pin_beside_model() if self.cpu else None,
         }
 
     # ---- requests in -----------------------------------------------------------------------

@@ -100,6 +100,10 @@ def test_cli_starts_the_cpu_engine_without_vllm_cpu_kvcache_space(tmp_path):
     assert sorted(df["custom_id"]) == ["a", "b"] and df["error"].is_null().all()
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert 0 < report["engine"]["kv_cache_memory_bytes"] <= 4 * GiB
+    # vLLM bound the model's threads to some cores and left others: the worker moved onto those
+    cores = len(os.sched_getaffinity(0))
+    beside = report["engine"]["cpus_beside_model"]
+    assert (beside is None) if cores < 2 else (0 < len(beside) < cores)
 
 
 def test_cpu_dtype_default_follows_native_bf16():
