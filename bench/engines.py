@@ -5,7 +5,8 @@ and run as separate processes in alternating order (A B C A B C ...). Each run's
 wall time is measured; its generated tokens and its prompt tokens served from the prefix cache
 are counted from its own output. Two workloads (--workload):
 
-- mixed: synthetic chat requests with varied tasks and no shared document (64 on CPU);
+- mixed: synthetic chat requests with varied tasks, sampling and lengths and no shared document
+  (768 on CPU, max_tokens up to 40: decode-heavy);
 - docs: D generated documents x Q questions each, every request carrying its whole document,
   shuffled, with a KV cache pinned (num_gpu_blocks_override) below the workload's distinct
   shared-prefix tokens: what prefix-aware scheduling is for.
@@ -314,7 +315,7 @@ def make_setup(args: argparse.Namespace, work: Path) -> Setup:
     engine_args: dict[str, Any] = {"enforce_eager": True} if gpus == 0 else {}  # the pipeline's CPU default
     engine_args["enable_prefix_caching"] = True  # on for every tool (vLLM's default, pinned so that it stays so)
     user_args = parse_engine_args(args.engine_arg)
-    if not {"max_num_seqs", "max_num_batched_tokens"} <= user_args.keys():
+    if not args.each_defaults and not {"max_num_seqs", "max_num_batched_tokens"} <= user_args.keys():
         engine_args.update(batch_defaults(env))
     engine_args.update(user_args)
     print(f"model {args.model}: resolving ...", file=sys.stderr)
@@ -324,8 +325,10 @@ def make_setup(args: argparse.Namespace, work: Path) -> Setup:
 
 
 def mixed_setup(base: Setup, args: argparse.Namespace, work: Path) -> Setup:
-    requests = write_requests(work / "mixed.jsonl", args.requests, max_tokens=args.max_tokens, seed=args.seed)
-    facts = {"requests": args.requests, "max_tokens": args.max_tokens, "seed": args.seed}
+    varied = args.sampling == "varied"
+    requests = write_requests(work / "mixed.jsonl", args.requests, max_tokens=args.max_tokens, seed=args.seed,
+                              varied=varied)
+    facts = {"requests": args.requests, "max_tokens": args.max_tokens, "seed": args.seed, "sampling": args.sampling}
     facts.update(prompt_facts(requests, base.model_path, 16))
     facts["parameters"] = parameter_count(base.model_path)
     return dataclasses.replace(base, requests=requests, n_requests=args.requests, max_tokens=args.max_tokens,
@@ -365,6 +368,7 @@ def docs_setup(base: Setup, args: argparse.Namespace, work: Path) -> Setup:
 
 # ---- running ----------------------------------------------------------------------------------
 KV_CACHE_LINE = re.compile(r"KV cache size: ([\d,]+) tokens")
+STEP_TOKENS_LINE = re.compile(r"max_num_batched_tokens=(\d+)")  # vLLM: "Chunked prefill is enabled with ..."
 
 
 def run_once(tool: Tool, s: Setup, work: Path, repeat: int, bare_texts: dict[str, str] | None,
@@ -380,6 +384,8 @@ def run_once(tool: Tool, s: Setup, work: Path, repeat: int, bare_texts: dict[str
     run: dict[str, Any] = {"tool": tool.name, "workload": s.workload, "repeat": repeat, **m.as_dict()}
     found = KV_CACHE_LINE.findall(Path(m.log).read_text(errors="replace"))
     run["kv_cache_tokens"] = int(found[0].replace(",", "")) if found else None  # as the engine logged it
+    found = STEP_TOKENS_LINE.findall(Path(m.log).read_text(errors="replace"))
+    run["step_tokens"] = int(found[0]) if found else None  # max_num_batched_tokens, as the engine logged it
     if m.rc != 0:
         run["error"] = m.tail()
         print(f"  {tool.name} #{repeat}: FAILED (exit {m.rc}); log {m.log}\n{m.tail(10)}", file=sys.stderr)
@@ -428,7 +434,8 @@ def summarize(tools: list[Tool], runs: list[dict[str, Any]]) -> dict[str, dict[s
             **{key: median([r.get(key) for r in ok]) for key in (
                 "wall_s", "ready_s", "done_s", "requests_per_s", "tokens_per_s", "tokens_per_s_after_start",
                 "generated_tokens", "requests_ok", "same_text_as_bare", "same_text_as_previous_bare",
-                "peak_rss_bytes", "prompt_tokens", "cached_tokens", "cache_hit_ratio", "kv_cache_tokens")},
+                "peak_rss_bytes", "prompt_tokens", "cached_tokens", "cache_hit_ratio", "kv_cache_tokens",
+                "step_tokens")},
         }
     return summary
 
@@ -487,15 +494,17 @@ def workload_lines(name: str, w: dict[str, Any], settings: dict[str, Any], runs:
             f"{v['requests_ok']}/{f['requests']}" if v["requests_ok"] is not None else None,
             v["prompt_tokens"], _pct(v["cache_hit_ratio"]),
             2 * params * computed / 1e12 if params and computed is not None else None,
-            v["kv_cache_tokens"], same, v["peak_rss_bytes"] / gib if v["peak_rss_bytes"] else None,
+            v["kv_cache_tokens"], v["step_tokens"], same, v["peak_rss_bytes"] / gib if v["peak_rss_bytes"] else None,
             f"{v['runs']}" + (f" ({v['failed_runs']} failed)" if v["failed_runs"] else "")])
     if name == "docs":
         what = (f"{f['docs']} generated documents (~{f['doc_words']} words) x {f['questions']} questions = "
                 f"{f['requests']} requests, shuffled (seed {f['seed']}); every request = system prompt + the whole "
                 f"document + one question; temperature 0, max_tokens {f['max_tokens']}")
     else:
+        sampling = ("max_tokens from a quarter of {m} up to {m}, some requests with top_p 0.9, penalties or a "
+                    "repetition penalty" if f.get("sampling") == "varied" else "max_tokens {m}").format(m=f["max_tokens"])
         what = (f"{f['requests']} synthetic chat requests (seed {f['seed']}), no shared document; temperature 0, "
-                f"max_tokens {f['max_tokens']}")
+                f"{sampling}")
     lines = [
         f"## Workload `{name}`", "",
         f"- {what}",
@@ -515,11 +524,13 @@ def workload_lines(name: str, w: dict[str, Any], settings: dict[str, Any], runs:
     if chosen:
         lines.append(f"- Order `pipeline run` chose (its `_report.json`): {', '.join(chosen)}")
     lines += [
-        "- Engine settings, the same for every tool: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in w["engine_args"].items()),
+        "- Engine settings, the same for every tool: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in w["engine_args"].items())
+        + ("" if "max_num_seqs" in w["engine_args"] else "; max_num_seqs and max_num_batched_tokens: each tool's own "
+           "default (--each-defaults)"),
         "",
         table(["tool", "wall s", "engine up at s", "output done at s", "requests/s", "gen tokens/s",
                "gen tokens/s engine up → output done", "gen tokens", "rows ok", "prompt tokens", "cache hit ratio",
-               "prefill TFLOP computed", "KV cache tokens (engine log)", "same text as bare", "peak RSS GiB", "runs"], rows),
+               "prefill TFLOP computed", "KV cache tokens (engine log)", "tokens per step (engine log)", "same text as bare", "peak RSS GiB", "runs"], rows),
         "",
     ]
     ratios = [[k, v["speedup"], v["wall_s"], v["tokens_per_s"], v["tokens_per_s_after_start"],
@@ -594,8 +605,17 @@ def main() -> None:
     parser.add_argument("--workload", choices=("mixed", "docs", "both"), default="both",
                         help="mixed: synthetic requests, no shared prefix; docs: shuffled documents x questions "
                         "(default: both, one after the other).")
-    parser.add_argument("--requests", type=int, help="mixed: number of requests (default: 64 on CPU, 2000 on GPU).")
-    parser.add_argument("--max-tokens", type=int, help="mixed: max_tokens of every request (default: 64 on CPU, 256 on GPU).")
+    parser.add_argument("--requests", type=int, help="mixed: number of requests (default: 768 on CPU, 2000 on GPU).")
+    parser.add_argument("--max-tokens", type=int, help="mixed: most max_tokens of a request (default: 40 on CPU, "
+                        "256 on GPU).")
+    parser.add_argument("--sampling", choices=("varied", "fixed"), default="varied",
+                        help="mixed: varied (default): max_tokens from a quarter of --max-tokens up to it, some "
+                        "requests with top_p, penalties or a repetition penalty; fixed: every request greedy with "
+                        "--max-tokens. Temperature 0 either way.")
+    parser.add_argument("--each-defaults", action="store_true",
+                        help="Leave max_num_seqs and max_num_batched_tokens to each tool's own defaults (what its "
+                        "users get: run_batch starts vLLM under smaller ones than LLM(...), and pipeline run "
+                        "chooses its own on CPU) instead of pinning LLM(...)'s for every tool.")
     parser.add_argument("--docs", type=int, help="docs: documents (default: 8 on CPU, 256 on GPU).")
     parser.add_argument("--questions", type=int, help="docs: questions per document (default: 10 on CPU, 16 on GPU; "
                         "up to 16 are distinct).")
@@ -629,8 +649,8 @@ def main() -> None:
         if args.gpus:
             parser.error("on a GPU machine pass --model PATH (e.g. a Llama 3.1 8B Instruct folder)")
         args.model = "smollm2"
-    args.requests = args.requests or (2000 if args.gpus else 64)
-    args.max_tokens = args.max_tokens or (256 if args.gpus else 64)
+    args.requests = args.requests or (2000 if args.gpus else 768)
+    args.max_tokens = args.max_tokens or (256 if args.gpus else 40)
     args.docs = args.docs or (256 if args.gpus else 8)
     args.questions = args.questions or (16 if args.gpus else 10)
     chosen = args.tools.split(",")

@@ -79,14 +79,32 @@ def synthetic_request(i: int, rng: random.Random, max_tokens: int) -> dict[str, 
     }
 
 
-def write_requests(path: Path, n: int, *, max_tokens: int, seed: int = 0) -> Path:
-    """Write `n` synthetic requests as JSON lines; the same (n, max_tokens, seed) gives the same file."""
+def varied_sampling(body: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """Decode-heavy work as nightly jobs send it: max_tokens from a quarter of the limit up to
+    it, and some requests with top_p, presence/frequency penalties or a repetition penalty
+    (still temperature 0: greedy, so that every tool computes the same texts)."""
+    body["max_tokens"] = rng.randint(max(1, body["max_tokens"] // 4), body["max_tokens"])
+    x = rng.random()
+    if x < 0.25:
+        body["top_p"] = 0.9
+    elif x < 0.45:
+        body["presence_penalty"], body["frequency_penalty"] = 0.5, 0.3
+    elif x < 0.55:
+        body["repetition_penalty"] = 1.1
+    return body
+
+
+def write_requests(path: Path, n: int, *, max_tokens: int, seed: int = 0, varied: bool = False) -> Path:
+    """Write `n` synthetic requests as JSON lines; the same arguments give the same file. With
+    `varied`, each request's sampling varies as `varied_sampling` says."""
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for start in range(0, n, 10_000):
-            f.write("".join(json.dumps(synthetic_request(i, rng, max_tokens)) + "\n"
-                            for i in range(start, min(n, start + 10_000))))
+            lines = (synthetic_request(i, rng, max_tokens) for i in range(start, min(n, start + 10_000)))
+            if varied:
+                lines = ({**r, "body": varied_sampling(r["body"], rng)} for r in lines)
+            f.write("".join(json.dumps(r) + "\n" for r in lines))
     return path
 
 

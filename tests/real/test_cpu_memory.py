@@ -100,10 +100,20 @@ def test_cli_starts_the_cpu_engine_without_vllm_cpu_kvcache_space(tmp_path):
     assert sorted(df["custom_id"]) == ["a", "b"] and df["error"].is_null().all()
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert 0 < report["engine"]["kv_cache_memory_bytes"] <= 4 * GiB
+    # the step size of vLLM's own batch runner on CPU, not LLM(...)'s twice larger one
+    assert (report["engine"]["max_num_seqs"], report["engine"]["max_num_batched_tokens"]) == (128, 2048)
     # vLLM bound the model's threads to some cores and left others: the worker moved onto those
     cores = len(os.sched_getaffinity(0))
     beside = report["engine"]["cpus_beside_model"]
     assert (beside is None) if cores < 2 else (0 < len(beside) < cores)
+
+
+def test_cpu_step_size_is_vllms_server_one_unless_chosen(vllm_engine):
+    if not vllm_engine.current_platform.is_cpu():
+        pytest.skip("the step size default is for the CPU build of vLLM")
+    assert vllm_engine.cpu_batch_defaults({}) == {"max_num_seqs": 128, "max_num_batched_tokens": 2048}
+    assert vllm_engine.cpu_batch_defaults({"max_num_seqs": 64}) == {"max_num_batched_tokens": 2048}
+    assert vllm_engine.cpu_batch_defaults({"max_num_seqs": 64, "max_num_batched_tokens": 512}) == {}
 
 
 def test_cpu_dtype_default_follows_native_bf16():
