@@ -200,3 +200,39 @@ def test_fsspec_urls_are_read_with_the_jobs_storage(tmp_path):
     ok = resolve(parse_row(chat("mem", image("memory://imgs/cat.png")), source=Source(0, "f", "f"), line=1, ctx=Context()),
                  ImagePolicy())
     assert ok.messages[0]["content"][1]["image_url"]["url"] == data_url(PNG)
+
+
+def image_count(line):
+    """The prompt's image count in a result line, read from the extension field of the line's own
+    format (docs/output.md); None when the field is absent."""
+    if "result" in line:  # Anthropic
+        return line["result"]["message"]["usage"].get("input_images")
+    if "key" in line:  # Gemini / Vertex
+        usage = line["response"]["usageMetadata"]
+        assert "promptTokensDetails" not in usage  # the split by modality is not measured: not claimed
+        return usage.get("promptImageCount")
+    body = line["response"]["body"]
+    return body["usage"].get("input_images" if body["object"] == "response" else "prompt_images")
+
+
+@pytest.mark.parametrize("fmt", ["native", "openai", "anthropic", "gemini"])
+def test_result_lines_count_the_prompts_images_and_report_reads_them(tmp_path, vlm, picture, fmt):
+    rows = [*every_form(picture), chat("two", image(str(picture)), image(data_url(PNG))), chat("none")]
+    src = tmp_path / "in"  # a file per input shape (a file holds one shape)
+    src.mkdir()
+    for shape in ("openai", "responses", "anthropic", "gemini"):
+        write_jsonl(src / f"{shape}.jsonl", [r for r in rows if r.get("key", r.get("custom_id")).startswith(shape)
+                                              or (shape == "openai" and r.get("custom_id") in ("two", "none"))])
+    out = tmp_path / "out"
+    res = invoke("run", src, "-o", out, "--engine", "fake", "-m", vlm, "-q", "--format", fmt,
+                 "--limit-mm-per-prompt", "image=2")
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(t) for p in out.glob("part-*.jsonl") for t in p.read_text().splitlines()]
+    counts = {line.get("key", line.get("custom_id")): image_count(line) for line in lines}
+    assert counts == {**{r.get("key", r.get("custom_id")): 1 for r in every_form(picture)}, "two": 2, "none": None}
+    if fmt == "native":
+        assert {"result" in x or "key" in x or x["response"]["body"]["object"] for x in lines} == {
+            True, "chat.completion", "response"}  # every writer was used
+    res = invoke("report", out)
+    assert res.exit_code == 0, res.output
+    assert "12 images" in res.output
