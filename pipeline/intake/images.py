@@ -130,13 +130,9 @@ def check(data: bytes, param: str) -> str:
 
 def fetch(url: str, param: str, policy: ImagePolicy) -> bytes:
     """The bytes at a path or fsspec URL (at most max_bytes + 1 are read), with retries."""
-    from pipeline.storage import Location
-
     for attempt in range(policy.retries + 1):
         try:
-            loc = Location.of(url, _with_timeout(url, policy))
-            with loc.fs.open(loc.path, "rb") as f:
-                return f.read(policy.max_bytes + 1)
+            return _read(url, policy)
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
             cause = e
             break
@@ -148,13 +144,37 @@ def fetch(url: str, param: str, policy: ImagePolicy) -> bytes:
                   f"({type(cause).__name__}: {short(str(cause), 100)})", param)
 
 
-def _with_timeout(url: str, policy: ImagePolicy) -> dict[str, Any]:
-    options = dict(policy.storage_options)
-    if url.startswith(("http://", "https://")):
-        import aiohttp
+def _read(url: str, policy: ImagePolicy) -> bytes:
+    """One try: the first max_bytes + 1 bytes, within `policy.timeout` seconds on a filesystem that
+    waits on the network.
 
-        options.setdefault("client_kwargs", {"timeout": aiohttp.ClientTimeout(total=policy.timeout)})
-    return options
+    Every fsspec filesystem that does (http(s), s3fs, gcsfs, adlfs) is async: the read runs as one
+    coroutine on fsspec's loop under `asyncio.wait_for`, which cancels it at the deadline, so the
+    socket is closed and the wait really ends, whatever each client's own timeouts and retries are
+    (botocore's read timeout is 60 s, retried; Azure's retry policy waits longer)."""
+    from fsspec.asyn import sync
+    from fsspec.exceptions import FSTimeoutError
+
+    from pipeline.storage import Location
+
+    loc = Location.of(url, policy.storage_options)
+    if not getattr(loc.fs, "async_impl", False):  # a local path, memory://: nothing to wait for
+        with loc.fs.open(loc.path, "rb") as f:
+            return f.read(policy.max_bytes + 1)
+    try:
+        return sync(loc.fs.loop, _head_and_read, loc.fs, loc.path, policy.max_bytes + 1, timeout=policy.timeout)
+    except FSTimeoutError:
+        raise TimeoutError(f"no answer within {policy.timeout:g} s. Hint: raise --image-timeout for a slow "
+                           "store") from None
+
+
+async def _head_and_read(fs: Any, path: str, limit: int) -> bytes:
+    """The first `limit` bytes. The size first (what `fs.open` asks too): a byte range past the
+    end of an empty object is an error on S3, GCS and Azure, and an empty image is undecodable."""
+    size = (await fs._info(path)).get("size")
+    if size == 0:
+        return b""
+    return await fs._cat_file(path, start=0, end=limit if size is None else min(size, limit))
 
 
 def resolve_all(items: Iterable[Request | FailedRequest], policy: ImagePolicy) -> Iterator[Request | FailedRequest]:

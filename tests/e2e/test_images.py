@@ -4,7 +4,9 @@ are the tiny VLM's processor's (test_images_real.py holds them to the engine's).
 
 import base64
 import json
+import socket
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +20,7 @@ from pipeline.intake.requests import Context, parse_row
 from pipeline.records import Request, Source
 
 sys.path.insert(0, str(REPO / "tests"))
+from storage_servers import azurite_connection_string  # noqa: E402  (before gcsfs: see there)
 from vlm_model import data_url, png, tiny_vlm  # noqa: E402
 
 PNG = png(40, 30, 1)
@@ -236,3 +239,46 @@ def test_result_lines_count_the_prompts_images_and_report_reads_them(tmp_path, v
     res = invoke("report", out)
     assert res.exit_code == 0, res.output
     assert "12 images" in res.output
+
+
+# ---- --image-timeout on every store: a loopback port that takes connections and never answers ----
+@pytest.fixture
+def stalled():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)  # the kernel accepts; nothing ever reads or answers
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def stalled_store(protocol, endpoint):
+    """(an image URL, the storage options) that send each protocol's client to the stalled port."""
+    return {
+        "http": (f"{endpoint}/cat.png", {}),
+        "s3": ("s3://bucket/cat.png", {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint}}),
+        "gs": ("gs://bucket/cat.png", {"endpoint_url": endpoint, "token": "anon"}),
+        "az": ("az://container/cat.png", {"connection_string": azurite_connection_string(endpoint)}),
+    }[protocol]
+
+
+@pytest.mark.parametrize("protocol", ["http", "s3", "gs", "az"])
+def test_a_stalled_store_is_an_error_row_after_the_timeout(stalled, protocol):
+    url, options = stalled_store(protocol, stalled)
+    row = chat("slow", image(url))
+    start = time.monotonic()
+    item = resolve(parse_row(row, source=Source(0, "f", "f"), line=2, ctx=Context()),
+                   ImagePolicy(timeout=0.5, retries=1, storage_options=options))
+    took = time.monotonic() - start
+    assert item.code == "image_fetch_failed" and item.param == "messages[0].content[1].image_url", item
+    assert "(TimeoutError: 'no answer within 0.5 s" in item.message and "--image-timeout" in item.message
+    assert 1.0 <= took < 5, took  # two tries of 0.5 s and a 0.2 s pause; the clients alone wait minutes
+
+
+def test_a_run_with_a_stalled_store_finishes(tmp_path, vlm, stalled):
+    url, options = stalled_store("s3", stalled)
+    src = write_jsonl(tmp_path / "in.jsonl", [chat("slow", image(url)), chat("good", image(data_url(PNG)))])
+    res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", vlm, "-q", "--image-timeout", "0.5",
+                 *[a for k, v in options.items() for a in ("--storage-option", f"{k}={json.dumps(v)}")])
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert rows["good"]["error"] is None and rows["good"]["images"] == 1
+    assert rows["slow"]["error"]["code"] == "image_fetch_failed" and rows["slow"]["error"]["line"] == 1
