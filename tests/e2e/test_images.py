@@ -21,7 +21,7 @@ from pipeline.records import Request, Source
 
 sys.path.insert(0, str(REPO / "tests"))
 from storage_servers import azurite_connection_string  # noqa: E402  (before gcsfs: see there)
-from vlm_model import data_url, png, tiny_vlm  # noqa: E402
+from vlm_model import broken_deflate, data_url, jpeg, png, tiny_vlm  # noqa: E402
 
 PNG = png(40, 30, 1)
 B64 = base64.b64encode(PNG).decode()
@@ -282,3 +282,19 @@ def test_a_run_with_a_stalled_store_finishes(tmp_path, vlm, stalled):
     rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
     assert rows["good"]["error"] is None and rows["good"]["images"] == 1
     assert rows["slow"]["error"]["code"] == "image_fetch_failed" and rows["slow"]["error"]["line"] == 1
+
+
+# ---- the check decodes fully: truncated, corrupted and garbled images are error rows ---------------
+def test_truncated_and_corrupted_images_are_caught():
+    from pipeline.intake.images import check
+    from pipeline.records import Invalid
+
+    big, photo = png(200, 150, 3), jpeg(200, 150)
+    assert check(big, "p") == "image/png" and check(photo, "p") == "image/jpeg"
+    flipped = bytearray(big)
+    flipped[len(big) // 2] ^= 0xFF  # a bit flipped in transit: the chunk's CRC no longer matches
+    garbled = broken_deflate(big)  # every CRC right, the pixel data garbage: only a decode sees it
+    for bad in (big[: len(big) // 2], bytes(flipped), garbled, photo[: len(photo) * 9 // 10]):
+        with pytest.raises(Invalid, match="could not be decoded"):
+            check(bad, "messages[0].content[1].image_url")
+
