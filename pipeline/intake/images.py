@@ -72,9 +72,10 @@ def _refuse(parts: list[tuple[str, dict[str, Any]]], policy: ImagePolicy) -> Non
         raise Invalid("unsupported_content", f"{param} is an image, and {policy.model} is a text-only model; "
                       f"use a vision-language model, e.g. {EXAMPLES}", param)
     if policy.limit is not None and len(parts) > policy.limit:
-        raise Invalid("too_many_images", f"the request has {len(parts)} images; at most {policy.limit} are "
-                      "allowed per request. Hint: raise --limit-mm-per-prompt image=N (more images cost "
-                      "engine memory) or split the request", parts[policy.limit][0])
+        from pipeline.models.vision import too_many_images
+
+        problem = too_many_images([p for p, _ in parts], policy.limit)
+        raise Invalid(problem.code, problem.message, problem.param)
 
 
 def _with_urls(messages: list[dict[str, Any]], urls: dict[str, str]) -> list[dict[str, Any]]:
