@@ -298,3 +298,15 @@ def test_truncated_and_corrupted_images_are_caught():
         with pytest.raises(Invalid, match="could not be decoded"):
             check(bad, "messages[0].content[1].image_url")
 
+
+def test_parquet_requests_with_image_parts(tmp_path, vlm, picture):
+    """A Parquet `messages` column whose parts are structs (Arrow gives every part every field,
+    the ones it lacks as null) holds images like JSON lines do."""
+    parts = [{"type": "text", "text": "What?", "image_url": None},
+             {"type": "image_url", "text": None, "image_url": {"url": str(picture)}}]
+    pq.write_table(pa.table({"custom_id": ["a"], "messages": [[{"role": "user", "content": parts}]]}),
+                   tmp_path / "in.parquet")
+    res = invoke("run", tmp_path / "in.parquet", "-o", tmp_path / "out", "--engine", "fake", "-m", vlm, "-q")
+    assert res.exit_code == 0, res.output
+    [row] = read_output(tmp_path / "out").to_dicts()
+    assert row["error"] is None and row["images"] == 1
