@@ -90,6 +90,13 @@ def test_several_images_interleaved_keep_their_order(picture):
     types = [p["type"] for p in item.messages[0]["content"]]
     assert types == ["text", "image_url", "text", "image_url"]
     assert [p["image_url"]["url"] for p in item.messages[0]["content"][1::2]] == [data_url(PNG), data_url(other)]
+    # the limit counts a request's images over all its messages; the row names the first one over it
+    row["body"]["messages"] += [{"role": "assistant", "content": "ok"},
+                                {"role": "user", "content": [image(data_url(other)), {"type": "text", "text": "?"}]}]
+    item = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy(limit=2))
+    assert (item.code, item.param) == ("too_many_images", "messages[2].content[0].image_url")
+    ok = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy(limit=3))
+    assert [p["type"] for p in ok.messages[2]["content"]] == ["image_url", "text"]
 
 
 def test_resolve_all_keeps_order_and_bounds_look_ahead():
