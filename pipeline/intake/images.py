@@ -93,8 +93,9 @@ def _with_urls(messages: list[dict[str, Any]], urls: dict[str, str]) -> list[dic
 def inline(url: str, param: str, policy: ImagePolicy) -> str:
     """The image at `url` as a data: URI of its checked bytes; Invalid saying what is wrong."""
     data = _inline_bytes(url, param) if url.startswith("data:") else fetch(url, param, policy)
-    if len(data) > policy.max_bytes:
-        raise Invalid("image_too_large", f"{param} is {len(data):,} bytes; at most {policy.max_bytes:,} are "
+    if len(data) > policy.max_bytes:  # a fetch stops one byte over: its size is not known
+        size = f"{len(data):,} bytes" if url.startswith("data:") else f"over {policy.max_bytes:,} bytes"
+        raise Invalid("image_too_large", f"{param} is {size}; at most {policy.max_bytes:,} are "
                       "accepted. Hint: shrink the image or raise --image-max-bytes", param)
     mime = check(data, param)
     if url.startswith("data:"):  # the same base64, with the media type the bytes are

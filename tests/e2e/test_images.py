@@ -203,6 +203,13 @@ def test_fsspec_urls_are_read_with_the_jobs_storage(tmp_path):
     import fsspec
 
     fsspec.filesystem("memory").pipe("/imgs/cat.png", PNG)
+    small = resolve(parse_row(chat("big", image("memory://imgs/cat.png"), image(data_url(PNG))),
+                              source=Source(0, "f", "f"), line=1, ctx=Context()), ImagePolicy(max_bytes=100))
+    assert small.code == "image_too_large"  # read 101 bytes: the size is not known, only that it is over
+    assert small.message.startswith("messages[0].content[1].image_url is over 100 bytes; at most 100 are accepted")
+    inline = resolve(parse_row(chat("big", image(data_url(PNG))), source=Source(0, "f", "f"), line=1, ctx=Context()),
+                     ImagePolicy(max_bytes=100))
+    assert f"is {len(PNG):,} bytes; at most 100" in inline.message
     row = chat("mem", image("memory://imgs/cat.png"), image("memory://imgs/dog.png"))
     item = resolve(parse_row(row, source=Source(0, "f", "f"), line=3, ctx=Context()), ImagePolicy(retries=0))
     assert item.code == "image_fetch_failed" and item.param == "messages[0].content[2].image_url"
