@@ -1,7 +1,8 @@
 """Images in requests: every image_url part fetched, decoded and checked before the engine sees it.
 
-vLLM fails a whole `LLM.chat` call for one undecodable image or one request over the image limit,
-so no image reaches it unchecked: `resolve_all` fetches each part's bytes (a data: URI, a path or
+vLLM fails a whole `LLM.chat` call for one undecodable image or one request over the image limit
+(our engine adds requests one by one, so only that request, but without naming the part), so no
+image reaches it unchecked: `resolve_all` fetches each part's bytes (a data: URI, a path or
 any fsspec URL, with the job's storage options, a size limit, a timeout and retries), decodes them
 with PIL, and puts them back as a data: URI of the validated bytes. A bad image makes its request
 an error row naming the part (`messages[0].content[1].image_url`) and the cause.

@@ -86,3 +86,20 @@ def test_a_text_model_refuses_image_rows(tmp_path):
     assert rows["txt"]["error"] is None
     assert rows["img"]["error"]["code"] == "unsupported_content"
     assert "use a vision-language model" in rows["img"]["error"]["message"]
+
+
+def test_the_engines_own_image_limit_refuses_one_request(tmp_path):
+    """Over vLLM's limit (set here as an engine argument, so intake does not check it first) the
+    engine refuses that request alone: too_many_images naming the image over it; the rows around
+    it run."""
+    rows = [chat("two", image(data_url(png(16, 16, 1))), image(data_url(png(16, 16, 2)))),
+            chat("one", image(data_url(png(16, 16, 3)))), chat("text")]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    res = invoke("run", src, "-o", tmp_path / "out", "-m", tiny_vlm(), "--max-model-len", "2048", "-q",
+                 "--engine-arg", 'limit_mm_per_prompt={"image": 1}')
+    assert res.exit_code == 0, res.output
+    out = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert out["one"]["error"] is None and out["text"]["error"] is None
+    err = out["two"]["error"]
+    assert (err["code"], err["param"]) == ("too_many_images", "messages[0].content[2].image_url"), err
+    assert "at most 1 are allowed per request" in err["message"]
