@@ -8,7 +8,10 @@ order, the default, and in input order), each as its own process; wall time, row
 Images: a folder of PNGs listed in a CSV goes through `pipeline validate` as a template job with
 `--template-image` (every image read, decoded and checked; intake/images.py) with 1 thread and
 with 8, and the cost of handing one decoded image to the engine process (pickled across the pipe)
-is measured for the two forms vLLM takes: a data: URI of the checked bytes and a PIL image.
+is measured for the two forms vLLM takes: a data: URI of the checked bytes and a PIL image. Each
+image is decoded twice, by intake's check and by vLLM in the engine process: the cost of each
+decode (and of Pillow's `verify`, the lighter check) is measured per image, for the PNGs and for
+the same pixels as JPEG.
 
     python bench/io_scale.py                      # 100k and 1M requests, 2,000 images
     python bench/io_scale.py --requests 20000 --images 500    # a quick check
@@ -134,6 +137,43 @@ def pipe_cost(listing: Path) -> list[dict[str, Any]]:
     return out
 
 
+def decode_cost(listing: Path) -> list[dict[str, Any]]:
+    """Milliseconds per image: intake's check (a full decode), Pillow's `verify` (the lighter check,
+    a no-op for JPEG) and vLLM's own decode in the engine (`ImageMediaIO.load_bytes`)."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.intake.images import check
+
+    png = (listing.parent / "img-0.png").read_bytes()
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(buf, "JPEG", quality=90)
+
+    def verify(data: bytes) -> None:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+
+    steps = {"intake check (full decode)": lambda d: check(d, "p"), "Pillow verify": verify}
+    try:
+        from vllm.multimodal.media.image import ImageMediaIO
+
+        steps["vLLM's decode in the engine"] = ImageMediaIO(image_mode="RGB").load_bytes
+    except ImportError:  # no engine installed: the two checks only
+        pass
+    out = []
+    for name, data in (("PNG", png), ("JPEG q90", buf.getvalue())):
+        row: dict[str, Any] = {"image": f"{name} {Image.open(io.BytesIO(png)).size}", "bytes": len(data)}
+        for step, fn in steps.items():
+            fn(data)
+            t0, reps = time.perf_counter(), 50
+            for _ in range(reps):
+                fn(data)
+            row[step] = (time.perf_counter() - t0) * 1000 / reps
+        out.append(row)
+    return out
+
+
 def growth(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, float | None]:
     """Peak RSS at the largest size over peak RSS at the smallest, per step."""
     out = {}
@@ -155,7 +195,17 @@ def images_markdown(result: dict[str, Any]) -> list[str]:
         table(["step", "images", "image MiB", "wall s", "images/s", "MiB/s", "peak RSS MiB", "status"], rows), "",
         "Handing one image to the engine process (pickle out and back, as the pipe does):", "",
         table(["form", "bytes", "ms per image"], pipe), "",
+        *decode_markdown(result.get("decode") or []),
     ]
+
+
+def decode_markdown(decode: list[dict[str, Any]]) -> list[str]:
+    if not decode:
+        return []
+    steps = [k for k in decode[0] if k not in ("image", "bytes")]
+    return ["Decoding one image, ms (intake's check runs on the image threads ahead of the engine; vLLM "
+            "decodes again in the engine process):", "",
+            table(["image", "bytes", *steps], [[d["image"], d["bytes"], *(d[k] for k in steps)] for d in decode]), ""]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -218,6 +268,7 @@ def main() -> None:
         "runs": runs,
         "images": images,
         "pipe": pipe_cost(work / "images" / "images.csv") if images else [],
+        "decode": decode_cost(work / "images" / "images.csv") if images else [],
     }
     publish("io", result, markdown(result), "io_latest.md", work, args.keep)
 

@@ -105,8 +105,8 @@ OPTIONS: tuple[Opt, ...] = (
     # ---- images (every command; see intake/images.py) -------------------------------------------
     Opt("image_max_bytes", "Largest accepted image (inline or fetched); larger ones make error rows.", Int1,
         20 * 1024 * 1024, commands=READERS, output=True),
-    Opt("image_timeout", "Seconds to fetch one image URL (then retried twice).", click.FloatRange(min=0.1), 30.0,
-        commands=READERS),
+    Opt("image_timeout", "Seconds to fetch one image URL, on every store (http(s), s3, gs, az); then "
+        "retried twice.", click.FloatRange(min=0.1), 30.0, commands=READERS),
     Opt("image_workers", "Threads fetching and decoding images ahead of the engine.", Int1, 8, commands=READERS),
     Opt("limit_mm_per_prompt", "Most images per request, as image=N (vLLM's limit_mm_per_prompt); more "
         "make error rows.", multiple=True, metavar="image=N", commands=READERS, engine=True, output=True),

@@ -96,6 +96,28 @@ def png(width: int, height: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A small JPEG of random pixels."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png(width, height, seed))).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def broken_deflate(png_bytes: bytes) -> bytes:
+    """The PNG with its pixel data garbled and every CRC right (what a broken encoder writes):
+    its chunks verify, only a full decode fails."""
+    import struct
+    import zlib
+
+    at = png_bytes.index(b"IDAT") - 4
+    length = struct.unpack(">I", png_bytes[at:at + 4])[0]
+    data = bytes(b ^ 0x5A for b in png_bytes[at + 8:at + 8 + length])
+    chunk = struct.pack(">I", length) + b"IDAT" + data + struct.pack(">I", zlib.crc32(b"IDAT" + data))
+    return png_bytes[:at] + chunk + png_bytes[at + 12 + length:]
+
+
 def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 

@@ -19,11 +19,13 @@ from typing import Any
 from pipeline.engines.base import EngineSpec, Result
 from pipeline.engines.cores import pin_beside_model
 from pipeline.engines.pooling import PoolingQueue
-from pipeline.models.render import context_problem, engine_tools
+from pipeline.models.render import context_problem, engine_tools, image_parts
+from pipeline.models.vision import too_many_images
 from pipeline.records import Problem, Request, kind_problem
 
 log = logging.getLogger("pipeline.engines")
 _PROMPT_LENGTH = re.compile(r"prompt \(length (\d+)\)")
+_IMAGE_LIMIT = re.compile(r"At most (\d+) image\(s\) may be provided in one prompt")  # vLLM's limit check
 
 GiB = 1 << 30
 # Engines that the executor starts on this machine at once (it sets this in each engine's
@@ -147,13 +149,18 @@ class VLLMEngine:
                 lora_request=self.loras[req.adapter] if req.adapter else None,
             )
         except Exception as e:
-            raise _Refused(self._refusal(e), tuple(warnings)) from None
+            raise _Refused(self._refusal(e, req), tuple(warnings)) from None
         self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))
 
-    def _refusal(self, e: Exception) -> Problem:
+    def _refusal(self, e: Exception, req: Request | None = None) -> Problem:
         """vLLM's refusal of a prompt, in our words: a prompt over the context gets the same
-        verdict (and message) that `estimate` and `validate` give it (chat_render.py)."""
+        verdict (and message) that `estimate` and `validate` give it (chat_render.py); one over
+        the model's own image limit intake's too_many_images, naming the first image over it."""
         message = _first_line(e)
+        images = _IMAGE_LIMIT.search(message)
+        if images is not None and req is not None:
+            return too_many_images([p for p, _ in image_parts(req.messages)], int(images.group(1)),
+                                   models_own="--limit-mm-per-prompt" not in message)
         length = _PROMPT_LENGTH.search(message)  # the input processor's form
         tokens = int(length.group(1)) if length else None
         param = getattr(e, "parameter", None)  # the renderer's: VLLMValidationError(parameter=...)

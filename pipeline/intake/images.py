@@ -1,7 +1,8 @@
 """Images in requests: every image_url part fetched, decoded and checked before the engine sees it.
 
-vLLM fails a whole `LLM.chat` call for one undecodable image or one request over the image limit,
-so no image reaches it unchecked: `resolve_all` fetches each part's bytes (a data: URI, a path or
+vLLM fails a whole `LLM.chat` call for one undecodable image or one request over the image limit
+(our engine adds requests one by one, so only that request, but without naming the part), so no
+image reaches it unchecked: `resolve_all` fetches each part's bytes (a data: URI, a path or
 any fsspec URL, with the job's storage options, a size limit, a timeout and retries), decodes them
 with PIL, and puts them back as a data: URI of the validated bytes. A bad image makes its request
 an error row naming the part (`messages[0].content[1].image_url`) and the cause.
@@ -72,9 +73,10 @@ def _refuse(parts: list[tuple[str, dict[str, Any]]], policy: ImagePolicy) -> Non
         raise Invalid("unsupported_content", f"{param} is an image, and {policy.model} is a text-only model; "
                       f"use a vision-language model, e.g. {EXAMPLES}", param)
     if policy.limit is not None and len(parts) > policy.limit:
-        raise Invalid("too_many_images", f"the request has {len(parts)} images; at most {policy.limit} are "
-                      "allowed per request. Hint: raise --limit-mm-per-prompt image=N (more images cost "
-                      "engine memory) or split the request", parts[policy.limit][0])
+        from pipeline.models.vision import too_many_images
+
+        problem = too_many_images([p for p, _ in parts], policy.limit)
+        raise Invalid(problem.code, problem.message, problem.param)
 
 
 def _with_urls(messages: list[dict[str, Any]], urls: dict[str, str]) -> list[dict[str, Any]]:
@@ -92,8 +94,9 @@ def _with_urls(messages: list[dict[str, Any]], urls: dict[str, str]) -> list[dic
 def inline(url: str, param: str, policy: ImagePolicy) -> str:
     """The image at `url` as a data: URI of its checked bytes; Invalid saying what is wrong."""
     data = _inline_bytes(url, param) if url.startswith("data:") else fetch(url, param, policy)
-    if len(data) > policy.max_bytes:
-        raise Invalid("image_too_large", f"{param} is {len(data):,} bytes; at most {policy.max_bytes:,} are "
+    if len(data) > policy.max_bytes:  # a fetch stops one byte over: its size is not known
+        size = f"{len(data):,} bytes" if url.startswith("data:") else f"over {policy.max_bytes:,} bytes"
+        raise Invalid("image_too_large", f"{param} is {size}; at most {policy.max_bytes:,} are "
                       "accepted. Hint: shrink the image or raise --image-max-bytes", param)
     mime = check(data, param)
     if url.startswith("data:"):  # the same base64, with the media type the bytes are
@@ -113,7 +116,14 @@ def _inline_bytes(url: str, param: str) -> bytes:
 
 
 def check(data: bytes, param: str) -> str:
-    """Decode the image fully (what vLLM will do); its media type, or Invalid."""
+    """Decode the image fully (what vLLM will do); its media type, or Invalid.
+
+    A full decode, although vLLM decodes the image again in the engine process: it is the check
+    that guarantees vLLM's decode and estimate's processor succeed. A lighter one lets images
+    through that only a decode refuses (a PNG whose chunks verify, CRCs and all, but whose pixel
+    data does not inflate: a broken encoder's), and Pillow's `verify` checks nothing at all for
+    JPEG. It costs about what vLLM's own decode costs, runs ahead of the engine on the intake
+    threads, and is a third or less of the engine's work per image (docs/images.md)."""
     from PIL import Image
 
     try:
@@ -130,13 +140,9 @@ def check(data: bytes, param: str) -> str:
 
 def fetch(url: str, param: str, policy: ImagePolicy) -> bytes:
     """The bytes at a path or fsspec URL (at most max_bytes + 1 are read), with retries."""
-    from pipeline.storage import Location
-
     for attempt in range(policy.retries + 1):
         try:
-            loc = Location.of(url, _with_timeout(url, policy))
-            with loc.fs.open(loc.path, "rb") as f:
-                return f.read(policy.max_bytes + 1)
+            return _read(url, policy)
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
             cause = e
             break
@@ -148,13 +154,37 @@ def fetch(url: str, param: str, policy: ImagePolicy) -> bytes:
                   f"({type(cause).__name__}: {short(str(cause), 100)})", param)
 
 
-def _with_timeout(url: str, policy: ImagePolicy) -> dict[str, Any]:
-    options = dict(policy.storage_options)
-    if url.startswith(("http://", "https://")):
-        import aiohttp
+def _read(url: str, policy: ImagePolicy) -> bytes:
+    """One try: the first max_bytes + 1 bytes, within `policy.timeout` seconds on a filesystem that
+    waits on the network.
 
-        options.setdefault("client_kwargs", {"timeout": aiohttp.ClientTimeout(total=policy.timeout)})
-    return options
+    Every fsspec filesystem that does (http(s), s3fs, gcsfs, adlfs) is async: the read runs as one
+    coroutine on fsspec's loop under `asyncio.wait_for`, which cancels it at the deadline, so the
+    socket is closed and the wait really ends, whatever each client's own timeouts and retries are
+    (botocore's read timeout is 60 s, retried; Azure's retry policy waits longer)."""
+    from fsspec.asyn import sync
+    from fsspec.exceptions import FSTimeoutError
+
+    from pipeline.storage import Location
+
+    loc = Location.of(url, policy.storage_options)
+    if not getattr(loc.fs, "async_impl", False):  # a local path, memory://: nothing to wait for
+        with loc.fs.open(loc.path, "rb") as f:
+            return f.read(policy.max_bytes + 1)
+    try:
+        return sync(loc.fs.loop, _head_and_read, loc.fs, loc.path, policy.max_bytes + 1, timeout=policy.timeout)
+    except FSTimeoutError:
+        raise TimeoutError(f"no answer within {policy.timeout:g} s. Hint: raise --image-timeout for a slow "
+                           "store") from None
+
+
+async def _head_and_read(fs: Any, path: str, limit: int) -> bytes:
+    """The first `limit` bytes. The size first (what `fs.open` asks too): a byte range past the
+    end of an empty object is an error on S3, GCS and Azure, and an empty image is undecodable."""
+    size = (await fs._info(path)).get("size")
+    if size == 0:
+        return b""
+    return await fs._cat_file(path, start=0, end=limit if size is None else min(size, limit))
 
 
 def resolve_all(items: Iterable[Request | FailedRequest], policy: ImagePolicy) -> Iterator[Request | FailedRequest]:

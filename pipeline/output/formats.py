@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.providers.anthropic import anthropic_line
+from pipeline.providers.common import IMAGE_FIELDS
 from pipeline.providers.gemini import gemini_line
 from pipeline.providers.openai import openai_line
 from pipeline.providers.responses import responses_line
@@ -75,13 +76,13 @@ NATIVE: dict[str | None, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 # ---- reading them back (pipeline report) -------------------------------------------------------
 SUMMARY_KEYS = ("custom_id", "error", "prompt_tokens", "completion_tokens", "cached_tokens", "estimated_cost",
-                "finish_reason", "content")
+                "finish_reason", "content", "images")
 
 
 def summary(line: dict[str, Any]) -> dict[str, Any]:
     """What `pipeline report` needs of one output line of any line format: custom_id, error
     {code, message}, tokens, and the first choice's finish reason and content (the same keys
-    for every line)."""
+    for every line; `images`: the prompt's images, None for none)."""
     out = {k: None for k in SUMMARY_KEYS} | _summary(line)
     if out["error"] is not None:  # the input line, back out of the message it was folded into
         found = _WHERE.search(out["error"].get("message") or "")
@@ -109,7 +110,7 @@ def _summary(line: dict[str, Any]) -> dict[str, Any]:
         text = next((b.get("text") for b in msg.get("content") or [] if b.get("type") == "text"), None)
         return {"custom_id": line.get("custom_id"), "prompt_tokens": usage.get("input_tokens"),
                 "completion_tokens": usage.get("output_tokens"), "finish_reason": msg.get("stop_reason"),
-                "content": text}
+                "content": text, "images": usage.get(IMAGE_FIELDS["anthropic"])}
     if "key" in line:  # Gemini / Vertex
         status = line.get("status")
         if status:
@@ -122,7 +123,8 @@ def _summary(line: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": line["key"], "prompt_tokens": usage.get("promptTokenCount"),
                 "completion_tokens": usage.get("candidatesTokenCount"),
                 "cached_tokens": usage.get("cachedContentTokenCount", 0), "finish_reason": first.get("finishReason"),
-                "content": next((p["text"] for p in parts if "text" in p), None)}
+                "content": next((p["text"] for p in parts if "text" in p), None),
+                "images": usage.get(IMAGE_FIELDS["gemini"])}
     body = (line.get("response") or {}).get("body") or {}  # OpenAI Batch, Responses
     usage = body.get("usage") or {}
     if body.get("object") == "response":
@@ -131,10 +133,10 @@ def _summary(line: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": line.get("custom_id"), "error": line.get("error"),
                 "prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens"),
                 "cached_tokens": (usage.get("input_tokens_details") or {}).get("cached_tokens"),
-                "finish_reason": body.get("status"), "content": text}
+                "finish_reason": body.get("status"), "content": text, "images": usage.get(IMAGE_FIELDS["responses"])}
     first = (body.get("choices") or [{}])[0]
     return {"custom_id": line.get("custom_id"), "error": line.get("error"),
             "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
             "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
             "estimated_cost": usage.get("estimated_cost"), "finish_reason": first.get("finish_reason"),
-            "content": (first.get("message") or {}).get("content")}
+            "content": (first.get("message") or {}).get("content"), "images": usage.get(IMAGE_FIELDS["openai"])}

@@ -17,6 +17,7 @@ from pipeline.providers.common import (
     data_url,
     error_text,
     image_part,
+    with_images,
 )
 from pipeline.records import Invalid, kind_of
 
@@ -249,6 +250,7 @@ def anthropic_line(row: dict[str, Any]) -> dict[str, Any]:
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
-        "usage": {"input_tokens": row["prompt_tokens"], "output_tokens": row["completion_tokens"]},
+        "usage": with_images({"input_tokens": row["prompt_tokens"], "output_tokens": row["completion_tokens"]},
+                             row, "anthropic"),
     }
     return {"custom_id": row["custom_id"], "result": {"type": "succeeded", "message": message}}

@@ -98,5 +98,20 @@ def _arguments(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_unparsed_arguments": text}
 
 
+# How many images the prompt had, in each line format. No provider's batch results carry an image
+# count (Gemini's promptTokensDetails splits tokens by modality, which the engine does not report
+# per request), so each format has an extension field named like the token counts beside it; the
+# providers' SDKs and plain JSON readers ignore keys they do not know. Absent: no images.
+IMAGE_FIELDS = {"openai": "prompt_images", "responses": "input_images", "anthropic": "input_images",
+                "gemini": "promptImageCount"}
+
+
+def with_images(usage: dict[str, Any], row: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """`usage` with the prompt's image count in `fmt`'s extension field when the prompt had images."""
+    if row.get("images"):
+        usage[IMAGE_FIELDS[fmt]] = row["images"]
+    return usage
+
+
 # Errors that are the request's fault (the rest, e.g. engine_crash and output_error, are ours).
 SERVER_ERRORS = {"engine_crash", "output_error"}

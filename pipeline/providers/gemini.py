@@ -17,6 +17,7 @@ from pipeline.providers.common import (
     data_url,
     error_text,
     image_part,
+    with_images,
 )
 from pipeline.records import Invalid, is_default_id, kind_of
 
@@ -341,5 +342,5 @@ def gemini_line(row: dict[str, Any]) -> dict[str, Any]:
              "totalTokenCount": row["total_tokens"]}
     if row.get("cached_tokens"):
         usage["cachedContentTokenCount"] = row["cached_tokens"]
-    line["response"] = {"candidates": candidates, "usageMetadata": usage, "modelVersion": _model(row)}
+    line["response"] = {"candidates": candidates, "usageMetadata": with_images(usage, row, "gemini"), "modelVersion": _model(row)}
     return line

@@ -8,6 +8,7 @@ from pipeline.providers.common import (
     _failed,
     _model,
     error_text,
+    with_images,
 )
 
 
@@ -31,13 +32,13 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
         "object": "chat.completion",
         "model": _model(row),
         "choices": choices,
-        "usage": {
+        "usage": with_images({
             "prompt_tokens": row["prompt_tokens"],
             "completion_tokens": row["completion_tokens"],
             "total_tokens": row["total_tokens"],
             "prompt_tokens_details": {"cached_tokens": row["cached_tokens"]},
             "estimated_cost": row["estimated_cost"],
-        },
+        }, row, "openai"),
     }
     return _openai_ok(row, body)
 

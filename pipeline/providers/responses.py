@@ -13,6 +13,7 @@ from pipeline.providers.common import (
     _name,
     _parts,
     image_part,
+    with_images,
 )
 from pipeline.providers.openai import _openai_error, _openai_ok
 from pipeline.records import Invalid, kind_of
@@ -198,12 +199,12 @@ def responses_line(row: dict[str, Any]) -> dict[str, Any]:
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
         "model": _model(row),
         "output": output,
-        "usage": {
+        "usage": with_images({
             "input_tokens": row["prompt_tokens"],
             "input_tokens_details": {"cached_tokens": row["cached_tokens"]},
             "output_tokens": row["completion_tokens"],
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": row["total_tokens"],
-        },
+        }, row, "responses"),
     }
     return _openai_ok(row, body)

@@ -4,7 +4,9 @@ are the tiny VLM's processor's (test_images_real.py holds them to the engine's).
 
 import base64
 import json
+import socket
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +20,8 @@ from pipeline.intake.requests import Context, parse_row
 from pipeline.records import Request, Source
 
 sys.path.insert(0, str(REPO / "tests"))
-from vlm_model import data_url, png, tiny_vlm  # noqa: E402
+from storage_servers import azurite_connection_string  # noqa: E402  (before gcsfs: see there)
+from vlm_model import broken_deflate, data_url, jpeg, png, tiny_vlm  # noqa: E402
 
 PNG = png(40, 30, 1)
 B64 = base64.b64encode(PNG).decode()
@@ -87,6 +90,13 @@ def test_several_images_interleaved_keep_their_order(picture):
     types = [p["type"] for p in item.messages[0]["content"]]
     assert types == ["text", "image_url", "text", "image_url"]
     assert [p["image_url"]["url"] for p in item.messages[0]["content"][1::2]] == [data_url(PNG), data_url(other)]
+    # the limit counts a request's images over all its messages; the row names the first one over it
+    row["body"]["messages"] += [{"role": "assistant", "content": "ok"},
+                                {"role": "user", "content": [image(data_url(other)), {"type": "text", "text": "?"}]}]
+    item = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy(limit=2))
+    assert (item.code, item.param) == ("too_many_images", "messages[2].content[0].image_url")
+    ok = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy(limit=3))
+    assert [p["type"] for p in ok.messages[2]["content"]] == ["image_url", "text"]
 
 
 def test_resolve_all_keeps_order_and_bounds_look_ahead():
@@ -193,6 +203,13 @@ def test_fsspec_urls_are_read_with_the_jobs_storage(tmp_path):
     import fsspec
 
     fsspec.filesystem("memory").pipe("/imgs/cat.png", PNG)
+    small = resolve(parse_row(chat("big", image("memory://imgs/cat.png"), image(data_url(PNG))),
+                              source=Source(0, "f", "f"), line=1, ctx=Context()), ImagePolicy(max_bytes=100))
+    assert small.code == "image_too_large"  # read 101 bytes: the size is not known, only that it is over
+    assert small.message.startswith("messages[0].content[1].image_url is over 100 bytes; at most 100 are accepted")
+    inline = resolve(parse_row(chat("big", image(data_url(PNG))), source=Source(0, "f", "f"), line=1, ctx=Context()),
+                     ImagePolicy(max_bytes=100))
+    assert f"is {len(PNG):,} bytes; at most 100" in inline.message
     row = chat("mem", image("memory://imgs/cat.png"), image("memory://imgs/dog.png"))
     item = resolve(parse_row(row, source=Source(0, "f", "f"), line=3, ctx=Context()), ImagePolicy(retries=0))
     assert item.code == "image_fetch_failed" and item.param == "messages[0].content[2].image_url"
@@ -200,3 +217,110 @@ def test_fsspec_urls_are_read_with_the_jobs_storage(tmp_path):
     ok = resolve(parse_row(chat("mem", image("memory://imgs/cat.png")), source=Source(0, "f", "f"), line=1, ctx=Context()),
                  ImagePolicy())
     assert ok.messages[0]["content"][1]["image_url"]["url"] == data_url(PNG)
+
+
+def image_count(line):
+    """The prompt's image count in a result line, read from the extension field of the line's own
+    format (docs/output.md); None when the field is absent."""
+    if "result" in line:  # Anthropic
+        return line["result"]["message"]["usage"].get("input_images")
+    if "key" in line:  # Gemini / Vertex
+        usage = line["response"]["usageMetadata"]
+        assert "promptTokensDetails" not in usage  # the split by modality is not measured: not claimed
+        return usage.get("promptImageCount")
+    body = line["response"]["body"]
+    return body["usage"].get("input_images" if body["object"] == "response" else "prompt_images")
+
+
+@pytest.mark.parametrize("fmt", ["native", "openai", "anthropic", "gemini"])
+def test_result_lines_count_the_prompts_images_and_report_reads_them(tmp_path, vlm, picture, fmt):
+    rows = [*every_form(picture), chat("two", image(str(picture)), image(data_url(PNG))), chat("none")]
+    src = tmp_path / "in"  # a file per input shape (a file holds one shape)
+    src.mkdir()
+    for shape in ("openai", "responses", "anthropic", "gemini"):
+        write_jsonl(src / f"{shape}.jsonl", [r for r in rows if r.get("key", r.get("custom_id")).startswith(shape)
+                                              or (shape == "openai" and r.get("custom_id") in ("two", "none"))])
+    out = tmp_path / "out"
+    res = invoke("run", src, "-o", out, "--engine", "fake", "-m", vlm, "-q", "--format", fmt,
+                 "--limit-mm-per-prompt", "image=2")
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(t) for p in out.glob("part-*.jsonl") for t in p.read_text().splitlines()]
+    counts = {line.get("key", line.get("custom_id")): image_count(line) for line in lines}
+    assert counts == {**{r.get("key", r.get("custom_id")): 1 for r in every_form(picture)}, "two": 2, "none": None}
+    if fmt == "native":
+        assert {"result" in x or "key" in x or x["response"]["body"]["object"] for x in lines} == {
+            True, "chat.completion", "response"}  # every writer was used
+    res = invoke("report", out)
+    assert res.exit_code == 0, res.output
+    assert "12 images" in res.output
+
+
+# ---- --image-timeout on every store: a loopback port that takes connections and never answers ----
+@pytest.fixture
+def stalled():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)  # the kernel accepts; nothing ever reads or answers
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def stalled_store(protocol, endpoint):
+    """(an image URL, the storage options) that send each protocol's client to the stalled port."""
+    return {
+        "http": (f"{endpoint}/cat.png", {}),
+        "s3": ("s3://bucket/cat.png", {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint}}),
+        "gs": ("gs://bucket/cat.png", {"endpoint_url": endpoint, "token": "anon"}),
+        "az": ("az://container/cat.png", {"connection_string": azurite_connection_string(endpoint)}),
+    }[protocol]
+
+
+@pytest.mark.parametrize("protocol", ["http", "s3", "gs", "az"])
+def test_a_stalled_store_is_an_error_row_after_the_timeout(stalled, protocol):
+    url, options = stalled_store(protocol, stalled)
+    row = chat("slow", image(url))
+    start = time.monotonic()
+    item = resolve(parse_row(row, source=Source(0, "f", "f"), line=2, ctx=Context()),
+                   ImagePolicy(timeout=0.5, retries=1, storage_options=options))
+    took = time.monotonic() - start
+    assert item.code == "image_fetch_failed" and item.param == "messages[0].content[1].image_url", item
+    assert "(TimeoutError: 'no answer within 0.5 s" in item.message and "--image-timeout" in item.message
+    assert 1.0 <= took < 5, took  # two tries of 0.5 s and a 0.2 s pause; the clients alone wait minutes
+
+
+def test_a_run_with_a_stalled_store_finishes(tmp_path, vlm, stalled):
+    url, options = stalled_store("s3", stalled)
+    src = write_jsonl(tmp_path / "in.jsonl", [chat("slow", image(url)), chat("good", image(data_url(PNG)))])
+    res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", vlm, "-q", "--image-timeout", "0.5",
+                 *[a for k, v in options.items() for a in ("--storage-option", f"{k}={json.dumps(v)}")])
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert rows["good"]["error"] is None and rows["good"]["images"] == 1
+    assert rows["slow"]["error"]["code"] == "image_fetch_failed" and rows["slow"]["error"]["line"] == 1
+
+
+# ---- the check decodes fully: truncated, corrupted and garbled images are error rows ---------------
+def test_truncated_and_corrupted_images_are_caught():
+    from pipeline.intake.images import check
+    from pipeline.records import Invalid
+
+    big, photo = png(200, 150, 3), jpeg(200, 150)
+    assert check(big, "p") == "image/png" and check(photo, "p") == "image/jpeg"
+    flipped = bytearray(big)
+    flipped[len(big) // 2] ^= 0xFF  # a bit flipped in transit: the chunk's CRC no longer matches
+    garbled = broken_deflate(big)  # every CRC right, the pixel data garbage: only a decode sees it
+    for bad in (big[: len(big) // 2], bytes(flipped), garbled, photo[: len(photo) * 9 // 10]):
+        with pytest.raises(Invalid, match="could not be decoded"):
+            check(bad, "messages[0].content[1].image_url")
+
+
+def test_parquet_requests_with_image_parts(tmp_path, vlm, picture):
+    """A Parquet `messages` column whose parts are structs (Arrow gives every part every field,
+    the ones it lacks as null) holds images like JSON lines do."""
+    parts = [{"type": "text", "text": "What?", "image_url": None},
+             {"type": "image_url", "text": None, "image_url": {"url": str(picture)}}]
+    pq.write_table(pa.table({"custom_id": ["a"], "messages": [[{"role": "user", "content": parts}]]}),
+                   tmp_path / "in.parquet")
+    res = invoke("run", tmp_path / "in.parquet", "-o", tmp_path / "out", "--engine", "fake", "-m", vlm, "-q")
+    assert res.exit_code == 0, res.output
+    [row] = read_output(tmp_path / "out").to_dicts()
+    assert row["error"] is None and row["images"] == 1

@@ -258,3 +258,27 @@ def test_result_files_of_a_line_format_on_the_bucket(store):
     res = invoke("run", inputs, "-o", out, *FAKE, *store.options, "--format", "native", "--overwrite")
     assert res.exit_code == 0, res.output  # the old job's result files removed, the new ones written
     assert len(store.read("out/results/a.results.jsonl").splitlines()) == 12
+
+
+def test_images_are_read_from_the_bucket(store, tmp_path):
+    """Image URLs on the store (a byte range after the object's size), beside an empty object and a
+    missing one: each its own error row."""
+    from vlm_model import png, tiny_vlm
+
+    picture = png(40, 30, 1)
+    store.put("img/cat.png", picture)
+    store.put("img/empty.png", b"")
+
+    def ask(custom_id, name):
+        return {"custom_id": custom_id, "body": {"max_tokens": 2, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What?"}, {"type": "image_url", "image_url": {"url": f"{store.root}/img/{name}"}}]}]}}
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(ask(*x)) + "\n" for x in [("cat", "cat.png"), ("empty", "empty.png"),
+                                                                 ("gone", "gone.png")]))
+    res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", tiny_vlm(), "-q", *store.options)
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    assert rows["cat"]["error"] is None and rows["cat"]["images"] == 1
+    assert rows["empty"]["error"]["code"] == "invalid_image", rows["empty"]["error"]
+    assert rows["gone"]["error"]["code"] == "image_fetch_failed" and "FileNotFoundError" in rows["gone"]["error"]["message"]
