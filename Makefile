@@ -75,7 +75,7 @@ chaos: install
 	$(BIN)/python tests/chaos.py --rounds 40 --seed 1
 
 bench: install
-	$(BIN)/python bench/engines.py --workload both
+	$(BIN)/python bench/engines.py --workload both --each-defaults
 
 bench-io: install
 	$(BIN)/python bench/io_scale.py
