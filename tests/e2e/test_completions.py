@@ -161,3 +161,32 @@ def test_completions_and_embeddings_files_are_refused_together(tmp_path, complet
     res = invoke("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE)
     assert res.exit_code == 1 and "these inputs mix generative (chat, completions) and pooling" in res.output
     assert "generate: " in res.output and "complete.jsonl" in res.output and not (tmp_path / "out").exists()
+
+
+def test_azure_completions_urls_are_read():
+    row = {"custom_id": "a", "method": "POST", "url": "/openai/deployments/my-gpt/completions?api-version=2024-10-21",
+           "body": {"prompt": "hi"}}
+    assert parse(row).endpoint == "completions"
+    chat = {"custom_id": "b", "method": "POST", "url": "/openai/deployments/my-gpt/chat/completions",
+            "body": {"messages": [{"role": "user", "content": "hi"}]}}
+    assert parse(chat).endpoint == "chat"
+
+
+def test_a_line_for_another_endpoint_in_a_completions_file_gets_invalid_url(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [completion_line("c", prompt="one two"),
+                                              chat_line("chat", "hi")])
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert rows["c"]["content"] == "one two"
+    assert rows["chat"]["error"]["code"] == "invalid_url"
+    assert "url must be completions ('/v1/completions')" in rows["chat"]["error"]["message"]
+
+
+def test_anthropic_format_writes_a_completion_as_a_message(tmp_path, completions_file):
+    res = invoke("run", completions_file, "-o", tmp_path / "out", *FAKE, "--format", "anthropic")
+    assert res.exit_code == 0, res.output
+    [results] = (tmp_path / "out").glob("results/*.jsonl")
+    lines = {x["custom_id"]: x for x in map(json.loads, results.read_text().splitlines())}
+    message = lines["ids"]["result"]["message"]
+    assert message["content"] == [{"type": "text", "text": "11 12 13"}]

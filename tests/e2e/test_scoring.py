@@ -148,3 +148,21 @@ def test_estimate_counts_the_texts_of_every_pair(tmp_path, inputs):
     assert rows["fan"]["prompt_tokens"] == count("what is a cat", "a small feline", "what is a cat", "a car")
     assert rows["top2"]["prompt_tokens"] == count("cats", "dogs bark", "cats", "cats purr", "cats", "cars drive")
     assert rows["top2"]["completion_tokens_upper"] == 0
+
+
+def test_embeddings_score_and_rerank_files_share_one_pooling_run(tmp_path, inputs):
+    write_jsonl(inputs / "embed.jsonl", [line("/v1/embeddings", "e", input="cats")])
+    res = invoke("run", inputs, "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert len(rows["e"]["embedding"]) == 8 and rows["all"]["rerank"] and rows["one"]["score"] is not None
+
+
+def test_rerank_ties_keep_document_order():
+    from pipeline.engines.base import Result
+    from pipeline.output.rows import result_row
+
+    req = parse(line("/v1/rerank", "t", query="q", documents=["a", "b", "c", "d"], top_n=3))
+    row = result_row(req, Result(0, prompt_tokens=8, completion_tokens=0, scores=[0.5, 0.9, 0.5, 0.5]), "m", None)
+    assert [(r["index"], r["document"]) for r in row["rerank"]] == [(1, "b"), (0, "a"), (2, "c")]
+    assert row["choices"] is None and row["score"] is None and row["scores"] is None
