@@ -116,7 +116,7 @@ def kind_of(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A valid chat-completion request, with where it came from."""
+    """A valid request (chat completions, or another endpoint's), with where it came from."""
 
     custom_id: str
     source_file: str
@@ -176,6 +176,9 @@ class Request:
 # The endpoints a request may ask for, and the kind of model (vLLM runner) that serves each.
 ENDPOINTS = {"chat": "generate", "completions": "generate", "embeddings": "pooling", "score": "pooling",
              "rerank": "pooling"}
+# The request field that holds each endpoint's prompt (or texts): where a too-long one is named.
+PROMPT_FIELD = {"chat": "messages", "completions": "prompt", "embeddings": "input", "score": "documents",
+                "rerank": "documents"}
 COMPLETIONS_MAX_TOKENS = 16  # a completions request's max_tokens when it sets none (OpenAI, vLLM)
 
 

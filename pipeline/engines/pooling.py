@@ -18,12 +18,13 @@ from typing import Any
 from vllm import LLM, PoolingParams
 
 from pipeline.engines.base import Result
-from pipeline.records import Problem, Request, embedding_inputs, score_pairs
+from pipeline.records import PROMPT_FIELD, Problem, Request, embedding_inputs, score_pairs
 
 
 class PoolingQueue:
-    def __init__(self, llm: LLM, refusal: Callable[[Exception], Problem]):
-        self.llm, self.refusal = llm, refusal  # refusal: vLLM's exception as the request's Problem
+    def __init__(self, llm: LLM, refusal: Callable[[Exception, str], Problem]):
+        # refusal(exception, field): vLLM's exception as the request's Problem
+        self.llm, self.refusal = llm, refusal
         self.queue: list[tuple[int, Request]] = []
         config = llm.model_config
         self.matryoshka = config.is_matryoshka
@@ -59,13 +60,13 @@ class PoolingQueue:
             return call(work)
         except Exception as e:  # a request vLLM refuses fails the whole call: retry each on its own
             if len(work) == 1:
-                return [Result(work[0][0], error=self.refusal(e))]
+                return [Result(work[0][0], error=self.refusal(e, PROMPT_FIELD[work[0][1].endpoint]))]
         results = []
         for one in work:
             try:
                 results.extend(call([one]))
             except Exception as e:  # this request's own refusal
-                results.append(Result(one[0], error=self.refusal(e)))
+                results.append(Result(one[0], error=self.refusal(e, PROMPT_FIELD[one[1].endpoint])))
         return results
 
     def _score(self, work: list[tuple[int, Request]]) -> list[Result]:

@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.engines.base import EngineSpec, Result
 from pipeline.engines.pooling import PoolingQueue
 from pipeline.models.render import context_problem, engine_tools
-from pipeline.records import Problem, Request, kind_problem
+from pipeline.records import PROMPT_FIELD, Problem, Request, kind_problem
 
 log = logging.getLogger("pipeline.engines")
 _PROMPT_LENGTH = re.compile(r"prompt \(length (\d+)\)")
@@ -146,10 +146,10 @@ class VLLMEngine:
                 [rid] = self.llm.enqueue_chat([req.messages], [params], use_tqdm=False, tools=engine_tools(req),
                                               lora_request=lora)
         except Exception as e:
-            raise _Refused(self._refusal(e), tuple(warnings)) from None
+            raise _Refused(self._refusal(e, PROMPT_FIELD[req.endpoint]), tuple(warnings)) from None
         self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))
 
-    def _refusal(self, e: Exception) -> Problem:
+    def _refusal(self, e: Exception, field: str = "messages") -> Problem:
         """vLLM's refusal of a prompt, in our words: a prompt over the context gets the same
         verdict (and message) that `estimate` and `validate` give it (chat_render.py)."""
         message = _first_line(e)
@@ -159,10 +159,10 @@ class VLLMEngine:
         if param == "input_tokens" and isinstance(getattr(e, "value", None), int):
             tokens = e.value
         if tokens is not None or param in ("input_tokens", "input_text"):
-            problem = context_problem(tokens, self.info["max_model_len"], at_least="at least" in message)
+            problem = context_problem(tokens, self.info["max_model_len"], at_least="at least" in message, field=field)
             if problem is not None:
                 return problem
-        return Problem("invalid_request", message, "messages")
+        return Problem("invalid_request", message, field)
 
     # ---- results out -------------------------------------------------------------------------
     def step(self) -> list[Result]:

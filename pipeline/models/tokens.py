@@ -59,7 +59,14 @@ from pipeline.models.render import (
     engine_tools,
     image_urls,
 )
-from pipeline.records import FailedRequest, Problem, Request, embedding_inputs, score_pairs
+from pipeline.records import (
+    PROMPT_FIELD,
+    FailedRequest,
+    Problem,
+    Request,
+    embedding_inputs,
+    score_pairs,
+)
 
 log = logging.getLogger("pipeline.models.tokens")
 
@@ -143,7 +150,8 @@ class PromptCounter:
         # vLLM refuses a prompt that leaves no room for one completion token. A pooling request's
         # inputs are separate prompts: the engine answers for each.
         generative = request.endpoint in ("chat", "completions")
-        problem = context_problem(prompt_tokens, self.max_model_len) if generative else None
+        problem = context_problem(prompt_tokens, self.max_model_len,
+                                  field=PROMPT_FIELD[request.endpoint]) if generative else None
         if problem is None:
             return request
         return FailedRequest.about(problem, request)
