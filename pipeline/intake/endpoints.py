@@ -128,7 +128,8 @@ def scoring_request(body: Any, custom_id: str, source: Source, line: int, model:
                               f"{short(top_n)}", "top_n")
             params["top_n"] = top_n
     else:
-        first, second = next((pair for pair in SCORE_PAIRS if pair[0] in body), SCORE_PAIRS[0])
+        first, second = next((pair for pair in SCORE_PAIRS if pair[0] in body and pair[1] in body), None) or next(
+            (pair for pair in SCORE_PAIRS if pair[0] in body), SCORE_PAIRS[0])
         queries, documents = score_texts(body.get(first), first), score_texts(body.get(second), second)
         if len(queries) not in (1, len(documents)):
             raise Invalid("invalid_input", f"{first} holds {len(queries)} texts and {second} {len(documents)}: "

@@ -127,6 +127,8 @@ def test_score_request_body_and_pairs():
     assert req.endpoint == "score" and req.body == {"queries": ["q"], "documents": ["a", "b"]}
     assert score_pairs(req) == [("q", "a"), ("q", "b")]
     assert "unknown field(s) ignored: truncate_prompt_tokens" in req.warnings
+    items = parse(line("/v1/score", "i", queries=["q1", "q2"], items=["a", "b"]))
+    assert score_pairs(items) == [("q1", "a"), ("q2", "b")]
     rerank = parse(line("/v1/rerank", "y", query="q", documents="a", top_n=1))
     assert rerank.body == {"query": "q", "documents": ["a"], "top_n": 1} and score_pairs(rerank) == [("q", "a")]
 
