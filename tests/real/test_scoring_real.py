@@ -20,8 +20,12 @@ def line(url, custom_id, **body):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("score")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("score")
+
+
+@pytest.fixture(scope="module")
+def run(tmp):
     (tmp / "in").mkdir()
     write_jsonl(tmp / "in" / "score.jsonl", [
         line("/v1/score", "one", text_1=QUERY, text_2=DOCUMENTS[0]),
@@ -65,8 +69,27 @@ def test_rerank_orders_by_relevance(run, vectors):
     assert [r["relevance_score"] for r in got] == pytest.approx([scores[i] for i in best], abs=2e-4)
 
 
-def test_usage_and_errors(run):
+def test_usage_and_errors(run, tmp):
+    """Each pair's prompt tokens as LLM.score reports them: the query's and the document's, joined
+    by the pad token where the tokenizer has one; `estimate` counts the two texts only."""
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from pipeline.models.names import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
+    pad = 1 if tokenizer.pad_token_id is not None else 0
+
+    def count(text):
+        return len(tokenizer(text)["input_ids"])
+
     one, fan = run["one"], run["fan"]
-    assert one["prompt_tokens"] > 0 and one["completion_tokens"] == 0 and one["estimated_cost"] > 0
-    assert fan["prompt_tokens"] > 3 * one["prompt_tokens"] // 2
+    assert one["prompt_tokens"] == count(QUERY) + pad + count(DOCUMENTS[0])
+    assert fan["prompt_tokens"] == sum(count(QUERY) + pad + count(d) for d in DOCUMENTS)
+    assert one["completion_tokens"] == 0 and one["estimated_cost"] > 0
     assert run["too-long"]["error"]["code"] == "context_length_exceeded", run["too-long"]["error"]
+    assert run["too-long"]["error"]["param"] == "documents"
+    res = invoke("estimate", tmp / "in", "-m", "smollm2", "--rows-file", tmp / "rows.parquet", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    estimated = {r["custom_id"]: r["prompt_tokens"] for r in pl.read_parquet(tmp / "rows.parquet").to_dicts()}
+    assert estimated["fan"] == fan["prompt_tokens"] - 3 * pad
