@@ -50,8 +50,9 @@ def test_completions_rows(tmp_path, completions_file):
     assert rows["several"]["error"]["code"] == "invalid_input"
 
 
-def test_openai_text_completion_lines(tmp_path, completions_file):
-    res = invoke("run", completions_file, "-o", tmp_path / "out", *FAKE, "--format", "openai")
+@pytest.mark.parametrize("fmt", ["openai", "native"])
+def test_openai_text_completion_lines(tmp_path, completions_file, fmt):
+    res = invoke("run", completions_file, "-o", tmp_path / "out", *FAKE, "--format", fmt)
     assert res.exit_code == 0, res.output
     [results] = (tmp_path / "out").glob("results/*.jsonl")
     lines = {x["custom_id"]: x for x in map(json.loads, results.read_text().splitlines())}
@@ -183,10 +184,14 @@ def test_a_line_for_another_endpoint_in_a_completions_file_gets_invalid_url(tmp_
     assert "url must be completions ('/v1/completions')" in rows["chat"]["error"]["message"]
 
 
-def test_anthropic_format_writes_a_completion_as_a_message(tmp_path, completions_file):
-    res = invoke("run", completions_file, "-o", tmp_path / "out", *FAKE, "--format", "anthropic")
-    assert res.exit_code == 0, res.output
-    [results] = (tmp_path / "out").glob("results/*.jsonl")
-    lines = {x["custom_id"]: x for x in map(json.loads, results.read_text().splitlines())}
-    message = lines["ids"]["result"]["message"]
-    assert message["content"] == [{"type": "text", "text": "11 12 13"}]
+def test_anthropic_and_gemini_formats_write_a_completion_as_a_message(tmp_path, completions_file):
+    for fmt in ("anthropic", "gemini"):
+        res = invoke("run", completions_file, "-o", tmp_path / fmt, *FAKE, "--format", fmt)
+        assert res.exit_code == 0, res.output
+    lines = {}
+    for fmt in ("anthropic", "gemini"):
+        [results] = (tmp_path / fmt).glob("results/*.jsonl")
+        lines[fmt] = {x.get("custom_id") or x["key"]: x for x in map(json.loads, results.read_text().splitlines())}
+    assert lines["anthropic"]["ids"]["result"]["message"]["content"] == [{"type": "text", "text": "11 12 13"}]
+    [candidate] = lines["gemini"]["ids"]["response"]["candidates"]
+    assert candidate["content"]["parts"] == [{"text": "11 12 13"}]
