@@ -57,8 +57,8 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("embedding", pa.list_(pa.float32())),
     pa.field("embeddings", pa.list_(pa.list_(pa.float32()))),
     pa.field("encoding_format", pa.string()),  # "base64" where an embeddings request asked for it, else null
-    # a score request's score (a line with one pair), or its scores in pair order (several pairs)
-    pa.field("score", pa.float64()),
+    # a score request's scores, one per pair in pair order (no scalar `score` column: a template
+    # job's response property of that common name would have to be renamed)
     pa.field("scores", pa.list_(pa.float64())),
     # a rerank request's results as vLLM's rerank response orders them: most relevant first, top_n of them
     pa.field("rerank", pa.list_(RERANK_RESULT)),

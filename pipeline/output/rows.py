@@ -26,7 +26,6 @@ def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
         "embedding": None,
         "embeddings": None,
         "encoding_format": None,
-        "score": None,
         "scores": None,
         "rerank": None,
         "prompt_tokens": None,
@@ -98,19 +97,18 @@ def _vectors(req: Request, res: Result) -> dict[str, Any]:
 
 
 def _scores(req: Request, res: Result) -> dict[str, Any]:
-    """The `score`, `scores` and `rerank` columns. A rerank request's results are ordered as
-    vLLM's rerank response orders them: by relevance, highest first (ties in document order),
-    the first top_n of them when top_n is set (0: all)."""
+    """The `scores` and `rerank` columns. A rerank request's results are ordered as vLLM's rerank
+    response orders them: by relevance, highest first (ties in document order), the first top_n
+    of them when top_n is set (0: all)."""
     if res.scores is None:
-        return {"score": None, "scores": None, "rerank": None}
+        return {"scores": None, "rerank": None}
     if req.endpoint == "score":
-        one = len(res.scores) == 1
-        return {"score": res.scores[0] if one else None, "scores": None if one else res.scores, "rerank": None}
+        return {"scores": res.scores, "rerank": None}
     documents = req.input["documents"]
     results = sorted(({"index": i, "document": documents[i], "relevance_score": s} for i, s in enumerate(res.scores)),
                      key=lambda r: r["relevance_score"], reverse=True)
     top_n = req.params.get("top_n") or len(results)
-    return {"score": None, "scores": None, "rerank": results[:top_n]}
+    return {"scores": None, "rerank": results[:top_n]}
 
 
 def _timing(res: Result) -> dict[str, Any]:

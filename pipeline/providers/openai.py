@@ -23,7 +23,7 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
         return _openai_error(row)
     if row.get("embedding") is not None or row.get("embeddings") is not None:
         return _openai_ok(row, embeddings_body(row))
-    if row.get("score") is not None or row.get("scores") is not None:
+    if row.get("scores") is not None:
         return _openai_ok(row, score_body(row))
     if row.get("rerank") is not None:
         return _openai_ok(row, rerank_body(row))
@@ -82,9 +82,8 @@ def _completion_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | No
 
 def score_body(row: dict[str, Any]) -> dict[str, Any]:
     """A score row as vLLM's score response: one `data` item per pair, in order."""
-    scores = row["scores"] if row.get("scores") is not None else [row["score"]]
     return {"id": f"score-{row['custom_id']}", "object": "list", "model": _model(row),
-            "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
+            "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(row["scores"])],
             "usage": _usage(row)}
 
 

@@ -69,7 +69,7 @@ def test_completion_logprobs_in_the_completions_form():
     top = [{"token": " sat", "logprob": -0.1, "bytes": None}, {"token": " lay", "logprob": -2.5, "bytes": None}]
     row = {"custom_id": "c", "error": None, "model": "m", "served_model": "m", "input_shape": "openai-completions",
            "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "estimated_cost": None,
-           "embedding": None, "embeddings": None, "score": None, "scores": None, "rerank": None,
+           "embedding": None, "embeddings": None, "scores": None, "rerank": None,
            "choices": [{"index": 0, "content": " sat on", "finish_reason": "stop", "tool_calls": None,
                         "logprobs": {"content": [
                             {"token": " sat", "logprob": -0.1, "bytes": None, "top_logprobs": top},

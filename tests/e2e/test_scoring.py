@@ -1,5 +1,5 @@
 """vLLM's /v1/score and /v1/rerank lines end to end on the fake engine (docs/endpoints.md): the
-pairs they score, the `score`, `scores` and `rerank` columns, vLLM's response bodies in
+pairs they score, the `scores` and `rerank` columns, vLLM's response bodies in
 --format openai, what validation refuses, and the estimate of their input tokens."""
 
 import json
@@ -50,9 +50,8 @@ def test_score_and_rerank_rows(tmp_path, inputs):
     assert res.exit_code == 0, res.output
     rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
     assert len(rows) == 6
-    assert rows["one"]["score"] == pytest.approx(cosine("what is a cat", "a small feline"))
-    assert rows["one"]["scores"] is None and rows["one"]["choices"] is None and rows["one"]["content"] is None
-    assert rows["fan"]["score"] is None
+    assert rows["one"]["scores"] == pytest.approx([cosine("what is a cat", "a small feline")])
+    assert rows["one"]["choices"] is None and rows["one"]["content"] is None
     assert rows["fan"]["scores"] == pytest.approx([cosine("what is a cat", d) for d in ("a small feline", "a car")])
     assert rows["pairs"]["scores"] == pytest.approx([cosine("a", "c"), cosine("b", "d")])
     assert (rows["pairs"]["prompt_tokens"], rows["pairs"]["completion_tokens"]) == (4, 0)
@@ -65,7 +64,7 @@ def test_score_and_rerank_rows(tmp_path, inputs):
     assert [r["relevance_score"] for r in ranked] == pytest.approx([s for s, _ in expected])
     assert [r["document"] for r in ranked] == [documents[i] for _, i in expected]
     assert rows["top2"]["rerank"] == ranked[:2]
-    assert rows["all"]["score"] is None and rows["all"]["scores"] is None
+    assert rows["all"]["scores"] is None
 
 
 def test_score_and_rerank_result_lines_are_vllms_responses(tmp_path, inputs):
@@ -157,7 +156,7 @@ def test_embeddings_score_and_rerank_files_share_one_pooling_run(tmp_path, input
     res = invoke("run", inputs, "-o", tmp_path / "out", *FAKE)
     assert res.exit_code == 0, res.output
     rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
-    assert len(rows["e"]["embedding"]) == 8 and rows["all"]["rerank"] and rows["one"]["score"] is not None
+    assert len(rows["e"]["embedding"]) == 8 and rows["all"]["rerank"] and rows["one"]["scores"]
 
 
 def test_rerank_ties_keep_document_order():
@@ -167,4 +166,4 @@ def test_rerank_ties_keep_document_order():
     req = parse(line("/v1/rerank", "t", query="q", documents=["a", "b", "c", "d"], top_n=3))
     row = result_row(req, Result(0, prompt_tokens=8, completion_tokens=0, scores=[0.5, 0.9, 0.5, 0.5]), "m", None)
     assert [(r["index"], r["document"]) for r in row["rerank"]] == [(1, "b"), (0, "a"), (2, "c")]
-    assert row["choices"] is None and row["score"] is None and row["scores"] is None
+    assert row["choices"] is None and row["scores"] is None

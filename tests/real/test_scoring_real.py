@@ -54,7 +54,7 @@ def cosine(a, b):
 
 
 def test_scores_equal_the_cosine_of_transformers_vectors(run, vectors):
-    assert run["one"]["score"] == pytest.approx(cosine(vectors[QUERY], vectors[DOCUMENTS[0]]), abs=2e-4)
+    assert run["one"]["scores"] == pytest.approx([cosine(vectors[QUERY], vectors[DOCUMENTS[0]])], abs=2e-4)
     assert run["fan"]["scores"] == pytest.approx([cosine(vectors[QUERY], vectors[d]) for d in DOCUMENTS], abs=2e-4)
     assert run["pairs"]["scores"] == pytest.approx(
         [cosine(vectors[DOCUMENTS[0]], vectors[DOCUMENTS[1]]), cosine(vectors[DOCUMENTS[1]], vectors[DOCUMENTS[2]])],
