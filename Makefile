@@ -76,6 +76,7 @@ chaos: install
 
 bench: install
 	$(BIN)/python bench/engines.py --workload both --each-defaults
+	$(BIN)/python bench/engines.py --workload embed
 
 bench-io: install
 	$(BIN)/python bench/io_scale.py

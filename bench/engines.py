@@ -3,13 +3,15 @@
 All tools get the same request file, model, engine settings (prefix caching on) and environment,
 and run as separate processes in alternating order (A B C A B C ...). Each run's whole-process
 wall time is measured; its generated tokens and its prompt tokens served from the prefix cache
-are counted from its own output. Two workloads (--workload):
+are counted from its own output. Three workloads (--workload):
 
 - mixed: synthetic chat requests with varied tasks, sampling and lengths and no shared document
   (768 on CPU, max_tokens up to 40: decode-heavy);
 - docs: D generated documents x Q questions each, every request carrying its whole document,
   shuffled, with a KV cache pinned (num_gpu_blocks_override) below the workload's distinct
-  shared-prefix tokens: what prefix-aware scheduling is for.
+  shared-prefix tokens: what prefix-aware scheduling is for;
+- embed: N /v1/embeddings lines, `pipeline run --runner pooling` against run_batch with the
+  pooling runner (bench/embed.py; not with `both`, `make bench` runs it on its own).
 
 With --gpus N >= 2 it also runs N engines (`pipeline run --data-parallel-size N`) and reports
 the scaling efficiency against one engine (mixed workload).
@@ -49,6 +51,7 @@ from harness import (
     run_measured,
     table,
     versions_line,
+    vllm_flags,
     write_doc_requests,
     write_requests,
 )
@@ -170,16 +173,10 @@ def read_pipeline(out: Path) -> Output:
 
 
 def run_batch_command(s: Setup, out: Path) -> list[str]:
-    flags = []
-    for key, value in s.engine_args.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True or value is False:
-            flags.append(flag if value else "--no-" + flag[2:])
-        else:
-            flags += [flag, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
     # --enable-prompt-tokens-details: usage.prompt_tokens_details.cached_tokens in every response
     return [python(), "-m", "vllm.entrypoints.openai.run_batch", "-i", s.requests,
-            "-o", out / "out.jsonl", "--model", s.model_path, "--enable-prompt-tokens-details", *flags]
+            "-o", out / "out.jsonl", "--model", s.model_path, "--enable-prompt-tokens-details",
+            *vllm_flags(s.engine_args)]
 
 
 def read_run_batch(out: Path) -> Output:
@@ -602,9 +599,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--model", help="Model folder or hub id; default: the embedded `smollm2` on CPU (required on GPU).")
-    parser.add_argument("--workload", choices=("mixed", "docs", "both"), default="both",
+    parser.add_argument("--workload", choices=("mixed", "docs", "both", "embed"), default="both",
                         help="mixed: synthetic requests, no shared prefix; docs: shuffled documents x questions "
-                        "(default: both, one after the other).")
+                        "(default: both, one after the other); embed: embeddings lines, pipeline vs run_batch.")
+    parser.add_argument("--embed-requests", type=int, help="embed: number of embeddings lines (default: 512 on "
+                        "CPU, 20000 on GPU).")
     parser.add_argument("--requests", type=int, help="mixed: number of requests (default: 768 on CPU, 2000 on GPU).")
     parser.add_argument("--max-tokens", type=int, help="mixed: most max_tokens of a request (default: 40 on CPU, "
                         "256 on GPU).")
@@ -663,6 +662,11 @@ def main() -> None:
     started = time.monotonic()
     work = WORK / f"engines-{time.strftime('%Y%m%d-%H%M%S')}"
     base = make_setup(args, work)
+    if args.workload == "embed":
+        from embed import run_embed
+
+        return run_embed(base, work, n=args.embed_requests or (20000 if args.gpus else 512), seed=args.seed,
+                         repeats=args.repeats, note=args.note, keep=args.keep, started=started)
     tools = [t for t in TOOLS if t.name in chosen]
     if args.gpus >= 2 and "pipeline" in chosen:
         tools.append(Tool(f"pipeline_dp{args.gpus}", "pipeline run", pipeline_command(args.gpus, "prefix"), read_pipeline,

@@ -94,6 +94,34 @@ def varied_sampling(body: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     return body
 
 
+
+def write_embed_requests(path: Path, n: int, *, seed: int = 0) -> Path:
+    """Write `n` OpenAI Batch /v1/embeddings lines, each one text of 20 to 60 words about a topic."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 55)))
+        text = f"A {rng.choice(('note', 'review', 'summary'))} about {rng.choice(TOPICS)}: {words}."
+        lines.append(json.dumps({"custom_id": f"emb-{i:07d}", "method": "POST", "url": "/v1/embeddings",
+                                 "body": {"input": text}}) + "\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def vllm_flags(engine_args: dict[str, Any]) -> list[str]:
+    """vLLM engine arguments (EngineArgs field names) as command-line flags of vLLM's entry points."""
+    flags = []
+    for key, value in engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True or value is False:
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return flags
+
+
+
 def write_requests(path: Path, n: int, *, max_tokens: int, seed: int = 0, varied: bool = False) -> Path:
     """Write `n` synthetic requests as JSON lines; the same arguments give the same file. With
     `varied`, each request's sampling varies as `varied_sampling` says."""

@@ -121,6 +121,10 @@ class Job:
             price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                                price_output=cfg.price_output)
         runner = _runner(cfg, files, scans, spec)
+        if runner == "pooling" and getattr(cfg, "format", None) in ("anthropic", "gemini"):
+            raise UserError(f"--format {cfg.format} has no result for embeddings, score or rerank requests (this run's "
+                            "model is a pooling one): Anthropic and Gemini answer messages only. Hint: use "
+                            "--format openai, native or parquet")
         if spec is not None and runner == "pooling":
             if spec.system or spec.turns or spec.sample or spec.sample_column or spec.response_schema:
                 raise UserError("a template job on an embedding model (--runner pooling) embeds the rendered "

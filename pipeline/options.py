@@ -183,8 +183,9 @@ OPTIONS: tuple[Opt, ...] = (
         "Default: by model family.", output=True),
     Opt("engine", "fake: an instant echo engine, for tests and I/O benchmarks.",
         click.Choice(list(KINDS)), "vllm", output=True),
-    Opt("runner", "The kind of model the run serves, as vLLM's runner: generate (chat) or pooling "
-        "(embeddings). auto: pooling when the inputs are embeddings lines, else generate.",
+    Opt("runner", "The kind of model the run serves, as vLLM's runner: generate (chat, completions) or "
+        "pooling (embeddings, score, rerank). auto: pooling when the inputs are embeddings, score or rerank "
+        "lines, else generate.",
         click.Choice(["auto", "generate", "pooling"]), "auto", commands=READERS, output=True),
     Opt("convert", "vLLM: turn the model into another kind (embed: a causal LM into an embedding "
         "model, last-token pooling; vLLM's auto does that for --runner pooling).",

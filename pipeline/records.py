@@ -116,7 +116,7 @@ def kind_of(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A valid chat-completion request, with where it came from."""
+    """A valid request (chat completions, or another endpoint's), with where it came from."""
 
     custom_id: str
     source_file: str
@@ -138,8 +138,10 @@ class Request:
     # Its prefix group in the run's order (schedule.py): a group goes to one engine. 0: none.
     group: int = 0
     file: int = 0  # the input file's index (Source.index): with line, the request's key
-    # The endpoint it asks for (ENDPOINTS): "chat", or "embeddings" with `input` (a string, a list
-    # of strings, token ids or a list of token-id lists; `messages` is then empty).
+    # The endpoint it asks for (ENDPOINTS): "chat", or another with `input` (`messages` is then
+    # empty): embeddings, a string, a list of strings, token ids or a list of token-id lists;
+    # completions, the prompt (a string or token ids); score, {"queries": [...], "documents": [...]}
+    # (one query for every document, or one for each); rerank, {"query": ..., "documents": [...]}.
     endpoint: str = "chat"
     input: Any = None
 
@@ -149,16 +151,19 @@ class Request:
 
     @property
     def max_tokens(self) -> int | None:
+        if self.endpoint == "completions":  # OpenAI's (and vLLM's) default for the completions API
+            return self.params.get("max_tokens", COMPLETIONS_MAX_TOKENS)
         return self.params.get("max_completion_tokens", self.params.get("max_tokens"))
 
     @property
     def body(self) -> dict[str, Any]:
         """The normalized OpenAI chat-completions body: every field the row set, as validated,
         under its OpenAI name. Engines read this body; none rebuilds the request its own way.
-        An embeddings request's body is its OpenAI embeddings body."""
-        if self.endpoint == "embeddings":
-            return {"input": self.input, **self.params}
-        body: dict[str, Any] = {"messages": self.messages, **self.params}
+        Another endpoint's request has that endpoint's body (vLLM's, for score and rerank)."""
+        if self.endpoint in ("embeddings", "score", "rerank"):
+            return {"input": self.input, **self.params} if self.endpoint == "embeddings" else {**self.input, **self.params}
+        prompt = {"messages": self.messages} if self.endpoint == "chat" else {"prompt": self.input}
+        body: dict[str, Any] = {**prompt, **self.params}
         if "logit_bias" in body:  # JSON object keys: strings
             body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
         for key in ("tools", "tool_choice", "response_format", "user"):
@@ -169,7 +174,12 @@ class Request:
 
 
 # The endpoints a request may ask for, and the kind of model (vLLM runner) that serves each.
-ENDPOINTS = {"chat": "generate", "embeddings": "pooling"}
+ENDPOINTS = {"chat": "generate", "completions": "generate", "embeddings": "pooling", "score": "pooling",
+             "rerank": "pooling"}
+# The request field that holds each endpoint's prompt (or texts): where a too-long one is named.
+PROMPT_FIELD = {"chat": "messages", "completions": "prompt", "embeddings": "input", "score": "documents",
+                "rerank": "documents"}
+COMPLETIONS_MAX_TOKENS = 16  # a completions request's max_tokens when it sets none (OpenAI, vLLM)
 
 
 def kind_problem(endpoint: str, runner: str) -> Problem | None:
@@ -178,8 +188,9 @@ def kind_problem(endpoint: str, runner: str) -> Problem | None:
     if runner == needed:
         return None
     what = {"generate": "a generative model (--runner generate)",
-            "pooling": "an embedding model (--runner pooling; --convert embed turns a causal LM into one)"}
-    kind = "an embedding" if runner == "pooling" else "a generative"
+            "pooling": "an embedding or cross-encoder model (--runner pooling; --convert embed turns a "
+                       "causal LM into an embedding model)"}
+    kind = "an embedding (pooling)" if runner == "pooling" else "a generative"
     return Problem("unsupported_endpoint", f"{endpoint} requests need {what[needed]}, and this run's model "
                    f"is {kind} model. Hint: one run serves one model: put these requests in a run of their own")
 
@@ -194,6 +205,17 @@ def embedding_inputs(value: Any) -> list[Any]:
     """The single inputs of an embeddings request's `input`, in order (strings or token-id lists):
     a list of strings or of token-id lists holds several, anything else is one."""
     return [value] if isinstance(value, str) or is_token_ids(value) else list(value)
+
+
+def score_pairs(request: Request) -> list[tuple[Any, Any]]:
+    """The (query, document) pairs a score or rerank request scores, in the order of its scores:
+    one query with every document, or the i-th query with the i-th document."""
+    body = request.input
+    queries = [body["query"]] if request.endpoint == "rerank" else body["queries"]
+    documents = body["documents"]
+    if len(queries) == 1:
+        queries = queries * len(documents)
+    return list(zip(queries, documents, strict=True))
 
 
 def field_names(keys: Any) -> list[str]:

@@ -31,6 +31,11 @@ CHOICE = pa.struct([
     ("finish_reason", pa.string()),
     ("logprobs", pa.struct([("content", pa.list_(TOKEN_LOGPROB))])),
 ])
+RERANK_RESULT = pa.struct([
+    ("index", pa.int32()),  # the document's place in the request's documents
+    ("document", pa.string()),
+    ("relevance_score", pa.float64()),
+])
 ERROR = pa.struct([
     ("code", pa.string()),
     ("message", pa.string()),
@@ -51,6 +56,12 @@ OUTPUT_SCHEMA = pa.schema([
     # input is a list): the other is null (docs/endpoints.md)
     pa.field("embedding", pa.list_(pa.float32())),
     pa.field("embeddings", pa.list_(pa.list_(pa.float32()))),
+    pa.field("encoding_format", pa.string()),  # "base64" where an embeddings request asked for it, else null
+    # a score request's scores, one per pair in pair order (no scalar `score` column: a template
+    # job's response property of that common name would have to be renamed)
+    pa.field("scores", pa.list_(pa.float64())),
+    # a rerank request's results as vLLM's rerank response orders them: most relevant first, top_n of them
+    pa.field("rerank", pa.list_(RERANK_RESULT)),
     pa.field("prompt_tokens", pa.int64()),
     pa.field("completion_tokens", pa.int64()),
     pa.field("total_tokens", pa.int64()),

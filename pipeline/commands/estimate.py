@@ -34,7 +34,7 @@ from pipeline.models.prices import Price, hosted_price
 from pipeline.models.tokens import PromptCounter, cpu_count
 from pipeline.output.folder import Output
 from pipeline.output.humane import figure, trial_text, usd
-from pipeline.records import FailedRequest, Request
+from pipeline.records import ENDPOINTS, FailedRequest, Request
 from pipeline.storage import Location
 
 DEFAULT_COMPLETION_RATIO = 0.5
@@ -43,7 +43,7 @@ DEFAULT_COMPLETION_RATIO = 0.5
 def completion_upper(request: Request, prompt_tokens: int, max_model_len: int) -> int:
     """The most completion tokens the engine can produce for a request: n choices of at most
     max_tokens each, and never past the context (vLLM stops a sequence at max_model_len)."""
-    if request.endpoint == "embeddings":  # a vector, no completion
+    if ENDPOINTS[request.endpoint] == "pooling":  # vectors and scores, no completion
         return 0
     room = max_model_len - prompt_tokens
     return request.n * (min(request.max_tokens, room) if request.max_tokens else room)

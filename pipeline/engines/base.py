@@ -54,6 +54,7 @@ class Result:
     cached_tokens: int | None = None
     error: Problem | None = None  # the request failed inside the engine
     embeddings: list[list[float]] | None = None  # an embeddings request's vectors, one per input
+    scores: list[float] | None = None  # a score or rerank request's scores, one per pair (records.score_pairs)
     warnings: tuple[str, ...] = ()
     # set by the dispatcher: which engine answered, and seconds from hand-over to answer
     engine: int | None = None

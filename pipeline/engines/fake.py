@@ -8,8 +8,9 @@ have been added, once per marker file `die_marker`), `step_delay` (seconds per s
 as the OOM killer does, or an exit code), `load_log` (append a line at every load) and
 `die_loads` (with `load_log`: die only while this many loads have been logged, then load fine),
 `runner` ("generate", the default, or "pooling": an embedding model, whose vectors are
-`embedding_size` (8) deterministic unit-length floats per input, derived from the input's hash),
-`cpus_beside_model` (reported as a CPU vLLM engine reports the cores its model left free).
+`embedding_size` (8) deterministic unit-length floats per input, derived from the input's hash,
+and whose score of a pair is the cosine of its two vectors), `cpus_beside_model` (reported as a
+CPU vLLM engine reports the cores its model left free). A completion echoes its prompt.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import time
 
 from pipeline.engines.base import EngineSpec, Result
-from pipeline.records import Problem, Request, embedding_inputs, kind_problem
+from pipeline.records import Problem, Request, embedding_inputs, kind_problem, score_pairs
 
 
 class FakeEngine:
@@ -65,11 +66,12 @@ class FakeEngine:
             if problem is not None:
                 self.queue.append(Result(seq, error=problem))
                 continue
-            if req.endpoint == "embeddings":
-                self.queue.append(self._embed(seq, req))
+            if req.endpoint in ("embeddings", "score", "rerank"):
+                self.queue.append(self._embed(seq, req) if req.endpoint == "embeddings" else self._score(seq, req))
                 continue
             text = _last_text(req)
-            prompt = sum(len(str(m.get("content") or "").split()) + 4 for m in req.messages)
+            prompt = (_words(req.input) if req.endpoint == "completions"
+                      else sum(len(str(m.get("content") or "").split()) + 4 for m in req.messages))
             budget = req.max_tokens or 16
             words = text.split()[:budget]
             choices = [
@@ -91,6 +93,14 @@ class FakeEngine:
         tokens = sum(len(one) if isinstance(one, list) else len(one.split()) for one in inputs)
         return Result(seq, prompt_tokens=tokens, completion_tokens=0, cached_tokens=0,
                       embeddings=[_unit(vector) for vector in vectors])
+
+    def _score(self, seq: int, req: Request) -> Result:
+        size = self.opts.get("embedding_size", 8)
+        pairs = score_pairs(req)
+        scores = [sum(a * b for a, b in zip(_unit(fake_vector(q, size)), _unit(fake_vector(d, size)), strict=True))
+                  for q, d in pairs]
+        return Result(seq, prompt_tokens=sum(_words(q) + _words(d) for q, d in pairs), completion_tokens=0,
+                      cached_tokens=0, scores=scores)
 
     def _claim_death(self) -> bool:
         """Die only once per marker file, so that a restarted worker survives."""
@@ -116,7 +126,13 @@ class FakeEngine:
         self.queue = []
 
 
+def _words(text: str | list[int]) -> int:
+    return len(text) if isinstance(text, list) else len(text.split())
+
+
 def _last_text(req: Request) -> str:
+    if req.endpoint == "completions":
+        return req.input if isinstance(req.input, str) else " ".join(map(str, req.input))
     content = req.messages[-1].get("content") or ""
     if isinstance(content, list):
         content = "\n".join(p["text"] for p in content if p["type"] == "text")

@@ -1,9 +1,12 @@
-"""vLLM's pooling runner (an embedding model) behind the engine interface: embeddings requests.
+"""vLLM's pooling runner (an embedding or cross-encoder model) behind the engine interface:
+embeddings, score and rerank requests.
 
 `VLLMEngine` hands its requests here when its model runs as a pooling model (`--runner pooling`).
-Each step embeds every request queued since the last one in one `LLM.embed` call (vLLM batches
-inside it), so the engine still gets the whole window of work. A call that vLLM refuses (a prompt
-over the context, ...) is retried one request at a time, so that only that request fails.
+Each step embeds every embeddings request queued since the last one in one `LLM.embed` call, and
+scores the pairs of every score and rerank request in one `LLM.score` call (vLLM batches inside
+each: a cross-encoder scores each joined pair, an embedding model the cosine of the two vectors),
+so the engine still gets the whole window of work. A call that vLLM refuses (a prompt over the
+context, ...) is retried one request at a time, so that only that request fails.
 Imported only inside engine workers.
 """
 
@@ -15,12 +18,13 @@ from typing import Any
 from vllm import LLM, PoolingParams
 
 from pipeline.engines.base import Result
-from pipeline.records import Problem, Request, embedding_inputs
+from pipeline.records import PROMPT_FIELD, Problem, Request, embedding_inputs, score_pairs
 
 
 class PoolingQueue:
-    def __init__(self, llm: LLM, refusal: Callable[[Exception], Problem]):
-        self.llm, self.refusal = llm, refusal  # refusal: vLLM's exception as the request's Problem
+    def __init__(self, llm: LLM, refusal: Callable[[Exception, str], Problem]):
+        # refusal(exception, field): vLLM's exception as the request's Problem
+        self.llm, self.refusal = llm, refusal
         self.queue: list[tuple[int, Request]] = []
         config = llm.model_config
         self.matryoshka = config.is_matryoshka
@@ -44,18 +48,39 @@ class PoolingQueue:
 
     def step(self) -> list[Result]:
         work, self.queue = self.queue, []
+        embed = [one for one in work if one[1].endpoint == "embeddings"]
+        score = [one for one in work if one[1].endpoint != "embeddings"]
+        return ((self._each(self._embed, embed) if embed else [])
+                + (self._each(self._score, score) if score else []))
+
+    def _each(self, call: Callable[[list[tuple[int, Request]]], list[Result]],
+              work: list[tuple[int, Request]]) -> list[Result]:
+        """`call` on the whole work, else (vLLM refused the call) on each request alone."""
         try:
-            return self._embed(work)
+            return call(work)
         except Exception as e:  # a request vLLM refuses fails the whole call: retry each on its own
             if len(work) == 1:
-                return [Result(work[0][0], error=self.refusal(e))]
+                return [Result(work[0][0], error=self.refusal(e, PROMPT_FIELD[work[0][1].endpoint]))]
         results = []
         for one in work:
             try:
-                results.extend(self._embed([one]))
+                results.extend(call([one]))
             except Exception as e:  # this request's own refusal
-                results.append(Result(one[0], error=self.refusal(e)))
+                results.append(Result(one[0], error=self.refusal(e, PROMPT_FIELD[one[1].endpoint])))
         return results
+
+    def _score(self, work: list[tuple[int, Request]]) -> list[Result]:
+        """Every pair of the work in one `LLM.score` call (N queries with N documents); each
+        request's prompt tokens are those of its pairs' prompts as the engine computed them."""
+        pairs = [(seq, pair) for seq, req in work for pair in score_pairs(req)]
+        outputs = self.llm.score([q for _, (q, _) in pairs], [d for _, (_, d) in pairs], use_tqdm=False)
+        scores: dict[int, list[float]] = {}
+        tokens: dict[int, int] = {}
+        for (seq, _), out in zip(pairs, outputs, strict=True):
+            scores.setdefault(seq, []).append(float(out.outputs.score))
+            tokens[seq] = tokens.get(seq, 0) + len(out.prompt_token_ids)
+        return [Result(seq, prompt_tokens=tokens[seq], completion_tokens=0, cached_tokens=0, scores=scores[seq])
+                for seq, _ in work]
 
     def _embed(self, work: list[tuple[int, Request]]) -> list[Result]:
         prompts: list[Any] = []

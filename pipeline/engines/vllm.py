@@ -1,10 +1,12 @@
 """The real engine: vLLM's offline `LLM`, fed continuously.
 
 Requests go in through `LLM.enqueue_chat` (the same rendering path as `LLM.chat`: the model's
-chat template, tools included) and come out of `llm_engine.step()` as each one finishes, so the
+chat template, tools included), completions requests through `LLM.enqueue` (a plain prompt, as
+`LLM.generate` takes it), and come out of `llm_engine.step()` as each one finishes, so the
 engine always has the whole window of work and never waits on a batch barrier. Request fields
-are read by vLLM's own OpenAI `ChatCompletionRequest`, so sampling defaults, response_format and
-tool_choice mean what they mean in vLLM's OpenAI server. Imported only inside engine workers.
+are read by vLLM's own OpenAI `ChatCompletionRequest` and `CompletionRequest`, so sampling
+defaults, response_format and tool_choice mean what they mean in vLLM's OpenAI server. A pooling
+model's requests go to pooling.py. Imported only inside engine workers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pipeline.engines.cores import pin_beside_model
 from pipeline.engines.pooling import PoolingQueue
 from pipeline.models.render import context_problem, engine_tools, image_parts
 from pipeline.models.vision import too_many_images
-from pipeline.records import Problem, Request, kind_problem
+from pipeline.records import PROMPT_FIELD, Problem, Request, kind_problem
 
 log = logging.getLogger("pipeline.engines")
 _PROMPT_LENGTH = re.compile(r"prompt \(length (\d+)\)")
@@ -36,6 +38,7 @@ try:
     import vllm
     from vllm import LLM
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.lora.request import LoRARequest
     from vllm.platforms import current_platform
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -126,14 +129,14 @@ class VLLMEngine:
     def _add(self, seq: int, req: Request) -> None:
         warnings: list[str] = []
         try:
-            creq = chat_request(req)
+            creq = chat_request(req) if req.endpoint == "chat" else completion_request(req)
         except Exception as e:  # pydantic ValidationError: a field vLLM's API refuses
             raise _Refused(Problem("invalid_parameter", f"vLLM refused the request: {_first_line(e)}")) from None
         params = creq.to_sampling_params(req.max_tokens, self.defaults)
         params.output_kind = RequestOutputKind.FINAL_ONLY
         schema = get_json_schema_from_tools(
             tool_choice=creq.tool_choice, tools=creq.tools, parallel_tool_calls=creq.parallel_tool_calls
-        ) if creq.tools else None
+        ) if req.endpoint == "chat" and creq.tools else None
         if schema is not None:  # tool_choice required or named: the call's JSON is enforced
             params.structured_outputs = StructuredOutputsParams(json=schema)
         if params.seed is not None and self.cpu and self.spec.seed_policy != "engine":
@@ -143,22 +146,25 @@ class VLLMEngine:
                                        "engine); drop it or run with --seed-on-cpu ignore", "seed"))
             params.seed = None
             warnings.append("seed ignored: the CPU build of vLLM cannot seed one request (it crashes the engine)")
+        lora = self.loras[req.adapter] if req.adapter else None
         try:
-            [rid] = self.llm.enqueue_chat(
-                [req.messages], [params], use_tqdm=False, tools=engine_tools(req),
-                lora_request=self.loras[req.adapter] if req.adapter else None,
-            )
+            if req.endpoint == "completions":
+                prompt = req.input if isinstance(req.input, str) else {"prompt_token_ids": req.input}
+                [rid] = self.llm.enqueue([prompt], [params], lora_request=lora, use_tqdm=False)
+            else:
+                [rid] = self.llm.enqueue_chat([req.messages], [params], use_tqdm=False, tools=engine_tools(req),
+                                              lora_request=lora)
         except Exception as e:
-            raise _Refused(self._refusal(e, req), tuple(warnings)) from None
+            raise _Refused(self._refusal(e, PROMPT_FIELD[req.endpoint], req), tuple(warnings)) from None
         self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))
 
-    def _refusal(self, e: Exception, req: Request | None = None) -> Problem:
+    def _refusal(self, e: Exception, field: str = "messages", req: Request | None = None) -> Problem:
         """vLLM's refusal of a prompt, in our words: a prompt over the context gets the same
         verdict (and message) that `estimate` and `validate` give it (chat_render.py); one over
         the model's own image limit intake's too_many_images, naming the first image over it."""
         message = _first_line(e)
         images = _IMAGE_LIMIT.search(message)
-        if images is not None and req is not None:
+        if images is not None and req is not None and req.messages:
             return too_many_images([p for p, _ in image_parts(req.messages)], int(images.group(1)),
                                    models_own="--limit-mm-per-prompt" not in message)
         length = _PROMPT_LENGTH.search(message)  # the input processor's form
@@ -167,10 +173,10 @@ class VLLMEngine:
         if param == "input_tokens" and isinstance(getattr(e, "value", None), int):
             tokens = e.value
         if tokens is not None or param in ("input_tokens", "input_text"):
-            problem = context_problem(tokens, self.info["max_model_len"], at_least="at least" in message)
+            problem = context_problem(tokens, self.info["max_model_len"], at_least="at least" in message, field=field)
             if problem is not None:
                 return problem
-        return Problem("invalid_request", message, "messages")
+        return Problem("invalid_request", message, field)
 
     # ---- results out -------------------------------------------------------------------------
     def step(self) -> list[Result]:
@@ -200,6 +206,12 @@ class VLLMEngine:
         )
 
     def _choice(self, req: Request, creq, c) -> dict[str, Any]:
+        """One choice in the row's form; a completion's text is its content, and its `logprobs`
+        (a number of alternatives) gives the same per-token logprobs as chat's top_logprobs."""
+        if req.endpoint == "completions":
+            top = req.params.get("logprobs")
+            return {"index": c.index, "content": c.text, "tool_calls": None, "finish_reason": c.finish_reason or "stop",
+                    "logprobs": self._logprobs(c, top) if top is not None else None}
         parser = self.tool_parser_cls(self.tokenizer, creq.tools) if self.tool_parser_cls and req.tools else None
         content, tool_calls, finish = read_tool_calls(c.text, c.finish_reason or "stop", req, creq, parser)
         return {
@@ -258,6 +270,11 @@ def read_tool_calls(text: str, finish: str, req: Request, creq, parser) -> tuple
 def chat_request(req: Request) -> ChatCompletionRequest:
     """The request as vLLM's OpenAI protocol model (what its server would have built)."""
     return ChatCompletionRequest.model_validate(_body(req))
+
+
+def completion_request(req: Request) -> CompletionRequest:
+    """A completions request as vLLM's OpenAI protocol model (what its server would have built)."""
+    return CompletionRequest.model_validate(_body(req))
 
 
 class _Refused(Exception):

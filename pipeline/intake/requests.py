@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -16,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.intake.endpoints import embeddings_request
-from pipeline.intake.shapes import EMBEDDINGS, Shape, detect
+from pipeline.intake.endpoints import embeddings_request, scoring_request
+from pipeline.intake.shapes import SHAPES_BY_NAME, Shape, detect
 from pipeline.records import (
     FailedRequest,
     Invalid,
     Request,
     Source,
     is_text,
+    is_token_ids,
     kind_of,
     names_list,
     short,
@@ -63,6 +65,17 @@ ACCEPTED_NO_EFFECT = {
 BODY_FIELDS = {
     "model", "messages", "n", "stop", "logprobs", "logit_bias", "tools", "tool_choice",
     "response_format", "user", *NUMERIC_PARAMS, *ACCEPTED_NO_EFFECT,
+}
+# The completions API's fields: chat's sampling fields, a prompt, logprobs as a number, and
+# echo, suffix and best_of, which vLLM's offline engine cannot honour (refused unless unset).
+UNSUPPORTED_COMPLETIONS_FIELDS = (  # (field, its value that changes nothing, what to do instead)
+    ("echo", False, " and prepend the prompt to the text yourself"),
+    ("suffix", "", ""),
+    ("best_of", 1, " and use n for several completions"),
+)
+COMPLETIONS_FIELDS = {
+    "model", "prompt", "n", "stop", "logprobs", "logit_bias", "user", "echo", "suffix", "best_of",
+    *(set(NUMERIC_PARAMS) - {"max_completion_tokens", "top_logprobs"}), *ACCEPTED_NO_EFFECT,
 }
 
 
@@ -162,13 +175,16 @@ def _parse_body(
     if not isinstance(body, dict):
         raise Invalid("invalid_row", f"the request body must be a JSON object, got {kind_of(body)}", "body")
     model = _model(body.get("model"), ctx)
-    if shape == EMBEDDINGS.name:
+    endpoint = SHAPES_BY_NAME[shape].endpoint if shape in SHAPES_BY_NAME else "chat"
+    if endpoint == "embeddings":
         return embeddings_request(body, custom_id, source, line, model, warnings, shape, ctx.adapter_for(model))
+    if endpoint in ("score", "rerank"):
+        return scoring_request(body, custom_id, source, line, model, warnings, shape, ctx.adapter_for(model),
+                               endpoint)
+    if endpoint == "completions":
+        return _completions_request(body, custom_id, source, line, ctx, warnings, shape, model)
     messages = _messages(body.get("messages"))
-    params: dict[str, Any] = {}
-    for name, spec in NUMERIC_PARAMS.items():
-        if body.get(name) is not None:
-            params[name] = _number(name, body[name], *spec)
+    params = _sampling(body, ctx, NUMERIC_PARAMS)
     if "max_tokens" in params and "max_completion_tokens" in params:
         if params["max_tokens"] != params["max_completion_tokens"]:
             raise Invalid(
@@ -176,32 +192,84 @@ def _parse_body(
                 "max_tokens and max_completion_tokens disagree; set only max_completion_tokens",
                 "max_tokens",
             )
-    if body.get("n") is not None:
-        params["n"] = _number("n", body["n"], int, 1, ctx.max_n, True, True)
-    if body.get("stop") is not None:
-        params["stop"] = _stop(body["stop"])
     if body.get("logprobs") is not None:
         if not isinstance(body["logprobs"], bool):
             raise Invalid("invalid_parameter", "logprobs must be true or false", "logprobs")
         params["logprobs"] = body["logprobs"]
     if "top_logprobs" in params and not params.get("logprobs"):
         raise Invalid("invalid_parameter", "top_logprobs requires logprobs: true", "top_logprobs")
-    if body.get("logit_bias") is not None:
-        params["logit_bias"] = _logit_bias(body["logit_bias"])
     tools = _tools(body.get("tools"))
     tool_choice = _tool_choice(body.get("tool_choice"), tools)
     response_format = _response_format(body.get("response_format"))
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise Invalid("invalid_parameter", "user must be a string", "user")
-    if user is not None and not is_text(user):
-        raise Invalid("invalid_utf8", "user holds a lone surrogate (\\ud800-\\udfff), which is not text", "user")
-    unknown = _unknown_fields(body, warnings)
+    user = _user(body)
+    unknown = _unknown_fields(body, warnings, BODY_FIELDS)
     return Request(
         custom_id, source.name, line, messages, params, tools, tool_choice,
         response_format, user, tuple(warnings), unknown, requested_model=model, shape=shape,
         adapter=ctx.adapter_for(model), file=source.index,
     )
+
+
+def _sampling(body: dict[str, Any], ctx: Context, numeric: Any) -> dict[str, Any]:
+    """The sampling fields chat and completions share, checked, under their OpenAI names."""
+    params: dict[str, Any] = {}
+    for name, spec in NUMERIC_PARAMS.items():
+        if name in numeric and body.get(name) is not None:
+            params[name] = _number(name, body[name], *spec)
+    if body.get("n") is not None:
+        params["n"] = _number("n", body["n"], int, 1, ctx.max_n, True, True)
+    if body.get("stop") is not None:
+        params["stop"] = _stop(body["stop"])
+    if body.get("logit_bias") is not None:
+        params["logit_bias"] = _logit_bias(body["logit_bias"])
+    return params
+
+
+def _user(body: dict[str, Any]) -> str | None:
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise Invalid("invalid_parameter", "user must be a string", "user")
+    if user is not None and not is_text(user):
+        raise Invalid("invalid_utf8", "user holds a lone surrogate (\\ud800-\\udfff), which is not text", "user")
+    return user
+
+
+def _completions_request(body: dict[str, Any], custom_id: str, source: Source, line: int, ctx: Context,
+                         warnings: list[str], shape: str | None, model: str | None) -> Request:
+    """A completions body: one prompt (a string or token ids) and chat's sampling fields;
+    `logprobs` is the number of alternatives per token, as in OpenAI's completions API."""
+    prompt = _prompt(body.get("prompt"))
+    params = _sampling(body, ctx, COMPLETIONS_FIELDS)
+    if body.get("logprobs") is not None:
+        params["logprobs"] = _number("logprobs", body["logprobs"], int, 0, MAX_TOP_LOGPROBS, True, True)
+    for name, unset, hint in UNSUPPORTED_COMPLETIONS_FIELDS:
+        if body.get(name) not in (None, unset):
+            raise Invalid("unsupported_parameter", f"{name}: {json.dumps(body[name], default=str)[:60]} is not "
+                          f"supported: vLLM's offline engine cannot honour it. Hint: drop {name}{hint}", name)
+    unknown = _unknown_fields(body, warnings, COMPLETIONS_FIELDS)
+    return Request(custom_id, source.name, line, [], params, user=_user(body), warnings=tuple(warnings),
+                   unknown_fields=unknown, requested_model=model, shape=shape, adapter=ctx.adapter_for(model),
+                   endpoint="completions", input=prompt, file=source.index)
+
+
+def _prompt(prompt: Any) -> str | list[int]:
+    """A completions prompt: a non-empty string or token ids (a list of one of those is that one).
+    A line carries one prompt: its row holds one completion (and its n choices)."""
+    if isinstance(prompt, list) and len(prompt) == 1 and (isinstance(prompt[0], str) or is_token_ids(prompt[0])):
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        if not is_text(prompt):
+            raise Invalid("invalid_utf8", "prompt holds a lone surrogate (\\ud800-\\udfff), which is not text",
+                          "prompt")
+        return prompt
+    if is_token_ids(prompt):
+        return prompt
+    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) or is_token_ids(p) for p in prompt):
+        raise Invalid("invalid_input", f"prompt holds {len(prompt)} prompts, but a batch line carries one: its row "
+                      "holds one completion. Hint: put each prompt on a line of its own, with its own custom_id",
+                      "prompt")
+    raise Invalid("invalid_input", f"prompt must be a non-empty string or a list of token ids, got {kind_of(prompt)} "
+                  f"{short(prompt, 40)}", "prompt")
 
 
 def _model(model: Any, ctx: Context) -> str | None:
@@ -221,7 +289,7 @@ def _model(model: Any, ctx: Context) -> str | None:
     return model
 
 
-def _unknown_fields(body: dict[Any, Any], warnings: list[str]) -> tuple[str, ...]:
+def _unknown_fields(body: dict[Any, Any], warnings: list[str], known: set[str]) -> tuple[str, ...]:
     """The body's field names that the chat API does not have (warned about, kept bounded), and
     warnings for the fields that have no effect on a batch."""
     bad_key = next((k for k in body if not isinstance(k, str) or not is_text(k)), None)
@@ -231,7 +299,7 @@ def _unknown_fields(body: dict[Any, Any], warnings: list[str]) -> tuple[str, ...
     for name, note in ACCEPTED_NO_EFFECT.items():
         if body.get(name) and note:
             warnings.append(f"{name}: {note}")
-    unknown = sorted(set(body) - BODY_FIELDS)
+    unknown = sorted(set(body) - known)
     if unknown:
         warnings.append(f"unknown field(s) ignored: {names_list(unknown)}")
     return tuple(n if len(n) <= 64 else n[:63] + "…" for n in unknown[:MAX_UNKNOWN_FIELDS])

@@ -1,8 +1,8 @@
-"""Row shapes: how one decoded input row carries a chat-completions request.
+"""Row shapes: how one decoded input row carries a request.
 
 A file's shape is detected once, from its first row that is an object, and every row of the file
 is read in that shape (a row that does not fit gets an error saying why). Each shape gives the
-row's OpenAI chat-completions body, which `requests.py` validates (the request's id is read from
+row's request body (OpenAI chat completions, or its `endpoint`'s body: endpoints.py), which `requests.py` validates (the request's id is read from
 the row itself, from the shape's `id_fields`). Other providers' forms (Anthropic, Gemini, the
 Responses API) are converted to that body by their files in `providers/`; their errors name the shape.
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.intake.endpoints import EMBEDDINGS_URL_FORMS, is_embeddings_line
+from pipeline.intake.endpoints import URL_FORMS, is_line_for
 from pipeline.providers.anthropic import anthropic_body
 from pipeline.providers.gemini import gemini_body
 from pipeline.providers.responses import responses_body
@@ -40,6 +40,8 @@ class Shape:
     id_fields: tuple[str, ...] = ("custom_id",)
     # True: the body is converted from another provider's form (its errors say so).
     converted: bool = False
+    # The endpoint its lines ask for (records.ENDPOINTS).
+    endpoint: str = "chat"
 
     def id_field(self, row: dict[str, Any]) -> str:
         return next((f for f in self.id_fields if row.get(f) is not None), self.id_fields[-1])
@@ -84,6 +86,9 @@ URL_EXAMPLES = {
     "openai-batch": f"{CHAT_URL!r}, or Azure's '/chat/completions'",
     "openai-responses": "'/v1/responses'",
     "openai-embeddings": "'/v1/embeddings'",
+    "openai-completions": "'/v1/completions'",
+    "vllm-score": "'/v1/score'",
+    "vllm-rerank": "'/v1/rerank'",
 }
 
 
@@ -93,9 +98,16 @@ def _responses_line(row: dict[str, Any], warnings: list[str]) -> Any:
     return _converted(RESPONSES, responses_body, body, warnings)
 
 
-def _embeddings_line(row: dict[str, Any], warnings: list[str]) -> Any:
-    return _batch_line(row, warnings, urls=EMBEDDINGS_URL_FORMS, endpoint="embeddings",
-                       shape_name="openai-embeddings")
+def _endpoint_line(shape_name: str, endpoint: str):
+    """The reader of a batch line for another endpoint than chat (endpoints.URL_FORMS)."""
+    def read(row: dict[str, Any], warnings: list[str]) -> Any:
+        return _batch_line(row, warnings, urls=URL_FORMS[endpoint], endpoint=endpoint, shape_name=shape_name)
+    return read
+
+
+def _endpoint_shape(name: str, endpoint: str, url: str, title: str) -> Shape:
+    return Shape(name, is_line_for(endpoint), _endpoint_line(name, endpoint),
+                 f"{title} ({{custom_id, method, url: {url}, body}})", endpoint=endpoint)
 
 
 def _together_line(row: dict[str, Any], warnings: list[str]) -> Any:
@@ -158,8 +170,11 @@ def _holds(field: str) -> Callable[[dict[str, Any]], bool]:
 
 RESPONSES = Shape("openai-responses", _is_responses_line, _responses_line,
                   "OpenAI Responses API batch lines ({custom_id, method, url: /v1/responses, body})", converted=True)
-EMBEDDINGS = Shape("openai-embeddings", is_embeddings_line, _embeddings_line,
-                   "OpenAI Batch embeddings lines ({custom_id, method, url: /v1/embeddings, body})")
+EMBEDDINGS = _endpoint_shape("openai-embeddings", "embeddings", "/v1/embeddings", "OpenAI Batch embeddings lines")
+COMPLETIONS = _endpoint_shape("openai-completions", "completions", "/v1/completions",
+                              "OpenAI Batch completions lines")
+SCORE = _endpoint_shape("vllm-score", "score", "/v1/score", "vLLM score lines")
+RERANK = _endpoint_shape("vllm-rerank", "rerank", "/v1/rerank", "vLLM rerank lines")
 OPENAI_BATCH = Shape("openai-batch", _is_batch_line, _batch_line,
                      "OpenAI Batch lines ({custom_id, method, url: /v1/chat/completions, body})")
 TOGETHER = Shape("together-batch", _holds("body"), _together_line, "Together batch lines ({custom_id, body})")
@@ -169,7 +184,7 @@ GEMINI = Shape("gemini-batch", _holds("request"), _provider_line("gemini-batch",
                "Gemini/Vertex AI batch lines ({key, request: {contents}})", id_fields=("key", "custom_id"),
                converted=True)
 BARE = Shape("body", lambda row: True, _bare_body, "chat request bodies ({custom_id, model, messages, ...})")
-SHAPES = (RESPONSES, EMBEDDINGS, OPENAI_BATCH, TOGETHER, ANTHROPIC, GEMINI, BARE)  # detection order: the first that matches
+SHAPES = (RESPONSES, EMBEDDINGS, COMPLETIONS, SCORE, RERANK, OPENAI_BATCH, TOGETHER, ANTHROPIC, GEMINI, BARE)  # detection order: the first that matches
 SHAPES_BY_NAME = {s.name: s for s in SHAPES}
 
 

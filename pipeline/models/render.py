@@ -30,16 +30,19 @@ def engine_tools(request) -> list[dict[str, Any]] | None:
     return request.tools if request.tool_choice != "none" and request.tools else None
 
 
-def context_problem(prompt_tokens: int | None, max_model_len: int, *, at_least: bool = False) -> Problem | None:
+def context_problem(prompt_tokens: int | None, max_model_len: int, *, at_least: bool = False,
+                    field: str = "messages") -> Problem | None:
     """vLLM refuses a prompt that leaves no room for one completion token. `prompt_tokens` None:
-    the engine refused the prompt for its length without counting it."""
+    the engine refused the prompt for its length without counting it. `field`: the request's
+    field that holds the prompt (records.PROMPT_FIELD)."""
     if prompt_tokens is not None and prompt_tokens < max_model_len:
         return None
     size = ("longer than the context of" if prompt_tokens is None
             else f"{'at least ' if at_least else ''}{prompt_tokens} tokens and the context is")
     return Problem("context_length_exceeded",
                    f"the prompt is {size} {max_model_len} tokens (prompt + at least one completion "
-                   "token); shorten the conversation or raise --max-model-len", "messages")
+                   f"token); shorten the {'conversation' if field == 'messages' else field} or raise "
+                   "--max-model-len", field)
 
 
 def conversation(messages: list[dict[str, Any]], content_format: str = "string", *,

@@ -59,7 +59,14 @@ from pipeline.models.render import (
     engine_tools,
     image_urls,
 )
-from pipeline.records import FailedRequest, Problem, Request, embedding_inputs
+from pipeline.records import (
+    PROMPT_FIELD,
+    FailedRequest,
+    Problem,
+    Request,
+    embedding_inputs,
+    score_pairs,
+)
 
 log = logging.getLogger("pipeline.models.tokens")
 
@@ -122,7 +129,10 @@ class PromptCounter:
         return texts[0]
 
     def token_ids(self, request: Request) -> list[int]:
-        """The prompt token ids vLLM gives the engine for this request."""
+        """The prompt token ids vLLM gives the engine for this request (a chat or completions one)."""
+        if request.endpoint == "completions":  # a plain prompt: the tokenizer's special tokens, no template
+            prompt = request.input
+            return list(prompt) if isinstance(prompt, list) else list(self.tokenizer(prompt)["input_ids"])
         text, images = self.render(request.messages, engine_tools(request)), image_urls(request.messages)
         return list(self._image_ids(text, images) if images else self._ids([text])[0])
 
@@ -137,9 +147,11 @@ class PromptCounter:
             return _template_error(request, e)
 
     def verdict(self, request: Request, prompt_tokens: int) -> Request | FailedRequest:
-        # vLLM refuses a prompt that leaves no room for one completion token. An embeddings
-        # request's inputs are separate prompts: the engine answers for each.
-        problem = context_problem(prompt_tokens, self.max_model_len) if request.endpoint == "chat" else None
+        # vLLM refuses a prompt that leaves no room for one completion token. A pooling request's
+        # inputs are separate prompts: the engine answers for each.
+        generative = request.endpoint in ("chat", "completions")
+        problem = context_problem(prompt_tokens, self.max_model_len,
+                                  field=PROMPT_FIELD[request.endpoint]) if generative else None
         if problem is None:
             return request
         return FailedRequest.about(problem, request)
@@ -342,10 +354,15 @@ class PromptCounter:
 
 
 def _work(request: Request) -> tuple[list[dict[str, Any]] | None, Any]:
-    """What counting a request's prompt needs: (messages, tools), or (None, inputs) for an
-    embeddings request."""
+    """What counting a request's prompt needs: (messages, tools), or (None, plain prompts) for
+    the other endpoints: a completion's prompt, the inputs of an embeddings request, the query
+    and document of each pair a score or rerank request scores."""
     if request.endpoint == "embeddings":
         return None, embedding_inputs(request.input)
+    if request.endpoint == "completions":
+        return None, [request.input]
+    if request.endpoint in ("score", "rerank"):
+        return None, [text for pair in score_pairs(request) for text in pair]
     return request.messages, engine_tools(request)
 
 

@@ -25,6 +25,9 @@ def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
         "choices": None,
         "embedding": None,
         "embeddings": None,
+        "encoding_format": None,
+        "scores": None,
+        "rerank": None,
         "prompt_tokens": None,
         "completion_tokens": None,
         "total_tokens": None,
@@ -63,8 +66,9 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "content": first.get("content"),
         "finish_reason": first.get("finish_reason"),
         "tool_calls": first.get("tool_calls"),
-        "choices": None if res.embeddings is not None else res.choices,
+        "choices": None if res.embeddings is not None or res.scores is not None else res.choices,
         **_vectors(req, res),
+        **_scores(req, res),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
@@ -85,10 +89,26 @@ def _vectors(req: Request, res: Result) -> dict[str, Any]:
     """The `embedding` and `embeddings` columns: one vector for a line with one input, the list of
     them for a line whose input is a list."""
     if res.embeddings is None:
-        return {"embedding": None, "embeddings": None}
+        return {"embedding": None, "embeddings": None, "encoding_format": None}
+    fmt = req.params.get("encoding_format")
     if embedding_inputs(req.input) == [req.input]:
-        return {"embedding": res.embeddings[0], "embeddings": None}
-    return {"embedding": None, "embeddings": res.embeddings}
+        return {"embedding": res.embeddings[0], "embeddings": None, "encoding_format": fmt}
+    return {"embedding": None, "embeddings": res.embeddings, "encoding_format": fmt}
+
+
+def _scores(req: Request, res: Result) -> dict[str, Any]:
+    """The `scores` and `rerank` columns. A rerank request's results are ordered as vLLM's rerank
+    response orders them: by relevance, highest first (ties in document order), the first top_n
+    of them when top_n is set (0: all)."""
+    if res.scores is None:
+        return {"scores": None, "rerank": None}
+    if req.endpoint == "score":
+        return {"scores": res.scores, "rerank": None}
+    documents = req.input["documents"]
+    results = sorted(({"index": i, "document": documents[i], "relevance_score": s} for i, s in enumerate(res.scores)),
+                     key=lambda r: r["relevance_score"], reverse=True)
+    top_n = req.params.get("top_n") or len(results)
+    return {"scores": None, "rerank": results[:top_n]}
 
 
 def _timing(res: Result) -> dict[str, Any]:

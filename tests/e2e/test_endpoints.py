@@ -1,6 +1,8 @@
-"""Embeddings lines end to end on the fake engine: rows with vectors, OpenAI embedding result
-lines, the runner chosen from the inputs, and what a run refuses (docs/endpoints.md)."""
+"""Embeddings, completions, score and rerank lines end to end on the fake engine: rows with
+vectors, texts and scores, their OpenAI (and vLLM) result lines, the runner chosen from the inputs,
+and what a run refuses (docs/endpoints.md)."""
 
+import base64
 import json
 
 import pytest
@@ -47,7 +49,9 @@ def test_embeddings_rows(tmp_path, embeddings_file):
     assert rows["many"]["embeddings"] == [pytest.approx(unit(fake_vector(t, 8)), abs=1e-6) for t in ("a b", "c")]
     assert rows["ids"]["embedding"] == pytest.approx(unit(fake_vector("[5, 6, 7]", 8)[:4]), abs=1e-6)
     assert rows["empty"]["error"]["code"] == "invalid_input"
-    assert rows["base64"]["error"]["code"] == "unsupported_parameter"
+    # base64: the row keeps the float32 vector; only the OpenAI result line encodes it
+    assert rows["base64"]["embedding"] == pytest.approx(unit(fake_vector("x", 8)), abs=1e-6)
+    assert rows["base64"]["encoding_format"] == "base64" and rows["one"]["encoding_format"] is None
 
 
 def test_openai_embedding_result_lines(tmp_path, embeddings_file):
@@ -60,13 +64,35 @@ def test_openai_embedding_result_lines(tmp_path, embeddings_file):
     assert body["data"][1]["object"] == "embedding" and len(body["data"][1]["embedding"]) == 8
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == 3
     assert lines["empty"]["response"] is None and lines["empty"]["error"]["code"] == "invalid_input"
+    assert isinstance(lines["one"]["response"]["body"]["data"][0]["embedding"], list)
+
+
+def test_base64_embeddings_are_little_endian_float32(tmp_path, embeddings_file):
+    import numpy as np
+
+    res = invoke("run", embeddings_file, "-o", tmp_path / "out", *FAKE, "--format", "openai")
+    assert res.exit_code == 0, res.output
+    [results] = (tmp_path / "out").glob("results/*.jsonl")
+    lines = {x["custom_id"]: x for x in map(json.loads, results.read_text().splitlines())}
+    encoded = lines["base64"]["response"]["body"]["data"][0]["embedding"]
+    vector = np.frombuffer(base64.b64decode(encoded), dtype="<f4")
+    assert vector.tolist() == pytest.approx(unit(fake_vector("x", 8)), abs=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["anthropic", "gemini"])
+def test_message_only_formats_are_refused_for_a_pooling_run(tmp_path, embeddings_file, fmt):
+    res = invoke("run", embeddings_file, "-o", tmp_path / "out", *FAKE, "--format", fmt)
+    assert res.exit_code == 1
+    assert f"--format {fmt} has no result for embeddings, score or rerank requests" in res.output
+    assert "Hint: use --format openai, native or parquet" in res.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_folder_mixing_chat_and_embeddings_is_refused(tmp_path, embeddings_file):
     write_jsonl(tmp_path / "in" / "chat.jsonl", [chat_line("c", "hi")])
     res = invoke("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE)
     assert res.exit_code != 0
-    assert "these inputs mix chat and embeddings requests" in res.output
+    assert "these inputs mix generative (chat, completions) and pooling (embeddings, score, rerank) requests" in res.output
     assert "one run serves one model" in res.output
     assert not (tmp_path / "out").exists()
 
@@ -76,7 +102,7 @@ def test_requests_for_another_kind_of_model_get_one_clear_error(tmp_path, embedd
     assert res.exit_code == 0, res.output
     errors = {r["custom_id"]: r["error"] for r in read_output(tmp_path / "out").to_dicts()}
     assert errors["one"]["code"] == "unsupported_endpoint"
-    assert "embeddings requests need an embedding model (--runner pooling" in errors["one"]["message"]
+    assert "embeddings requests need an embedding or cross-encoder model (--runner pooling" in errors["one"]["message"]
 
 
 @pytest.mark.parametrize(("body", "code"), [
@@ -91,9 +117,11 @@ def test_invalid_embeddings_bodies(body, code):
     assert got.code == code and got.shape == "openai-embeddings"
 
 
-def test_completions_lines_are_still_refused():
-    row = {"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": {"prompt": "hi"}}
-    assert parse_row(row, source=Source(0, "f", "f"), line=1, ctx=Context()).code == "invalid_url"
+def test_embeddings_encoding_format_other_than_float_or_base64_is_refused():
+    got = parse_row(embed_line("x", input="x", encoding_format="int8"), source=Source(0, "f", "f"), line=1,
+                    ctx=Context())
+    assert (got.code, got.param) == ("unsupported_parameter", "encoding_format")
+    assert "encoding_format must be 'float' or 'base64', got 'int8'" in got.message
 
 
 def test_estimate_counts_embedding_input_tokens_exactly(tmp_path, embeddings_file):

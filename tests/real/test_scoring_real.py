@@ -1,0 +1,95 @@
+"""/v1/score and /v1/rerank lines on the real vLLM engine: the embedded SmolLM2 as an embedding
+model (vLLM's pooling runner, picked from the file; convert "embed"). `LLM.score` on an embedding
+model scores a pair by the cosine of its two vectors: the scores must equal the cosine of the
+last-token pooled vectors computed with transformers (float32: a float rounding tolerance).
+"""
+
+import numpy as np
+import pytest
+from conftest import invoke, read_output, write_jsonl
+from test_embeddings_real import reference
+
+pytestmark = pytest.mark.engine
+
+QUERY = "What do cats eat?"
+DOCUMENTS = ["Cats eat fish and meat.", "The stock market fell today.", "Kittens drink milk."]
+
+
+def line(url, custom_id, **body):
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("score")
+
+
+@pytest.fixture(scope="module")
+def run(tmp):
+    (tmp / "in").mkdir()
+    write_jsonl(tmp / "in" / "score.jsonl", [
+        line("/v1/score", "one", text_1=QUERY, text_2=DOCUMENTS[0]),
+        line("/v1/score", "fan", queries=QUERY, documents=DOCUMENTS),
+        line("/v1/score", "pairs", queries=DOCUMENTS[:2], documents=DOCUMENTS[1:]),
+        line("/v1/score", "too-long", queries=QUERY, documents=["word " * 9000]),
+    ])
+    write_jsonl(tmp / "in" / "rerank.jsonl", [
+        line("/v1/rerank", "top2", query=QUERY, documents=DOCUMENTS, top_n=2),
+    ])
+    res = invoke("run", tmp / "in", "-o", tmp / "out", "-m", "smollm2", "--dtype", "float32", "-q")
+    assert res.exit_code == 0, res.output
+    return {r["custom_id"]: r for r in read_output(tmp / "out").to_dicts()}
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    from pipeline.models.names import resolve_model
+
+    texts = [QUERY, *DOCUMENTS]
+    return dict(zip(texts, reference(resolve_model("smollm2"), texts), strict=True))
+
+
+def cosine(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_scores_equal_the_cosine_of_transformers_vectors(run, vectors):
+    assert run["one"]["scores"] == pytest.approx([cosine(vectors[QUERY], vectors[DOCUMENTS[0]])], abs=2e-4)
+    assert run["fan"]["scores"] == pytest.approx([cosine(vectors[QUERY], vectors[d]) for d in DOCUMENTS], abs=2e-4)
+    assert run["pairs"]["scores"] == pytest.approx(
+        [cosine(vectors[DOCUMENTS[0]], vectors[DOCUMENTS[1]]), cosine(vectors[DOCUMENTS[1]], vectors[DOCUMENTS[2]])],
+        abs=2e-4)
+
+
+def test_rerank_orders_by_relevance(run, vectors):
+    scores = [cosine(vectors[QUERY], vectors[d]) for d in DOCUMENTS]
+    best = sorted(range(3), key=lambda i: scores[i], reverse=True)[:2]
+    got = run["top2"]["rerank"]
+    assert [r["index"] for r in got] == best and [r["document"] for r in got] == [DOCUMENTS[i] for i in best]
+    assert [r["relevance_score"] for r in got] == pytest.approx([scores[i] for i in best], abs=2e-4)
+
+
+def test_usage_and_errors(run, tmp):
+    """Each pair's prompt tokens as LLM.score reports them: the query's and the document's, joined
+    by the pad token where the tokenizer has one; `estimate` counts the two texts only."""
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from pipeline.models.names import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
+    pad = 1 if tokenizer.pad_token_id is not None else 0
+
+    def count(text):
+        return len(tokenizer(text)["input_ids"])
+
+    one, fan = run["one"], run["fan"]
+    assert one["prompt_tokens"] == count(QUERY) + pad + count(DOCUMENTS[0])
+    assert fan["prompt_tokens"] == sum(count(QUERY) + pad + count(d) for d in DOCUMENTS)
+    assert one["completion_tokens"] == 0 and one["estimated_cost"] > 0
+    assert run["too-long"]["error"]["code"] == "context_length_exceeded", run["too-long"]["error"]
+    assert run["too-long"]["error"]["param"] == "documents"
+    res = invoke("estimate", tmp / "in", "-m", "smollm2", "--rows-file", tmp / "rows.parquet", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    estimated = {r["custom_id"]: r["prompt_tokens"] for r in pl.read_parquet(tmp / "rows.parquet").to_dicts()}
+    assert estimated["fan"] == fan["prompt_tokens"] - 3 * pad
