@@ -25,9 +25,9 @@ def request(images):
 ])
 def test_vllms_image_limit_is_too_many_images_naming_the_part(vllm_says, hint):
     engine = object.__new__(vllm_engine.VLLMEngine)
-    problem = engine._refusal(ValueError(vllm_says), request(3))
+    problem = engine._refusal(ValueError(vllm_says), req=request(3))
     assert (problem.code, problem.param) == ("too_many_images", "messages[1].content[2].image_url")
     assert problem.message.startswith("the request has 3 images; at most 1 are allowed per request. Hint: ")
     assert hint in problem.message
-    other = engine._refusal(ValueError("something else entirely"), request(3))
+    other = engine._refusal(ValueError("something else entirely"), req=request(3))
     assert (other.code, other.param) == ("invalid_request", "messages")
