@@ -8,7 +8,9 @@ have been added, once per marker file `die_marker`), `step_delay` (seconds per s
 as the OOM killer does, or an exit code), `load_log` (append a line at every load) and
 `die_loads` (with `load_log`: die only while this many loads have been logged, then load fine),
 `runner` ("generate", the default, or "pooling": an embedding model, whose vectors are
-`embedding_size` (8) deterministic unit-length floats per input, derived from the input's hash).
+`embedding_size` (8) deterministic unit-length floats per input, derived from the input's hash),
+`first_request_file` (write the wall-clock time, `time.time()`, at which the first request
+arrived: time to first request for benchmarks).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class FakeEngine:
         os._exit(int(how))
 
     def add(self, items: list[tuple[int, Request]]) -> list[Result]:
+        if self.added == 0 and items and self.opts.get("first_request_file"):
+            with open(self.opts["first_request_file"], "w") as f:
+                f.write(f"{time.time()}\n")
         if self.opts.get("log_file"):
             with open(self.opts["log_file"], "a") as log:
                 log.write("".join(f"{req.custom_id}\n" for _, req in items))
