@@ -216,6 +216,9 @@ def main() -> None:
                         help="Requests of the in-process look-ahead study (default 1,000,000; 0: skip).")
     parser.add_argument("--order-windows", default="10000,100000",
                         help="Look-ahead sizes (--order-buffer) of the study, comma-separated (default 10000,100000).")
+    parser.add_argument("--order-study-kinds", default=",".join(order_stream.STUDY_KINDS),
+                        help="Orders of the study: input, hold (look-ahead holding back half), plain (sorted windows), "
+                        "sorted (default: all).")
     parser.add_argument("--order-questions", type=int, default=20, help="Questions per document (default 20).")
     parser.add_argument("--order-first-only", default="",
                         help="Orders whose run is stopped at its first request (comma-separated, e.g. sorted).")
@@ -228,7 +231,8 @@ def main() -> None:
     sizes = sorted({max(1, args.requests // 10), args.requests})
     runs = [] if args.skip_requests else [r for n in sizes for r in measure_size(n, args.model, work, args.keep)]
     windows = tuple(int(w) for w in args.order_windows.split(",") if w)
-    order_study = order_stream.study(args.order_study, args.order_questions, windows) if args.order_study else []
+    kinds = tuple(args.order_study_kinds.split(","))
+    order_study = order_stream.study(args.order_study, args.order_questions, windows, kinds) if args.order_study else []
     first_only = tuple(filter(None, args.order_first_only.split(",")))
     order_runs = [r for n in args.order_requests
                   for r in order_stream.runs(n, args.order_questions, args.model, work, first_only)]
@@ -245,7 +249,8 @@ def main() -> None:
         "pipe": pipe_cost(work / "images" / "images.csv") if images else [],
     }
     # the order case alone (e.g. 10M requests): its own table
-    latest = "io_latest.md" if runs or images else f"io_order_{max(args.order_requests or [0])}_latest.md"
+    latest = ("io_latest.md" if runs or images else
+              f"io_order_{max([*args.order_requests, args.order_study])}{'' if order_runs else '_study'}_latest.md")
     publish("io", result, markdown(result), latest, work, args.keep)
 
 

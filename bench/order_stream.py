@@ -63,7 +63,10 @@ def write_docs(path: Path, n: int, questions: int) -> Path:
     return path
 
 
-def study(n: int, questions: int, windows: tuple[int, ...]) -> list[dict[str, Any]]:
+STUDY_KINDS = ("input", "hold", "plain", "sorted")
+
+
+def study(n: int, questions: int, windows: tuple[int, ...], kinds: tuple[str, ...] = STUDY_KINDS) -> list[dict[str, Any]]:
     """The share reusable in the order emitted, per look-ahead, in this process (the requests
     made afresh for each order, so that memory holds only what the order holds)."""
     from pipeline.intake.order import StreamOrder, prefix_key, reusable_share
@@ -73,16 +76,16 @@ def study(n: int, questions: int, windows: tuple[int, ...]) -> list[dict[str, An
         for i, (cid, messages) in enumerate(doc_rows(n, questions)):
             yield Request(cid, "docs.jsonl", i + 1, messages, params={"max_tokens": 16})
 
-    orders: list[tuple[str, int | None, Any]] = [("input", None, lambda: (prefix_key(r) for r in rows()))]
+    orders: list[tuple[str, str, int | None, Any]] = [("input", "input", None, lambda: (prefix_key(r) for r in rows()))]
     for w in (w for w in windows if w < n):
-        for name, hold in (("prefix (hold back half)", 0.5), ("prefix, plain windows", 0.0)):
-            orders.append((name, w, lambda w=w, hold=hold: (prefix_key(r) for r in StreamOrder(
+        for kind, name, hold in (("hold", "prefix (hold back half)", 0.5), ("plain", "prefix, plain windows", 0.0)):
+            orders.append((kind, name, w, lambda w=w, hold=hold: (prefix_key(r) for r in StreamOrder(
                 rows(), buffer=w, hold_back=hold, kv_block_tokens=KV_BLOCK_TOKENS))))
     # --order sorted emits the keys in sorted order (tests/unit/intake/test_schedule.py): sorting
     # the keys alone gives its share without spilling N requests to disk
-    orders.append(("sorted (the keys sorted)", None, lambda: sorted(prefix_key(r) for r in rows())))
+    orders.append(("sorted", "sorted (the keys sorted)", None, lambda: sorted(prefix_key(r) for r in rows())))
     out = []
-    for name, window, keys in orders:
+    for name, window, keys in ((name, window, keys) for kind, name, window, keys in orders if kind in kinds):
         t0 = time.monotonic()
         share = reusable_share(keys(), KV_BLOCK_TOKENS)
         out.append({"order": name, "look_ahead": window, "requests": n, "questions_per_document": questions,
