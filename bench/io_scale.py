@@ -220,6 +220,8 @@ def main() -> None:
                         help="Orders of the study: input, hold (look-ahead holding back half), plain (sorted windows), "
                         "sorted (default: all).")
     parser.add_argument("--order-questions", type=int, default=20, help="Questions per document (default 20).")
+    parser.add_argument("--order-run-orders", default=",".join(order_stream.ORDERS),
+                        help="The --order values run (default prefix,sorted,input).")
     parser.add_argument("--order-first-only", default="",
                         help="Orders whose run is stopped at its first request (comma-separated, e.g. sorted).")
     parser.add_argument("--note", help="A line to print above the results, e.g. 'small trial run'.")
@@ -235,7 +237,8 @@ def main() -> None:
     order_study = order_stream.study(args.order_study, args.order_questions, windows, kinds) if args.order_study else []
     first_only = tuple(filter(None, args.order_first_only.split(",")))
     order_runs = [r for n in args.order_requests
-                  for r in order_stream.runs(n, args.order_questions, args.model, work, first_only)]
+                  for r in order_stream.runs(n, args.order_questions, args.model, work, first_only,
+                                             tuple(args.order_run_orders.split(",")))]
     images = measure_images(args.images, work) if args.images else []
     result = {
         **envelope("io_scale", args.note, started),

@@ -95,14 +95,18 @@ def study(n: int, questions: int, windows: tuple[int, ...], kinds: tuple[str, ..
     return out
 
 
-def runs(n: int, questions: int, model: str, work: Path, first_only: tuple[str, ...]) -> list[dict[str, Any]]:
+ORDERS = ("prefix", "sorted", "input")
+
+
+def runs(n: int, questions: int, model: str, work: Path, first_only: tuple[str, ...],
+         orders: tuple[str, ...] = ORDERS) -> list[dict[str, Any]]:
     """`pipeline run --engine fake` in each order: time to first request, wall time, peak RSS, share."""
     t0 = time.monotonic()
     src = write_docs(work / f"docs-{n}.jsonl", n, questions)
     print(f"{n} document requests written in {time.monotonic() - t0:.0f} s ({src.stat().st_size / MIB:.0f} MiB)",
           file=sys.stderr)
     out = []
-    for how in ("prefix", "sorted", "input"):
+    for how in orders:
         first = work / f"first-{n}-{how}.txt"
         first.unlink(missing_ok=True)
         cmd = [python(), "-m", "pipeline", "run", src, "-o", work / f"out-docs-{n}-{how}", "--engine", "fake", "-m",
