@@ -50,12 +50,16 @@ def doc_rows(n: int, questions: int, seed: int = 0) -> Iterator[tuple[str, list[
 
 
 def write_docs(path: Path, n: int, questions: int) -> Path:
+    """doc_rows as OpenAI Batch lines (the JSON around the messages written once: 10M lines)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    system = json.dumps({"role": "system", "content": DOC_SYSTEM})
+    tail = ', "temperature": 0, "max_tokens": 16}}\n'
     with open(path, "w") as f:
         batch = []
         for cid, messages in doc_rows(n, questions):
-            batch.append(json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-                                     "body": {"messages": messages, "temperature": 0, "max_tokens": 16}}) + "\n")
+            batch.append(f'{{"custom_id": "{cid}", "method": "POST", "url": "/v1/chat/completions", "body": '
+                         f'{{"messages": [{system}, {{"role": "user", "content": {json.dumps(messages[1]["content"])}}}]'
+                         + tail)
             if len(batch) == 10_000:
                 f.write("".join(batch))
                 batch = []
