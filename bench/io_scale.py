@@ -222,6 +222,8 @@ def main() -> None:
     parser.add_argument("--order-questions", type=int, default=20, help="Questions per document (default 20).")
     parser.add_argument("--order-run-orders", default=",".join(order_stream.ORDERS),
                         help="The --order values run (default prefix,sorted,input).")
+    parser.add_argument("--order-input", type=Path, help="With one --order-requests N: an N-line documents file "
+                        "already written, used instead of writing one (kept).")
     parser.add_argument("--order-first-only", default="",
                         help="Orders whose run is stopped at its first request (comma-separated, e.g. sorted).")
     parser.add_argument("--note", help="A line to print above the results, e.g. 'small trial run'.")
@@ -238,7 +240,7 @@ def main() -> None:
     first_only = tuple(filter(None, args.order_first_only.split(",")))
     order_runs = [r for n in args.order_requests
                   for r in order_stream.runs(n, args.order_questions, args.model, work, first_only,
-                                             tuple(args.order_run_orders.split(",")))]
+                                             tuple(args.order_run_orders.split(",")), args.order_input)]
     images = measure_images(args.images, work) if args.images else []
     result = {
         **envelope("io_scale", args.note, started),

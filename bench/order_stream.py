@@ -103,12 +103,13 @@ ORDERS = ("prefix", "sorted", "input")
 
 
 def runs(n: int, questions: int, model: str, work: Path, first_only: tuple[str, ...],
-         orders: tuple[str, ...] = ORDERS) -> list[dict[str, Any]]:
-    """`pipeline run --engine fake` in each order: time to first request, wall time, peak RSS, share."""
+         orders: tuple[str, ...] = ORDERS, given: Path | None = None) -> list[dict[str, Any]]:
+    """`pipeline run --engine fake` in each order: time to first request, wall time, peak RSS, share.
+    `given`: a documents file of n lines already written (kept), instead of writing one."""
     t0 = time.monotonic()
-    src = write_docs(work / f"docs-{n}.jsonl", n, questions)
-    print(f"{n} document requests written in {time.monotonic() - t0:.0f} s ({src.stat().st_size / MIB:.0f} MiB)",
-          file=sys.stderr)
+    src = given or write_docs(work / f"docs-{n}.jsonl", n, questions)
+    print(f"{n} document requests {'given' if given else 'written'} in {time.monotonic() - t0:.0f} s "
+          f"({src.stat().st_size / MIB:.0f} MiB)", file=sys.stderr)
     out = []
     for how in orders:
         first = work / f"first-{n}-{how}.txt"
@@ -128,7 +129,8 @@ def runs(n: int, questions: int, model: str, work: Path, first_only: tuple[str, 
                     "status": "ok" if m.rc == 0 or (how in first_only and ttfr) else f"FAILED (exit {m.rc}): {m.tail(3)}"})
         print(f"  run --order {how} x {n}: first request at {ttfr if ttfr is None else round(ttfr, 1)} s, "
               f"{m.wall_s:.0f} s, peak RSS {m.peak_rss_bytes / MIB:.0f} MiB, {out[-1]['status']}", file=sys.stderr)
-    src.unlink()
+    if not given:
+        src.unlink()
     return out
 
 
