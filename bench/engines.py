@@ -644,6 +644,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds before one run is killed (default 3600).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the synthetic request files.")
     parser.add_argument("--note", help="A line to print above the results, e.g. 'small trial run, busy machine'.")
+    parser.add_argument("--table", help="Name of the Markdown table in bench/results/ (default: latest.md for bare, "
+                        "pipeline and run_batch, else controls_latest.md).")
     parser.add_argument("--keep", action="store_true", help=f"Keep the request files, outputs and logs under {WORK}.")
     args = parser.parse_args()
     visible = detect_gpus()
@@ -707,7 +709,7 @@ def main() -> None:
         "runs": runs,
     }
     # a run of a subset of the tools (controls, a quick check) keeps the full comparison's table
-    latest = "latest.md" if {"bare", "pipeline", "run_batch"} <= set(chosen) else "controls_latest.md"
+    latest = args.table or ("latest.md" if {"bare", "pipeline", "run_batch"} <= set(chosen) else "controls_latest.md")
     publish("engines", result, markdown(result), latest, work, args.keep)
 
 
