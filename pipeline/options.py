@@ -208,7 +208,8 @@ OPTIONS: tuple[Opt, ...] = (
         "runs on local temporary disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
     Opt("decode_first", "In prefix and sorted order: within each prefix group, the requests that may "
         "generate most (max_tokens x n) first, so that long decodes start early and short ones fill "
-        "the tail.", pair=True, commands=frozenset({RUN, ESTIMATE})),
+        "the tail (default: on; it changes nothing where every request has the same max_tokens).",
+        pair=True, commands=frozenset({RUN, ESTIMATE})),
     Opt("max_engine_restarts", "Stop (exit 3, resumable) after this many engine deaths.", Int0, 50),
     Opt("data_parallel_size", "Number of engines. Default: one per group of --tensor-parallel-size "
         "GPUs; 1 on CPU.", Int1),
