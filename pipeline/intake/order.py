@@ -13,12 +13,14 @@ side by side, at every depth (the order of a trie walk). Error rows come first (
 prefix (streaming, bounded look-ahead): `buffer` requests are held, sorted; when the buffer is
 full the largest prefix groups in it (oldest first among equals) are sent until at most
 HOLD_BACK of the buffer is left, and reading goes on. Groups still filling wait for the
-requests of theirs read later; a group that the look-ahead cut in two is computed twice (its
-prefix is usually still cached). The first request reaches an engine once one buffer is read,
-whatever the input's size; memory holds about twice `buffer` requests (the buffer and the
-flush being sent).
+requests of theirs read later; a prefix whose requests lie further apart than the look-ahead
+reaches is sent in several groups and computed again unless the cache still holds it
+(docs/performance.md measures what that costs). The first request reaches an engine once one
+buffer is read, whatever the input's size; memory holds about twice `buffer` requests (the buffer
+and the flush being sent).
 
-sorted (the whole input, then the best order): a full buffer is sorted and spilled to a local
+sorted (the whole input, then the best order; kept for files whose shared prefixes lie
+further apart than any look-ahead reaches): a full buffer is sorted and spilled to a local
 temporary file (pickle), and the spilled runs are merged, reading 64 requests of each run at a
 time. Every shared prefix is computed once, but the first request waits for the whole input (for
 10M requests of ~2 KB: 100 runs, ~20 GB of temporary disk in $TMPDIR). A run's file has no name

@@ -324,7 +324,7 @@ def test_the_first_request_leaves_before_an_endless_input_ends():
     time.sleep(0.2)  # the reader runs ahead until the queue is full
     assert len({r.line for r in first}) == 60 and next(read) < 60 + 4 * 50
     it.close()
-    ordered._thread.join(2)
+    ordered._thread.join(10)
     assert not ordered._thread.is_alive()  # the reader stops once the consumer does
 
 
