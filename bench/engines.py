@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -148,10 +149,11 @@ def pipeline_has_order() -> bool:
     return _ORDER_SUPPORTED
 
 
-def pipeline_command(engines: int, order: str | None = None) -> Callable[[Setup, Path], list[str]]:
+def pipeline_command(engines: int, order: str | None = None,
+                     options: tuple[str, ...] = ()) -> Callable[[Setup, Path], list[str]]:
     def command(s: Setup, out: Path) -> list[str]:
         args = [f"{k}={json.dumps(v)}" for k, v in s.engine_args.items()]
-        extra = ["--order", order] if order and pipeline_has_order() else []
+        extra = [*(["--order", order] if order and pipeline_has_order() else []), *options]
         return [python(), "-m", "pipeline", "-v", "run", s.requests, "-o", out / "out", "-m", s.model,
                 "-q", "--data-parallel-size", str(engines), *extra,
                 *[a for arg in args for a in ("--engine-arg", arg)]]
@@ -207,7 +209,10 @@ PIPELINE_INPUT = Tool("pipeline_input", "pipeline run --order input", pipeline_c
 RUN_BATCH = Tool("run_batch", "vLLM run_batch", run_batch_command, read_run_batch, r"Reading batch from", "out.jsonl")
 BARE_SORTED = Tool("bare_sorted", "bare LLM.chat script, file in the pipeline's prefix order", bare_sorted_command, read_bare,
                    r"^BENCH ready", "out.parquet")
-TOOLS = (BARE, PIPELINE, PIPELINE_INPUT, RUN_BATCH, BARE_SORTED)
+# control: prefix groups in key order, not the longest possible decodes first (--decode-first)
+PIPELINE_KEY_ORDER = Tool("pipeline_key_order", "pipeline run --no-decode-first", pipeline_command(
+    1, None, ("--no-decode-first",)), read_pipeline, r"engine \d+ ready", "out/_SUCCESS")
+TOOLS = (BARE, PIPELINE, PIPELINE_INPUT, RUN_BATCH, BARE_SORTED, PIPELINE_KEY_ORDER)
 
 
 # ---- what a request file holds: prompt tokens, shared prefixes, model size ------------------
@@ -325,11 +330,26 @@ def mixed_setup(base: Setup, args: argparse.Namespace, work: Path) -> Setup:
     varied = args.sampling == "varied"
     requests = write_requests(work / "mixed.jsonl", args.requests, max_tokens=args.max_tokens, seed=args.seed,
                               varied=varied)
-    facts = {"requests": args.requests, "max_tokens": args.max_tokens, "seed": args.seed, "sampling": args.sampling}
+    spread_max_tokens(requests, args)
+    facts = {"requests": args.requests, "max_tokens": args.max_tokens, "seed": args.seed, "sampling": args.sampling,
+             "max_tokens_spread": args.spread_max_tokens}
     facts.update(prompt_facts(requests, base.model_path, 16))
     facts["parameters"] = parameter_count(base.model_path)
     return dataclasses.replace(base, requests=requests, n_requests=args.requests, max_tokens=args.max_tokens,
                                workload="mixed", facts=facts, engine_args=dict(base.engine_args))
+
+
+def spread_max_tokens(requests: Path, args: argparse.Namespace) -> None:
+    """--spread-max-tokens: each request's max_tokens drawn from [max_tokens / 8, max_tokens]
+    (seeded), so that requests differ in how long they may decode (for --decode-first)."""
+    if not args.spread_max_tokens:
+        return
+    rng = random.Random(f"spread-{args.seed}")
+    rows = [json.loads(line) for line in requests.read_text().splitlines()]
+    for row in rows:
+        top = row["body"]["max_tokens"]
+        row["body"]["max_tokens"] = rng.randint(max(1, top // 8), top)
+    requests.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def docs_setup(base: Setup, args: argparse.Namespace, work: Path) -> Setup:
@@ -339,10 +359,12 @@ def docs_setup(base: Setup, args: argparse.Namespace, work: Path) -> Setup:
     n = args.docs * args.questions
     requests = write_doc_requests(work / "docs.jsonl", args.docs, args.questions, doc_words=args.doc_words,
                                   max_tokens=args.docs_max_tokens, seed=args.seed)
+    spread_max_tokens(requests, args)
     engine_args = dict(base.engine_args)
     block = int(engine_args.setdefault("block_size", 16 if args.gpus else 128))
     facts = {"requests": n, "docs": args.docs, "questions": args.questions, "doc_words": args.doc_words,
-             "max_tokens": args.docs_max_tokens, "seed": args.seed, "block_size": block}
+             "max_tokens": args.docs_max_tokens, "seed": args.seed, "block_size": block,
+             "max_tokens_spread": args.spread_max_tokens}
     facts.update(prompt_facts(requests, base.model_path, block))
     # every request must fit: the longest prompt plus max_tokens, rounded up to whole blocks
     need = -(-(facts["longest_prompt"] + args.docs_max_tokens) // block) * block
@@ -621,6 +643,8 @@ def main() -> None:
     parser.add_argument("--doc-words", type=int, default=500, help="docs: words per document (default 500: "
                         "about 800 tokens with SmolLM2's tokenizer).")
     parser.add_argument("--docs-max-tokens", type=int, default=16, help="docs: max_tokens of every request (default 16).")
+    parser.add_argument("--spread-max-tokens", action="store_true", help="Both workloads: each request's max_tokens "
+                        "drawn from [max / 8, max] instead of max for all (requests that decode for different lengths).")
     parser.add_argument("--kv-cache-tokens", type=int, help="docs: KV cache size in tokens for every tool, rounded up "
                         "to whole blocks and to one longest request (default: half the workload's distinct "
                         "shared-prefix tokens). --engine-arg num_gpu_blocks_override=N sets it in blocks instead.")
@@ -633,11 +657,14 @@ def main() -> None:
     parser.add_argument("--pipeline-option", action="append", default=[], metavar="OPTION",
                         help="Extra option for `pipeline run` only, e.g. --pipeline-option=--max-in-flight=4096. Repeatable.")
     parser.add_argument("--tools", default="bare,pipeline,run_batch", help="Comma-separated subset to run, of bare, "
-                        "pipeline, run_batch and two controls: pipeline_input (`pipeline run --order input`; needs "
-                        "--order) and bare_sorted (the bare script on the file in the pipeline's prefix order).")
+                        "pipeline, run_batch and three controls: pipeline_input (`pipeline run --order input`; needs "
+                        "--order), bare_sorted (the bare script on the file in the pipeline's prefix order) and "
+                        "pipeline_key_order (`pipeline run --no-decode-first`).")
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds before one run is killed (default 3600).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the synthetic request files.")
     parser.add_argument("--note", help="A line to print above the results, e.g. 'small trial run, busy machine'.")
+    parser.add_argument("--table", help="Name of the Markdown table in bench/results/ (default: latest.md for bare, "
+                        "pipeline and run_batch, else controls_latest.md).")
     parser.add_argument("--keep", action="store_true", help=f"Keep the request files, outputs and logs under {WORK}.")
     args = parser.parse_args()
     visible = detect_gpus()
@@ -705,7 +732,9 @@ def main() -> None:
         "workloads": workloads,
         "runs": runs,
     }
-    publish("engines", result, markdown(result), "latest.md", work, args.keep)
+    # a run of a subset of the tools (controls, a quick check) keeps the full comparison's table
+    latest = args.table or ("latest.md" if {"bare", "pipeline", "run_batch"} <= set(chosen) else "controls_latest.md")
+    publish("engines", result, markdown(result), latest, work, args.keep)
 
 
 if __name__ == "__main__":

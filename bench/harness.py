@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -240,10 +241,10 @@ class Measured:
 
 def run_measured(cmd: list[str], *, log: Path, env: dict[str, str] | None = None,
                  ready: str | None = None, interval: float = 0.2, cwd: Path = REPO,
-                 timeout: float | None = None) -> Measured:
+                 timeout: float | None = None, stop: Callable[[], bool] | None = None) -> Measured:
     """Run `cmd` to completion with stdout and stderr in `log`; time it, sample the RSS of its
     process tree every `interval` seconds, and note when a line matches `ready`. After
-    `timeout` seconds the whole tree is killed (exit code -9)."""
+    `timeout` seconds, or once `stop()` is true, the whole tree is killed (exit code -9)."""
     pattern = re.compile(ready) if ready else None
     log.parent.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
@@ -277,7 +278,7 @@ def run_measured(cmd: list[str], *, log: Path, env: dict[str, str] | None = None
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         peak = max(peak, total)
-        if timeout is not None and time.monotonic() - start > timeout:
+        if (timeout is not None and time.monotonic() - start > timeout) or (stop is not None and stop()):
             for p in tree:
                 try:
                     p.kill()

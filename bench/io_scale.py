@@ -13,8 +13,14 @@ image is decoded twice, by intake's check and by vLLM in the engine process: the
 decode (and of Pillow's `verify`, the lighter check) is measured per image, for the PNGs and for
 the same pixels as JPEG.
 
+Prefix order (bench/order_stream.py): on a shuffled documents x questions file, the share of
+prompt tokens reusable in the order emitted at several look-ahead sizes against the full sort,
+and `pipeline run --engine fake` in each order with its time to first request.
+
     python bench/io_scale.py                      # 100k and 1M requests, 2,000 images
-    python bench/io_scale.py --requests 20000 --images 500    # a quick check
+    python bench/io_scale.py --requests 20000 --images 500 --order-requests 20000 --order-study 20000  # quick
+    python bench/io_scale.py --skip-requests --images 0 --order-requests 10000000 --order-study 10000000 \
+        --order-windows 100000 --order-first-only sorted,input    # the 10M prefix-order case alone
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import order_stream
 from harness import (
     WORK,
     base_env,
@@ -222,7 +229,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Versions: {versions_line(result['versions'])}",
     ]
     if not result["runs"]:  # --skip-requests
-        return "\n".join([*head, "", *images_markdown(result)])
+        return "\n".join([*head, "", *order_stream.markdown(result), *images_markdown(result)])
     return "\n".join([
         *head,
         f"- Input: synthetic OpenAI Batch JSONL (chat requests, ~{result['settings']['bytes_per_request']:.0f} "
@@ -238,6 +245,7 @@ def markdown(result: dict[str, Any]) -> str:
         "largest sum of resident memory over the command's process tree (main process and engine worker) "
         "in samples every 0.2 s. See bench/README.md.",
         "",
+        *order_stream.markdown(result),
         *images_markdown(result),
     ])
 
@@ -251,6 +259,23 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", help="Model for estimate and run (tokenizer only).")
     parser.add_argument("--images", type=int, default=2000, help="PNGs for the images case (0: skip it).")
     parser.add_argument("--skip-requests", action="store_true", help="Run the images case only.")
+    parser.add_argument("--order-requests", type=int, nargs="*", default=[1_000_000],
+                        help="Sizes of the shuffled documents x questions file run in each --order (default 1,000,000; "
+                        "none: skip).")
+    parser.add_argument("--order-study", type=int, default=1_000_000,
+                        help="Requests of the in-process look-ahead study (default 1,000,000; 0: skip).")
+    parser.add_argument("--order-windows", default="10000,100000",
+                        help="Look-ahead sizes (--order-buffer) of the study, comma-separated (default 10000,100000).")
+    parser.add_argument("--order-study-kinds", default=",".join(order_stream.STUDY_KINDS),
+                        help="Orders of the study: input, hold (look-ahead holding back half), plain (sorted windows), "
+                        "sorted (default: all).")
+    parser.add_argument("--order-questions", type=int, default=20, help="Questions per document (default 20).")
+    parser.add_argument("--order-run-orders", default=",".join(order_stream.ORDERS),
+                        help="The --order values run (default prefix,sorted,input).")
+    parser.add_argument("--order-input", type=Path, help="With one --order-requests N: an N-line documents file "
+                        "already written, used instead of writing one (kept).")
+    parser.add_argument("--order-first-only", default="",
+                        help="Orders whose run is stopped at its first request (comma-separated, e.g. sorted).")
     parser.add_argument("--note", help="A line to print above the results, e.g. 'small trial run'.")
     parser.add_argument("--keep", action="store_true", help=f"Keep request files, outputs and logs under {WORK}.")
     args = parser.parse_args()
@@ -259,6 +284,13 @@ def main() -> None:
     work = WORK / f"io-{time.strftime('%Y%m%d-%H%M%S')}"
     sizes = sorted({max(1, args.requests // 10), args.requests})
     runs = [] if args.skip_requests else [r for n in sizes for r in measure_size(n, args.model, work, args.keep)]
+    windows = tuple(int(w) for w in args.order_windows.split(",") if w)
+    kinds = tuple(args.order_study_kinds.split(","))
+    order_study = order_stream.study(args.order_study, args.order_questions, windows, kinds) if args.order_study else []
+    first_only = tuple(filter(None, args.order_first_only.split(",")))
+    order_runs = [r for n in args.order_requests
+                  for r in order_stream.runs(n, args.order_questions, args.model, work, first_only,
+                                             tuple(args.order_run_orders.split(",")), args.order_input)]
     images = measure_images(args.images, work) if args.images else []
     result = {
         **envelope("io_scale", args.note, started),
@@ -266,11 +298,16 @@ def main() -> None:
                      "bytes_per_request": runs[-1]["input_bytes"] / sizes[-1] if runs else None},
         "peak_rss_growth": growth(runs, sizes),
         "runs": runs,
+        "order_study": order_study,
+        "order_runs": order_runs,
         "images": images,
         "pipe": pipe_cost(work / "images" / "images.csv") if images else [],
         "decode": decode_cost(work / "images" / "images.csv") if images else [],
     }
-    publish("io", result, markdown(result), "io_latest.md", work, args.keep)
+    # the order case alone (e.g. 10M requests): its own table
+    latest = ("io_latest.md" if runs or images else
+              f"io_order_{max([*args.order_requests, args.order_study])}{'' if order_runs else '_study'}_latest.md")
+    publish("io", result, markdown(result), latest, work, args.keep)
 
 
 if __name__ == "__main__":

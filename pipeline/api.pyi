@@ -43,8 +43,9 @@ class _run_estimate(_run_estimate_validate, total=False):
     provider: str | None  # default None
     price_input: float | None  # default None
     price_output: float | None  # default None
-    order: Literal['auto', 'prefix', 'input'] | None  # default 'auto'
+    order: Literal['auto', 'prefix', 'sorted', 'input'] | None  # default 'auto'
     order_buffer: int | None  # default 100000
+    decode_first: bool | None  # default None
     block_size: int | None  # default None
 
 class _run(_run_estimate, _run_estimate_validate, total=False):

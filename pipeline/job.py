@@ -143,7 +143,8 @@ class Job:
 
     def ordered(self, items: Iterable[Request | FailedRequest]) -> Iterable[Request | FailedRequest]:
         """`items` in the order a run takes them (--order): the one decision run and estimate share."""
-        return order(items, self.cfg.order, buffer=self.cfg.order_buffer, kv_block_tokens=self.kv_block_tokens())
+        return order(items, self.cfg.order, buffer=self.cfg.order_buffer, kv_block_tokens=self.kv_block_tokens(),
+                     decode_first=self.cfg.decode_first is not False)
 
     def kv_block_tokens(self) -> int:
         """The engines' KV cache block size: --block-size (or --engine-arg block_size), else the

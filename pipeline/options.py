@@ -199,11 +199,18 @@ OPTIONS: tuple[Opt, ...] = (
         Int1),
     Opt("order", "auto: prefix order when it helps (decided on the first --order-buffer requests); "
         "prefix: requests sharing a prompt prefix reach the engines together, so the prefix is "
-        "computed once while cached (reads the whole input first, spilling to $TMPDIR past "
-        "--order-buffer); input: the input's order. estimate takes the same order as run.",
-        click.Choice(["auto", "prefix", "input"]), "auto", commands=frozenset({RUN, ESTIMATE})),
-    Opt("order_buffer", "With --order prefix or auto: requests held in memory; more are sorted in runs on "
-        "local temporary disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
+        "computed once while cached, with a bounded look-ahead of --order-buffer requests (the first "
+        "request is sent once one buffer is read); sorted: the whole input read and sorted first "
+        "(every shared prefix computed once; spills to $TMPDIR past --order-buffer; the first request "
+        "waits for the whole input); input: the input's order. estimate takes the same order as run.",
+        click.Choice(["auto", "prefix", "sorted", "input"]), "auto", commands=frozenset({RUN, ESTIMATE})),
+    Opt("order_buffer", "With --order prefix or auto: the look-ahead, requests held and sorted before "
+        "the largest prefix groups are sent; with sorted: requests held in memory, more are sorted in "
+        "runs on local temporary disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
+    Opt("decode_first", "In prefix and sorted order: within each prefix group, the requests that may "
+        "generate most (max_tokens x n) first, so that long decodes start early and short ones fill "
+        "the tail (default: on; it changes nothing where every request has the same max_tokens).",
+        pair=True, commands=frozenset({RUN, ESTIMATE})),
     Opt("max_engine_restarts", "Stop (exit 3, resumable) after this many engine deaths.", Int0, 50),
     Opt("data_parallel_size", "Number of engines. Default: one per group of --tensor-parallel-size "
         "GPUs; 1 on CPU.", Int1),

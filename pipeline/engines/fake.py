@@ -10,7 +10,9 @@ as the OOM killer does, or an exit code), `load_log` (append a line at every loa
 `runner` ("generate", the default, or "pooling": an embedding model, whose vectors are
 `embedding_size` (8) deterministic unit-length floats per input, derived from the input's hash,
 and whose score of a pair is the cosine of its two vectors), `cpus_beside_model` (reported as a
-CPU vLLM engine reports the cores its model left free). A completion echoes its prompt.
+CPU vLLM engine reports the cores its model left free), `first_request_file` (write the
+wall-clock time, `time.time()`, at which the first request arrived: time to first request for
+benchmarks). A completion echoes its prompt.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class FakeEngine:
         os._exit(int(how))
 
     def add(self, items: list[tuple[int, Request]]) -> list[Result]:
+        if self.added == 0 and items and self.opts.get("first_request_file"):
+            with open(self.opts["first_request_file"], "w") as f:
+                f.write(f"{time.time()}\n")
         if self.opts.get("log_file"):
             with open(self.opts["log_file"], "a") as log:
                 log.write("".join(f"{req.custom_id}\n" for _, req in items))

@@ -1,32 +1,38 @@
-"""The order requests reach the engines in: grouped by shared prompt prefix (`--order prefix`),
-as the input has them (`--order input`), or the first where it helps (`--order auto`, the
-default: decided on the first `--order-buffer` requests by the prompt tokens vLLM could reuse,
-in whole KV blocks, in each order; see AUTO_GAIN).
+"""The order requests reach the engines in: grouped by shared prompt prefix as they stream
+(`--order prefix`), fully sorted (`--order sorted`), as the input has them (`--order input`), or
+prefix order where it helps (`--order auto`, the default: decided on the first `--order-buffer`
+requests by the prompt tokens vLLM could reuse, in whole KV blocks, in each order; see AUTO_GAIN).
 
 vLLM's prefix cache only saves work when requests that share a prefix (a system prompt, a
-few-shot block, a document asked many questions) meet while that prefix is still cached. A batch
-job knows every request before it starts, so it sorts them: the key of a request is one 8-byte
-digest per `BLOCK_CHARS` characters of its conversation (tools, then each message), each digest
-covering all the text before it. Requests that share their first k blocks share the key's first
-k digests, so sorted keys put every set of requests sharing a prefix side by side, at every
-depth (the order of a trie walk). Error rows come first (empty key).
+few-shot block, a document asked many questions) meet while that prefix is still cached. The key
+of a request is one 8-byte digest per `BLOCK_CHARS` characters of its conversation (tools, then
+each message), each digest covering all the text before it. Requests that share their first k
+blocks share the key's first k digests, so sorted keys put every set of requests sharing a prefix
+side by side, at every depth (the order of a trie walk). Error rows come first (empty key).
 
-Memory stays bounded for any input: at most `buffer` requests are held (`--order-buffer`); a
-fuller buffer is sorted and spilled to a local temporary file (pickle), and the spilled runs are
-merged, reading 64 requests of each run at a time. For 10M requests of ~2 KB with the default
-buffer of 100,000: about 0.3 GB while reading, 100 runs and ~20 GB of temporary disk (in
-$TMPDIR), then 100 x 64 requests while merging. A run's file has no name from the moment it is
-created (it is unlinked and kept open), so a killed run leaves no disk behind; a full disk stops
-the run resumably (StorageError, exit 3). Compressed and remote inputs are read once,
-front to back, like any run.
+prefix (streaming, bounded look-ahead): `buffer` requests are held, sorted; when the buffer is
+full the largest prefix groups in it (oldest first among equals) are sent until at most
+HOLD_BACK of the buffer is left, and reading goes on. Groups still filling wait for the
+requests of theirs read later; a prefix whose requests lie further apart than the look-ahead
+reaches is sent in several groups and computed again unless the cache still holds it
+(docs/performance.md measures what that costs). The first request reaches an engine once one
+buffer is read, whatever the input's size; memory holds about twice `buffer` requests (the buffer
+and the flush being sent).
 
-The reading runs in a thread that starts before the engines do, so it overlaps their start;
-the first request reaches an engine once the whole input is read (or, with spilled runs, once
-the last run is sorted).
+sorted (the whole input, then the best order; kept for files whose shared prefixes lie
+further apart than any look-ahead reaches): a full buffer is sorted and spilled to a local
+temporary file (pickle), and the spilled runs are merged, reading 64 requests of each run at a
+time. Every shared prefix is computed once, but the first request waits for the whole input (for
+10M requests of ~2 KB: 100 runs, ~20 GB of temporary disk in $TMPDIR). A run's file has no name
+from the moment it is created (it is unlinked and kept open), so a killed run leaves no disk
+behind; a full disk stops the run resumably (StorageError, exit 3).
 
-Consecutive requests whose keys share at least half of the shorter one (and one block) form a
-group (`Request.group`); the dispatcher hands a group to one engine, so the engine that holds
-its prefix computes it once.
+Either way the reading runs in a thread that starts before the engines do, so it overlaps their
+start. Consecutive requests whose keys share at least half of the shorter one (and one block)
+form a group (`Request.group`); the dispatcher hands a group to one engine, so the engine that
+holds its prefix computes it once. With `decode_first`, within each group (up to GROUP_SPAN
+requests at a time) the requests that may generate most (max_tokens x n; no max_tokens: most of
+all) come first, so that long decodes start early and short ones fill the tail (BatchLLM).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from __future__ import annotations
 import heapq
 import logging
 import pickle
+import queue
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -49,12 +57,18 @@ BLOCK_CHARS = 256
 MAX_BLOCKS = 256  # keys cover the first 64k characters: longer shared prefixes sort as one
 
 SPILL_BATCH = 64
-ORDERS = ("auto", "prefix", "input")
+ORDERS = ("auto", "prefix", "sorted", "input")
 # --order auto: prefix order when, on the first --order-buffer requests, the prompt tokens that
 # vLLM could serve from its prefix cache (whole KV blocks shared with the request before) are at
 # least this share of all their prompt tokens more than in the input's order
 AUTO_GAIN = 0.05
 CHARS_PER_TOKEN = 4  # auto judges without a tokenizer: about 4 characters a token (Llama-class BPE on English)
+# --order prefix: share of a full buffer kept back at each flush (the groups least filled), so
+# that requests of a prefix read later still meet those read before (0: plain windows)
+HOLD_BACK = 0.5
+GROUP_SPAN = 4096  # decode-first reorders a group this many requests at a time (memory stays bounded)
+
+Keyed = tuple[bytes, int, Any]  # (prefix key, input position, Request | FailedRequest)
 
 
 def conversation_text(request: Request) -> str:
@@ -83,73 +97,148 @@ def prefix_key(request: Request) -> bytes:
 
 
 def order(items: Iterable[Request | FailedRequest], how: str, *, buffer: int = 100_000,
-          spill_dir: str | None = None, kv_block_tokens: int = 16) -> Iterable[Request | FailedRequest]:
-    """`items` in the order `how` names; for "prefix" and "auto", reading starts at once in a
-    thread. `kv_block_tokens`: the engine's KV cache block size, which auto judges reuse in."""
+          spill_dir: str | None = None, kv_block_tokens: int = 16,
+          decode_first: bool = True) -> Iterable[Request | FailedRequest]:
+    """`items` in the order `how` names; for "prefix", "sorted" and "auto", reading starts at once
+    in a thread. `kv_block_tokens`: the engine's KV cache block size, which auto judges reuse in."""
     if how == "input":
         return items
     if how not in ORDERS:
         raise ValueError(f"unknown order {how!r}; use one of {', '.join(ORDERS)}")
-    return PrefixOrder(items, buffer=buffer, spill_dir=spill_dir, auto=how == "auto",
-                       kv_block_tokens=kv_block_tokens)
+    if how == "sorted":
+        return SortedOrder(items, buffer=buffer, spill_dir=spill_dir, kv_block_tokens=kv_block_tokens,
+                           decode_first=decode_first)
+    return StreamOrder(items, buffer=buffer, auto=how == "auto", kv_block_tokens=kv_block_tokens,
+                       decode_first=decode_first)
 
 
-def reusable_share(keys: list[bytes], kv_block_tokens: int) -> float:
-    """The share of the keys' prompt tokens (estimated from characters) that the prefix cache
-    could serve in this order: the whole KV blocks each prompt shares with the one before it.
+class ShareMeter:
+    """The share of prompt tokens (estimated from characters) the prefix cache could serve in
+    the order keys are added: the whole KV blocks each prompt shares with the one before it.
     Prompts shorter than one KV block share nothing, however alike their text."""
-    block_chars = kv_block_tokens * CHARS_PER_TOKEN
-    total = sum(len(k) // DIGEST for k in keys) * BLOCK_CHARS
-    reused = sum(shared_blocks(a, b) * BLOCK_CHARS // block_chars * block_chars
-                 for a, b in zip(keys, keys[1:], strict=False))
-    return reused / total if total else 0.0
+
+    def __init__(self, kv_block_tokens: int):
+        self.block_chars = kv_block_tokens * CHARS_PER_TOKEN
+        self.reused = self.total = 0
+        self.prev: bytes | None = None
+
+    def add(self, key: bytes) -> None:
+        self.total += len(key) // DIGEST * BLOCK_CHARS
+        if self.prev is not None:
+            self.reused += shared_blocks(self.prev, key) * BLOCK_CHARS // self.block_chars * self.block_chars
+        self.prev = key
+
+    def share(self) -> float:
+        return self.reused / self.total if self.total else 0.0
+
+
+def reusable_share(keys: Iterable[bytes], kv_block_tokens: int) -> float:
+    """ShareMeter's share over `keys`, in their order."""
+    meter = ShareMeter(kv_block_tokens)
+    for key in keys:
+        meter.add(key)
+    return meter.share()
+
+
+def same_group(a: bytes, b: bytes) -> bool:
+    """Two keys of one prefix group: they share at least half of the shorter, and one block."""
+    shared = shared_blocks(a, b)
+    return shared > 0 and 2 * shared >= min(len(a), len(b)) // DIGEST
+
+
+def expected_decode(item: Request) -> int:
+    """What a request may generate, to start the longest first: max_tokens x n (none: the most)."""
+    return (item.max_tokens or sys.maxsize) * item.n
+
+
+def group_spans(keyed: list[Keyed]) -> list[tuple[int, int, int]]:
+    """(start, end, oldest input position) of each prefix group of a sorted list; the error rows
+    (empty keys, first) form one span."""
+    spans: list[tuple[int, int, int]] = []
+    start, oldest = 0, sys.maxsize
+    for i, (key, seq, _) in enumerate(keyed):
+        prev = keyed[i - 1][0] if i else None
+        if prev is not None and not (same_group(prev, key) or prev == key == b""):
+            spans.append((start, i, oldest))
+            start, oldest = i, sys.maxsize
+        oldest = min(oldest, seq)
+    if keyed:
+        spans.append((start, len(keyed), oldest))
+    return spans
 
 
 class PrefixOrder:
-    """Requests sorted by prefix key, with bounded memory (see the module's docstring). With
-    `auto`, the first `buffer` requests decide: if sorting them lets the prefix cache serve less
-    than AUTO_GAIN more of their prompt tokens (whole KV blocks of `kv_block_tokens`) than the
-    input's order does, everything goes in the input's order, streamed as read."""
+    """Requests in prefix order, read in a thread that hands sorted lists of (key, position,
+    item) to the consumer through a queue of one; the consumer numbers the groups and, with
+    `decode_first`, reorders each group. With `auto`, the first `buffer` requests decide: if
+    sorting them lets the prefix cache serve less than AUTO_GAIN more of their prompt tokens
+    (whole KV blocks of `kv_block_tokens`) than the input's order does, everything goes in the
+    input's order, streamed as read. Subclasses read (`_read`) and flush (`_put("flush", ...)`)."""
 
-    def __init__(self, items: Iterable[Request | FailedRequest], *, buffer: int = 100_000,
-                 spill_dir: str | None = None, auto: bool = False, kv_block_tokens: int = 16):
-        self.buffer, self.spill_dir, self.auto = max(1, buffer), spill_dir, auto
+    name = "prefix"
+
+    def __init__(self, items: Iterable[Request | FailedRequest], *, buffer: int = 100_000, auto: bool = False,
+                 kv_block_tokens: int = 16, decode_first: bool = True):
+        self.buffer, self.auto, self.decode_first = max(1, buffer), auto, decode_first
         self.kv_block_tokens = kv_block_tokens
-        self.memory: list[tuple[bytes, int, Any]] = []
-        self.runs: list[IO[bytes]] = []  # spilled runs: open files without a name
-        self.chosen = "prefix"
+        self.memory: list[Keyed] = []
+        self.runs: list[IO[bytes]] = []  # spilled runs (sorted order): open files without a name
+        self.chosen = self.name
         self.measured: dict[str, Any] = {}  # what auto measured on the first buffer
+        self.meter = ShareMeter(kv_block_tokens)  # on the order emitted
+        self.group = 0
         self._rest: Iterator[Request | FailedRequest] | None = None  # "input": the items not read yet
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._read, args=(items,), name="prefix-order", daemon=True)
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+        self._closed = False
+        self._thread = threading.Thread(target=self._reader, args=(items,), name="prefix-order", daemon=True)
         self._thread.start()
 
     def describe(self) -> dict[str, Any]:
-        """For the run's report: the order used and, under auto, why."""
-        return {"order": self.chosen, **({"order_auto": self.measured} if self.measured else {})}
+        """For the run's report: the order used, under auto why, and the share of prompt tokens
+        the prefix cache could serve in the order emitted (whole KV blocks shared with the request
+        before, as auto judges)."""
+        emitted = {"shared_in_emitted_order": round(self.meter.share(), 4)} if self.meter.total else {}
+        return {"order": self.chosen, **({"order_auto": self.measured} if self.measured else {}), **emitted}
 
-    def _read(self, items: Iterable[Request | FailedRequest]) -> None:
+    def _read(self, rest: Iterator[Request | FailedRequest]) -> None:
+        raise NotImplementedError
+
+    def _reader(self, items: Iterable[Request | FailedRequest]) -> None:
         try:
-            rest = iter(items)
-            for seq, item in enumerate(rest):
-                key = prefix_key(item) if isinstance(item, Request) else b""
-                self.memory.append((key, seq, item))
-                if len(self.memory) >= self.buffer:
-                    if self.auto and not self._grouping_helps(rest):
-                        return
-                    self._spill()
-            if self.auto and not self.runs and not self._grouping_helps(rest):
+            self._read(iter(items))
+            if self.chosen != "input":
+                self._put("end", None)
+        except _Closed:
+            pass
+        except BaseException as e:  # raised again in the consumer
+            try:
+                self._put("error", e)
+            except _Closed:
+                pass
+
+    def _put(self, kind: str, value: Any) -> None:
+        while True:
+            try:
+                self._queue.put((kind, value), timeout=0.5)
                 return
-            self.memory.sort()
-            if self.runs and self.memory:
-                self._spill()
-        except BaseException as e:  # raised again in the reading thread's consumer
-            self._error = e
+            except queue.Full:
+                if self._closed:
+                    raise _Closed() from None
+
+    def _get(self) -> tuple[str, Any]:
+        while True:  # short waits: signal handlers run in between
+            try:
+                return self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def _keyed(self, seq: int, item: Request | FailedRequest) -> Keyed:
+        return (prefix_key(item) if isinstance(item, Request) else b"", seq, item)
 
     def _grouping_helps(self, rest: Iterator[Request | FailedRequest]) -> bool:
         """Auto, once, on the first buffer: True to go on in prefix order; False to stop reading
-        and leave `rest` to the consumer, in the input's order."""
-        if self.measured:
+        and leave the buffer and `rest` to the consumer, in the input's order."""
+        if not self.auto or self.measured:
             return True
         keys = [k for k, _, item in self.memory if isinstance(item, Request)]
         as_read = reusable_share(keys, self.kv_block_tokens)
@@ -162,10 +251,115 @@ class PrefixOrder:
                  "request before hold %.1f%% of the prompt tokens in prefix order, %.1f%% in input order: "
                  "%s order", len(keys), self.kv_block_tokens, 100 * grouped, 100 * as_read,
                  "prefix" if helps else "input")
-        if helps:
-            return True
-        self.chosen, self._rest = "input", rest
-        return False
+        if not helps:
+            self.chosen, self._rest = "input", rest
+            memory, self.memory = self.memory, []
+            self._put("input", memory)
+        return helps
+
+    def __iter__(self) -> Iterator[Request | FailedRequest]:
+        try:
+            kind, value = self._get()
+            if kind == "input":
+                yield from (item for _, _, item in value)
+                yield from self._rest or ()
+                return
+            yield from self._grouped(self._flushed(kind, value))
+        finally:
+            self._closed = True
+            self.memory = []
+            for f in self.runs:
+                f.close()
+
+    def _flushed(self, kind: str, value: Any) -> Iterator[Keyed]:
+        while kind != "end":
+            if kind == "error":
+                raise value
+            yield from value
+            kind, value = self._get()
+
+    def _grouped(self, keyed: Iterator[Keyed]) -> Iterator[Request | FailedRequest]:
+        """Number the groups (a group the look-ahead flushed in parts keeps its number) and
+        emit each, up to GROUP_SPAN requests at a time."""
+        prev, run = None, []
+        for key, _, item in keyed:
+            if not isinstance(item, Request):
+                yield item
+                continue
+            new = prev is None or not same_group(prev, key)
+            if run and (new or len(run) >= GROUP_SPAN):
+                yield from self._emit(run)
+                run = []
+            self.group += new
+            # set on the request this stream made and owns (a copy per request costs more)
+            object.__setattr__(item, "group", self.group)
+            run.append((key, item))
+            prev = key
+        yield from self._emit(run)
+
+    def _emit(self, run: list[tuple[bytes, Request]]) -> Iterator[Request]:
+        if self.decode_first:
+            run.sort(key=lambda pair: -expected_decode(pair[1]))  # stable: key order among equals
+        for key, item in run:
+            self.meter.add(key)
+            yield item
+
+
+class StreamOrder(PrefixOrder):
+    """--order prefix and auto: bounded look-ahead (see the module's docstring). `hold_back`:
+    the share of a full buffer kept for the next flush (HOLD_BACK; 0: sort and send windows)."""
+
+    def __init__(self, items: Iterable[Request | FailedRequest], *, hold_back: float = HOLD_BACK, **kw: Any):
+        self.hold_back = hold_back
+        super().__init__(items, **kw)
+
+    def _read(self, rest: Iterator[Request | FailedRequest]) -> None:
+        for seq, item in enumerate(rest):
+            self.memory.append(self._keyed(seq, item))
+            if len(self.memory) >= self.buffer:
+                if not self._grouping_helps(rest):
+                    return
+                self._put("flush", self._take())
+        if self._grouping_helps(rest):
+            self.memory.sort()
+            self._put("flush", self.memory)
+            self.memory = []
+
+    def _take(self) -> list[Keyed]:
+        """Sort the buffer; take its largest groups (oldest first among equals, the error rows
+        always) until at most `hold_back` of it is left, and return them in key order."""
+        self.memory.sort()  # the part kept last time is one sorted run: timsort merges it
+        spans = group_spans(self.memory)
+        left, keep = len(self.memory), int(len(self.memory) * self.hold_back)
+        taken = {s for s in spans if self.memory[s[0]][0] == b""}
+        for span in sorted(spans, key=lambda s: (s[0] - s[1], s[2])):
+            if left <= keep:
+                break
+            taken.add(span)
+            left -= span[1] - span[0]
+        out = [x for s in spans if s in taken for x in self.memory[s[0]:s[1]]]
+        self.memory = [x for s in spans if s not in taken for x in self.memory[s[0]:s[1]]]
+        return out
+
+
+class SortedOrder(PrefixOrder):
+    """--order sorted: the whole input sorted, in runs spilled to disk past `buffer` and merged."""
+
+    name = "sorted"
+
+    def __init__(self, items: Iterable[Request | FailedRequest], *, spill_dir: str | None = None, **kw: Any):
+        self.spill_dir = spill_dir
+        super().__init__(items, **kw)
+
+    def _read(self, rest: Iterator[Request | FailedRequest]) -> None:
+        for seq, item in enumerate(rest):
+            self.memory.append(self._keyed(seq, item))
+            if len(self.memory) >= self.buffer:
+                self._spill()
+        self.memory.sort()
+        if self.runs and self.memory:
+            self._spill()
+        self._put("flush", heapq.merge(*map(_read_run, self.runs)) if self.runs else self.memory)
 
     def _spill(self) -> None:
         self.memory.sort()
@@ -176,40 +370,17 @@ class PrefixOrder:
                 pickle.dump(self.memory[start : start + SPILL_BATCH], f, protocol=pickle.HIGHEST_PROTOCOL)
             f.flush()
         except OSError as e:
-            raise StorageError(f"--order prefix: spilling sorted requests to {self.spill_dir or tempfile.gettempdir()} "
+            raise StorageError(f"--order sorted: spilling sorted requests to {self.spill_dir or tempfile.gettempdir()} "
                                f"failed ({e.strerror}). Hint: free space there, set TMPDIR to a larger disk, "
-                               "or use --order input") from None
+                               "or use --order prefix (bounded look-ahead, no spill)") from None
         self.memory = []
 
-    def __iter__(self) -> Iterator[Request | FailedRequest]:
-        while self._thread.is_alive():  # short joins: signal handlers run in between
-            self._thread.join(0.5)
-        if self._error is not None:
-            raise self._error
-        if self.chosen == "input":
-            yield from (item for _, _, item in self.memory)
-            self.memory = []
-            yield from self._rest or ()
-            return
-        try:
-            merged = heapq.merge(*map(_read_run, self.runs)) if self.runs else iter(self.memory)
-            group, prev = 0, None
-            for key, _, item in merged:
-                if isinstance(item, Request):
-                    shared = shared_blocks(prev, key) if prev is not None else 0
-                    if shared == 0 or 2 * shared < min(len(prev), len(key)) // DIGEST:
-                        group += 1
-                    # set on the request this stream made and owns (a copy per request costs more)
-                    object.__setattr__(item, "group", group)
-                    prev = key
-                yield item
-        finally:
-            self.memory = []
-            for f in self.runs:
-                f.close()
+
+class _Closed(Exception):
+    """The consumer stopped reading: the reading thread ends."""
 
 
-def _read_run(f: IO[bytes]) -> Iterator[tuple[bytes, int, Any]]:
+def _read_run(f: IO[bytes]) -> Iterator[Keyed]:
     f.seek(0)
     while True:
         try:

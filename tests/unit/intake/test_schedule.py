@@ -1,10 +1,14 @@
-"""Prefix-aware order (schedule.py): every item exactly once, error rows first, requests sharing a
-prefix side by side at every depth (a trie's order), the same with runs spilled to disk; the
-dispatcher keeps a prefix group on one engine; a run changes nothing but the order."""
+"""Prefix-aware order (intake/order.py): every item exactly once, error rows first; sorted: requests
+sharing a prefix side by side at every depth (a trie's order), the same with runs spilled to disk;
+prefix: the same within a bounded look-ahead, the first request before the input ends, groups
+contiguous; decode-heavy first within a group; the dispatcher keeps a prefix group on one engine;
+a run changes nothing but the order."""
 
+import itertools
 import json
 import os
 import random
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +18,17 @@ from hypothesis import strategies as st
 from test_dispatcher import MemoryPool
 
 from pipeline.engines.dispatcher import Dispatcher
-from pipeline.intake.order import AUTO_GAIN, BLOCK_CHARS, DIGEST, PrefixOrder, order, prefix_key
+from pipeline.intake.order import (
+    AUTO_GAIN,
+    BLOCK_CHARS,
+    DIGEST,
+    GROUP_SPAN,
+    SortedOrder,
+    StreamOrder,
+    order,
+    prefix_key,
+    reusable_share,
+)
 from pipeline.models.prefix import shared_blocks
 from pipeline.records import FailedRequest, Request
 
@@ -59,7 +73,7 @@ def contiguous(seq):
 def test_every_item_once_errors_first_documents_together(tmp_path_factory, d, q, errors, seed, buffer):
     rows = docs_workload(d, q, seed, errors)
     spill = tmp_path_factory.mktemp("spill")
-    out = list(PrefixOrder(iter(rows), buffer=buffer, spill_dir=str(spill)))
+    out = list(SortedOrder(iter(rows), buffer=buffer, spill_dir=str(spill)))
     assert sorted((r.custom_id, r.line) for r in out) == sorted((r.custom_id, r.line) for r in rows)
     assert all(isinstance(r, FailedRequest) for r in out[:errors])
     requests = out[errors:]
@@ -71,8 +85,9 @@ def test_every_item_once_errors_first_documents_together(tmp_path_factory, d, q,
 
 def test_spilled_runs_have_no_name_on_disk_so_a_kill_leaves_none(tmp_path):
     rows = docs_workload(6, 5, 1, 0)
-    ordered = PrefixOrder(iter(rows), buffer=4, spill_dir=str(tmp_path))
-    ordered._thread.join()
+    ordered = SortedOrder(iter(rows), buffer=4, spill_dir=str(tmp_path))
+    while not ordered._queue.full():  # every run spilled and the merge handed over
+        time.sleep(0.01)
     assert len(ordered.runs) > 2 and os.listdir(tmp_path) == []  # what SIGKILL now would leave
     assert len(list(ordered)) == len(rows)
 
@@ -86,7 +101,7 @@ def test_a_full_spill_disk_stops_the_run_resumably(tmp_path, monkeypatch):
 
     monkeypatch.setattr(order.pickle, "dump", full)
     with pytest.raises(StorageError, match="No space left on device.*TMPDIR"):
-        list(PrefixOrder(iter(docs_workload(6, 5, 1, 0)), buffer=4, spill_dir=str(tmp_path)))
+        list(SortedOrder(iter(docs_workload(6, 5, 1, 0)), buffer=4, spill_dir=str(tmp_path)))
 
 
 texts = st.text(alphabet="ab", min_size=0, max_size=6).map(lambda s: "".join(c * BLOCK_CHARS for c in s))
@@ -99,7 +114,7 @@ def test_sorted_keys_are_a_trie_walk(tmp_path_factory, contents, buffer):
     in this order (each request's minus what it shares with the one before) are exactly the
     distinct prefixes: the least any order computes."""
     rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": c}]) for i, c in enumerate(contents)]
-    out = list(PrefixOrder(iter(rows), buffer=buffer, spill_dir=str(tmp_path_factory.mktemp("spill"))))
+    out = list(SortedOrder(iter(rows), buffer=buffer, spill_dir=str(tmp_path_factory.mktemp("spill"))))
     keys = [prefix_key(r) for r in out]
     distinct = {k[: (i + 1) * DIGEST] for k in keys for i in range(len(k) // DIGEST)}
     computed = sum(len(k) // DIGEST - (shared_blocks(p, k) if p is not None else 0)
@@ -112,12 +127,13 @@ def test_input_order_is_the_input():
     assert list(order(iter(rows), "input")) == rows
 
 
-def test_an_error_while_reading_reaches_the_consumer():
+@pytest.mark.parametrize("how", ["prefix", "sorted", "auto"])
+def test_an_error_while_reading_reaches_the_consumer(how):
     def broken():
         yield ask(1, 1, 1)
         raise OSError("storage went away")
 
-    ordered = PrefixOrder(broken())
+    ordered = order(broken(), how)
     try:
         list(ordered)
     except OSError as e:
@@ -127,7 +143,7 @@ def test_an_error_while_reading_reaches_the_consumer():
 
 
 def test_dispatcher_keeps_each_prefix_group_on_one_engine():
-    rows = list(PrefixOrder(iter(docs_workload(40, 5, seed=3))))
+    rows = list(order(iter(docs_workload(40, 5, seed=3)), "prefix"))
     pool = MemoryPool(size=2)
     out = [x for x in Dispatcher(pool, window=8, chunk=3).results(iter(rows)) if x is not None]
     assert sorted(r.line for r, _ in out) == sorted(r.line for r in rows)
@@ -145,7 +161,7 @@ def test_run_output_is_the_same_in_either_order(tmp_path):
             f.write(json.dumps({"custom_id": r.custom_id + str(r.line), "body": {"messages": r.messages}}) + "\n")
         f.write("not json\n")
     tables = {}
-    for how in ("prefix", "input", "auto"):
+    for how in ("prefix", "sorted", "input", "auto"):
         out = tmp_path / how
         res = invoke("run", str(src), "-o", str(out), "--engine", "fake", "-m", "m", "-q", "--order", how,
                   "--order-buffer", "5", "--checkpoint-every", "7")
@@ -154,20 +170,20 @@ def test_run_output_is_the_same_in_either_order(tmp_path):
             ["custom_id", "source_line", "prompt_tokens", "completion_tokens", "error"]).to_pylist()
         tables[how] = t
         assert json.loads((out / "_report.json").read_text())["order"] == ("prefix" if how == "auto" else how)
-    assert tables["prefix"] == tables["input"] == tables["auto"] and len(tables["prefix"]) == 25
+    assert tables["prefix"] == tables["sorted"] == tables["input"] == tables["auto"] and len(tables["prefix"]) == 25
 
 
 def test_estimate_counts_each_shared_block_once(tmp_path):
     """estimate's computed prompt tokens = every distinct whole 16-token block of the prompts once,
-    plus each prompt's partial last block: the work a run in prefix order leaves to the engine."""
+    plus each prompt's partial last block: the work a run in sorted order leaves to the engine."""
     from pipeline.models.tokens import PromptCounter
 
     rows = docs_workload(5, 4, seed=9)
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"custom_id": f"c{r.line}", "body": {"messages": r.messages}}) + "\n"
                            for r in rows))
-    res = invoke("estimate", src, "-m", "smollm2", "--json", "--workers", "1", "--order-buffer", "7",
-                 "--block-size", "16")
+    res = invoke("estimate", src, "-m", "smollm2", "--json", "--workers", "1", "--order", "sorted",
+                 "--order-buffer", "7", "--block-size", "16")
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     counter = PromptCounter("smollm2")
@@ -216,11 +232,11 @@ def test_auto_groups_shared_documents_and_streams_the_rest(tmp_path, buffer):
     """auto decides on the first buffer: shuffled documents x questions go in prefix order; rows
     that share nothing go in the input's order, every item once, the rest streamed as read."""
     docs = docs_workload(6, 4, seed=2)
-    ordered = PrefixOrder(iter(docs), buffer=buffer, auto=True, spill_dir=str(tmp_path))
+    ordered = StreamOrder(iter(docs), buffer=buffer, auto=True)
     out = list(ordered)
     assert ordered.chosen == "prefix" and sorted(r.line for r in out) == sorted(r.line for r in docs)
     measured = ordered.describe()["order_auto"]
-    assert contiguous([doc_of(r) for r in out])
+    assert contiguous([r.group for r in out]) and (buffer < len(docs) or contiguous([doc_of(r) for r in out]))
     assert measured["shared_in_prefix_order"] >= measured["shared_in_input_order"] + AUTO_GAIN
 
     rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": f"{i} " + "x" * 600}]) for i in range(30)]
@@ -231,7 +247,7 @@ def test_auto_groups_shared_documents_and_streams_the_rest(tmp_path, buffer):
             consumed.append(r.line)
             yield r
 
-    ordered = PrefixOrder(source(), buffer=buffer, auto=True)
+    ordered = StreamOrder(source(), buffer=buffer, auto=True)
     out = iter(ordered)
     first = next(out)
     assert ordered.chosen == "input" and first is rows[0]
@@ -247,10 +263,89 @@ def test_auto_decides_on_whole_kv_blocks_not_shared_text(kv_block_tokens, chosen
              "Classify the sentiment of this product review as positive or negative, one word: "]
     rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": heads[i % 2] * 5 + f"item {i}"}])
             for i in range(40)]  # about 430 characters: under one CPU block (128 tokens), several GPU blocks
-    ordered = PrefixOrder(iter(rows), buffer=40, auto=True, kv_block_tokens=kv_block_tokens)
+    ordered = StreamOrder(iter(rows), buffer=40, auto=True, kv_block_tokens=kv_block_tokens)
     out = list(ordered)
     assert ordered.chosen == chosen and sorted(r.line for r in out) == list(range(1, 41))
     measured = ordered.describe()["order_auto"]
     assert measured["kv_block_tokens"] == kv_block_tokens
     if chosen == "input":
         assert measured["shared_in_prefix_order"] == measured["shared_in_input_order"] == 0
+
+
+def shuffled(contents, max_tokens, errors, seed):
+    rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": c}],
+                    params={} if m is None else {"max_tokens": m})
+            for i, (c, m) in enumerate(zip(contents, max_tokens, strict=False))]
+    rows += [FailedRequest(f"e{i}", "f.jsonl", 0, "invalid_json", "bad") for i in range(errors)]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+@settings(max_examples=80, deadline=None)
+@given(contents=st.lists(texts, min_size=0, max_size=60), errors=st.integers(0, 4), seed=st.integers(0, 10**6),
+       buffer=st.integers(1, 70), hold_back=st.sampled_from([0, 0.3, 0.5, 0.9]), decode_first=st.booleans(),
+       max_tokens=st.lists(st.one_of(st.none(), st.integers(1, 50)), min_size=60, max_size=60))
+def test_stream_order_sends_every_item_once_groups_contiguous(contents, errors, seed, buffer, hold_back,
+                                                               decode_first, max_tokens):
+    """Any input, any look-ahead: a permutation of the input (error rows included), each group one
+    contiguous run, and within a group the longest possible decodes first."""
+    rows = shuffled(contents, max_tokens, errors, seed)
+    out = list(StreamOrder(iter(rows), buffer=buffer, hold_back=hold_back, decode_first=decode_first))
+    assert sorted(map(id, out)) == sorted(map(id, rows))
+    requests = [r for r in out if isinstance(r, Request)]
+    assert contiguous([r.group for r in requests]) and all(r.group > 0 for r in requests)
+    if decode_first:
+        for _, members in itertools.groupby(requests, key=lambda r: r.group):
+            budgets = [r.max_tokens or 10**9 for r in members]
+            assert len(budgets) > GROUP_SPAN or budgets == sorted(budgets, reverse=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(contents=st.lists(texts, min_size=1, max_size=40), seed=st.integers(0, 10**6))
+def test_stream_order_with_room_for_the_whole_input_is_the_sorted_order(tmp_path_factory, contents, seed):
+    rows = shuffled(contents, [None] * 40, 2, seed)
+    streamed = list(StreamOrder(iter(rows), buffer=100, decode_first=False))
+    full = list(SortedOrder(iter(rows), buffer=7, spill_dir=str(tmp_path_factory.mktemp("spill")), decode_first=False))
+    assert [(r.custom_id, r.line) for r in streamed] == [(r.custom_id, r.line) for r in full]  # spilled: copies
+
+
+def test_the_first_request_leaves_before_an_endless_input_ends():
+    """Prefix order streams: the first request is sent after one buffer of an input that never
+    ends, and reading stays within a few buffers of what was sent."""
+    read = itertools.count()
+
+    def endless():
+        for i in read:
+            yield ask(i + 1, i % 7, i)
+
+    ordered = StreamOrder(endless(), buffer=50)
+    it = iter(ordered)
+    first = [next(it) for _ in range(60)]
+    time.sleep(0.2)  # the reader runs ahead until the queue is full
+    assert len({r.line for r in first}) == 60 and next(read) < 60 + 4 * 50
+    it.close()
+    ordered._thread.join(10)
+    assert not ordered._thread.is_alive()  # the reader stops once the consumer does
+
+
+def test_holding_back_the_least_filled_groups_keeps_more_prefixes_together():
+    """A shuffled documents x questions file read through a look-ahead of 30 requests: sending the
+    largest groups and keeping the others for the next requests shares more than sorted windows,
+    and the whole sort shares most. The report gives the share in the order emitted."""
+    rows = docs_workload(20, 10, seed=1)
+    shares = {}
+    for hold in (0, 0.5):
+        ordered = StreamOrder(iter(rows), buffer=30, hold_back=hold)
+        shares[hold] = reusable_share([prefix_key(r) for r in ordered], 16)
+        assert ordered.describe()["shared_in_emitted_order"] == round(shares[hold], 4)
+    full = reusable_share([prefix_key(r) for r in SortedOrder(iter(rows))], 16)
+    assert shares[0] < shares[0.5] < full, (shares, full)
+
+
+def test_decode_first_changes_only_the_order_within_a_group():
+    rows = [Request(f"q{d}-{m}", "f.jsonl", i + 1, [{"role": "user", "content": f"{d}" * 600 + f"question {m}"}],
+                    params={"max_tokens": m}) for i, (d, m) in enumerate([(1, 5), (2, 50), (1, 80), (2, 7), (1, 20)])]
+    out = [r.custom_id for r in order(iter(rows), "prefix")]
+    assert out == ["q1-80", "q1-20", "q1-5", "q2-50", "q2-7"]
+    out = [r.custom_id for r in order(iter(rows), "prefix", decode_first=False)]
+    assert out == [r.custom_id for r in sorted(rows, key=prefix_key)] and set(out[:3]) == {"q1-5", "q1-80", "q1-20"}
