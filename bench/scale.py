@@ -44,7 +44,7 @@ SYSTEMS = ("", '{"role": "system", "content": "You are a helpful assistant."}, '
 
 
 def write_small_requests(path: Path, n: int) -> Path:
-    """`n` short OpenAI Batch chat lines (~190 bytes), custom_id `r` + the line number in ten
+    """`n` short OpenAI Batch chat lines (~220 bytes), custom_id `r` + the line number in ten
     digits, written in blocks of 100,000 lines: fast, and memory does not grow with `n`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     head = '", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": ['
