@@ -70,7 +70,8 @@ class CommittedRows:
         if time.monotonic() - self.last >= self.every and self.folder.is_dir():
             self.last = time.monotonic()
             for p in self.folder.iterdir():
-                if p.name not in self.seen and p.suffix == ".json":
+                # ".tmp-..." names are records being written: counted once renamed
+                if p.name not in self.seen and p.suffix == ".json" and not p.name.startswith("."):
                     try:
                         self.rows += json.loads(p.read_bytes())["rows"]
                     except (OSError, ValueError):
