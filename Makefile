@@ -11,7 +11,7 @@ AZURITE_BIN := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo demo-dataset test test-fast lint docs docs-serve cli-reference bench bench-io chaos azurite browser clean
+.PHONY: install demo demo-dataset test test-fast lint docs docs-serve cli-reference bench bench-io bench-scale chaos azurite browser clean
 
 install: $(VENV)/.installed
 
@@ -80,6 +80,10 @@ bench: install
 
 bench-io: install
 	$(BIN)/python bench/io_scale.py
+
+# 20M requests through the fake engine in each order, killed at half and resumed (hours on 2 cores)
+bench-scale: install
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf out site $(VENV)

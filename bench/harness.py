@@ -7,12 +7,14 @@ leaves behind is killed so that the next run starts on a quiet machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -241,10 +243,13 @@ class Measured:
 
 def run_measured(cmd: list[str], *, log: Path, env: dict[str, str] | None = None,
                  ready: str | None = None, interval: float = 0.2, cwd: Path = REPO,
-                 timeout: float | None = None, stop: Callable[[], bool] | None = None) -> Measured:
+                 timeout: float | None = None, stop: Callable[[], bool] | None = None,
+                 trace: list[tuple[float, int]] | None = None) -> Measured:
     """Run `cmd` to completion with stdout and stderr in `log`; time it, sample the RSS of its
-    process tree every `interval` seconds, and note when a line matches `ready`. After
-    `timeout` seconds, or once `stop()` is true, the whole tree is killed (exit code -9)."""
+    process tree every `interval` seconds (each sample appended to `trace` as (seconds, bytes)),
+    and note when a line matches `ready`. After `timeout` seconds, or once `stop()` returns True
+    (asked at every sample), the whole tree is killed with SIGKILL, as a machine loss would end
+    it (exit code -9)."""
     pattern = re.compile(ready) if ready else None
     log.parent.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
@@ -278,7 +283,11 @@ def run_measured(cmd: list[str], *, log: Path, env: dict[str, str] | None = None
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         peak = max(peak, total)
+        if trace is not None:
+            trace.append((round(time.monotonic() - start, 2), total))
         if (timeout is not None and time.monotonic() - start > timeout) or (stop is not None and stop()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the whole group at once
             for p in tree:
                 try:
                     p.kill()

@@ -227,13 +227,7 @@ class Chaos:
         from pipeline.output.folder import Output
         from pipeline.storage import Location
 
-        seen: Counter[tuple[str, int]] = Counter()
-        for rec in Output(Location.of(str(self.out))).read_state().records:
-            for idx, ranges in rec["keys"].items():
-                for start, end in ranges:
-                    for line in range(start, end + 1):
-                        seen[(idx, line)] += 1
-        self.counts["duplicated"] += sum(n - 1 for n in seen.values() if n > 1)
+        self.counts["duplicated"] += Output(Location.of(str(self.out))).read_state().committed.repeated
 
     def complete(self) -> bool:
         return (self.out / "_SUCCESS").exists()

@@ -77,7 +77,7 @@ class Plan:
         return self.state.manifest is not None and not self.same_job
 
     def committed(self) -> Committed:
-        return self.state.committed() if self.same_job else Committed()
+        return self.state.committed if self.same_job else Committed()
 
 
 def plan(cfg) -> Plan:

@@ -72,19 +72,29 @@ class Committed:
     """Which (input file, line) pairs already have a committed row: one bitmap per input file."""
 
     bitmaps: dict[int, np.ndarray] = field(default_factory=dict)
-    count: int = 0
+    count: int = 0  # distinct lines
+    repeated: int = 0  # lines added again: two records covering one line (never, if all is well)
 
     def add(self, file_index: int, ranges: list[list[int]]) -> None:
-        top = max(end for _, end in ranges)
+        """Mark the lines of `ranges` ([first, last] pairs, each inclusive) of one input file."""
+        spans = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+        spans = spans[spans[:, 1] >= spans[:, 0]]
+        if not len(spans):
+            return
+        lengths = spans[:, 1] - spans[:, 0] + 1
+        # every line of every range, without a Python loop (prefix order commits one range a row)
+        lines = np.arange(int(lengths.sum())) + np.repeat(spans[:, 0] - (np.cumsum(lengths) - lengths), lengths)
+        top = int(spans[:, 1].max())
         bits = self.bitmaps.get(file_index)
         if bits is None or len(bits) <= top:
             grown = np.zeros(max(top + 1, 2 * len(bits) if bits is not None else 0), dtype=bool)
             if bits is not None:
                 grown[: len(bits)] = bits
             bits = self.bitmaps[file_index] = grown
-        for start, end in ranges:
-            self.count += end - start + 1 - int(bits[start : end + 1].sum())
-            bits[start : end + 1] = True
+        new = len(lines) - int(bits[lines].sum())
+        self.count += new
+        self.repeated += len(lines) - new
+        bits[lines] = True
 
     def __contains__(self, key: tuple[int, int]) -> bool:
         bits = self.bitmaps.get(key[0])
@@ -100,17 +110,13 @@ class State:
     complete: bool
     foreign: list[str]  # names this tool did not write
     debris: list[str]  # our files that no accepted record covers (removable)
+    # the records' keys, read into bitmaps: the records themselves are kept without them (in
+    # prefix order a record holds one range per row: 20M rows would be gigabytes of lists)
+    committed: Committed = field(default_factory=Committed)
 
     @property
     def fingerprint(self) -> str | None:
         return (self.manifest or {}).get("fingerprint")
-
-    def committed(self) -> Committed:
-        done = Committed()
-        for rec in self.records:
-            for idx, ranges in rec["keys"].items():
-                done.add(int(idx), ranges)
-        return done
 
 
 class Output:
@@ -156,11 +162,10 @@ class Output:
         attempts = {a["id"]: a.get("cutoff") for a in (manifest or {}).get("attempts", [])}
         # the first version's manifest listed its parts itself: they are ours too
         legacy = {p.get("name") for p in (manifest or {}).get("parts", []) if isinstance(p, dict)}
-        records_by_name: dict[str, dict[str, Any]] = {}
+        accepted: list[str] = []
         debris: list[str] = []
         if manifest is not None and COMMITS in names:
-            record_names = self.loc.child(COMMITS).names()
-            for name in record_names:
+            for name in self.loc.child(COMMITS).names():
                 m = _RECORD.match(name)
                 if m is None or m.group(1) not in attempts:
                     continue  # not ours: left alone
@@ -168,12 +173,8 @@ class Output:
                 if cutoff is not None and int(m.group(2)) > cutoff:
                     debris.append(f"{COMMITS}/{name}")
                     continue
-                records_by_name[name] = {}
-            contents = self._cat_many([f"{COMMITS}/{n}" for n in records_by_name])
-            for name in list(records_by_name):
-                records_by_name[name] = _json(contents[f"{COMMITS}/{name}"], self.loc.child(f"{COMMITS}/{name}"),
-                                              _valid_record)
-        records = sorted(records_by_name.values(), key=lambda r: (r["order"], r["part"]))
+                accepted.append(name)
+        records, committed = self._read_records(accepted)
         covered = {r["part"] for r in records}
         foreign: list[str] = []
         ours_fixed = ({MANIFEST, REPORT, SUCCESS, COMMITS, REPORT_PAGE, LEASES} if manifest is not None
@@ -193,7 +194,22 @@ class Output:
             else:
                 foreign.append(name)
         complete = manifest is not None and SUCCESS in names
-        return State(manifest, records, complete, foreign, debris)
+        return State(manifest, records, complete, foreign, debris, committed)
+
+    def _read_records(self, names: list[str], batch: int = 256) -> tuple[list[dict[str, Any]], Committed]:
+        """The commit records of these names, in commit order and without their keys, and the
+        lines their keys cover; read `batch` records at a time, so memory holds one batch."""
+        records, committed = [], Committed()
+        for start in range(0, len(names), batch):
+            paths = [f"{COMMITS}/{n}" for n in names[start : start + batch]]
+            contents = self._cat_many(paths)
+            for path in paths:
+                record = _json(contents.pop(path), self.loc.child(path), _valid_record)
+                for idx, ranges in record["keys"].items():
+                    committed.add(int(idx), ranges)
+                records.append(_without_keys(record))
+        records.sort(key=lambda r: (r["order"], r["part"]))
+        return records, committed
 
     def _cat_many(self, names: list[str]) -> dict[str, bytes]:
         if not names:
@@ -236,7 +252,7 @@ class Output:
         except BaseException:
             lease.release()
             raise
-        return Claim(self, lease, manifest, attempt, state.records, detail)
+        return Claim(self, lease, manifest, attempt, state, detail)
 
     def _remove(self, names: list[str]) -> None:
         for name in names:
@@ -247,12 +263,12 @@ class Claim:
     """The lease holder's handle: commits parts, then finishes the job."""
 
     def __init__(self, out: Output, lease: Lease, manifest: dict[str, Any], attempt: str,
-                 records: list[dict[str, Any]], detail: dict[str, Any]):
+                 state: State, detail: dict[str, Any]):
         self.out, self.lease, self.manifest, self.attempt = out, lease, manifest, attempt
-        self._before = State(manifest, records, False, [], []).committed()
+        self._before = state.committed
         # The records' stats, without their keys: the bitmaps above hold what was committed
-        # before, and this run's keys need not stay in memory (one range per row in prefix order).
-        self.records = [_without_keys(r) for r in records]
+        # before, and this run's keys need not stay in memory either.
+        self.records = list(state.records)
         self.files = [f["file"] for f in detail["inputs"]]  # displayed names, by index
         self.split_errors = bool(detail["options"].get("split_errors"))
         self._seq = 0
