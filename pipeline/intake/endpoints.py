@@ -86,13 +86,8 @@ def embeddings_request(body: Any, custom_id: str, source: Source, line: int, mod
                           f"{short(fmt)}. Hint: drop encoding_format for floats", "encoding_format")
         if fmt == "base64":  # the row keeps floats; --format openai writes the base64 (output/rows.py)
             params["encoding_format"] = fmt
-    unknown = sorted(k for k in body if k not in EMBEDDINGS_FIELDS)
-    if unknown:
-        warnings.append(f"unknown field(s) ignored: {names_list(unknown)}")
-    user = body.get("user") if isinstance(body.get("user"), str) else None
-    return Request(custom_id, source.name, line, [], params, user=user, warnings=tuple(warnings),
-                   unknown_fields=tuple(unknown[:20]), requested_model=model, shape=shape, adapter=adapter,
-                   endpoint="embeddings", input=embeddings_input(body.get("input")), file=source.index)
+    return _pooling_request(body, EMBEDDINGS_FIELDS, "embeddings", embeddings_input(body.get("input")), params,
+                            custom_id, source, line, model, warnings, shape, adapter)
 
 
 SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
@@ -135,13 +130,21 @@ def scoring_request(body: Any, custom_id: str, source: Source, line: int, model:
             raise Invalid("invalid_input", f"{first} holds {len(queries)} texts and {second} {len(documents)}: "
                           f"give one text in {first} for all, or one for each text of {second} (pairs in order)", first)
         scored = {"queries": queries, "documents": documents}
-    unknown = sorted(k for k in body if k not in SCORING_FIELDS)
+    return _pooling_request(body, SCORING_FIELDS, endpoint, scored, params, custom_id, source, line, model,
+                            warnings, shape, adapter)
+
+
+def _pooling_request(body: dict[str, Any], fields: set[str], endpoint: str, input_: Any, params: dict[str, Any],
+                     custom_id: str, source: Source, line: int, model: str | None, warnings: list[str],
+                     shape: str | None, adapter: str | None) -> Request:
+    """The Request of a pooling endpoint's body, its fields outside `fields` ignored with a warning."""
+    unknown = sorted(k for k in body if k not in fields)
     if unknown:
         warnings.append(f"unknown field(s) ignored: {names_list(unknown)}")
     user = body.get("user") if isinstance(body.get("user"), str) else None
     return Request(custom_id, source.name, line, [], params, user=user, warnings=tuple(warnings),
                    unknown_fields=tuple(unknown[:20]), requested_model=model, shape=shape, adapter=adapter,
-                   endpoint=endpoint, input=scored, file=source.index)
+                   endpoint=endpoint, input=input_, file=source.index)
 
 
 def runner_for(endpoints: dict[str, str]) -> str:
