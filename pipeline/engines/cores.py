@@ -44,11 +44,11 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def model_cores(pid: int) -> set[int]:
-    """The cores that descendants of `pid` are bound to (a strict subset of what we may use):
-    the model threads of vLLM's CPU build. Empty on a GPU machine."""
+def model_cores(pids: list[int]) -> set[int]:
+    """The cores that these processes are bound to (a strict subset of what we may use): the
+    model threads of vLLM's CPU build. Empty on a GPU machine."""
     allowed, bound = set(os.sched_getaffinity(0)), set()
-    for kid in children(pid):
+    for kid in pids:
         try:
             cores = set(os.sched_getaffinity(kid))
         except OSError:
@@ -75,12 +75,13 @@ def pin_beside_model() -> list[int] | None:
     if not hasattr(os, "sched_getaffinity"):
         return None
     me = os.getpid()
+    kids = children(me)
     allowed = set(os.sched_getaffinity(0))
-    bound = model_cores(me)
+    bound = model_cores(kids)
     free = allowed - bound
     if not bound or not free:
         return None
-    for pid in [me, *children(me)]:
+    for pid in [me, *kids]:
         try:
             cores = set(os.sched_getaffinity(pid))
         except OSError:
