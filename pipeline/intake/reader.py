@@ -177,11 +177,62 @@ def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int) -> Iterator[tup
                 yield line, decode_line(data)
 
 
+class CorruptData(ValueError):
+    """The decompressor refused the file's bytes (a corrupt or truncated gzip, bz2, xz or zstd
+    file): a property of the file, never retried as a storage failure (gzip and bz2 say so with
+    an OSError, which would read as one)."""
+
+
+class _Source(io.RawIOBase):
+    """The compressed bytes as read from storage, remembering the last error storage raised, so
+    that what the decompressor raises can be told apart from it."""
+
+    def __init__(self, raw):
+        self.raw, self.error = raw, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            data = self.raw.read(len(b))
+        except BaseException as e:
+            self.error = e
+            raise
+        b[: len(data)] = data
+        return len(data)
+
+
+class _Decompressing(io.RawIOBase):
+    """The decompressed bytes; a decompressor's error becomes CorruptData, storage's passes."""
+
+    def __init__(self, stream, source: _Source):
+        self.stream, self.source = stream, source
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            data = self.stream.read(len(b))
+        except Exception as e:
+            if e is self.source.error:
+                raise
+            raise CorruptData(f"{type(e).__name__}: {e}") from e
+        b[: len(data)] = data
+        return len(data)
+
+
 def _decompressed(raw, compression: str | None):
     """A readable binary stream of the file's decompressed bytes that takes a readline size."""
     if compression is None:
-        stream = raw
-    elif compression == "gzip":
+        return io.BufferedReader(raw, 1 << 20) if isinstance(raw, AbstractBufferedFile) else raw
+    source = _Source(raw)
+    return io.BufferedReader(_Decompressing(_decompressor(source, compression), source), 1 << 20)
+
+
+def _decompressor(raw, compression: str):
+    if compression == "gzip":
         import gzip
 
         stream = gzip.GzipFile(fileobj=raw, mode="rb")
@@ -194,13 +245,47 @@ def _decompressed(raw, compression: str | None):
 
         stream = lzma.LZMAFile(raw, "rb")
     else:
+        stream = _ZstdFrames(raw)
+    return stream
+
+
+class _ZstdFrames(io.RawIOBase):
+    """zstd frames one after another, decompressed; a frame cut short raises (zstandard's own
+    stream reader returns what it has and nothing else: a truncated file would read as empty)."""
+
+    def __init__(self, raw):
         import zstandard
 
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    # zstd's reader and fsspec's remote files take no readline size: give them a buffer that does
-    if compression == "zstd" or isinstance(stream, AbstractBufferedFile):
-        return io.BufferedReader(stream, 1 << 20)
-    return stream
+        self.raw, self.zstd = raw, zstandard
+        self.frame, self.fed = None, False
+        self.out, self.at = memoryview(b""), 0  # decompressed bytes not yet read, from `at`
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self.at == len(self.out):
+            chunk = self.raw.read(1 << 20)
+            if not chunk:
+                if self.fed:
+                    raise self.zstd.ZstdError("the last zstd frame is cut short (a truncated file)")
+                return 0
+            self.out, self.at = memoryview(self._feed(chunk)), 0
+        n = min(len(b), len(self.out) - self.at)
+        b[:n] = self.out[self.at : self.at + n]
+        self.at += n
+        return n
+
+    def _feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            if self.frame is None:
+                self.frame = self.zstd.ZstdDecompressor().decompressobj()
+            out.append(self.frame.decompress(data))
+            self.fed, data = True, b""
+            if self.frame.eof:
+                data, self.frame, self.fed = self.frame.unused_data, None, False
+        return b"".join(out)
 
 
 def decode_line(data: bytes) -> Any:
@@ -245,10 +330,11 @@ def lone_surrogate(value: Any) -> str | None:
 
 def _unreadable(file: InputFile, line: int, e: BaseException) -> Problem:
     what = " ".join(str(e).split())[:200] or type(e).__name__
+    what = what if isinstance(e, CorruptData) else f"{type(e).__name__}: {what}"
     kind = "compressed " if file.compression else ""
     return Problem("unreadable_file",
                    f"{file.display} cannot be read to its end: the {kind}data breaks at line {line} "
-                   f"({type(e).__name__}: {what}). No row of it after that point was run. "
+                   f"({what}). No row of it after that point was run. "
                    "Re-create or re-upload the file, then rerun with --overwrite.")
 
 

@@ -53,7 +53,10 @@ COMMITS = "_commits"
 REPORT_PAGE = "_report.html"  # `pipeline report DIR` writes it
 _PART = re.compile(r"^part-([0-9a-f]{8})-(\d{5,})\.(parquet|jsonl)$")
 _RECORD = re.compile(r"^([0-9a-f]{8})-(\d{5,})\.json$")
-_TMP = re.compile(r"^\.tmp-[0-9a-f]{12}-(.+)$")
+_TMP = re.compile(r"^\.tmp-[0-9a-f]{12}-(.+)$")  # storage.put_atomic's temporary names
+# the files we write through a temporary name at the top of the folder: a leftover of one is ours
+# in every state of the folder, even before the first manifest exists
+_OURS_ATOMIC = frozenset({MANIFEST, REPORT, REPORT_PAGE})
 
 
 class OutputConflict(UserError):
@@ -188,8 +191,8 @@ class Output:
             if part and (part.group(1) in attempts or base in legacy):
                 if tmp or name not in covered:
                     debris.append(name)
-            elif base in ours_fixed:
-                if tmp:
+            elif base in ours_fixed or (tmp and base in _OURS_ATOMIC):
+                if tmp:  # a write killed before its rename (the first manifest's too): ours, removable
                     debris.append(name)
             else:
                 foreign.append(name)

@@ -11,12 +11,17 @@ into one result file per input under `results/`, named after the input:
 Names are the inputs' paths relative to the deepest folder they all share, so inputs of two
 folders with the same file name (`x/a.jsonl`, `y/a.jsonl`) get `results/x/a...` and
 `results/y/a...`; two inputs whose names differ only in their suffix (`a.jsonl`, `a.csv`) keep
-their whole name (`a.jsonl.results.jsonl`). Each result file is written atomically; a kill
-during assembly leaves no `_SUCCESS`, and the rerun assembles every file again from the parts.
+their whole name (`a.jsonl.results.jsonl`). A name component longer than 200 bytes keeps its
+first bytes and ends with `~` and a digest of the whole (the same on every run, unique), so that
+no input's name can make a result file's name too long for the file system. Each result file is
+written atomically; a kill during assembly leaves no `_SUCCESS`, and the rerun assembles every
+file again from the parts. The files are assembled in a spool under $TMPDIR: a full or unwritable
+one stops the run resumably (StorageError, exit 3) with a hint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,9 +30,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.storage import Location
+from pipeline.storage import AccessDenied, Location, StorageError
 
 RESULTS = "results"  # the folder of per-input result files
+# A result file's name is <name>.results.jsonl (14 bytes more), written through storage's temporary
+# name .tmp-<12 hex>-<name> (18 more): a component of at most 200 bytes stays under 255 (NAME_MAX).
+MAX_NAME_BYTES = 200
 # The suffixes an input's name loses in its result file's name: a data format, then a compression.
 _DATA_SUFFIX = re.compile(r"(\.(jsonl|json|ndjson|parquet|pq|csv|arrow))?(\.(gz|zst|zstd|bz2|xz))?$", re.I)
 
@@ -47,7 +55,19 @@ def result_names(files: Sequence[str]) -> list[str]:
     for name in names:  # inputs displayed alike (credentials removed from two URLs): numbered
         seen[name] += 1
         out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return out
+    return ["/".join(map(_fitting, name.split("/"))) for name in out]
+
+
+def _fitting(component: str) -> str:
+    """A path component short enough for any file system once the result file's suffix and the
+    temporary name of its atomic write are added (255 bytes): a longer one keeps its first bytes
+    and ends with a digest of the whole, so that it stays the same on every run and unique."""
+    data = component.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_NAME_BYTES:
+        return component
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    head = data[: MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")  # no character cut in half
+    return f"{head}~{digest}"
 
 
 def assemble(loc: Location, records: list[dict[str, Any]], files: Sequence[str], *, split_errors: bool,
@@ -60,6 +80,19 @@ def assemble(loc: Location, records: list[dict[str, Any]], files: Sequence[str],
     folder = loc.child(RESULTS)
     check()
     folder.rm(recursive=True)  # a killed assembly's files: written again below
+    try:
+        return _assemble(loc, records, files, names, split_errors=split_errors, failed=failed, check=check)
+    except (AccessDenied, FileNotFoundError):
+        raise
+    except OSError as e:  # the local spool, not the output (whose errors are StorageError already)
+        raise StorageError(
+            f"assembling the result files in {tempfile.gettempdir()} failed: {e.strerror or e}. Every row is "
+            "committed; the result files are assembled there first. Hint: free space there or set TMPDIR "
+            "to a folder with room, then rerun the same command") from None
+
+
+def _assemble(loc: Location, records, files, names, *, split_errors: bool, failed, check) -> int:
+    folder = loc.child(RESULTS)
     with tempfile.TemporaryDirectory(prefix="pipeline-results-") as spool:
         kinds = ("results", "errors") if split_errors else ("results",)
         paths = {(i, k): os.path.join(spool, f"{i}.{k}") for i in range(len(files)) for k in kinds}
