@@ -135,6 +135,10 @@ def setup_logging(verbose: int) -> None:
         logging.getLogger(name).setLevel(level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    from pipeline.storage import RedactingFilter
+
+    for handler in logging.getLogger().handlers:  # credentials never reach the log
+        handler.addFilter(RedactingFilter())
 
 
 @cli.command(context_settings=CONTEXT, epilog=exits.HELP)

@@ -37,7 +37,7 @@ from pipeline.models.prices import Price, find_price
 from pipeline.models.vision import is_vision_model
 from pipeline.output.layout import Layout
 from pipeline.records import FailedRequest, Request
-from pipeline.storage import Location
+from pipeline.storage import Location, masked, remember_secrets
 
 
 def _field(opt: options.Opt):
@@ -51,6 +51,11 @@ def _field(opt: options.Opt):
 
 
 class _RunConfigMethods:
+    def __post_init__(self) -> None:
+        # credentials given as options are redacted from every text this process writes
+        remember_secrets(self.engine_arg, self.engine_option)
+        remember_secrets(self.storage_option, every=True)
+
     @property
     def storage_options(self) -> dict[str, Any]:
         return self.storage_option
@@ -68,6 +73,7 @@ class _RunConfigMethods:
     def output_options(self) -> dict[str, Any]:
         """The options that change what rows say: part of the resume fingerprint."""
         d = asdict(self)
+        d["engine_arg"] = masked(d["engine_arg"])  # a token changes no row, and is never written
         return {k: (list(d[k]) if isinstance(d[k], tuple) else callable_identity(d[k]) if callable(d[k]) else d[k])
                 for k in options.OUTPUT_OPTIONS}
 

@@ -271,11 +271,12 @@ JOB_KEYS = frozenset({"inputs", *BY_NAME})  # what a job file may hold, for any 
 
 def command_line(command: str, inputs: tuple[str, ...], values: dict[str, Any]) -> str:
     """The command that gives these values, with every option that differs from its default.
-    Credentials are never shown: storage option values, `user:password@` and signatures in URLs."""
+    Credentials are never shown: storage option values, values of keys named like secrets
+    (`hf_token=`, `api_key=`), `user:password@` and signatures in URLs."""
     import json
     import shlex
 
-    from pipeline.storage import redact
+    from pipeline.storage import redact, secret_name
 
     parts = ["pipeline", command, *map(shlex.quote, inputs)]
     for o in of(command):
@@ -288,7 +289,8 @@ def command_line(command: str, inputs: tuple[str, ...], values: dict[str, Any]) 
             parts.append(o.long)
         elif isinstance(v, dict):
             for k, x in v.items():
-                shown = "***" if o.name == "storage_option" else (x if isinstance(x, str) else json.dumps(x))
+                secret = o.name == "storage_option" or (secret_name(k) and x not in (None, True, False, ""))
+                shown = "***" if secret else (x if isinstance(x, str) else json.dumps(x))
                 parts += [o.long, shlex.quote(f"{k}={shown}")]
         elif isinstance(v, (tuple, list)):
             for x in v:

@@ -62,15 +62,54 @@ _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _QUERY = re.compile(r"\?(?:[^\s\"'<>]*[^\s\"'<>.,:;!)\]])?")
 
 
+# Words that make an option's KEY a secret: `hf_token`, `api_key`, `client_secret`, `password`,
+# `aws_secret_access_key`, `Authorization` (not `max_tokens`, `tokenizer`: whole words only).
+SECRET_WORDS = frozenset({"token", "secret", "password", "passwd", "key", "apikey", "credential",
+                          "credentials", "auth", "authorization", "sig", "signature"})
+_secrets: set[str] = set()  # this process's secret values (remember_secrets), redacted everywhere
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """`text` without credentials: `user:password@` in URLs, credential query parameters, and any
-    of `secrets` (the values of --storage-option) wherever they appear."""
+    of `secrets` or of the values `remember_secrets` was given (--storage-option values, engine
+    arguments and options named like secrets) wherever they appear. The one redaction of every
+    text we write or print: messages, error rows, result lines, reports, manifests, logs."""
     text = _USERINFO.sub("***@", text)
     text = _QUERY.sub(lambda m: "?" + _redact_query(m.group(0)[1:]), text)
-    for secret in secrets:
+    for secret in sorted({*secrets, *_secrets}, key=len, reverse=True):
         if len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+def secret_name(name: str) -> bool:
+    """Whether an option KEY names a secret (`hf_token`, `api_key`, `password`...)."""
+    return any(word in SECRET_WORDS for word in re.split(r"[^a-z0-9]+", str(name).lower()))
+
+
+def masked(values: dict[str, Any]) -> dict[str, Any]:
+    """KEY=VALUE options with the values of secret-named keys shown as `***` (manifest, status)."""
+    return {k: "***" if secret_name(k) and v not in (None, True, False, "") else v for k, v in values.items()}
+
+
+def remember_secrets(*mappings: dict[str, Any] | None, every: bool = False) -> None:
+    """Redact these options' secret values in every later text of this process: the values of
+    secret-named keys, or with `every` all values (storage options: any may be a credential)."""
+    for mapping in mappings:
+        for k, v in (mapping or {}).items():
+            if every or secret_name(k):
+                _secrets.update(x for x in _leaves(v) if len(x) >= 6)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts each record's text (installed on our log handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 def _redact_query(query: str) -> str:
@@ -162,6 +201,7 @@ class Location:
         if isinstance(fs, LocalFileSystem):
             path = os.path.realpath(path)
         secrets = tuple(str(v) for v in _leaves(options))
+        remember_secrets(options, every=True)
         return cls(fs, path, scheme, secrets)
 
     # ---- names ------------------------------------------------------------------------------

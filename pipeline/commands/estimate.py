@@ -34,6 +34,7 @@ from pipeline.models.prices import Price, hosted_price
 from pipeline.models.tokens import PromptCounter, cpu_count
 from pipeline.output.folder import Output
 from pipeline.output.humane import figure, trial_text, usd
+from pipeline.output.rows import error_column
 from pipeline.records import ENDPOINTS, FailedRequest, Request
 from pipeline.storage import Location
 
@@ -349,8 +350,7 @@ class RequestRows:
         c["source_line"].append(item.line)
         c["prompt_tokens"].append(prompt_tokens)
         c["completion_tokens_upper"].append(upper)
-        c["error"].append({"code": item.code, "message": item.message, "param": item.param, "line": item.line}
-                          if isinstance(item, FailedRequest) else None)
+        c["error"].append(error_column(item) if isinstance(item, FailedRequest) else None)
         if len(c["custom_id"]) >= self.batch_rows:
             self._flush()
 

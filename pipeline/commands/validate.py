@@ -9,6 +9,7 @@ import click
 from pipeline.job import Job
 from pipeline.output.humane import trial_text
 from pipeline.records import FailedRequest, Request
+from pipeline.storage import redact
 
 MAX_UNKNOWN = 1000  # distinct unknown field names counted
 
@@ -31,7 +32,7 @@ def validate(job: Job) -> bool:
             codes[item.code] += 1
             if shown < cfg.max_errors:
                 shown += 1
-                click.echo(f"{item.source_file}:{item.line}: {item.param or item.code}: {item.message}")
+                click.echo(f"{item.source_file}:{item.line}: {item.param or item.code}: {redact(item.message)}")
         else:
             # bounded: a file with a million different field names keeps its first thousand
             unknown.update(n for n in item.unknown_fields if n in unknown or len(unknown) < MAX_UNKNOWN)

@@ -12,7 +12,8 @@ as the OOM killer does, or an exit code), `load_log` (append a line at every loa
 and whose score of a pair is the cosine of its two vectors), `cpus_beside_model` (reported as a
 CPU vLLM engine reports the cores its model left free), `first_request_file` (write the
 wall-clock time, `time.time()`, at which the first request arrived: time to first request for
-benchmarks). A completion echoes its prompt.
+benchmarks). A completion echoes its prompt. It prints its engine arguments at start, as vLLM
+does (its output is shown with -v).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class FakeEngine:
                      "cpus_beside_model": self.opts.get("cpus_beside_model")}  # as a CPU vLLM engine reports
         self.queue: list[Result] = []
         self.added = 0
+        print(f"fake engine: non-default args: {spec.engine_args}", flush=True)  # as vLLM logs them
         self._load()
 
     def _load(self) -> None:

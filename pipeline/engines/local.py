@@ -22,6 +22,7 @@ from pipeline.engines.base import EngineSpec
 from pipeline.engines.cores import pin
 from pipeline.engines.dispatcher import Event, describe_exit
 from pipeline.records import Request
+from pipeline.storage import redact
 
 log = logging.getLogger("pipeline.engines")
 
@@ -36,12 +37,16 @@ class _Tail:
         threading.Thread(target=self._copy, daemon=True).start()
 
     def _copy(self) -> None:
-        fd = self.conn.fileno()
+        fd, pending = self.conn.fileno(), b""
         try:
             while data := os.read(fd, 65536):
                 self.text = (self.text + data)[-self.keep:]
-                while self.echo and data:
-                    data = data[os.write(2, data):]
+                if self.echo:  # whole lines, redacted (vLLM logs its arguments: hf_token=...)
+                    pending += data
+                    cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1 or len(pending) * (len(pending) > 1 << 20)
+                    _echo(pending[:cut])
+                    pending = pending[cut:]
+            _echo(pending)
         except OSError:
             pass
         finally:
@@ -52,8 +57,15 @@ class _Tail:
         """The last `n` lines (progress bars' carriage returns resolved), once the pipe has
         drained or `wait` seconds passed (the engine's own processes may still hold it)."""
         self.done.wait(wait)
-        lines = [line.rsplit("\r", 1)[-1].rstrip() for line in self.text.decode(errors="replace").split("\n")]
+        lines = [line.rsplit("\r", 1)[-1].rstrip() for line in redact(self.text.decode(errors="replace")).split("\n")]
         return "\n".join([line for line in lines if line.strip()][-n:])
+
+
+def _echo(data: bytes) -> None:
+    """An engine's output on our stderr, redacted."""
+    data = redact(data.decode(errors="replace")).encode() if data else b""
+    while data:
+        data = data[os.write(2, data):]
 
 
 def engine_log_env(verbose: bool) -> dict[str, str]:

@@ -10,6 +10,7 @@ from pipeline.models.prices import Price
 from pipeline.models.render import image_urls
 from pipeline.output import structured
 from pipeline.records import FailedRequest, Request, embedding_inputs
+from pipeline.storage import redact
 
 
 def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
         "estimated_cost": None,
         "user": err.user,
         "warnings": None,
-        "error": {"code": err.code, "message": err.message, "param": err.param, "line": err.line},
+        "error": error_column(err),
         "source_file": err.source_file,
         "source_line": err.line,
         "input_shape": err.shape,
@@ -44,6 +45,11 @@ def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
         "engine_seconds": None,
         "finished_at": datetime.now(timezone.utc),
     }
+
+
+def error_column(err: FailedRequest) -> dict[str, Any]:
+    """The `error` column of a failed request's row, its message redacted (a URL's credentials)."""
+    return {"code": err.code, "message": redact(err.message), "param": err.param, "line": err.line}
 
 
 def result_row(req: Request, res: Result, model: str, price: Price | None) -> dict[str, Any]:
