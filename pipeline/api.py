@@ -21,7 +21,6 @@ import hashlib
 import inspect
 import json
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -215,19 +214,21 @@ def config(command: str, inputs: Any, kwargs: dict[str, Any]):
     if unknown:
         raise TypeError(f"{command}() got unexpected keyword argument(s): {', '.join(unknown)}")
     cache = cache_dir(kwargs.get("cache"))
-    values = {o.name: kwargs.get(o.name, p.default) for p in parameters(command)
-              if (o := options.BY_NAME.get(p.name)) is not None}
+    values = {o.name: options.checked(o.name, kwargs[o.name]) if o.name in kwargs else p.default
+              for p in parameters(command) if (o := options.BY_NAME.get(p.name)) is not None}
     if kwargs.get("template") is not None:
         values["template_user"] = kwargs["template"]
     if kwargs.get("response_format") is not None:
         values["response_schema"] = schema_file(kwargs["response_format"], cache)
     values = {k: v for k, v in values.items() if not (options.BY_NAME[k].multiple and v is None)}
     paths = input_paths(inputs, cache)
+    written = cache / "inputs"
+    content = tuple(Path(p).name for p in paths if Path(p).parent == written)  # tables: named by content
     if command == options.RUN and not values.get("output"):
-        identity = {"inputs": paths, "options": {k: values.get(k) for k in options.OUTPUT_OPTIONS}}
+        identity = {"inputs": content or paths, "options": {k: values.get(k) for k in options.OUTPUT_OPTIONS}}
         text = json.dumps(identity, sort_keys=True, default=lambda v: callable_identity(v) if callable(v) else str(v))
         values["output"] = str(cache / "runs" / _digest(text.encode()))
-    return RunConfig(**fill_values(paths, values))
+    return RunConfig(**fill_values(paths, values), content_inputs=content)
 
 
 # ---- results ---------------------------------------------------------------------------------
@@ -348,29 +349,28 @@ class Session:
 
 @_user_errors
 def _run(inputs: Any, kwargs: dict[str, Any], session: Session | None):
-    from pipeline.commands.run import execute, plan
+    """commands/run.run, the command line's logic, then the rows: what stopped the run is raised
+    as the very exception it was (an interruption as Incomplete, caused by it)."""
+    from pipeline.commands.run import run as run_job
     from pipeline.output.stats import summary_text
 
-    started = time.monotonic()
     cfg = config(options.RUN, inputs, kwargs)
-    p = plan(cfg)
-    if cfg.dry_run:
-        from pipeline.commands.run import preview
-
-        click.echo(preview(p), err=True)
-        return None
-    if not p.complete:
-        try:
-            outcome = execute(p, started, session.engines(p) if session else None)
-        except BaseException:
-            if session:
-                session.close()
-            raise
-        if outcome.exit_code != exits.OK and session:
+    try:
+        outcome = run_job(cfg, session.engines if session else None)
+    except BaseException:
+        if session:
+            session.close()
+        raise
+    if outcome.error is not None:
+        if session:
             session.close()  # the engines may still hold the stopped run's requests
-        _raise_for(outcome)
-        if not cfg.quiet:
-            click.echo(summary_text(outcome.report), err=True)
+        raise outcome.error
+    if not cfg.quiet and outcome.report and not outcome.message:  # a run that ran: its summary
+        click.echo(summary_text(outcome.report), err=True)
+    if outcome.message and (cfg.dry_run or not cfg.quiet):  # a preview, or "already complete"
+        click.echo(outcome.message, err=True)
+    if cfg.dry_run:
+        return None
     return results(cfg, response_format=kwargs.get("response_format"), parse=kwargs.get("parse"),
                    parsed=kwargs.get("parsed", False), lazy=kwargs.get("lazy", False))
 

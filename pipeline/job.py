@@ -89,7 +89,10 @@ class _RunConfigMethods:
 # config.pyi declares its fields with types, for readers and editors (a test keeps it in step).
 RunConfig = make_dataclass(
     "RunConfig",
-    [("inputs", tuple), *((o.name, Any, _field(o)) for o in options.OPTIONS if o.commands & options.READERS)],
+    [("inputs", tuple), *((o.name, Any, _field(o)) for o in options.OPTIONS if o.commands & options.READERS),
+     # Python only: names of inputs named by their content (tables the API wrote to its cache), whose
+     # identity is that name, not their location or file time (the cache may be lost or moved)
+     ("content_inputs", tuple, field(default=()))],
     bases=(_RunConfigMethods,), frozen=True, kw_only=True,
 )
 RunConfig.__module__ = __name__
@@ -168,7 +171,9 @@ class Job:
     def fingerprint(self) -> dict[str, Any]:
         """What makes two runs the same job: the inputs as scanned, the options that change rows,
         the template and the adapters (resume refuses a different one)."""
-        detail = {"inputs": [f.fingerprint(s.digest) for f, s in zip(self.files, self.scans, strict=True)],
+        content = set(self.cfg.content_inputs)
+        detail = {"inputs": [f.fingerprint(s.digest, by_content=f.location.name in content)
+                             for f, s in zip(self.files, self.scans, strict=True)],
                   "options": self.cfg.output_options()}
         if self.spec is not None:
             detail["template"] = self.spec.fingerprint()

@@ -300,6 +300,30 @@ def command_line(command: str, inputs: tuple[str, ...], values: dict[str, Any]) 
     return redact(" ".join(parts))
 
 
+def checked(name: str, value: Any) -> Any:
+    """A value given for option `name` from Python (a keyword argument), checked and converted
+    as the command line checks its option (the table's type: choices, ranges, numbers), with the
+    command line's message. None is the default."""
+    from pipeline.exits import UserError
+
+    o = BY_NAME[name]
+    if value is None or name in KEY_VALUE_OPTIONS or o.type is None:
+        return value
+    if o.is_flag or o.pair:
+        if not isinstance(value, bool):
+            raise UserError(f"Invalid value for {o.long!r} ({name}=): {value!r} is not True or False.")
+        return value
+    kind = click.types.convert_type(o.type)
+    try:
+        if o.multiple:
+            return tuple(kind.convert(v, None, None) for v in ([value] if isinstance(value, str) else value))
+        if isinstance(value, bool) and isinstance(kind, (click.types.IntParamType, click.types.FloatParamType)):
+            raise click.BadParameter(f"{value!r} is not a number.")  # True would read as 1
+        return kind.convert(value, None, None)
+    except click.BadParameter as e:
+        raise UserError(f"Invalid value for {o.long!r} ({name}=): {e.message}") from None
+
+
 def of(command: str) -> list[Opt]:
     return [o for o in OPTIONS if command in o.commands]
 

@@ -9,12 +9,14 @@ commit their rows.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from pipeline.engines.local import LocalPool
 from pipeline.engines.placement import local_envs
 from pipeline.exits import UserError
 from pipeline.job import Job
+from pipeline.models.names import check_model
 from pipeline.options import command_line
 from pipeline.output.folder import (
     Committed,
@@ -52,6 +55,7 @@ class Outcome:
     report: dict[str, Any]
     exit_code: int
     message: str = ""
+    error: BaseException | None = None  # what stopped the run: the Python API raises this object
 
 
 @dataclass
@@ -82,6 +86,8 @@ class Plan:
 
 def plan(cfg) -> Plan:
     """Check the whole job without side effects; raises what the user must fix."""
+    if KINDS[cfg.engine].loads_model and cfg.model:
+        check_model(cfg.model)  # a mistyped name fails here, not after three engine starts
     out = Output(Location.of(cfg.output, cfg.storage_options), cfg.format)
     out.check_not_file()
     if cfg.split_errors and cfg.format not in LINE_FORMATS:
@@ -102,16 +108,18 @@ def plan(cfg) -> Plan:
     return p
 
 
-def run(cfg) -> Outcome:
-    """Plan, then finish the job (or say it is complete, or preview it with --dry-run). Errors of
-    the hierarchy in exits.py propagate with their exit code."""
+def run(cfg, engines: Callable[[Plan], Dispatcher] | None = None) -> Outcome:
+    """Plan, then finish the job (or say it is complete, or preview it with --dry-run): the one
+    logic of both faces, the command line and `pipeline.run`. Errors found before the run starts
+    propagate; what stops a started run is its Outcome's `error` (its rows committed first).
+    `engines(plan)`: engines already started (a Python session's), used and left running."""
     started = time.monotonic()
     p = plan(cfg)
     if p.complete:
         return Outcome(p.out.read_report(), exits.OK, f"{p.out.display} is already complete; nothing to do")
     if cfg.dry_run:
         return Outcome({}, exits.OK, preview(p))
-    return execute(p, started)
+    return execute(p, started, engines)
 
 
 @dataclass
@@ -174,44 +182,66 @@ class RowSink:
         self.progress.update(1, tokens)
 
 
-def execute(p: Plan, started: float, dispatcher: Dispatcher | None = None) -> Outcome:
-    """Claim the output, run what is not committed yet, commit its rows, finish the job.
-    `dispatcher`: engines already started (a Python session's), used and left running."""
+def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | None = None) -> Outcome:
+    """Claim the output, run what is not committed yet, commit its rows, finish the job. The
+    engines start at the first request that needs them: a job whose rows left are all error rows
+    (or none) starts none."""
     cfg, stats = p.job.cfg, RunStats(started)
     with p.out.claim(p.detail, overwrite=cfg.overwrite, allow_foreign=cfg.allow_foreign_files,
-                     lease_timeout=cfg.lease_timeout, about=_about(p)) as claim, contextlib.ExitStack() as engines:
+                     lease_timeout=cfg.lease_timeout, about=_about(p)) as claim, contextlib.ExitStack() as stack:
         committed = claim.committed()
         progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet)
-        code, message, ordered = exits.OK, "", None
+        error, ordered, dispatcher = None, None, None
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
                 sink = RowSink(p, writer, stats, progress)
-                ordered = p.job.ordered(not_committed(p, committed, stats))
-                if dispatcher is None:
+                items, head = _first_request(not_committed(p, committed, stats))
+                ordered = p.job.ordered(itertools.chain(head, items))
+                if not any(isinstance(item, Request) for item in head):  # the stream ended first
+                    collections.deque(sink.engine_requests(ordered), maxlen=0)  # its error rows; no engine
+                else:
                     # closed after the marker: every row is committed, engine shutdown need not delay it
-                    dispatcher = engines.enter_context(contextlib.closing(start_engines(p)))
-                for done in dispatcher.results(sink.engine_requests(ordered)):
-                    if done is None:  # a tick: commit on time even when nothing finishes
-                        writer.tick()
-                    else:
-                        sink.answered(*done)
+                    dispatcher = engines(p) if engines else stack.enter_context(contextlib.closing(start_engines(p)))
+                    for done in dispatcher.results(sink.engine_requests(ordered)):
+                        if done is None:  # a tick: commit on time even when nothing finishes
+                            writer.tick()
+                        else:
+                            sink.answered(*done)
             _check_one_to_one(stats)
         except exits.STOPS as e:  # interrupted, engines keep dying, the engine cannot start
-            code, message = _stopped(e)
+            error = _stopped(e)
         finally:
             progress.close()
         report = _report(p, stats, claim, dispatcher, ordered)
-        if code == exits.OK and not claim.finish(report):
-            message = f"another run completed {p.out.display} first; this run's parts are kept but not marked"
-            code = exits.INCOMPLETE
-        return Outcome(report, code, message)
+        if error is None and not claim.finish(report):
+            error = exits.Incomplete(f"another run completed {p.out.display} first; this run's parts are kept "
+                                     "but not marked")
+        if error is None:
+            return Outcome(report, exits.OK)
+        hint = getattr(error, "hint", "")
+        return Outcome(report, exits.code_of(error), f"{error}\n{hint}" if hint else str(error), error)
 
 
-def _stopped(e: BaseException) -> tuple[int, str]:
-    """The exit code and message of a run that stopped in order, its finished rows committed."""
+def _first_request(items: Iterator[Request | FailedRequest]) -> tuple[Iterator[Request | FailedRequest], list]:
+    """The stream read up to its first request (in input order, before any reordering): the items
+    read so far, and the rest."""
+    head: list[Request | FailedRequest] = []
+    for item in items:
+        head.append(item)
+        if isinstance(item, Request):
+            break
+    return items, head
+
+
+def _stopped(e: BaseException) -> exits.PipelineError:
+    """The error that stopped a run in order, its finished rows committed: an error of the
+    hierarchy is itself; an interruption becomes Incomplete (caused by it)."""
     if isinstance(e, (exits.Interrupted, KeyboardInterrupt)):
-        return exits.INCOMPLETE, f"interrupted: finished rows were committed; {RERUN}"
-    return exits.code_of(e), f"{e}\n{e.hint}" if getattr(e, "hint", "") else str(e)
+        stopped = exits.Incomplete(f"interrupted: finished rows were committed; {RERUN}")
+        stopped.hint = ""
+        stopped.__cause__ = e
+        return stopped
+    return e
 
 
 def _check_one_to_one(stats: RunStats) -> None:

@@ -48,9 +48,14 @@ class InputFile:
         """The file as output rows and messages name it (`source_file`)."""
         return self.location.display
 
-    def fingerprint(self, digest: str | None = None) -> dict[str, Any]:
+    def fingerprint(self, digest: str | None = None, *, by_content: bool = False) -> dict[str, Any]:
         """What the manifest records: display name, a hash of the identity (the real location
-        is never written), size, version and, with --verify-content, a content digest."""
+        is never written), size, version and, with --verify-content, a content digest.
+        `by_content`: a file named by the digest of its content (the Python API's tables): that
+        name is all its identity, wherever it lies and whenever it was written."""
+        if by_content:
+            return {"file": self.location.name, "key": f"content:{self.location.name}", "size": self.size,
+                    "version": None}
         out = {"file": self.display, "key": hashlib.sha256(self.identity.encode("utf-8", "surrogateescape")).hexdigest()[:20],
                "size": self.size, "version": self.version}
         if digest is not None:

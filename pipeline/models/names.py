@@ -55,6 +55,56 @@ def resolve_model(name: str) -> str:
     return str(folder)
 
 
+def check_model(name: str) -> None:
+    """Refuse, before anything runs or is written, a model name that can name nothing: neither
+    the embedded model or its alias, a local path, a URL, a model in the Hugging Face cache, nor
+    (online) a repository the hub knows. The message names the value and the closest known name.
+    A hub that cannot be reached leaves the question to the engine."""
+    if is_embedded(name) or "://" in name or os.path.exists(os.path.expanduser(name)):
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except ValueError:  # not even a repository id's shape (`a/b/c`, spaces)
+        pass
+    else:
+        if not constants.HF_HUB_OFFLINE and _hub_has(name) is not False:
+            return
+    where = "the Hugging Face cache" + (" (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else " or on the hub")
+    raise UserError(f"--model {name!r} is neither a model alias ({', '.join(sorted(EMBEDDED))}), a local folder nor "
+                    f"a model in {where}. Did you mean {_closest(name, constants.HF_HUB_CACHE)!r}? "
+                    "Hint: check the spelling, give a local folder, or download the model first")
+
+
+def _hub_has(name: str) -> bool | None:
+    """Whether the hub has this model repository (gated ones count); None when it cannot say."""
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        HfApi().model_info(name, timeout=10)
+        return True
+    except GatedRepoError:
+        return True
+    except RepositoryNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - no network, a proxy, a hub outage: the engine decides
+        return None
+
+
+def _closest(name: str, cache: str) -> str:
+    """The known model name most like `name`: the aliases, the embedded model, cached models."""
+    import difflib
+
+    cached = [d[len("models--"):].replace("--", "/") for d in (os.listdir(cache) if os.path.isdir(cache) else [])
+              if d.startswith("models--")]
+    known = {k.lower(): k for k in [*sorted(EMBEDDED), *EMBEDDED.values(), *cached]}
+    found = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.0)
+    return known[found[0]] if found else next(iter(known.values()))
+
+
 def context_length(path: str, max_model_len: int | None = None) -> int:
     """The context length vLLM uses for a model (vllm/config/model.py `_get_and_verify_max_len`):
     `max_model_len` when given (refused above the model's own, as vLLM does), else the smallest

@@ -197,3 +197,80 @@ def test_example_script_runs_on_the_fake_engine():
                          text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "One short fact about owls." in out.stdout
+
+
+# ---- issue 34: the API keeps every promise of the command line ----------------------------------
+def test_an_identical_table_resumes_after_the_cache_is_lost_or_moved(tmp_path, monkeypatch):
+    """Interrupted, then the cache folder removed (a new container) or another one given: the
+    same table is the same input, so the committed rows are kept and only the rest run."""
+    import shutil
+
+    from pipeline.commands.progress import Progress
+
+    log, out = tmp_path / "received.log", str(tmp_path / "out")
+    df = pl.DataFrame({"q": [f"q{i}" for i in range(12)]})
+    kwargs = dict(template="{{ q }}", checkpoint_every=1, output=out, engine_option={"log_file": str(log)}, **FAKE)
+    update = Progress.update
+
+    def interrupting(self, requests, tokens=0):
+        update(self, requests, tokens)
+        if self.done == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "update", interrupting)
+    with pytest.raises(exits.Incomplete):
+        pipeline.run(df, cache=str(tmp_path / "cache-a"), **kwargs)
+    monkeypatch.setattr(Progress, "update", update)
+    shutil.rmtree(tmp_path / "cache-a")  # lost
+    sent_before = len(log.read_text().split())
+    frame = pipeline.run(df, cache=str(tmp_path / "cache-b"), **kwargs)  # another place
+    assert sorted(frame["content"].to_list()) == sorted(df["q"].to_list()) and frame["custom_id"].n_unique() == 12
+    assert len(log.read_text().split()) - sent_before < 12  # the committed rows were not run again
+    again = pipeline.run(df, cache=str(tmp_path / "cache-a"), **kwargs)  # written anew: complete
+    assert again.height == 12
+    with pytest.raises(exits.UserError, match="changed: inputs"):  # a different table is refused
+        pipeline.run(df.with_columns(pl.col("q") + "!"), cache=str(tmp_path / "cache-b"), **kwargs)
+
+
+@pytest.mark.parametrize(("name", "value", "flag"), [
+    ("format", "xml", "xml"), ("runner", "bogus", "bogus"), ("engine", "bogus", "bogus"), ("max_n", 0, "0"),
+    ("limit", 0, "0"), ("checkpoint_every", -1, "-1"), ("lease_timeout", 0, "0"), ("order", "random", "random")])
+def test_keyword_arguments_are_checked_as_the_options_are(tmp_path, name, value, flag):
+    """The same check and message as the command line's option, from the one option table."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    long = options.BY_NAME[name].long
+    cli = invoke("run", src, "-o", tmp_path / "cli", "--engine", "fake", "-m", "smollm2", long, flag)
+    assert cli.exit_code == 2 and "Invalid value for" in cli.output and long in cli.output
+    with pytest.raises(exits.UserError) as e:
+        pipeline.run(str(src), output=str(tmp_path / "api"), **{**FAKE, name: value})
+    assert f"Invalid value for '{long}' ({name}=): " in str(e.value)
+    assert str(e.value).split("): ", 1)[1] in " ".join(cli.output.split())  # the command line's reason
+    assert not (tmp_path / "api").exists()  # nothing written
+
+
+def test_the_run_raises_the_error_that_stopped_it(tmp_path):
+    """One error path: engines that keep dying stop the run with TooManyRestarts itself (not an
+    Incomplete rebuilt from exit code 3), its message the command line's."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"custom_id": f"r{i}", "messages": [{"role": "user", "content": "x"}]}) + "\n"
+                           for i in range(4)))
+    args = dict(output=str(tmp_path / "out"), max_engine_restarts=0, engine_option={"die_on": "r1"}, **FAKE)
+    with pytest.raises(exits.TooManyRestarts) as e:
+        pipeline.run(str(src), **args)
+    cli = invoke("run", src, "-o", tmp_path / "out2", "--engine", "fake", "-m", "smollm2", "-q",
+                 "--max-engine-restarts", "0", "--engine-option", "die_on=r1")
+    assert cli.exit_code == e.value.exit_code == exits.INCOMPLETE
+    assert str(e.value) in cli.output
+
+
+def test_a_completed_job_with_dry_run_answers_the_same_on_both_faces(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    out = tmp_path / "out"
+    pipeline.run(str(src), output=str(out), **FAKE)
+    cli = invoke("run", src, "-o", out, "--engine", "fake", "-m", "smollm2", "-q", "--dry-run")
+    assert cli.exit_code == 0 and "is already complete; nothing to do" in cli.output
+    capsys.readouterr()
+    assert pipeline.run(str(src), output=str(out), dry_run=True, **FAKE) is None
+    assert "is already complete; nothing to do" in capsys.readouterr().err
