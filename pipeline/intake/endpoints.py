@@ -147,11 +147,11 @@ def _pooling_request(body: dict[str, Any], fields: set[str], endpoint: str, inpu
                    endpoint=endpoint, input=input_, file=source.index)
 
 
-def runner_for(endpoints: dict[str, str]) -> str:
+def runner_for(endpoints: dict[str, tuple[str, str]]) -> str:
     """The model kind (vLLM runner) for a folder whose files ask for these endpoints
-    ({source_file: endpoint}); raises ValueError for a folder that mixes kinds."""
+    ({identity: (source_file, endpoint)}); raises ValueError for a folder that mixes kinds."""
     kinds: dict[str, list[str]] = {}
-    for source, endpoint in endpoints.items():
+    for source, endpoint in endpoints.values():
         kinds.setdefault(ENDPOINTS[endpoint], []).append(source)
     if len(kinds) > 1:
         raise ValueError("these inputs mix generative (chat, completions) and pooling (embeddings, score, "
@@ -168,12 +168,13 @@ def _tail(path: str, width: int = 60) -> str:
     return path if len(path) <= width else "…" + path[-(width - 1):]
 
 
-def file_endpoints(files: list[InputFile], scans: list[Scan], *, max_line_bytes: int) -> dict[str, str]:
-    """Each request file's endpoint, from its first row that is an object (as its shape is)."""
+def file_endpoints(files: list[InputFile], scans: list[Scan], *, max_line_bytes: int) -> dict[str, tuple[str, str]]:
+    """Each request file's endpoint, from its first row that is an object (as its shape is), keyed
+    by the file's identity (two files may display alike: `caf\xe9` and `caf\xe8`, redacted URLs)."""
     found = {}
     for file, found_scan in zip(files, scans, strict=True):
         for _, row in read_rows(file, found_scan, max_line_bytes=max_line_bytes):
             if isinstance(row, dict):
-                found[file.display] = line_endpoint(row) or "chat"
+                found[file.identity] = (file.display, line_endpoint(row) or "chat")
                 break
     return found

@@ -184,3 +184,19 @@ def test_a_template_job_on_an_embedding_model_refuses_chat_only_options(tmp_path
     res = invoke("run", tmp_path / "t.parquet", "-o", tmp_path / "out", *FAKE, "--runner", "pooling",
                  "--template-user", "{{ text }}", "--template-system", "Be brief.")
     assert res.exit_code != 0 and "embeds the rendered --template-user text only" in res.output
+
+
+def test_files_displayed_alike_but_mixing_endpoints_are_refused(tmp_path):
+    """Endpoint detection keys files by identity: caf\\xe9.jsonl (embeddings) and caf\\xe8.jsonl
+    (chat) both display as caf\ufffd.jsonl, and the mix is refused, not run as pooling."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.jsonl"), "w") as f:
+        f.write(json.dumps(embed_line("e1", input="hello")) + "\n")
+    with open(os.path.join(os.fsencode(folder), b"caf\xe8.jsonl"), "w") as f:
+        f.write(json.dumps(chat_line("c1", "hi")) + "\n")
+    res = invoke("run", folder, "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 1 and "mix generative" in res.output, res.output
+    assert not (tmp_path / "out").exists()
