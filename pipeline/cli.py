@@ -94,11 +94,12 @@ def user_errors(f):
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        from pipeline.storage import redact
-
         try:
             return f(*args, **kwargs)
         except (exits.PipelineError, FileNotFoundError, PermissionError, ValueError) as e:
+            # imported here, not before `try`: a signal during that import is handled below
+            from pipeline.storage import redact
+
             hint = getattr(e, "hint", "")
             click.echo(f"Error: {redact(str(e))}" + (f"\n{hint}" if hint else ""), err=True)
             sys.exit(exits.code_of(e))
@@ -135,10 +136,20 @@ def setup_logging(verbose: int) -> None:
         logging.getLogger(name).setLevel(level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    from pipeline.storage import RedactingFilter
-
     for handler in logging.getLogger().handlers:  # credentials never reach the log
-        handler.addFilter(RedactingFilter())
+        handler.addFilter(_redacting)
+
+
+def _redacting(record: logging.LogRecord) -> bool:
+    """A logging filter: the record's text redacted (storage.redact, imported when first needed:
+    the command line starts before fsspec is imported)."""
+    from pipeline.storage import redact
+
+    message = record.getMessage()
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    return True
 
 
 @cli.command(context_settings=CONTEXT, epilog=exits.HELP)

@@ -101,17 +101,6 @@ def remember_secrets(*mappings: dict[str, Any] | None, every: bool = False) -> N
                 _secrets.update(x for x in _leaves(v) if len(x) >= 6)
 
 
-class RedactingFilter(logging.Filter):
-    """A logging filter that redacts each record's text (installed on our log handler)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
 def _redact_query(query: str) -> str:
     parts = []
     for part in query.split("&"):

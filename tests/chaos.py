@@ -11,8 +11,11 @@ each round does one of:
              with blank lines (it must exit 3, or 0 if it had finished)
   collide    a job of its own over files whose names display alike (latin-1 bytes, redacted
              signatures), rows without ids: killed mid-run, rerun until complete, and checked
+  manifest   a job of its own killed during its first manifest write (while the temporary file is
+             written, or at its rename), then rerun until complete, and checked
 The inputs are partitioned folders of JSON lines, gzip and Parquet with fuzzed lines mixed in
-(random bytes, broken JSON, deep nesting, huge integers, lone surrogates, wrong types). After
+(random bytes, broken JSON, deep nesting, huge integers, lone surrogates, wrong types), and image
+rows (data: URIs, some broken) for a vision model the fake engine serves. After
 every round the commit records must not cover any line twice; a completed job's folder must hold
 exactly one row per input line, its foreign file untouched, and no debris.
 
@@ -38,7 +41,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-ACTIONS = ("kill", "two", "dry", "disk-full", "signal", "collide")
+ACTIONS = ("kill", "two", "dry", "disk-full", "signal", "collide", "manifest")
+# A run that SIGKILLs itself during its first manifest write: at the temporary file's fsync
+# (PIPELINE_CHAOS_KILL=write) or at its rename (=rename).
+KILL_AT_FIRST_MANIFEST = """
+import os, signal, sys
+where, real_fsync, real_replace = os.environ["PIPELINE_CHAOS_KILL"], os.fsync, os.replace
+def manifest_tmp(name):
+    return name.endswith("-_manifest.json") and not os.path.exists(name.rsplit("/.tmp-", 1)[0] + "/_manifest.json")
+def fsync(fd):
+    if where == "write" and manifest_tmp(os.readlink(f"/proc/self/fd/{fd}")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_fsync(fd)
+def replace(src, dst, *a, **k):
+    if where == "rename" and manifest_tmp(str(src)):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *a, **k)
+os.fsync, os.replace = fsync, replace
+from pipeline.cli import main
+sys.argv[0] = "pipeline"
+main()
+"""
+# a 4x4 PNG: image rows for the fake engine serving a "vision model" (a folder with its config)
+PNG_URI = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAFElEQVR4nGM8ISfHAANMDEgANwcANHYBDK9qubUAAAAASUVORK5CYII=")
 COLLIDING = (b"caf\xe9.jsonl", b"caf\xe8.jsonl", b"batch?sig=1.jsonl", b"batch?sig=2.jsonl")
 
 
@@ -97,7 +122,23 @@ def make_inputs(root: Path, rng: random.Random, rows: int) -> int:
     folder = root / "partition_key=4"  # seconds of reading for few rows: signals land mid-read
     folder.mkdir()
     (folder / "padded.jsonl").write_bytes(b"".join(chat(i, 4) + b"\n" * 20_000 for i in range(n // 4)))
-    return total + n + n // 4
+    folder = root / "partition_key=5"  # image rows: a data: URI each, one in five broken
+    folder.mkdir()
+    (folder / "images.jsonl").write_bytes(b"".join(image(i, rng.random() < 0.2) + b"\n" for i in range(n // 5)))
+    return total + n + n // 4 + n // 5
+
+
+def image(i: int, broken: bool) -> bytes:
+    url = PNG_URI[:-12] + "!!" if broken else PNG_URI
+    return json.dumps({"custom_id": f"img-{i}", "body": {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": f"picture {i}"}, {"type": "image_url", "image_url": {"url": url}}]}]}}).encode()
+
+
+def make_vision_model(folder: Path) -> Path:
+    """A "vision model" for the fake engine: only its config, which says it sees images."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "idefics3", "vision_config": {}}))
+    return folder
 
 
 def make_colliding(root: Path, rows: int) -> int:
@@ -117,6 +158,7 @@ class Chaos:
         self.expected = make_inputs(self.inputs, self.rng, rows)
         self.colliding = work / "colliding"
         self.colliding_rows = make_colliding(self.colliding, rows // 10)
+        self.model = make_vision_model(work / "vision-model")
         self.disk = work / "disk"
         self.disk.mkdir()
         self.tmpfs = _mount_tmpfs(self.disk, "64m")
@@ -134,14 +176,17 @@ class Chaos:
     def command(self, *extra: str, inputs: Path | None = None, out: Path | None = None) -> list[str]:
         delay = self.rng.choice(["0.002", "0.005", "0.01", "0.02"])
         return [sys.executable, "-m", "pipeline", "run", str(inputs or self.inputs), "-o", str(out or self.out),
-                "--engine", "fake", "-m", "smollm2", "-q", "--allow-foreign-files",
+                "--engine", "fake", "-m", str(self.model), "-q", "--allow-foreign-files",
                 "--checkpoint-every", str(self.rng.choice([1, 3, 7, 20])), "--max-in-flight", "4",
                 "--lease-timeout", "30", "--engine-option", f"step_delay={delay}", *extra]
 
-    def start(self, *extra: str, **where: Path) -> subprocess.Popen:
+    def start(self, *extra: str, kill_at: str | None = None, **where: Path) -> subprocess.Popen:
         self.counts["runs"] += 1
-        return subprocess.Popen(self.command(*extra, **where), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        command = self.command(*extra, **where)
+        if kill_at:  # the same command, through a bootstrap that kills it at that instant
+            command[1:3] = ["-c", KILL_AT_FIRST_MANIFEST]
+        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PIPELINE_CHAOS_KILL": kill_at or ""})
 
     def finish(self, proc: subprocess.Popen, timeout: float = 120) -> int:
         _, err = proc.communicate(timeout=timeout)
@@ -205,7 +250,28 @@ class Chaos:
             self.finish(proc)
         elif action == "collide":
             self.collide()
+        elif action == "manifest":
+            self.first_manifest()
         self.check_records()
+
+    def first_manifest(self) -> None:
+        """A job killed during its first manifest write: every rerun must finish it (the
+        temporary file is ours, never a foreign file that blocks the job)."""
+        import polars as pl
+
+        out = self.disk / f"manifest-{self.counts['round manifest']}"
+        killed = self.start(inputs=self.colliding, out=out, kill_at=self.rng.choice(["write", "rename"]))
+        killed.communicate(timeout=120)
+        if killed.returncode == -signal.SIGKILL and not (out / "_manifest.json").exists():
+            self.counts["first manifest kills"] += 1
+        while self.finish(self.start(inputs=self.colliding, out=out)) != 0:
+            pass
+        df = pl.concat([pl.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))])
+        self.totals.update({"colliding rows in": self.colliding_rows, "colliding rows out": df.height,
+                            "colliding duplicated": df.height - df["custom_id"].n_unique(),
+                            "colliding lost": self.colliding_rows - df["custom_id"].n_unique(),
+                            "debris files": len([p for p in out.iterdir() if p.name.startswith(".tmp-")])})
+        shutil.rmtree(out)
 
     def collide(self) -> None:
         """A job over files that display alike: killed mid-run, finished by reruns, then every
@@ -244,6 +310,7 @@ class Chaos:
 
         recorded = {r["part"] for r in Output(Location.of(str(self.out))).read_state().records}
         self.totals.update({
+            "image rows": int(df["custom_id"].str.starts_with("img-").sum()),
             "jobs completed": 1,
             "rows in": self.expected,
             "rows out": df.height,

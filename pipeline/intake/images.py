@@ -60,7 +60,7 @@ def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | Fai
         _refuse(parts, policy)
         urls = {param: inline(part["image_url"]["url"], param, policy) for param, part in parts}
     except Invalid as e:
-        failed = FailedRequest.of(e.problem, item.custom_id, item.source_file, item.line, item.user)
+        failed = FailedRequest.about(e.problem, item)  # its file index too: the resume key
         return replace(failed, carried=item.carried, shape=item.shape)
     return replace(item, messages=_with_urls(item.messages, urls))
 

@@ -1,6 +1,7 @@
 """The fast subset of `make chaos`: a few rounds of kills, two writers, dry runs during a run, a
-full disk, SIGTERM/SIGINT while reading, and files whose names display alike, over fuzzed,
-partitioned inputs; no line may be lost or get two rows."""
+full disk, SIGTERM/SIGINT while reading, files whose names display alike, and kills during the
+first manifest write, over fuzzed, partitioned inputs with image rows; no line may be lost or get
+two rows."""
 
 import chaos
 
@@ -13,3 +14,4 @@ def test_chaos_fast_subset():
     assert result["runs"] >= 9 and result["error rows"] > 0 and result["kills"] >= 1, result
     assert result["round signal"] >= 1 and result["colliding duplicated"] == 0, result
     assert result["colliding rows out"] == result["colliding rows in"] > 0, result
+    assert result["first manifest kills"] >= 1 and result["image rows"] > 0, result

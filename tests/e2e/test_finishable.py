@@ -183,3 +183,26 @@ def test_an_unreadable_storage_read_of_a_compressed_input_is_still_a_storage_fai
     assert res.exit_code == 3 and "connection reset" in res.output, res.output
     assert Path(tmp_path / "out" / "_SUCCESS").exists() is False
 
+
+
+def test_a_broken_image_row_of_a_later_file_is_committed_under_its_own_key(tmp_path):
+    """Found by `make chaos` with image rows: an image refused in the second input file was
+    committed as line 1 of the FIRST file, so a rerun after a kill skipped that file's line 1
+    (lost) and ran the image row again (duplicated)."""
+    from pipeline.output.folder import Output
+    from pipeline.storage import Location
+
+    (tmp_path / "in").mkdir()
+    write_jsonl(tmp_path / "in" / "a.jsonl", lines(1))
+    broken = {"custom_id": "img", "body": {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo!!"}}]}]}}
+    write_jsonl(tmp_path / "in" / "b.jsonl", [broken])
+    model = tmp_path / "vision-model"  # the fake engine's "vision model": a config that says so
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "idefics3", "vision_config": {}}))
+    out = tmp_path / "out"
+    res = invoke("run", tmp_path / "in", "-o", out, "--engine", "fake", "-m", model, "-q", "--checkpoint-every", "1")
+    assert res.exit_code == 0, res.output
+    state = Output(Location.of(str(out))).read_state()
+    assert state.committed.count == 2 and state.committed.repeated == 0
+    assert (0, 1) in state.committed and (1, 1) in state.committed
