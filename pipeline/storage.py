@@ -161,8 +161,7 @@ class Location:
         scheme = url.split("://", 1)[0] if "://" in url else ""
         if isinstance(fs, LocalFileSystem):
             path = os.path.realpath(path)
-        secrets = tuple(str(v) for v in _leaves(options))
-        return cls(fs, path, scheme, secrets)
+        return cls(fs, path, scheme, secrets_of(options))
 
     # ---- names ------------------------------------------------------------------------------
     @property
@@ -371,6 +370,11 @@ class Location:
 def _brief(e: BaseException, secrets: tuple[str, ...]) -> str:
     text = " ".join(str(e).split())[:300] or type(e).__name__
     return redact(f"{type(e).__name__}: {text}", secrets)
+
+
+def secrets_of(storage_options: dict[str, Any]) -> tuple[str, ...]:
+    """The values of storage options, which `redact` removes from messages."""
+    return tuple(str(v) for v in _leaves(storage_options))
 
 
 def _leaves(value: Any) -> Iterator[Any]:
