@@ -69,7 +69,8 @@ def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | Fai
         total, param = 0, parts[0][0]
         for param, part in parts:
             urls[param] = inline(part["image_url"]["url"], param, policy)
-            total += len(urls[param]) * 3 // 4
+            payload = urls[param].partition(",")[2]
+            total += len(payload) * 3 // 4 - payload[-2:].count("=")  # the image's bytes
             if total > policy.bytes_per_request:
                 raise Invalid("image_too_large", f"the request's images up to {param} are over {policy.bytes_per_request:,} "
                               "bytes together. Hint: split the request or raise --image-bytes-per-request", param)
@@ -157,10 +158,11 @@ def check(data: bytes, param: str, max_pixels: int = ImagePolicy.max_pixels) -> 
                 raise Invalid("image_too_large", f"{param} is {width}x{height} pixels ({width * height:,}); at most "
                               f"{max_pixels:,} are decoded. Hint: shrink the image or raise --image-max-pixels", param)
             img.load()
-    except Invalid:
+    except (Invalid, MemoryError):
         raise
-    except MemoryError:
-        raise
+    except Image.DecompressionBombError as e:  # Pillow's own bound (twice its MAX_IMAGE_PIXELS), from the header
+        raise Invalid("image_too_large", f"{param} has too many pixels ({short(str(e), 100)}). Hint: shrink the image",
+                      param) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad bytes (DecompressionBombError too)
         raise Invalid("invalid_image", f"{param} could not be decoded as an image ({type(e).__name__}: "
                       f"{short(str(e), 100)}); send PNG, JPEG, WebP or GIF", param) from None

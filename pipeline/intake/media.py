@@ -152,7 +152,7 @@ def _read_http(url: str, limit: int, rules: MediaRules) -> bytes:
         try:
             conn.request("GET", (split.path or "/") + (f"?{split.query}" if split.query else ""),
                          headers={"User-Agent": "pipeline-media-fetch", "Accept": "*/*"})
-            sock = conn.sock
+            conn.sock.settimeout(_left(deadline, rules))  # each read waits at most what is left
             response = conn.getresponse()
             if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
                 url = urljoin(url, response.getheader("Location"))
@@ -160,7 +160,7 @@ def _read_http(url: str, limit: int, rules: MediaRules) -> bytes:
             if response.status != 200:
                 error = Unreachable if 400 <= response.status < 500 and response.status not in (408, 429) else OSError
                 raise error(f"HTTP {response.status} {response.reason}")
-            return _read_body(response, sock, limit, deadline, rules)
+            return _read_body(response, limit, deadline, rules)
         except TimeoutError:
             raise _timeout(rules) from None
         finally:
@@ -180,12 +180,13 @@ def _connection(https: bool, host: str, port: int, address: str, timeout: float)
     return conn
 
 
-def _read_body(response: http.client.HTTPResponse, sock: socket.socket, limit: int, deadline: float,
-               rules: MediaRules) -> bytes:
+def _read_body(response: http.client.HTTPResponse, limit: int, deadline: float, rules: MediaRules) -> bytes:
+    """At most `limit` bytes of the body; a host that drips bytes is stopped at the deadline (each
+    read returns what has arrived, and waits no longer than the time left when it was sent)."""
     chunks, size = [], 0
     while size < limit:
-        sock.settimeout(_left(deadline, rules))  # one deadline for the whole body, not one per read
-        chunk = response.read(min(_CHUNK, limit - size))
+        _left(deadline, rules)
+        chunk = response.read1(min(_CHUNK, limit - size))
         if not chunk:
             break
         chunks.append(chunk)
