@@ -132,7 +132,7 @@ def _local_path(url: str) -> str:
         return url
     split = urlsplit(url)
     if split.netloc not in ("", "localhost"):
-        raise Refused(f"{url[:40]}: a file:// URL names a file on this machine (file:///path)")
+        raise Refused("a file:// URL names a file on this machine: file:///path")
     from urllib.request import url2pathname
 
     return url2pathname(split.path)
