@@ -115,7 +115,8 @@ def measure_images(n: int, work: Path) -> list[dict[str, Any]]:
     rows = []
     for threads in (1, 8):
         cmd = [python(), "-m", "pipeline", "validate", listing, "--template-user", "Caption {{ name }}",
-               "--template-image", "file", "--image-workers", str(threads)]
+               "--template-image", "file", "--image-workers", str(threads),
+               "--allowed-local-media-path", listing.parent]
         m = run_measured(cmd, log=work / f"log-images-{threads}.txt", env=base_env(0))
         rows.append({"step": f"validate, {threads} image thread{'s' if threads > 1 else ''}", "images": n,
                      "image_bytes": total, **m.as_dict(), "images_per_s": n / m.wall_s,

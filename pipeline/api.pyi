@@ -27,6 +27,13 @@ class _run_estimate_validate(TypedDict, total=False):
     image_max_bytes: int | None  # default 20971520
     image_timeout: float | None  # default 30.0
     image_workers: int | None  # default 8
+    image_max_pixels: int | None  # default 50000000
+    images_per_request: int | None  # default 500
+    image_bytes_per_request: int | None  # default 52428800
+    allowed_local_media_path: str | None  # default None
+    allowed_media_domains: Sequence[str] | None  # default None
+    allow_private_media: bool  # default False
+    media_storage: Sequence[str] | None  # default None
     limit_mm_per_prompt: Mapping[str, Any] | Sequence[str] | None  # default None
     carry: Sequence[str] | None  # default None
     carry_all: bool  # default False
@@ -45,6 +52,7 @@ class _run_estimate(_run_estimate_validate, total=False):
     price_output: float | None  # default None
     order: Literal['auto', 'prefix', 'sorted', 'input'] | None  # default 'auto'
     order_buffer: int | None  # default 100000
+    order_buffer_bytes: int | None  # default 536870912
     decode_first: bool | None  # default None
     block_size: int | None  # default None
 
@@ -71,6 +79,7 @@ class _run(_run_estimate, _run_estimate_validate, total=False):
     executor: Literal['local', 'ray'] | None  # default 'local'
     ray_address: str | None  # default None
     max_in_flight: int | None  # default None
+    max_in_flight_bytes: int | None  # default 268435456
     max_engine_restarts: int | None  # default 50
     data_parallel_size: int | None  # default None
     dtype: str | None  # default None

@@ -10,8 +10,9 @@ checks the model's names, routes and adapters, and finds the price. `run`, `vali
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from pipeline.exits import UserError
 from pipeline.intake.endpoints import file_endpoints, runner_for
 from pipeline.intake.images import ImagePolicy
 from pipeline.intake.limit import FULL, Limit
+from pipeline.intake.media import MediaRules
 from pipeline.intake.order import order
 from pipeline.intake.reader import Scan, scan
 from pipeline.intake.requests import Context
@@ -143,16 +145,17 @@ class Job:
         return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
                    Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg), runner)
 
-    def rows(self) -> Iterator[Request | FailedRequest]:
+    def rows(self, skip: Callable[[Request | FailedRequest], bool] | None = None) -> Iterator[Request | FailedRequest]:
         """Every input row (those a --limit trial takes) as a Request or FailedRequest, in the
-        input's order."""
+        input's order; less those `skip` says (before any image of theirs is fetched)."""
         return request_stream(self.files, self.scans, self.ctx, self.spec,
                               max_line_bytes=self.cfg.max_line_bytes, layout=self.layout, limit=self.limit,
-                              images=self.images)
+                              images=self.images, skip=skip)
 
     def ordered(self, items: Iterable[Request | FailedRequest]) -> Iterable[Request | FailedRequest]:
         """`items` in the order a run takes them (--order): the one decision run and estimate share."""
-        return order(items, self.cfg.order, buffer=self.cfg.order_buffer, kv_block_tokens=self.kv_block_tokens(),
+        return order(items, self.cfg.order, buffer=self.cfg.order_buffer, buffer_bytes=self.cfg.order_buffer_bytes,
+                     kv_block_tokens=self.kv_block_tokens(),
                      decode_first=self.cfg.decode_first is not False)
 
     def kv_block_tokens(self) -> int:
@@ -194,13 +197,35 @@ class Job:
 
 
 def image_policy(cfg) -> ImagePolicy:
-    """The job's image checks: its limits, its storage options, and whether its model sees images."""
+    """The job's image checks: its limits, where images may come from, and whether its model sees images."""
     limit = cfg.limit_mm_per_prompt.get("image")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise UserError(f"--limit-mm-per-prompt image={limit}: N must be a whole number of images")
-    return ImagePolicy(max_bytes=cfg.image_max_bytes, limit=limit, timeout=cfg.image_timeout,
-                       workers=cfg.image_workers, storage_options=cfg.storage_options, model=cfg.model,
-                       vision=is_vision_model(cfg.model) if cfg.model else None)
+    return ImagePolicy(max_bytes=cfg.image_max_bytes, max_pixels=cfg.image_max_pixels,
+                       per_request=cfg.images_per_request, bytes_per_request=cfg.image_bytes_per_request,
+                       limit=limit, workers=cfg.image_workers, media=media_rules(cfg, "--image-timeout"),
+                       model=cfg.model, vision=is_vision_model(cfg.model) if cfg.model else None)
+
+
+def media_rules(cfg, timeout_option: str) -> MediaRules:
+    """Where media named in requests may come from: our options, or vLLM's engine arguments of the
+    same names (allowed_local_media_path, allowed_media_domains), which mean the same."""
+    folder = cfg.allowed_local_media_path or cfg.engine_arg.get("allowed_local_media_path") or None
+    if folder is not None:
+        real = os.path.realpath(str(folder))
+        if not os.path.isdir(real):
+            raise UserError(f"--allowed-local-media-path {folder}: no such folder. Hint: name the folder whose "
+                            "files requests may use")
+        folder = real
+    domains = cfg.allowed_media_domains or cfg.engine_arg.get("allowed_media_domains") or ()
+    if isinstance(domains, str):
+        domains = (domains,)
+    if not isinstance(domains, (list, tuple)) or not all(isinstance(d, str) and d for d in domains):
+        raise UserError(f"allowed_media_domains={domains!r}: give host names, e.g. "
+                        "--allowed-media-domains images.example.com")
+    return MediaRules(local_root=folder, domains=tuple(d.lower().rstrip(".") for d in domains),
+                      private=cfg.allow_private_media, storage=tuple(cfg.media_storage),
+                      storage_options=cfg.storage_options, timeout=cfg.image_timeout, timeout_option=timeout_option)
 
 
 PATH_OPTIONS = ("output", "rows_file", "calibrate_from")  # besides the inputs: where placeholders apply

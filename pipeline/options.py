@@ -108,6 +108,25 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("image_timeout", "Seconds to fetch one image URL, on every store (http(s), s3, gs, az); then "
         "retried twice.", click.FloatRange(min=0.1), 30.0, commands=READERS),
     Opt("image_workers", "Threads fetching and decoding images ahead of the engine.", Int1, 8, commands=READERS),
+    Opt("image_max_pixels", "Largest accepted image in pixels (width x height, read from its header before "
+        "decoding); larger ones make error rows.", Int1, 50_000_000, commands=READERS, output=True),
+    Opt("images_per_request", "Most images one request may hold (OpenAI's bound); more make an error row.",
+        Int1, 500, commands=READERS, output=True),
+    Opt("image_bytes_per_request", "Most image bytes one request may hold, all its images together (OpenAI's "
+        "bound: 50 MB); more make an error row.", Int1, 50 * 1024 * 1024, commands=READERS, output=True),
+    # ---- where media named in requests may come from (every command; see intake/media.py) ------
+    Opt("allowed_local_media_path", "A folder whose files requests may name as media (a path or file:// "
+        "URL resolving inside it, symlinks followed); without it local files are refused. Also read from "
+        "--engine-arg allowed_local_media_path=DIR (vLLM's).", metavar="DIR", commands=READERS),
+    Opt("allowed_media_domains", "The only hosts media URLs in requests may name (exact host names); "
+        "default: any public host. Repeatable; also read from --engine-arg allowed_media_domains=[...] (vLLM's).",
+        multiple=True, metavar="HOST", commands=READERS),
+    Opt("allow_private_media", "Let media URLs in requests reach private, loopback and link-local "
+        "addresses (refused by default: a request file could reach this machine's network).",
+        is_flag=True, commands=READERS),
+    Opt("media_storage", "A storage location (s3://bucket/prefix, gs://..., https://host/path) from which "
+        "requests may name media, read with the job's --storage-option credentials; media URLs elsewhere "
+        "are fetched without them. Repeatable.", multiple=True, metavar="PREFIX", commands=READERS),
     Opt("limit_mm_per_prompt", "Most images per request, as image=N (vLLM's limit_mm_per_prompt); more "
         "make error rows.", multiple=True, metavar="image=N", commands=READERS, engine=True, output=True),
     Opt("carry", "An input column to copy into every output row, with its input type. Repeatable.",
@@ -197,6 +216,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("ray_address", "Ray cluster to join (default: start or join a local one)."),
     Opt("max_in_flight", "Requests held by each engine at once (default: 2048, or twice --max-num-seqs).",
         Int1),
+    Opt("max_in_flight_bytes", "Image bytes (as data: URIs) held by each engine at once: fewer requests than "
+        "--max-in-flight when they hold images.", Int1, 256 * 1024 * 1024),
     Opt("order", "auto: prefix order when it helps (decided on the first --order-buffer requests); "
         "prefix: requests sharing a prompt prefix reach the engines together, so the prefix is "
         "computed once while cached, with a bounded look-ahead of --order-buffer requests (the first "
@@ -207,6 +228,9 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("order_buffer", "With --order prefix or auto: the look-ahead, requests held and sorted before "
         "the largest prefix groups are sent; with sorted: requests held in memory, more are sorted in "
         "runs on local temporary disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
+    Opt("order_buffer_bytes", "The same bound in image bytes (as data: URIs): the look-ahead flushes, or "
+        "sorted spills, once its requests hold this much, however few they are.", Int1, 512 * 1024 * 1024,
+        commands=frozenset({RUN, ESTIMATE})),
     Opt("decode_first", "In prefix and sorted order: within each prefix group, the requests that may "
         "generate most (max_tokens x n) first, so that long decodes start early and short ones fill "
         "the tail (default: on; it changes nothing where every request has the same max_tokens).",

@@ -189,7 +189,7 @@ class Location:
         scheme = url.split("://", 1)[0] if "://" in url else ""
         if isinstance(fs, LocalFileSystem):
             path = os.path.realpath(path)
-        secrets = tuple(str(v) for v in _leaves(options))
+        secrets = secrets_of(options)
         remember_secrets(options, every=True)
         return cls(fs, path, scheme, secrets)
 
@@ -400,6 +400,11 @@ class Location:
 def _brief(e: BaseException, secrets: tuple[str, ...]) -> str:
     text = " ".join(str(e).split())[:300] or type(e).__name__
     return redact(f"{type(e).__name__}: {text}", secrets)
+
+
+def secrets_of(storage_options: dict[str, Any]) -> tuple[str, ...]:
+    """The values of storage options, which `redact` removes from messages."""
+    return tuple(str(v) for v in _leaves(storage_options))
 
 
 def _leaves(value: Any) -> Iterator[Any]:

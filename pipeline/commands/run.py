@@ -135,12 +135,15 @@ class RunStats:
 
 
 def not_committed(p: Plan, committed: Committed, stats: RunStats) -> Iterator[Request | FailedRequest]:
-    """The job's rows less those an earlier attempt committed (counted as resumed)."""
-    for item in p.job.rows():
+    """The job's rows less those an earlier attempt committed (counted as resumed), skipped before
+    their images are fetched."""
+    def done(item: Request | FailedRequest) -> bool:
         if (item.file, item.line) in committed:
             stats.resumed += 1
-        else:
-            yield item
+            return True
+        return False
+
+    return p.job.rows(skip=done)
 
 
 def preview(p: Plan) -> str:
@@ -288,6 +291,7 @@ def start_engines(p: Plan) -> Dispatcher:
     cfg = p.job.cfg
     return Dispatcher(_make_pool(cfg, p.job.engine_spec(), p.envs),
                       window=in_flight_window(cfg.max_in_flight, cfg.max_num_seqs),
+                      window_bytes=cfg.max_in_flight_bytes,
                       max_restarts=cfg.max_engine_restarts)
 
 

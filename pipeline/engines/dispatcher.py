@@ -3,7 +3,8 @@ the request that killed one.
 
 The dispatch logic is transport-agnostic: a pool of workers (local processes here, Ray actors
 in `ray_pool.py`) exposes submit / wait / restart, and the `Dispatcher` feeds every worker
-up to its window of requests as results come back, so a slow engine never holds the others.
+up to its window of requests (and of image bytes: requests with images weigh their data: URIs) as
+results come back, so a slow engine never holds the others.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from pipeline.engines.base import Result
 from pipeline.exits import EngineStartError, TooManyRestarts
+from pipeline.models.render import media_bytes
 from pipeline.records import Problem, Request
 
 log = logging.getLogger("pipeline.engines")
@@ -95,11 +97,12 @@ class Dispatcher:
         pool: Pool,
         *,
         window: int,
+        window_bytes: int = 256 * 1024 * 1024,
         max_restarts: int = 50,
         max_start_tries: int = 3,
         chunk: int = 256,
     ):
-        self.pool, self.window, self.chunk = pool, window, chunk
+        self.pool, self.window, self.window_bytes, self.chunk = pool, window, window_bytes, chunk
         self.max_restarts, self.max_start_tries = max_restarts, max_start_tries
         self.start_failures = [0] * pool.size  # per worker: deaths before ready, in a row
         self.workers = [_Worker() for _ in range(pool.size)]
@@ -136,14 +139,17 @@ class Dispatcher:
             w.exclusive = True
             self._submit(i, w, group)
             return source
-        if len(w.inflight) > self.window // 2:
+        weight = sum(media_bytes(r.messages) for r in w.inflight.values())  # images held: a bound of its own
+        if len(w.inflight) > self.window // 2 or weight > self.window_bytes // 2:
             return source
         batch: list[Request] = []
         while (held := len(w.inflight) + len(batch)) < 2 * self.window:
+            full = held >= self.window or (held > 0 and weight >= self.window_bytes)
             if self.requeued or w.owed:
-                if held >= self.window and not w.owed:
+                if full and not w.owed:
                     break
                 batch.append(w.owed.popleft() if w.owed else self.requeued.popleft())
+                weight += media_bytes(batch[-1].messages)
                 continue
             if source is None:
                 break
@@ -155,10 +161,11 @@ class Dispatcher:
             if self._owe(i, nxt):
                 continue
             # past the window only to finish a prefix group (schedule.py): one engine computes its prefix
-            if held >= self.window and not (nxt.group and batch and nxt.group == batch[-1].group):
+            if full and not (nxt.group and batch and nxt.group == batch[-1].group):
                 self._ahead = nxt
                 break
             batch.append(nxt)
+            weight += media_bytes(nxt.messages)
             w.group = nxt.group
         for start in range(0, len(batch), self.chunk):
             self._submit(i, w, batch[start : start + self.chunk])

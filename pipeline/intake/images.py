@@ -2,16 +2,21 @@
 
 vLLM fails a whole `LLM.chat` call for one undecodable image or one request over the image limit
 (our engine adds requests one by one, so only that request, but without naming the part), so no
-image reaches it unchecked: `resolve_all` fetches each part's bytes (a data: URI, a path or
-any fsspec URL, with the job's storage options, a size limit, a timeout and retries), decodes them
-with PIL, and puts them back as a data: URI of the validated bytes. A bad image makes its request
-an error row naming the part (`messages[0].content[1].image_url`) and the cause.
+image reaches it unchecked: `resolve_all` fetches each part's bytes (a data: URI, or a path or URL
+under the job's media rules, media.py: a size limit, a timeout and retries), decodes them with PIL,
+and puts them back as a data: URI of the validated bytes. A bad image makes its request an error
+row naming the part (`messages[0].content[1].image_url`) and the cause.
 
-The work runs on a thread pool (PIL releases the GIL while decoding; fetches wait on the network),
-a bounded number of requests ahead of the consumer, in input order: memory stays bounded however
-many images a file holds, and none of it runs inside the engine's loop. Data URIs cross the pipe to
-the engine process as the compressed bytes (base64): a decoded PIL image is width x height x 3
-bytes, ten to a hundred times more for photos (bench/io_scale.py measures both).
+Memory stays bounded whatever a request holds: an image's pixel count is read from its header
+before anything is decoded (`--image-max-pixels`), a request may hold at most
+`--images-per-request` images of `--image-bytes-per-request` bytes together (OpenAI's bounds), and
+running out of memory on one request makes that request an error row, not the run's end.
+
+The work runs on daemon threads (PIL releases the GIL while decoding; fetches wait on the network),
+a bounded number of requests (and bytes) ahead of the consumer, in input order, and none of it runs
+inside the engine's loop. Data URIs cross the pipe to the engine process as the compressed bytes
+(base64): a decoded PIL image is width x height x 3 bytes, ten to a hundred times more for photos
+(bench/io_scale.py measures both).
 """
 
 from __future__ import annotations
@@ -19,18 +24,19 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.models.render import image_parts
+from pipeline.intake.media import DaemonPool, MediaRules, Refused, fetch
+from pipeline.models.render import image_parts, media_bytes
 from pipeline.records import FailedRequest, Invalid, Request, short
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif",
            "BMP": "image/bmp", "TIFF": "image/tiff"}
+AHEAD_BYTES = 256 * 1024 * 1024  # checked image bytes held ahead of the consumer, at most (about)
 
 
 @dataclass(frozen=True)
@@ -38,19 +44,20 @@ class ImagePolicy:
     """How a job's images are fetched and checked."""
 
     max_bytes: int = 20 * 1024 * 1024  # --image-max-bytes: per image, fetched or inline
+    max_pixels: int = 50_000_000  # --image-max-pixels: width x height, read from the header
+    per_request: int = 500  # --images-per-request
+    bytes_per_request: int = 50 * 1024 * 1024  # --image-bytes-per-request
     limit: int | None = None  # --limit-mm-per-prompt image=N: images per request
-    timeout: float = 30.0  # seconds per fetch
-    retries: int = 2  # more tries after a failed fetch (not after a missing file)
     workers: int = 8
     ahead: int = 64  # requests in flight ahead of the consumer
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    media: MediaRules = field(default_factory=MediaRules)  # where images may come from (media.py)
     model: str | None = None
     vision: bool | None = None  # is the model a vision-language model (None: unknown, or no model)
 
 
 def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | FailedRequest:
     """The request with every image checked and inlined as a data: URI, or the FailedRequest
-    saying which image is wrong and why."""
+    saying which image is wrong and why (running out of memory on it included)."""
     if not isinstance(item, Request):
         return item
     parts = list(image_parts(item.messages))
@@ -58,25 +65,41 @@ def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | Fai
         return item
     try:
         _refuse(parts, policy)
-        urls = {param: inline(part["image_url"]["url"], param, policy) for param, part in parts}
+        urls: dict[str, str] = {}
+        total, param = 0, parts[0][0]
+        for param, part in parts:
+            urls[param] = inline(part["image_url"]["url"], param, policy)
+            payload = urls[param].partition(",")[2]
+            total += len(payload) * 3 // 4 - payload[-2:].count("=")  # the image's bytes
+            if total > policy.bytes_per_request:
+                raise Invalid("image_too_large", f"the request's images up to {param} are over {policy.bytes_per_request:,} "
+                              "bytes together. Hint: split the request or raise --image-bytes-per-request", param)
     except Invalid as e:
-        failed = FailedRequest.about(e.problem, item)  # its file index too: the resume key
-        return replace(failed, carried=item.carried, shape=item.shape)
+        return _failed(item, e)
+    except MemoryError:
+        return _failed(item, Invalid("image_too_large", f"{param}: out of memory while checking the image. Hint: lower "
+                                     "--image-max-pixels or --image-workers", param))
     return replace(item, messages=_with_urls(item.messages, urls))
 
 
-def _refuse(parts: list[tuple[str, dict[str, Any]]], policy: ImagePolicy) -> None:
+def _failed(item: Request, e: Invalid) -> FailedRequest:
+    failed = FailedRequest.about(e.problem, item)  # its file index too: the resume key
+    return replace(failed, carried=item.carried, shape=item.shape)
+
+
+def _refuse(parts: list[tuple[str, dict]], policy: ImagePolicy) -> None:
     param = parts[0][0]
     if policy.vision is False:
         from pipeline.models.vision import EXAMPLES
 
         raise Invalid("unsupported_content", f"{param} is an image, and {policy.model} is a text-only model; "
                       f"use a vision-language model, e.g. {EXAMPLES}", param)
-    if policy.limit is not None and len(parts) > policy.limit:
-        from pipeline.models.vision import too_many_images
+    for limit, option in ((policy.limit, "--limit-mm-per-prompt image=N"), (policy.per_request, "--images-per-request")):
+        if limit is not None and len(parts) > limit:
+            from pipeline.models.vision import too_many_images
 
-        problem = too_many_images([p for p, _ in parts], policy.limit)
-        raise Invalid(problem.code, problem.message, problem.param)
+            problem = too_many_images([p for p, _ in parts], limit, option=option)
+            raise Invalid(problem.code, problem.message, problem.param)
 
 
 def _with_urls(messages: list[dict[str, Any]], urls: dict[str, str]) -> list[dict[str, Any]]:
@@ -93,12 +116,12 @@ def _with_urls(messages: list[dict[str, Any]], urls: dict[str, str]) -> list[dic
 
 def inline(url: str, param: str, policy: ImagePolicy) -> str:
     """The image at `url` as a data: URI of its checked bytes; Invalid saying what is wrong."""
-    data = _inline_bytes(url, param) if url.startswith("data:") else fetch(url, param, policy)
+    data = _inline_bytes(url, param) if url.startswith("data:") else fetched(url, param, policy)
     if len(data) > policy.max_bytes:  # a fetch stops one byte over: its size is not known
         size = f"{len(data):,} bytes" if url.startswith("data:") else f"over {policy.max_bytes:,} bytes"
         raise Invalid("image_too_large", f"{param} is {size}; at most {policy.max_bytes:,} are "
                       "accepted. Hint: shrink the image or raise --image-max-bytes", param)
-    mime = check(data, param)
+    mime = check(data, param, policy.max_pixels)
     if url.startswith("data:"):  # the same base64, with the media type the bytes are
         return f"data:{mime};base64,{url.partition(',')[2]}"
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
@@ -115,11 +138,13 @@ def _inline_bytes(url: str, param: str) -> bytes:
         raise Invalid("invalid_image", f"{param} holds data that is not valid base64", param) from None
 
 
-def check(data: bytes, param: str) -> str:
+def check(data: bytes, param: str, max_pixels: int = ImagePolicy.max_pixels) -> str:
     """Decode the image fully (what vLLM will do); its media type, or Invalid.
 
-    A full decode, although vLLM decodes the image again in the engine process: it is the check
-    that guarantees vLLM's decode and estimate's processor succeed. A lighter one lets images
+    The size is read from the header first (Pillow's `open` reads no pixels) and an image over
+    `max_pixels` is refused undecoded: a small PNG of 13000x13000 pixels inflates to gigabytes.
+    Then a full decode, although vLLM decodes the image again in the engine process: it is the
+    check that guarantees vLLM's decode and estimate's processor succeed. A lighter one lets images
     through that only a decode refuses (a PNG whose chunks verify, CRCs and all, but whose pixel
     data does not inflate: a broken encoder's), and Pillow's `verify` checks nothing at all for
     JPEG. It costs about what vLLM's own decode costs, runs ahead of the engine on the intake
@@ -128,9 +153,17 @@ def check(data: bytes, param: str) -> str:
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format
+            fmt, (width, height) = img.format, img.size
+            if width * height > max_pixels:
+                raise Invalid("image_too_large", f"{param} is {width}x{height} pixels ({width * height:,}); at most "
+                              f"{max_pixels:,} are decoded. Hint: shrink the image or raise --image-max-pixels", param)
             img.load()
-    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad bytes
+    except (Invalid, MemoryError):
+        raise
+    except Image.DecompressionBombError as e:  # Pillow's own bound (twice its MAX_IMAGE_PIXELS), from the header
+        raise Invalid("image_too_large", f"{param} has too many pixels ({short(str(e), 100)}). Hint: shrink the image",
+                      param) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad bytes (DecompressionBombError too)
         raise Invalid("invalid_image", f"{param} could not be decoded as an image ({type(e).__name__}: "
                       f"{short(str(e), 100)}); send PNG, JPEG, WebP or GIF", param) from None
     if fmt not in FORMATS:
@@ -138,65 +171,42 @@ def check(data: bytes, param: str) -> str:
     return FORMATS[fmt]
 
 
-def fetch(url: str, param: str, policy: ImagePolicy) -> bytes:
-    """The bytes at a path or fsspec URL (at most max_bytes + 1 are read), with retries."""
-    for attempt in range(policy.retries + 1):
-        try:
-            return _read(url, policy)
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            cause = e
-            break
-        except Exception as e:  # noqa: BLE001 - network errors come in every kind
-            cause = e
-            if attempt < policy.retries:
-                time.sleep(min(0.2 * 2**attempt, 2.0))
-    raise Invalid("image_fetch_failed", f"{param}: the image at {short(url, 80)} could not be read "
-                  f"({type(cause).__name__}: {short(str(cause), 100)})", param)
-
-
-def _read(url: str, policy: ImagePolicy) -> bytes:
-    """One try: the first max_bytes + 1 bytes, within `policy.timeout` seconds on a filesystem that
-    waits on the network.
-
-    Every fsspec filesystem that does (http(s), s3fs, gcsfs, adlfs) is async: the read runs as one
-    coroutine on fsspec's loop under `asyncio.wait_for`, which cancels it at the deadline, so the
-    socket is closed and the wait really ends, whatever each client's own timeouts and retries are
-    (botocore's read timeout is 60 s, retried; Azure's retry policy waits longer)."""
-    from fsspec.asyn import sync
-    from fsspec.exceptions import FSTimeoutError
-
-    from pipeline.storage import Location
-
-    loc = Location.of(url, policy.storage_options)
-    if not getattr(loc.fs, "async_impl", False):  # a local path, memory://: nothing to wait for
-        with loc.fs.open(loc.path, "rb") as f:
-            return f.read(policy.max_bytes + 1)
+def fetched(url: str, param: str, policy: ImagePolicy) -> bytes:
+    """The bytes at a path or URL (at most max_bytes + 1 are read), under the job's media rules."""
+    rules = policy.media
     try:
-        return sync(loc.fs.loop, _head_and_read, loc.fs, loc.path, policy.max_bytes + 1, timeout=policy.timeout)
-    except FSTimeoutError:
-        raise TimeoutError(f"no answer within {policy.timeout:g} s. Hint: raise --image-timeout for a slow "
-                           "store") from None
-
-
-async def _head_and_read(fs: Any, path: str, limit: int) -> bytes:
-    """The first `limit` bytes. The size first (what `fs.open` asks too): a byte range past the
-    end of an empty object is an error on S3, GCS and Azure, and an empty image is undecodable."""
-    size = (await fs._info(path)).get("size")
-    if size == 0:
-        return b""
-    return await fs._cat_file(path, start=0, end=limit if size is None else min(size, limit))
+        return fetch(url, policy.max_bytes + 1, rules)
+    except Refused as e:
+        raise Invalid("image_not_allowed", f"{param}: {e}", param) from None
+    except Exception as e:  # noqa: BLE001 - network errors come in every kind
+        raise Invalid("image_fetch_failed", f"{param}: the image at {rules.show(url)} could not be read "
+                      f"({type(e).__name__}: {short(rules.show(str(e)), 120)})", param) from None
 
 
 def resolve_all(items: Iterable[Request | FailedRequest], policy: ImagePolicy) -> Iterator[Request | FailedRequest]:
-    """`resolve` over a stream, on a thread pool, at most `policy.ahead` requests ahead, in order."""
+    """`resolve` over a stream, on daemon threads, at most `policy.ahead` requests (and about
+    AHEAD_BYTES of checked images) ahead, in order. Closing the stream (a stopped run) cancels
+    every fetch not started and waits for none."""
     pending: deque[Future | Request | FailedRequest] = deque()
-    with ThreadPoolExecutor(policy.workers, thread_name_prefix="images") as pool:
+    pool = DaemonPool(policy.workers, "images")
+
+    def ready() -> bool:
+        if not pending:
+            return False
+        if len(pending) > policy.ahead or not isinstance(pending[0], Future) or pending[0].done():
+            return True
+        done = (f.result() for f in pending if isinstance(f, Future) and f.done() and not f.exception())
+        return sum(media_bytes(r.messages) for r in done if isinstance(r, Request)) > AHEAD_BYTES
+
+    try:
         for item in items:
             has_images = isinstance(item, Request) and next(image_parts(item.messages), None) is not None
             pending.append(pool.submit(resolve, item, policy) if has_images else item)
-            while pending and (len(pending) > policy.ahead or not isinstance(pending[0], Future) or pending[0].done()):
+            while ready():
                 head = pending.popleft()
                 yield head.result() if isinstance(head, Future) else head
         while pending:
             head = pending.popleft()
             yield head.result() if isinstance(head, Future) else head
+    finally:
+        pool.close()

@@ -17,7 +17,8 @@ requests of theirs read later; a prefix whose requests lie further apart than th
 reaches is sent in several groups and computed again unless the cache still holds it
 (docs/performance.md measures what that costs). The first request reaches an engine once one
 buffer is read, whatever the input's size; memory holds about twice `buffer` requests (the buffer
-and the flush being sent).
+and the flush being sent). A buffer is also full once its requests' images (data: URIs) weigh
+`buffer_bytes`, so that image rows are held in bounded memory however many fit in `buffer`.
 
 sorted (the whole input, then the best order; kept for files whose shared prefixes lie
 further apart than any look-ahead reaches): a full buffer is sorted and spilled to a local
@@ -48,6 +49,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from pipeline.models.prefix import DIGEST, chained_digests, shared_blocks
+from pipeline.models.render import media_bytes
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import StorageError
 
@@ -97,7 +99,7 @@ def prefix_key(request: Request) -> bytes:
 
 
 def order(items: Iterable[Request | FailedRequest], how: str, *, buffer: int = 100_000,
-          spill_dir: str | None = None, kv_block_tokens: int = 16,
+          buffer_bytes: int = 512 * 1024 * 1024, spill_dir: str | None = None, kv_block_tokens: int = 16,
           decode_first: bool = True) -> Iterable[Request | FailedRequest]:
     """`items` in the order `how` names; for "prefix", "sorted" and "auto", reading starts at once
     in a thread. `kv_block_tokens`: the engine's KV cache block size, which auto judges reuse in."""
@@ -106,10 +108,10 @@ def order(items: Iterable[Request | FailedRequest], how: str, *, buffer: int = 1
     if how not in ORDERS:
         raise ValueError(f"unknown order {how!r}; use one of {', '.join(ORDERS)}")
     if how == "sorted":
-        return SortedOrder(items, buffer=buffer, spill_dir=spill_dir, kv_block_tokens=kv_block_tokens,
-                           decode_first=decode_first)
-    return StreamOrder(items, buffer=buffer, auto=how == "auto", kv_block_tokens=kv_block_tokens,
-                       decode_first=decode_first)
+        return SortedOrder(items, buffer=buffer, buffer_bytes=buffer_bytes, spill_dir=spill_dir,
+                           kv_block_tokens=kv_block_tokens, decode_first=decode_first)
+    return StreamOrder(items, buffer=buffer, buffer_bytes=buffer_bytes, auto=how == "auto",
+                       kv_block_tokens=kv_block_tokens, decode_first=decode_first)
 
 
 class ShareMeter:
@@ -177,9 +179,11 @@ class PrefixOrder:
 
     name = "prefix"
 
-    def __init__(self, items: Iterable[Request | FailedRequest], *, buffer: int = 100_000, auto: bool = False,
-                 kv_block_tokens: int = 16, decode_first: bool = True):
+    def __init__(self, items: Iterable[Request | FailedRequest], *, buffer: int = 100_000,
+                 buffer_bytes: int = 512 * 1024 * 1024, auto: bool = False, kv_block_tokens: int = 16,
+                 decode_first: bool = True):
         self.buffer, self.auto, self.decode_first = max(1, buffer), auto, decode_first
+        self.buffer_bytes, self.held = buffer_bytes, 0  # image bytes: the bound, and those in memory
         self.kv_block_tokens = kv_block_tokens
         self.memory: list[Keyed] = []
         self.runs: list[IO[bytes]] = []  # spilled runs (sorted order): open files without a name
@@ -234,6 +238,15 @@ class PrefixOrder:
 
     def _keyed(self, seq: int, item: Request | FailedRequest) -> Keyed:
         return (prefix_key(item) if isinstance(item, Request) else b"", seq, item)
+
+    def _hold(self, seq: int, item: Request | FailedRequest) -> bool:
+        """Add `item` to memory; True when memory is full (in requests or in image bytes)."""
+        self.memory.append(self._keyed(seq, item))
+        self.held += media_bytes(item.messages) if isinstance(item, Request) else 0
+        return len(self.memory) >= self.buffer or self.held >= self.buffer_bytes
+
+    def _weigh(self) -> None:
+        self.held = sum(media_bytes(item.messages) for _, _, item in self.memory if isinstance(item, Request))
 
     def _grouping_helps(self, rest: Iterator[Request | FailedRequest]) -> bool:
         """Auto, once, on the first buffer: True to go on in prefix order; False to stop reading
@@ -315,11 +328,11 @@ class StreamOrder(PrefixOrder):
 
     def _read(self, rest: Iterator[Request | FailedRequest]) -> None:
         for seq, item in enumerate(rest):
-            self.memory.append(self._keyed(seq, item))
-            if len(self.memory) >= self.buffer:
+            if self._hold(seq, item):
                 if not self._grouping_helps(rest):
                     return
                 self._put("flush", self._take())
+                self._weigh()
         if self._grouping_helps(rest):
             self.memory.sort()
             self._put("flush", self.memory)
@@ -353,9 +366,9 @@ class SortedOrder(PrefixOrder):
 
     def _read(self, rest: Iterator[Request | FailedRequest]) -> None:
         for seq, item in enumerate(rest):
-            self.memory.append(self._keyed(seq, item))
-            if len(self.memory) >= self.buffer:
+            if self._hold(seq, item):
                 self._spill()
+                self.held = 0
         self.memory.sort()
         if self.runs and self.memory:
             self._spill()

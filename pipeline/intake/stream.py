@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pipeline.intake.images import ImagePolicy, resolve_all
@@ -17,15 +17,19 @@ from pipeline.records import FailedRequest, Request, Source
 
 def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: TemplateSpec | None, *,
                    max_line_bytes: int, layout: Layout | None = None,
-                   limit: Limit = FULL, images: ImagePolicy | None = None) -> Iterator[Request | FailedRequest]:
+                   limit: Limit = FULL, images: ImagePolicy | None = None,
+                   skip: Callable[[Request | FailedRequest], bool] | None = None) -> Iterator[Request | FailedRequest]:
     """Every input row as a Request or FailedRequest: the one stream `validate`, `estimate` and `run`
     read (request files as they are, table rows through the templates); with `limit`, only the
-    rows a trial takes (limit.py); their images fetched and checked (images.py)."""
+    rows a trial takes (limit.py); less those `skip` says (a resumed run's committed rows), before
+    their images are fetched and checked (images.py): a resume does no image work twice."""
     from pipeline.intake.reader import read_all
 
     rows = read_all(files, scans, max_line_bytes=max_line_bytes, raw=spec is not None)
     items = validate_rows(rows, ctx) if spec is None else spec.render_rows(rows, ctx, layout)
     items = limit.apply(items, lambda: row_keys(files, scans, max_line_bytes=max_line_bytes))
+    if skip is not None:
+        items = (item for item in items if not skip(item))
     return resolve_all(items, images or ImagePolicy())
 
 

@@ -114,6 +114,12 @@ def image_urls(messages: list[dict[str, Any]]) -> list[str]:
     return [part["image_url"]["url"] for _, part in image_parts(messages)]
 
 
+def media_bytes(messages: list[dict[str, Any]]) -> int:
+    """The characters of a conversation's media URLs (checked images are data: URIs): what a request
+    holding them weighs in memory, beyond its text."""
+    return sum(len(url) for url in image_urls(messages) if isinstance(url, str)) if messages else 0
+
+
 def _tool_call(call: Any) -> dict[str, Any]:
     """A tool call with its arguments as a dict: what tool-use templates expect (vLLM coerces
     missing, invalid or non-object JSON to {})."""

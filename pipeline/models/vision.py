@@ -31,11 +31,13 @@ def is_vision_model(model: str) -> bool | None:
     return any(key in config for key in VISION_KEYS)
 
 
-def too_many_images(params: list[str], limit: int, *, models_own: bool = False) -> Problem:
+def too_many_images(params: list[str], limit: int, *, models_own: bool = False,
+                    option: str = "--limit-mm-per-prompt image=N") -> Problem:
     """A request over the images-per-request limit, naming the first image over it: intake's
-    refusal under --limit-mm-per-prompt, and the engine's under vLLM's own limit for the model
-    (`models_own`: one that --limit-mm-per-prompt cannot raise, e.g. Llama 3.2 Vision's one)."""
+    refusal under `option` (--limit-mm-per-prompt, --images-per-request), and the engine's under
+    vLLM's own limit for the model (`models_own`: one that --limit-mm-per-prompt cannot raise,
+    e.g. Llama 3.2 Vision's one)."""
     hint = ("the model takes no more: split the request" if models_own else
-            "raise --limit-mm-per-prompt image=N (more images cost engine memory) or split the request")
+            f"raise {option} (more images cost engine memory) or split the request")
     return Problem("too_many_images", f"the request has {len(params)} images; at most {limit} are allowed per "
                    f"request. Hint: {hint}", params[limit] if len(params) > limit else None)

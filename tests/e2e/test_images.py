@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO, invoke, read_output, write_jsonl
 
 from pipeline.intake.images import ImagePolicy, resolve, resolve_all
+from pipeline.intake.media import MediaRules
 from pipeline.intake.requests import Context, parse_row
 from pipeline.records import Request, Source
 
@@ -74,9 +75,14 @@ def every_form(path):
     ]
 
 
+def local(folder, **policy):
+    """An ImagePolicy whose requests may name files under `folder` (--allowed-local-media-path)."""
+    return ImagePolicy(media=MediaRules(local_root=str(Path(folder).resolve())), **policy)
+
+
 def test_every_form_becomes_checked_image_url_parts(picture):
     for row in every_form(picture):
-        item = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy())
+        item = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), local(picture.parent))
         assert isinstance(item, Request), item
         parts = [p for m in item.messages if isinstance(m["content"], list) for p in m["content"]]
         [img] = [p for p in parts if p["type"] == "image_url"]
@@ -86,7 +92,8 @@ def test_every_form_becomes_checked_image_url_parts(picture):
 def test_several_images_interleaved_keep_their_order(picture):
     other = png(20, 20, 2)
     row = chat("two", image(str(picture)), {"type": "text", "text": "and"}, image(data_url(other)))
-    item = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy(limit=2))
+    item = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()),
+                   local(picture.parent, limit=2))
     types = [p["type"] for p in item.messages[0]["content"]]
     assert types == ["text", "image_url", "text", "image_url"]
     assert [p["image_url"]["url"] for p in item.messages[0]["content"][1::2]] == [data_url(PNG), data_url(other)]
@@ -95,7 +102,8 @@ def test_several_images_interleaved_keep_their_order(picture):
                                 {"role": "user", "content": [image(data_url(other)), {"type": "text", "text": "?"}]}]
     item = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy(limit=2))
     assert (item.code, item.param) == ("too_many_images", "messages[2].content[0].image_url")
-    ok = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()), ImagePolicy(limit=3))
+    ok = resolve(parse_row(row, source=Source(0, "f.jsonl", "f.jsonl"), line=1, ctx=Context()),
+                 local(picture.parent, limit=3))
     assert [p["type"] for p in ok.messages[2]["content"]] == ["image_url", "text"]
 
 
@@ -126,7 +134,8 @@ def bad_rows(tmp_path):
 def test_bad_images_are_error_rows_beside_good_ones(tmp_path, vlm):
     src = write_jsonl(tmp_path / "in.jsonl", bad_rows(tmp_path))
     res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", vlm, "-q",
-                 "--limit-mm-per-prompt", "image=2", "--image-max-bytes", "100000", "--image-timeout", "2")
+                 "--limit-mm-per-prompt", "image=2", "--image-max-bytes", "100000", "--image-timeout", "2",
+                 "--allowed-local-media-path", tmp_path, "--allow-private-media")
     assert res.exit_code == 0, res.output
     rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
     assert rows["good"]["error"] is None and rows["text-only"]["error"] is None
@@ -136,12 +145,13 @@ def test_bad_images_are_error_rows_beside_good_ones(tmp_path, vlm):
         "bad-bytes": ("invalid_image", where, 3), "bad-base64": ("invalid_image", where, 4),
         "unknown-format": ("invalid_image", where, 5), "too-large": ("image_too_large", where, 6),
         "too-many": ("too_many_images", "messages[0].content[3].image_url", 7),
-        "missing-file": ("image_fetch_failed", where, 8), "refused-url": ("image_fetch_failed", where, 9),
+        "missing-file": ("image_not_allowed", where, 8), "refused-url": ("image_fetch_failed", where, 9),
     }
     messages = {k: r["error"]["message"] for k, r in rows.items() if r["error"]}
     assert "could not be decoded" in messages["bad-bytes"] and "PPM" in messages["unknown-format"]
     assert "--image-max-bytes" in messages["too-large"] and "at most 2" in messages["too-many"]
-    assert "FileNotFoundError" in messages["missing-file"] and "127.0.0.1:9" in messages["refused-url"]
+    assert "not a readable regular file under --allowed-local-media-path" in messages["missing-file"]
+    assert "ConnectionRefusedError" in messages["refused-url"] and "127.0.0.1:9" in messages["refused-url"]
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["images"] == 1  # only the images that reached the engine count
     assert report["errors_by_code"]["invalid_image"] == 3
@@ -170,15 +180,17 @@ def test_template_images_from_parquet_datasets_and_csv(tmp_path, vlm, picture):
     (tmp_path / "t.csv").write_text("name,file\nd,cat.png\ne,gone.png\n")
     out = tmp_path / "out"
     res = invoke("run", tmp_path / "t.parquet", "-o", out, "--engine", "fake", "-m", vlm, "-q",
-                 "--template-user", "Caption {{ name }}", "--template-image", "raw", "--template-image", "hf")
+                 "--template-user", "Caption {{ name }}", "--template-image", "raw", "--template-image", "hf",
+                 "--allowed-local-media-path", tmp_path)
     assert res.exit_code == 0, res.output
     df = read_output(out).sort("source_line")
     assert df["error"].to_list() == [None, None, None] and df["images"].to_list() == [2, 2, 0]
     res = invoke("run", tmp_path / "t.csv", "-o", tmp_path / "out2", "--engine", "fake", "-m", vlm, "-q",
-                 "--template-user", "Caption {{ name }}", "--template-image", "file")
+                 "--template-user", "Caption {{ name }}", "--template-image", "file",
+                 "--allowed-local-media-path", tmp_path)
     rows = read_output(tmp_path / "out2").sort("source_line").to_dicts()
     assert rows[0]["error"] is None and rows[0]["images"] == 1  # relative to the table's folder
-    assert rows[1]["error"]["code"] == "image_fetch_failed" and "gone.png" in rows[1]["error"]["message"]
+    assert rows[1]["error"]["code"] == "image_not_allowed" and "gone.png" in rows[1]["error"]["message"]
 
 
 def test_estimate_counts_each_image_by_its_size(tmp_path, vlm):
@@ -203,19 +215,20 @@ def test_fsspec_urls_are_read_with_the_jobs_storage(tmp_path):
     import fsspec
 
     fsspec.filesystem("memory").pipe("/imgs/cat.png", PNG)
+    store = MediaRules(storage=("memory://imgs",), retries=0)  # --media-storage memory://imgs
     small = resolve(parse_row(chat("big", image("memory://imgs/cat.png"), image(data_url(PNG))),
-                              source=Source(0, "f", "f"), line=1, ctx=Context()), ImagePolicy(max_bytes=100))
+                              source=Source(0, "f", "f"), line=1, ctx=Context()), ImagePolicy(max_bytes=100, media=store))
     assert small.code == "image_too_large"  # read 101 bytes: the size is not known, only that it is over
     assert small.message.startswith("messages[0].content[1].image_url is over 100 bytes; at most 100 are accepted")
     inline = resolve(parse_row(chat("big", image(data_url(PNG))), source=Source(0, "f", "f"), line=1, ctx=Context()),
                      ImagePolicy(max_bytes=100))
     assert f"is {len(PNG):,} bytes; at most 100" in inline.message
     row = chat("mem", image("memory://imgs/cat.png"), image("memory://imgs/dog.png"))
-    item = resolve(parse_row(row, source=Source(0, "f", "f"), line=3, ctx=Context()), ImagePolicy(retries=0))
+    item = resolve(parse_row(row, source=Source(0, "f", "f"), line=3, ctx=Context()), ImagePolicy(media=store))
     assert item.code == "image_fetch_failed" and item.param == "messages[0].content[2].image_url"
     assert "memory://imgs/dog.png" in item.message and item.line == 3
     ok = resolve(parse_row(chat("mem", image("memory://imgs/cat.png")), source=Source(0, "f", "f"), line=1, ctx=Context()),
-                 ImagePolicy())
+                 ImagePolicy(media=store))
     assert ok.messages[0]["content"][1]["image_url"]["url"] == data_url(PNG)
 
 
@@ -242,7 +255,7 @@ def test_result_lines_count_the_prompts_images_and_report_reads_them(tmp_path, v
                                               or (shape == "openai" and r.get("custom_id") in ("two", "none"))])
     out = tmp_path / "out"
     res = invoke("run", src, "-o", out, "--engine", "fake", "-m", vlm, "-q", "--format", fmt,
-                 "--limit-mm-per-prompt", "image=2")
+                 "--limit-mm-per-prompt", "image=2", "--allowed-local-media-path", tmp_path)
     assert res.exit_code == 0, res.output
     lines = [json.loads(t) for p in out.glob("part-*.jsonl") for t in p.read_text().splitlines()]
     counts = {line.get("key", line.get("custom_id")): image_count(line) for line in lines}
@@ -279,8 +292,9 @@ def test_a_stalled_store_is_an_error_row_after_the_timeout(stalled, protocol):
     url, options = stalled_store(protocol, stalled)
     row = chat("slow", image(url))
     start = time.monotonic()
-    item = resolve(parse_row(row, source=Source(0, "f", "f"), line=2, ctx=Context()),
-                   ImagePolicy(timeout=0.5, retries=1, storage_options=options))
+    rules = MediaRules(timeout=0.5, retries=1, storage_options=options, private=True,  # the port is loopback
+                       storage=() if protocol == "http" else (url.rpartition("/")[0],))  # --media-storage s3://bucket
+    item = resolve(parse_row(row, source=Source(0, "f", "f"), line=2, ctx=Context()), ImagePolicy(media=rules))
     took = time.monotonic() - start
     assert item.code == "image_fetch_failed" and item.param == "messages[0].content[1].image_url", item
     assert "(TimeoutError: 'no answer within 0.5 s" in item.message and "--image-timeout" in item.message
@@ -291,7 +305,7 @@ def test_a_run_with_a_stalled_store_finishes(tmp_path, vlm, stalled):
     url, options = stalled_store("s3", stalled)
     src = write_jsonl(tmp_path / "in.jsonl", [chat("slow", image(url)), chat("good", image(data_url(PNG)))])
     res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", vlm, "-q", "--image-timeout", "0.5",
-                 *[a for k, v in options.items() for a in ("--storage-option", f"{k}={json.dumps(v)}")])
+                 "--media-storage", "s3://bucket", *[a for k, v in options.items() for a in ("--storage-option", f"{k}={json.dumps(v)}")])
     assert res.exit_code == 0, res.output
     rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
     assert rows["good"]["error"] is None and rows["good"]["images"] == 1
@@ -320,7 +334,8 @@ def test_parquet_requests_with_image_parts(tmp_path, vlm, picture):
              {"type": "image_url", "text": None, "image_url": {"url": str(picture)}}]
     pq.write_table(pa.table({"custom_id": ["a"], "messages": [[{"role": "user", "content": parts}]]}),
                    tmp_path / "in.parquet")
-    res = invoke("run", tmp_path / "in.parquet", "-o", tmp_path / "out", "--engine", "fake", "-m", vlm, "-q")
+    res = invoke("run", tmp_path / "in.parquet", "-o", tmp_path / "out", "--engine", "fake", "-m", vlm, "-q",
+                 "--allowed-local-media-path", tmp_path)
     assert res.exit_code == 0, res.output
     [row] = read_output(tmp_path / "out").to_dicts()
     assert row["error"] is None and row["images"] == 1

@@ -43,11 +43,12 @@ def real_run(tmp_path_factory):
     ]
     src = write_jsonl(tmp / "in.jsonl", rows)
     model = tiny_vlm()
-    res = invoke("estimate", src, "-m", model, "--limit-mm-per-prompt", "image=2", "--rows-file", tmp / "est.parquet")
+    res = invoke("estimate", src, "-m", model, "--limit-mm-per-prompt", "image=2", "--rows-file", tmp / "est.parquet",
+                 "--allowed-local-media-path", tmp)
     assert res.exit_code == 0, res.output
     out = tmp / "out"
     res = invoke("run", src, "-o", out, "-m", model, "--max-model-len", "2048", "--limit-mm-per-prompt", "image=2",
-                 "-q")
+                 "-q", "--engine-arg", f"allowed_local_media_path={tmp}")  # vLLM's own spelling, honoured by intake
     assert res.exit_code == 0, res.output
     rows = {r["custom_id"]: r for r in read_output(out).to_dicts()}
     estimated = dict(pl.read_parquet(tmp / "est.parquet").select("custom_id", "prompt_tokens").iter_rows())
@@ -72,7 +73,7 @@ def test_bad_images_are_error_rows(real_run):
     rows, _ = real_run
     bad = ("bad-bytes", "too-many", "missing", "cut-png", "cut-jpeg", "garbled-png")
     codes = {cid: rows[cid]["error"]["code"] for cid in bad}
-    assert codes == {"bad-bytes": "invalid_image", "too-many": "too_many_images", "missing": "image_fetch_failed",
+    assert codes == {"bad-bytes": "invalid_image", "too-many": "too_many_images", "missing": "image_not_allowed",
                      "cut-png": "invalid_image", "cut-jpeg": "invalid_image", "garbled-png": "invalid_image"}
     assert rows["too-many"]["error"]["param"] == "messages[0].content[3].image_url"
     assert rows["cut-png"]["error"]["param"] == "messages[0].content[1].image_url"

@@ -276,7 +276,8 @@ def test_images_are_read_from_the_bucket(store, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(ask(*x)) + "\n" for x in [("cat", "cat.png"), ("empty", "empty.png"),
                                                                  ("gone", "gone.png")]))
-    res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", tiny_vlm(), "-q", *store.options)
+    res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", tiny_vlm(), "-q", *store.options,
+                 "--media-storage", f"{store.root}/img")  # the job's credentials serve media from there only
     assert res.exit_code == 0, res.output
     rows = {r["custom_id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
     assert rows["cat"]["error"] is None and rows["cat"]["images"] == 1
