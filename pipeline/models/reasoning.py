@@ -31,9 +31,10 @@ THINKING_CUT = "thinking_cut"
 
 def reasoning_parser(model: str | None, chosen: str | None, folder: str | None = None) -> str | None:
     """The vLLM reasoning parser of a run: `chosen` (`--reasoning-parser`; "none": none), else the
-    one the model's name or its local folder's config.json names, else the generic `<think>`
-    parser (deepseek_r1) for a local model whose tokenizer has `<think>` and `</think>` tokens and
-    whose chat template writes `<think>`; None: no split."""
+    one the model's name or its local folder's config.json names, else, for a local model whose
+    tokenizer has a `</think>` token and whose chat template writes `<think>`, qwen3 where the
+    template takes enable_thinking (Qwen3's switch, which that parser reads) and the generic
+    `<think>` parser deepseek_r1 where it does not; None: no split."""
     if chosen:
         return None if chosen == NO_PARSER else chosen
     for name in (model, folder):
@@ -51,14 +52,17 @@ def _from_folder(folder: Path) -> str | None:
     parser = _BY_MODEL_TYPE.get(config.get("model_type")) if isinstance(config, dict) else None
     if parser:
         return parser
-    try:
-        tokenizer = (folder / "tokenizer_config.json").read_text()
-        template = (folder / "chat_template.jinja").read_text() if (folder / "chat_template.jinja").exists() else tokenizer
-    except OSError:
-        return None
-    if '"</think>"' in tokenizer and "<think>" in template:
-        return "deepseek_r1"
+    texts = [_text(folder / name) for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")]
+    if any('"</think>"' in t for t in texts[:2]) and any("<think>" in t for t in texts[1:]):
+        return "qwen3" if any("enable_thinking" in t for t in texts[1:]) else "deepseek_r1"
     return None
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def thinking_cut(reasoning: str | None, content: str | None, finish_reason: str | None) -> bool:
