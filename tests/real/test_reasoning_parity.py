@@ -59,8 +59,9 @@ def served(parser_name, tokenizer, creq, out):
 
 
 def ours(parser_name, tokenizer, req, creq, out):
-    from pipeline.engines.vllm import VLLMEngine
     from vllm.parser.parser_manager import ParserManager
+
+    from pipeline.engines.vllm import VLLMEngine
 
     engine = object.__new__(VLLMEngine)
     engine.tokenizer, engine.tool_parser_cls, engine.llm = tokenizer, None, SimpleNamespace(model_config=None)
