@@ -97,12 +97,8 @@ class VLLMEngine:
         self.max_model_len = model_config.max_model_len
         self.defaults = model_config.get_diff_sampling_param()
         self.tool_parser_name, self.tool_parser_cls = _tool_parser(spec.tool_parser, self.tokenizer)
-        # vLLM's own Parser for the reasoning split, built as its OpenAI server builds it (tool calls
-        # are read from the answer afterwards, by read_tool_calls)
         self.reasoning_parser = args.get("reasoning_parser") or None
-        self.parser_cls = ParserManager.get_parser(
-            reasoning_parser_name=self.reasoning_parser, model_name=spec.model, tokenizer=self.tokenizer,
-            is_harmony=model_config.hf_config.model_type == "gpt_oss") if self.reasoning_parser else None
+        self.parser_cls = _reasoning(self.reasoning_parser, spec.model, self.tokenizer, model_config)
         self.inflight: dict[str, tuple[int, Request, ChatCompletionRequest, tuple[str, ...]]] = {}
         self.info = {
             "model": spec.model, "max_model_len": self.max_model_len,
@@ -434,6 +430,15 @@ def _cpu_available_memory() -> int:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return " ".join(text.split("\n")[:3])[:500]
+
+
+def _reasoning(name: str | None, model: str, tokenizer, model_config):
+    """vLLM's own Parser class for the reasoning split (None: no parser), built as its OpenAI
+    server builds it; tool calls are read from the answer afterwards, by read_tool_calls."""
+    if not name:
+        return None
+    return ParserManager.get_parser(reasoning_parser_name=name, model_name=model, tokenizer=tokenizer,
+                                    is_harmony=model_config.hf_config.model_type == "gpt_oss")
 
 
 def _check_reasoning_parser(name: str | None) -> None:

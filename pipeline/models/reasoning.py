@@ -65,6 +65,18 @@ def _text(path: Path) -> str:
         return ""
 
 
+def thinking_upper(params: dict, n: int, upper: int) -> int:
+    """Of a chat request's completion bound (`upper`, n choices), the tokens thinking may take on a
+    reasoning model: each choice's thinking_token_budget where it sets one, else all of it; none
+    where the request turns thinking off (enable_thinking false, reasoning_effort "none")."""
+    kwargs = params.get("chat_template_kwargs") or {}
+    if kwargs.get("enable_thinking") is False or params.get("reasoning_effort") == "none":
+        return 0
+    per_choice = upper // max(n, 1)
+    budget = params.get("thinking_token_budget")
+    return n * (min(budget, per_choice) if budget is not None and budget >= 0 else per_choice)
+
+
 def thinking_cut(reasoning: str | None, content: str | None, finish_reason: str | None) -> bool:
     """Did this choice's thinking use all of max_tokens (thinking, no answer, cut for length)?"""
     return finish_reason == "length" and reasoning is not None and not content

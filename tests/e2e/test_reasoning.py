@@ -144,3 +144,67 @@ def test_earlier_turns_reasoning_content_reaches_the_template_as_reasoning():
 ])
 def test_the_parser_is_chosen_from_the_model(model, chosen, parser):
     assert reasoning_parser(model, chosen) == parser
+
+
+def test_estimate_says_which_part_is_thinking_and_calibrates_it_apart(tmp_path):
+    """The bound's thinking part is each request's budget (all of max_tokens without one, none
+    where thinking is off); a previous run's report calibrates thinking and answer apart."""
+    lines = [chat_line("budget", "a b", max_tokens=100, thinking_token_budget=30),
+             chat_line("all", "a b", max_tokens=50, n=2),
+             chat_line("off", "a b", max_tokens=40, chat_template_kwargs={"enable_thinking": False})]
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    args = ("-m", "smollm2", "--reasoning-parser", "deepseek_r1", "--workers", "1", "--price-input", "1",
+            "--price-output", "2", "--price-reasoning", "4")
+    res = invoke("estimate", src, *args, "--json")
+    assert res.exit_code == 0, res.output
+    est = json.loads(res.stdout)
+    assert (est["completion_tokens_upper"], est["reasoning_tokens_upper"]) == (240, 130)
+    assert est["reasoning_tokens_expected"] == 65 and est["completion_tokens_expected"] == 120
+    assert est["cost_usd_upper"] == pytest.approx((est["prompt_tokens"] + 110 * 2 + 130 * 4) / 1e6)
+    assert "thinking (deepseek_r1 reasoning parser): 65 expected" in invoke("estimate", src, *args).output
+    # a run thought 26 tokens of its 130 and answered 11 of its 110: ratios 0.2 and 0.1
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "_report.json").write_text(json.dumps({"completion_tokens": 37, "reasoning_tokens": 26}))
+    est = json.loads(invoke("estimate", src, *args, "--json", "--calibrate-from", run).stdout)
+    assert est["reasoning_ratio"] == pytest.approx(0.2) and est["completion_ratio"] == pytest.approx(0.1)
+    assert (est["reasoning_tokens_expected"], est["completion_tokens_expected"]) == (26, 37)
+
+
+def test_decode_first_puts_the_longest_thinking_first():
+    from conftest import source
+
+    from pipeline.intake.order import expected_decode
+    from pipeline.intake.requests import Context, parse_row
+
+    def req(**body):
+        return parse_row({"messages": [{"role": "user", "content": "q"}], "max_tokens": 100, **body},
+                         source=source(), line=1, ctx=Context())
+
+    weights = {name: expected_decode(req(**body)) for name, body in {
+        "unbudgeted": {}, "budget 50": {"thinking_token_budget": 50}, "budget 10": {"thinking_token_budget": 10},
+        "off": {"reasoning_effort": "none"}, "longer bound": {"max_tokens": 200, "reasoning_effort": "none"}}.items()}
+    assert sorted(weights, key=lambda k: tuple(-x for x in weights[k])) == [
+        "longer bound", "unbudgeted", "budget 50", "budget 10", "off"]
+
+
+def test_the_readme_distillation_example(tmp_path):
+    """README and docs/reasoning.md: a question table in; question, thinking and answer out."""
+    from conftest import REPO
+
+    res = invoke("run", REPO / "samples" / "reasoning" / "questions.csv", "-o", tmp_path / "out", *THINK,
+                 "--template-user", "{{ question }}", "--carry", "question", "--sample", "max_tokens=8192",
+                 "--thinking-token-budget", "6144")
+    assert res.exit_code == 0, res.output
+    rows = read_output(tmp_path / "out").sort("source_line").to_dicts()
+    assert len(rows) == 5 and rows[0]["question"].startswith("How many prime numbers")
+    assert all(r["reasoning_content"].startswith("Let me think about: ") and r["content"] == r["question"]
+               for r in rows)
+
+
+def test_status_and_metrics_show_thinking_apart(tmp_path):
+    rows_of(tmp_path, [chat_line("a", "two words", max_tokens=50)], "--metrics-file", tmp_path / "m.prom")
+    assert 'pipeline_tokens{job_name="' in (tmp_path / "m.prom").read_text()
+    assert 'kind="reasoning"} 6' in (tmp_path / "m.prom").read_text()
+    status = invoke("status", tmp_path / "out")
+    assert "of 8 tokens out: 6 thinking (75.0%), 2 answer" in status.output, status.output
