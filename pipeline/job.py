@@ -136,6 +136,10 @@ class Job:
             spec = replace(spec, endpoint="embeddings")
         thinking = reasoning_parser(cfg.model, cfg.reasoning_parser,
                                     None if not cfg.model or is_embedded(cfg.model) else cfg.model)
+        if cfg.model and thinking is None and cfg.thinking_token_budget is not None:
+            raise UserError(f"--thinking-token-budget needs a reasoning parser, and {cfg.model} has none that "
+                            "pipeline knows of. Hint: name the model's with --reasoning-parser NAME (deepseek_r1, "
+                            "qwen3, openai_gptoss, ...; docs/reasoning.md)")
         return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
                    Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg), runner, thinking)
 

@@ -208,3 +208,20 @@ def test_status_and_metrics_show_thinking_apart(tmp_path):
     assert 'kind="reasoning"} 6' in (tmp_path / "m.prom").read_text()
     status = invoke("status", tmp_path / "out")
     assert "of 8 tokens out: 6 thinking (75.0%), 2 answer" in status.output, status.output
+
+
+def test_the_python_api_takes_the_same_controls():
+    import pipeline
+
+    df = pipeline.run([{"q": "one two three"}, {"q": "four"}], model="smollm2", engine="fake",
+                      template_user="{{ q }}", reasoning_parser="deepseek_r1", thinking_token_budget=3,
+                      chat_template_kwargs={"enable_thinking": True}, sample={"max_tokens": 20})
+    assert df["reasoning_content"].to_list() == ["Let me think"] * 2
+    assert df["content"].to_list() == ["one two three", "four"] and df["reasoning_tokens"].to_list() == [3, 3]
+
+
+def test_a_budget_without_a_reasoning_parser_is_refused_before_the_run(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x")])
+    res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", "smollm2", "-q",
+                 "--thinking-token-budget", "10")
+    assert res.exit_code == 1 and "--thinking-token-budget needs a reasoning parser" in res.output
