@@ -254,8 +254,10 @@ def route_figures(routes: dict[tuple[str | None, str | None], Tally], rates: Rat
 
 
 def _price(price: Price | None) -> dict[str, Any] | None:
-    return None if price is None else {"input": price.input, "output": price.output, "reasoning": price.reasoning,
-                                       "source": price.source}
+    if price is None:
+        return None
+    thinking = {"reasoning": price.reasoning} if price.reasoning is not None else {}
+    return {"input": price.input, "output": price.output, **thinking, "source": price.source}
 
 
 # ---- the terminal table ------------------------------------------------------------------------

@@ -225,3 +225,14 @@ def test_a_budget_without_a_reasoning_parser_is_refused_before_the_run(tmp_path)
     res = invoke("run", src, "-o", tmp_path / "out", "--engine", "fake", "-m", "smollm2", "-q",
                  "--thinking-token-budget", "10")
     assert res.exit_code == 1 and "--thinking-token-budget needs a reasoning parser" in res.output
+
+
+def test_a_price_table_reasoning_price_is_used(monkeypatch):
+    from pipeline.models import prices
+
+    monkeypatch.setattr(prices, "price_table", lambda: {"m": {"p": {"input": 1, "output": 2, "reasoning": 5,
+                                                                    "default": True}}})
+    price = prices.find_price("m")
+    assert price.reasoning == 5 and price.cost(10, 100, 40) == pytest.approx((10 + 60 * 2 + 40 * 5) / 1e6)
+    assert prices.find_price("m", price_reasoning=3).reasoning == 3
+    assert prices.hosted_price("m").reasoning == 5
