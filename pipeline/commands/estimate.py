@@ -201,7 +201,7 @@ def estimate(job: Job) -> dict[str, Any]:
             for tally in (tallies[item.file], total):
                 tally.add(item, prompt_tokens, upper, computed, thinking)
             if out is not None:
-                out.add(item, prompt_tokens, upper)
+                out.add(item, prompt_tokens, upper, thinking)
         rates = rates_for(upper=total.completion_tokens_upper if calibration is None else calibration_upper,
                           report=report, calibrate_from=cfg.calibrate_from,
                           completion_ratio=cfg.completion_ratio, tokens_per_second=cfg.tokens_per_second,
@@ -380,13 +380,15 @@ class RequestRows:
         self.writer = pq.ParquetWriter(self.tmp, self.first)
         self.columns: dict[str, list] = {name: [] for name in self.first.names}
 
-    def add(self, item: Request | FailedRequest, prompt_tokens: int | None, upper: int | None) -> None:
+    def add(self, item: Request | FailedRequest, prompt_tokens: int | None, upper: int | None,
+            thinking: int = 0) -> None:
         c = self.columns
         c["custom_id"].append(item.custom_id)
         c["source_file"].append(item.source_file)
         c["source_line"].append(item.line)
         c["prompt_tokens"].append(prompt_tokens)
         c["completion_tokens_upper"].append(upper)
+        c["reasoning_tokens_upper"].append(None if upper is None else thinking)
         c["error"].append({"code": item.code, "message": item.message, "param": item.param, "line": item.line}
                           if isinstance(item, FailedRequest) else None)
         if len(c["custom_id"]) >= self.batch_rows:
@@ -415,10 +417,14 @@ class RequestRows:
                 columns = dict(zip(batch.schema.names, batch.columns, strict=True))
                 prompt = pc.cast(columns["prompt_tokens"], pa.float64())
                 upper = pc.cast(columns["completion_tokens_upper"], pa.float64())
-                columns["completion_tokens_expected"] = expected = pc.multiply(upper, rates.completion_ratio)
-                for bound, tokens in (("expected", expected), ("upper", upper)):
-                    columns[f"cost_usd_{bound}"] = pa.nulls(len(batch), pa.float64()) if price is None else pc.divide(
-                        pc.add(pc.multiply(prompt, price.input), pc.multiply(tokens, price.output)), 1e6)
+                thinking = pc.cast(columns["reasoning_tokens_upper"], pa.float64())
+                think_ratio = rates.completion_ratio if rates.reasoning_ratio is None else rates.reasoning_ratio
+                thought = pc.multiply(thinking, think_ratio)
+                columns["completion_tokens_expected"] = expected = pc.add(
+                    thought, pc.multiply(pc.subtract(upper, thinking), rates.completion_ratio))
+                for bound, tokens, thinks in (("expected", expected, thought), ("upper", upper, thinking)):
+                    columns[f"cost_usd_{bound}"] = pa.nulls(len(batch), pa.float64()) if price is None else _cost(
+                        price, prompt, tokens, thinks)
                 writer.write_batch(pa.record_batch([columns[name] for name in schema.names], schema=schema))
 
     def __enter__(self) -> RequestRows:
@@ -429,6 +435,16 @@ class RequestRows:
             self.writer.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.tmp)
+
+
+def _cost(price: Price, prompt, completion, thinking):
+    """Price.cost over Arrow columns: thinking at the reasoning price (else the output price)."""
+    import pyarrow.compute as pc
+
+    per_thought = price.output if price.reasoning is None else price.reasoning
+    answer = pc.subtract(completion, thinking)
+    return pc.divide(pc.add(pc.add(pc.multiply(prompt, price.input), pc.multiply(answer, price.output)),
+                            pc.multiply(thinking, per_thought)), 1e6)
 
 
 __all__ = ["estimate", "completion_upper", "rates_for", "row_schema", "Rates", "Tally", "table"]

@@ -166,9 +166,17 @@ def test_estimate_says_which_part_is_thinking_and_calibrates_it_apart(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "_report.json").write_text(json.dumps({"completion_tokens": 37, "reasoning_tokens": 26}))
-    est = json.loads(invoke("estimate", src, *args, "--json", "--calibrate-from", run).stdout)
+    est = json.loads(invoke("estimate", src, *args, "--json", "--calibrate-from", run, "--rows-file",
+                            tmp_path / "rows.parquet").stdout)
     assert est["reasoning_ratio"] == pytest.approx(0.2) and est["completion_ratio"] == pytest.approx(0.1)
     assert (est["reasoning_tokens_expected"], est["completion_tokens_expected"]) == (26, 37)
+    import polars as pl
+
+    rows = {r["custom_id"]: r for r in pl.read_parquet(tmp_path / "rows.parquet").to_dicts()}
+    assert {k: r["reasoning_tokens_upper"] for k, r in rows.items()} == {"budget": 30, "all": 100, "off": 0}
+    budget = rows["budget"]  # 30 thinking at 0.2, 70 answer at 0.1
+    assert budget["completion_tokens_expected"] == pytest.approx(6 + 7)
+    assert budget["cost_usd_expected"] == pytest.approx((budget["prompt_tokens"] + 7 * 2 + 6 * 4) / 1e6)
 
 
 def test_decode_first_puts_the_longest_thinking_first():
