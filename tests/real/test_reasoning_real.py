@@ -19,6 +19,9 @@ pytestmark = pytest.mark.engine
 
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
           "additionalProperties": False}
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {
+    "type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"],
+    "additionalProperties": False}}}
 
 
 def line(custom_id, content, **body):
@@ -35,6 +38,8 @@ LINES = [
     line("n2", "Hi", max_tokens=10, thinking_token_budget=3, n=2, temperature=1, logprobs=True),
     line("effort", "Hi", max_tokens=4, reasoning_effort="low", thinking_token_budget=2),
     line("plain", "Hi", max_tokens=4, thinking_token_budget=2),
+    line("tool", "Weather?", max_tokens=40, thinking_token_budget=3, tools=[WEATHER],
+         tool_choice={"type": "function", "function": {"name": "weather"}}),
     {"custom_id": "multi", "body": {"messages": [
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": "a thought"},
         {"role": "user", "content": "again"}], "max_tokens": 4, "thinking_token_budget": 2, "temperature": 0}},
@@ -107,6 +112,14 @@ def test_every_choice_is_split_with_its_logprobs(run):
         assert choice["reasoning_content"] and choice["content"]
         assert len(choice["logprobs"]["content"]) == 10  # thinking and answer tokens, as vLLM's server gives
     assert 0 < n2["reasoning_tokens"] <= 6
+
+
+def test_a_tool_call_comes_after_the_thinking(run):
+    rows, _ = run
+    tool = rows["tool"]
+    assert tool["reasoning_content"] and tool["content"] is None
+    [call] = tool["tool_calls"]
+    assert call["function"]["name"] == "weather" and json.loads(call["function"]["arguments"])["city"] in ("Paris", "Rome")
 
 
 def test_estimate_counts_the_prompt_the_engine_saw(run, tmp, model):
