@@ -44,12 +44,17 @@ class _run_estimate_validate(TypedDict, total=False):
     max_model_len: int | None  # default None
     tokenizer: str | None  # default None
     trust_remote_code: bool  # default False
+    reasoning_parser: str | None  # default None
+    reasoning_effort: Literal['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max'] | None  # default None
+    chat_template_kwargs: Mapping[str, Any] | Sequence[str] | None  # default None
+    thinking_token_budget: int | None  # default None
     runner: Literal['auto', 'generate', 'pooling'] | None  # default 'auto'
 
 class _run_estimate(_run_estimate_validate, total=False):
     provider: str | None  # default None
     price_input: float | None  # default None
     price_output: float | None  # default None
+    price_reasoning: float | None  # default None
     order: Literal['auto', 'prefix', 'sorted', 'input'] | None  # default 'auto'
     order_buffer: int | None  # default 100000
     order_buffer_bytes: int | None  # default 536870912

@@ -34,8 +34,9 @@ from pipeline.intake.stream import request_stream, run_context
 from pipeline.intake.templates import OPTION_NAMES as TEMPLATE_OPTIONS
 from pipeline.intake.templates import TemplateSpec, callable_identity
 from pipeline.models.adapters import Adapter, adapters_fingerprint, lora_engine_args
-from pipeline.models.names import output_name, resolve_model
+from pipeline.models.names import is_embedded, output_name, resolve_model
 from pipeline.models.prices import Price, find_price
+from pipeline.models.reasoning import reasoning_parser
 from pipeline.models.vision import is_vision_model
 from pipeline.output.layout import Layout
 from pipeline.records import FailedRequest, Request
@@ -116,6 +117,7 @@ class Job:
     limit: Limit = FULL  # --limit, --sample-seed: a trial run
     images: ImagePolicy | None = None  # how image parts are fetched and checked
     runner: str = "generate"  # the kind of model the run serves (--runner; auto: from the inputs)
+    reasoning_parser: str | None = None  # vLLM's reasoning parser that splits thinking from answers
 
     @classmethod
     def open(cls, cfg, *, exclude: Location | None = None) -> Job:
@@ -126,11 +128,12 @@ class Job:
         layout = spec.layout(files) if spec else None
         scans = [scan(f, digest=cfg.verify_content) for f in files]
         ctx, adapters = run_context(cfg.model, cfg.served_model_name, cfg.max_n, cfg.route, cfg.lora)
+        ctx = replace(ctx, defaults=request_defaults(cfg))
         model_name = price = None
         if cfg.model:
             model_name = output_name(cfg.model, cfg.served_model_name)
             price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
-                               price_output=cfg.price_output)
+                               price_output=cfg.price_output, price_reasoning=getattr(cfg, "price_reasoning", None))
         runner = _runner(cfg, files, scans, spec)
         if runner == "pooling" and getattr(cfg, "format", None) in ("anthropic", "gemini"):
             raise UserError(f"--format {cfg.format} has no result for embeddings, score or rerank requests (this run's "
@@ -142,8 +145,14 @@ class Job:
                                 "--template-user text only: --template-system, --template-turns, --sample, "
                                 "--sample-column and --response-schema have no meaning there; drop them")
             spec = replace(spec, endpoint="embeddings")
+        thinking = reasoning_parser(cfg.model, cfg.reasoning_parser,
+                                    None if not cfg.model or is_embedded(cfg.model) else cfg.model)
+        if cfg.model and thinking is None and cfg.thinking_token_budget is not None:
+            raise UserError(f"--thinking-token-budget needs a reasoning parser, and {cfg.model} has none that "
+                            "pipeline knows of. Hint: name the model's with --reasoning-parser NAME (deepseek_r1, "
+                            "qwen3, openai_gptoss, ...; docs/reasoning.md)")
         return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
-                   Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg), runner)
+                   Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg), runner, thinking)
 
     def rows(self, skip: Callable[[Request | FailedRequest], bool] | None = None) -> Iterator[Request | FailedRequest]:
         """Every input row (those a --limit trial takes) as a Request or FailedRequest, in the
@@ -189,11 +198,21 @@ class Job:
         cfg = self.cfg
         return EngineSpec(
             kind=cfg.engine, model=resolve_model(cfg.model) if KINDS[cfg.engine].loads_model else cfg.model,
-            engine_args={**lora_engine_args(self.adapters), "runner": self.runner, **cfg.engine_args()},
+            engine_args={**lora_engine_args(self.adapters), "runner": self.runner,
+                         **({"reasoning_parser": self.reasoning_parser} if self.reasoning_parser else {}),
+                         **cfg.engine_args()},
             seed_policy=cfg.seed_on_cpu, tool_parser=cfg.tool_call_parser,
             options={"runner": self.runner, **cfg.engine_options},
             lora={a.name: a.path for a in self.adapters},
         )
+
+
+def request_defaults(cfg) -> tuple[tuple[str, Any], ...]:
+    """The job's defaults of request fields (--reasoning-effort, --chat-template-kwargs,
+    --thinking-token-budget): what a chat row that sets none of its own takes."""
+    values = {"reasoning_effort": cfg.reasoning_effort, "chat_template_kwargs": cfg.chat_template_kwargs or None,
+              "thinking_token_budget": cfg.thinking_token_budget}
+    return tuple((k, v) for k, v in values.items() if v is not None)
 
 
 def image_policy(cfg) -> ImagePolicy:

@@ -156,12 +156,33 @@ OPTIONS: tuple[Opt, ...] = (
         output=True),
     Opt("trust_remote_code", "Allow model code from the model repository to run. Off: it never runs.",
         is_flag=True, commands=MODEL_CMDS, engine=True, output=True),
+    # ---- reasoning models (every command that reads requests; see docs/reasoning.md) ----------------
+    Opt("reasoning_parser", "vLLM reasoning parser that splits each completion's thinking (column "
+        "reasoning_content) from its answer, as vLLM's server does with the same flag: any name vLLM "
+        "registers (deepseek_r1, qwen3, openai_gptoss, granite, ...). Default: by model (DeepSeek-R1 and "
+        "its distills, QwQ: deepseek_r1; Qwen3: qwen3; gpt-oss: openai_gptoss), else none; `none`: no split. "
+        "With a parser, response_format and tool grammars apply to the answer only.",
+        metavar="NAME", commands=READERS, output=True),
+    Opt("reasoning_effort", "Default reasoning_effort of the requests that set none (OpenAI's field, for "
+        "models whose chat template takes it, such as gpt-oss; any value but none also sets the template's "
+        "enable_thinking).", click.Choice(["none", "minimal", "low", "medium", "high", "xhigh", "max"]),
+        commands=READERS, output=True),
+    Opt("chat_template_kwargs", "Default chat template arguments of every chat request, such as "
+        "enable_thinking=false (a request's own chat_template_kwargs win key by key). Repeatable; a "
+        "mapping in a job file.", multiple=True, metavar="KEY=VALUE", commands=READERS, output=True),
+    Opt("thinking_token_budget", "Default thinking budget of the requests that set none (vLLM's request "
+        "field thinking_token_budget): after this many thinking tokens the end of thinking is forced and "
+        "the answer follows, within max_tokens. Needs a reasoning parser.", Int0, metavar="TOKENS",
+        commands=READERS, output=True),
     # ---- price (run, estimate) -----------------------------------------------------------------
     Opt("provider", "Row of the price table to use (e.g. deepinfra, together). Default: the model's default row.",
         commands=frozenset({RUN, ESTIMATE}), output=True),
     Opt("price_input", "USD per million prompt tokens (overrides the price table).", Price,
         commands=frozenset({RUN, ESTIMATE}), output=True),
     Opt("price_output", "USD per million completion tokens (overrides the price table).", Price,
+        commands=frozenset({RUN, ESTIMATE}), output=True),
+    Opt("price_reasoning", "USD per million reasoning (thinking) tokens, where they cost other than "
+        "output tokens (default: the price table's reasoning price, else --price-output).", Price,
         commands=frozenset({RUN, ESTIMATE}), output=True),
     # ---- run: output ---------------------------------------------------------------------------
     Opt("output", "Output folder (local path or fsspec URL).", short="-o", required_in=ONLY_RUN),
@@ -286,7 +307,7 @@ OPTIONS: tuple[Opt, ...] = (
 )
 
 KEY_VALUE_OPTIONS = ("storage_option", "engine_arg", "engine_option", "sample", "sample_column", "route", "lora",
-                     "limit_mm_per_prompt")  # KEY=VALUE..., held as dicts
+                     "limit_mm_per_prompt", "chat_template_kwargs")  # KEY=VALUE..., held as dicts
 BY_NAME = {o.name: o for o in OPTIONS}
 ENGINE_ARGS = tuple(o.name for o in OPTIONS if o.engine and RUN in o.commands)
 OUTPUT_OPTIONS = tuple(o.name for o in OPTIONS if o.output and RUN in o.commands)

@@ -27,6 +27,7 @@ TOOL_CALL = pa.struct([
 CHOICE = pa.struct([
     ("index", pa.int32()),
     ("content", pa.string()),
+    ("reasoning_content", pa.string()),  # the choice's thinking, split from content by the reasoning parser
     ("tool_calls", pa.list_(TOOL_CALL)),
     ("finish_reason", pa.string()),
     ("logprobs", pa.struct([("content", pa.list_(TOKEN_LOGPROB))])),
@@ -49,6 +50,10 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("requested_model", pa.string()),  # the model the request named (--route maps it to `model`)
     pa.field("served_model", pa.string()),  # the name it ran under: its --lora adapter, else `model`
     pa.field("content", pa.string()),
+    # the first choice's thinking, split from its answer (content) by the run's reasoning parser;
+    # null without one, or where the model did not think. A choice whose thinking used all of
+    # max_tokens has finish_reason "length", content null and a warning starting "thinking_cut"
+    pa.field("reasoning_content", pa.string()),
     pa.field("finish_reason", pa.string()),
     pa.field("tool_calls", pa.list_(TOOL_CALL)),
     pa.field("choices", pa.list_(CHOICE)),
@@ -64,6 +69,8 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("rerank", pa.list_(RERANK_RESULT)),
     pa.field("prompt_tokens", pa.int64()),
     pa.field("completion_tokens", pa.int64()),
+    # of completion_tokens, the thinking tokens of every choice (null: no reasoning parser split them)
+    pa.field("reasoning_tokens", pa.int64()),
     pa.field("total_tokens", pa.int64()),
     pa.field("cached_tokens", pa.int64()),
     pa.field("images", pa.int32()),  # images the request sent to the engine (null: it never got there)
@@ -90,6 +97,8 @@ ESTIMATE_SCHEMA = pa.schema([
     pa.field("prompt_tokens", pa.int64()),
     pa.field("completion_tokens_expected", pa.float64()),
     pa.field("completion_tokens_upper", pa.int64()),
+    # of the completion bound, what a reasoning model's thinking may take (its thinking_token_budget)
+    pa.field("reasoning_tokens_upper", pa.int64()),
     pa.field("cost_usd_expected", pa.float64()),
     pa.field("cost_usd_upper", pa.float64()),
     pa.field("error", ERROR),

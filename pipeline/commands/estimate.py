@@ -31,6 +31,7 @@ from pipeline.intake.stream import trial_keys
 from pipeline.job import Job
 from pipeline.models.prefix import shared_blocks
 from pipeline.models.prices import Price, hosted_price
+from pipeline.models.reasoning import thinking_upper
 from pipeline.models.tokens import PromptCounter, cpu_count
 from pipeline.output.folder import Output
 from pipeline.output.humane import figure, trial_text, usd
@@ -59,10 +60,11 @@ class Tally:
     prompt_tokens: int = 0  # of valid requests: what would be billed
     prompt_tokens_computed: int = 0  # ...less what the prefix cache would serve, in the run's order
     completion_tokens_upper: int = 0
+    reasoning_tokens_upper: int = 0  # of completion_tokens_upper, what thinking may take
     errors: Counter = field(default_factory=Counter)
 
     def add(self, item: Request | FailedRequest, prompt_tokens: int | None, upper: int | None,
-            computed: int | None = None) -> None:
+            computed: int | None = None, thinking: int = 0) -> None:
         self.requests += 1
         if isinstance(item, FailedRequest):
             self.invalid += 1
@@ -71,6 +73,7 @@ class Tally:
             self.prompt_tokens += prompt_tokens
             self.prompt_tokens_computed += prompt_tokens if computed is None else computed
             self.completion_tokens_upper += upper
+            self.reasoning_tokens_upper += thinking
 
 
 def computed_tokens(prompt_tokens: int, blocks: bytes, before: bytes, block_size: int) -> int:
@@ -92,6 +95,8 @@ class Rates:
     tokens_per_second: float | None  # per GPU, prompt + completion tokens
     throughput_source: str
     gpu_hour_usd: float
+    # a reasoning model's: the expected share of the thinking's bound (the answer's: completion_ratio)
+    reasoning_ratio: float | None = None
 
     def figures(self, t: Tally) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -99,11 +104,15 @@ class Rates:
             "errors_by_code": dict(sorted(t.errors.items())), "prompt_tokens": t.prompt_tokens,
             "prompt_tokens_computed": t.prompt_tokens_computed,
         }
-        bounds = {"expected": t.completion_tokens_upper * self.completion_ratio, "upper": t.completion_tokens_upper}
+        think_ratio = self.completion_ratio if self.reasoning_ratio is None else self.reasoning_ratio
+        thinking = {"expected": t.reasoning_tokens_upper * think_ratio, "upper": t.reasoning_tokens_upper}
+        answer = t.completion_tokens_upper - t.reasoning_tokens_upper
+        bounds = {"expected": thinking["expected"] + answer * self.completion_ratio, "upper": t.completion_tokens_upper}
         for bound, completion in bounds.items():
             out[f"completion_tokens_{bound}"] = round(completion)
+            out[f"reasoning_tokens_{bound}"] = round(thinking[bound])
         for bound, completion in bounds.items():
-            out[f"cost_usd_{bound}"] = self.price.cost(t.prompt_tokens, completion) if self.price else None
+            out[f"cost_usd_{bound}"] = self.price.cost(t.prompt_tokens, completion, thinking[bound]) if self.price else None
         for bound, completion in bounds.items():
             # the GPU computes the prompt tokens the prefix cache does not serve
             hours = ((t.prompt_tokens_computed + completion) / self.tokens_per_second / 3600
@@ -115,20 +124,29 @@ class Rates:
 
 def rates_for(*, upper: int, report: dict[str, Any] | None, calibrate_from: str | None,
               completion_ratio: float | None, tokens_per_second: float | None,
-              price: Price | None, gpu_hour_usd: float) -> Rates:
+              price: Price | None, gpu_hour_usd: float, thinking_upper: int = 0) -> Rates:
     """The completion ratio and throughput: given on the command line, else calibrated from a
     run's report, else the default ratio and no throughput.
 
     Calibrated ratio = the run's completion tokens / the upper bounds of the same inputs' valid
-    requests, counted now. Calibrated throughput per GPU = the run's prompt + completion tokens /
+    requests, counted now; for a reasoning model's run (its report counts reasoning tokens),
+    thinking and answer apart: thinking ratio = its reasoning tokens / the bound's thinking part
+    (`thinking_upper`), answer ratio = its other completion tokens / the rest of the bound.
+    Calibrated throughput per GPU = the run's prompt + completion tokens /
     its wall time / its engines; that wall time includes engine start, so a short run understates
     what a long job will reach.
     """
     ratio, ratio_source = DEFAULT_COMPLETION_RATIO, "default; pass --completion-ratio or --calibrate-from DIR"
     tps, tps_source = None, "none; pass --tokens-per-second or --calibrate-from DIR"
+    thinking_ratio = None
     if report is not None:
         if upper and report.get("completion_tokens") is not None:
             ratio, ratio_source = report["completion_tokens"] / upper, f"calibrated from {calibrate_from}"
+            thought = report.get("reasoning_tokens") or 0
+            if thinking_upper and upper > thinking_upper:
+                thinking_ratio = thought / thinking_upper
+                ratio = (report["completion_tokens"] - thought) / (upper - thinking_upper)
+                ratio_source += ", thinking and answer apart"
         if report.get("resumed"):
             tps_source = f"none: the run in {calibrate_from} was resumed, so its wall time covers part of its tokens"
         elif report.get("wall_seconds"):
@@ -136,10 +154,10 @@ def rates_for(*, upper: int, report: dict[str, Any] | None, calibrate_from: str 
             tps = tokens / report["wall_seconds"] / (report.get("engines") or 1)
             tps_source = f"calibrated from {calibrate_from}, whose wall time includes engine start"
     if completion_ratio is not None:
-        ratio, ratio_source = completion_ratio, "--completion-ratio"
+        ratio, ratio_source, thinking_ratio = completion_ratio, "--completion-ratio", None
     if tokens_per_second is not None:
         tps, tps_source = tokens_per_second, "--tokens-per-second"
-    return Rates(ratio, ratio_source, price, tps, tps_source, gpu_hour_usd)
+    return Rates(ratio, ratio_source, price, tps, tps_source, gpu_hour_usd, thinking_ratio)
 
 
 def read_report(directory: str, storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -165,32 +183,38 @@ def estimate(job: Job) -> dict[str, Any]:
     ordered = job.ordered(job.rows())
     # a calibrating trial run (--limit) took only some rows: its ratio is against their bound
     calibration = trial_keys((report or {}).get("trial"), job.files, job.scans, max_line_bytes=cfg.max_line_bytes)
-    calibration_upper = 0
+    calibration_upper = calibration_thinking = 0
+    thinks = job.reasoning_parser is not None
     with RequestRows(cfg.rows_file, cfg.storage_options) if cfg.rows_file else contextlib.nullcontext() as out:
         before = b""
         for item, prompt_tokens, blocks in counter.check_all(ordered, workers=workers, block_size=block_size):
             upper = computed = None
+            thinking = 0
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
+                thinking = thinking_upper(item.params, item.n, upper) if thinks and item.endpoint == "chat" else 0
                 if calibration is not None and (item.file, item.line) in calibration:
                     calibration_upper += upper
+                    calibration_thinking += thinking
                 computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
                 routes.setdefault((item.requested_model, item.adapter), Tally()).add(item, prompt_tokens, upper,
-                                                                                     computed)
+                                                                                     computed, thinking)
             for tally in (tallies[item.file], total):
-                tally.add(item, prompt_tokens, upper, computed)
+                tally.add(item, prompt_tokens, upper, computed, thinking)
             if out is not None:
-                out.add(item, prompt_tokens, upper)
+                out.add(item, prompt_tokens, upper, thinking)
         rates = rates_for(upper=total.completion_tokens_upper if calibration is None else calibration_upper,
                           report=report, calibrate_from=cfg.calibrate_from,
                           completion_ratio=cfg.completion_ratio, tokens_per_second=cfg.tokens_per_second,
-                          price=job.price, gpu_hour_usd=cfg.gpu_hour_usd)
+                          price=job.price, gpu_hour_usd=cfg.gpu_hour_usd,
+                          thinking_upper=total.reasoning_tokens_upper if calibration is None else calibration_thinking)
         if out is not None:
             out.finish(rates)
     seconds = time.monotonic() - started
     result = {
         "model": job.model_name, "max_model_len": counter.max_model_len, **rates.figures(total),
         "completion_ratio": rates.completion_ratio, "completion_ratio_source": rates.ratio_source,
+        "reasoning_parser": job.reasoning_parser, "reasoning_ratio": rates.reasoning_ratio,
         "price": _price(job.price),
         "tokens_per_second": rates.tokens_per_second, "throughput_source": rates.throughput_source,
         "gpu_hour_usd": cfg.gpu_hour_usd, "block_size": block_size,
@@ -231,7 +255,10 @@ def route_figures(routes: dict[tuple[str | None, str | None], Tally], rates: Rat
 
 
 def _price(price: Price | None) -> dict[str, Any] | None:
-    return None if price is None else {"input": price.input, "output": price.output, "source": price.source}
+    if price is None:
+        return None
+    thinking = {"reasoning": price.reasoning} if price.reasoning is not None else {}
+    return {"input": price.input, "output": price.output, **thinking, "source": price.source}
 
 
 # ---- the terminal table ------------------------------------------------------------------------
@@ -252,6 +279,7 @@ def table(r: dict[str, Any]) -> str:
         f"{r['model']}, context {r['max_model_len']:,} tokens: {r['requests']:,} requests, {r['invalid']:,} invalid"
         + (f" ({errors})" if errors else ""),
         f"completion tokens expected: {r['completion_ratio']:.3g} × the upper bound ({r['completion_ratio_source']})",
+        *_thinking_lines(r),
         f"prompt tokens a run computes: {r['prompt_tokens_computed']:,} of {r['prompt_tokens']:,} "
         f"({_share(r['prompt_tokens_computed'], r['prompt_tokens'])}; the rest is shared prefixes served from the "
         f"prefix cache in --order prefix, {r['block_size']}-token blocks); GPU-hours count these",
@@ -272,6 +300,16 @@ def table(r: dict[str, Any]) -> str:
     if r["trial"]:
         out.append(f"{trial_text(r['trial'])}: the figures are for these rows only")
     return "\n".join(out + _route_lines(r["routes"]))
+
+
+def _thinking_lines(r: dict[str, Any]) -> list[str]:
+    """Which part of the completion tokens is thinking, for a reasoning model."""
+    if not r.get("reasoning_parser"):
+        return []
+    ratio = r["completion_ratio"] if r["reasoning_ratio"] is None else r["reasoning_ratio"]
+    return [f"thinking ({r['reasoning_parser']} reasoning parser): {r['reasoning_tokens_expected']:,} expected "
+            f"({ratio:.3g} × its bound), up to {r['reasoning_tokens_upper']:,} of the completion tokens (each "
+            "request's thinking_token_budget, else all of max_tokens); the answer takes the rest"]
 
 
 def _route_lines(routes: list[dict[str, Any]]) -> list[str]:
@@ -343,13 +381,15 @@ class RequestRows:
         self.writer = pq.ParquetWriter(self.tmp, self.first)
         self.columns: dict[str, list] = {name: [] for name in self.first.names}
 
-    def add(self, item: Request | FailedRequest, prompt_tokens: int | None, upper: int | None) -> None:
+    def add(self, item: Request | FailedRequest, prompt_tokens: int | None, upper: int | None,
+            thinking: int = 0) -> None:
         c = self.columns
         c["custom_id"].append(item.custom_id)
         c["source_file"].append(item.source_file)
         c["source_line"].append(item.line)
         c["prompt_tokens"].append(prompt_tokens)
         c["completion_tokens_upper"].append(upper)
+        c["reasoning_tokens_upper"].append(None if upper is None else thinking)
         c["error"].append(error_column(item) if isinstance(item, FailedRequest) else None)
         if len(c["custom_id"]) >= self.batch_rows:
             self._flush()
@@ -377,10 +417,14 @@ class RequestRows:
                 columns = dict(zip(batch.schema.names, batch.columns, strict=True))
                 prompt = pc.cast(columns["prompt_tokens"], pa.float64())
                 upper = pc.cast(columns["completion_tokens_upper"], pa.float64())
-                columns["completion_tokens_expected"] = expected = pc.multiply(upper, rates.completion_ratio)
-                for bound, tokens in (("expected", expected), ("upper", upper)):
-                    columns[f"cost_usd_{bound}"] = pa.nulls(len(batch), pa.float64()) if price is None else pc.divide(
-                        pc.add(pc.multiply(prompt, price.input), pc.multiply(tokens, price.output)), 1e6)
+                thinking = pc.cast(columns["reasoning_tokens_upper"], pa.float64())
+                think_ratio = rates.completion_ratio if rates.reasoning_ratio is None else rates.reasoning_ratio
+                thought = pc.multiply(thinking, think_ratio)
+                columns["completion_tokens_expected"] = expected = pc.add(
+                    thought, pc.multiply(pc.subtract(upper, thinking), rates.completion_ratio))
+                for bound, tokens, thinks in (("expected", expected, thought), ("upper", upper, thinking)):
+                    columns[f"cost_usd_{bound}"] = pa.nulls(len(batch), pa.float64()) if price is None else _cost(
+                        price, prompt, tokens, thinks)
                 writer.write_batch(pa.record_batch([columns[name] for name in schema.names], schema=schema))
 
     def __enter__(self) -> RequestRows:
@@ -391,6 +435,16 @@ class RequestRows:
             self.writer.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.tmp)
+
+
+def _cost(price: Price, prompt, completion, thinking):
+    """Price.cost over Arrow columns: thinking at the reasoning price (else the output price)."""
+    import pyarrow.compute as pc
+
+    per_thought = price.output if price.reasoning is None else price.reasoning
+    answer = pc.subtract(completion, thinking)
+    return pc.divide(pc.add(pc.add(pc.multiply(prompt, price.input), pc.multiply(answer, price.output)),
+                            pc.multiply(thinking, per_thought)), 1e6)
 
 
 __all__ = ["estimate", "completion_upper", "rates_for", "row_schema", "Rates", "Tally", "table"]

@@ -22,7 +22,7 @@ _DATE = re.compile(r"(?<!\d)(\d{4})([-/]?)(0[1-9]|1[0-2])\2(0[1-9]|[12]\d|3[01])
 GAUGES = (
     ("pipeline_requests", "Requests of the job by outcome (whole job, resumed runs included)."),
     ("pipeline_errors", "Error rows of the job by error code."),
-    ("pipeline_tokens", "Tokens of the job by kind."),
+    ("pipeline_tokens", "Tokens of the job by kind (reasoning: the completion tokens of thinking)."),
     ("pipeline_estimated_cost_usd", "Estimated cost of the job at list price."),
     ("pipeline_wall_seconds", "Wall time of this run."),
     ("pipeline_requests_per_second", "Requests finished per second in this run."),
@@ -53,7 +53,7 @@ def prometheus_text(report: dict[str, Any], exit_code: int, job: str, now: float
             samples["pipeline_requests"].append((f'{base},status="{status}"', report.get(status, 0)))
         for code, n in report.get("errors_by_code", {}).items():
             samples["pipeline_errors"].append((f'{base},code="{_escape(code)}"', n))
-        for kind in ("prompt", "completion", "cached"):
+        for kind in ("prompt", "completion", "cached") + (("reasoning",) if report.get("reasoning_tokens") else ()):
             samples["pipeline_tokens"].append((f'{base},kind="{kind}"', report.get(f"{kind}_tokens", 0)))
         for name, key in (("pipeline_estimated_cost_usd", "estimated_cost"),
                           ("pipeline_wall_seconds", "wall_seconds"),

@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.output.folder import Output, OutputConflict
 from pipeline.output.formats import summary
 from pipeline.output.humane import duration, rate, share, trial_text, usd
+from pipeline.output.stats import thinking_text
 from pipeline.storage import Location
 
 EXAMPLES_PER_CODE = 3
@@ -88,6 +89,7 @@ def figures(d: RunData) -> dict[str, Any]:
         "prompt_tokens": prompt, "completion_tokens": int(ok["completion_tokens"].sum() or 0) if n else 0,
         "cached_tokens": cached, "cached_ratio": (cached / prompt) if prompt else 0.0,
         "images": int(ok["images"].sum() or 0) if n and "images" in ok.columns else 0,
+        "reasoning_tokens": int(ok["reasoning_tokens"].sum() or 0) if n and "reasoning_tokens" in ok.columns else 0,
         "estimated_cost": float(rows["estimated_cost"].sum() or 0.0) if n else 0.0,
         "price": r.get("price"), "wall_seconds": r.get("wall_seconds"),
         "requests_per_second": r.get("requests_per_second"),
@@ -125,6 +127,8 @@ def terminal_summary(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None 
     lines.append(f"tokens: {f['prompt_tokens']:,} prompt ({share(f['cached_ratio'])} from cache), "
                  f"{f['completion_tokens']:,} completion; estimated cost {usd(f['estimated_cost'])}"
                  + (f"; {f['images']:,} images" if f["images"] else ""))
+    if f["reasoning_tokens"]:
+        lines.append(thinking_text(f["reasoning_tokens"], f["completion_tokens"]))
     if f["wall_seconds"]:
         lines.append(f"last run: {duration(f['wall_seconds'])}, {rate(f['requests_per_second'])} requests/s, "
                      f"{rate(f['generated_tokens_per_second'])} generated tokens/s")
@@ -144,6 +148,8 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
         ("requests", f"{f['requests']:,}"), ("ok", f"{f['succeeded']:,}"), ("failed", f"{f['failed']:,}"),
         ("prompt tokens", f"{f['prompt_tokens']:,}"), ("completion tokens", f"{f['completion_tokens']:,}"),
         ("images", f"{f['images']:,}"),
+        ("thinking tokens", f"{f['reasoning_tokens']:,}"),
+        ("answer tokens", f"{f['completion_tokens'] - f['reasoning_tokens']:,}"),
         ("from cache", share(f["cached_ratio"])), ("estimated cost", usd(f["estimated_cost"])),
         ("wall time", duration(f["wall_seconds"])), ("requests/s", rate(f["requests_per_second"])),
         ("generated tok/s", rate(f["generated_tokens_per_second"]))))

@@ -271,7 +271,7 @@ def _report(p: Plan, stats: RunStats, claim, dispatcher, ordered) -> dict[str, A
         "requests_per_second": round(stats.rows / wall, 3),
         "generated_tokens_per_second": round(stats.generated / wall, 3),
         "model": p.job.model_name,
-        "price": None if price is None else f"${price.input}/M input, ${price.output}/M output ({price.source})",
+        "price": None if price is None else price.describe(),
         "output": p.out.display,
         "parts": len(claim.records),
         "engines": dispatcher.pool.size if dispatcher else 0,

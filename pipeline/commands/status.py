@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.output.folder import Output
 from pipeline.output.lease import current, why_busy
+from pipeline.output.stats import thinking_text
 from pipeline.storage import Location, redact
 
 
@@ -29,6 +30,8 @@ def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[
         "rows_committed": committed,
         "rows_total": last.get("rows_total"),
         "images": sum((r.get("stats") or {}).get("images", 0) for r in state.records),
+        "completion_tokens": sum((r.get("stats") or {}).get("completion_tokens", 0) for r in state.records),
+        "reasoning_tokens": sum((r.get("stats") or {}).get("reasoning_tokens", 0) for r in state.records),
         "parts": len(state.records),
         "last_commit": max(stamps) if stamps else None,
         "attempts": len(attempts),
@@ -43,6 +46,7 @@ def status_text(s: dict[str, Any]) -> str:
     share = f" of {total} ({100 * s['rows_committed'] / total:.1f}%)" if total else ""
     lines = [f"{s['output']}: {s['state']}",
              f"  rows committed: {s['rows_committed']}{share}" + (f", {s['images']} images" if s["images"] else ""),
+             *([f"  {thinking_text(s['reasoning_tokens'], s['completion_tokens'])}"] if s["reasoning_tokens"] else []),
              f"  parts: {s['parts']}" + (f", last commit {s['last_commit']} ({_ago(s['last_commit'])})"
                                         if s["last_commit"] else ""),
              f"  attempts: {s['attempts']} (first started {s['created']})"]

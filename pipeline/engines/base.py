@@ -52,6 +52,8 @@ class Result:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
+    # of completion_tokens, those of thinking (every choice's): None where no reasoning parser split them
+    reasoning_tokens: int | None = None
     error: Problem | None = None  # the request failed inside the engine
     embeddings: list[list[float]] | None = None  # an embeddings request's vectors, one per input
     scores: list[float] | None = None  # a score or rerank request's scores, one per pair (records.score_pairs)

@@ -13,7 +13,11 @@ and whose score of a pair is the cosine of its two vectors), `cpus_beside_model`
 CPU vLLM engine reports the cores its model left free), `first_request_file` (write the
 wall-clock time, `time.time()`, at which the first request arrived: time to first request for
 benchmarks). A completion echoes its prompt. It prints its engine arguments at start, as vLLM
-does (its output is shown with -v).
+does (its output is shown with -v). With a reasoning parser (`--reasoning-parser`, or
+engine_args["reasoning_parser"]) it thinks first, as a reasoning model does: its thinking is
+"Let me think about:" and the prompt's words, cut at the request's thinking_token_budget (one word a
+token); the answer (the echo) takes what max_tokens leaves, none when the thinking took it all.
+A chat_template_kwargs enable_thinking false, or reasoning_effort "none", turns the thinking off.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pipeline.records import Problem, Request, embedding_inputs, kind_problem, s
 class FakeEngine:
     def __init__(self, spec: EngineSpec):
         self.opts = spec.options
+        self.thinks = bool(spec.engine_args.get("reasoning_parser"))
         self.runner = self.opts.get("runner", "generate")
         self.info = {"model": spec.model, "max_model_len": self.opts.get("max_model_len", 4096),
                      "platform": "fake", "pid": os.getpid(), "runner": self.runner,
@@ -76,18 +81,24 @@ class FakeEngine:
             if req.endpoint in ("embeddings", "score", "rerank"):
                 self.queue.append(self._embed(seq, req) if req.endpoint == "embeddings" else self._score(seq, req))
                 continue
-            text = _last_text(req)
-            prompt = (_words(req.input) if req.endpoint == "completions"
-                      else sum(len(str(m.get("content") or "").split()) + 4 for m in req.messages))
-            budget = req.max_tokens or 16
-            words = text.split()[:budget]
-            choices = [
-                {"index": i, "content": " ".join(words), "tool_calls": None,
-                 "finish_reason": "length" if len(text.split()) > budget else "stop", "logprobs": None}
-                for i in range(req.n)
-            ]
-            self.queue.append(Result(seq, choices, prompt, len(words) * req.n, 0))
+            self.queue.append(self._complete(seq, req))
         return []
+
+    def _complete(self, seq: int, req: Request) -> Result:
+        text = _last_text(req)
+        prompt = (_words(req.input) if req.endpoint == "completions"
+                  else sum(len(str(m.get("content") or "").split()) + 4 for m in req.messages))
+        budget = req.max_tokens or 16
+        thoughts = _thoughts(req, text) if self.thinks and req.endpoint == "chat" else None
+        thinking = thoughts[:budget] if thoughts is not None else []
+        words = text.split()[:budget - len(thinking)]
+        cut = thoughts is not None and len(thoughts) >= budget
+        choice = {"content": None if cut else " ".join(words), "tool_calls": None, "logprobs": None,
+                  "finish_reason": "length" if cut or len(text.split()) > len(words) else "stop",
+                  "reasoning_content": " ".join(thinking) if thoughts else None}
+        used = len(thinking) + len(words)
+        return Result(seq, [{"index": i, **choice} for i in range(req.n)], prompt, used * req.n, 0,
+                      reasoning_tokens=len(thinking) * req.n if self.thinks and req.endpoint == "chat" else None)
 
     def _embed(self, seq: int, req: Request) -> Result:
         size = self.opts.get("embedding_size", 8)
@@ -131,6 +142,17 @@ class FakeEngine:
 
     def close(self) -> None:
         self.queue = []
+
+
+def _thoughts(req: Request, text: str) -> list[str] | None:
+    """The fake thinking of a chat request, in words (one word a token), cut at its budget; None
+    where the request turned thinking off."""
+    kwargs = req.params.get("chat_template_kwargs") or {}
+    if kwargs.get("enable_thinking") is False or req.params.get("reasoning_effort") == "none":
+        return None
+    words = ["Let", "me", "think", "about:", *text.split()]
+    budget = req.params.get("thinking_token_budget")
+    return words[:budget] if budget is not None and budget >= 0 else words
 
 
 def _words(text: str | list[int]) -> int:

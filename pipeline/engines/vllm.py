@@ -40,7 +40,9 @@ try:
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.lora.request import LoRARequest
+    from vllm.parser.parser_manager import ParserManager
     from vllm.platforms import current_platform
+    from vllm.reasoning import ReasoningParserManager
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
     from vllm.tool_parsers import ToolParserManager
     from vllm.tool_parsers.utils import get_json_schema_from_tools
@@ -80,6 +82,7 @@ class VLLMEngine:
             # keeps that last slot empty (zero weights), so base-model requests batched with
             # adapter requests run on the base model (slots fill from the first free one).
             args["max_loras"] = max(args.get("max_loras") or 1, len(spec.lora)) + 1
+        _check_reasoning_parser(args.get("reasoning_parser"))
         self.llm = LLM(model=spec.model, **args)
         self.engine = self.llm.llm_engine
         # One LoRARequest per adapter (ids from 1, in --lora order), loaded now so that an adapter
@@ -94,12 +97,14 @@ class VLLMEngine:
         self.max_model_len = model_config.max_model_len
         self.defaults = model_config.get_diff_sampling_param()
         self.tool_parser_name, self.tool_parser_cls = _tool_parser(spec.tool_parser, self.tokenizer)
+        self.reasoning_parser = args.get("reasoning_parser") or None
+        self.parser_cls = _reasoning(self.reasoning_parser, spec.model, self.tokenizer, model_config)
         self.inflight: dict[str, tuple[int, Request, ChatCompletionRequest, tuple[str, ...]]] = {}
         self.info = {
             "model": spec.model, "max_model_len": self.max_model_len,
             "platform": "cpu" if self.cpu else current_platform.device_name,
             "vllm": vllm.__version__, "enforce_eager": args["enforce_eager"],
-            "tool_parser": self.tool_parser_name, "pid": os.getpid(),
+            "tool_parser": self.tool_parser_name, "reasoning_parser": self.reasoning_parser, "pid": os.getpid(),
             "kv_cache_memory_bytes": self.engine.vllm_config.cache_config.kv_cache_memory_bytes,
             "dtype": str(model_config.dtype).removeprefix("torch."), "dtype_reason": dtype_reason,
             "sampling_defaults": self.defaults, "lora": {n: r.lora_path for n, r in self.loras.items()},
@@ -132,6 +137,8 @@ class VLLMEngine:
             creq = chat_request(req) if req.endpoint == "chat" else completion_request(req)
         except Exception as e:  # pydantic ValidationError: a field vLLM's API refuses
             raise _Refused(Problem("invalid_parameter", f"vLLM refused the request: {_first_line(e)}")) from None
+        if self.parser_cls is not None and req.endpoint == "chat":
+            creq = self._parser(creq).adjust_request(creq)  # what vLLM's server does before sampling
         params = creq.to_sampling_params(req.max_tokens, self.defaults)
         params.output_kind = RequestOutputKind.FINAL_ONLY
         schema = get_json_schema_from_tools(
@@ -153,7 +160,7 @@ class VLLMEngine:
                 [rid] = self.llm.enqueue([prompt], [params], lora_request=lora, use_tqdm=False)
             else:
                 [rid] = self.llm.enqueue_chat([req.messages], [params], use_tqdm=False, tools=engine_tools(req),
-                                              lora_request=lora)
+                                              lora_request=lora, chat_template_kwargs=template_kwargs(creq))
         except Exception as e:
             raise _Refused(self._refusal(e, PROMPT_FIELD[req.endpoint], req), tuple(warnings)) from None
         self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))
@@ -196,27 +203,47 @@ class VLLMEngine:
         return done
 
     def _result(self, seq, req: Request, creq, warnings, out) -> Result:
-        choices = [self._choice(req, creq, c) for c in sorted(out.outputs, key=lambda c: c.index)]
+        choices = [self._choice(req, creq, c, out.prompt_token_ids or []) for c in sorted(out.outputs, key=lambda c: c.index)]
+        thinking = [c.pop("_reasoning_tokens") for c in choices]
         return Result(
             seq, choices,
             prompt_tokens=len(out.prompt_token_ids or ()),
             completion_tokens=sum(len(c.token_ids) for c in out.outputs),
             cached_tokens=out.num_cached_tokens or 0,
+            reasoning_tokens=sum(thinking) if self.parser_cls is not None and req.endpoint == "chat" else None,
             warnings=warnings,
         )
 
-    def _choice(self, req: Request, creq, c) -> dict[str, Any]:
+    def _parser(self, creq):
+        """A new vLLM Parser for one choice (parsers hold state: the server makes one per choice)."""
+        return self.parser_cls(self.tokenizer, creq.tools, chat_template_kwargs=template_kwargs(creq),
+                               model_config=self.llm.model_config)
+
+    def _split(self, creq, c, prompt_ids) -> tuple[str | None, str | None, int]:
+        """(thinking, answer, thinking tokens) of one choice, as vLLM's OpenAI server splits it."""
+        if self.parser_cls is None:
+            return None, c.text, 0
+        parser = self._parser(creq)
+        parser.set_prompt_token_ids(prompt_ids)
+        reasoning, content, _ = parser.parse(c.text, creq, enable_auto_tools=False, model_output_token_ids=c.token_ids)
+        tokens = reasoning_tokens(parser, c.token_ids, reasoning)
+        return (reasoning if creq.include_reasoning else None), content, tokens
+
+    def _choice(self, req: Request, creq, c, prompt_ids=()) -> dict[str, Any]:
         """One choice in the row's form; a completion's text is its content, and its `logprobs`
         (a number of alternatives) gives the same per-token logprobs as chat's top_logprobs."""
         if req.endpoint == "completions":
             top = req.params.get("logprobs")
             return {"index": c.index, "content": c.text, "tool_calls": None, "finish_reason": c.finish_reason or "stop",
-                    "logprobs": self._logprobs(c, top) if top is not None else None}
+                    "logprobs": self._logprobs(c, top) if top is not None else None, "reasoning_content": None,
+                    "_reasoning_tokens": 0}
+        reasoning, answer, thinking = self._split(creq, c, prompt_ids)
         parser = self.tool_parser_cls(self.tokenizer, creq.tools) if self.tool_parser_cls and req.tools else None
-        content, tool_calls, finish = read_tool_calls(c.text, c.finish_reason or "stop", req, creq, parser)
+        content, tool_calls, finish = read_tool_calls(answer, c.finish_reason or "stop", req, creq, parser)
         return {
             "index": c.index, "content": content, "tool_calls": tool_calls, "finish_reason": finish,
             "logprobs": self._logprobs(c, req.params.get("top_logprobs", 0)) if req.params.get("logprobs") else None,
+            "reasoning_content": reasoning, "_reasoning_tokens": thinking,
         }
 
     def _logprobs(self, c, top_n: int) -> dict[str, Any] | None:
@@ -246,11 +273,33 @@ class VLLMEngine:
         self.engine.engine_core.shutdown()  # LLM has no shutdown of its own in vLLM 0.32
 
 
-def read_tool_calls(text: str, finish: str, req: Request, creq, parser) -> tuple[str | None, list | None, str]:
+def template_kwargs(creq) -> dict[str, Any]:
+    """The chat template's keyword arguments of a request, as vLLM's server makes them: its
+    chat_template_kwargs, reasoning_effort, and enable_thinking from reasoning_effort when the
+    request sets no enable_thinking of its own."""
+    return creq.build_chat_params(None, "auto").chat_template_kwargs
+
+
+def reasoning_tokens(parser, token_ids, reasoning: str | None) -> int:
+    """A choice's thinking tokens: vLLM's count (what its server reports in
+    completion_tokens_details), or, where vLLM's parser counts none because the chat template
+    opened the thinking in the prompt (DeepSeek-R1's and Qwen3's templates do), the tokens
+    before the end-of-thinking token (all of them when thinking never ended)."""
+    counted = parser.count_reasoning_tokens(token_ids)
+    if counted or not reasoning:
+        return counted
+    end = getattr(parser.reasoning_parser, "end_token_id", None)
+    ids = list(token_ids)
+    return ids.index(end) if end is not None and end in ids else len(ids)
+
+
+def read_tool_calls(text: str | None, finish: str, req: Request, creq, parser) -> tuple[str | None, list | None, str]:
     """(content, tool_calls, finish_reason) of one choice, the way vLLM's OpenAI server reads it:
     a named function's text is its arguments; `required` produced a JSON list of calls; `auto`
     calls are parsed out of the text by the model family's tool parser."""
     choice = req.tool_choice
+    if text is None:  # no answer: the thinking used every token
+        return None, None, finish
     if isinstance(choice, dict):
         return None, [_call(choice["function"]["name"], text)], finish
     if choice == "required":
@@ -381,6 +430,22 @@ def _cpu_available_memory() -> int:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return " ".join(text.split("\n")[:3])[:500]
+
+
+def _reasoning(name: str | None, model: str, tokenizer, model_config):
+    """vLLM's own Parser class for the reasoning split (None: no parser), built as its OpenAI
+    server builds it; tool calls are read from the answer afterwards, by read_tool_calls."""
+    if not name:
+        return None
+    return ParserManager.get_parser(reasoning_parser_name=name, model_name=model, tokenizer=tokenizer,
+                                    is_harmony=model_config.hf_config.model_type == "gpt_oss")
+
+
+def _check_reasoning_parser(name: str | None) -> None:
+    """Refuse a --reasoning-parser vLLM does not register, naming those it does."""
+    if name and name not in ReasoningParserManager.list_registered():
+        raise ValueError(f"--reasoning-parser {name!r} is not one of vLLM's reasoning parsers: "
+                         f"{', '.join(ReasoningParserManager.list_registered())}")
 
 
 def _tool_parser(name: str | None, tokenizer):

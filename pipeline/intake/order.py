@@ -33,7 +33,8 @@ start. Consecutive requests whose keys share at least half of the shorter one (a
 form a group (`Request.group`); the dispatcher hands a group to one engine, so the engine that
 holds its prefix computes it once. With `decode_first`, within each group (up to GROUP_SPAN
 requests at a time) the requests that may generate most (max_tokens x n; no max_tokens: most of
-all) come first, so that long decodes start early and short ones fill the tail (BatchLLM).
+all; among equals, those that may think most: a reasoning model's thinking_token_budget) come first,
+so that long decodes start early and short ones fill the tail (BatchLLM).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from pipeline.models.prefix import DIGEST, chained_digests, shared_blocks
+from pipeline.models.reasoning import thinking_upper
 from pipeline.models.render import media_bytes
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import StorageError
@@ -148,9 +150,12 @@ def same_group(a: bytes, b: bytes) -> bool:
     return shared > 0 and 2 * shared >= min(len(a), len(b)) // DIGEST
 
 
-def expected_decode(item: Request) -> int:
-    """What a request may generate, to start the longest first: max_tokens x n (none: the most)."""
-    return (item.max_tokens or sys.maxsize) * item.n
+def expected_decode(item: Request) -> tuple[int, int]:
+    """What a request may generate, to start the longest first: max_tokens x n (none: the most),
+    then, among equals, what a reasoning model may think (thinking is the longest decode): each
+    choice's thinking_token_budget, all of it without one, none where thinking is turned off."""
+    bound = (item.max_tokens or sys.maxsize) * item.n
+    return bound, thinking_upper(item.params, item.n, bound)
 
 
 def group_spans(keyed: list[Keyed]) -> list[tuple[int, int, int]]:
@@ -312,7 +317,7 @@ class PrefixOrder:
 
     def _emit(self, run: list[tuple[bytes, Request]]) -> Iterator[Request]:
         if self.decode_first:
-            run.sort(key=lambda pair: -expected_decode(pair[1]))  # stable: key order among equals
+            run.sort(key=lambda pair: tuple(-x for x in expected_decode(pair[1])))  # stable: key order among equals
         for key, item in run:
             self.meter.add(key)
             yield item

@@ -51,7 +51,14 @@ NUMERIC_PARAMS: dict[str, tuple[type, float, float, bool, bool]] = {
     "max_completion_tokens": (int, 1, math.inf, True, True),
     "top_logprobs": (int, 0, MAX_TOP_LOGPROBS, True, True),
     "seed": (int, -(2**63), 2**63 - 1, True, True),
+    # a reasoning model's thinking tokens before the answer is forced (vLLM's field; -1: no limit)
+    "thinking_token_budget": (int, -1, math.inf, True, True),
 }
+# OpenAI's (and vLLM's) reasoning_effort values: for models whose chat template takes it
+# (gpt-oss); any value but "none" also sets the template's enable_thinking, as vLLM's server does.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+# The request fields that steer a reasoning model (reasoning.py's job defaults fill them in).
+REASONING_FIELDS = ("reasoning_effort", "chat_template_kwargs", "thinking_token_budget", "include_reasoning")
 
 # Fields of the chat API that are accepted and have no effect on a batch run.
 ACCEPTED_NO_EFFECT = {
@@ -64,7 +71,7 @@ ACCEPTED_NO_EFFECT = {
 }
 BODY_FIELDS = {
     "model", "messages", "n", "stop", "logprobs", "logit_bias", "tools", "tool_choice",
-    "response_format", "user", *NUMERIC_PARAMS, *ACCEPTED_NO_EFFECT,
+    "response_format", "user", *NUMERIC_PARAMS, *ACCEPTED_NO_EFFECT, *REASONING_FIELDS,
 }
 # The completions API's fields: chat's sampling fields, a prompt, logprobs as a number, and
 # echo, suffix and best_of, which vLLM's offline engine cannot honour (refused unless unset).
@@ -75,7 +82,7 @@ UNSUPPORTED_COMPLETIONS_FIELDS = (  # (field, its value that changes nothing, wh
 )
 COMPLETIONS_FIELDS = {
     "model", "prompt", "n", "stop", "logprobs", "logit_bias", "user", "echo", "suffix", "best_of",
-    *(set(NUMERIC_PARAMS) - {"max_completion_tokens", "top_logprobs"}), *ACCEPTED_NO_EFFECT,
+    *(set(NUMERIC_PARAMS) - {"max_completion_tokens", "top_logprobs", "thinking_token_budget"}), *ACCEPTED_NO_EFFECT,
 }
 
 
@@ -92,6 +99,9 @@ class Context:
     routes: tuple[tuple[str, str], ...] = ()
     # --lora NAME=PATH: the names of the LoRA adapters this run serves on its model.
     adapters: frozenset[str] = frozenset()
+    # Job defaults of request fields (reasoning_effort, chat_template_kwargs, thinking_token_budget):
+    # a chat row that does not set one takes it; chat_template_kwargs merge, the row's keys winning.
+    defaults: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def of(cls, model: str | None, served: tuple[str, ...] = (), max_n: int = 4,
@@ -183,8 +193,10 @@ def _parse_body(
                                endpoint)
     if endpoint == "completions":
         return _completions_request(body, custom_id, source, line, ctx, warnings, shape, model)
+    body = with_defaults(body, ctx.defaults)
     messages = _messages(body.get("messages"))
     params = _sampling(body, ctx, NUMERIC_PARAMS)
+    params.update(_reasoning(body))
     if "max_tokens" in params and "max_completion_tokens" in params:
         if params["max_tokens"] != params["max_completion_tokens"]:
             raise Invalid(
@@ -222,6 +234,44 @@ def _sampling(body: dict[str, Any], ctx: Context, numeric: Any) -> dict[str, Any
         params["stop"] = _stop(body["stop"])
     if body.get("logit_bias") is not None:
         params["logit_bias"] = _logit_bias(body["logit_bias"])
+    return params
+
+
+def with_defaults(body: dict[str, Any], defaults: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The body with the job's default request fields where it sets none (chat_template_kwargs:
+    the job's keys under the row's)."""
+    if not defaults:
+        return body
+    out = dict(body)
+    for name, value in defaults:
+        if name == "chat_template_kwargs" and isinstance(out.get(name), dict) and isinstance(value, dict):
+            out[name] = {**value, **out[name]}
+        elif out.get(name) is None:
+            out[name] = value
+    return out
+
+
+def _reasoning(body: dict[str, Any]) -> dict[str, Any]:
+    """The fields that steer a reasoning model, checked: reasoning_effort, chat_template_kwargs
+    (keyword arguments of the model's chat template, such as enable_thinking) and include_reasoning
+    (thinking_token_budget is a numeric field)."""
+    params: dict[str, Any] = {}
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in REASONING_EFFORTS:
+            raise Invalid("invalid_parameter", f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
+                          f"got {short(effort)}", "reasoning_effort")
+        params["reasoning_effort"] = effort
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+            raise Invalid("invalid_parameter", "chat_template_kwargs must be an object of template variable names "
+                          "to values, such as {\"enable_thinking\": false}", "chat_template_kwargs")
+        params["chat_template_kwargs"] = kwargs
+    if body.get("include_reasoning") is not None:
+        if not isinstance(body["include_reasoning"], bool):
+            raise Invalid("invalid_parameter", "include_reasoning must be true or false", "include_reasoning")
+        params["include_reasoning"] = body["include_reasoning"]
     return params
 
 
@@ -406,7 +456,18 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
                 )
         elif not (role == "assistant" and calls):
             open_calls = set()
-    return messages
+    return [_thinking(m, f"messages[{i}]") if m["role"] == "assistant" else m for i, m in enumerate(messages)]
+
+
+def _thinking(msg: dict[str, Any], where: str) -> dict[str, Any]:
+    """An earlier assistant turn's thinking under vLLM's name, `reasoning` (what the chat template
+    reads; vLLM passes no other name on): OpenAI-style `reasoning_content` becomes `reasoning`."""
+    for key in ("reasoning", "reasoning_content"):
+        if msg.get(key) is not None and not isinstance(msg[key], str):
+            raise Invalid("invalid_messages", f"{where}.{key} must be a string (the turn's thinking)", f"{where}.{key}")
+    if msg.get("reasoning") is None and msg.get("reasoning_content") is not None:
+        return {**{k: v for k, v in msg.items() if k != "reasoning_content"}, "reasoning": msg["reasoning_content"]}
+    return msg
 
 
 def _assistant_calls(calls: Any, where: str) -> set[str]:

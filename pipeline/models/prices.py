@@ -19,9 +19,18 @@ class Price:
     input: float
     output: float
     source: str = "command line"
+    reasoning: float | None = None  # thinking tokens, where they cost other than output tokens
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+    def describe(self) -> str:
+        thinking = f", ${self.reasoning}/M reasoning" if self.reasoning is not None else ""
+        return f"${self.input}/M input, ${self.output}/M output{thinking} ({self.source})"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> float:
+        """USD for these tokens; reasoning tokens are part of the completion tokens (as OpenAI
+        counts them) and cost the reasoning price where there is one, else the output price."""
+        thinking = min(reasoning_tokens or 0, completion_tokens)
+        per_thought = self.output if self.reasoning is None else self.reasoning
+        return (prompt_tokens * self.input + (completion_tokens - thinking) * self.output + thinking * per_thought) / 1e6
 
 
 @cache
@@ -35,6 +44,7 @@ def find_price(
     provider: str | None = None,
     price_input: float | None = None,
     price_output: float | None = None,
+    price_reasoning: float | None = None,
 ) -> Price | None:
     """The price for a model: command-line figures win, then the table's row for the provider
     (or the model's default row). None when the model is not in the table and no price was given.
@@ -46,12 +56,14 @@ def find_price(
                          "pass --price-input and --price-output")
     row = rows.get(provider) if provider else next((r for r in rows.values() if r.get("default")), None)
     name = provider or next((p for p, r in rows.items() if r is row), None)
-    if row is None and price_input is None and price_output is None:
+    if row is None and price_input is None and price_output is None and price_reasoning is None:
         return None
+    given = (price_input, price_output, price_reasoning)
     return Price(
         price_input if price_input is not None else (row or {}).get("input", 0.0),
         price_output if price_output is not None else (row or {}).get("output", 0.0),
-        "command line" if row is None else f"{name} list price" + (" (overridden)" if price_input is not None or price_output is not None else ""),
+        "command line" if row is None else f"{name} list price" + (" (overridden)" if given != (None,) * 3 else ""),
+        price_reasoning if price_reasoning is not None else (row or {}).get("reasoning"),
     )
 
 
@@ -72,4 +84,4 @@ def hosted_price(model: str) -> Price | None:
     name, row = next(((p, r) for p, r in rows.items() if r.get("default")), (None, None))
     if row is None:
         return None
-    return Price(row["input"], row["output"], f"{name} list price for {key}")
+    return Price(row["input"], row["output"], f"{name} list price for {key}", row.get("reasoning"))

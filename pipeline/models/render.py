@@ -45,6 +45,18 @@ def context_problem(prompt_tokens: int | None, max_model_len: int, *, at_least: 
                    "--max-model-len", field)
 
 
+def template_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """A chat request's chat template arguments, as vLLM's server makes them (ChatCompletionRequest
+    .build_chat_params): its chat_template_kwargs, its reasoning_effort over them, and
+    enable_thinking (false for effort "none") where it sets reasoning_effort and no enable_thinking."""
+    kwargs = dict(params.get("chat_template_kwargs") or {})
+    effort = params.get("reasoning_effort")
+    if effort is not None:
+        kwargs["reasoning_effort"] = effort
+        kwargs.setdefault("enable_thinking", effort != "none")
+    return kwargs
+
+
 def conversation(messages: list[dict[str, Any]], content_format: str = "string", *,
                  developer_role: bool = True, image_token: str = "<image>") -> list[dict[str, Any]]:
     """The messages as vLLM hands them to the chat template. Image parts: {"type": "image"} for

@@ -58,6 +58,7 @@ from pipeline.models.render import (
     conversation,
     engine_tools,
     image_urls,
+    template_kwargs,
 )
 from pipeline.records import (
     PROMPT_FIELD,
@@ -116,14 +117,16 @@ class PromptCounter:
         return _counter, (self.model, self.max_model_len, self.tokenizer_name, self.trust_remote_code)
 
     # ---- one request ---------------------------------------------------------------------------
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        """The prompt text vLLM renders for these messages and tools."""
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+               kwargs: dict[str, Any] | None = None) -> str:
+        """The prompt text vLLM renders for these messages and tools, with the request's chat
+        template arguments (`render.template_kwargs`: enable_thinking, reasoning_effort, ...)."""
         template, content_format, developer = self._template(tools)
         image_token = getattr(self._processor, "image_token", "<image>") if image_urls(messages) else "<image>"
         conv = conversation(messages, content_format, developer_role=developer, image_token=image_token)
         try:
             texts, _ = self._render_jinja([conv], tools=tools, chat_template=template,
-                                          add_generation_prompt=True, **self._template_kwargs)
+                                          **{**self._template_kwargs, **(kwargs or {}), "add_generation_prompt": True})
         except Exception as e:  # vLLM answers a template's exception with a 400 for the request
             raise PromptError(f"the chat template rejected the conversation: {e}") from e
         return texts[0]
@@ -133,7 +136,8 @@ class PromptCounter:
         if request.endpoint == "completions":  # a plain prompt: the tokenizer's special tokens, no template
             prompt = request.input
             return list(prompt) if isinstance(prompt, list) else list(self.tokenizer(prompt)["input_ids"])
-        text, images = self.render(request.messages, engine_tools(request)), image_urls(request.messages)
+        text = self.render(request.messages, engine_tools(request), template_kwargs(request.params))
+        images = image_urls(request.messages)
         return list(self._image_ids(text, images) if images else self._ids([text])[0])
 
     def count(self, request: Request) -> int:
@@ -188,15 +192,15 @@ class PromptCounter:
                 pool.shutdown(cancel_futures=True)
 
     def count_many(self, work: list[tuple[list, list | None]], block_size: int = 16) -> list[tuple[int, bytes] | str]:
-        """(prompt tokens, block digests) of (messages, tools) pairs (`_work`); a str where the
+        """(prompt tokens, block digests) of (messages, tools, template kwargs) (`_work`); a str where the
         template refuses one. An embeddings request's inputs: their tokens, no digests."""
         texts: list[str | PromptError | list] = []
-        for messages, tools in work:
+        for messages, tools, kwargs in work:
             try:
-                texts.append(tools if messages is None else self.render(messages, tools))
+                texts.append(tools if messages is None else self.render(messages, tools, kwargs))
             except PromptError as e:
                 texts.append(e)
-        pictures = [image_urls(messages) if messages is not None else [] for messages, _ in work]
+        pictures = [image_urls(messages) if messages is not None else [] for messages, _, _ in work]
         ids = iter(self._ids([t for t, p in zip(texts, pictures, strict=True) if isinstance(t, str) and not p]))
         step = block_size * array("i").itemsize
         # An image prompt's placeholder ids are the same for every image: no prefix digests for it.
@@ -353,17 +357,17 @@ class PromptCounter:
         return self._templates[key]
 
 
-def _work(request: Request) -> tuple[list[dict[str, Any]] | None, Any]:
-    """What counting a request's prompt needs: (messages, tools), or (None, plain prompts) for
-    the other endpoints: a completion's prompt, the inputs of an embeddings request, the query
-    and document of each pair a score or rerank request scores."""
+def _work(request: Request) -> tuple[list[dict[str, Any]] | None, Any, dict[str, Any] | None]:
+    """What counting a request's prompt needs: (messages, tools, chat template arguments), or
+    (None, plain prompts, None) for the other endpoints: a completion's prompt, the inputs of an
+    embeddings request, the query and document of each pair a score or rerank request scores."""
     if request.endpoint == "embeddings":
-        return None, embedding_inputs(request.input)
+        return None, embedding_inputs(request.input), None
     if request.endpoint == "completions":
-        return None, [request.input]
+        return None, [request.input], None
     if request.endpoint in ("score", "rerank"):
-        return None, [text for pair in score_pairs(request) for text in pair]
-    return request.messages, engine_tools(request)
+        return None, [text for pair in score_pairs(request) for text in pair], None
+    return request.messages, engine_tools(request), template_kwargs(request.params)
 
 
 def _template_error(request: Request, e: PromptError) -> FailedRequest:

@@ -76,7 +76,7 @@ NATIVE: dict[str | None, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 # ---- reading them back (pipeline report) -------------------------------------------------------
 SUMMARY_KEYS = ("custom_id", "error", "prompt_tokens", "completion_tokens", "cached_tokens", "estimated_cost",
-                "finish_reason", "content", "images")
+                "finish_reason", "content", "images", "reasoning_tokens")
 
 
 def summary(line: dict[str, Any]) -> dict[str, Any]:
@@ -120,10 +120,12 @@ def _summary(line: dict[str, Any]) -> dict[str, Any]:
         usage = resp.get("usageMetadata") or {}
         first = (resp.get("candidates") or [{}])[0]
         parts = (first.get("content") or {}).get("parts") or []
+        thoughts = usage.get("thoughtsTokenCount")
         return {"custom_id": line["key"], "prompt_tokens": usage.get("promptTokenCount"),
-                "completion_tokens": usage.get("candidatesTokenCount"),
+                "completion_tokens": (usage.get("candidatesTokenCount") or 0) + (thoughts or 0),
+                "reasoning_tokens": thoughts,
                 "cached_tokens": usage.get("cachedContentTokenCount", 0), "finish_reason": first.get("finishReason"),
-                "content": next((p["text"] for p in parts if "text" in p), None),
+                "content": next((p["text"] for p in parts if "text" in p and not p.get("thought")), None),
                 "images": usage.get(IMAGE_FIELDS["gemini"])}
     body = (line.get("response") or {}).get("body") or {}  # OpenAI Batch, Responses
     usage = body.get("usage") or {}
@@ -133,10 +135,12 @@ def _summary(line: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": line.get("custom_id"), "error": line.get("error"),
                 "prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens"),
                 "cached_tokens": (usage.get("input_tokens_details") or {}).get("cached_tokens"),
+                "reasoning_tokens": (usage.get("output_tokens_details") or {}).get("reasoning_tokens"),
                 "finish_reason": body.get("status"), "content": text, "images": usage.get(IMAGE_FIELDS["responses"])}
     first = (body.get("choices") or [{}])[0]
     return {"custom_id": line.get("custom_id"), "error": line.get("error"),
             "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
             "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            "reasoning_tokens": (usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
             "estimated_cost": usage.get("estimated_cost"), "finish_reason": first.get("finish_reason"),
             "content": (first.get("message") or {}).get("content"), "images": usage.get(IMAGE_FIELDS["openai"])}

@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.engines.base import Result
 from pipeline.models.prices import Price
+from pipeline.models.reasoning import THINKING_CUT, thinking_cut, thinking_cut_warning
 from pipeline.models.render import image_urls
 from pipeline.output import structured
 from pipeline.records import FailedRequest, Request, embedding_inputs
@@ -21,6 +22,7 @@ def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
         "requested_model": None,
         "served_model": None,
         "content": None,
+        "reasoning_content": None,
         "finish_reason": None,
         "tool_calls": None,
         "choices": None,
@@ -31,6 +33,7 @@ def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
         "rerank": None,
         "prompt_tokens": None,
         "completion_tokens": None,
+        "reasoning_tokens": None,
         "total_tokens": None,
         "cached_tokens": None,
         "images": None,
@@ -64,12 +67,16 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         return {**row, **_timing(res)}
     first = res.choices[0] if res.choices else {}
     prompt, completion = res.prompt_tokens or 0, res.completion_tokens or 0
+    cut = [c for c in res.choices if thinking_cut(c.get("reasoning_content"), c.get("content"), c.get("finish_reason"))]
+    if cut:
+        warnings.append(thinking_cut_warning(len(cut), res.reasoning_tokens or 0))
     return {
         "custom_id": req.custom_id,
         "model": model,
         "requested_model": req.requested_model,
         "served_model": req.adapter or model,
         "content": first.get("content"),
+        "reasoning_content": first.get("reasoning_content"),
         "finish_reason": first.get("finish_reason"),
         "tool_calls": first.get("tool_calls"),
         "choices": None if res.embeddings is not None or res.scores is not None else res.choices,
@@ -77,10 +84,11 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         **_scores(req, res),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
+        "reasoning_tokens": res.reasoning_tokens,
         "total_tokens": prompt + completion,
         "cached_tokens": res.cached_tokens or 0,
         "images": len(image_urls(req.messages)),
-        "estimated_cost": price.cost(prompt, completion) if price else None,
+        "estimated_cost": price.cost(prompt, completion, res.reasoning_tokens or 0) if price else None,
         "user": req.user,
         "warnings": warnings or None,
         "error": None,
@@ -132,6 +140,7 @@ def dataset_rows(row: dict[str, Any], item: Request | FailedRequest, layout) -> 
         rows = []
         for i, choice in enumerate(row["choices"]):
             one = {**row, "content": choice.get("content"), "finish_reason": choice.get("finish_reason"),
+                   "reasoning_content": choice.get("reasoning_content"),
                    "tool_calls": choice.get("tool_calls"), "choices": [choice], "choice_index": i}
             rows.append(one)
     else:
@@ -139,7 +148,10 @@ def dataset_rows(row: dict[str, Any], item: Request | FailedRequest, layout) -> 
     for one in rows:
         if layout.response_schema is not None:
             values, problem = (None, None)
-            if one["error"] is None:
+            if one["error"] is None and thinking_cut(one.get("reasoning_content"), one["content"], one["finish_reason"]):
+                problem = (f"{THINKING_CUT}: no answer to parse: the thinking used all of max_tokens "
+                           "(raise max_tokens or set thinking_token_budget)")
+            elif one["error"] is None:
                 values, problem = structured.parse(one["content"], layout.response_schema)
             values = values or {}
             for prop, col, _ in layout.response:

@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.output.humane import duration, rate, share, trial_text, usd
 
 COUNTERS = ("requests", "succeeded", "failed", "prompt_tokens", "completion_tokens",
-            "total_tokens", "cached_tokens", "images")
+            "total_tokens", "cached_tokens", "images", "reasoning_tokens")
 
 
 def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             stats["failed"] += 1
             codes[r["error"]["code"]] += 1
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "images"):
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "images", "reasoning_tokens"):
             stats[key] += r.get(key) or 0
         cost += r["estimated_cost"] or 0.0
         for w in r["warnings"] or ():
@@ -62,6 +62,12 @@ def total_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def thinking_text(reasoning: int, completion: int) -> str:
+    """Completion tokens split into thinking and answer, for summaries and status."""
+    return (f"of {completion:,} tokens out: {reasoning:,} thinking ({share(reasoning / completion) if completion else '-'}), "
+            f"{completion - reasoning:,} answer")
+
+
 def summary_text(report: dict[str, Any]) -> str:
     """The short summary printed at the end of a run."""
     r = report
@@ -74,6 +80,8 @@ def summary_text(report: dict[str, Any]) -> str:
            if r.get("cached_tokens") and r.get("prompt_tokens") else "")
         + (f"; {r['images']:,} images" if r.get("images") else ""),
     ]
+    if r.get("reasoning_tokens"):
+        lines.append(thinking_text(r["reasoning_tokens"], r["completion_tokens"]))
     if r.get("trial"):
         lines.append(trial_text(r["trial"]))
     if r.get("wall_seconds"):

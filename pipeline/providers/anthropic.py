@@ -234,6 +234,8 @@ def anthropic_line(row: dict[str, Any]) -> dict[str, Any]:
     first = row["choices"][0] if row["choices"] else {}
     calls = first.get("tool_calls") or []
     content: list[dict[str, Any]] = []
+    if first.get("reasoning_content"):  # extended thinking's block (no signature: nothing to verify it with)
+        content.append({"type": "thinking", "thinking": first["reasoning_content"], "signature": ""})
     if _has_text(first):
         content.append({"type": "text", "text": first["content"]})
     for call in calls:

@@ -330,6 +330,8 @@ def gemini_line(row: dict[str, Any]) -> dict[str, Any]:
     for c in row["choices"]:
         parts: list[dict[str, Any]] = []
         calls = c.get("tool_calls") or []
+        if c.get("reasoning_content"):  # a thought summary part, as Gemini gives with includeThoughts
+            parts.append({"text": c["reasoning_content"], "thought": True})
         if _has_text(c):
             parts.append({"text": c["content"]})
         for call in calls:
@@ -338,8 +340,11 @@ def gemini_line(row: dict[str, Any]) -> dict[str, Any]:
         candidates.append({"content": {"role": "model", "parts": parts},
                            "finishReason": GEMINI_FINISH.get(c.get("finish_reason"), "OTHER"),
                            "index": c["index"]})
-    usage = {"promptTokenCount": row["prompt_tokens"], "candidatesTokenCount": row["completion_tokens"],
+    thoughts = row.get("reasoning_tokens") or 0  # Gemini counts them apart from the candidates'
+    usage = {"promptTokenCount": row["prompt_tokens"], "candidatesTokenCount": row["completion_tokens"] - thoughts,
              "totalTokenCount": row["total_tokens"]}
+    if thoughts:
+        usage["thoughtsTokenCount"] = thoughts
     if row.get("cached_tokens"):
         usage["cachedContentTokenCount"] = row["cached_tokens"]
     line["response"] = {"candidates": candidates, "usageMetadata": with_images(usage, row, "gemini"), "modelVersion": _model(row)}

@@ -33,6 +33,8 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
     choices = []
     for c in row["choices"]:
         message = {"role": "assistant", "content": c["content"]}
+        if c.get("reasoning_content") is not None:  # DeepSeek's and vLLM's name for the thinking
+            message["reasoning_content"] = c["reasoning_content"]
         if c.get("tool_calls"):
             message["tool_calls"] = c["tool_calls"]
         choices.append({"index": c["index"], "message": message, "logprobs": c.get("logprobs"),
@@ -47,6 +49,8 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
             "completion_tokens": row["completion_tokens"],
             "total_tokens": row["total_tokens"],
             "prompt_tokens_details": {"cached_tokens": row["cached_tokens"]},
+            **({"completion_tokens_details": {"reasoning_tokens": row["reasoning_tokens"]}}
+               if row.get("reasoning_tokens") is not None else {}),
             "estimated_cost": row["estimated_cost"],
         }, row, "openai"),
     }

@@ -182,6 +182,9 @@ def responses_line(row: dict[str, Any]) -> dict[str, Any]:
         return _openai_error(row)
     first = row["choices"][0] if row["choices"] else {}
     output: list[dict[str, Any]] = []
+    if first.get("reasoning_content"):
+        output.append({"type": "reasoning", "id": f"rs_{row['custom_id']}", "summary": [],
+                       "content": [{"type": "reasoning_text", "text": first["reasoning_content"]}]})
     if _has_text(first):
         output.append({"type": "message", "id": f"msg_{row['custom_id']}", "status": "completed",
                        "role": "assistant",
@@ -203,7 +206,7 @@ def responses_line(row: dict[str, Any]) -> dict[str, Any]:
             "input_tokens": row["prompt_tokens"],
             "input_tokens_details": {"cached_tokens": row["cached_tokens"]},
             "output_tokens": row["completion_tokens"],
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": row.get("reasoning_tokens") or 0},
             "total_tokens": row["total_tokens"],
         }, row, "responses"),
     }

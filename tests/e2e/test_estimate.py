@@ -413,7 +413,7 @@ def test_json_and_parquet(tmp_path, smollm2):
 
     df = pl.read_parquet(tmp_path / "rows.parquet")
     assert df.columns == ["custom_id", "source_file", "source_line", "prompt_tokens", "completion_tokens_expected",
-                          "completion_tokens_upper", "cost_usd_expected", "cost_usd_upper", "error"]
+                          "completion_tokens_upper", "reasoning_tokens_upper", "cost_usd_expected", "cost_usd_upper", "error"]
     # in the run's order (error rows first, then by shared prefix): every line once
     assert df.height == 8 and sorted(zip(df["source_file"].str.split("/").list.last(), df["source_line"], strict=True)) == [
         *(("one.jsonl", i) for i in range(1, 8)), ("two.jsonl", 1)]
