@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import traceback
 from typing import Any
 
 try:
@@ -31,7 +30,7 @@ from pipeline import exits
 from pipeline.engines.base import KINDS, EngineSpec, Result
 from pipeline.engines.dispatcher import Event
 from pipeline.engines.placement import ray_layout
-from pipeline.engines.worker import EngineLoop
+from pipeline.engines.worker import EngineLoop, why_not_started
 from pipeline.records import Request
 
 log = logging.getLogger("pipeline")
@@ -63,7 +62,7 @@ class EngineActor:
         try:
             self.loop = EngineLoop(self.spec, self.env)
         except BaseException as e:  # report why the engine could not start
-            return "fatal", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=20)}"
+            return "fatal", why_not_started(self.spec, e)
         return "ready", self.loop.info
 
     def poll(self, items: list[tuple[int, Request]], max_wait_s: float) -> tuple[list[Result], bool]:

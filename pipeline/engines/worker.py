@@ -53,6 +53,11 @@ class EngineLoop:
         return done
 
 
+def why_not_started(spec: EngineSpec, e: BaseException) -> str:
+    """What a user reads when an engine cannot start: which model, the error, where it came from."""
+    return f"model {spec.model}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=20)}"
+
+
 def process_main(conn, spec: EngineSpec, env: dict[str, str], output=None) -> None:
     """Entry point of a local worker process: messages in over `conn`, results back.
 
@@ -72,7 +77,7 @@ def process_main(conn, spec: EngineSpec, env: dict[str, str], output=None) -> No
     try:
         loop = EngineLoop(spec, env)
     except BaseException as e:  # report why the engine could not start, then exit
-        conn.send(("fatal", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=20)}"))
+        conn.send(("fatal", why_not_started(spec, e)))
         os.killpg(0, signal.SIGKILL)
     conn.send(("ready", loop.info))
     try:

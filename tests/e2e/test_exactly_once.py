@@ -192,10 +192,10 @@ def test_paused_writer_cannot_add_rows_after_takeover(tmp_path):
     wait_for_commit(out, first)
     first.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(0.5)
-        busy = cli("run", src, "-o", out, *FAKE, "--lease-timeout", "2")
-        assert busy.returncode == 3 and "another run" in busy.stderr  # still within the timeout
-        time.sleep(2.5)
+        # within the timeout, whatever the machine's load: this run would wait 600 s for a heartbeat
+        busy = cli("run", src, "-o", out, *FAKE, "--lease-timeout", "600")
+        assert busy.returncode == 3 and "another run" in busy.stderr
+        time.sleep(2.5)  # past the paused holder's 2 s: only ever longer under load
         second = cli("run", src, "-o", out, *FAKE, "--lease-timeout", "2", "--checkpoint-every", "7")
         assert second.returncode == 0, second.stdout + second.stderr
     finally:

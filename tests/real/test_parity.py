@@ -30,16 +30,19 @@ def test_same_prompt_tokens_and_greedy_text_as_vllm_run_batch(tmp_path):
     from pipeline.models.names import resolve_model
 
     src = write_jsonl(tmp_path / "in.jsonl", parity_requests())
-    # in the file's order, as run_batch: with temperature 0 the texts still depend on the batches
-    ours = invoke("run", src, "-o", tmp_path / "ours", "-m", "smollm2", "--max-model-len", "1024", "-q",
-                  "--order", "input")
+    # in the file's order, one sequence per engine step and one dtype on both sides: with temperature 0
+    # the texts still depend on which requests share a batch (CPU kernels sum in a batch-dependent
+    # order), and on a CPU without bf16 instructions our engine computes in float32 (issue 11)
+    # where run_batch keeps the model's bfloat16
+    same = ["--max-model-len", "1024", "--max-num-seqs", "1", "--dtype", "float32"]
+    ours = invoke("run", src, "-o", tmp_path / "ours", "-m", "smollm2", "-q", "--order", "input", *same)
     assert ours.exit_code == 0, ours.output
     theirs_path = tmp_path / "theirs.jsonl"
     # run_batch checks each body's model against its served name
     proc = subprocess.run(
         [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(src), "-o", str(theirs_path),
          "--model", resolve_model("smollm2"), "--served-model-name", MODEL,
-         "--max-model-len", "1024", "--enforce-eager"],
+         "--enforce-eager", *same],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = {}

@@ -115,8 +115,13 @@ def test_interrupted_run_resumes(tmp_path, no_stray_processes):
 
 @pytest.mark.ray
 def test_engine_that_cannot_start_is_fatal(tmp_path, no_stray_processes):
-    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hi")])
-    res = run_cli(src, "-o", tmp_path / "out", "-m", tmp_path / "no-such-model", "-q")
+    broken = tmp_path / "no-such-model"
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hi", model=str(broken))])
+    # a local folder passes the name check before the run (a mistyped name is refused there, exit 1),
+    # but holds no model an engine can load
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    res = run_cli(src, "-o", tmp_path / "out", "-m", broken, "-q")
     assert res.returncode == 4, res.stdout + res.stderr[-5000:]
     assert "the engine could not start" in res.stderr and "no-such-model" in res.stderr
     assert not (tmp_path / "out" / "_SUCCESS").exists()
