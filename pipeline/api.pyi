@@ -74,6 +74,10 @@ class _run(_run_estimate, _run_estimate_validate, total=False):
     lease_timeout: float | None  # default 60.0
     metrics_file: str | None  # default None
     job_name: str | None  # default None
+    max_bad_rows: str | None  # default None
+    check: str | None  # default None
+    check_schema: str | None  # default None
+    check_regex: str | None  # default None
     quiet: bool  # default False
     dry_run: bool  # default False
     seed_on_cpu: Literal['ignore', 'error', 'engine'] | None  # default 'ignore'
@@ -103,6 +107,7 @@ class _run(_run_estimate, _run_estimate_validate, total=False):
     parse: Callable[[dict[str, Any]], Any] | None  # default None
     parsed: bool  # default False
     lazy: bool  # default False
+    with_report: bool  # default False
     cache: str | os.PathLike | None  # default None
 
 class _validate(_run_estimate_validate, total=False):
@@ -123,7 +128,7 @@ class _estimate(_run_estimate, _run_estimate_validate, total=False):
     template: str | Callable[[dict[str, Any]], Any] | None  # default None
     cache: str | os.PathLike | None  # default None
 
-def run(inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | None: ...
+def run(inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | tuple[pl.DataFrame | pl.LazyFrame, dict[str, Any]] | None: ...
 
 def estimate(inputs: Inputs, **kwargs: Unpack[_estimate]) -> dict[str, Any]: ...
 
@@ -132,7 +137,7 @@ def validate(inputs: Inputs, **kwargs: Unpack[_validate]) -> bool: ...
 class Session:
     starts: int
     def __init__(self, **engine_options: Unpack[_run]) -> None: ...
-    def run(self, inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | None: ...
+    def run(self, inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | tuple[pl.DataFrame | pl.LazyFrame, dict[str, Any]] | None: ...
     def close(self) -> None: ...
     def __enter__(self) -> Session: ...
     def __exit__(self, *exc: object) -> None: ...

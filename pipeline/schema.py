@@ -78,6 +78,10 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("user", pa.string()),
     pa.field("warnings", pa.list_(pa.string())),
     pa.field("error", ERROR),
+    # whether the row is right, not only present: ok, truncated, empty, unparsable, schema_mismatch,
+    # invalid_tool_call, refused, failed_check, or error for error rows (verdicts/judge.py)
+    pa.field("verdict", pa.string()),
+    pa.field("verdict_message", pa.string()),  # why the verdict is not ok (a check's own message)
     pa.field("source_file", pa.string(), nullable=False),
     pa.field("source_line", pa.int64(), nullable=False),
     # the input line's shape (openai-batch, anthropic-batch, gemini-batch, ...; shapes.py), which

@@ -46,6 +46,9 @@ from pipeline.output.rows import dataset_rows, error_row, result_row
 from pipeline.output.stats import total_stats
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
+from pipeline.verdicts.checks import row_check
+from pipeline.verdicts.judge import mark
+from pipeline.verdicts.state import too_many_bad_rows
 
 RERUN = "committed output is kept; rerun the same command to finish"
 
@@ -67,6 +70,7 @@ class Plan:
     out: Output
     state: State
     envs: list[dict[str, str]] = field(default_factory=list)  # one per local engine
+    check: Callable | None = None  # the job's row check (--check, --check-schema, --check-regex)
 
     @property
     def same_job(self) -> bool:
@@ -97,6 +101,11 @@ def plan(cfg) -> Plan:
     if job.layout is not None:
         out.schema = job.layout.schema
     p = Plan(job, job.fingerprint(), out, out.read_state())
+    too_many_bad_rows(cfg.max_bad_rows, {})  # a malformed --max-bad-rows fails here
+    try:
+        p.check = row_check(cfg.check, cfg.check_schema, cfg.check_regex)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if p.complete:
         return p
     refuse_foreign(out, p.state, cfg.allow_foreign_files)
@@ -116,7 +125,10 @@ def run(cfg, engines: Callable[[Plan], Dispatcher] | None = None) -> Outcome:
     started = time.monotonic()
     p = plan(cfg)
     if p.complete:
-        return Outcome(p.out.read_report(), exits.OK, f"{p.out.display} is already complete; nothing to do")
+        report = p.out.read_report()
+        done = f"{p.out.display} is already complete; nothing to do"
+        bad = too_many_bad_rows(cfg.max_bad_rows, report)
+        return Outcome(report, exits.OK, done) if bad is None else Outcome(report, bad.exit_code, f"{done}\n{bad}", bad)
     if cfg.dry_run:
         return Outcome({}, exits.OK, preview(p))
     return execute(p, started, engines)
@@ -180,7 +192,8 @@ class RowSink:
         self.write(req, result_row(req, res, job.model_name, job.price), res.completion_tokens or 0)
 
     def write(self, item: Request | FailedRequest, row: dict[str, Any], tokens: int = 0) -> None:
-        self.writer.add_all(dataset_rows(row, item, self.p.job.layout), item.file)
+        rows = dataset_rows(row, item, self.p.job.layout)
+        self.writer.add_all(mark(rows, item if isinstance(item, Request) else None, self.p.check), item.file)
         self.stats.rows += 1
         self.progress.update(1, tokens)
 
@@ -219,6 +232,8 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
         if error is None and not claim.finish(report):
             error = exits.Incomplete(f"another run completed {p.out.display} first; this run's parts are kept "
                                      "but not marked")
+        if error is None:
+            error = too_many_bad_rows(cfg.max_bad_rows, report)
         if error is None:
             return Outcome(report, exits.OK)
         hint = getattr(error, "hint", "")
