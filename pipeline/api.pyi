@@ -48,6 +48,9 @@ class _run_estimate_validate(TypedDict, total=False):
     reasoning_effort: Literal['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max'] | None  # default None
     chat_template_kwargs: Mapping[str, Any] | Sequence[str] | None  # default None
     thinking_token_budget: int | None  # default None
+    repair: str | None  # default None
+    repair_attempts: int | None  # default 2
+    repair_max_tokens: int | None  # default 4096
     runner: Literal['auto', 'generate', 'pooling'] | None  # default 'auto'
 
 class _run_estimate(_run_estimate_validate, total=False):

@@ -216,6 +216,13 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("max_bad_rows", "Exit 5 (the job complete, every row written) when more rows than this end with a "
         "verdict other than ok (truncated, empty, unparsable, schema_mismatch, invalid_tool_call, refused, "
         "failed_check, error): a count (N) or a share of the job's rows (P%).", metavar="N|P%"),
+    Opt("repair", "Run rows with these verdicts again, changed (comma-separated: truncated, empty, unparsable, "
+        "schema_mismatch, invalid_tool_call, failed_check): truncated with max_tokens doubled, empty with another "
+        "seed, the others with a repair turn quoting what was wrong. Never the identical request twice; each row "
+        "keeps its attempts, usage and cost summed.", metavar="VERDICT,...", commands=READERS, output=True),
+    Opt("repair_attempts", "With --repair: the most extra attempts per row.", Int1, 2, commands=READERS, output=True),
+    Opt("repair_max_tokens", "With --repair truncated: the most max_tokens a repaired row gets.", Int1, 4096,
+        commands=READERS, output=True),
     Opt("check", "A row check of your own: module:function, a function (importable from PYTHONPATH) that "
         "takes the output row as a dict and returns None to pass or a message to fail (verdict "
         "failed_check). From Python: a callable, or a pydantic model class the content must validate as.",

@@ -48,6 +48,7 @@ from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
 from pipeline.verdicts.checks import row_check
 from pipeline.verdicts.judge import mark
+from pipeline.verdicts.repairs import RepairPolicy, Repairs
 from pipeline.verdicts.state import too_many_bad_rows
 
 RERUN = "committed output is kept; rerun the same command to finish"
@@ -71,6 +72,7 @@ class Plan:
     state: State
     envs: list[dict[str, str]] = field(default_factory=list)  # one per local engine
     check: Callable | None = None  # the job's row check (--check, --check-schema, --check-regex)
+    repair: RepairPolicy | None = None  # --repair
 
     @property
     def same_job(self) -> bool:
@@ -104,6 +106,7 @@ def plan(cfg) -> Plan:
     too_many_bad_rows(cfg.max_bad_rows, {})  # a malformed --max-bad-rows fails here
     try:
         p.check = row_check(cfg.check, cfg.check_schema, cfg.check_regex)
+        p.repair = RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens)
     except ValueError as e:
         raise UserError(str(e)) from None
     if p.complete:
@@ -144,6 +147,7 @@ class RunStats:
     handed: int = 0  # requests handed to the engines
     answered: int = 0  # ... and answered by them
     generated: int = 0  # completion tokens
+    repairs: Counter = field(default_factory=Counter)  # repaired requests sent, by the verdict repaired
 
 
 def not_committed(p: Plan, committed: Committed, stats: RunStats) -> Iterator[Request | FailedRequest]:
@@ -175,6 +179,8 @@ class RowSink:
 
     def __init__(self, p: Plan, writer: PartWriter, stats: RunStats, progress: Progress):
         self.p, self.writer, self.stats, self.progress = p, writer, stats, progress
+        self.repairs = Repairs(p.repair, stats.repairs) if p.repair else None
+        self.resend: Callable[[Request], None] | None = None  # hands a repaired request to the engines
 
     def engine_requests(self, items: Iterable[Request | FailedRequest]) -> Iterator[Request]:
         """The requests for the engines; failed ones get their error rows here."""
@@ -189,11 +195,26 @@ class RowSink:
         job = self.p.job
         self.stats.answered += 1
         self.stats.generated += res.completion_tokens or 0
-        self.write(req, result_row(req, res, job.model_name, job.price), res.completion_tokens or 0)
+        rows = self.judged(req, result_row(req, res, job.model_name, job.price))
+        if self.repairs is not None and self.resend is not None:
+            again = self.repairs.next_request(req, rows)
+            if again is not None:  # held back: its repair goes to the same engines
+                self.stats.handed += 1
+                self.resend(again)
+                return
+            rows = self.repairs.finish(req, rows)
+        self.add(req, rows, res.completion_tokens or 0)
 
-    def write(self, item: Request | FailedRequest, row: dict[str, Any], tokens: int = 0) -> None:
+    def judged(self, item: Request | FailedRequest, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """The request's output rows, each with its verdict."""
         rows = dataset_rows(row, item, self.p.job.layout)
-        self.writer.add_all(mark(rows, item if isinstance(item, Request) else None, self.p.check), item.file)
+        return mark(rows, item if isinstance(item, Request) else None, self.p.check)
+
+    def write(self, item: Request | FailedRequest, row: dict[str, Any]) -> None:
+        self.add(item, self.judged(item, row))
+
+    def add(self, item: Request | FailedRequest, rows: list[dict[str, Any]], tokens: int = 0) -> None:
+        self.writer.add_all(rows, item.file)
         self.stats.rows += 1
         self.progress.update(1, tokens)
 
@@ -218,6 +239,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
                 else:
                     # closed after the marker: every row is committed, engine shutdown need not delay it
                     dispatcher = engines(p) if engines else stack.enter_context(contextlib.closing(start_engines(p)))
+                    sink.resend = dispatcher.requeued.append  # repairs run first, in the same engines
                     for done in dispatcher.results(sink.engine_requests(ordered)):
                         if done is None:  # a tick: commit on time even when nothing finishes
                             writer.tick()
@@ -292,6 +314,7 @@ def _report(p: Plan, stats: RunStats, claim, dispatcher, ordered) -> dict[str, A
         "engines": dispatcher.pool.size if dispatcher else 0,
         "engine": dispatcher.engine_info if dispatcher else None,
         "engine_restarts": dispatcher.restarts if dispatcher else 0,
+        "repairs_sent": dict(stats.repairs),  # this run's repaired requests, by the verdict repaired
         **(ordered.describe() if hasattr(ordered, "describe") else {"order": cfg.order}),
         "trial": p.job.trial(),
         "job_name": cfg.job_name,

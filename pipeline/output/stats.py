@@ -11,7 +11,8 @@ from pipeline.verdicts.judge import VERDICTS
 from pipeline.verdicts.state import job_state, state_text
 
 COUNTERS = ("requests", "succeeded", "failed", "prompt_tokens", "completion_tokens",
-            "total_tokens", "cached_tokens", "images", "reasoning_tokens")
+            "total_tokens", "cached_tokens", "images", "reasoning_tokens",
+            "repaired_rows", "repaired_ok", "repair_attempts")  # --repair: rows run again, ok after it, extra attempts
 
 
 def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -27,6 +28,10 @@ def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         stats["requests"] += 1
         if r.get("verdict"):
             verdicts[r["verdict"]] += 1
+        if r.get("attempts"):
+            stats["repaired_rows"] += 1
+            stats["repaired_ok"] += int(r.get("verdict") == "ok")
+            stats["repair_attempts"] += len(r["attempts"]) - 1
         if r["error"] is None:
             stats["succeeded"] += 1
         else:
@@ -92,6 +97,9 @@ def summary_text(report: dict[str, Any]) -> str:
     ]
     if r.get("verdicts"):
         lines.append(state_text(r))
+    if r.get("repaired_rows"):
+        lines.append(f"repairs: {r['repaired_rows']:,} rows run again ({r['repair_attempts']:,} extra attempts), "
+                     f"{r['repaired_ok']:,} of them ok now")
     if r.get("reasoning_tokens"):
         lines.append(thinking_text(r["reasoning_tokens"], r["completion_tokens"]))
     if r.get("trial"):
