@@ -51,6 +51,8 @@ class _run_estimate_validate(TypedDict, total=False):
     repair: str | None  # default None
     repair_attempts: int | None  # default 2
     repair_max_tokens: int | None  # default 4096
+    schema_preflight: bool | None  # default None
+    schema_timeout: float | None  # default 30.0
     runner: Literal['auto', 'generate', 'pooling'] | None  # default 'auto'
 
 class _run_estimate(_run_estimate_validate, total=False):

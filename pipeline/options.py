@@ -223,6 +223,12 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("repair_attempts", "With --repair: the most extra attempts per row.", Int1, 2, commands=READERS, output=True),
     Opt("repair_max_tokens", "With --repair truncated: the most max_tokens a repaired row gets.", Int1, 4096,
         commands=READERS, output=True),
+    Opt("schema_preflight", "Compile every distinct response_format and required tool schema once with the "
+        "engine's structured-output backend (xgrammar) on CPU before its rows reach the engines; a schema that "
+        "fails or passes --schema-timeout gives its rows error rows (schema_preflight_failed). Default: on for "
+        "the vllm engine.", pair=True, commands=READERS),
+    Opt("schema_timeout", "Seconds one schema's preflight compile may take.", click.FloatRange(min=0, min_open=True),
+        30.0, commands=READERS),
     Opt("check", "A row check of your own: module:function, a function (importable from PYTHONPATH) that "
         "takes the output row as a dict and returns None to pass or a message to fail (verdict "
         "failed_check). From Python: a callable, or a pydantic model class the content must validate as.",

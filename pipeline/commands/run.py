@@ -17,7 +17,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipeline import __version__, exits, options
@@ -48,6 +48,7 @@ from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
 from pipeline.verdicts.checks import row_check
 from pipeline.verdicts.judge import mark
+from pipeline.verdicts.preflight import Preflight, make_preflight
 from pipeline.verdicts.repairs import RepairPolicy, Repairs
 from pipeline.verdicts.state import too_many_bad_rows
 
@@ -73,6 +74,7 @@ class Plan:
     envs: list[dict[str, str]] = field(default_factory=list)  # one per local engine
     check: Callable | None = None  # the job's row check (--check, --check-schema, --check-regex)
     repair: RepairPolicy | None = None  # --repair
+    preflight: Preflight | None = None  # compiles the job's schemas as its requests meet them
 
     @property
     def same_job(self) -> bool:
@@ -107,6 +109,8 @@ def plan(cfg) -> Plan:
     try:
         p.check = row_check(cfg.check, cfg.check_schema, cfg.check_regex)
         p.repair = RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens)
+        tokenizer = (cfg.tokenizer or p.job.engine_spec().model) if KINDS[cfg.engine].loads_model else None
+        p.preflight = make_preflight(cfg, tokenizer)
     except ValueError as e:
         raise UserError(str(e)) from None
     if p.complete:
@@ -185,6 +189,9 @@ class RowSink:
     def engine_requests(self, items: Iterable[Request | FailedRequest]) -> Iterator[Request]:
         """The requests for the engines; failed ones get their error rows here."""
         for item in items:
+            problem = self.p.preflight.problem(item) if self.p.preflight and isinstance(item, Request) else None
+            if problem is not None:  # its schema failed preflight: an error row, never the engine's stall
+                item = replace(FailedRequest.about(problem, item), carried=item.carried, shape=item.shape)
             if isinstance(item, FailedRequest):
                 self.write(item, error_row(item, self.p.job.model_name))
             else:
@@ -229,6 +236,8 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
         committed = claim.committed()
         progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet)
         error, ordered, dispatcher = None, None, None
+        if p.preflight is not None:
+            stack.callback(p.preflight.close)
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
                 sink = RowSink(p, writer, stats, progress)
@@ -315,6 +324,7 @@ def _report(p: Plan, stats: RunStats, claim, dispatcher, ordered) -> dict[str, A
         "engine": dispatcher.engine_info if dispatcher else None,
         "engine_restarts": dispatcher.restarts if dispatcher else 0,
         "repairs_sent": dict(stats.repairs),  # this run's repaired requests, by the verdict repaired
+        "preflight": p.preflight.describe() if p.preflight else None,  # this run's schemas: compile time, size
         **(ordered.describe() if hasattr(ordered, "describe") else {"order": cfg.order}),
         "trial": p.job.trial(),
         "job_name": cfg.job_name,
