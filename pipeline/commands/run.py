@@ -17,7 +17,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline import __version__, exits, options
@@ -48,7 +48,7 @@ from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
 from pipeline.verdicts.checks import row_check
 from pipeline.verdicts.judge import mark
-from pipeline.verdicts.preflight import Preflight, make_preflight
+from pipeline.verdicts.preflight import Preflight, make_preflight, screened
 from pipeline.verdicts.repairs import RepairPolicy, Repairs
 from pipeline.verdicts.state import too_many_bad_rows
 
@@ -188,10 +188,7 @@ class RowSink:
 
     def engine_requests(self, items: Iterable[Request | FailedRequest]) -> Iterator[Request]:
         """The requests for the engines; failed ones get their error rows here."""
-        for item in items:
-            problem = self.p.preflight.problem(item) if self.p.preflight and isinstance(item, Request) else None
-            if problem is not None:  # its schema failed preflight: an error row, never the engine's stall
-                item = replace(FailedRequest.about(problem, item), carried=item.carried, shape=item.shape)
+        for item in screened(items, self.p.preflight):  # a schema that fails preflight: error rows
             if isinstance(item, FailedRequest):
                 self.write(item, error_row(item, self.p.job.model_name))
             else:

@@ -19,10 +19,11 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.records import Problem
+from pipeline.records import FailedRequest, Problem, Request
 
 log = logging.getLogger("pipeline")
 CODE = "schema_preflight_failed"
@@ -64,10 +65,26 @@ def schemas_of(req: Any) -> list[tuple[str, str, Any]]:
     return found
 
 
-def make_preflight(cfg, tokenizer: str | None) -> Preflight | None:
+def make_preflight(cfg, tokenizer: str | None = None) -> Preflight | None:
     """The job's preflight (--schema-preflight; default: on for the vLLM engine), or None."""
     on = cfg.schema_preflight if cfg.schema_preflight is not None else cfg.engine == "vllm"
     return Preflight(cfg.schema_timeout, tokenizer) if on else None
+
+
+def screened(items: Iterable[Any], pre: Preflight | None) -> Iterator[Any]:
+    """`items` (requests and failed requests) with each request whose schema fails preflight
+    turned into its error (a records.FailedRequest); unchanged without a preflight."""
+    for item in items:
+        problem = pre.problem(item) if pre is not None and isinstance(item, Request) else None
+        yield item if problem is None else replace(FailedRequest.about(problem, item), carried=item.carried,
+                                                   shape=item.shape)
+
+
+def failed_text(described: dict[str, Any] | None) -> list[str]:
+    """Lines naming the schemas that failed preflight (from `Preflight.describe()`), for validate
+    and estimate."""
+    return [f"schema failed preflight: {c['kind']} {c['name']!r} ({c['schema']}), {c['rows_refused']:,} rows: "
+            f"{c['error']}" for c in (described or {}).get("schemas", ()) if c["error"] is not None]
 
 
 class Preflight:

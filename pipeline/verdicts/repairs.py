@@ -144,3 +144,45 @@ def _attempt(row: dict[str, Any], change: str) -> dict[str, Any]:
 
 def _fingerprint(req: Any) -> str:
     return hashlib.blake2b(json.dumps(req.body, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+TURN_TOKENS = 64  # a repair turn's own words, in tokens, at most
+
+
+def policy_of(cfg) -> RepairPolicy | None:
+    """The job's --repair policy; a malformed one is the user's error."""
+    from pipeline.exits import UserError
+
+    try:
+        return RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def repair_budget(policy: RepairPolicy | None, requests: int, prompt_tokens: int, completion_upper: int,
+                  price: Any = None) -> dict[str, Any] | None:
+    """The worst case of --repair for an estimate: every valid request repaired every time, a
+    truncated one with its room doubled each time (up to the cap), a repair turn sending the
+    previous answer back. Bounds from the job's totals (None: no --repair)."""
+    if policy is None:
+        return None
+    turns = bool(policy.verdicts & TURN_VERDICTS)
+    extra_prompt = extra_completion = answers = 0
+    room = completion_upper
+    for k in range(1, policy.attempts + 1):
+        extra_prompt += prompt_tokens + (answers + requests * TURN_TOKENS if turns else 0)
+        if "truncated" in policy.verdicts:
+            room = min(completion_upper * 2 ** k, completion_upper + requests * policy.max_tokens_cap)
+        extra_completion += room
+        answers += room
+    return {"verdicts": sorted(policy.verdicts), "attempts": policy.attempts,
+            "extra_requests_upper": requests * policy.attempts, "extra_prompt_tokens_upper": extra_prompt,
+            "extra_completion_tokens_upper": extra_completion,
+            "extra_cost_usd_upper": price.cost(extra_prompt, extra_completion, 0) if price is not None else None}
+
+
+def budget_text(b: dict[str, Any]) -> str:
+    cost = "" if b["extra_cost_usd_upper"] is None else f", up to ${b['extra_cost_usd_upper']:,.2f} more at list price"
+    return (f"repairs (--repair {','.join(b['verdicts'])}, {b['attempts']} attempts): at most "
+            f"{b['extra_requests_upper']:,} more requests, {b['extra_prompt_tokens_upper']:,} prompt and "
+            f"{b['extra_completion_tokens_upper']:,} completion tokens{cost}")

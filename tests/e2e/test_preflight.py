@@ -62,3 +62,25 @@ def test_a_schema_past_the_timeout_fails_its_rows(tmp_path, monkeypatch):
     rows = read_output(tmp_path / "out").to_dicts()
     assert [r["error"]["code"] for r in rows] == ["schema_preflight_failed"] * 2  # compiled (and waited for) once
     assert "compiling took longer than --schema-timeout 0.5 s" in rows[0]["error"]["message"]
+
+
+def test_validate_and_estimate_name_the_failing_schemas_and_the_repair_budget(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("g", "x", response_format=GOOD, max_tokens=10),
+                                               chat_line("b", "y", response_format=BAD, max_tokens=10)])
+    res = invoke("validate", src)
+    assert res.exit_code == 1
+    assert "1 valid, 1 invalid" in res.output and "schema_preflight_failed" in res.output
+    assert "schema failed preflight: response_format 'typo'" in res.output and "1 rows" in res.output
+    est = invoke("estimate", src, "-m", "smollm2", "--json", "--workers", "1", "--price-input", "1",
+                 "--price-output", "1", "--repair", "truncated", "--repair-max-tokens", "25")
+    assert est.exit_code == 0, est.output
+    figures = json.loads(est.output[:est.output.rindex("}") + 1])
+    assert figures["invalid"] == 1 and figures["preflight"]["schemas"][1]["error"]
+    budget = figures["repair_budget"]
+    # one valid request, 2 attempts: room 10 -> 20 -> 35 at most (10 + 1 x the cap 25)
+    assert (budget["extra_requests_upper"], budget["extra_completion_tokens_upper"]) == (2, 20 + 35)
+    assert budget["extra_prompt_tokens_upper"] == 2 * figures["prompt_tokens"]
+    assert budget["extra_cost_usd_upper"] == (budget["extra_prompt_tokens_upper"] + 55) / 1e6
+    table = invoke("estimate", src, "-m", "smollm2", "--workers", "1", "--repair", "truncated,unparsable",
+                   "--no-schema-preflight")
+    assert "repairs (--repair truncated,unparsable, 2 attempts): at most 4 more requests" in table.output
