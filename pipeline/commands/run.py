@@ -109,7 +109,8 @@ def plan(cfg) -> Plan:
     try:
         p.check = row_check(cfg.check, cfg.check_schema, cfg.check_regex)
         p.repair = RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens)
-        tokenizer = (cfg.tokenizer or p.job.engine_spec().model) if KINDS[cfg.engine].loads_model else None
+        # the model's tokenizer, resolved only when a schema is met (a dry run resolves no model)
+        tokenizer = (lambda: cfg.tokenizer or p.job.engine_spec().model) if KINDS[cfg.engine].loads_model else None
         p.preflight = make_preflight(cfg, tokenizer)
     except ValueError as e:
         raise UserError(str(e)) from None

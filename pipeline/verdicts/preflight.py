@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -65,7 +65,7 @@ def schemas_of(req: Any) -> list[tuple[str, str, Any]]:
     return found
 
 
-def make_preflight(cfg, tokenizer: str | None = None) -> Preflight | None:
+def make_preflight(cfg, tokenizer: Callable[[], str | None] | None = None) -> Preflight | None:
     """The job's preflight (--schema-preflight; default: on for the vLLM engine), or None."""
     on = cfg.schema_preflight if cfg.schema_preflight is not None else cfg.engine == "vllm"
     return Preflight(cfg.schema_timeout, tokenizer) if on else None
@@ -90,7 +90,7 @@ def failed_text(described: dict[str, Any] | None) -> list[str]:
 class Preflight:
     """The job's schemas, compiled once each as requests meet them (`problem(req)`)."""
 
-    def __init__(self, timeout: float, tokenizer: str | None = None):
+    def __init__(self, timeout: float, tokenizer: Callable[[], str | None] | None = None):
         self.timeout, self.tokenizer = timeout, tokenizer
         self.compiled: dict[str, Compiled] = {}
         self._proc = self._conn = None
@@ -133,7 +133,8 @@ class Preflight:
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, self.tokenizer), daemon=True)
+        tokenizer = self.tokenizer() if self.tokenizer is not None else None  # the model's folder or name
+        self._proc = ctx.Process(target=_serve, args=(child, tokenizer), daemon=True)
         self._proc.start()
         child.close()
         if self._conn.poll(START_TIMEOUT):
