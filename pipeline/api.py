@@ -41,10 +41,12 @@ API_ONLY: dict[str, tuple[str, Any, str]] = {
     "parsed": ("bool", False, "Add a `parsed` column of response_format model objects (None where the "
                "completion does not parse)."),
     "lazy": ("bool", False, "Return a polars LazyFrame over the output folder instead of a DataFrame."),
+    "with_report": ("bool", False, "Return (frame, report): the report as _report.json holds it, with the job's "
+                    "`state` (succeeded, partially_succeeded, failed) and its rows counted by verdict."),
     "cache": ("str | os.PathLike | None", None, "Cache folder for in-memory inputs, schemas and default output folders "
               "(default: $PIPELINE_CACHE, else ~/.cache/pipeline)."),
 }
-_COMMAND_API = {options.RUN: ("response_format", "template", "parse", "parsed", "lazy", "cache"),
+_COMMAND_API = {options.RUN: ("response_format", "template", "parse", "parsed", "lazy", "with_report", "cache"),
                 options.VALIDATE: ("response_format", "template", "cache"),
                 options.ESTIMATE: ("response_format", "template", "cache")}
 # Run options a Session fixes once: they choose and start its engines.
@@ -86,7 +88,8 @@ def parameters(command: str) -> list[inspect.Parameter]:
                     for n in _COMMAND_API[command]]
 
 
-RETURNS = {options.RUN: "pl.DataFrame | pl.LazyFrame | None", options.ESTIMATE: "dict[str, Any]",
+RUN_RETURNS = "pl.DataFrame | pl.LazyFrame | tuple[pl.DataFrame | pl.LazyFrame, dict[str, Any]] | None"
+RETURNS = {options.RUN: RUN_RETURNS, options.ESTIMATE: "dict[str, Any]",
            options.VALIDATE: "bool"}
 STUB_HEAD = ("# Generated from the option table by `python -m pipeline.api > pipeline/api.pyi`; a test keeps it in step.\n"
              "import os\nfrom collections.abc import Callable, Mapping, Sequence\nfrom typing import Any, Literal, TypedDict\n\n"
@@ -115,7 +118,7 @@ def stub() -> str:
     for command in READERS:
         text += f"\ndef {command}(inputs: Inputs, **kwargs: Unpack[_{command}]) -> {RETURNS[command]}: ...\n"
     return text + ("\nclass Session:\n    starts: int\n    def __init__(self, **engine_options: Unpack[_run]) -> None: ...\n"
-                   "    def run(self, inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | None: ...\n"
+                   f"    def run(self, inputs: Inputs, **kwargs: Unpack[_run]) -> {RUN_RETURNS}: ...\n"
                    "    def close(self) -> None: ...\n    def __enter__(self) -> Session: ...\n"
                    "    def __exit__(self, *exc: object) -> None: ...\n")
 
@@ -371,8 +374,9 @@ def _run(inputs: Any, kwargs: dict[str, Any], session: Session | None):
         click.echo(outcome.message, err=True)
     if cfg.dry_run:
         return None
-    return results(cfg, response_format=kwargs.get("response_format"), parse=kwargs.get("parse"),
-                   parsed=kwargs.get("parsed", False), lazy=kwargs.get("lazy", False))
+    frame = results(cfg, response_format=kwargs.get("response_format"), parse=kwargs.get("parse"),
+                    parsed=kwargs.get("parsed", False), lazy=kwargs.get("lazy", False))
+    return (frame, outcome.report) if kwargs.get("with_report") else frame
 
 
 @_document(options.RUN, "Run the requests (or a template job over a table's rows) and return the rows as a "

@@ -48,6 +48,11 @@ class _run_estimate_validate(TypedDict, total=False):
     reasoning_effort: Literal['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max'] | None  # default None
     chat_template_kwargs: Mapping[str, Any] | Sequence[str] | None  # default None
     thinking_token_budget: int | None  # default None
+    repair: str | None  # default None
+    repair_attempts: int | None  # default 2
+    repair_max_tokens: int | None  # default 4096
+    schema_preflight: bool | None  # default None
+    schema_timeout: float | None  # default 30.0
     runner: Literal['auto', 'generate', 'pooling'] | None  # default 'auto'
 
 class _run_estimate(_run_estimate_validate, total=False):
@@ -74,6 +79,10 @@ class _run(_run_estimate, _run_estimate_validate, total=False):
     lease_timeout: float | None  # default 60.0
     metrics_file: str | None  # default None
     job_name: str | None  # default None
+    max_bad_rows: str | None  # default None
+    check: str | None  # default None
+    check_schema: str | None  # default None
+    check_regex: str | None  # default None
     quiet: bool  # default False
     dry_run: bool  # default False
     seed_on_cpu: Literal['ignore', 'error', 'engine'] | None  # default 'ignore'
@@ -103,6 +112,7 @@ class _run(_run_estimate, _run_estimate_validate, total=False):
     parse: Callable[[dict[str, Any]], Any] | None  # default None
     parsed: bool  # default False
     lazy: bool  # default False
+    with_report: bool  # default False
     cache: str | os.PathLike | None  # default None
 
 class _validate(_run_estimate_validate, total=False):
@@ -123,7 +133,7 @@ class _estimate(_run_estimate, _run_estimate_validate, total=False):
     template: str | Callable[[dict[str, Any]], Any] | None  # default None
     cache: str | os.PathLike | None  # default None
 
-def run(inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | None: ...
+def run(inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | tuple[pl.DataFrame | pl.LazyFrame, dict[str, Any]] | None: ...
 
 def estimate(inputs: Inputs, **kwargs: Unpack[_estimate]) -> dict[str, Any]: ...
 
@@ -132,7 +142,7 @@ def validate(inputs: Inputs, **kwargs: Unpack[_validate]) -> bool: ...
 class Session:
     starts: int
     def __init__(self, **engine_options: Unpack[_run]) -> None: ...
-    def run(self, inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | None: ...
+    def run(self, inputs: Inputs, **kwargs: Unpack[_run]) -> pl.DataFrame | pl.LazyFrame | tuple[pl.DataFrame | pl.LazyFrame, dict[str, Any]] | None: ...
     def close(self) -> None: ...
     def __enter__(self) -> Session: ...
     def __exit__(self, *exc: object) -> None: ...

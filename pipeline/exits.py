@@ -15,6 +15,7 @@ ERROR = 1  # a problem the user can fix: missing input, conflicting output, refu
 USAGE = 2  # bad command line or job file
 INCOMPLETE = 3  # interrupted, storage failure, another run holds the output, engines keep dying: rerun
 ENGINE_START = 4  # the engine could not start
+TOO_MANY_BAD_ROWS = 5  # complete, but more rows than --max-bad-rows are not ok
 
 # code -> what it means, for --help and the docs' table (a test keeps the docs in step)
 MEANING = {
@@ -26,6 +27,8 @@ MEANING = {
                 "held by another run, lease lost, engines kept dying): rerun the same command to finish",
     ENGINE_START: "the engine could not start (bad model, out of memory while loading: three tries): "
                   "fix the cause, rerun",
+    TOO_MANY_BAD_ROWS: "complete, every row written, but more rows than --max-bad-rows end with a verdict "
+                       "other than ok (truncated, unparsable, ...): look at the verdicts, fix the job",
 }
 HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in MEANING.items()) + "."
 
@@ -61,6 +64,14 @@ class EngineStartError(PipelineError):
 
     exit_code = ENGINE_START
     hint = "committed output is kept; rerun the same command to finish once the engine starts"
+
+
+class TooManyBadRows(PipelineError):
+    """The job completed, and more of its rows than --max-bad-rows are not ok: a nightly job's
+    alarm. Its rows are written and the job is marked complete."""
+
+    exit_code = TOO_MANY_BAD_ROWS
+    hint = "the rows are written; `verdict` and `verdict_message` say what is wrong with each"
 
 
 class Interrupted(BaseException):

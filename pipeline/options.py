@@ -212,6 +212,31 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("job_name", "The job's stable name: the job_name label of --metrics-file (default: the --job "
         "file's name without .yaml, else the --output path as written, {date}-style placeholders and "
         "dates left as {date})."),
+    # ---- run: verdicts, checks, the job's state (pipeline/verdicts; docs/verdicts.md) ----------------
+    Opt("max_bad_rows", "Exit 5 (the job complete, every row written) when more rows than this end with a "
+        "verdict other than ok (truncated, empty, unparsable, schema_mismatch, invalid_tool_call, refused, "
+        "failed_check, error): a count (N) or a share of the job's rows (P%).", metavar="N|P%"),
+    Opt("repair", "Run rows with these verdicts again, changed (comma-separated: truncated, empty, unparsable, "
+        "schema_mismatch, invalid_tool_call, failed_check): truncated with max_tokens doubled, empty with another "
+        "seed, the others with a repair turn quoting what was wrong. Never the identical request twice; each row "
+        "keeps its attempts, usage and cost summed.", metavar="VERDICT,...", commands=READERS, output=True),
+    Opt("repair_attempts", "With --repair: the most extra attempts per row.", Int1, 2, commands=READERS, output=True),
+    Opt("repair_max_tokens", "With --repair truncated: the most max_tokens a repaired row gets.", Int1, 4096,
+        commands=READERS, output=True),
+    Opt("schema_preflight", "Compile every distinct response_format and required tool schema once with the "
+        "engine's structured-output backend (xgrammar) on CPU before its rows reach the engines; a schema that "
+        "fails or passes --schema-timeout gives its rows error rows (schema_preflight_failed). Default: on for "
+        "the vllm engine.", pair=True, commands=READERS),
+    Opt("schema_timeout", "Seconds one schema's preflight compile may take.", click.FloatRange(min=0, min_open=True),
+        30.0, commands=READERS),
+    Opt("check", "A row check of your own: module:function, a function (importable from PYTHONPATH) that "
+        "takes the output row as a dict and returns None to pass or a message to fail (verdict "
+        "failed_check). From Python: a callable, or a pydantic model class the content must validate as.",
+        metavar="MODULE:FUNCTION", output=True),
+    Opt("check_schema", "A JSON schema file (JSON or YAML) every completion, parsed as JSON, must fit; "
+        "else the row's verdict is failed_check, with jsonschema's message.", metavar="FILE", output=True),
+    Opt("check_regex", "A regular expression every completion (stripped) must match as a whole; else "
+        "the row's verdict is failed_check.", metavar="PATTERN", output=True),
     Opt("quiet", "No progress output.", is_flag=True, short="-q"),
     Opt("dry_run", "Read and validate everything, start no engine, write nothing; say what would run.",
         is_flag=True),

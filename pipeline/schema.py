@@ -44,6 +44,18 @@ ERROR = pa.struct([
     ("line", pa.int64()),
 ])
 
+ATTEMPT = pa.struct([
+    ("verdict", pa.string()),
+    ("verdict_message", pa.string()),
+    ("change", pa.string()),  # what this attempt changed: "first", "max_tokens 16 -> 32", "seed 1", ...
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("total_tokens", pa.int64()),
+    ("reasoning_tokens", pa.int64()),
+    ("estimated_cost", pa.float64()),
+])
+
 OUTPUT_SCHEMA = pa.schema([
     pa.field("custom_id", pa.string(), nullable=False),
     pa.field("model", pa.string()),
@@ -78,6 +90,13 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("user", pa.string()),
     pa.field("warnings", pa.list_(pa.string())),
     pa.field("error", ERROR),
+    # whether the row is right, not only present: ok, truncated, empty, unparsable, schema_mismatch,
+    # invalid_tool_call, refused, failed_check, or error for error rows (verdicts/judge.py)
+    pa.field("verdict", pa.string()),
+    pa.field("verdict_message", pa.string()),  # why the verdict is not ok (a check's own message)
+    # --repair: every attempt of a repaired row, in order (null: answered at the first); the row's
+    # usage and cost columns are then the sums over its attempts (verdicts/repairs.py)
+    pa.field("attempts", pa.list_(ATTEMPT)),
     pa.field("source_file", pa.string(), nullable=False),
     pa.field("source_line", pa.int64(), nullable=False),
     # the input line's shape (openai-batch, anthropic-batch, gemini-batch, ...; shapes.py), which

@@ -38,6 +38,8 @@ from pipeline.output.humane import figure, trial_text, usd
 from pipeline.output.rows import error_column
 from pipeline.records import ENDPOINTS, FailedRequest, Request
 from pipeline.storage import Location
+from pipeline.verdicts.preflight import failed_text, make_preflight, screened
+from pipeline.verdicts.repairs import budget_text, policy_of, repair_budget
 
 DEFAULT_COMPLETION_RATIO = 0.5
 
@@ -180,7 +182,8 @@ def estimate(job: Job) -> dict[str, Any]:
                             trust_remote_code=cfg.trust_remote_code)
     workers, block_size = cfg.workers or cpu_count(), job.kv_block_tokens()
     tallies, total, routes = [Tally() for _ in job.files], Tally(), {}
-    ordered = job.ordered(job.rows())
+    pre = make_preflight(cfg)  # schemas that fail preflight are counted as invalid rows
+    ordered = job.ordered(screened(job.rows(), pre))
     # a calibrating trial run (--limit) took only some rows: its ratio is against their bound
     calibration = trial_keys((report or {}).get("trial"), job.files, job.scans, max_line_bytes=cfg.max_line_bytes)
     calibration_upper = calibration_thinking = 0
@@ -222,11 +225,21 @@ def estimate(job: Job) -> dict[str, Any]:
         "files": [{"file": f.display, **rates.figures(t)} for f, t in zip(job.files, tallies, strict=True)],
         "routes": route_figures(routes, rates, job.model_name, job.ctx),
         "rows_file": cfg.rows_file, "trial": job.trial(), "seconds": round(seconds, 3),
+        **_verdict_figures(job, pre, total),
     }
     click.echo(json.dumps(result, indent=2) if cfg.as_json else table(result))
     click.echo(f"counted {total.requests:,} requests in {seconds:.1f} s ({total.requests / max(seconds, 1e-9):,.0f}/s, "
                f"{workers} tokenizer process{'es' if workers > 1 else ''})", err=True)
     return result
+
+
+def _verdict_figures(job: Job, pre, total: Tally) -> dict[str, Any]:
+    """The schemas that failed preflight (its compiler process closed), and --repair's worst case."""
+    if pre is not None:
+        pre.close()
+    return {"preflight": pre.describe() if pre else None,
+            "repair_budget": repair_budget(policy_of(job.cfg), total.requests - total.invalid, total.prompt_tokens,
+                                           total.completion_tokens_upper, job.price)}
 
 
 def order_figures(ordered: Any) -> dict[str, Any]:
@@ -299,6 +312,9 @@ def table(r: dict[str, Any]) -> str:
                    f"{usd(r['compute_cost_usd_upper'])}")
     if r["trial"]:
         out.append(f"{trial_text(r['trial'])}: the figures are for these rows only")
+    out += failed_text(r.get("preflight"))
+    if r.get("repair_budget"):
+        out.append(budget_text(r["repair_budget"]))
     return "\n".join(out + _route_lines(r["routes"]))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.storage import redact
+from pipeline.verdicts.state import STATES
 
 # A date written into a path by the shell or a scheduler (2026-12-02, 2026/12/02, 20261202).
 _DATE = re.compile(r"(?<!\d)(\d{4})([-/]?)(0[1-9]|1[0-2])\2(0[1-9]|[12]\d|3[01])(?!\d)")
@@ -22,6 +23,8 @@ _DATE = re.compile(r"(?<!\d)(\d{4})([-/]?)(0[1-9]|1[0-2])\2(0[1-9]|[12]\d|3[01])
 GAUGES = (
     ("pipeline_requests", "Requests of the job by outcome (whole job, resumed runs included)."),
     ("pipeline_errors", "Error rows of the job by error code."),
+    ("pipeline_rows_by_verdict", "Rows of the job by verdict (ok, truncated, empty, unparsable, ...; docs/verdicts.md)."),
+    ("pipeline_job_state", "The job's state: 1 for the one it is in (succeeded, partially_succeeded, failed), 0 for the others."),
     ("pipeline_tokens", "Tokens of the job by kind (reasoning: the completion tokens of thinking)."),
     ("pipeline_estimated_cost_usd", "Estimated cost of the job at list price."),
     ("pipeline_wall_seconds", "Wall time of this run."),
@@ -29,7 +32,7 @@ GAUGES = (
     ("pipeline_generated_tokens_per_second", "Completion tokens per second in this run."),
     ("pipeline_resumed_requests", "Requests already done before this run."),
     ("pipeline_engine_restarts", "Engine restarts in this run."),
-    ("pipeline_exit_code", "Exit code of this run (0 ok, 3 incomplete: rerun, 4 engine did not start)."),
+    ("pipeline_exit_code", "Exit code of this run (0 ok, 3 incomplete: rerun, 4 engine did not start, 5 too many bad rows)."),
     ("pipeline_last_run_timestamp_seconds", "When this run ended (Unix time)."),
     ("pipeline_last_success_timestamp_seconds", "When a run last completed the job (Unix time)."),
 )
@@ -53,6 +56,10 @@ def prometheus_text(report: dict[str, Any], exit_code: int, job: str, now: float
             samples["pipeline_requests"].append((f'{base},status="{status}"', report.get(status, 0)))
         for code, n in report.get("errors_by_code", {}).items():
             samples["pipeline_errors"].append((f'{base},code="{_escape(code)}"', n))
+        for verdict, n in report.get("verdicts", {}).items():
+            samples["pipeline_rows_by_verdict"].append((f'{base},verdict="{verdict}"', n))
+        if report.get("state"):
+            samples["pipeline_job_state"] += [(f'{base},state="{s}"', int(s == report["state"])) for s in STATES]
         for kind in ("prompt", "completion", "cached") + (("reasoning",) if report.get("reasoning_tokens") else ()):
             samples["pipeline_tokens"].append((f'{base},kind="{kind}"', report.get(f"{kind}_tokens", 0)))
         for name, key in (("pipeline_estimated_cost_usd", "estimated_cost"),

@@ -19,6 +19,7 @@ from pipeline.output.formats import summary
 from pipeline.output.humane import duration, rate, share, trial_text, usd
 from pipeline.output.stats import thinking_text
 from pipeline.storage import Location
+from pipeline.verdicts.state import job_state, state_text
 
 EXAMPLES_PER_CODE = 3
 TOP = 10
@@ -95,7 +96,22 @@ def figures(d: RunData) -> dict[str, Any]:
         "requests_per_second": r.get("requests_per_second"),
         "generated_tokens_per_second": r.get("generated_tokens_per_second"),
         "model": r.get("model"), "engines": r.get("engines"), "trial": r.get("trial"),
+        **verdict_figures(r, rows),
     }
+
+
+def verdict_figures(report: dict[str, Any], rows) -> dict[str, Any]:
+    """Counts by verdict (the report's), the job's state, and up to EXAMPLES_PER_CODE example rows
+    of each verdict other than ok and error (error rows have their own table)."""
+    examples: dict[str, list[dict[str, Any]]] = {}
+    if rows.height and "verdict" in rows.columns:
+        for row in rows.filter(~rows["verdict"].is_in(["ok", "error"])).iter_rows(named=True):
+            found = examples.setdefault(row["verdict"], [])
+            if len(found) < EXAMPLES_PER_CODE:
+                found.append({"custom_id": row["custom_id"], "message": row.get("verdict_message") or "",
+                              "content": row.get("content") or ""})
+    state = job_state(report) if report.get("verdicts") else {"state": None}
+    return {"verdicts": report.get("verdicts") or {}, "state": state["state"], "verdict_examples": examples}
 
 
 def compare(now: dict[str, Any], before: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
@@ -120,6 +136,10 @@ def terminal_summary(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None 
              + (f" on {f['model']}" if f["model"] else "")]
     if f["trial"]:
         lines.append(trial_text(f["trial"]))
+    if f["verdicts"]:
+        lines.append(state_text(d.report))
+    for verdict, exs in f["verdict_examples"].items():
+        lines += [f"  {verdict}: {ex['custom_id']}: {_cut(ex['message'], 100)}" for ex in exs]
     for code, count in f["errors_by_code"].items():
         lines.append(f"  {code} ×{count:,}")
         for ex in f["examples"].get(code, []):
@@ -145,7 +165,8 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
     ok = d.rows.filter(d.rows["error"].is_null()) if d.rows.height else d.rows
     parts = _charts(d, f, ok)
     cards = "".join(f'<div class="card"><b>{html.escape(str(v))}</b><span>{html.escape(k)}</span></div>' for k, v in (
-        ("requests", f"{f['requests']:,}"), ("ok", f"{f['succeeded']:,}"), ("failed", f"{f['failed']:,}"),
+        ("requests", f"{f['requests']:,}"), *([("job state", f["state"])] if f["state"] else []),
+        ("ok", f"{f['succeeded']:,}"), ("failed", f"{f['failed']:,}"),
         ("prompt tokens", f"{f['prompt_tokens']:,}"), ("completion tokens", f"{f['completion_tokens']:,}"),
         ("images", f"{f['images']:,}"),
         ("thinking tokens", f"{f['reasoning_tokens']:,}"),
@@ -163,6 +184,12 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
     if prev is not None:
         sections.append("<h2>Change from the previous run</h2>" + _table(
             ["figure", "previous", "this run", "change"], compare(f, prev)))
+    if f["verdicts"]:
+        sections.append("<h2>Rows by verdict, with examples</h2>" + _table(
+            ["verdict", "rows", "custom_id", "why", "content"],
+            [(v, n, ex["custom_id"], ex["message"], _cut(ex["content"], 200))
+             for v, n in f["verdicts"].items() for ex in (f["verdict_examples"].get(v) or [{"custom_id": "", "message": "",
+                                                                                          "content": ""}])]))
     if f["examples"]:
         sections.append("<h2>Errors by code, with examples</h2>" + _table(
             ["code", "rows", "custom_id", "where", "message"],

@@ -46,6 +46,11 @@ from pipeline.output.rows import dataset_rows, error_row, result_row
 from pipeline.output.stats import total_stats
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
+from pipeline.verdicts.checks import row_check
+from pipeline.verdicts.judge import mark
+from pipeline.verdicts.preflight import Preflight, make_preflight, screened
+from pipeline.verdicts.repairs import RepairPolicy, Repairs
+from pipeline.verdicts.state import too_many_bad_rows
 
 RERUN = "committed output is kept; rerun the same command to finish"
 
@@ -67,6 +72,9 @@ class Plan:
     out: Output
     state: State
     envs: list[dict[str, str]] = field(default_factory=list)  # one per local engine
+    check: Callable | None = None  # the job's row check (--check, --check-schema, --check-regex)
+    repair: RepairPolicy | None = None  # --repair
+    preflight: Preflight | None = None  # compiles the job's schemas as its requests meet them
 
     @property
     def same_job(self) -> bool:
@@ -97,6 +105,15 @@ def plan(cfg) -> Plan:
     if job.layout is not None:
         out.schema = job.layout.schema
     p = Plan(job, job.fingerprint(), out, out.read_state())
+    too_many_bad_rows(cfg.max_bad_rows, {})  # a malformed --max-bad-rows fails here
+    try:
+        p.check = row_check(cfg.check, cfg.check_schema, cfg.check_regex)
+        p.repair = RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens)
+        # the model's tokenizer, resolved only when a schema is met (a dry run resolves no model)
+        tokenizer = (lambda: cfg.tokenizer or p.job.engine_spec().model) if KINDS[cfg.engine].loads_model else None
+        p.preflight = make_preflight(cfg, tokenizer)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if p.complete:
         return p
     refuse_foreign(out, p.state, cfg.allow_foreign_files)
@@ -116,7 +133,10 @@ def run(cfg, engines: Callable[[Plan], Dispatcher] | None = None) -> Outcome:
     started = time.monotonic()
     p = plan(cfg)
     if p.complete:
-        return Outcome(p.out.read_report(), exits.OK, f"{p.out.display} is already complete; nothing to do")
+        report = p.out.read_report()
+        done = f"{p.out.display} is already complete; nothing to do"
+        bad = too_many_bad_rows(cfg.max_bad_rows, report)
+        return Outcome(report, exits.OK, done) if bad is None else Outcome(report, bad.exit_code, f"{done}\n{bad}", bad)
     if cfg.dry_run:
         return Outcome({}, exits.OK, preview(p))
     return execute(p, started, engines)
@@ -132,6 +152,7 @@ class RunStats:
     handed: int = 0  # requests handed to the engines
     answered: int = 0  # ... and answered by them
     generated: int = 0  # completion tokens
+    repairs: Counter = field(default_factory=Counter)  # repaired requests sent, by the verdict repaired
 
 
 def not_committed(p: Plan, committed: Committed, stats: RunStats) -> Iterator[Request | FailedRequest]:
@@ -163,10 +184,12 @@ class RowSink:
 
     def __init__(self, p: Plan, writer: PartWriter, stats: RunStats, progress: Progress):
         self.p, self.writer, self.stats, self.progress = p, writer, stats, progress
+        self.repairs = Repairs(p.repair, stats.repairs) if p.repair else None
+        self.resend: Callable[[Request], None] | None = None  # hands a repaired request to the engines
 
     def engine_requests(self, items: Iterable[Request | FailedRequest]) -> Iterator[Request]:
         """The requests for the engines; failed ones get their error rows here."""
-        for item in items:
+        for item in screened(items, self.p.preflight):  # a schema that fails preflight: error rows
             if isinstance(item, FailedRequest):
                 self.write(item, error_row(item, self.p.job.model_name))
             else:
@@ -177,10 +200,26 @@ class RowSink:
         job = self.p.job
         self.stats.answered += 1
         self.stats.generated += res.completion_tokens or 0
-        self.write(req, result_row(req, res, job.model_name, job.price), res.completion_tokens or 0)
+        rows = self.judged(req, result_row(req, res, job.model_name, job.price))
+        if self.repairs is not None and self.resend is not None:
+            again = self.repairs.next_request(req, rows)
+            if again is not None:  # held back: its repair goes to the same engines
+                self.stats.handed += 1
+                self.resend(again)
+                return
+            rows = self.repairs.finish(req, rows)
+        self.add(req, rows, res.completion_tokens or 0)
 
-    def write(self, item: Request | FailedRequest, row: dict[str, Any], tokens: int = 0) -> None:
-        self.writer.add_all(dataset_rows(row, item, self.p.job.layout), item.file)
+    def judged(self, item: Request | FailedRequest, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """The request's output rows, each with its verdict."""
+        rows = dataset_rows(row, item, self.p.job.layout)
+        return mark(rows, item if isinstance(item, Request) else None, self.p.check)
+
+    def write(self, item: Request | FailedRequest, row: dict[str, Any]) -> None:
+        self.add(item, self.judged(item, row))
+
+    def add(self, item: Request | FailedRequest, rows: list[dict[str, Any]], tokens: int = 0) -> None:
+        self.writer.add_all(rows, item.file)
         self.stats.rows += 1
         self.progress.update(1, tokens)
 
@@ -195,6 +234,8 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
         committed = claim.committed()
         progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet)
         error, ordered, dispatcher = None, None, None
+        if p.preflight is not None:
+            stack.callback(p.preflight.close)
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
                 sink = RowSink(p, writer, stats, progress)
@@ -205,6 +246,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
                 else:
                     # closed after the marker: every row is committed, engine shutdown need not delay it
                     dispatcher = engines(p) if engines else stack.enter_context(contextlib.closing(start_engines(p)))
+                    sink.resend = dispatcher.requeued.append  # repairs run first, in the same engines
                     for done in dispatcher.results(sink.engine_requests(ordered)):
                         if done is None:  # a tick: commit on time even when nothing finishes
                             writer.tick()
@@ -219,6 +261,8 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
         if error is None and not claim.finish(report):
             error = exits.Incomplete(f"another run completed {p.out.display} first; this run's parts are kept "
                                      "but not marked")
+        if error is None:
+            error = too_many_bad_rows(cfg.max_bad_rows, report)
         if error is None:
             return Outcome(report, exits.OK)
         hint = getattr(error, "hint", "")
@@ -277,6 +321,8 @@ def _report(p: Plan, stats: RunStats, claim, dispatcher, ordered) -> dict[str, A
         "engines": dispatcher.pool.size if dispatcher else 0,
         "engine": dispatcher.engine_info if dispatcher else None,
         "engine_restarts": dispatcher.restarts if dispatcher else 0,
+        "repairs_sent": dict(stats.repairs),  # this run's repaired requests, by the verdict repaired
+        "preflight": p.preflight.describe() if p.preflight else None,  # this run's schemas: compile time, size
         **(ordered.describe() if hasattr(ordered, "describe") else {"order": cfg.order}),
         "trial": p.job.trial(),
         "job_name": cfg.job_name,

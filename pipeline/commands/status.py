@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import calendar
 import time
+from collections import Counter
 from typing import Any
 
 from pipeline.output.folder import Output
 from pipeline.output.lease import current, why_busy
 from pipeline.output.stats import thinking_text
 from pipeline.storage import Location, redact
+from pipeline.verdicts.judge import VERDICTS
+from pipeline.verdicts.state import job_state, state_text
 
 
 def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -32,6 +35,7 @@ def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[
         "images": sum((r.get("stats") or {}).get("images", 0) for r in state.records),
         "completion_tokens": sum((r.get("stats") or {}).get("completion_tokens", 0) for r in state.records),
         "reasoning_tokens": sum((r.get("stats") or {}).get("reasoning_tokens", 0) for r in state.records),
+        **_verdicts(state.records),
         "parts": len(state.records),
         "last_commit": max(stamps) if stamps else None,
         "attempts": len(attempts),
@@ -46,6 +50,7 @@ def status_text(s: dict[str, Any]) -> str:
     share = f" of {total} ({100 * s['rows_committed'] / total:.1f}%)" if total else ""
     lines = [f"{s['output']}: {s['state']}",
              f"  rows committed: {s['rows_committed']}{share}" + (f", {s['images']} images" if s["images"] else ""),
+             *([f"  {'so far: ' if s['state'] != 'complete' else ''}{state_text(s)}"] if s.get("verdicts") else []),
              *([f"  {thinking_text(s['reasoning_tokens'], s['completion_tokens'])}"] if s["reasoning_tokens"] else []),
              f"  parts: {s['parts']}" + (f", last commit {s['last_commit']} ({_ago(s['last_commit'])})"
                                         if s["last_commit"] else ""),
@@ -57,6 +62,21 @@ def status_text(s: dict[str, Any]) -> str:
         if "***" in s["command"]:
             lines.append("  (credentials and storage option values are not recorded: give them again)")
     return "\n".join(lines)
+
+
+def _verdicts(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The committed rows' counts by verdict and the job's state from them (`job_state`: so far,
+    while the job is not complete)."""
+    counts: Counter[str] = Counter()
+    figures = {"requests": 0, "succeeded": 0}
+    for r in records:
+        stats = r.get("stats") or {}
+        counts.update(stats.get("verdicts") or {})
+        for key in figures:
+            figures[key] += stats.get(key, 0)
+    figures["verdicts"] = {v: counts[v] for v in VERDICTS if counts[v]}
+    s = job_state(figures)
+    return {**figures, "job_state": s["state"], "ok_rows": s["ok_rows"], "bad_rows": s["bad_rows"]}
 
 
 def _ago(stamp: str) -> str:

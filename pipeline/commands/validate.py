@@ -10,6 +10,7 @@ from pipeline.job import Job
 from pipeline.output.humane import trial_text
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import redact
+from pipeline.verdicts.preflight import failed_text, make_preflight, screened
 
 MAX_UNKNOWN = 1000  # distinct unknown field names counted
 
@@ -24,7 +25,8 @@ def validate(job: Job) -> bool:
         counter = PromptCounter(cfg.model, max_model_len=cfg.max_model_len, tokenizer=cfg.tokenizer,
                                 trust_remote_code=cfg.trust_remote_code)
     total, codes, unknown, shown = 0, Counter(), Counter(), 0
-    for item in job.rows():
+    pre = make_preflight(cfg)  # a schema the engine's backend cannot compile makes its rows invalid
+    for item in screened(job.rows(), pre):
         total += 1
         if isinstance(item, Request) and counter is not None:
             item = counter.check(item)
@@ -45,6 +47,10 @@ def validate(job: Job) -> bool:
     if unknown:
         click.echo("unknown fields (ignored): " + ", ".join(f"{c} ×{n}" for c, n in unknown.most_common(20))
                    + (f" (+{len(unknown) - 20} more names)" if len(unknown) > 20 else ""), err=True)
+    if pre is not None:
+        for line in failed_text(pre.describe()):
+            click.echo(line, err=True)
+        pre.close()
     if shown < bad:
         click.echo(f"({bad - shown} more problems not shown; raise --max-errors)", err=True)
     return bad == 0

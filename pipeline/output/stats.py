@@ -7,9 +7,12 @@ from collections import Counter
 from typing import Any
 
 from pipeline.output.humane import duration, rate, share, trial_text, usd
+from pipeline.verdicts.judge import VERDICTS
+from pipeline.verdicts.state import job_state, state_text
 
 COUNTERS = ("requests", "succeeded", "failed", "prompt_tokens", "completion_tokens",
-            "total_tokens", "cached_tokens", "images", "reasoning_tokens")
+            "total_tokens", "cached_tokens", "images", "reasoning_tokens",
+            "repaired_rows", "repaired_ok", "repair_attempts")  # --repair: rows run again, ok after it, extra attempts
 
 
 def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -17,11 +20,18 @@ def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     stats: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
     codes: Counter[str] = Counter()
     warnings: Counter[str] = Counter()
+    verdicts: Counter[str] = Counter()
     cost = 0.0
     for r in rows:
         if r.get("choice_index"):  # --explode-choices: a request's later choices count once, with its first
             continue
         stats["requests"] += 1
+        if r.get("verdict"):
+            verdicts[r["verdict"]] += 1
+        if r.get("attempts"):
+            stats["repaired_rows"] += 1
+            stats["repaired_ok"] += int(r.get("verdict") == "ok")
+            stats["repair_attempts"] += len(r["attempts"]) - 1
         if r["error"] is None:
             stats["succeeded"] += 1
         else:
@@ -35,6 +45,7 @@ def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     stats["estimated_cost"] = cost
     stats["errors_by_code"] = dict(codes)
     stats["warnings"] = dict(warnings)
+    stats["verdicts"] = dict(verdicts)
     return stats
 
 
@@ -49,6 +60,7 @@ def total_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["estimated_cost"] = 0.0
     codes: Counter[str] = Counter()
     warnings: Counter[str] = Counter()
+    verdicts: Counter[str] = Counter()
     for p in parts:
         s = p["stats"]
         for key in COUNTERS:
@@ -56,9 +68,12 @@ def total_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
         out["estimated_cost"] += s["estimated_cost"]
         codes.update(s["errors_by_code"])
         warnings.update(s["warnings"])
+        verdicts.update(s.get("verdicts") or {})  # a part committed before verdicts has none
     out["estimated_cost"] = round(out["estimated_cost"], 10)
     out["errors_by_code"] = dict(sorted(codes.items()))
     out["warnings"] = dict(sorted(warnings.items()))
+    out["verdicts"] = {v: verdicts[v] for v in VERDICTS if verdicts[v]}
+    out.update(job_state(out))
     return out
 
 
@@ -80,6 +95,11 @@ def summary_text(report: dict[str, Any]) -> str:
            if r.get("cached_tokens") and r.get("prompt_tokens") else "")
         + (f"; {r['images']:,} images" if r.get("images") else ""),
     ]
+    if r.get("verdicts"):
+        lines.append(state_text(r))
+    if r.get("repaired_rows"):
+        lines.append(f"repairs: {r['repaired_rows']:,} rows run again ({r['repair_attempts']:,} extra attempts), "
+                     f"{r['repaired_ok']:,} of them ok now")
     if r.get("reasoning_tokens"):
         lines.append(thinking_text(r["reasoning_tokens"], r["completion_tokens"]))
     if r.get("trial"):

@@ -1,0 +1,188 @@
+"""Repairs that change something (`--repair truncated,unparsable,...`): a row whose verdict is
+listed is held back, and its request runs again, changed, in the same engines as the first pass:
+
+- `truncated`: more room, max_tokens doubled up to `--repair-max-tokens`;
+- `unparsable`, `schema_mismatch`, `invalid_tool_call`, `failed_check` (chat requests): a repair
+  turn, the answer given and a user message quoting what was wrong with it (the schema stays
+  enforced by the engine's structured outputs where the request has a response_format);
+- `empty`: another seed.
+
+Never the identical request twice: a repair whose request body was already sent for that row
+is not sent, and the row ends as it is. Each row keeps its attempts (`attempts` column: verdict,
+tokens, cost and what changed, per attempt); the final row's usage and cost are the sums over
+its attempts; still one row per input line. A row waiting for a repair is not committed: a
+killed run's rerun runs it again from its first attempt, once, like any row not committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any
+
+REPAIRABLE = ("truncated", "empty", "unparsable", "schema_mismatch", "invalid_tool_call", "failed_check")
+TURN_VERDICTS = frozenset({"unparsable", "schema_mismatch", "invalid_tool_call", "failed_check"})
+SUMMED = ("prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens", "estimated_cost")
+
+
+@dataclass(frozen=True)
+class RepairPolicy:
+    """--repair (the verdicts to repair), --repair-attempts (extra attempts per row at most),
+    --repair-max-tokens (the most room a truncated row gets)."""
+
+    verdicts: frozenset[str]
+    attempts: int = 2
+    max_tokens_cap: int = 4096
+
+    @classmethod
+    def of(cls, repair: Any, attempts: int | None = None, cap: int | None = None) -> RepairPolicy | None:
+        """The policy of the options (None: no repairs). Raises ValueError naming the fix."""
+        names = [repair] if isinstance(repair, str) else list(repair or ())
+        verdicts = {v.strip() for one in names for v in str(one).split(",") if v.strip()}
+        wrong = sorted(verdicts - set(REPAIRABLE))
+        if wrong:
+            raise ValueError(f"--repair {','.join(wrong)}: the verdicts that can be repaired are "
+                             f"{', '.join(REPAIRABLE)}")
+        if not verdicts:
+            return None
+        return cls(frozenset(verdicts), attempts if attempts is not None else 2,
+                   cap if cap is not None else 4096)
+
+    def worst_case(self, max_tokens: int | None) -> tuple[int, int | None]:
+        """(extra requests, completion tokens) one request may add at most through repairs."""
+        if max_tokens is None:
+            return self.attempts, None
+        extra, room = 0, max_tokens
+        for _ in range(self.attempts):
+            if "truncated" in self.verdicts:
+                room = max(room, min(room * 2, self.max_tokens_cap))
+            extra += room
+        return self.attempts, extra
+
+
+class Repairs:
+    """The rows being repaired, by input line: their attempts so far and the bodies sent."""
+
+    def __init__(self, policy: RepairPolicy, counts: Counter[str] | None = None):
+        self.policy = policy
+        self.attempts: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        self.sent: dict[tuple[int, int], set[str]] = {}
+        self.change: dict[tuple[int, int], str] = {}
+        self.counts: Counter[str] = Counter() if counts is None else counts  # repairs sent, by verdict repaired
+
+    def next_request(self, req: Any, rows: list[dict[str, Any]]) -> Any | None:
+        """Record this answer as an attempt of its row; the changed request to run next, or None
+        when the rows are final (call `finish`)."""
+        key = (req.file, req.line)
+        first = rows[0]
+        attempts = self.attempts.setdefault(key, [])
+        attempts.append(_attempt(first, self.change.pop(key, "first")))
+        sent = self.sent.setdefault(key, {_fingerprint(req)})
+        verdict = next((r["verdict"] for r in rows if r["verdict"] != "ok"), "ok")
+        if verdict not in self.policy.verdicts or len(attempts) > self.policy.attempts:
+            return None
+        changed = repaired(req, verdict, first, self.policy, len(attempts))
+        if changed is None:
+            return None
+        new, what = changed
+        body = _fingerprint(new)
+        if body in sent:
+            return None
+        sent.add(body)
+        self.change[key] = what
+        self.counts[verdict] += 1
+        return new
+
+    def finish(self, req: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The final rows of a request: with its attempts, usage and cost summed over them (a row
+        answered at its first attempt is left as it is)."""
+        key = (req.file, req.line)
+        attempts = self.attempts.pop(key, [])
+        self.sent.pop(key, None)
+        if len(attempts) <= 1:
+            return rows
+        for row in rows:
+            row["attempts"] = attempts
+            for col in SUMMED:
+                values = [a.get(col) for a in attempts]
+                if any(v is not None for v in values):
+                    row[col] = sum(v or 0 for v in values)
+        return rows
+
+
+def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,
+             attempt: int) -> tuple[Any, str] | None:
+    """(the request changed to repair `verdict`, what changed), or None where it cannot be."""
+    params = dict(req.params)
+    if verdict == "truncated":
+        room = req.max_tokens
+        if room is None or room >= policy.max_tokens_cap:
+            return None
+        more = min(room * 2, policy.max_tokens_cap)
+        params.pop("max_completion_tokens", None)
+        params["max_tokens"] = more
+        return replace(req, params=params), f"max_tokens {room} -> {more}"
+    if verdict == "empty":
+        seed = int(params.get("seed") or 0) + attempt
+        params["seed"] = seed
+        return replace(req, params=params), f"seed {seed}"
+    if verdict in TURN_VERDICTS and req.endpoint == "chat":
+        said = row.get("content") or (json.dumps(row["tool_calls"]) if row.get("tool_calls") else "")
+        answer = {"role": "assistant", "content": said}
+        turn = {"role": "user", "content": f"That answer cannot be used ({verdict}: {row.get('verdict_message')}). "
+                                           "Answer the request again, correcting exactly that, in the format asked for."}
+        return replace(req, messages=[*req.messages, answer, turn]), f"repair turn quoting the {verdict}"
+    return None
+
+
+def _attempt(row: dict[str, Any], change: str) -> dict[str, Any]:
+    return {"verdict": row.get("verdict"), "verdict_message": row.get("verdict_message"), "change": change,
+            "finish_reason": row.get("finish_reason"), **{col: row.get(col) for col in SUMMED}}
+
+
+def _fingerprint(req: Any) -> str:
+    return hashlib.blake2b(json.dumps(req.body, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+TURN_TOKENS = 64  # a repair turn's own words, in tokens, at most
+
+
+def policy_of(cfg) -> RepairPolicy | None:
+    """The job's --repair policy; a malformed one is the user's error."""
+    from pipeline.exits import UserError
+
+    try:
+        return RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def repair_budget(policy: RepairPolicy | None, requests: int, prompt_tokens: int, completion_upper: int,
+                  price: Any = None) -> dict[str, Any] | None:
+    """The worst case of --repair for an estimate: every valid request repaired every time, a
+    truncated one with its room doubled each time (up to the cap), a repair turn sending the
+    previous answer back. Bounds from the job's totals (None: no --repair)."""
+    if policy is None:
+        return None
+    turns = bool(policy.verdicts & TURN_VERDICTS)
+    extra_prompt = extra_completion = answers = 0
+    room = completion_upper
+    for k in range(1, policy.attempts + 1):
+        extra_prompt += prompt_tokens + (answers + requests * TURN_TOKENS if turns else 0)
+        if "truncated" in policy.verdicts:
+            room = min(completion_upper * 2 ** k, completion_upper + requests * policy.max_tokens_cap)
+        extra_completion += room
+        answers += room
+    return {"verdicts": sorted(policy.verdicts), "attempts": policy.attempts,
+            "extra_requests_upper": requests * policy.attempts, "extra_prompt_tokens_upper": extra_prompt,
+            "extra_completion_tokens_upper": extra_completion,
+            "extra_cost_usd_upper": price.cost(extra_prompt, extra_completion, 0) if price is not None else None}
+
+
+def budget_text(b: dict[str, Any]) -> str:
+    cost = "" if b["extra_cost_usd_upper"] is None else f", up to ${b['extra_cost_usd_upper']:,.2f} more at list price"
+    return (f"repairs (--repair {','.join(b['verdicts'])}, {b['attempts']} attempts): at most "
+            f"{b['extra_requests_upper']:,} more requests, {b['extra_prompt_tokens_upper']:,} prompt and "
+            f"{b['extra_completion_tokens_upper']:,} completion tokens{cost}")

@@ -1,0 +1,86 @@
+"""Schema preflight with xgrammar (the structured-output backend vLLM uses), on the fake engine:
+a schema that does not compile, or not in time, gives its rows error rows; each schema is compiled
+once; the report has compile times and grammar sizes. Skipped where xgrammar is not installed."""
+
+import json
+import time
+
+import pytest
+from conftest import chat_line, invoke, read_output, write_jsonl
+
+pytest.importorskip("xgrammar")
+
+FAKE = ["--engine", "fake", "-m", "smollm2", "-q", "--schema-preflight"]
+
+
+def fmt(schema, name="s"):
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+GOOD = fmt({"type": "object", "properties": {"a": {"type": "integer"}}}, "good")
+BAD = fmt({"type": "object", "properties": {"a": {"type": "strin"}}}, "typo")
+TOOL = [{"type": "function", "function": {"name": "look", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string", "pattern": "(?<=a)b"}}}}}]
+
+
+def test_failing_schemas_give_error_rows_and_the_report_has_each_schema_once(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        chat_line("g1", '{"a": 1}', response_format=GOOD), chat_line("g2", '{"a": 2}', response_format=GOOD),
+        chat_line("b1", "x", response_format=BAD), chat_line("b2", "y", response_format=BAD),
+        chat_line("t1", "z", tools=TOOL, tool_choice="required"), chat_line("plain", "hi")])
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 0, res.output
+    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert {k for k, r in rows.items() if r["error"]} == {"b1", "b2", "t1"}
+    assert rows["b1"]["error"]["code"] == "schema_preflight_failed" and rows["b1"]["verdict"] == "error"
+    assert "the response_format schema 'typo'" in rows["b1"]["error"]["message"]
+    assert 'Unsupported type "strin"' in rows["b1"]["error"]["message"]
+    assert "the tool schema 'look'" in rows["t1"]["error"]["message"] and "Lookbehind" in rows["t1"]["error"]["message"]
+    assert rows["g1"]["verdict"] == "ok" and rows["plain"]["verdict"] == "ok"
+    pre = json.loads((tmp_path / "out" / "_report.json").read_text())["preflight"]
+    assert pre["backend"] == "xgrammar"
+    schemas = {s["name"]: s for s in pre["schemas"]}
+    assert set(schemas) == {"good", "typo", "look"}  # each distinct schema compiled once
+    assert schemas["typo"]["rows_refused"] == 2 and schemas["good"]["rows_refused"] == 0
+    assert schemas["good"]["grammar_size"] > 0 and schemas["good"]["seconds"] >= 0
+
+
+def never_answers(conn, tokenizer):
+    """A compiler process whose compile never ends (a pathological schema), without timing luck."""
+    conn.send(("ready", None))
+    time.sleep(600)
+
+
+def test_a_schema_past_the_timeout_fails_its_rows(tmp_path, monkeypatch):
+    from pipeline.verdicts import preflight
+
+    monkeypatch.setattr(preflight, "_serve", never_answers)
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("g", '{"a": 1}', response_format=GOOD),
+                                               chat_line("h", '{"a": 1}', response_format=GOOD)])
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--schema-timeout", "0.5")
+    assert res.exit_code == 0, res.output
+    rows = read_output(tmp_path / "out").to_dicts()
+    assert [r["error"]["code"] for r in rows] == ["schema_preflight_failed"] * 2  # compiled (and waited for) once
+    assert "compiling took longer than --schema-timeout 0.5 s" in rows[0]["error"]["message"]
+
+
+def test_validate_and_estimate_name_the_failing_schemas_and_the_repair_budget(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("g", "x", response_format=GOOD, max_tokens=10),
+                                               chat_line("b", "y", response_format=BAD, max_tokens=10)])
+    res = invoke("validate", src)
+    assert res.exit_code == 1
+    assert "1 valid, 1 invalid" in res.output and "schema_preflight_failed" in res.output
+    assert "schema failed preflight: response_format 'typo'" in res.output and "1 rows" in res.output
+    est = invoke("estimate", src, "-m", "smollm2", "--json", "--workers", "1", "--price-input", "1",
+                 "--price-output", "1", "--repair", "truncated", "--repair-max-tokens", "25")
+    assert est.exit_code == 0, est.output
+    figures = json.loads(est.output[:est.output.rindex("}") + 1])
+    assert figures["invalid"] == 1 and figures["preflight"]["schemas"][1]["error"]
+    budget = figures["repair_budget"]
+    # one valid request, 2 attempts: room 10 -> 20 -> 35 at most (10 + 1 x the cap 25)
+    assert (budget["extra_requests_upper"], budget["extra_completion_tokens_upper"]) == (2, 20 + 35)
+    assert budget["extra_prompt_tokens_upper"] == 2 * figures["prompt_tokens"]
+    assert budget["extra_cost_usd_upper"] == (budget["extra_prompt_tokens_upper"] + 55) / 1e6
+    table = invoke("estimate", src, "-m", "smollm2", "--workers", "1", "--repair", "truncated,unparsable",
+                   "--no-schema-preflight")
+    assert "repairs (--repair truncated,unparsable, 2 attempts): at most 4 more requests" in table.output

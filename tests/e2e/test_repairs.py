@@ -1,0 +1,123 @@
+"""--repair on the fake engine (it echoes the last message, cut at max_tokens): each repair path,
+attempts and sums, never the identical request twice, and a kill in the middle of repairs."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from conftest import REPO, chat_line, committed_records, invoke, read_output, write_jsonl
+
+FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
+EIGHT = "one two three four five six seven eight"
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+
+
+def rows_of(out):
+    return {r["custom_id"]: r for r in read_output(out).to_dicts()}
+
+
+def sent(log):
+    return Counter(log.read_text().split())
+
+
+def test_truncated_rows_get_more_room_until_they_fit(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("long", EIGHT, max_tokens=2), chat_line("short", "hi")])
+    log = tmp_path / "log"
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "truncated", "--repair-attempts", "3",
+                 "--engine-option", f"log_file={log}")
+    assert res.exit_code == 0, res.output
+    rows = rows_of(tmp_path / "out")
+    long = rows["long"]
+    assert long["verdict"] == "ok" and long["content"] == EIGHT
+    assert [a["verdict"] for a in long["attempts"]] == ["truncated", "truncated", "ok"]
+    assert [a["change"] for a in long["attempts"]] == ["first", "max_tokens 2 -> 4", "max_tokens 4 -> 8"]
+    assert long["completion_tokens"] == 2 + 4 + 8  # usage adds up over attempts
+    assert long["prompt_tokens"] == 3 * long["attempts"][0]["prompt_tokens"]
+    assert long["estimated_cost"] == sum(a["estimated_cost"] for a in long["attempts"])
+    assert rows["short"]["attempts"] is None and rows["short"]["verdict"] == "ok"
+    assert sent(log) == {"long": 3, "short": 1}
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert (report["repaired_rows"], report["repaired_ok"], report["repair_attempts"]) == (1, 1, 2)
+    assert report["repairs_sent"] == {"truncated": 2} and report["state"] == "succeeded"
+    assert report["completion_tokens"] == 14 + 1
+    assert "repairs: 1 rows run again (2 extra attempts), 1 of them ok now" in res.output
+
+
+def test_room_stops_at_the_cap_and_attempts_at_their_bound(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("long", EIGHT, max_tokens=2)])
+    assert invoke("run", src, "-o", tmp_path / "a", *FAKE, "--repair", "truncated",
+                  "--repair-max-tokens", "3").exit_code == 0
+    long = rows_of(tmp_path / "a")["long"]
+    assert [a["change"] for a in long["attempts"]] == ["first", "max_tokens 2 -> 3"]
+    assert long["verdict"] == "truncated"  # 3 is the cap: no request with more room, none the same
+    assert invoke("run", src, "-o", tmp_path / "b", *FAKE, "--repair", "truncated").exit_code == 0
+    assert len(rows_of(tmp_path / "b")["long"]["attempts"]) == 3  # the default: 2 extra attempts
+
+
+def test_empty_rows_run_with_another_seed(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("empty", "")])
+    assert invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "empty").exit_code == 0
+    row = rows_of(tmp_path / "out")["empty"]
+    assert row["verdict"] == "empty"  # the echo stays empty: every seed was tried, each once
+    assert [a["change"] for a in row["attempts"]] == ["first", "seed 1", "seed 3"]
+
+
+def test_unparsable_and_failed_check_rows_get_a_repair_turn(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("json", "not json", response_format=SCHEMA, max_tokens=100),
+                                               chat_line("check", "goodbye", max_tokens=100)])
+    log = tmp_path / "log"
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "unparsable,failed_check",
+                 "--check-regex", "hello", "--repair-attempts", "1", "--engine-option", f"log_file={log}")
+    assert res.exit_code == 0, res.output
+    rows = rows_of(tmp_path / "out")
+    # the fake engine echoes the repair turn, which quotes the problem: still not JSON
+    assert [a["change"] for a in rows["json"]["attempts"]] == ["first", "repair turn quoting the unparsable"]
+    assert rows["json"]["content"].startswith("That answer cannot be used (unparsable: not JSON:")
+    assert rows["check"]["verdict"] == "failed_check" and rows["json"]["verdict"] == "unparsable"
+    assert rows["check"]["attempts"][1]["change"] == "repair turn quoting the failed_check"
+    assert sent(log) == {"json": 2, "check": 2}
+
+
+def test_verdicts_not_listed_are_not_repaired(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("long", EIGHT, max_tokens=2), chat_line("empty", "")])
+    log = tmp_path / "log"
+    assert invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "unparsable",
+                  "--engine-option", f"log_file={log}").exit_code == 0
+    assert sent(log) == {"long": 1, "empty": 1}
+    res = invoke("run", src, "-o", tmp_path / "o2", *FAKE, "--repair", "refused,truncated")
+    assert res.exit_code == 1 and "--repair refused: the verdicts that can be repaired are truncated" in res.output
+
+
+def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path):
+    n = 24
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i:02}", EIGHT, max_tokens=1) for i in range(n)])
+    out, log = tmp_path / "out", tmp_path / "log"
+    args = [*FAKE, "--repair", "truncated", "--repair-attempts", "3", "--checkpoint-every", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *args,
+                             "--max-in-flight", "2", "--engine-option", "step_delay=0.2",
+                             "--engine-option", f"log_file={log}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if committed_records(out) and log.exists() and any(c in (2, 3) for c in sent(log).values()):
+            break  # rows committed, and others held in the middle of their repairs
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    first = sent(log)
+    done = set(rows_of(out))
+    assert 0 < len(done) < n
+    log.unlink()
+    res = invoke("run", src, "-o", out, *args, "--engine-option", f"log_file={log}")
+    assert res.exit_code == 0, res.output
+    rows = rows_of(out)
+    assert read_output(out).height == n and set(rows) == {f"r{i:02}" for i in range(n)}
+    again = sent(log)
+    assert not set(again) & done  # committed rows are never run again
+    assert set(again) | done == set(rows) and all(c == 4 for c in again.values())  # the rest from the start, once
+    assert {len(r["attempts"]) for r in rows.values()} == {4} and {r["verdict"] for r in rows.values()} == {"ok"}
+    assert all(first[i] <= 4 for i in first)

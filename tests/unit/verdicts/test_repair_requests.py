@@ -1,0 +1,50 @@
+"""Repairs judged without an engine: never the identical request twice, the policy's bounds."""
+
+import pytest
+
+from pipeline.records import Request
+from pipeline.verdicts import repairs
+from pipeline.verdicts.repairs import RepairPolicy, Repairs
+
+
+def req(**params):
+    return Request("id", "f.jsonl", 1, [{"role": "user", "content": "x"}], params=params)
+
+
+def answer(verdict, **cols):
+    return [{"verdict": verdict, "verdict_message": "why", "content": "c", "prompt_tokens": 3,
+             "completion_tokens": 2, "total_tokens": 5, "estimated_cost": 0.5, **cols}]
+
+
+def test_the_identical_request_is_never_sent_twice(monkeypatch):
+    r = Repairs(RepairPolicy(frozenset({"empty"}), attempts=5))
+    monkeypatch.setattr(repairs, "repaired", lambda req, *a: (req, "nothing"))  # a repair that changes nothing
+    assert r.next_request(req(), answer("empty")) is None
+    monkeypatch.setattr(repairs, "repaired", lambda req, *a: (Request(**{**_fields(req), "params": {"seed": 7}}), "s"))
+    first = r.next_request(req(), answer("empty"))
+    assert first is not None and r.next_request(first, answer("empty")) is None  # seed 7 was sent already
+
+
+def _fields(request):
+    return {f: getattr(request, f) for f in request.__slots__}
+
+
+def test_sums_over_attempts_and_a_first_answer_is_untouched():
+    r = Repairs(RepairPolicy(frozenset({"truncated"})))
+    nxt = r.next_request(req(max_tokens=4), answer("truncated"))
+    assert nxt.params == {"max_tokens": 8}
+    assert r.next_request(nxt, answer("ok")) is None
+    final = r.finish(nxt, answer("ok"))[0]
+    assert (final["completion_tokens"], final["estimated_cost"], len(final["attempts"])) == (4, 1.0, 2)
+    once = Repairs(RepairPolicy(frozenset({"truncated"})))
+    assert once.next_request(req(), answer("ok")) is None and "attempts" not in once.finish(req(), answer("ok"))[0]
+
+
+def test_policy_and_worst_case():
+    assert RepairPolicy.of(None) is None and RepairPolicy.of("") is None
+    p = RepairPolicy.of("truncated, empty", 2, 100)
+    assert p.verdicts == {"truncated", "empty"}
+    assert p.worst_case(30) == (2, 60 + 100)  # 30 -> 60 -> 100 (the cap)
+    assert RepairPolicy.of(["unparsable"], 3).worst_case(10) == (3, 30)
+    with pytest.raises(ValueError, match="--repair ok"):
+        RepairPolicy.of("ok")
