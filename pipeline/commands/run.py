@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline import __version__, exits, options
+from pipeline.commands.learn import RunLengths, eta_model, learn
 from pipeline.commands.progress import Progress
 from pipeline.engines.base import KINDS, EngineSpec, Result
 from pipeline.engines.dispatcher import Dispatcher, in_flight_window
@@ -132,6 +133,7 @@ class RunStats:
     handed: int = 0  # requests handed to the engines
     answered: int = 0  # ... and answered by them
     generated: int = 0  # completion tokens
+    lengths: RunLengths = field(default_factory=RunLengths)  # for the calibration file (learn.py)
 
 
 def not_committed(p: Plan, committed: Committed, stats: RunStats) -> Iterator[Request | FailedRequest]:
@@ -177,6 +179,7 @@ class RowSink:
         job = self.p.job
         self.stats.answered += 1
         self.stats.generated += res.completion_tokens or 0
+        self.stats.lengths.add(req, res)
         self.write(req, result_row(req, res, job.model_name, job.price), res.completion_tokens or 0)
 
     def write(self, item: Request | FailedRequest, row: dict[str, Any], tokens: int = 0) -> None:
@@ -185,15 +188,17 @@ class RowSink:
         self.progress.update(1, tokens)
 
 
-def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | None = None) -> Outcome:
-    """Claim the output, run what is not committed yet, commit its rows, finish the job. The
-    engines start at the first request that needs them: a job whose rows left are all error rows
-    (or none) starts none."""
+def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | None = None, *,
+            finish: bool = True) -> Outcome:
+    """Claim the output, run what is not committed yet, commit its rows, finish the job (with
+    `finish` False: commit only, as `estimate --sample-run` does). The engines start at the first
+    request that needs them: a job whose rows left are all error rows (or none) starts none."""
     cfg, stats = p.job.cfg, RunStats(started)
     with p.out.claim(p.detail, overwrite=cfg.overwrite, allow_foreign=cfg.allow_foreign_files,
                      lease_timeout=cfg.lease_timeout, about=_about(p)) as claim, contextlib.ExitStack() as stack:
         committed = claim.committed()
-        progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet)
+        progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet,
+                            eta=eta_model(p.job, max(len(p.envs), 1)))
         error, ordered, dispatcher = None, None, None
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
@@ -216,6 +221,10 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
         finally:
             progress.close()
         report = _report(p, stats, claim, dispatcher, ordered)
+        if error is None and not finish:
+            return Outcome(report, exits.OK)
+        if error is None:
+            learn(p, report, stats.lengths, dispatcher)
         if error is None and not claim.finish(report):
             error = exits.Incomplete(f"another run completed {p.out.display} first; this run's parts are kept "
                                      "but not marked")
