@@ -134,7 +134,7 @@ def lengths_lines(model: str, groups: dict[tuple[str, int | None], Measured]) ->
         out.append({"kind": "lengths", "model": model, "file": group_name(file), "max_tokens": max_tokens,
                     "requests": c.n, "completion": _dist(c),
                     "reasoning": _dist(m.reasoning.lengths()) if m.thinks else None,
-                    "prompt_mean": round(m.prompt / c.n, 3), "upper_mean": round(m.upper / c.n, 3)})
+                    "prompt_mean": round(m.prompt / c.n, 3), "upper_mean": round(m.upper / c.n, 3) if m.upper else None})
     return out
 
 

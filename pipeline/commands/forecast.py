@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pipeline.output.humane import usd
+
 Z90 = 1.6449  # two-sided 90%: 5% below, 5% above
 
 
@@ -160,20 +162,24 @@ def plan_text(p: dict[str, Any]) -> list[str]:
         if p["engines_high"] is None:
             lines.append(f"deadline {p['deadline']}: too close, an engine takes {p['engine_start_seconds']:g} s to start")
         else:
-            lines.append(f"deadline {p['deadline']} ({p['hours_left']:.1f} h left): {p['engines_high']} engines{per} "
-                         f"finish in time at the interval's high end (${p['own_cost_usd_high']:,.2f}), "
-                         f"{p['engines_expected']} at the expected figure (${p['own_cost_usd_expected']:,.2f})")
+            lines.append(f"deadline {p['deadline']} ({p['hours_left']:.1f} h left): {_engines(p['engines_high'])}{per} "
+                         f"finish in time at the interval's high end ({usd(p['own_cost_usd_high'])}), "
+                         f"{p['engines_expected']} at the expected figure ({usd(p['own_cost_usd_expected'])})")
     if p["budget_usd"] is not None:
         most = p["most_engines_in_budget"]
         own = (f"own GPUs fit (at most {most} engines, counting their starts)" if p["own_within_budget"]
                else "own GPUs do not fit at the interval's high end")
         hosted = ("" if "hosted_within_budget" not in p else
                   f"; hosted {'fits' if p['hosted_within_budget'] else 'does not fit'}")
-        lines.append(f"budget ${p['budget_usd']:,.2f}: {own}{hosted}")
+        lines.append(f"budget {usd(p['budget_usd'])}: {own}{hosted}")
     if "hosted_cost_usd_expected" in p:
-        lines.append(f"hosted alternative at list price: ${p['hosted_cost_usd_expected']:,.2f} "
-                     f"(90%: ${p['hosted_cost_usd_low']:,.2f} to ${p['hosted_cost_usd_high']:,.2f})")
+        lines.append(f"hosted alternative at list price: {usd(p['hosted_cost_usd_expected'])} "
+                     f"(90%: {usd(p['hosted_cost_usd_low'])} to {usd(p['hosted_cost_usd_high'])})")
     return lines
+
+
+def _engines(n: int) -> str:
+    return f"{n} engine" + ("" if n == 1 else "s")
 
 
 # ---- the live ETA ------------------------------------------------------------------------------

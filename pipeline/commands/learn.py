@@ -101,12 +101,3 @@ def compare(estimate: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     out["wall_seconds"] = actual["wall_seconds"]
     return out
 
-
-def comparison_text(c: dict[str, Any]) -> str:
-    """One line for the run's summary."""
-    t = c["completion_tokens"]
-    if t["expected"] is None or t["actual"] is None:
-        return ""
-    where = "inside" if t["inside"] else "outside"
-    return (f"estimate ({c['made']}): {t['expected']:,.0f} completion tokens expected, 90% {t['low']:,.0f} to "
-            f"{t['high']:,.0f}; this run produced {t['actual']:,} ({where} the interval)")

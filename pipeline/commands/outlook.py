@@ -155,10 +155,16 @@ class Outlook:
         out["lengths_source"] = dict(sorted(self.sources.items()))
         out["plan"] = self._plan(result, out) if (self.deadline or self.cfg.budget is not None) else None
         if "completion_tokens_low" in out:
-            calibration.append([{"kind": "estimate", "fingerprint": self._fingerprint(),
-                                 "source": rates.ratio_source, **{k: v for k, v in {**result, **out}.items()
-                                                                  if k.startswith(FIGURES)}}])
+            figures = {k: v for k, v in {**result, **out}.items() if k.startswith(FIGURES)}
+            calibration.append([{"kind": "estimate", "fingerprint": self._fingerprint(), "source": rates.ratio_source,
+                                 "seconds_expected": self._seconds(result), **figures}])
         return out
+
+    def _seconds(self, result) -> float | None:
+        """How long a run on the sample's engines takes, expected (None: no sample or no throughput)."""
+        if self.sample is None or result.get("gpu_hours_expected") is None:
+            return None
+        return round(result["gpu_hours_expected"] * 3600 / self.sample.gpus + self.sample.engine_start_seconds, 3)
 
     def _fingerprint(self) -> str:
         from pipeline.output.folder import fingerprint
