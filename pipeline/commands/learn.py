@@ -49,21 +49,38 @@ def gpus_of(cfg, engines: int) -> int:
 
 
 def eta_model(job, engines: int, lines: list[dict[str, Any]] | None = None) -> EtaModel | None:
-    """The ETA of a run of this job on `engines` engines from the calibration file: the newest
-    lengths of its model (prompt + completion tokens per request) and its engine kind's
-    throughput (any GPU model: the run's is known only once an engine is up). None: nothing
-    calibrated."""
+    """The ETA of a run of this job on `engines` engines (see `calibrated_eta`)."""
+    return calibrated_eta(job.model_name, job.cfg.engine, gpus_of(job.cfg, engines), lines)
+
+
+def calibrated_eta(model: str | None, engine: str, gpus: int,
+                   lines: list[dict[str, Any]] | None = None) -> EtaModel | None:
+    """An ETA from the calibration file: the model's newest lengths (prompt + completion tokens
+    per request, over its last 20 groups) at its engine kind's throughput per GPU (any GPU
+    model: a run's is known only once an engine is up) × `gpus`. None: nothing calibrated."""
     lines = calibration.read() if lines is None else lines
-    if job.model_name is None:
+    found = [x for x in lines if x.get("kind") == "lengths" and x.get("model") == model][-20:]
+    speed, level = calibration.find_throughput(lines, model, engine, None)
+    if model is None or not found or speed is None:
         return None
-    found = [x for x in lines if x.get("kind") == "lengths" and x.get("model") == job.model_name]
-    speed, level = calibration.find_throughput(lines, job.model_name, job.cfg.engine, None)
-    if not found or speed is None:
-        return None
-    per_request = sum(x["requests"] * (x["prompt_mean"] + x["completion"]["mean"]) for x in found[-20:])
-    per_request /= sum(x["requests"] for x in found[-20:])
-    total = speed["tokens_per_second"] * gpus_of(job.cfg, engines)
-    return EtaModel(per_request, total, f"calibrated: {job.model_name}'s lengths, throughput by {level}")
+    per_request = sum(x["requests"] * (x["prompt_mean"] + x["completion"]["mean"]) for x in found)
+    per_request /= sum(x["requests"] for x in found)
+    return EtaModel(per_request, speed["tokens_per_second"] * max(gpus, 1),
+                    f"calibrated: {model}'s lengths, throughput by {level}")
+
+
+def status_eta(manifest: dict[str, Any], rows_left: int) -> tuple[float | None, str | None]:
+    """`pipeline status`'s ETA for a job's rows left, on the engines its last attempt ran."""
+    from pipeline.models.names import output_name
+
+    options = (manifest.get("job") or {}).get("options") or {}
+    attempts = manifest.get("attempts") or [{}]
+    if not options.get("model"):
+        return None, None
+    model = output_name(options["model"], options.get("served_model_name"))
+    gpus = (attempts[-1].get("engines") or 1) * (options.get("tensor_parallel_size") or 1)
+    eta = calibrated_eta(model, options.get("engine") or "vllm", gpus)
+    return (None, None) if eta is None else (round(eta.seconds_left(rows_left), 1), eta.source)
 
 
 def learn(p, report: dict[str, Any], lengths: RunLengths, dispatcher) -> None:

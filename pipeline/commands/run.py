@@ -267,6 +267,7 @@ def _about(p: Plan) -> dict[str, Any]:
     """Who is running the job, recorded with the attempt in the manifest."""
     cfg = p.job.cfg
     return {"rows_total": p.job.total(), "host": socket.gethostname(), "pid": os.getpid(),
+            "engines": cfg.data_parallel_size or max(len(p.envs), 1),
             "command": command_line(options.RUN, cfg.inputs, asdict(cfg))}
 
 

@@ -97,8 +97,11 @@ class Chosen:
     def apply(self, items: Iterable[Request | FailedRequest], keys) -> Iterator[Request | FailedRequest]:
         return (item for item in items if (item.file, item.line) in self.keys)
 
-    def total(self, scans) -> int:
-        return len(self.keys)
+    def total(self, scans) -> int | None:
+        """The whole job's rows: the attempt records them, and `status` counts against them."""
+        from pipeline.intake.limit import FULL
+
+        return FULL.total(scans)
 
     def describe(self, scans) -> dict[str, Any]:
         return {"sample_run": len(self.keys)}
