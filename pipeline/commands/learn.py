@@ -77,7 +77,7 @@ def status_eta(manifest: dict[str, Any], rows_left: int) -> tuple[float | None, 
     attempts = manifest.get("attempts") or [{}]
     if not options.get("model"):
         return None, None
-    model = output_name(options["model"], options.get("served_model_name"))
+    model = output_name(options["model"], tuple(options.get("served_model_name") or ()))
     gpus = (attempts[-1].get("engines") or 1) * (options.get("tensor_parallel_size") or 1)
     eta = calibrated_eta(model, options.get("engine") or "vllm", gpus)
     return (None, None) if eta is None else (round(eta.seconds_left(rows_left), 1), eta.source)
