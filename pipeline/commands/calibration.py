@@ -93,6 +93,9 @@ class Moments:
     def add(self, value: float) -> None:
         self.n, self.total, self.squares = self.n + 1, self.total + value, self.squares + value * value
 
+    def merge(self, other: Moments) -> Moments:
+        return Moments(self.n + other.n, self.total + other.total, self.squares + other.squares)
+
     def lengths(self) -> Lengths:
         mean = self.total / self.n if self.n else 0.0
         var = max(0.0, (self.squares - self.n * mean * mean) / (self.n - 1)) if self.n > 1 else 0.0
@@ -112,6 +115,11 @@ class Measured:
     thinking_upper: float = 0.0
     thinks: bool = False
 
+    def merge(self, o: Measured) -> Measured:
+        return Measured(self.completion.merge(o.completion), self.reasoning.merge(o.reasoning), self.ratio.merge(o.ratio),
+                        self.prompt + o.prompt, self.upper + o.upper, self.thinking_upper + o.thinking_upper,
+                        self.thinks or o.thinks)
+
     def add(self, completion: int, reasoning: int | None, prompt: int, upper: int = 0,
             thinking_upper: int = 0) -> None:
         self.completion.add(completion)
@@ -124,10 +132,14 @@ class Measured:
         self.thinking_upper += thinking_upper
 
 
-def lengths_lines(model: str, groups: dict[tuple[str, int | None], Measured]) -> list[dict[str, Any]]:
-    """The calibration lines of a run's (or sample's) measured groups."""
+def lengths_lines(model: str, groups: dict[tuple, Measured]) -> list[dict[str, Any]]:
+    """The calibration lines of a run's (or sample's) measured groups (keys longer than a group's,
+    a sample's strata, are merged into their group)."""
+    merged: dict[tuple[str, int | None], Measured] = {}
+    for key, m in groups.items():
+        merged[key[:2]] = merged[key[:2]].merge(m) if key[:2] in merged else m
     out = []
-    for (file, max_tokens), m in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+    for (file, max_tokens), m in sorted(merged.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         c = m.completion.lengths()
         if not c.n:
             continue

@@ -53,10 +53,10 @@ class Outlook:
                 raise UserError(str(e)) from None
 
     def add(self, req, upper: int, thinking: int, blocks: bytes) -> None:
-        b = self.groups.setdefault(group_key(req), Bounds())
+        """Count a valid request in its group (with --sample-run: its stratum, and maybe sample it)."""
+        key = self.sampler.add(req, upper, thinking, blocks) if self.sampler is not None else group_key(req)
+        b = self.groups.setdefault(key, Bounds())
         b.requests, b.upper, b.thinking = b.requests + 1, b.upper + upper, b.thinking + thinking
-        if self.sampler is not None:
-            self.sampler.add(req, upper, thinking, blocks)
 
     def refine(self, rates):
         """The rates with the measured completion ratio and throughput in place of the default
@@ -91,7 +91,7 @@ class Outlook:
                                 m.completion.lengths()))
             thinking.append(Group(b.requests, b.thinking, m.completion.n, int(m.thinking_upper), m.reasoning.total,
                                   m.reasoning.lengths()))
-            ratio = _merged(ratio, m.ratio)
+            ratio = ratio.merge(m.ratio)
             self.sources[_name(key)] = f"the sample: {m.completion.n} rows"
         return (groups, thinking), ratio.lengths()
 
@@ -207,12 +207,10 @@ def _bounds(result, completion: Interval, thinking: Interval, rates) -> dict[str
     return out
 
 
-def _merged(a: Moments, b: Moments) -> Moments:
-    return Moments(a.n + b.n, a.total + b.total, a.squares + b.squares)
-
-
-def _name(key: tuple[str, int | None]) -> str:
-    return f"{calibration.group_name(key[0])}, max_tokens {'none' if key[1] is None else key[1]}"
+def _name(key: tuple) -> str:
+    """A group's name (a stratum's: with its prefix bucket)."""
+    prefix = f", prefix {key[2]}" if len(key) > 2 else ""
+    return f"{calibration.group_name(key[0])}, max_tokens {'none' if key[1] is None else key[1]}{prefix}"
 
 
 def _start_seconds(job) -> float:

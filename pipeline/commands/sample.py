@@ -1,7 +1,8 @@
 """`estimate --sample-run N`: a seeded, stratified sample of the job, run for real.
 
 Strata are the input file × the request's max_tokens (× n) × its prompt prefix (the first KV
-cache block, hashed into PREFIX_BUCKETS); the N rows are shared out in proportion to the strata's
+cache block, or for a prompt shorter than a block the first LEAD characters of its last message,
+hashed into PREFIX_BUCKETS); the N rows are shared out in proportion to the strata's
 sizes (largest remainders; every stratum gets one while rows last, the largest first), and within
 a stratum they are the rows whose hash of (seed, file, line) is smallest: the same rows on a
 rerun. Invalid rows are never chosen.
@@ -28,6 +29,23 @@ from pipeline.exits import UserError
 from pipeline.records import FailedRequest, Request
 
 PREFIX_BUCKETS = 16
+LEAD = 16
+
+
+def stratum(req: Request, blocks: bytes) -> tuple[str, int | None, int]:
+    """A request's stratum: its group (calibration.group_key) and its prefix's bucket."""
+    lead = blocks[:32] if blocks else _lead(req).encode()
+    bucket = int.from_bytes(hashlib.blake2b(lead, digest_size=2).digest(), "big") % PREFIX_BUCKETS
+    return (*group_key(req), bucket)
+
+
+def _lead(req: Request) -> str:
+    """The first characters of the request's last message (or its input): what a template or a
+    way of asking starts with."""
+    last = req.messages[-1].get("content") if req.messages else req.input
+    if isinstance(last, list):
+        last = next((p.get("text") for p in last if isinstance(p, dict) and p.get("text")), "")
+    return str(last or "")[:LEAD]
 
 
 @dataclass
@@ -43,9 +61,10 @@ class Stratifier:
         self.rows, self.seed = rows, str(seed).encode()
         self.strata: dict[tuple, Stratum] = {}
 
-    def add(self, req: Request, upper: int, thinking: int, blocks: bytes) -> None:
-        prefix = int.from_bytes(hashlib.blake2b(blocks[:32], digest_size=2).digest()) % PREFIX_BUCKETS if blocks else -1
-        s = self.strata.setdefault((req.file, group_key(req)[1], prefix), Stratum())
+    def add(self, req: Request, upper: int, thinking: int, blocks: bytes) -> tuple:
+        """Count a request in its stratum (returned), keeping it if its hash is among the smallest."""
+        key = stratum(req, blocks)
+        s = self.strata.setdefault(key, Stratum())
         s.size += 1
         h = int.from_bytes(hashlib.blake2b(self.seed + f"\0{req.source_file}\0{req.line}".encode(),
                                            digest_size=8).digest())
@@ -54,6 +73,7 @@ class Stratifier:
             heapq.heappush(s.smallest, entry)
         elif entry > s.smallest[0]:
             heapq.heapreplace(s.smallest, entry)
+        return key
 
     def shares(self) -> dict[tuple, int]:
         """Rows per stratum: proportional, largest remainders, at least one each while rows last."""
@@ -76,12 +96,12 @@ class Stratifier:
                     share[k], left = share[k] + 1, left - 1
         return share
 
-    def chosen(self) -> dict[tuple[int, int], tuple[int, int]]:
-        """(file index, line) → (completion bound, thinking bound) of every chosen row."""
+    def chosen(self) -> dict[tuple[int, int], tuple[int, int, tuple]]:
+        """(file index, line) → (completion bound, thinking bound, stratum) of every chosen row."""
         out = {}
         for k, n in self.shares().items():
             for _, file, line, upper, thinking in heapq.nlargest(n, self.strata[k].smallest):
-                out[(file, line)] = (upper, thinking)
+                out[(file, line)] = (upper, thinking, k)
         return out
 
 
@@ -112,7 +132,7 @@ class Observed:
 
     def __init__(self, dispatcher, chosen: dict[tuple[int, int], tuple[int, int]], clock=time.monotonic):
         self.dispatcher, self.chosen, self.clock = dispatcher, chosen, clock
-        self.groups: dict[tuple[str, int | None], Measured] = {}
+        self.groups: dict[tuple, Measured] = {}  # by stratum
         self.begun = self.last = None
         self.longest = 0.0  # the longest hand-over-to-answer: the generation's span
         self.tokens = 0  # prompt + completion tokens answered
@@ -125,8 +145,8 @@ class Observed:
             yield done
 
     def observe(self, req: Request, res) -> None:
-        upper, thinking = self.chosen.get((req.file, req.line), (0, 0))
-        self.groups.setdefault(group_key(req), Measured()).add(
+        upper, thinking, key = self.chosen[(req.file, req.line)]
+        self.groups.setdefault(key, Measured()).add(
             res.completion_tokens or 0, res.reasoning_tokens, res.prompt_tokens or 0, upper, thinking)
         self.tokens += (res.prompt_tokens or 0) + (res.completion_tokens or 0)
         self.longest = max(self.longest, res.seconds or 0.0)
@@ -142,7 +162,7 @@ class SampleRun:
 
     rows: int
     seed: int
-    groups: dict[tuple[str, int | None], Measured]
+    groups: dict[tuple, Measured]  # by stratum
     tokens_per_second: float | None  # per GPU, prompt + completion, engine start left out
     engine_start_seconds: float
     engine: str

@@ -20,10 +20,11 @@ from pipeline.commands.forecast import (
     extrapolate,
     parse_deadline,
     plan,
+    t90,
 )
 from pipeline.commands.learn import RunLengths, calibrated_eta, compare, status_eta
 from pipeline.commands.progress import Progress
-from pipeline.commands.sample import Stratifier
+from pipeline.commands.sample import Stratifier, stratum
 
 NOW = datetime(2026, 12, 6, 18, 0, tzinfo=timezone.utc)
 
@@ -34,7 +35,7 @@ def test_interval_by_hand():
               lengths=Lengths(4, 30.0, 16.0))
     r = extrapolate([g])
     assert r.expected == pytest.approx(120 + 6 * 30)
-    half = Z90 * (6 * 16 + 36 * 16 / 4) ** 0.5
+    half = t90(3) * (6 * 16 + 36 * 16 / 4) ** 0.5
     assert (r.low, r.high) == (pytest.approx(300 - half), pytest.approx(300 + half))
 
 
@@ -49,7 +50,7 @@ def test_unmeasured_group_takes_the_pooled_ratio():
     g = Group(requests=5, upper=500)
     r = extrapolate([g], Lengths(10, 0.2, 0.01))
     assert r.expected == pytest.approx(100)
-    half = Z90 * (5 * 0.01 * 100**2 + 25 * 0.01 * 100**2 / 10) ** 0.5
+    half = t90(9) * (5 * 0.01 * 100**2 + 25 * 0.01 * 100**2 / 10) ** 0.5
     assert r.high == pytest.approx(100 + half)
     with pytest.raises(ValueError):
         extrapolate([g])
@@ -75,6 +76,13 @@ def test_interval_covers_the_truth_about_90_percent_of_the_time():
         r = extrapolate(groups)
         inside += r.low <= total <= r.high
     assert 0.84 <= inside / 400 <= 0.96
+
+
+def test_t_quantile():
+    """Within 2% of Student's t table (two-sided 90%) from 3 degrees of freedom; the normal's at infinity."""
+    for df, table in ((3, 2.353), (5, 2.015), (10, 1.812), (30, 1.697)):
+        assert t90(df) == pytest.approx(table, rel=0.02)
+    assert t90(float("inf")) == Z90
 
 
 def test_moments_equal_the_two_pass_figures():
@@ -147,7 +155,8 @@ def test_plan_for_a_deadline_and_a_budget():
 
 def test_stratified_sample_shares_and_is_the_same_every_time():
     def req(file, line, max_tokens):
-        return SimpleNamespace(file=file, line=line, source_file=f"f{file}", max_tokens=max_tokens, n=1)
+        return SimpleNamespace(file=file, line=line, source_file=f"f{file}", max_tokens=max_tokens, n=1,
+                               messages=[{"role": "user", "content": "Same start for all"}])
 
     def chosen(seed):
         s = Stratifier(10, seed)
@@ -161,6 +170,17 @@ def test_stratified_sample_shares_and_is_the_same_every_time():
     assert sorted(s.shares().values()) == [1, 2, 7]  # 80 / 20 / 2 rows, each stratum at least one
     assert len(rows) == 10 and rows == chosen(1)[1] and rows != chosen(2)[1]
     assert sum(1 for (f, _) in rows if f == 1) == 1
+
+
+def test_strata_split_ways_of_asking():
+    """Prompts shorter than a KV block are told apart by how their last message starts."""
+    def req(text):
+        return SimpleNamespace(file=0, line=1, source_file="f", max_tokens=8, n=1,
+                               messages=[{"role": "user", "content": [{"type": "text", "text": text}]}])
+
+    assert stratum(req("Write a poem about the sea"), b"") == stratum(req("Write a poem about rain"), b"")
+    assert stratum(req("Say one word about the sea"), b"") != stratum(req("Write a poem about rain"), b"")
+    assert stratum(req("x"), b"\1" * 32) == stratum(req("y"), b"\1" * 32)  # a whole block: its digest decides
 
 
 def test_progress_eta_from_the_calibrated_model():
