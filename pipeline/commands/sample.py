@@ -76,24 +76,20 @@ class Stratifier:
         return key
 
     def shares(self) -> dict[tuple, int]:
-        """Rows per stratum: proportional, largest remainders, at least one each while rows last."""
-        total = sum(s.size for s in self.strata.values())
-        n = min(self.rows, total)
+        """Rows per stratum: one each while rows last (the largest first), the rest in proportion
+        to what each has left (largest remainders)."""
+        n = min(self.rows, sum(s.size for s in self.strata.values()))
         order = sorted(self.strata, key=lambda k: -self.strata[k].size)
-        share = dict.fromkeys(order, 0)
-        for k in order[:n]:
-            share[k] = 1
-        left = n - sum(share.values())
+        share = {k: int(i < n) for i, k in enumerate(order)}
+        room = {k: self.strata[k].size - share[k] for k in order}
+        left, spare = n - sum(share.values()), sum(room.values())
         if left > 0:
-            exact = {k: n * self.strata[k].size / total for k in order}
+            exact = {k: left * room[k] / spare for k in order}
             for k in order:
-                share[k] = max(share[k], min(self.strata[k].size, int(exact[k])))
-            left = n - sum(share.values())
-            for k in sorted(order, key=lambda k: -(exact[k] - int(exact[k]))):
-                if left <= 0:
-                    break
-                if share[k] < self.strata[k].size:
-                    share[k], left = share[k] + 1, left - 1
+                share[k] += int(exact[k])
+            by_remainder = sorted(order, key=lambda k: -(exact[k] - int(exact[k])))
+            for k in by_remainder[:n - sum(share.values())]:
+                share[k] += 1
         return share
 
     def chosen(self) -> dict[tuple[int, int], tuple[int, int, tuple]]:

@@ -230,3 +230,14 @@ def test_compare_says_whether_the_run_fell_inside():
     c = compare(estimate, {"completion_tokens": 130, "estimated_cost": 1.1, "wall_seconds": 70})
     assert c["completion_tokens"]["inside"] is False and c["cost_usd"]["inside"] is True
     assert (c["seconds_expected"], c["wall_seconds"]) == (60, 70)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_shares_add_up_to_the_sample(seed):
+    rng = random.Random(seed)
+    s = Stratifier(rng.randint(1, 60), 0)
+    for k in range(rng.randint(1, 30)):
+        s.strata[(k,)] = SimpleNamespace(size=rng.randint(1, 40))
+    shares = s.shares()
+    assert sum(shares.values()) == min(s.rows, sum(x.size for x in s.strata.values()))
+    assert all(0 <= shares[k] <= s.strata[k].size for k in shares)
