@@ -60,6 +60,9 @@ class _run_estimate(_run_estimate_validate, total=False):
     price_input: float | None  # default None
     price_output: float | None  # default None
     price_reasoning: float | None  # default None
+    output: str | None  # default None
+    engine: Literal['vllm', 'fake'] | None  # default 'vllm'
+    engine_option: Mapping[str, Any] | Sequence[str] | None  # default None
     order: Literal['auto', 'prefix', 'sorted', 'input'] | None  # default 'auto'
     order_buffer: int | None  # default 100000
     order_buffer_bytes: int | None  # default 536870912
@@ -68,7 +71,6 @@ class _run_estimate(_run_estimate_validate, total=False):
 
 class _run(_run_estimate, _run_estimate_validate, total=False):
     explode_choices: bool  # default False
-    output: str | None  # default None
     format: Literal['parquet', 'openai', 'native', 'anthropic', 'gemini'] | None  # default 'parquet'
     split_errors: bool  # default False
     checkpoint_every: int | None  # default 5000
@@ -87,9 +89,7 @@ class _run(_run_estimate, _run_estimate_validate, total=False):
     dry_run: bool  # default False
     seed_on_cpu: Literal['ignore', 'error', 'engine'] | None  # default 'ignore'
     tool_call_parser: str | None  # default None
-    engine: Literal['vllm', 'fake'] | None  # default 'vllm'
     convert: Literal['auto', 'none', 'embed', 'classify'] | None  # default None
-    engine_option: Mapping[str, Any] | Sequence[str] | None  # default None
     executor: Literal['local', 'ray'] | None  # default 'local'
     ray_address: str | None  # default None
     max_in_flight: int | None  # default None
@@ -129,6 +129,10 @@ class _estimate(_run_estimate, _run_estimate_validate, total=False):
     workers: int | None  # default None
     as_json: bool  # default False
     rows_file: str | None  # default None
+    sample_run: int | None  # default None
+    sample_run_seed: int | None  # default 0
+    deadline: str | None  # default None
+    budget: float | None  # default None
     response_format: type | dict[str, Any] | None  # default None
     template: str | Callable[[dict[str, Any]], Any] | None  # default None
     cache: str | os.PathLike | None  # default None

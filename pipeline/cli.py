@@ -208,9 +208,11 @@ def estimate(inputs, **values) -> None:
     """Count prompt tokens exactly and estimate completion tokens, dollars and GPU-hours, without
     a GPU or the model's weights (tokenizer and chat template only)."""
     from pipeline.commands.estimate import estimate as estimate_job
+    from pipeline.commands.sample import run_values
     from pipeline.job import Job, RunConfig
 
-    estimate_job(Job.open(RunConfig(**_values(inputs, values))))
+    job_file = click.get_current_context().meta.get("job_file")
+    estimate_job(Job.open(RunConfig(**run_values(job_file, _values(inputs, values)))))
 
 
 @cli.command(context_settings=CONTEXT)

@@ -185,7 +185,10 @@ OPTIONS: tuple[Opt, ...] = (
         "output tokens (default: the price table's reasoning price, else --price-output).", Price,
         commands=frozenset({RUN, ESTIMATE}), output=True),
     # ---- run: output ---------------------------------------------------------------------------
-    Opt("output", "Output folder (local path or fsspec URL).", short="-o", required_in=ONLY_RUN),
+    Opt("output", {RUN: "Output folder (local path or fsspec URL).",
+                   ESTIMATE: "With --sample-run: the job's output folder, where the sample's rows are committed "
+                             "(a later `pipeline run` of the same job into it does not run them again)."},
+        short="-o", required_in=ONLY_RUN, commands=frozenset({RUN, ESTIMATE})),
     Opt("format", "parquet: part files with the output schema; JSON lines in a batch API's result format: "
         "openai (OpenAI Batch), anthropic (Message Batches results), gemini (Gemini/Vertex batch output), "
         "or native: each row in the format of its input line (Anthropic lines get Anthropic results, "
@@ -247,7 +250,7 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("tool_call_parser", "vLLM tool parser for tool_choice auto (e.g. llama3_json, hermes). "
         "Default: by model family.", output=True),
     Opt("engine", "fake: an instant echo engine, for tests and I/O benchmarks.",
-        click.Choice(list(KINDS)), "vllm", output=True),
+        click.Choice(list(KINDS)), "vllm", output=True, commands=frozenset({RUN, ESTIMATE})),
     Opt("runner", "The kind of model the run serves, as vLLM's runner: generate (chat, completions) or "
         "pooling (embeddings, score, rerank). auto: pooling when the inputs are embeddings, score or rerank "
         "lines, else generate.",
@@ -256,7 +259,7 @@ OPTIONS: tuple[Opt, ...] = (
         "model, last-token pooling; vLLM's auto does that for --runner pooling).",
         click.Choice(["auto", "none", "embed", "classify"]), engine=True, output=True),
     Opt("engine_option", "Options of the engine itself (tests).", multiple=True, metavar="KEY=VALUE",
-        hidden=True),
+        hidden=True, commands=frozenset({RUN, ESTIMATE})),
     Opt("executor", "local: engine processes on this machine; ray: engine actors on a Ray cluster.",
         click.Choice(["local", "ray"]), "local"),
     Opt("ray_address", "Ray cluster to join (default: start or join a local one)."),
@@ -324,6 +327,17 @@ OPTIONS: tuple[Opt, ...] = (
         commands=frozenset({ESTIMATE, STATUS})),
     Opt("rows_file", "Write one row per request (tokens, bounds, costs, error) to this Parquet file.",
         commands=frozenset({ESTIMATE})),
+    Opt("sample_run", "Run a seeded, stratified sample of N rows on the engine (into --output, as rows of "
+        "the job) and extrapolate its measured completion lengths and throughput to the whole input, "
+        "with 90% intervals. Run options (engine arguments, --format, ...) come from --job FILE.", Int1,
+        metavar="N", commands=frozenset({ESTIMATE})),
+    Opt("sample_run_seed", "With --sample-run: the seed that chooses the sample (the same rows every time).",
+        int, 0, metavar="S", commands=frozenset({ESTIMATE})),
+    Opt("deadline", "Plan for a deadline: how many engines (GPUs) of the calibrated kind finish by then. "
+        "A date and time (2026-12-07T06:00, UTC unless it names a zone), a time of day (06:00 UTC) or "
+        "a duration (8h).", metavar="TIME", commands=frozenset({ESTIMATE})),
+    Opt("budget", "Plan for a budget in dollars: do our own GPUs (and the hosted alternative) fit it.",
+        Price, metavar="USD", commands=frozenset({ESTIMATE})),
     # ---- status, report ------------------------------------------------------------------------
     Opt("compare", "A previous run's output folder: show the change from it.", metavar="PREV_DIR",
         commands=frozenset({REPORT})),

@@ -71,3 +71,12 @@ def source(name="f.jsonl", index=0):
     from pipeline.records import Source
 
     return Source(index, name, name)
+
+
+@pytest.fixture(autouse=True)
+def calibration_file(tmp_path_factory, monkeypatch):
+    """Each test its own calibration file (commands/calibration.py): runs append to it, and
+    estimates and ETAs read it, so no test sees another's (or the machine's) history."""
+    path = tmp_path_factory.mktemp("calibration") / "calibration.jsonl"
+    monkeypatch.setenv("PIPELINE_CALIBRATION", str(path))
+    return path

@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from pipeline.commands.outlook import Outlook, outlook_text
 from pipeline.exits import UserError
 from pipeline.intake.requests import Context
 from pipeline.intake.stream import trial_keys
@@ -187,12 +188,11 @@ def estimate(job: Job) -> dict[str, Any]:
     # a calibrating trial run (--limit) took only some rows: its ratio is against their bound
     calibration = trial_keys((report or {}).get("trial"), job.files, job.scans, max_line_bytes=cfg.max_line_bytes)
     calibration_upper = calibration_thinking = 0
-    thinks = job.reasoning_parser is not None
+    thinks, outlook = job.reasoning_parser is not None, Outlook(job)
     with RequestRows(cfg.rows_file, cfg.storage_options) if cfg.rows_file else contextlib.nullcontext() as out:
         before = b""
         for item, prompt_tokens, blocks in counter.check_all(ordered, workers=workers, block_size=block_size):
-            upper = computed = None
-            thinking = 0
+            upper, computed, thinking = None, None, 0
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
                 thinking = thinking_upper(item.params, item.n, upper) if thinks and item.endpoint == "chat" else 0
@@ -200,17 +200,16 @@ def estimate(job: Job) -> dict[str, Any]:
                     calibration_upper += upper
                     calibration_thinking += thinking
                 computed, before = computed_tokens(prompt_tokens, blocks, before, block_size), blocks
+                outlook.add(item, upper, thinking, blocks)
                 routes.setdefault((item.requested_model, item.adapter), Tally()).add(item, prompt_tokens, upper,
                                                                                      computed, thinking)
             for tally in (tallies[item.file], total):
                 tally.add(item, prompt_tokens, upper, computed, thinking)
             if out is not None:
                 out.add(item, prompt_tokens, upper, thinking)
-        rates = rates_for(upper=total.completion_tokens_upper if calibration is None else calibration_upper,
-                          report=report, calibrate_from=cfg.calibrate_from,
-                          completion_ratio=cfg.completion_ratio, tokens_per_second=cfg.tokens_per_second,
-                          price=job.price, gpu_hour_usd=cfg.gpu_hour_usd,
-                          thinking_upper=total.reasoning_tokens_upper if calibration is None else calibration_thinking)
+        if calibration is None:
+            calibration_upper, calibration_thinking = total.completion_tokens_upper, total.reasoning_tokens_upper
+        rates = outlook.refine(_rates(job, report, calibration_upper, calibration_thinking))
         if out is not None:
             out.finish(rates)
     seconds = time.monotonic() - started
@@ -227,10 +226,19 @@ def estimate(job: Job) -> dict[str, Any]:
         "rows_file": cfg.rows_file, "trial": job.trial(), "seconds": round(seconds, 3),
         **_verdict_figures(job, pre, total),
     }
-    click.echo(json.dumps(result, indent=2) if cfg.as_json else table(result))
+    result.update(outlook.figures(result, rates))
+    click.echo(json.dumps(result, indent=2) if cfg.as_json else "\n".join([table(result), *outlook_text(result)]))
     click.echo(f"counted {total.requests:,} requests in {seconds:.1f} s ({total.requests / max(seconds, 1e-9):,.0f}/s, "
                f"{workers} tokenizer process{'es' if workers > 1 else ''})", err=True)
     return result
+
+
+def _rates(job: Job, report: dict[str, Any] | None, upper: int, thinking_upper: int) -> Rates:
+    """`rates_for` with the job's options and price."""
+    cfg = job.cfg
+    return rates_for(upper=upper, report=report, calibrate_from=cfg.calibrate_from,
+                     completion_ratio=cfg.completion_ratio, tokens_per_second=cfg.tokens_per_second,
+                     price=job.price, gpu_hour_usd=cfg.gpu_hour_usd, thinking_upper=thinking_upper)
 
 
 def _verdict_figures(job: Job, pre, total: Tally) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline import __version__, exits, options
+from pipeline.commands.learn import RunLengths, eta_model, learn
 from pipeline.commands.progress import Progress
 from pipeline.engines.base import KINDS, EngineSpec, Result
 from pipeline.engines.dispatcher import Dispatcher, in_flight_window
@@ -153,6 +154,7 @@ class RunStats:
     answered: int = 0  # ... and answered by them
     generated: int = 0  # completion tokens
     repairs: Counter = field(default_factory=Counter)  # repaired requests sent, by the verdict repaired
+    lengths: RunLengths = field(default_factory=RunLengths)  # for the calibration file (learn.py)
 
 
 def not_committed(p: Plan, committed: Committed, stats: RunStats) -> Iterator[Request | FailedRequest]:
@@ -200,6 +202,7 @@ class RowSink:
         job = self.p.job
         self.stats.answered += 1
         self.stats.generated += res.completion_tokens or 0
+        self.stats.lengths.add(req, res)
         rows = self.judged(req, result_row(req, res, job.model_name, job.price))
         if self.repairs is not None and self.resend is not None:
             again = self.repairs.next_request(req, rows)
@@ -224,15 +227,17 @@ class RowSink:
         self.progress.update(1, tokens)
 
 
-def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | None = None) -> Outcome:
-    """Claim the output, run what is not committed yet, commit its rows, finish the job. The
-    engines start at the first request that needs them: a job whose rows left are all error rows
-    (or none) starts none."""
+def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | None = None, *,
+            finish: bool = True) -> Outcome:
+    """Claim the output, run what is not committed yet, commit its rows, finish the job (with
+    `finish` False: commit only, as `estimate --sample-run` does). The engines start at the first
+    request that needs them: a job whose rows left are all error rows (or none) starts none."""
     cfg, stats = p.job.cfg, RunStats(started)
     with p.out.claim(p.detail, overwrite=cfg.overwrite, allow_foreign=cfg.allow_foreign_files,
                      lease_timeout=cfg.lease_timeout, about=_about(p)) as claim, contextlib.ExitStack() as stack:
         committed = claim.committed()
-        progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet)
+        progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet,
+                            eta=eta_model(p.job, max(len(p.envs), 1)))
         error, ordered, dispatcher = None, None, None
         if p.preflight is not None:
             stack.callback(p.preflight.close)
@@ -258,6 +263,10 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
         finally:
             progress.close()
         report = _report(p, stats, claim, dispatcher, ordered)
+        if error is None and not finish:
+            return Outcome(report, exits.OK)
+        if error is None:
+            learn(p, report, stats.lengths, dispatcher)
         if error is None and not claim.finish(report):
             error = exits.Incomplete(f"another run completed {p.out.display} first; this run's parts are kept "
                                      "but not marked")
@@ -302,6 +311,7 @@ def _about(p: Plan) -> dict[str, Any]:
     """Who is running the job, recorded with the attempt in the manifest."""
     cfg = p.job.cfg
     return {"rows_total": p.job.total(), "host": socket.gethostname(), "pid": os.getpid(),
+            "engines": cfg.data_parallel_size or max(len(p.envs), 1),
             "command": command_line(options.RUN, cfg.inputs, asdict(cfg))}
 
 

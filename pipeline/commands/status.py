@@ -9,6 +9,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from pipeline.commands.forecast import eta_text
+from pipeline.commands.learn import status_eta
 from pipeline.output.folder import Output
 from pipeline.output.lease import current, why_busy
 from pipeline.output.stats import thinking_text
@@ -42,7 +44,16 @@ def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[
         "writer": holder,
         "command": redact(last["command"]) if isinstance(last.get("command"), str) else None,  # older runs kept credentials
         "created": state.manifest.get("created"),
+        **_eta(state, committed, last.get("rows_total")),
     }
+
+
+def _eta(state, committed: int, total: int | None) -> dict[str, Any]:
+    """The rows left at the calibrated lengths and throughput (learn.py); None when complete or uncalibrated."""
+    if state.complete or not total:
+        return {"eta_seconds": None, "eta_source": None}
+    seconds, source = status_eta(state.manifest, total - committed)
+    return {"eta_seconds": seconds, "eta_source": source}
 
 
 def status_text(s: dict[str, Any]) -> str:
@@ -55,6 +66,8 @@ def status_text(s: dict[str, Any]) -> str:
              f"  parts: {s['parts']}" + (f", last commit {s['last_commit']} ({_ago(s['last_commit'])})"
                                         if s["last_commit"] else ""),
              f"  attempts: {s['attempts']} (first started {s['created']})"]
+    if s["eta_seconds"] is not None:
+        lines.append(f"  ETA: {eta_text(s['eta_seconds'])} for the rows left ({s['eta_source']})")
     if s["writer"]:
         lines.append(f"  being written by {s['writer']}")
     if s["state"] == "stopped" and s["command"]:

@@ -111,8 +111,19 @@ def summary_text(report: dict[str, Any]) -> str:
         )
     if r.get("price"):
         lines.append(f"estimated cost: {usd(r['estimated_cost'])} at {r['price']}")
+    if r.get("estimate"):
+        lines.append(estimate_text(r["estimate"]))
     if r.get("warnings"):
         lines.append("warnings: " + "; ".join(f"{k} ×{v:,}" for k, v in r["warnings"].items()))
     lines.append(f"output: {r['output']}" + (f" (one result file per input in results/: {r['result_files']:,} files)"
                                             if r.get("result_files") else ""))
     return "\n".join(lines)
+
+
+def estimate_text(e: dict[str, Any]) -> str:
+    """The estimate made for the job (estimate --sample-run, commands/learn.py) beside what the run produced."""
+    t, took = e["completion_tokens"], e.get("seconds_expected")
+    where = "inside" if t["inside"] else "outside"
+    return (f"estimated ({e['made']}): {t['expected']:,.0f} completion tokens, 90% {t['low']:,.0f} to {t['high']:,.0f}; "
+            f"the job produced {t['actual']:,} ({where} the interval)"
+            + (f"; {duration(took)} expected, this run took {duration(e['wall_seconds'])}" if took else ""))
