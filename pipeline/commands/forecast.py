@@ -78,6 +78,16 @@ class Interval:
         return Interval(plus + self.expected * factor, plus + self.low * factor, plus + self.high * factor)
 
 
+def spread_floor(n: int, per: float) -> float:
+    """The least variance a spread measured on n requests is taken to have, for requests bounded
+    by `per` tokens: a few requests that all stopped at the same length (all cut at max_tokens,
+    say) measure no spread, yet the next one may stop anywhere. Laplace's rule of succession gives
+    the chance that it does not behave as all n did, q = 1/(n + 2); a request that lands anywhere
+    in [0, per] with that chance varies by at least per² · q(1 - q)."""
+    q = 1 / (n + 2)
+    return per * per * q * (1 - q)
+
+
 def extrapolate(groups: list[Group], ratio: Lengths | None = None) -> Interval:
     """The job's total with a 90% interval (see the module's doc). `ratio`: completion / upper
     bound per measured request, pooled over the sample; it stands in for a group measured on no
@@ -101,6 +111,7 @@ def extrapolate(groups: list[Group], ratio: Lengths | None = None) -> Interval:
             raise ValueError("a group with no measured lengths and no pooled ratio")
         df += n - 1
         mean = min(mean, per)
+        s2 = max(s2, spread_floor(n, per))
         expected += g.measured_sum + rest * mean
         var += rest * s2 + rest * rest * s2 / n
     half = t90(df) * math.sqrt(var)

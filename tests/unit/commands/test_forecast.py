@@ -20,6 +20,7 @@ from pipeline.commands.forecast import (
     extrapolate,
     parse_deadline,
     plan,
+    spread_floor,
     t90,
 )
 from pipeline.commands.learn import RunLengths, calibrated_eta, compare, status_eta
@@ -35,8 +36,24 @@ def test_interval_by_hand():
               lengths=Lengths(4, 30.0, 16.0))
     r = extrapolate([g])
     assert r.expected == pytest.approx(120 + 6 * 30)
-    half = t90(3) * (6 * 16 + 36 * 16 / 4) ** 0.5
-    assert (r.low, r.high) == (pytest.approx(300 - half), pytest.approx(300 + half))
+    s2 = max(16.0, spread_floor(4, 100))  # four rows do not measure a spread below the floor
+    half = t90(3) * (6 * s2 + 36 * s2 / 4) ** 0.5
+    assert r.low == pytest.approx(max(120, 300 - half)) and r.high == pytest.approx(300 + half)
+    measured = Group(requests=10, upper=1000, measured=4, measured_upper=400, measured_sum=120.0,
+                     lengths=Lengths(4, 30.0, 2000.0))
+    half = t90(3) * (6 * 2000 + 36 * 2000 / 4) ** 0.5  # a spread above the floor is taken as measured
+    assert extrapolate([measured]).high == pytest.approx(300 + half)
+
+
+def test_rows_that_all_stopped_at_the_bound_leave_room_below_it():
+    """Twelve sampled rows all cut at max_tokens measure no spread; the rest may still stop early,
+    so the interval does not shrink to a point (a real sample run once measured 957..959 for a job
+    that produced 898)."""
+    g = Group(requests=36, upper=36 * 32, measured=12, measured_upper=12 * 32, measured_sum=12 * 32.0,
+              lengths=Lengths(12, 32.0, 0.0))
+    r = extrapolate([g])
+    assert r.high == 36 * 32 and r.low < 36 * 32 - 100
+    assert spread_floor(1000, 32) < spread_floor(12, 32) < spread_floor(2, 32)
 
 
 def test_interval_clipped_to_what_is_possible():
@@ -50,7 +67,8 @@ def test_unmeasured_group_takes_the_pooled_ratio():
     g = Group(requests=5, upper=500)
     r = extrapolate([g], Lengths(10, 0.2, 0.01))
     assert r.expected == pytest.approx(100)
-    half = t90(9) * (5 * 0.01 * 100**2 + 25 * 0.01 * 100**2 / 10) ** 0.5
+    s2 = max(0.01 * 100**2, spread_floor(10, 100))
+    half = t90(9) * (5 * s2 + 25 * s2 / 10) ** 0.5
     assert r.high == pytest.approx(100 + half)
     with pytest.raises(ValueError):
         extrapolate([g])
