@@ -27,7 +27,7 @@ from pipeline.engines.dispatcher import Dispatcher, in_flight_window
 from pipeline.engines.local import LocalPool
 from pipeline.engines.placement import local_envs
 from pipeline.exits import UserError
-from pipeline.job import Job
+from pipeline.job import Job, open_resumed
 from pipeline.models.names import check_model
 from pipeline.options import command_line
 from pipeline.output.folder import (
@@ -93,10 +93,12 @@ def plan(cfg) -> Plan:
     if cfg.split_errors and cfg.format not in LINE_FORMATS:
         raise UserError("--split-errors needs a line format (--format openai|native|anthropic|gemini); "
                         "Parquet output keeps failed requests in its error column")
-    job = Job.open(cfg, exclude=out.loc)
+    state = out.read_state()
+    job = open_resumed(cfg, out.loc, state.records, state.fingerprint,
+                       lambda detail: fingerprint(detail) == state.fingerprint)
     if job.layout is not None:
         out.schema = job.layout.schema
-    p = Plan(job, job.fingerprint(), out, out.read_state())
+    p = Plan(job, job.fingerprint(), out, state)
     if p.complete:
         return p
     refuse_foreign(out, p.state, cfg.allow_foreign_files)
@@ -134,16 +136,20 @@ class RunStats:
     generated: int = 0  # completion tokens
 
 
-def not_committed(p: Plan, committed: Committed, stats: RunStats) -> Iterator[Request | FailedRequest]:
+def not_committed(p: Plan, committed: Committed, stats: RunStats,
+                  records: list[dict[str, Any]] | None = None) -> Iterator[Request | FailedRequest]:
     """The job's rows less those an earlier attempt committed (counted as resumed), skipped before
-    their images are fetched."""
+    their images are fetched; with the commit `records`, finished files and committed prefixes
+    are not read at all (intake/resume.py)."""
     def done(item: Request | FailedRequest) -> bool:
         if (item.file, item.line) in committed:
             stats.resumed += 1
             return True
         return False
 
-    return p.job.rows(skip=done)
+    resume = p.job.resume(committed, records, p.out.loc, p.out.fmt) if records is not None else None
+    stats.resumed += resume.skipped if resume is not None else 0
+    return p.job.rows(skip=done, resume=resume)
 
 
 def preview(p: Plan) -> str:
@@ -193,12 +199,13 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
     with p.out.claim(p.detail, overwrite=cfg.overwrite, allow_foreign=cfg.allow_foreign_files,
                      lease_timeout=cfg.lease_timeout, about=_about(p)) as claim, contextlib.ExitStack() as stack:
         committed = claim.committed()
+        claim.positions, records = p.job.positions, list(claim.records)
         progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet)
         error, ordered, dispatcher = None, None, None
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
                 sink = RowSink(p, writer, stats, progress)
-                items, head = _first_request(not_committed(p, committed, stats))
+                items, head = _first_request(not_committed(p, committed, stats, records))
                 ordered = p.job.ordered(itertools.chain(head, items))
                 if not any(isinstance(item, Request) for item in head):  # the stream ended first
                     collections.deque(sink.engine_requests(ordered), maxlen=0)  # its error rows; no engine

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.intake.endpoints import embeddings_request, scoring_request
+from pipeline.intake.resume import Seed
 from pipeline.intake.shapes import SHAPES_BY_NAME, Shape, detect
 from pipeline.records import (
     FailedRequest,
@@ -572,7 +573,17 @@ class SeenIds:
             self._merge()
         return False
 
+    def add_many(self, ids: Iterable[str]) -> None:
+        """Add many ids at once (a resumed run's skipped prefix), merged into the buckets."""
+        self._merge()
+        digests = (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids)
+        self.recent = set(digests)
+        self.count += len(self.recent)
+        self._merge()
+
     def _merge(self) -> None:
+        if not self.recent:
+            return
         keys = np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))
         keys.sort()
         self.recent = set()
@@ -597,6 +608,10 @@ def validate_rows(
     for source, line, row in rows:
         if source != current:
             seen, shape, current = SeenIds(), None, source
+        if isinstance(row, Seed):  # a resumed run's skipped prefix: its shape and ids
+            shape = detect(row.first) if isinstance(row.first, dict) else None
+            seen.add_many(row.ids)
+            continue
         if isinstance(row, FailedRequest):  # an unreadable line: it takes its file's shape, once known
             yield replace(row, shape=shape.name) if shape is not None else row
             continue

@@ -1,0 +1,212 @@
+"""Resume that skips, not re-reads: where a resumed run starts reading each input file.
+
+A run learns its input files' geometry while it reads them and hands it to each commit record
+(`Positions`, the record's `positions`): every `EVERY` lines of a JSON lines file, the byte
+offset at which the next line starts; at a file's end, the rows it gave; and
+each file's scan (its row count). None of this says what is committed (the records' keys do);
+it only says where lines lie in an unchanged file (the job's fingerprint holds its size and
+version). A resumed run (`Resume.of`) then:
+
+- does not scan or read a finished file (every row its end recorded is committed);
+- reads a partly finished file from the last committed line of its committed prefix (lines 1..N
+  all committed): a JSON lines file from the recorded offset at or before line N (seek, then at
+  most `EVERY` lines counted, not decoded); a Parquet file from the first row group holding an
+  uncommitted row, earlier row groups never read; a compressed file from its start, decompressed
+  but the prefix's lines not decoded (a compressed stream cannot be entered in the middle), and
+  without the whole-file check its first run did;
+- carries what the skipped prefix meant to validation (`Seed`): the file's shape (its first
+  object, read again: one line) and the ids its committed rows used (read from the output's
+  Parquet parts), so a later duplicate id is still refused as in a run never stopped.
+
+Rows after the prefix are read as before and skipped one by one where committed (prefix order
+commits rows out of input order). Where the prefix cannot be carried (a template job, a line
+output format, a --limit trial), a partly finished file is read whole, as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+EVERY = 4096  # lines between two recorded offsets of a JSON lines file
+
+
+class Positions:
+    """What the reader learns about the input files, until the next commit record takes it.
+    Called from the reading thread; taken by the committing one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._new: dict[str, dict[str, Any]] = {}
+
+    def _put(self, kind: str, file: int, value: Any) -> None:
+        with self._lock:
+            self._new.setdefault(kind, {}).setdefault(str(file), []).append(value)
+
+    def scanned(self, file: int, rows: int) -> None:
+        self._put("scans", file, rows)
+
+    def mark(self, file: int, line: int, offset: int) -> None:
+        """Line `line + 1` of file `file` starts at byte `offset`."""
+        self._put("marks", file, [line, offset])
+
+    def end(self, file: int, rows: int) -> None:
+        """File `file` was read to its end, having given `rows` rows."""
+        self._put("ends", file, rows)
+
+    def take(self) -> dict[str, Any] | None:
+        with self._lock:
+            new, self._new = self._new, {}
+        return new or None
+
+
+@dataclass
+class Recorded:
+    """Every commit record's positions, merged."""
+
+    scans: dict[int, int] = field(default_factory=dict)
+    marks: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    ends: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, records: Iterable[dict[str, Any]]) -> Recorded:
+        out = cls()
+        for record in records:
+            found = record.get("positions")
+            if not isinstance(found, dict):
+                continue
+            for k, v in (found.get("scans") or {}).items():
+                out.scans[int(k)] = int(v[-1])
+            for k, v in (found.get("marks") or {}).items():
+                out.marks.setdefault(int(k), []).extend((int(a), int(b)) for a, b in v)
+            for k, v in (found.get("ends") or {}).items():
+                out.ends[int(k)] = int(v[-1])
+        for marks in out.marks.values():
+            marks.sort()
+        return out
+
+
+@dataclass
+class FileStart:
+    """Where one file's reading starts."""
+
+    done: bool = False  # every row committed: not opened
+    skip: int = 0  # lines 1..skip committed: not decoded (not read at all before `line`)
+    line: int = 0  # reading starts after this line ...
+    offset: int = 0  # ... at this byte (JSON lines, uncompressed; 0: the start)
+    groups: int = 0  # Parquet: row groups wholly skipped (their rows are lines 1..skip)
+    ids: Callable[[], list[str]] | None = None  # the skipped prefix's ids (validation's Seed)
+
+
+@dataclass(frozen=True)
+class Seed:
+    """What a skipped prefix of a request file meant to validation: the file's first object (its
+    shape) and the ids its rows used. Comes before the file's first row read."""
+
+    first: Any
+    ids: list[str]
+
+
+@dataclass
+class Resume:
+    """Where a resumed run reads each input file, and how many committed rows it passes over."""
+
+    files: dict[int, FileStart] = field(default_factory=dict)
+    skipped: int = 0  # committed rows never read (counted as resumed)
+
+    def start(self, file: int) -> FileStart | None:
+        return self.files.get(file)
+
+
+def prefix_length(bits: np.ndarray | None) -> int:
+    """How many lines from line 1 on are all committed (bit i: line i; bit 0 unused)."""
+    if bits is None or len(bits) < 2:
+        return 0
+    missing = np.flatnonzero(~bits[1:])
+    return int(missing[0]) if len(missing) else len(bits) - 1
+
+
+def file_start(bits: np.ndarray | None, rec: Recorded, index: int, *, compressed: bool,
+               fmt: str, row_groups: list[int] | None, prefix: bool) -> FileStart | None:
+    """Where file `index` is read from, given its committed lines `bits`; None: from its start."""
+    done = int(bits.sum()) if bits is not None else 0
+    end = rec.ends.get(index)
+    if end is not None and done and done == end:
+        return FileStart(done=True, skip=done)
+    n = prefix_length(bits)
+    if not prefix or n == 0:
+        return None
+    if fmt == "parquet":
+        groups, line = 0, 0
+        for rows in row_groups or []:
+            if line + rows > n:
+                break
+            groups, line = groups + 1, line + rows
+        return FileStart(skip=line, line=line, groups=groups) if groups else None
+    if fmt != "jsonl":
+        return FileStart(skip=n)
+    line, offset = 0, 0
+    if not compressed:
+        for at, where in rec.marks.get(index, ()):
+            if at > n:
+                break
+            line, offset = at, where
+    return FileStart(skip=n, line=line, offset=offset)
+
+
+def plan_resume(files, committed, records: list[dict[str, Any]], *, prefix: bool,
+                ids_of: Callable[[int, int], list[str]] | None = None) -> Resume:
+    """Where a resumed run reads each of `files` (InputFile), given the committed lines and the
+    commit records' positions. `prefix`: partly finished files may skip their committed prefix
+    (`ids_of(file, n)` gives the ids of its lines 1..n, for validation)."""
+    rec, out = Recorded.of(records), Resume()
+    for i, file in enumerate(files):
+        bits = committed.bitmaps.get(i)
+        if bits is None:
+            continue
+        groups = _row_groups(file) if prefix and file.format == "parquet" and prefix_length(bits) else None
+        start = file_start(bits, rec, i, compressed=file.compression is not None, fmt=file.format,
+                           row_groups=groups, prefix=prefix)
+        if start is None:
+            continue
+        if not start.done and ids_of is not None:
+            start.ids = (lambda i=i, n=start.skip: ids_of(i, n))
+        out.files[i] = start
+        out.skipped += start.skip
+    return out
+
+
+def _row_groups(file) -> list[int] | None:
+    """The rows of each row group of a Parquet file (its footer only)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with file.location.open("rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    except Exception:  # unreadable here: read whole, as before (the reader says why)
+        return None
+
+
+def committed_ids(loc, records: list[dict[str, Any]], file: int, n: int,
+                  default: Callable[[int], str]) -> list[str]:
+    """The ids the committed rows of input `file`, lines 1..n, used as their own (a row without
+    an id got `default(line)`, which validation never counts): read from the Parquet parts."""
+    import pyarrow.parquet as pq
+
+    ids: list[str] = []
+    for record in records:
+        first = 0
+        for index, count in record.get("lines") or ():
+            if int(index) == file:
+                with loc.child(record["part"]).open("rb") as f:
+                    table = pq.read_table(f, columns=["custom_id", "source_line"]).slice(first, count)
+                for cid, line in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
+                    if line <= n and cid != default(line):
+                        ids.append(cid)
+            first += int(count)
+    return ids
