@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from pipeline.intake import reader
 from pipeline.intake.reader import read_all, read_rows
-from pipeline.intake.resume import FileStart, Positions, Recorded, file_start, plan_resume, prefix_length
+from pipeline.intake.resume import (
+    FileStart,
+    Positions,
+    Recorded,
+    file_start,
+    plan_resume,
+    prefix_length,
+)
 from pipeline.intake.sources import InputFile
 from pipeline.output.folder import Committed
 from pipeline.storage import Location
