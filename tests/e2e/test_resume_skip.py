@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, chat_line, committed_records, invoke, read_output, wait_for_commit, write_jsonl
+from conftest import (
+    REPO,
+    chat_line,
+    committed_records,
+    invoke,
+    read_output,
+    wait_for_commit,
+    write_jsonl,
+)
 
 from pipeline.intake import reader
 
