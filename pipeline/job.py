@@ -29,7 +29,7 @@ from pipeline.intake.media import MediaRules
 from pipeline.intake.order import order
 from pipeline.intake.reader import Scan, scan
 from pipeline.intake.requests import Context
-from pipeline.intake.resume import Positions, Recorded, Resume, committed_ids, plan_resume
+from pipeline.intake.resume import Positions, Recorded, Resume, committed_digests, plan_resume
 from pipeline.intake.sources import InputFile, list_inputs
 from pipeline.intake.stream import request_stream, run_context
 from pipeline.intake.templates import OPTION_NAMES as TEMPLATE_OPTIONS
@@ -179,7 +179,7 @@ class Job:
         prefix = self.spec is None and fmt == "parquet"
         sources = [Source(i, f.display, f.identity) for i, f in enumerate(self.files)]
         return plan_resume(self.files, committed, records, prefix=prefix,
-                           ids_of=lambda i, n: committed_ids(loc, records, i, n, sources[i].default_id))
+                           ids_of=lambda i, size: committed_digests(loc, records, i, size, sources[i].default_id))
 
     def ordered(self, items: Iterable[Request | FailedRequest]) -> Iterable[Request | FailedRequest]:
         """`items` in the order a run takes them (--order): the one decision run and estimate share."""

@@ -26,7 +26,7 @@ from typing import Any
 from fsspec.spec import AbstractBufferedFile
 
 from pipeline import storage
-from pipeline.intake.resume import EVERY, FileStart, Positions, Resume, Seed
+from pipeline.intake.resume import EVERY, FileStart, Jump, Positions, Resume, Seed
 from pipeline.intake.sources import InputFile
 from pipeline.records import FailedRequest, Problem, Source, is_text
 from pipeline.storage import StorageError, is_transient
@@ -157,12 +157,16 @@ def read_all(files: Sequence[InputFile], scans: Sequence[Scan] | None = None, *,
         start = resume.start(i) if resume is not None else None
         if start is not None and start.done:
             continue  # every row committed: not opened
-        if start is not None and start.ids is not None:
-            yield source, 0, _seed(file, start, max_line_bytes)
+        if start is not None and start.ids is not None and start.skip:
+            yield source, 0, Seed(_first_object(file, start.skip, max_line_bytes), start.ids.between(1, start.skip))
         mark = (lambda line, at, i=i: positions.mark(i, line, at)) if positions is not None else None
         rows = start.skip if start is not None else 0
         for line, row in read_rows(file, scans[i] if scans else None, max_line_bytes=max_line_bytes, raw=raw,
                                    start=start, mark=mark):
+            if isinstance(row, Jump):  # committed lines passed over: validation sees their ids
+                rows += row.last - row.first + 1
+                yield source, line, Seed(None, start.ids.between(row.first, row.last))
+                continue
             if isinstance(row, Problem):
                 row = FailedRequest.of(row, source.default_id(line), source.name, line, file=i)
             rows += 1
@@ -171,15 +175,12 @@ def read_all(files: Sequence[InputFile], scans: Sequence[Scan] | None = None, *,
             positions.end(i, rows)
 
 
-def _seed(file: InputFile, start: FileStart, max_line_bytes: int) -> Seed:
-    """What validation needs of a skipped prefix: the file's first object, if the prefix holds
-    it (its shape), and the prefix's ids."""
-    first = None
+def _first_object(file: InputFile, within: int, max_line_bytes: int) -> Any:
+    """A file's first object if it lies in its first `within` lines (what fixes its shape)."""
     for line, row in read_rows(file, max_line_bytes=max_line_bytes):
-        if isinstance(row, dict) or line > start.skip:
-            first = row if isinstance(row, dict) and line <= start.skip else None
-            break
-    return Seed(first, start.ids())
+        if isinstance(row, dict) or line > within:
+            return row if isinstance(row, dict) and line <= within else None
+    return None
 
 
 def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int, start: FileStart | None = None,
@@ -189,6 +190,10 @@ def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int, start: FileStar
         f = _decompressed(raw, file.compression)
         mark = mark if file.compression is None else None  # offsets of a compressed stream: no use
         while True:
+            if start is not None and line in start.jumps and _seek_line(f, start.jumps[line][1]):
+                first, (line, at) = line + 1, start.jumps[line]
+                yield line, Jump(first, line)  # lines first..line: all committed
+                continue
             data = f.readline(max_line_bytes + 1)
             if not data:
                 return
@@ -217,14 +222,21 @@ def _enter(raw, file: InputFile, start: FileStart | None) -> tuple[int, int]:
     byte before it is a newline); (line before it, offset). Else (0, 0): read from the start."""
     if start is None or not start.offset or file.compression is not None:
         return 0, 0
+    return (start.line, start.offset) if _seek_line(raw, start.offset, back=0) else (0, 0)
+
+
+def _seek_line(f, offset: int, back: int | None = None) -> bool:
+    """Seek to `offset` if a line starts there (the byte before it is a newline); else stay put
+    (or go to `back`) and say no."""
+    here = f.tell() if back is None else back
     try:
-        raw.seek(start.offset - 1)
-        if raw.read(1) == b"\n":
-            return start.line, start.offset
-        raw.seek(0)
+        f.seek(offset - 1)
+        if f.read(1) == b"\n":
+            return True
     except (OSError, ValueError):
-        raw.seek(0)
-    return 0, 0
+        pass
+    f.seek(here)
+    return False
 
 
 class CorruptData(ValueError):

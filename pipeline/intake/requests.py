@@ -573,11 +573,10 @@ class SeenIds:
             self._merge()
         return False
 
-    def add_many(self, ids: Iterable[str]) -> None:
-        """Add many ids at once (a resumed run's skipped prefix), merged into the buckets."""
+    def add_digests(self, digests: np.ndarray) -> None:
+        """Add many ids' digests (resume.digest) at once: a resumed run's skipped lines."""
         self._merge()
-        digests = (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids)
-        self.recent = set(digests)
+        self.recent = set(digests.tolist())
         self.count += len(self.recent)
         self._merge()
 
@@ -608,9 +607,9 @@ def validate_rows(
     for source, line, row in rows:
         if source != current:
             seen, shape, current = SeenIds(), None, source
-        if isinstance(row, Seed):  # a resumed run's skipped prefix: its shape and ids
-            shape = detect(row.first) if isinstance(row.first, dict) else None
-            seen.add_many(row.ids)
+        if isinstance(row, Seed):  # lines a resumed run skipped: the shape they fix, their ids
+            shape = detect(row.first) if isinstance(row.first, dict) else shape
+            seen.add_digests(row.digests)
             continue
         if isinstance(row, FailedRequest):  # an unreadable line: it takes its file's shape, once known
             yield replace(row, shape=shape.name) if shape is not None else row

@@ -25,6 +25,7 @@ output format, a --limit trial), a partly finished file is read whole, as before
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -85,30 +86,61 @@ class Recorded:
                 out.marks.setdefault(int(k), []).extend((int(a), int(b)) for a, b in v)
             for k, v in (found.get("ends") or {}).items():
                 out.ends[int(k)] = int(v[-1])
-        for marks in out.marks.values():
-            marks.sort()
+        for k, marks in out.marks.items():
+            out.marks[k] = sorted(set(marks))  # a resumed run records again what it reads
         return out
 
 
 @dataclass
 class FileStart:
-    """Where one file's reading starts."""
+    """Where one file's reading starts, and the committed stretches it jumps over."""
 
     done: bool = False  # every row committed: not opened
     skip: int = 0  # lines 1..skip committed: not decoded (not read at all before `line`)
     line: int = 0  # reading starts after this line ...
     offset: int = 0  # ... at this byte (JSON lines, uncompressed; 0: the start)
     groups: int = 0  # Parquet: row groups wholly skipped (their rows are lines 1..skip)
-    ids: Callable[[], list[str]] | None = None  # the skipped prefix's ids (validation's Seed)
+    # JSON lines, uncompressed: after recorded line a, lines a+1..b are all committed: seek to
+    # byte offset o, where line b + 1 starts ({a: (b, o)})
+    jumps: dict[int, tuple[int, int]] = field(default_factory=dict)
+    ids: LineIds | None = None  # the committed rows' ids, for validation's Seed
+
+
+@dataclass(frozen=True)
+class Jump:
+    """The reader jumped over lines first..last (all committed)."""
+
+    first: int
+    last: int
 
 
 @dataclass(frozen=True)
 class Seed:
-    """What a skipped prefix of a request file meant to validation: the file's first object (its
-    shape) and the ids its rows used. Comes before the file's first row read."""
+    """What skipped lines of a request file meant to validation: the file's first object, where
+    they hold it (its shape), and the digests of the ids their rows used. Comes where the
+    skipped lines lay, so a later row's id is checked against exactly the ids before it."""
 
     first: Any
-    ids: list[str]
+    digests: np.ndarray
+
+
+def digest(custom_id: str) -> int:
+    """An id's 64-bit digest, as the duplicate check (requests.SeenIds) keeps it."""
+    return int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "little")
+
+
+class LineIds:
+    """The digests of the ids committed rows of one input used as their own, by line (0: none),
+    read from the output on first use: 8 bytes a line."""
+
+    def __init__(self, read: Callable[[], np.ndarray]):
+        self.read, self.by_line = read, None
+
+    def between(self, first: int, last: int) -> np.ndarray:
+        if self.by_line is None:
+            self.by_line = self.read()
+        found = self.by_line[first : last + 1]
+        return found[found != 0]
 
 
 @dataclass
@@ -138,7 +170,7 @@ def file_start(bits: np.ndarray | None, rec: Recorded, index: int, *, compressed
     if end is not None and done and done == end:
         return FileStart(done=True, skip=done)
     n = prefix_length(bits)
-    if not prefix or n == 0:
+    if not prefix or bits is None:
         return None
     if fmt == "parquet":
         groups, line = 0, 0
@@ -147,22 +179,53 @@ def file_start(bits: np.ndarray | None, rec: Recorded, index: int, *, compressed
                 break
             groups, line = groups + 1, line + rows
         return FileStart(skip=line, line=line, groups=groups) if groups else None
-    if fmt != "jsonl":
-        return FileStart(skip=n)
+    if fmt != "jsonl" or compressed:
+        return FileStart(skip=n) if n else None
+    marks = rec.marks.get(index, [])
     line, offset = 0, 0
-    if not compressed:
-        for at, where in rec.marks.get(index, ()):
-            if at > n:
-                break
-            line, offset = at, where
-    return FileStart(skip=n, line=line, offset=offset)
+    for at, where in marks:
+        if at > n:
+            break
+        line, offset = at, where
+    jumps = committed_stretches(bits, marks, after=n)
+    return FileStart(skip=n, line=line, offset=offset, jumps=jumps) if n or jumps else None
+
+
+def committed_stretches(bits: np.ndarray, marks: list[tuple[int, int]], after: int) -> dict[int, tuple[int, int]]:
+    """{a: (b, offset of line b + 1)} for recorded lines a < b past line `after` between which
+    every line is committed, consecutive stretches joined."""
+    if len(marks) < 2:
+        return {}
+    lines = np.array([m[0] for m in marks], dtype=np.int64)
+    top = int(lines[-1])
+    padded = np.zeros(top + 1, dtype=np.int64)
+    padded[: min(len(bits), top + 1)] = bits[: top + 1]
+    done = np.cumsum(padded)
+    full = (done[lines[1:]] - done[lines[:-1]]) == (lines[1:] - lines[:-1])
+    jumps: dict[int, tuple[int, int]] = {}
+    k = 0
+    while k < len(full):
+        if not full[k] or marks[k][0] < after:
+            k += 1
+            continue
+        j = k
+        while j < len(full) and full[j]:
+            j += 1
+        jumps[marks[k][0]] = marks[j]  # lines marks[k]+1 .. marks[j] all committed
+        k = j
+    return jumps
+
+
+def stretch_rows(start: FileStart) -> int:
+    """The committed rows a start passes over: its prefix and its jumps."""
+    return start.skip + sum(b - a for a, (b, _) in start.jumps.items())
 
 
 def plan_resume(files, committed, records: list[dict[str, Any]], *, prefix: bool,
-                ids_of: Callable[[int, int], list[str]] | None = None) -> Resume:
+                ids_of: Callable[[int, int], np.ndarray] | None = None) -> Resume:
     """Where a resumed run reads each of `files` (InputFile), given the committed lines and the
-    commit records' positions. `prefix`: partly finished files may skip their committed prefix
-    (`ids_of(file, n)` gives the ids of its lines 1..n, for validation)."""
+    commit records' positions. `prefix`: partly finished files may skip committed stretches
+    (`ids_of(file, lines)` gives the id digests of its committed rows by line, for validation)."""
     rec, out = Recorded.of(records), Resume()
     for i, file in enumerate(files):
         bits = committed.bitmaps.get(i)
@@ -170,13 +233,14 @@ def plan_resume(files, committed, records: list[dict[str, Any]], *, prefix: bool
             continue
         groups = _row_groups(file) if prefix and file.format == "parquet" and prefix_length(bits) else None
         start = file_start(bits, rec, i, compressed=file.compression is not None, fmt=file.format,
-                           row_groups=groups, prefix=prefix)
+                           row_groups=groups, prefix=prefix and ids_of is not None)
         if start is None:
             continue
         if not start.done and ids_of is not None:
-            start.ids = (lambda i=i, n=start.skip: ids_of(i, n))
+            size = len(bits)
+            start.ids = LineIds(lambda i=i, size=size: ids_of(i, size))
         out.files[i] = start
-        out.skipped += start.skip
+        out.skipped += stretch_rows(start)
     return out
 
 
@@ -192,13 +256,14 @@ def _row_groups(file) -> list[int] | None:
         return None
 
 
-def committed_ids(loc, records: list[dict[str, Any]], file: int, n: int,
-                  default: Callable[[int], str]) -> list[str]:
-    """The ids the committed rows of input `file`, lines 1..n, used as their own (a row without
-    an id got `default(line)`, which validation never counts): read from the Parquet parts."""
+def committed_digests(loc, records: list[dict[str, Any]], file: int, size: int,
+                      default: Callable[[int], str]) -> np.ndarray:
+    """By line (`size` lines), the digest of the id each committed row of input `file` used as
+    its own (a row without an id got `default(line)`, which validation never counts; 0: none),
+    read from the Parquet parts' custom_id and source_line columns."""
     import pyarrow.parquet as pq
 
-    ids: list[str] = []
+    by_line = np.zeros(size, dtype=np.uint64)
     for record in records:
         first = 0
         for index, count in record.get("lines") or ():
@@ -206,7 +271,7 @@ def committed_ids(loc, records: list[dict[str, Any]], file: int, n: int,
                 with loc.child(record["part"]).open("rb") as f:
                     table = pq.read_table(f, columns=["custom_id", "source_line"]).slice(first, count)
                 for cid, line in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
-                    if line <= n and cid != default(line):
-                        ids.append(cid)
+                    if line < size and cid != default(line):
+                        by_line[line] = digest(cid)
             first += int(count)
-    return ids
+    return by_line

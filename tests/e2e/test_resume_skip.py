@@ -32,10 +32,10 @@ def rows(prefix, n, dup=None):
     return out
 
 
-def killed_after(out: Path, keep: int) -> int:
+def killed_after(out: Path, keep) -> int:
     """The output as a run killed after its first `keep` commits leaves it (its reader had seen
-    the whole input by then: every record's positions go to the last one kept). Returns the
-    rows kept."""
+    the whole input by then: every record's positions go to the last one kept); `keep` a set:
+    those commits only (as prefix order leaves committed stretches apart). Returns the rows kept."""
     records = sorted(((json.loads(p.read_text()), p) for p in (out / "_commits").glob("*.json")),
                      key=lambda rp: rp[0]["order"])
     positions: dict = {}
@@ -43,15 +43,17 @@ def killed_after(out: Path, keep: int) -> int:
         for kind, files in (record.get("positions") or {}).items():
             for file, values in files.items():
                 positions.setdefault(kind, {}).setdefault(file, []).extend(values)
-    for record, path in records[keep:]:
-        (out / record["part"]).unlink()
-        path.unlink()
-    last, path = records[keep - 1]
+    keep = set(range(keep)) if isinstance(keep, int) else keep
+    for k, (record, path) in enumerate(records):
+        if k not in keep:
+            (out / record["part"]).unlink()
+            path.unlink()
+    last, path = records[max(keep)]
     last["positions"] = positions
     path.write_text(json.dumps(last))
     for name in ("_SUCCESS", "_report.json"):
         (out / name).unlink(missing_ok=True)
-    return sum(r["rows"] for r, _ in records[:keep])
+    return sum(r["rows"] for k, (r, _) in enumerate(records) if k in keep)
 
 
 @pytest.fixture
@@ -123,6 +125,27 @@ def test_a_compressed_file_is_decompressed_but_its_prefix_not_decoded(tmp_path, 
     assert set(decoded) == {"z1"} | {f"z{i}" for i in range(21, 31)} and report["resumed"] == 20
     df = read_output(out)
     assert df.height == 30 and df["custom_id"].n_unique() == 30
+
+
+def test_committed_stretches_apart_are_jumped_and_their_ids_count_where_they_lay(tmp_path, decoded):
+    """Lines 1-10 and 21-30 committed (as prefix order leaves a file): 21-28 are jumped (offsets
+    recorded every 4 lines here). Line 15 reuses line 24's id: not a duplicate (24 comes later);
+    line 35 reuses line 23's: a duplicate, though line 23 was never read again."""
+    lines = rows("r", 40)
+    lines[14], lines[34] = chat_line("r24", "first use"), chat_line("r23", "again")
+    lines[23] = chat_line("r24", "second use")
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out"
+    run(src, out)
+    errors = {r["source_line"]: r["error"] for r in read_output(out).iter_rows(named=True) if r["error"]}
+    assert set(errors) == {24, 35}
+    assert killed_after(out, {0, 2}) == 20
+    decoded.clear()
+    report = run(src, out)
+    assert report["resumed"] == 10 + 8 + 2  # the prefix, the jump (21-28), then 29-30 read and skipped
+    assert not {f"r{i}" for i in (*range(2, 11), 21, 22, 25, 26, 27, 28)} & set(decoded)
+    df = read_output(out)
+    assert df.height == 40 and {r["source_line"]: r["error"] for r in df.iter_rows(named=True) if r["error"]} == errors
 
 
 def test_kill_9_and_rerun_keep_every_row_exactly_once(tmp_path):

@@ -16,8 +16,10 @@ from pipeline.intake import reader
 from pipeline.intake.reader import read_all, read_rows
 from pipeline.intake.resume import (
     FileStart,
+    Jump,
     Positions,
     Recorded,
+    committed_stretches,
     file_start,
     plan_resume,
     prefix_length,
@@ -56,7 +58,7 @@ def first_read(file, every, monkeypatch):
 
 
 @SETTINGS
-@given(kinds=st.lists(st.sampled_from(["row", "row", "row", "blank"]), min_size=1, max_size=60),
+@given(kinds=st.lists(st.sampled_from(["row", "row", "row", "row", "blank"]), min_size=1, max_size=60),
        data=st.data(), every=st.integers(1, 7), gz=st.booleans())
 def test_resumed_read_plus_committed_is_every_row_once(tmp_path_factory, monkeypatch, kinds, data, every, gz):
     path = tmp_path_factory.mktemp("r") / ("in.jsonl.gz" if gz else "in.jsonl")
@@ -64,18 +66,32 @@ def test_resumed_read_plus_committed_is_every_row_once(tmp_path_factory, monkeyp
     file = input_file(path, compression="gzip" if gz else None)
     rows, rec = first_read(file, every, monkeypatch)
     lines = [line for line, _ in rows]
-    chosen = set(data.draw(st.lists(st.sampled_from(lines), unique=True))) if lines else set()
+    # committed in runs (as a resumed input-order run or prefix order's groups leave them), or anywhere
+    runs = data.draw(st.lists(st.tuples(st.integers(1, 60), st.integers(0, 20)), max_size=4))
+    chosen = {n for a, k in runs for n in range(a, a + k) if n in lines}
+    chosen |= set(data.draw(st.lists(st.sampled_from(lines), unique=True, max_size=5))) if lines else set()
     committed = committed_of(rows, chosen)
     start = file_start(committed.bitmaps.get(0), rec, 0, compressed=gz, fmt="jsonl", row_groups=None, prefix=True)
     if start is not None and start.done:
         assert chosen == set(lines)
         return
-    again = [(line, row) for line, row in read_rows(file, start=start)]
-    skipped = start.skip if start else 0
-    assert all(n in chosen for n in range(1, skipped + 1) if kinds[n - 1] == "row")
-    assert again == [(line, row) for line, row in rows if line > skipped]  # every row after the prefix, as read first
+    got = list(read_rows(file, start=start))
+    jumped = {n for _, j in got if isinstance(j, Jump) for n in range(j.first, j.last + 1)}
+    skipped = set(range(1, (start.skip if start else 0) + 1)) | jumped
+    assert {n for n in skipped if kinds[n - 1] == "row"} <= chosen  # only committed rows are passed over
+    assert not (gz and jumped)  # a compressed stream is never entered in the middle
+    again = [(line, row) for line, row in got if not isinstance(row, Jump)]
+    assert again == [(line, row) for line, row in rows if line not in skipped]  # every other row, as read first
     if start is not None and not gz:  # the last recorded offset at or before the prefix's end
         assert start.line == start.skip // every * every
+
+
+def test_committed_stretches_between_recorded_lines_are_jumped():
+    bits = np.zeros(21, dtype=bool)
+    bits[[*range(1, 7), *range(9, 17), 19]] = True  # lines 1-6, 9-16 and 19
+    marks = [(4, 40), (8, 80), (12, 120), (16, 160), (20, 200)]
+    assert committed_stretches(bits, marks, after=6) == {8: (16, 160)}
+    assert committed_stretches(bits, marks, after=10) == {12: (16, 160)}
 
 
 def test_a_finished_file_is_done_and_a_prefix_starts_at_the_recorded_offset(tmp_path, monkeypatch):
@@ -118,7 +134,7 @@ def test_parquet_reads_from_the_first_row_group_not_all_committed(tmp_path, comm
     if committed_rows:
         committed.add(0, [[1, committed_rows]])
     ends = [{"positions": {"ends": {"0": [30]}}}] if committed_rows == 30 else []
-    plan = plan_resume([file], committed, ends, prefix=True, ids_of=lambda i, n: [])
+    plan = plan_resume([file], committed, ends, prefix=True, ids_of=lambda i, size: np.zeros(size, np.uint64))
     start = plan.start(0)
     if committed_rows == 30:
         assert start.done
