@@ -141,14 +141,16 @@ def not_committed(p: Plan, committed: Committed, stats: RunStats,
     """The job's rows less those an earlier attempt committed (counted as resumed), skipped before
     their images are fetched; with the commit `records`, finished files and committed prefixes
     are not read at all (intake/resume.py)."""
+    resume = p.job.resume(committed, records, p.out.loc, p.out.fmt) if records is not None else None
+    if resume is not None:  # a whole job: each committed line is skipped, read or not
+        stats.resumed += committed.count
+
     def done(item: Request | FailedRequest) -> bool:
         if (item.file, item.line) in committed:
-            stats.resumed += 1
+            stats.resumed += resume is None
             return True
         return False
 
-    resume = p.job.resume(committed, records, p.out.loc, p.out.fmt) if records is not None else None
-    stats.resumed += resume.skipped if resume is not None else 0
     return p.job.rows(skip=done, resume=resume)
 
 

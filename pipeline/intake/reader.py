@@ -185,17 +185,25 @@ def _first_object(file: InputFile, within: int, max_line_bytes: int) -> Any:
 
 def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int, start: FileStart | None = None,
                 mark: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """(line, row) of a JSON lines file. A resumed run's `start` (resume.py): lines up to `skip`
+    are not decoded; its jumps seek past committed stretches; other committed lines (`bits`) are
+    read but not decoded. Committed lines passed over are said as a `Jump` (first..last)."""
     with file.location.open("rb") as raw:
         line, at = _enter(raw, file, start)
         f = _decompressed(raw, file.compression)
         mark = mark if file.compression is None else None  # offsets of a compressed stream: no use
+        bits = start.bits if start is not None else None
+        run = 0  # the first of the committed lines passed over and not yet said
         while True:
-            if start is not None and line in start.jumps and _seek_line(f, start.jumps[line][1]):
-                first, (line, at) = line + 1, start.jumps[line]
+            jump = start.jumps.get(line) if start is not None else None
+            if jump is not None and _seek_line(f, jump[1]):
+                first, (line, at), run = run or line + 1, jump, 0
                 yield line, Jump(first, line)  # lines first..line: all committed
                 continue
             data = f.readline(max_line_bytes + 1)
             if not data:
+                if run:
+                    yield line, Jump(run, line)
                 return
             line += 1
             at += len(data)
@@ -207,6 +215,12 @@ def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int, start: FileStar
                 mark(line, at)
             if line <= skip:
                 continue
+            if bits is not None and line < len(bits) and bits[line]:
+                run = run or line
+                continue
+            if run:
+                yield line - 1, Jump(run, line - 1)
+                run = 0
             if long:
                 yield line, Problem("line_too_long", f"the line is longer than {max_line_bytes} bytes; "
                                     "split the request or raise --max-line-bytes")

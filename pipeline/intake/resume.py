@@ -14,12 +14,14 @@ version). A resumed run (`Resume.of`) then:
   uncommitted row, earlier row groups never read; a compressed file from its start, decompressed
   but the prefix's lines not decoded (a compressed stream cannot be entered in the middle), and
   without the whole-file check its first run did;
+- past the prefix, in an uncompressed JSON lines file, seeks over every stretch between two
+  recorded offsets whose lines are all committed (prefix order commits a file in stretches);
+  any other committed line of a JSON lines file is read but not decoded or validated;
 - carries what the skipped prefix meant to validation (`Seed`): the file's shape (its first
   object, read again: one line) and the ids its committed rows used (read from the output's
   Parquet parts), so a later duplicate id is still refused as in a run never stopped.
 
-Rows after the prefix are read as before and skipped one by one where committed (prefix order
-commits rows out of input order). Where the prefix cannot be carried (a template job, a line
+Where the prefix cannot be carried (a template job, a line
 output format, a --limit trial), a partly finished file is read whole, as before.
 """
 
@@ -104,6 +106,7 @@ class FileStart:
     # byte offset o, where line b + 1 starts ({a: (b, o)})
     jumps: dict[int, tuple[int, int]] = field(default_factory=dict)
     ids: LineIds | None = None  # the committed rows' ids, for validation's Seed
+    bits: np.ndarray | None = None  # JSON lines: the committed lines, read but not decoded
 
 
 @dataclass(frozen=True)
@@ -179,16 +182,17 @@ def file_start(bits: np.ndarray | None, rec: Recorded, index: int, *, compressed
                 break
             groups, line = groups + 1, line + rows
         return FileStart(skip=line, line=line, groups=groups) if groups else None
-    if fmt != "jsonl" or compressed:
+    if fmt != "jsonl":
         return FileStart(skip=n) if n else None
+    if compressed:
+        return FileStart(skip=n, bits=bits)
     marks = rec.marks.get(index, [])
     line, offset = 0, 0
     for at, where in marks:
         if at > n:
             break
         line, offset = at, where
-    jumps = committed_stretches(bits, marks, after=n)
-    return FileStart(skip=n, line=line, offset=offset, jumps=jumps) if n or jumps else None
+    return FileStart(skip=n, line=line, offset=offset, jumps=committed_stretches(bits, marks, after=n), bits=bits)
 
 
 def committed_stretches(bits: np.ndarray, marks: list[tuple[int, int]], after: int) -> dict[int, tuple[int, int]]:

@@ -78,8 +78,8 @@ def test_resumed_read_plus_committed_is_every_row_once(tmp_path_factory, monkeyp
     got = list(read_rows(file, start=start))
     jumped = {n for _, j in got if isinstance(j, Jump) for n in range(j.first, j.last + 1)}
     skipped = set(range(1, (start.skip if start else 0) + 1)) | jumped
-    assert {n for n in skipped if kinds[n - 1] == "row"} <= chosen  # only committed rows are passed over
-    assert not (gz and jumped)  # a compressed stream is never entered in the middle
+    assert {n for n in skipped if kinds[n - 1] == "row"} <= chosen  # the prefix: committed rows and blanks
+    assert jumped <= chosen  # passed over (sought past, or read and not decoded): committed rows only
     again = [(line, row) for line, row in got if not isinstance(row, Jump)]
     assert again == [(line, row) for line, row in rows if line not in skipped]  # every other row, as read first
     if start is not None and not gz:  # the last recorded offset at or before the prefix's end
@@ -151,3 +151,21 @@ def test_positions_are_taken_once():
     p.end(0, 9)
     assert p.take() == {"marks": {"0": [[4, 100]]}, "ends": {"0": [9]}}
     assert p.take() is None
+
+
+def test_a_committed_stretch_is_sought_past_not_read(tmp_path, monkeypatch):
+    """Lines 5-12 committed, offsets recorded every 4 lines: the reader seeks from line 4's end
+    to line 12's. Shown by rewriting lines 5-12 as one line of the same bytes: read, the lines
+    after them would be numbered 6, 7, ...; sought past, they keep their numbers."""
+    path = tmp_path / "in.jsonl"
+    write_lines(path, ["row"] * 16)
+    rows, rec = first_read(input_file(path), 4, monkeypatch)
+    data = path.read_bytes().splitlines(True)
+    path.write_bytes(b"".join(data[:4]) + b"".join(data[4:12]).replace(b"\n", b" ")[:-1] + b"\n" + b"".join(data[12:]))
+    start = file_start(committed_of(rows, set(range(5, 13))).bitmaps[0], rec, 0, compressed=False, fmt="jsonl",
+                       row_groups=None, prefix=True)
+    assert start.jumps == {4: (12, sum(map(len, data[:12])))}
+    got = list(read_rows(input_file(path), start=start))
+    assert [(line, row["custom_id"] if isinstance(row, dict) else row) for line, row in got] == [
+        (1, "r1"), (2, "r2"), (3, "r3"), (4, "r4"), (12, Jump(5, 12)), (13, "r13"), (14, "r14"), (15, "r15"),
+        (16, "r16")]
