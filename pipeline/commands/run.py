@@ -24,6 +24,7 @@ from pipeline import __version__, exits, options
 from pipeline.commands.progress import Progress
 from pipeline.engines.base import KINDS, EngineSpec, Result
 from pipeline.engines.dispatcher import Dispatcher, in_flight_window
+from pipeline.engines.identical import Identical
 from pipeline.engines.local import LocalPool
 from pipeline.engines.placement import local_envs
 from pipeline.exits import UserError
@@ -204,6 +205,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
         claim.positions, records = p.job.positions, list(claim.records)
         progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet)
         error, ordered, dispatcher = None, None, None
+        identical = Identical(cfg.identical_once is not False)
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
                 sink = RowSink(p, writer, stats, progress)
@@ -214,7 +216,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
                 else:
                     # closed after the marker: every row is committed, engine shutdown need not delay it
                     dispatcher = engines(p) if engines else stack.enter_context(contextlib.closing(start_engines(p)))
-                    for done in dispatcher.results(sink.engine_requests(ordered)):
+                    for done in identical.results(dispatcher, sink.engine_requests(ordered)):
                         if done is None:  # a tick: commit on time even when nothing finishes
                             writer.tick()
                         else:
@@ -224,7 +226,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
             error = _stopped(e)
         finally:
             progress.close()
-        report = _report(p, stats, claim, dispatcher, ordered)
+        report = {**_report(p, stats, claim, dispatcher, ordered), **identical.describe()}
         if error is None and not claim.finish(report):
             error = exits.Incomplete(f"another run completed {p.out.display} first; this run's parts are kept "
                                      "but not marked")
