@@ -574,11 +574,12 @@ class SeenIds:
         return False
 
     def add_digests(self, digests: np.ndarray) -> None:
-        """Add many ids' digests (resume.digest) at once: a resumed run's skipped lines."""
-        self._merge()
-        self.recent = set(digests.tolist())
-        self.count += len(self.recent)
-        self._merge()
+        """Add ids' digests (resume.digest): a resumed run's skipped lines. Merged as `add`'s
+        are, once the recent set is full (merging at every call would cost the whole set each)."""
+        self.recent.update(digests.tolist())
+        self.count += len(digests)
+        if len(self.recent) >= self.limit:
+            self._merge()
 
     def _merge(self) -> None:
         if not self.recent:
