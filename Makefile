@@ -81,7 +81,7 @@ bench: install
 bench-io: install
 	$(BIN)/python bench/io_scale.py
 
-# 20M requests through the fake engine in each order, killed at half and resumed (hours on 2 cores)
+# 20M requests through the fake engine in each order: whole, then killed at 50% and 90% and rerun (hours on 2 cores)
 bench-scale: install
 	$(BIN)/python bench/scale.py
 

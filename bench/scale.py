@@ -1,16 +1,19 @@
 """`make bench-scale`: one very large job with the fake engine, killed at about half and resumed.
 
 N small synthetic requests (default 20,000,000) are written as one JSON-lines file, streamed.
-For each order (`--order input`, `--order prefix`) `pipeline run FILE --engine fake` starts in
-a fresh output folder; once about half of the rows are committed (`--kill-at`, counted from the
-commit records) the whole process group is killed with SIGKILL, as a machine loss would end it.
-The same command then runs again and must finish (exit 0). The output must hold every
+For each order (`--order input`, `--order prefix`) `pipeline run FILE --engine fake` runs once
+uninterrupted (what a first run costs), then, for each share of `--kill-at` (default 50% and
+90%, counted from the commit records), in a fresh output folder until that share is committed,
+when the whole process group is killed with SIGKILL, as a machine loss would end it. The same
+command then runs again and must finish (exit 0); its wall time over the uninterrupted run's
+is the rerun cost (issue #32: about 1 - kill share, plus start-up). The output must hold every
 custom_id exactly once: N rows, N distinct ids, each of `r0000000000` .. `r{N-1}` (read back
 with polars, outside the measured processes). Peak RSS is sampled over each command's whole
 process tree every 0.2 s (harness.run_measured).
 
     python bench/scale.py                          # 20M requests, both orders (hours on 2 cores)
     python bench/scale.py --requests 1000000       # a quick check (a few minutes)
+    python bench/scale.py --requests 1000000 --orders input --baseline-code /path/to/older/checkout
 """
 
 from __future__ import annotations
@@ -91,59 +94,80 @@ def check_output(out: Path, n: int) -> dict[str, Any]:
     return got
 
 
-def measure_order(order: str, requests: Path, n: int, work: Path, kill_at: float) -> dict[str, Any]:
-    """Run, kill at about `kill_at` of the rows, rerun to the end, check the output."""
-    out = work / f"out-{order}"
-    cmd = [python(), "-m", "pipeline", "run", requests, "-o", out, "--engine", "fake", "-m", "smollm2", "-q",
-           "--order", order]
-    committed, env = CommittedRows(out), base_env(0)
-    first_trace: list[tuple[float, int]] = []
-    first = run_measured(cmd, log=work / f"log-{order}-1.txt", env=env, trace=first_trace,
+def measure_order(order: str, requests: Path, n: int, work: Path, kills: list[float],
+                  code: Path | None = None) -> dict[str, Any]:
+    """An uninterrupted run (the first run's cost), then for each share in `kills`: a run killed
+    once that share of the rows is committed and its rerun to the end, the output checked.
+    `code`: run that checkout's pipeline instead (the baseline of an older version)."""
+    env = base_env(0)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    tag = f"{order}{'-base' if code else ''}"
+    cmd = [python(), "-m", "pipeline", "run", requests, "-o", work / f"out-{tag}", "--engine", "fake", "-m",
+           "smollm2", "-q", "--order", order]
+    full = run_measured(cmd, log=work / f"log-{tag}-full.txt", env=env)
+    row: dict[str, Any] = {"order": order, "requests": n, "code": str(code or "this checkout"),
+                           "full": full.as_dict(), "kills": []}
+    shutil.rmtree(work / f"out-{tag}", ignore_errors=True)
+    for kill_at in kills:
+        row["kills"].append(killed_and_rerun(cmd, work / f"out-{tag}", n, work / f"log-{tag}-{kill_at}", env,
+                                             kill_at, full.wall_s))
+        shutil.rmtree(work / f"out-{tag}", ignore_errors=True)
+    row["peak_rss_bytes"] = max([full.peak_rss_bytes] + [k["peak_rss_bytes"] for k in row["kills"]])
+    row["status"] = "ok" if full.rc == 0 and all(k["status"] == "ok" for k in row["kills"]) else "FAILED"
+    return row
+
+
+def killed_and_rerun(cmd: list, out: Path, n: int, log: Path, env: dict[str, str], kill_at: float,
+                     full_s: float) -> dict[str, Any]:
+    """Kill the run once `kill_at` of the rows are committed, rerun it to the end, check the output."""
+    committed = CommittedRows(out)
+    trace: list[tuple[float, int]] = []
+    first = run_measured(cmd, log=log.with_suffix(".1.txt"), env=env, trace=trace,
                          stop=lambda: committed.count() >= kill_at * n)
     at_kill = CommittedRows(out, every=0).count()
-    second_trace: list[tuple[float, int]] = []
-    second = run_measured(cmd, log=work / f"log-{order}-2.txt", env=env, trace=second_trace)
-    row: dict[str, Any] = {"order": order, "requests": n, "killed": first.as_dict(), "resumed": second.as_dict(),
-                           "rows_at_kill": at_kill, "rss_trace_killed": first_trace[::25],
-                           "rss_trace_resumed": second_trace[::25]}
-    row["peak_rss_bytes"] = max(first.peak_rss_bytes, second.peak_rss_bytes)
-    row["total_s"] = first.wall_s + second.wall_s
+    second = run_measured(cmd, log=log.with_suffix(".2.txt"), env=env)
+    row: dict[str, Any] = {"kill_at": kill_at, "killed": first.as_dict(), "resumed": second.as_dict(),
+                           "rows_at_kill": at_kill, "rss_trace_killed": trace[::25],
+                           "peak_rss_bytes": max(first.peak_rss_bytes, second.peak_rss_bytes),
+                           "rerun_share_of_full": second.wall_s / full_s}
     if second.rc != 0:
         row["status"] = f"FAILED: the rerun exited {second.rc}: {second.tail(3)}"
         return row
-    report = json.loads((out / "_report.json").read_text())
-    row["report_resumed"] = report.get("resumed")
+    row["report_resumed"] = json.loads((out / "_report.json").read_text()).get("resumed")
     row["check"] = check_output(out, n)
     row["status"] = "ok" if row["check"]["ok"] and first.rc == -9 else (
         f"WRONG: {row['check']}" if not row["check"]["ok"] else f"not killed (first run exit {first.rc})")
-    print(f"  --order {order}: killed at {first.wall_s:.0f} s with {at_kill:,} rows committed, resumed in "
-          f"{second.wall_s:.0f} s; peak RSS {row['peak_rss_bytes'] / MIB:.0f} MiB; {row['status']}", file=sys.stderr)
+    print(f"  killed at {first.wall_s:.0f} s with {at_kill:,} rows committed ({at_kill / n:.0%}), rerun "
+          f"{second.wall_s:.1f} s = {row['rerun_share_of_full']:.1%} of an uninterrupted run ({full_s:.1f} s); "
+          f"{row['status']}", file=sys.stderr)
     return row
 
 
 def markdown(result: dict[str, Any]) -> str:
     rows = []
     for r in result["runs"]:
-        k, s = r["killed"], r["resumed"]
-        rows.append([r["order"], r["requests"], k["wall_s"], r.get("rows_at_kill"), s["wall_s"], r["total_s"],
-                     r["requests"] / r["total_s"], k["peak_rss_bytes"] / MIB, s["peak_rss_bytes"] / MIB,
-                     "yes" if r["peak_rss_bytes"] <= GIB else "NO", r["status"]])
+        for k in r["kills"]:
+            rows.append([r["order"], r["code"], r["requests"], r["full"]["wall_s"], k["rows_at_kill"],
+                         k["killed"]["wall_s"], k["resumed"]["wall_s"], f"{k['rerun_share_of_full']:.1%}",
+                         k["resumed"]["peak_rss_bytes"] / MIB, k["status"]])
     return "\n".join([
-        "# One very large job, killed at about half and resumed (fake instant engine)", "",
+        "# One very large job, killed and resumed (fake instant engine)", "",
         *([f"**{result['note']}**", ""] if result.get("note") else []),
         f"- When: {result['date']} (UTC); total benchmark time {result['bench_seconds'] / 60:.1f} min",
         f"- Machine: {machine_line(result['machine'])}",
         f"- Versions: {versions_line(result['versions'])}",
         f"- Input: {result['settings']['requests']:,} synthetic OpenAI Batch chat lines, "
         f"{result['settings']['input_bytes'] / GIB:.2f} GiB, written in {result['settings']['write_s']:.0f} s; "
-        f"killed (SIGKILL of the process group) once {result['settings']['kill_at']:.0%} of the rows were committed",
+        "each run killed (SIGKILL of the process group) once the share of rows in the table was committed",
         "",
-        table(["order", "requests", "killed at s", "rows committed at kill", "resume s", "total s",
-               "rows/s (total)", "peak RSS MiB, killed run", "peak RSS MiB, resume", "<= 1 GiB", "status"], rows),
+        table(["order", "code", "requests", "uninterrupted run s", "rows committed at kill", "killed at s",
+               "rerun s", "rerun / uninterrupted", "peak RSS MiB, rerun", "status"], rows),
         "",
-        "Peak RSS: largest sum of resident memory over the command's process tree (main process and "
-        "engine worker), sampled every 0.2 s. Status ok: the rerun exited 0 and the output holds every "
-        "custom_id exactly once (rows = distinct ids = requests, ids 0 .. N-1). See bench/README.md.", "",
+        "Rerun / uninterrupted: the rerun's wall time (start-up included) over that of the same command "
+        "run once without a kill. Peak RSS: largest sum of resident memory over the command's process "
+        "tree, sampled every 0.2 s. Status ok: the rerun exited 0 and the output holds every custom_id "
+        "exactly once (rows = distinct ids = requests, ids 0 .. N-1). See bench/README.md.", "",
     ])
 
 
@@ -153,7 +177,8 @@ def main() -> None:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--requests", type=int, default=20_000_000, help="Requests in the file (default 20M).")
     parser.add_argument("--orders", default="input,prefix", help="Orders to run, comma-separated.")
-    parser.add_argument("--kill-at", type=float, default=0.5, help="Share of rows committed at the kill.")
+    parser.add_argument("--kill-at", default="0.5,0.9", help="Shares of rows committed at the kills, comma-separated.")
+    parser.add_argument("--baseline-code", type=Path, help="Also run this checkout's pipeline (e.g. an older version).")
     parser.add_argument("--note", help="A line to print above the results.")
     parser.add_argument("--keep", action="store_true", help=f"Keep the request file, outputs and logs under {WORK}.")
     args = parser.parse_args()
@@ -161,15 +186,15 @@ def main() -> None:
     started = time.monotonic()
     work = WORK / f"scale-{time.strftime('%Y%m%d-%H%M%S')}"
     requests = write_small_requests(work / "requests.jsonl", args.requests)
-    settings = {"requests": args.requests, "kill_at": args.kill_at, "input_bytes": requests.stat().st_size,
+    kills = [float(k) for k in args.kill_at.split(",")]
+    settings = {"requests": args.requests, "kill_at": kills, "input_bytes": requests.stat().st_size,
                 "write_s": round(time.monotonic() - started, 1)}
     print(f"{args.requests:,} requests written in {settings['write_s']:.0f} s "
           f"({settings['input_bytes'] / GIB:.2f} GiB)", file=sys.stderr)
     runs = []
     for order in args.orders.split(","):
-        runs.append(measure_order(order, requests, args.requests, work, args.kill_at))
-        if not args.keep:
-            shutil.rmtree(work / f"out-{order}", ignore_errors=True)
+        for code in ([args.baseline_code] if args.baseline_code else []) + [None]:
+            runs.append(measure_order(order, requests, args.requests, work, kills, code))
     result = {**envelope("scale", args.note, started), "settings": settings, "runs": runs}
     publish("scale", result, markdown(result), "scale_latest.md", work, args.keep)
 

@@ -94,6 +94,7 @@ class _run(_run_estimate, _run_estimate_validate, total=False):
     ray_address: str | None  # default None
     max_in_flight: int | None  # default None
     max_in_flight_bytes: int | None  # default 268435456
+    identical_once: bool | None  # default None
     max_engine_restarts: int | None  # default 50
     data_parallel_size: int | None  # default None
     dtype: str | None  # default None

@@ -29,6 +29,7 @@ from pipeline.intake.media import MediaRules
 from pipeline.intake.order import order
 from pipeline.intake.reader import Scan, scan
 from pipeline.intake.requests import Context
+from pipeline.intake.resume import Positions, Recorded, Resume, committed_digests, plan_resume
 from pipeline.intake.sources import InputFile, list_inputs
 from pipeline.intake.stream import request_stream, run_context
 from pipeline.intake.templates import OPTION_NAMES as TEMPLATE_OPTIONS
@@ -39,7 +40,7 @@ from pipeline.models.prices import Price, find_price
 from pipeline.models.reasoning import reasoning_parser
 from pipeline.models.vision import is_vision_model
 from pipeline.output.layout import Layout
-from pipeline.records import FailedRequest, Request
+from pipeline.records import FailedRequest, Request, Source
 from pipeline.storage import Location, masked, remember_secrets
 
 
@@ -118,15 +119,17 @@ class Job:
     images: ImagePolicy | None = None  # how image parts are fetched and checked
     runner: str = "generate"  # the kind of model the run serves (--runner; auto: from the inputs)
     reasoning_parser: str | None = None  # vLLM's reasoning parser that splits thinking from answers
+    positions: Positions = field(default_factory=Positions)  # what reading learns (resume.py)
 
     @classmethod
-    def open(cls, cfg, *, exclude: Location | None = None) -> Job:
+    def open(cls, cfg, *, exclude: Location | None = None, scanned: dict[int, int] | None = None) -> Job:
         """Check the inputs, template, model names and adapters without side effects; raises what
-        the user must fix. `exclude`: the run's output folder, never an input."""
+        the user must fix. `exclude`: the run's output folder, never an input. `scanned`: the
+        row counts an earlier attempt's scans recorded (resume.py): those files are not scanned."""
         spec = TemplateSpec.from_values({n: getattr(cfg, n) for n in TEMPLATE_OPTIONS})
         files = list_inputs(list(cfg.inputs), cfg.storage_options, exclude=exclude)
         layout = spec.layout(files) if spec else None
-        scans = [scan(f, digest=cfg.verify_content) for f in files]
+        scans = [_scanned(f, (scanned or {}).get(i), cfg) for i, f in enumerate(files)]
         ctx, adapters = run_context(cfg.model, cfg.served_model_name, cfg.max_n, cfg.route, cfg.lora)
         ctx = replace(ctx, defaults=request_defaults(cfg))
         model_name = price = None
@@ -151,15 +154,32 @@ class Job:
             raise UserError(f"--thinking-token-budget needs a reasoning parser, and {cfg.model} has none that "
                             "pipeline knows of. Hint: name the model's with --reasoning-parser NAME (deepseek_r1, "
                             "qwen3, openai_gptoss, ...; docs/reasoning.md)")
-        return cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
-                   Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg), runner, thinking)
+        job = cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
+                  Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg), runner, thinking)
+        for i, s in enumerate(scans):
+            if s.rows is not None and s.broken is None:
+                job.positions.scanned(i, s.rows)
+        return job
 
-    def rows(self, skip: Callable[[Request | FailedRequest], bool] | None = None) -> Iterator[Request | FailedRequest]:
+    def rows(self, skip: Callable[[Request | FailedRequest], bool] | None = None,
+             resume: Resume | None = None) -> Iterator[Request | FailedRequest]:
         """Every input row (those a --limit trial takes) as a Request or FailedRequest, in the
-        input's order; less those `skip` says (before any image of theirs is fetched)."""
+        input's order; less those `skip` says (before any image of theirs is fetched), and less
+        those `resume` does not read (resume.py)."""
         return request_stream(self.files, self.scans, self.ctx, self.spec,
                               max_line_bytes=self.cfg.max_line_bytes, layout=self.layout, limit=self.limit,
-                              images=self.images, skip=skip)
+                              images=self.images, skip=skip, resume=resume, positions=self.positions)
+
+    def resume(self, committed, records: list[dict[str, Any]], loc: Location, fmt: str) -> Resume | None:
+        """Where this job's resumed run reads each input (None: a trial, or nothing committed).
+        Partly finished files skip their prefix where its ids can be read back (request files,
+        Parquet output)."""
+        if self.limit or not committed.count:
+            return None
+        prefix = self.spec is None and fmt == "parquet"
+        sources = [Source(i, f.display, f.identity) for i, f in enumerate(self.files)]
+        return plan_resume(self.files, committed, records, prefix=prefix,
+                           ids_of=lambda i, size: committed_digests(loc, records, i, size, sources[i].default_id))
 
     def ordered(self, items: Iterable[Request | FailedRequest]) -> Iterable[Request | FailedRequest]:
         """`items` in the order a run takes them (--order): the one decision run and estimate share."""
@@ -205,6 +225,25 @@ class Job:
             options={"runner": self.runner, **cfg.engine_options},
             lora={a.name: a.path for a in self.adapters},
         )
+
+
+def _scanned(file: InputFile, rows: int | None, cfg) -> Scan:
+    """A file's scan, or the row count an earlier attempt's scan recorded (where no content
+    digest is needed: the job's fingerprint then holds the file's size and version)."""
+    if rows is not None and not cfg.verify_content and file.version is not None:
+        return Scan(rows)
+    return scan(file, digest=cfg.verify_content)
+
+
+def open_resumed(cfg, exclude: Location, records: list[dict[str, Any]], fingerprint: str | None,
+                 same: Callable[[dict[str, Any]], bool]) -> Job:
+    """Job.open for a run whose output holds earlier attempts: the scans they recorded are
+    taken, unless the job turns out to be another (`same(detail)` false): then it scans."""
+    scanned = Recorded.of(records).scans if fingerprint else {}
+    job = Job.open(cfg, exclude=exclude, scanned=scanned)
+    if scanned and not same(job.fingerprint()):
+        job = Job.open(cfg, exclude=exclude)
+    return job
 
 
 def request_defaults(cfg) -> tuple[tuple[str, Any], ...]:

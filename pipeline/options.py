@@ -284,6 +284,10 @@ OPTIONS: tuple[Opt, ...] = (
         "generate most (max_tokens x n) first, so that long decodes start early and short ones fill "
         "the tail (default: on; it changes nothing where every request has the same max_tokens).",
         pair=True, commands=frozenset({RUN, ESTIMATE})),
+    Opt("identical_once", "Requests whose bodies are identical and whose answer they determine "
+        "(temperature 0, their own seed, or embeddings and scores) are generated once and the answer "
+        "written to each of their rows, each billed as sent (default: on).", pair=True,
+        commands=frozenset({RUN})),
     Opt("max_engine_restarts", "Stop (exit 3, resumable) after this many engine deaths.", Int0, 50),
     Opt("data_parallel_size", "Number of engines. Default: one per group of --tensor-parallel-size "
         "GPUs; 1 on CPU.", Int1),

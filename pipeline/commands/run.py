@@ -25,10 +25,11 @@ from pipeline.commands.learn import RunLengths, eta_model, learn
 from pipeline.commands.progress import Progress
 from pipeline.engines.base import KINDS, EngineSpec, Result
 from pipeline.engines.dispatcher import Dispatcher, in_flight_window
+from pipeline.engines.identical import Identical
 from pipeline.engines.local import LocalPool
 from pipeline.engines.placement import local_envs
 from pipeline.exits import UserError
-from pipeline.job import Job
+from pipeline.job import Job, open_resumed
 from pipeline.models.names import check_model
 from pipeline.options import command_line
 from pipeline.output.folder import (
@@ -102,10 +103,12 @@ def plan(cfg) -> Plan:
     if cfg.split_errors and cfg.format not in LINE_FORMATS:
         raise UserError("--split-errors needs a line format (--format openai|native|anthropic|gemini); "
                         "Parquet output keeps failed requests in its error column")
-    job = Job.open(cfg, exclude=out.loc)
+    state = out.read_state()
+    job = open_resumed(cfg, out.loc, state.records, state.fingerprint,
+                       lambda detail: fingerprint(detail) == state.fingerprint)
     if job.layout is not None:
         out.schema = job.layout.schema
-    p = Plan(job, job.fingerprint(), out, out.read_state())
+    p = Plan(job, job.fingerprint(), out, state)
     too_many_bad_rows(cfg.max_bad_rows, {})  # a malformed --max-bad-rows fails here
     try:
         p.check = row_check(cfg.check, cfg.check_schema, cfg.check_regex)
@@ -157,16 +160,22 @@ class RunStats:
     lengths: RunLengths = field(default_factory=RunLengths)  # for the calibration file (learn.py)
 
 
-def not_committed(p: Plan, committed: Committed, stats: RunStats) -> Iterator[Request | FailedRequest]:
+def not_committed(p: Plan, committed: Committed, stats: RunStats,
+                  records: list[dict[str, Any]] | None = None) -> Iterator[Request | FailedRequest]:
     """The job's rows less those an earlier attempt committed (counted as resumed), skipped before
-    their images are fetched."""
+    their images are fetched; with the commit `records`, finished files and committed prefixes
+    are not read at all (intake/resume.py)."""
+    resume = p.job.resume(committed, records, p.out.loc, p.out.fmt) if records is not None else None
+    if resume is not None:  # a whole job: each committed line is skipped, read or not
+        stats.resumed += committed.count
+
     def done(item: Request | FailedRequest) -> bool:
         if (item.file, item.line) in committed:
-            stats.resumed += 1
+            stats.resumed += resume is None
             return True
         return False
 
-    return p.job.rows(skip=done)
+    return p.job.rows(skip=done, resume=resume)
 
 
 def preview(p: Plan) -> str:
@@ -236,15 +245,17 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
     with p.out.claim(p.detail, overwrite=cfg.overwrite, allow_foreign=cfg.allow_foreign_files,
                      lease_timeout=cfg.lease_timeout, about=_about(p)) as claim, contextlib.ExitStack() as stack:
         committed = claim.committed()
+        claim.positions, records = p.job.positions, list(claim.records)
         progress = Progress(p.job.total(), initial=committed.count, quiet=cfg.quiet,
                             eta=eta_model(p.job, max(len(p.envs), 1)))
         error, ordered, dispatcher = None, None, None
+        identical = Identical(cfg.identical_once is not False)
         if p.preflight is not None:
             stack.callback(p.preflight.close)
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
                 sink = RowSink(p, writer, stats, progress)
-                items, head = _first_request(not_committed(p, committed, stats))
+                items, head = _first_request(not_committed(p, committed, stats, records))
                 ordered = p.job.ordered(itertools.chain(head, items))
                 if not any(isinstance(item, Request) for item in head):  # the stream ended first
                     collections.deque(sink.engine_requests(ordered), maxlen=0)  # its error rows; no engine
@@ -252,7 +263,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
                     # closed after the marker: every row is committed, engine shutdown need not delay it
                     dispatcher = engines(p) if engines else stack.enter_context(contextlib.closing(start_engines(p)))
                     sink.resend = dispatcher.requeued.append  # repairs run first, in the same engines
-                    for done in dispatcher.results(sink.engine_requests(ordered)):
+                    for done in identical.results(dispatcher, sink.engine_requests(ordered)):
                         if done is None:  # a tick: commit on time even when nothing finishes
                             writer.tick()
                         else:
@@ -262,7 +273,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
             error = _stopped(e)
         finally:
             progress.close()
-        report = _report(p, stats, claim, dispatcher, ordered)
+        report = {**_report(p, stats, claim, dispatcher, ordered), **identical.describe()}
         if error is None and not finish:
             return Outcome(report, exits.OK)
         if error is None:

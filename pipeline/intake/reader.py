@@ -19,13 +19,14 @@ import io
 import json
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fsspec.spec import AbstractBufferedFile
 
 from pipeline import storage
+from pipeline.intake.resume import EVERY, FileStart, Jump, Positions, Resume, Seed
 from pipeline.intake.sources import InputFile
 from pipeline.records import FailedRequest, Problem, Source, is_text
 from pipeline.storage import StorageError, is_transient
@@ -110,10 +111,12 @@ def _broken(file: InputFile, line: int, e: Exception, digest: str | None = None)
 
 
 def read_rows(file: InputFile, found: Scan | None = None, *,
-              max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[int, Any]]:
+              max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False,
+              start: FileStart | None = None, mark: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, Any]]:
     """(line, decoded row or Problem) for every non-blank line, Parquet row or CSV record (its
     line is the record's number, the header not counted) of a file. `raw`: Parquet rows as their
-    columns, nulls kept (template jobs), not read as requests."""
+    columns, nulls kept (template jobs), not read as requests. `start`: a resumed run's start
+    (resume.py): the lines before it are not read; `mark(line, offset)`: where lines start."""
     if found is not None and found.broken is not None:
         yield found.broken_line, found.broken
         return
@@ -121,10 +124,11 @@ def read_rows(file: InputFile, found: Scan | None = None, *,
         read = _parquet_table_rows if raw else _parquet_rows
     else:
         read = _table_rows if file.format in ("csv", "arrow") else _jsonl_rows
-    done, tries = 0, 0
+    start = start or FileStart()
+    done, tries = start.skip, 0
     while True:
         try:
-            for line, row in read(file, done, max_line_bytes):
+            for line, row in read(file, done, max_line_bytes, start, mark):
                 done = line
                 yield line, row
             return
@@ -142,31 +146,81 @@ def read_rows(file: InputFile, found: Scan | None = None, *,
 
 
 def read_all(files: Sequence[InputFile], scans: Sequence[Scan] | None = None, *,
-             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False) -> Iterator[tuple[Source, int, Any]]:
+             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False,
+             resume: Resume | None = None, positions: Positions | None = None) -> Iterator[tuple[Source, int, Any]]:
     """(source, line, row or FailedRequest) over every input file, in order: the stream that
-    `requests.validate_rows` (or, with `raw`, `templates.render_rows`) turns into requests."""
+    `requests.validate_rows` (or, with `raw`, `templates.render_rows`) turns into requests.
+    `resume`: where a resumed run starts each file (a skipped prefix first gives its `Seed`, as
+    line 0); `positions`: told where lines start and where each file ends (resume.py)."""
     for i, file in enumerate(files):
         source = Source(i, file.display, file.identity)
-        for line, row in read_rows(file, scans[i] if scans else None, max_line_bytes=max_line_bytes, raw=raw):
+        start = resume.start(i) if resume is not None else None
+        if start is not None and start.done:
+            continue  # every row committed: not opened
+        if start is not None and start.ids is not None and start.skip:
+            yield source, 0, Seed(_first_object(file, start.skip, max_line_bytes), start.ids.between(1, start.skip))
+        mark = (lambda line, at, i=i: positions.mark(i, line, at)) if positions is not None else None
+        rows = start.skip if start is not None else 0
+        for line, row in read_rows(file, scans[i] if scans else None, max_line_bytes=max_line_bytes, raw=raw,
+                                   start=start, mark=mark):
+            if isinstance(row, Jump):  # committed lines passed over: validation sees their ids
+                rows += row.last - row.first + 1
+                yield source, line, Seed(None, start.ids.between(row.first, row.last))
+                continue
             if isinstance(row, Problem):
                 row = FailedRequest.of(row, source.default_id(line), source.name, line, file=i)
+            rows += 1
             yield source, line, row
+        if positions is not None:
+            positions.end(i, rows)
 
 
-def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int) -> Iterator[tuple[int, Any]]:
+def _first_object(file: InputFile, within: int, max_line_bytes: int) -> Any:
+    """A file's first object if it lies in its first `within` lines (what fixes its shape)."""
+    for line, row in read_rows(file, max_line_bytes=max_line_bytes):
+        if isinstance(row, dict) or line > within:
+            return row if isinstance(row, dict) and line <= within else None
+    return None
+
+
+def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int, start: FileStart | None = None,
+                mark: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """(line, row) of a JSON lines file. A resumed run's `start` (resume.py): lines up to `skip`
+    are not decoded; its jumps seek past committed stretches; other committed lines (`bits`) are
+    read but not decoded. Committed lines passed over are said as a `Jump` (first..last)."""
     with file.location.open("rb") as raw:
+        line, at = _enter(raw, file, start)
         f = _decompressed(raw, file.compression)
-        line = 0
+        mark = mark if file.compression is None else None  # offsets of a compressed stream: no use
+        bits = start.bits if start is not None else None
+        run = 0  # the first of the committed lines passed over and not yet said
         while True:
+            jump = start.jumps.get(line) if start is not None else None
+            if jump is not None and _seek_line(f, jump[1]):
+                first, (line, at), run = run or line + 1, jump, 0
+                yield line, Jump(first, line)  # lines first..line: all committed
+                continue
             data = f.readline(max_line_bytes + 1)
             if not data:
+                if run:
+                    yield line, Jump(run, line)
                 return
             line += 1
+            at += len(data)
             long = len(data) > max_line_bytes and not data.endswith(b"\n")
             while long and data and not data.endswith(b"\n"):  # skip the rest of the line
                 data = f.readline(1 << 20)
+                at += len(data)
+            if mark is not None and line % EVERY == 0:
+                mark(line, at)
             if line <= skip:
                 continue
+            if bits is not None and line < len(bits) and bits[line]:
+                run = run or line
+                continue
+            if run:
+                yield line - 1, Jump(run, line - 1)
+                run = 0
             if long:
                 yield line, Problem("line_too_long", f"the line is longer than {max_line_bytes} bytes; "
                                     "split the request or raise --max-line-bytes")
@@ -175,6 +229,28 @@ def _jsonl_rows(file: InputFile, skip: int, max_line_bytes: int) -> Iterator[tup
                 data = data[len(_BOM):]
             if data.strip():
                 yield line, decode_line(data)
+
+
+def _enter(raw, file: InputFile, start: FileStart | None) -> tuple[int, int]:
+    """Seek an uncompressed file to a resumed run's recorded offset, where a line starts (the
+    byte before it is a newline); (line before it, offset). Else (0, 0): read from the start."""
+    if start is None or not start.offset or file.compression is not None:
+        return 0, 0
+    return (start.line, start.offset) if _seek_line(raw, start.offset, back=0) else (0, 0)
+
+
+def _seek_line(f, offset: int, back: int | None = None) -> bool:
+    """Seek to `offset` if a line starts there (the byte before it is a newline); else stay put
+    (or go to `back`) and say no."""
+    here = f.tell() if back is None else back
+    try:
+        f.seek(offset - 1)
+        if f.read(1) == b"\n":
+            return True
+    except (OSError, ValueError):
+        pass
+    f.seek(here)
+    return False
 
 
 class CorruptData(ValueError):
@@ -355,14 +431,15 @@ class _Hashing(io.RawIOBase):
 
 
 # ---- Parquet ----------------------------------------------------------------------------------
-def _parquet_rows(file: InputFile, skip: int, _max_line_bytes: int, batch_size: int = 1024):
+def _parquet_rows(file: InputFile, skip: int, _max_line_bytes: int, start: FileStart | None = None,
+                  _mark=None, batch_size: int = 1024):
     import pyarrow.parquet as pq
 
     with file.location.open("rb") as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
         body_is_text = "body" in names and str(pf.schema_arrow.field("body").type) in ("string", "large_string")
-        for line, row in _numbered(pf.iter_batches(batch_size=batch_size), skip):
+        for line, row in _numbered(*_row_group_batches(pf, start, batch_size), skip):
             yield line, row if isinstance(row, Problem) else _parquet_row(row, body_is_text)
 
 
@@ -393,12 +470,22 @@ def _drop_nulls(value: Any) -> Any:
     return value
 
 
-def _parquet_table_rows(file: InputFile, skip: int, _max_line_bytes: int, batch_size: int = 1024):
+def _parquet_table_rows(file: InputFile, skip: int, _max_line_bytes: int, start: FileStart | None = None,
+                        _mark=None, batch_size: int = 1024):
     """A Parquet file's rows as they are: every column, nulls kept (a table, not requests)."""
     import pyarrow.parquet as pq
 
     with file.location.open("rb") as f:
-        yield from _numbered(pq.ParquetFile(f).iter_batches(batch_size=batch_size), skip)
+        yield from _numbered(*_row_group_batches(pq.ParquetFile(f), start, batch_size), skip)
+
+
+def _row_group_batches(pf, start: FileStart | None, batch_size: int):
+    """The batches of a Parquet file from the first row group a resumed run reads (the earlier
+    ones are never read), and the number of the rows before them."""
+    if start is None or not start.groups:
+        return pf.iter_batches(batch_size=batch_size), 0
+    groups = range(start.groups, pf.metadata.num_row_groups)
+    return pf.iter_batches(batch_size=batch_size, row_groups=list(groups)), start.line
 
 
 # ---- CSV ----------------------------------------------------------------------------------------
@@ -453,15 +540,14 @@ def _scan_table(file: InputFile, digest: bool) -> Scan:
     return Scan(rows, digest=found)
 
 
-def _table_rows(file: InputFile, skip: int, _max_line_bytes: int):
+def _table_rows(file: InputFile, skip: int, _max_line_bytes: int, _start=None, _mark=None):
     with file.location.open("rb") as raw:
-        yield from _numbered(_table_batches(file, raw), skip)
+        yield from _numbered(_table_batches(file, raw), 0, skip)
 
 
-def _numbered(batches, skip: int) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
-    """(row number from 1, row or Problem) of record batches, without the first `skip` rows (a
-    batch wholly before them is not even converted)."""
-    line = 0
+def _numbered(batches, line: int, skip: int) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
+    """(row number from 1, row or Problem) of record batches whose first row follows row `line`,
+    without the first `skip` rows (a batch wholly before them is not even converted)."""
     for batch in batches:
         if line + batch.num_rows <= skip:
             line += batch.num_rows

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.intake.endpoints import embeddings_request, scoring_request
+from pipeline.intake.resume import Seed
 from pipeline.intake.shapes import SHAPES_BY_NAME, Shape, detect
 from pipeline.records import (
     FailedRequest,
@@ -572,7 +573,17 @@ class SeenIds:
             self._merge()
         return False
 
+    def add_digests(self, digests: np.ndarray) -> None:
+        """Add ids' digests (resume.digest): a resumed run's skipped lines. Merged as `add`'s
+        are, once the recent set is full (merging at every call would cost the whole set each)."""
+        self.recent.update(digests.tolist())
+        self.count += len(digests)
+        if len(self.recent) >= self.limit:
+            self._merge()
+
     def _merge(self) -> None:
+        if not self.recent:
+            return
         keys = np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))
         keys.sort()
         self.recent = set()
@@ -597,6 +608,10 @@ def validate_rows(
     for source, line, row in rows:
         if source != current:
             seen, shape, current = SeenIds(), None, source
+        if isinstance(row, Seed):  # lines a resumed run skipped: the shape they fix, their ids
+            shape = detect(row.first) if isinstance(row.first, dict) else shape
+            seen.add_digests(row.digests)
+            continue
         if isinstance(row, FailedRequest):  # an unreadable line: it takes its file's shape, once known
             yield replace(row, shape=shape.name) if shape is not None else row
             continue

@@ -8,6 +8,7 @@ from typing import Any
 from pipeline.intake.images import ImagePolicy, resolve_all
 from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.requests import Context, validate_rows
+from pipeline.intake.resume import Positions, Resume
 from pipeline.intake.sources import InputFile
 from pipeline.intake.templates import TemplateSpec
 from pipeline.models.adapters import Adapter, load_adapters
@@ -18,14 +19,17 @@ from pipeline.records import FailedRequest, Request, Source
 def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: TemplateSpec | None, *,
                    max_line_bytes: int, layout: Layout | None = None,
                    limit: Limit = FULL, images: ImagePolicy | None = None,
-                   skip: Callable[[Request | FailedRequest], bool] | None = None) -> Iterator[Request | FailedRequest]:
+                   skip: Callable[[Request | FailedRequest], bool] | None = None,
+                   resume: Resume | None = None, positions: Positions | None = None) -> Iterator[Request | FailedRequest]:
     """Every input row as a Request or FailedRequest: the one stream `validate`, `estimate` and `run`
     read (request files as they are, table rows through the templates); with `limit`, only the
     rows a trial takes (limit.py); less those `skip` says (a resumed run's committed rows), before
-    their images are fetched and checked (images.py): a resume does no image work twice."""
+    their images are fetched and checked (images.py): a resume does no image work twice.
+    `resume`, `positions`: a resumed run's starts, and what the reader records (resume.py)."""
     from pipeline.intake.reader import read_all
 
-    rows = read_all(files, scans, max_line_bytes=max_line_bytes, raw=spec is not None)
+    rows = read_all(files, scans, max_line_bytes=max_line_bytes, raw=spec is not None, resume=resume,
+                    positions=positions)
     items = validate_rows(rows, ctx) if spec is None else spec.render_rows(rows, ctx, layout)
     items = limit.apply(items, lambda: row_keys(files, scans, max_line_bytes=max_line_bytes))
     if skip is not None:

@@ -275,6 +275,7 @@ class Claim:
         self.files = [f["file"] for f in detail["inputs"]]  # displayed names, by index
         self.split_errors = bool(detail["options"].get("split_errors"))
         self._seq = 0
+        self.positions = None  # intake's Positions: where input lines lie, handed to each record
 
     def __enter__(self) -> Claim:
         return self
@@ -305,6 +306,8 @@ class Claim:
         record = {"part": name, "order": len(self.records), "rows": sum(map(len, keys.values())),
                   "keys": {k: _ranges(v) for k, v in keys.items()}, "lines": lines,
                   "stats": part_stats(rows), "at": _now()}
+        if (found := self.positions.take() if self.positions is not None else None):
+            record["positions"] = found  # see intake/resume.py
         try:
             self.lease.check()
         except LeaseLost:
