@@ -27,7 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from harness import RESULTS, base_env, envelope, machine_line, median, publish, python, run_measured, table, versions_line
+from harness import (
+    RESULTS,
+    base_env,
+    envelope,
+    machine_line,
+    median,
+    publish,
+    python,
+    run_measured,
+    table,
+    versions_line,
+)
 
 WORDS = ("river stone market signal harvest lantern orbit ledger meadow copper archive")
 
