@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ def write_requests(path: Path, prompts: int, samples: int, max_tokens: int, seed
 
 
 def measure(engine: str, mode: str, requests: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    shutil.rmtree(out, ignore_errors=True)  # a kept earlier run's output would make this one a no-op
     cmd = [python(), "-m", "pipeline", "-v", "run", requests, "-o", out / "out", "-q", "--engine", engine,
            "-m", args.model, "--data-parallel-size", "1", *(["--no-identical-once"] if mode == "off" else [])]
     if engine == "vllm":
