@@ -53,7 +53,7 @@ def test_every_request_gets_its_own_body_answer_once(bodies, batch, window, enab
     sent = Counter(body_key(r) for r in dispatcher.sent if determined(r))
     if enabled and window >= len(reqs):  # nothing forgotten: each determined body sent once
         assert set(sent.values()) <= {1}
-    merged = identical.sampled  # identical sampled requests went as one request with n (test_sampled.py)
+    merged = identical.sampled  # identical sampled requests went as one request with n (test_sampled_merge.py)
     assert len(dispatcher.sent) + identical.rows + merged.rows - merged.requests == len(reqs)
     assert all(len(res.choices) == r.n for r, res in got)
     assert identical.prompt_tokens == 7 * identical.rows
