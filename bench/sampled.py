@@ -13,7 +13,7 @@ Runs alternate (merged, off, merged, off, ...) so that drift in the machine hits
 table gives medians. Results: bench/results/sampled_<time>_<machine>.json and sampled_latest.md.
 
     python bench/sampled.py                                    # both engines, the defaults
-    python bench/sampled.py --engines vllm --prompts 8 --samples 8 --repeats 1
+    python bench/sampled.py --engines vllm --prompts 4 --samples 8 --repeats 1
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--engines", default="vllm,fake", help="Comma-separated: vllm, fake (default both).")
     parser.add_argument("--model", default="smollm2", help="Model of the vllm engine (default: the embedded smollm2).")
-    parser.add_argument("--prompts", type=int, default=8, help="vllm: distinct prompts (default 8).")
+    parser.add_argument("--prompts", type=int, default=16, help="vllm: distinct prompts (default 16).")
     parser.add_argument("--samples", type=int, default=8, help="Rows per prompt (default 8).")
     parser.add_argument("--max-tokens", type=int, default=32, help="vllm: max_tokens of each row (default 32).")
     parser.add_argument("--fake-prompts", type=int, default=12500, help="fake: distinct prompts (default 12,500: "
