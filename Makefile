@@ -77,6 +77,7 @@ chaos: install
 bench: install
 	$(BIN)/python bench/engines.py --workload both --each-defaults
 	$(BIN)/python bench/engines.py --workload embed
+	$(BIN)/python bench/sampled.py
 
 bench-io: install
 	$(BIN)/python bench/io_scale.py

@@ -286,7 +286,8 @@ OPTIONS: tuple[Opt, ...] = (
         pair=True, commands=frozenset({RUN, ESTIMATE})),
     Opt("identical_once", "Requests whose bodies are identical and whose answer they determine "
         "(temperature 0, their own seed, or embeddings and scores) are generated once and the answer "
-        "written to each of their rows, each billed as sent (default: on).", pair=True,
+        "written to each of their rows; identical prompts with sampling (no seed) are sent as one request "
+        "with n (at most 32) and the choices split back per row; each row billed as sent (default: on).", pair=True,
         commands=frozenset({RUN})),
     Opt("max_engine_restarts", "Stop (exit 3, resumable) after this many engine deaths.", Int0, 50),
     Opt("data_parallel_size", "Number of engines. Default: one per group of --tensor-parallel-size "

@@ -61,6 +61,10 @@ class Result:
     # set by the dispatcher: which engine answered, and seconds from hand-over to answer
     engine: int | None = None
     seconds: float | None = None
+    # each choice's completion tokens and thinking tokens, in choice order, where the engine
+    # counts them: rows sent as one request with `n` (sampled.py) are billed their own choices'
+    choice_tokens: list[int] | None = None
+    choice_reasoning_tokens: list[int] | None = None
 
 
 class Engine(Protocol):

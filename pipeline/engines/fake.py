@@ -97,8 +97,10 @@ class FakeEngine:
                   "finish_reason": "length" if cut or len(text.split()) > len(words) else "stop",
                   "reasoning_content": " ".join(thinking) if thoughts else None}
         used = len(thinking) + len(words)
+        thinks = self.thinks and req.endpoint == "chat"
         return Result(seq, [{"index": i, **choice} for i in range(req.n)], prompt, used * req.n, 0,
-                      reasoning_tokens=len(thinking) * req.n if self.thinks and req.endpoint == "chat" else None)
+                      reasoning_tokens=len(thinking) * req.n if thinks else None,
+                      choice_tokens=[used] * req.n, choice_reasoning_tokens=[len(thinking)] * req.n if thinks else None)
 
     def _embed(self, seq: int, req: Request) -> Result:
         size = self.opts.get("embedding_size", 8)

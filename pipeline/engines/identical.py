@@ -10,6 +10,9 @@ Rows, ids and warnings stay each row's own (output/rows.py builds every row from
 request); usage and cost are each row's as if it had been sent (billed per row), the report
 says how many rows were answered this way and the tokens the engines did not compute for them.
 
+Identical prompts with sampling (neither greedy nor seeded) go as one request with `n`
+(sampled.py); the same switch (`--no-identical-once`) turns both off.
+
 Bounded memory: at most `window` answers are remembered (the latest), and at most `window`
 requests wait for an identical one in flight; past that a request is sent as it is. Prefix and
 sorted order put identical requests side by side (their keys are equal), so the window is wide
@@ -19,43 +22,29 @@ enough there; in input order, identical requests further apart than the window a
 from __future__ import annotations
 
 import collections
-import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any, Protocol
 
 from pipeline.engines.base import Result
+from pipeline.engines.bodies import body_key, determined
+from pipeline.engines.sampled import SampledOnce
 from pipeline.records import Request
 
 WINDOW = 1 << 16
-_ALWAYS_DETERMINED = frozenset({"embeddings", "score", "rerank"})
 
 
 class _Results(Protocol):
     def results(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result] | None]: ...
 
 
-def determined(req: Request) -> bool:
-    """Whether the request's answer follows from its body (see the module's doc)."""
-    if req.endpoint in _ALWAYS_DETERMINED:
-        return True
-    return req.params.get("temperature") == 0 or req.params.get("seed") is not None
-
-
-def body_key(req: Request) -> bytes:
-    """A digest of everything of the request that the engine sees."""
-    body = [req.endpoint, req.adapter, req.messages, req.input, req.params, req.tools, req.tool_choice,
-            req.response_format]
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=repr)
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
 class Identical:
     """Wraps a dispatcher's `results`: identical determined requests go to the engines once."""
 
-    def __init__(self, enabled: bool = True, window: int = WINDOW):
+    def __init__(self, enabled: bool = True, window: int = WINDOW, sampled: SampledOnce | None = None):
         self.enabled, self.window = enabled, window
+        # identical sampled requests: sent as one with `n` (sampled.py), turned off with this
+        self.sampled = sampled if sampled is not None else SampledOnce(enabled)
         self.answers: collections.OrderedDict[bytes, Result] = collections.OrderedDict()
         self.waiting: dict[bytes, list[Request]] = {}
         self.held = 0  # requests waiting in `waiting`
@@ -69,7 +58,7 @@ class Identical:
         if not self.enabled:
             yield from dispatcher.results(requests)
             return
-        for done in dispatcher.results(self._leaders(requests)):
+        for done in self.sampled.results(dispatcher, self._leaders(requests)):
             yield from self._drain()
             if done is not None:
                 req, res = done
@@ -119,4 +108,5 @@ class Identical:
         """For the report: how much identical work was done once."""
         return {"identical": {"enabled": self.enabled, "rows_answered_once": self.rows,
                               "prompt_tokens_not_computed": self.prompt_tokens,
-                              "completion_tokens_not_computed": self.completion_tokens}}
+                              "completion_tokens_not_computed": self.completion_tokens,
+                              **self.sampled.describe()}}

@@ -205,13 +205,16 @@ class VLLMEngine:
     def _result(self, seq, req: Request, creq, warnings, out) -> Result:
         choices = [self._choice(req, creq, c, out.prompt_token_ids or []) for c in sorted(out.outputs, key=lambda c: c.index)]
         thinking = [c.pop("_reasoning_tokens") for c in choices]
+        thinks = self.parser_cls is not None and req.endpoint == "chat"
+        tokens = [len(c.token_ids) for c in sorted(out.outputs, key=lambda c: c.index)]
         return Result(
             seq, choices,
             prompt_tokens=len(out.prompt_token_ids or ()),
-            completion_tokens=sum(len(c.token_ids) for c in out.outputs),
+            completion_tokens=sum(tokens),
             cached_tokens=out.num_cached_tokens or 0,
-            reasoning_tokens=sum(thinking) if self.parser_cls is not None and req.endpoint == "chat" else None,
+            reasoning_tokens=sum(thinking) if thinks else None,
             warnings=warnings,
+            choice_tokens=tokens, choice_reasoning_tokens=thinking if thinks else None,
         )
 
     def _parser(self, creq):

@@ -13,9 +13,11 @@ FAKE = ("-m", "smollm2", "--engine", "fake", "--workers", "1")
 
 def job_file(tmp_path, rows=40):
     """Two groups: short answers (max_tokens 8) and long ones (max_tokens 64); the fake engine
-    echoes the prompt, so completion lengths vary with the prompt."""
+    echoes the prompt, so completion lengths vary with the prompt. Each prompt's last word is its
+    row's own: no two rows are identical requests, which would go as one request with n
+    (engines/sampled.py) where these tests count the engine's requests."""
     return write_jsonl(tmp_path / "in.jsonl", [
-        chat_line(f"r{i}", " ".join(["word"] * (1 + i % 13)), max_tokens=8 if i % 4 else 64) for i in range(rows)])
+        chat_line(f"r{i}", " ".join(["word"] * (i % 13) + [f"w{i}"]), max_tokens=8 if i % 4 else 64) for i in range(rows)])
 
 
 def estimate(*args):

@@ -91,9 +91,15 @@ def test_verdicts_not_listed_are_not_repaired(tmp_path):
     assert res.exit_code == 1 and "--repair refused: the verdicts that can be repaired are truncated" in res.output
 
 
+def unique_eight(i):
+    """Eight words, the first the row's own: no two rows are identical requests (identical sampled
+    ones would go as one request with n, engines/sampled.py, and the engine's log counts requests)."""
+    return " ".join([f"r{i:02}", *EIGHT.split()[1:]])
+
+
 def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path):
     n = 24
-    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i:02}", EIGHT, max_tokens=1) for i in range(n)])
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i:02}", unique_eight(i), max_tokens=1) for i in range(n)])
     out, log = tmp_path / "out", tmp_path / "log"
     args = [*FAKE, "--repair", "truncated", "--repair-attempts", "3", "--checkpoint-every", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *args,

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from pipeline.engines.base import Result
 from pipeline.engines.identical import Identical, body_key, determined
+from pipeline.engines.sampled import SampledOnce
 from pipeline.records import Request
 
 
@@ -28,7 +29,8 @@ class FakeDispatcher:
             self.sent += taken
             yield None
             for i, r in enumerate(taken):
-                yield r, Result(i, [{"text": r.messages[0]["content"]}], prompt_tokens=7, completion_tokens=3)
+                choices = [{"text": r.messages[0]["content"]} for _ in range(r.n)]
+                yield r, Result(i, choices, prompt_tokens=7, completion_tokens=3 * r.n)
 
 
 def request(i: int, text: str, temperature=None, seed=None) -> Request:
@@ -51,17 +53,19 @@ def test_every_request_gets_its_own_body_answer_once(bodies, batch, window, enab
     sent = Counter(body_key(r) for r in dispatcher.sent if determined(r))
     if enabled and window >= len(reqs):  # nothing forgotten: each determined body sent once
         assert set(sent.values()) <= {1}
-    assert len(dispatcher.sent) + identical.rows == len(reqs)
+    merged = identical.sampled  # identical sampled requests went as one request with n (test_sampled_merge.py)
+    assert len(dispatcher.sent) + identical.rows + merged.rows - merged.requests == len(reqs)
+    assert all(len(res.choices) == r.n for r, res in got)
     assert identical.prompt_tokens == 7 * identical.rows
     if not enabled:
-        assert identical.rows == 0
+        assert identical.rows == 0 and merged.rows == 0
 
 
 def test_only_determined_requests_are_shared():
     reqs = [request(0, "q", temperature=0), request(1, "q", temperature=0), request(2, "q", temperature=0.7),
             request(3, "q", temperature=0.7), request(4, "q", temperature=0.7, seed=3), request(5, "q", seed=3)]
     dispatcher = FakeDispatcher(2)
-    identical = Identical()
+    identical = Identical(sampled=SampledOnce(False))
     list(identical.results(dispatcher, reqs))
     # id1 shares id0's answer; the sampled ones are all sent; id4 and id5 differ (temperature)
     assert [r.custom_id for r in dispatcher.sent] == ["id0", "id2", "id3", "id4", "id5"]
