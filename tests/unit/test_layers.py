@@ -88,3 +88,12 @@ def test_no_function_is_longer_than_a_screen():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
     assert long == []
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test files by their base name (no packages under tests/): two files of one
+    name in different folders stop the whole suite at collection."""
+    from collections import Counter
+
+    names = Counter(p.name for p in (PACKAGE.parent / "tests").rglob("test_*.py"))
+    assert [name for name, n in names.items() if n > 1] == []
