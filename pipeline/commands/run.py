@@ -193,10 +193,12 @@ def preview(p: Plan) -> str:
 class RowSink:
     """Where requests end: each one's rows to the writer, counted, on the progress bar."""
 
-    def __init__(self, p: Plan, writer: PartWriter, stats: RunStats, progress: Progress):
+    def __init__(self, p: Plan, writer: PartWriter, stats: RunStats, progress: Progress,
+                 pending: dict[tuple[int, int], Any] | None = None):
         self.p, self.writer, self.stats, self.progress = p, writer, stats, progress
         self.repairs = Repairs(p.repair, stats.repairs) if p.repair else None
         self.resend: Callable[[Request], None] | None = None  # hands a repaired request to the engines
+        self.pending = pending or {}  # rows a killed run held for a repair: they go on from there
 
     def engine_requests(self, items: Iterable[Request | FailedRequest]) -> Iterator[Request]:
         """The requests for the engines; failed ones get their error rows here."""
@@ -204,6 +206,9 @@ class RowSink:
             if isinstance(item, FailedRequest):
                 self.write(item, error_row(item, self.p.job.model_name))
             else:
+                held = self.pending.pop((item.file, item.line), None)
+                if held is not None and self.repairs is not None:
+                    item = self.repairs.resume(item, held)  # its next attempt, not its first
                 self.stats.handed += 1
                 yield item
 
@@ -216,6 +221,7 @@ class RowSink:
         if self.repairs is not None and self.resend is not None:
             again = self.repairs.next_request(req, rows)
             if again is not None:  # held back: its repair goes to the same engines
+                self.writer.hold(req.file, req.line, self.repairs.pending(again))  # durable
                 self.stats.handed += 1
                 self.resend(again)
                 return
@@ -254,7 +260,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
             stack.callback(p.preflight.close)
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
-                sink = RowSink(p, writer, stats, progress)
+                sink = RowSink(p, writer, stats, progress, claim.pending)
                 items, head = _first_request(not_committed(p, committed, stats, records))
                 ordered = p.job.ordered(itertools.chain(head, items))
                 if not any(isinstance(item, Request) for item in head):  # the stream ended first

@@ -10,8 +10,11 @@ listed is held back, and its request runs again, changed, in the same engines as
 Never the identical request twice: a repair whose request body was already sent for that row
 is not sent, and the row ends as it is. Each row keeps its attempts (`attempts` column: verdict,
 tokens, cost and what changed, per attempt); the final row's usage and cost are the sums over
-its attempts; still one row per input line. A row waiting for a repair is not committed: a
-killed run's rerun runs it again from its first attempt, once, like any row not committed.
+its attempts; still one row per input line. A row waiting for a repair is not committed as a
+row, but its attempts so far are: `pending` is the entry the part writer commits with its next
+part (its attempts, the bodies sent, and how the next request differs from the row's first),
+and a killed run's rerun `resume`s the row from it: the next attempt, not the first, and the
+killed run's attempts (their tokens and cost) stay in the row's sums.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Repairs:
         self.attempts: dict[tuple[int, int], list[dict[str, Any]]] = {}
         self.sent: dict[tuple[int, int], set[str]] = {}
         self.change: dict[tuple[int, int], str] = {}
+        self.first: dict[tuple[int, int], Any] = {}  # the row's first request, as its input gave it
         self.counts: Counter[str] = Counter() if counts is None else counts  # repairs sent, by verdict repaired
 
     def next_request(self, req: Any, rows: list[dict[str, Any]]) -> Any | None:
@@ -77,6 +81,7 @@ class Repairs:
         when the rows are final (call `finish`)."""
         key = (req.file, req.line)
         first = rows[0]
+        self.first.setdefault(key, req)
         attempts = self.attempts.setdefault(key, [])
         attempts.append(_attempt(first, self.change.pop(key, "first")))
         sent = self.sent.setdefault(key, {_fingerprint(req)})
@@ -101,6 +106,7 @@ class Repairs:
         key = (req.file, req.line)
         attempts = self.attempts.pop(key, [])
         self.sent.pop(key, None)
+        self.first.pop(key, None)
         if len(attempts) <= 1:
             return rows
         for row in rows:
@@ -110,6 +116,37 @@ class Repairs:
                 if any(v is not None for v in values):
                     row[col] = sum(v or 0 for v in values)
         return rows
+
+
+    def pending(self, new: Any) -> dict[str, Any]:
+        """The entry that makes a held row's repairs durable (JSON): its attempts so far, the
+        bodies sent, and its next request `new` as it differs from its first request."""
+        key = (new.file, new.line)
+        first = self.first[key]
+        changed = {f: getattr(new, f) for f in _CHANGEABLE if getattr(new, f) != getattr(first, f)}
+        entry = {"attempts": self.attempts[key], "sent": sorted(self.sent[key]), "change": self.change[key],
+                 "next": {**changed, "messages": new.messages[len(first.messages):]}}
+        return json.loads(json.dumps(entry, default=str))
+
+    def resume(self, req: Any, entry: Any) -> Any:
+        """The request to send for a row a killed run held for a repair (`entry`: what `pending`
+        gave): its next attempt, with the attempts so far counted. `req` is its first request."""
+        key = (req.file, req.line)
+        try:
+            nxt = dict(entry["next"])
+            new = replace(req, messages=[*req.messages, *nxt.pop("messages")],
+                          **{f: nxt[f] for f in _CHANGEABLE if f in nxt})
+            held = (list(entry["attempts"]), set(entry["sent"]), str(entry["change"]))
+        except (KeyError, TypeError, ValueError):  # an entry we cannot read: the row starts again
+            return req
+        self.attempts[key], self.sent[key], self.change[key] = held
+        self.first[key] = req
+        verdict = self.attempts[key][-1].get("verdict") if self.attempts[key] else None
+        self.counts[str(verdict)] += 1
+        return new
+
+
+_CHANGEABLE = ("params", "response_format")  # what a repair may change besides adding messages
 
 
 def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,

@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from conftest import REPO, chat_line, committed_records, invoke, read_output, write_jsonl
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
@@ -91,7 +92,17 @@ def test_verdicts_not_listed_are_not_repaired(tmp_path):
     assert res.exit_code == 1 and "--repair refused: the verdicts that can be repaired are truncated" in res.output
 
 
-def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path):
+def held_rows(out):
+    """The rows a killed run held for a repair, by custom_id (line n is r{n-1}), as a rerun sees them."""
+    from pipeline.output.folder import Output
+    from pipeline.storage import Location
+
+    pending = Output(Location.of(str(out))).read_state().pending
+    return {f"r{line - 1:02}": entry for (_, line), entry in pending.items()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path, sig):
     n = 24
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i:02}", EIGHT, max_tokens=1) for i in range(n)])
     out, log = tmp_path / "out", tmp_path / "log"
@@ -102,22 +113,30 @@ def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path):
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if committed_records(out) and log.exists() and any(c in (2, 3) for c in sent(log).values()):
-            break  # rows committed, and others held in the middle of their repairs
+        if sum(r["rows"] for r in committed_records(out)) and held_rows(out) and any(c in (2, 3) for c in sent(log).values()):
+            break  # rows committed, and others in the middle of their repairs, their attempts committed
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 3, stderr
-    first = sent(log)
-    done = set(rows_of(out))
-    assert 0 < len(done) < n
+    assert proc.returncode == (3 if sig == signal.SIGTERM else -9), stderr
+    done, held = set(rows_of(out)), held_rows(out)
+    assert 0 < len(done) < n and held and not set(held) & done
     log.unlink()
     res = invoke("run", src, "-o", out, *args, "--engine-option", f"log_file={log}")
     assert res.exit_code == 0, res.output
     rows = rows_of(out)
-    assert read_output(out).height == n and set(rows) == {f"r{i:02}" for i in range(n)}
+    assert read_output(out).height == n and set(rows) == {f"r{i:02}" for i in range(n)}  # one row per line
     again = sent(log)
     assert not set(again) & done  # committed rows are never run again
-    assert set(again) | done == set(rows) and all(c == 4 for c in again.values())  # the rest from the start, once
-    assert {len(r["attempts"]) for r in rows.values()} == {4} and {r["verdict"] for r in rows.values()} == {"ok"}
-    assert all(first[i] <= 4 for i in first)
+    for cid in set(rows) - done:  # held rows go on from their next attempt; the others start again
+        assert again[cid] == 4 - len(held[cid]["attempts"]) if cid in held else again[cid] == 4, cid
+    assert any(again[cid] < 4 for cid in held)  # some repairs were not redone
+    chain = ["first", "max_tokens 1 -> 2", "max_tokens 2 -> 4", "max_tokens 4 -> 8"]
+    for row in rows.values():
+        assert [a["change"] for a in row["attempts"]] == chain and row["verdict"] == "ok"
+        assert [a["completion_tokens"] for a in row["attempts"]] == [1, 2, 4, 8]
+        assert row["completion_tokens"] == 15  # usage adds up over every attempt, the killed run's too
+    for cid, entry in held.items():  # the killed run's attempts are the row's first ones
+        assert rows[cid]["attempts"][: len(entry["attempts"])] == entry["attempts"]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["repair_attempts"] == 3 * n and report["completion_tokens"] == 15 * n

@@ -1,5 +1,7 @@
 """Repairs judged without an engine: never the identical request twice, the policy's bounds."""
 
+import json
+
 import pytest
 
 from pipeline.records import Request
@@ -48,3 +50,22 @@ def test_policy_and_worst_case():
     assert RepairPolicy.of(["unparsable"], 3).worst_case(10) == (3, 30)
     with pytest.raises(ValueError, match="--repair ok"):
         RepairPolicy.of("ok")
+
+
+def test_a_held_row_resumes_at_its_next_attempt_from_its_entry():
+    policy = RepairPolicy(frozenset({"truncated", "unparsable"}), attempts=3)
+    r = Repairs(policy)
+    first = req(max_tokens=4)
+    nxt = r.next_request(first, answer("truncated"))
+    nxt = r.next_request(nxt, answer("unparsable"))  # a repair turn: two messages more
+    entry = json.loads(json.dumps(r.pending(nxt)))  # as committed, and read back by a rerun
+    assert entry["next"]["params"] == {"max_tokens": 8} and len(entry["next"]["messages"]) == 2
+    again = Repairs(policy)
+    resumed = again.resume(first, entry)
+    assert resumed == nxt  # the same request as the killed run's next one, not the first
+    assert again.counts == {"unparsable": 1}
+    assert again.next_request(resumed, answer("ok")) is None
+    final = again.finish(resumed, answer("ok"))[0]
+    assert [a["change"] for a in final["attempts"]] == ["first", "max_tokens 4 -> 8", "repair turn quoting the unparsable"]
+    assert final["completion_tokens"] == 6  # the killed run's attempts count
+    assert Repairs(policy).resume(first, {"attempts": []}) is first  # an entry it cannot read: from the start
