@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import logging
 import os
 import socket
 import time
@@ -54,6 +55,7 @@ from pipeline.verdicts.preflight import Preflight, make_preflight, screened
 from pipeline.verdicts.repairs import RepairPolicy, Repairs
 from pipeline.verdicts.state import too_many_bad_rows
 
+log = logging.getLogger("pipeline")
 RERUN = "committed output is kept; rerun the same command to finish"
 
 
@@ -260,6 +262,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
             stack.callback(p.preflight.close)
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
+                preflight_all(p, committed, records)  # every schema of the rows left, before any engine
                 sink = RowSink(p, writer, stats, progress, claim.pending)
                 items, head = _first_request(not_committed(p, committed, stats, records))
                 ordered = p.job.ordered(itertools.chain(head, items))
@@ -293,6 +296,31 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
             return Outcome(report, exits.OK)
         hint = getattr(error, "hint", "")
         return Outcome(report, exits.code_of(error), f"{error}\n{hint}" if hint else str(error), error)
+
+
+def preflight_all(p: Plan, committed: Committed, records: list[dict[str, Any]]) -> None:
+    """Before the engines start: every distinct schema of the rows not committed yet compiled
+    (up to preflight.CAP of them), and the --check-regex. A pre-pass over the input: the rows are
+    read and validated, none handed on, no image fetched, no position recorded."""
+    pre = p.preflight
+    if pre is None:
+        return
+    started, seen, capped = time.monotonic(), 0, False
+    problem = pre.compile_checks()
+    if problem:
+        log.warning("%s", problem)
+
+    def visit(item: Request | FailedRequest) -> bool:
+        nonlocal seen, capped
+        if isinstance(item, Request) and (item.file, item.line) not in committed:
+            seen += 1
+            capped = not pre.prepare(item) or capped
+        return True  # read, never handed on
+
+    collections.deque(p.job.rows(skip=visit, resume=p.job.resume(committed, records, p.out.loc, p.out.fmt),
+                                 learn=False), maxlen=0)
+    pre.prepass = {"requests": seen, "schemas": sum(c.kind != "check_regex" for c in pre.compiled.values()),
+                   "capped": capped, "cap": pre.cap, "seconds": round(time.monotonic() - started, 3)}
 
 
 def _first_request(items: Iterator[Request | FailedRequest]) -> tuple[Iterator[Request | FailedRequest], list]:
