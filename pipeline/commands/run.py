@@ -49,7 +49,7 @@ from pipeline.output.rows import dataset_rows, error_row, result_row
 from pipeline.output.stats import total_stats
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
-from pipeline.verdicts.checks import row_check
+from pipeline.verdicts.checks import expects_json, row_check
 from pipeline.verdicts.judge import mark
 from pipeline.verdicts.preflight import Preflight, make_preflight, screened
 from pipeline.verdicts.repairs import RepairPolicy, Repairs
@@ -114,7 +114,7 @@ def plan(cfg) -> Plan:
     too_many_bad_rows(cfg.max_bad_rows, {})  # a malformed --max-bad-rows fails here
     try:
         p.check = row_check(cfg.check, cfg.check_schema, cfg.check_regex)
-        p.repair = RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens)
+        p.repair = RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens, expects_json(p.check))
         # the model's tokenizer, resolved only when a schema is met (a dry run resolves no model)
         tokenizer = (lambda: cfg.tokenizer or p.job.engine_spec().model) if KINDS[cfg.engine].loads_model else None
         p.preflight = make_preflight(cfg, tokenizer)

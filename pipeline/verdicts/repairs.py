@@ -4,7 +4,9 @@ listed is held back, and its request runs again, changed, in the same engines as
 - `truncated`: more room, max_tokens doubled up to `--repair-max-tokens`;
 - `unparsable`, `schema_mismatch`, `invalid_tool_call`, `failed_check` (chat requests): a repair
   turn, the answer given and a user message quoting what was wrong with it (the schema stays
-  enforced by the engine's structured outputs where the request has a response_format);
+  enforced by the engine's structured outputs where the request has a response_format; where it
+  has none, no tools, and the job's check reads the content as JSON, the repair adds the
+  engine's JSON grammar, `response_format` `json_object`);
 - `empty`: another seed.
 
 Never the identical request twice: a repair whose request body was already sent for that row
@@ -38,9 +40,11 @@ class RepairPolicy:
     verdicts: frozenset[str]
     attempts: int = 2
     max_tokens_cap: int = 4096
+    json_check: bool = False  # the job's check reads the content as JSON (checks.expects_json)
 
     @classmethod
-    def of(cls, repair: Any, attempts: int | None = None, cap: int | None = None) -> RepairPolicy | None:
+    def of(cls, repair: Any, attempts: int | None = None, cap: int | None = None,
+           json_check: bool = False) -> RepairPolicy | None:
         """The policy of the options (None: no repairs). Raises ValueError naming the fix."""
         names = [repair] if isinstance(repair, str) else list(repair or ())
         verdicts = {v.strip() for one in names for v in str(one).split(",") if v.strip()}
@@ -51,7 +55,7 @@ class RepairPolicy:
         if not verdicts:
             return None
         return cls(frozenset(verdicts), attempts if attempts is not None else 2,
-                   cap if cap is not None else 4096)
+                   cap if cap is not None else 4096, json_check)
 
     def worst_case(self, max_tokens: int | None) -> tuple[int, int | None]:
         """(extra requests, completion tokens) one request may add at most through repairs."""
@@ -170,8 +174,14 @@ def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,
         answer = {"role": "assistant", "content": said}
         turn = {"role": "user", "content": f"That answer cannot be used ({verdict}: {row.get('verdict_message')}). "
                                            "Answer the request again, correcting exactly that, in the format asked for."}
-        return replace(req, messages=[*req.messages, answer, turn]), f"repair turn quoting the {verdict}"
+        new, what = replace(req, messages=[*req.messages, answer, turn]), f"repair turn quoting the {verdict}"
+        if policy.json_check and verdict in JSON_VERDICTS and req.response_format is None and not req.tools:
+            new, what = replace(new, response_format={"type": "json_object"}), f"{what}, with a JSON grammar"
+        return new, what
     return None
+
+
+JSON_VERDICTS = frozenset({"unparsable", "failed_check"})  # a JSON grammar may help these
 
 
 def _attempt(row: dict[str, Any], change: str) -> dict[str, Any]:

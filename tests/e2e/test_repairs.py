@@ -140,3 +140,26 @@ def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path, sig):
         assert rows[cid]["attempts"][: len(entry["attempts"])] == entry["attempts"]
     report = json.loads((out / "_report.json").read_text())
     assert report["repair_attempts"] == 3 * n and report["completion_tokens"] == 15 * n
+
+
+def test_a_json_check_repair_of_a_request_without_response_format_adds_the_json_grammar(tmp_path):
+    (tmp_path / "obj.json").write_text(json.dumps({"type": "object"}))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("plain", "not json", max_tokens=100),
+                                               chat_line("tools", "not json", max_tokens=100, tools=tools),
+                                               chat_line("fmt", "not json", max_tokens=100, response_format=SCHEMA)])
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "failed_check,unparsable",
+                 "--check-schema", tmp_path / "obj.json", "--repair-attempts", "1")
+    assert res.exit_code == 0, res.output
+    rows = rows_of(tmp_path / "out")
+    plain = rows["plain"]
+    assert plain["attempts"][0]["verdict"] == "failed_check" and "not JSON" in plain["attempts"][0]["verdict_message"]
+    assert plain["attempts"][1]["change"] == "repair turn quoting the failed_check, with a JSON grammar"
+    # the fake engine echoes the turn, not JSON: judged against the repaired request's json_object
+    assert plain["verdict"] == "unparsable"
+    assert rows["tools"]["attempts"][1]["change"] == "repair turn quoting the failed_check"  # tools: no grammar
+    assert rows["fmt"]["attempts"][1]["change"] == "repair turn quoting the unparsable"  # its own format stays
+    regex = invoke("run", src, "-o", tmp_path / "re", *FAKE, "--repair", "failed_check", "--check-regex", "x",
+                   "--repair-attempts", "1")
+    assert regex.exit_code == 0
+    assert rows_of(tmp_path / "re")["plain"]["attempts"][1]["change"] == "repair turn quoting the failed_check"
