@@ -7,7 +7,9 @@ listed is held back, and its request runs again, changed, in the same engines as
   enforced by the engine's structured outputs where the request has a response_format; where it
   has none, no tools, and the job's check reads the content as JSON, the repair adds the
   engine's JSON grammar, `response_format` `json_object`);
-- `empty`: another seed.
+- `empty`: another seed;
+- `refused` (a heuristic: the verdict itself is a guess from the completion's opening words):
+  another seed and a repair turn asking for the answer.
 
 Never the identical request twice: a repair whose request body was already sent for that row
 is not sent, and the row ends as it is. Each row keeps its attempts (`attempts` column: verdict,
@@ -27,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
-REPAIRABLE = ("truncated", "empty", "unparsable", "schema_mismatch", "invalid_tool_call", "failed_check")
+REPAIRABLE = ("truncated", "empty", "unparsable", "schema_mismatch", "invalid_tool_call", "failed_check", "refused")
 TURN_VERDICTS = frozenset({"unparsable", "schema_mismatch", "invalid_tool_call", "failed_check"})
 SUMMED = ("prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens", "estimated_cost")
 
@@ -165,10 +167,17 @@ def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,
         params.pop("max_completion_tokens", None)
         params["max_tokens"] = more
         return replace(req, params=params), f"max_tokens {room} -> {more}"
-    if verdict == "empty":
+    if verdict in ("empty", "refused"):
         seed = int(params.get("seed") or 0) + attempt
         params["seed"] = seed
-        return replace(req, params=params), f"seed {seed}"
+        if verdict == "empty":
+            return replace(req, params=params), f"seed {seed}"
+        if req.endpoint != "chat":
+            return None
+        turn = {"role": "user", "content": "That answer declined the request. If the request can be answered "
+                                           "safely, answer it now, in the format asked for."}
+        said = {"role": "assistant", "content": row.get("content") or ""}
+        return replace(req, params=params, messages=[*req.messages, said, turn]), f"seed {seed} and a repair turn"
     if verdict in TURN_VERDICTS and req.endpoint == "chat":
         said = row.get("content") or (json.dumps(row["tool_calls"]) if row.get("tool_calls") else "")
         answer = {"role": "assistant", "content": said}

@@ -88,8 +88,8 @@ def test_verdicts_not_listed_are_not_repaired(tmp_path):
     assert invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "unparsable",
                   "--engine-option", f"log_file={log}").exit_code == 0
     assert sent(log) == {"long": 1, "empty": 1}
-    res = invoke("run", src, "-o", tmp_path / "o2", *FAKE, "--repair", "refused,truncated")
-    assert res.exit_code == 1 and "--repair refused: the verdicts that can be repaired are truncated" in res.output
+    res = invoke("run", src, "-o", tmp_path / "o2", *FAKE, "--repair", "error,truncated")
+    assert res.exit_code == 1 and "--repair error: the verdicts that can be repaired are truncated" in res.output
 
 
 def held_rows(out):
@@ -163,3 +163,14 @@ def test_a_json_check_repair_of_a_request_without_response_format_adds_the_json_
                    "--repair-attempts", "1")
     assert regex.exit_code == 0
     assert rows_of(tmp_path / "re")["plain"]["attempts"][1]["change"] == "repair turn quoting the failed_check"
+
+
+def test_refused_rows_run_with_another_seed_and_a_turn_asking_for_the_answer(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("no", "I'm sorry, but I can't help with that.", max_tokens=100)])
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "refused")
+    assert res.exit_code == 0, res.output
+    row = rows_of(tmp_path / "out")["no"]
+    assert [a["verdict"] for a in row["attempts"]] == ["refused", "ok"]  # the fake engine echoes the turn
+    assert row["attempts"][1]["change"] == "seed 1 and a repair turn"
+    assert row["content"].startswith("That answer declined the request.")
+    assert json.loads((tmp_path / "out" / "_report.json").read_text())["repairs_sent"] == {"refused": 1}
