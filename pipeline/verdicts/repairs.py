@@ -222,7 +222,7 @@ def repair_budget(policy: RepairPolicy | None, requests: int, prompt_tokens: int
     previous answer back. Bounds from the job's totals (None: no --repair)."""
     if policy is None:
         return None
-    turns = bool(policy.verdicts & TURN_VERDICTS)
+    turns = bool(policy.verdicts & (TURN_VERDICTS | {"refused"}))
     extra_prompt = extra_completion = answers = 0
     room = completion_upper
     for k in range(1, policy.attempts + 1):
