@@ -78,7 +78,7 @@ class Plan:
     envs: list[dict[str, str]] = field(default_factory=list)  # one per local engine
     check: Callable | None = None  # the job's row check (--check, --check-schema, --check-regex)
     repair: RepairPolicy | None = None  # --repair
-    preflight: Preflight | None = None  # compiles the job's schemas as its requests meet them
+    preflight: Preflight | None = None  # compiles the job's schemas before the engines start
 
     @property
     def same_job(self) -> bool:

@@ -109,7 +109,8 @@ def regex_text(c: dict[str, Any]) -> str:
 
 
 class Preflight:
-    """The job's schemas, compiled once each as requests meet them (`problem(req)`)."""
+    """The job's schemas, compiled once each: up front (`prepare(req)`, the pre-pass), else as
+    requests meet them (`problem(req)`)."""
 
     def __init__(self, timeout: float, tokenizer: Callable[[], str | None] | None = None,
                  check_regex: str | None = None, cap: int | None = None):
