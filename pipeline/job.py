@@ -162,13 +162,15 @@ class Job:
         return job
 
     def rows(self, skip: Callable[[Request | FailedRequest], bool] | None = None,
-             resume: Resume | None = None) -> Iterator[Request | FailedRequest]:
+             resume: Resume | None = None, *, learn: bool = True) -> Iterator[Request | FailedRequest]:
         """Every input row (those a --limit trial takes) as a Request or FailedRequest, in the
         input's order; less those `skip` says (before any image of theirs is fetched), and less
-        those `resume` does not read (resume.py)."""
+        those `resume` does not read (resume.py). `learn` False: a pass that records no positions
+        (the schema preflight's pre-pass)."""
         return request_stream(self.files, self.scans, self.ctx, self.spec,
                               max_line_bytes=self.cfg.max_line_bytes, layout=self.layout, limit=self.limit,
-                              images=self.images, skip=skip, resume=resume, positions=self.positions)
+                              images=self.images, skip=skip, resume=resume,
+                              positions=self.positions if learn else None)
 
     def resume(self, committed, records: list[dict[str, Any]], loc: Location, fmt: str) -> Resume | None:
         """Where this job's resumed run reads each input (None: a trial, or nothing committed).

@@ -220,14 +220,15 @@ OPTIONS: tuple[Opt, ...] = (
         "verdict other than ok (truncated, empty, unparsable, schema_mismatch, invalid_tool_call, refused, "
         "failed_check, error): a count (N) or a share of the job's rows (P%).", metavar="N|P%"),
     Opt("repair", "Run rows with these verdicts again, changed (comma-separated: truncated, empty, unparsable, "
-        "schema_mismatch, invalid_tool_call, failed_check): truncated with max_tokens doubled, empty with another "
-        "seed, the others with a repair turn quoting what was wrong. Never the identical request twice; each row "
-        "keeps its attempts, usage and cost summed.", metavar="VERDICT,...", commands=READERS, output=True),
+        "schema_mismatch, invalid_tool_call, failed_check, refused): truncated with max_tokens doubled, empty with "
+        "another seed, refused with another seed and a turn asking for the answer (a heuristic), the others with a "
+        "repair turn quoting what was wrong. Never the identical request twice; each row keeps its attempts, usage "
+        "and cost summed.", metavar="VERDICT,...", commands=READERS, output=True),
     Opt("repair_attempts", "With --repair: the most extra attempts per row.", Int1, 2, commands=READERS, output=True),
     Opt("repair_max_tokens", "With --repair truncated: the most max_tokens a repaired row gets.", Int1, 4096,
         commands=READERS, output=True),
     Opt("schema_preflight", "Compile every distinct response_format and required tool schema once with the "
-        "engine's structured-output backend (xgrammar) on CPU before its rows reach the engines; a schema that "
+        "engine's structured-output backend (xgrammar) on CPU before the engines start; a schema that "
         "fails or passes --schema-timeout gives its rows error rows (schema_preflight_failed). Default: on for "
         "the vllm engine.", pair=True, commands=READERS),
     Opt("schema_timeout", "Seconds one schema's preflight compile may take.", click.FloatRange(min=0, min_open=True),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import logging
 import os
 import socket
 import time
@@ -48,12 +49,13 @@ from pipeline.output.rows import dataset_rows, error_row, result_row
 from pipeline.output.stats import total_stats
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
-from pipeline.verdicts.checks import row_check
+from pipeline.verdicts.checks import expects_json, row_check
 from pipeline.verdicts.judge import mark
 from pipeline.verdicts.preflight import Preflight, make_preflight, screened
 from pipeline.verdicts.repairs import RepairPolicy, Repairs
 from pipeline.verdicts.state import too_many_bad_rows
 
+log = logging.getLogger("pipeline")
 RERUN = "committed output is kept; rerun the same command to finish"
 
 
@@ -76,7 +78,7 @@ class Plan:
     envs: list[dict[str, str]] = field(default_factory=list)  # one per local engine
     check: Callable | None = None  # the job's row check (--check, --check-schema, --check-regex)
     repair: RepairPolicy | None = None  # --repair
-    preflight: Preflight | None = None  # compiles the job's schemas as its requests meet them
+    preflight: Preflight | None = None  # compiles the job's schemas before the engines start
 
     @property
     def same_job(self) -> bool:
@@ -112,7 +114,7 @@ def plan(cfg) -> Plan:
     too_many_bad_rows(cfg.max_bad_rows, {})  # a malformed --max-bad-rows fails here
     try:
         p.check = row_check(cfg.check, cfg.check_schema, cfg.check_regex)
-        p.repair = RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens)
+        p.repair = RepairPolicy.of(cfg.repair, cfg.repair_attempts, cfg.repair_max_tokens, expects_json(p.check))
         # the model's tokenizer, resolved only when a schema is met (a dry run resolves no model)
         tokenizer = (lambda: cfg.tokenizer or p.job.engine_spec().model) if KINDS[cfg.engine].loads_model else None
         p.preflight = make_preflight(cfg, tokenizer)
@@ -193,10 +195,12 @@ def preview(p: Plan) -> str:
 class RowSink:
     """Where requests end: each one's rows to the writer, counted, on the progress bar."""
 
-    def __init__(self, p: Plan, writer: PartWriter, stats: RunStats, progress: Progress):
+    def __init__(self, p: Plan, writer: PartWriter, stats: RunStats, progress: Progress,
+                 pending: dict[tuple[int, int], Any] | None = None):
         self.p, self.writer, self.stats, self.progress = p, writer, stats, progress
         self.repairs = Repairs(p.repair, stats.repairs) if p.repair else None
         self.resend: Callable[[Request], None] | None = None  # hands a repaired request to the engines
+        self.pending = pending or {}  # rows a killed run held for a repair: they go on from there
 
     def engine_requests(self, items: Iterable[Request | FailedRequest]) -> Iterator[Request]:
         """The requests for the engines; failed ones get their error rows here."""
@@ -204,6 +208,9 @@ class RowSink:
             if isinstance(item, FailedRequest):
                 self.write(item, error_row(item, self.p.job.model_name))
             else:
+                held = self.pending.pop((item.file, item.line), None)
+                if held is not None and self.repairs is not None:
+                    item = self.repairs.resume(item, held)  # its next attempt, not its first
                 self.stats.handed += 1
                 yield item
 
@@ -216,6 +223,7 @@ class RowSink:
         if self.repairs is not None and self.resend is not None:
             again = self.repairs.next_request(req, rows)
             if again is not None:  # held back: its repair goes to the same engines
+                self.writer.hold(req.file, req.line, self.repairs.pending(again))  # durable
                 self.stats.handed += 1
                 self.resend(again)
                 return
@@ -254,7 +262,8 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
             stack.callback(p.preflight.close)
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
-                sink = RowSink(p, writer, stats, progress)
+                preflight_all(p, committed, records)  # every schema of the rows left, before any engine
+                sink = RowSink(p, writer, stats, progress, claim.pending)
                 items, head = _first_request(not_committed(p, committed, stats, records))
                 ordered = p.job.ordered(itertools.chain(head, items))
                 if not any(isinstance(item, Request) for item in head):  # the stream ended first
@@ -287,6 +296,31 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
             return Outcome(report, exits.OK)
         hint = getattr(error, "hint", "")
         return Outcome(report, exits.code_of(error), f"{error}\n{hint}" if hint else str(error), error)
+
+
+def preflight_all(p: Plan, committed: Committed, records: list[dict[str, Any]]) -> None:
+    """Before the engines start: every distinct schema of the rows not committed yet compiled
+    (up to preflight.CAP of them), and the --check-regex. A pre-pass over the input: the rows are
+    read and validated, none handed on, no image fetched, no position recorded."""
+    pre = p.preflight
+    if pre is None:
+        return
+    started, seen, capped = time.monotonic(), 0, False
+    problem = pre.compile_checks()
+    if problem:
+        log.warning("%s", problem)
+
+    def visit(item: Request | FailedRequest) -> bool:
+        nonlocal seen, capped
+        if isinstance(item, Request) and (item.file, item.line) not in committed:
+            seen += 1
+            capped = not pre.prepare(item) or capped
+        return True  # read, never handed on
+
+    collections.deque(p.job.rows(skip=visit, resume=p.job.resume(committed, records, p.out.loc, p.out.fmt),
+                                 learn=False), maxlen=0)
+    pre.prepass = {"requests": seen, "schemas": sum(c.kind != "check_regex" for c in pre.compiled.values()),
+                   "capped": capped, "cap": pre.cap, "seconds": round(time.monotonic() - started, 3)}
 
 
 def _first_request(items: Iterator[Request | FailedRequest]) -> tuple[Iterator[Request | FailedRequest], list]:

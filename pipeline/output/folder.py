@@ -4,7 +4,8 @@ Layout (every name ours; anything else in the folder is a foreign file and is ne
 
     _manifest.json            the job (fingerprint, inputs, options) and its attempts
     _lease/<gen>.json         the writer: one at a time (see lease.py)
-    _commits/<attempt>-<seq>.json   one record per committed part: its rows' (file, line) keys
+    _commits/<attempt>-<seq>.json   one record per committed part: its rows' (file, line) keys,
+                              and the rows held for a repair (`pending`: their attempts so far)
     part-<attempt>-<seq>.parquet    the rows (or .jsonl with --format openai)
     results/<input>.results.jsonl   line formats: each input's lines, assembled from the parts
                               when every request has its row (results.py)
@@ -116,6 +117,9 @@ class State:
     # the records' keys, read into bitmaps: the records themselves are kept without them (in
     # prefix order a record holds one range per row: 20M rows would be gigabytes of lists)
     committed: Committed = field(default_factory=Committed)
+    # rows held for a repair when their record was committed, and not committed since: (input
+    # file, line) -> the entry the run that held them wrote (verdicts/repairs.py reads it)
+    pending: dict[tuple[int, int], Any] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str | None:
@@ -177,7 +181,7 @@ class Output:
                     debris.append(f"{COMMITS}/{name}")
                     continue
                 accepted.append(name)
-        records, committed = self._read_records(accepted)
+        records, committed, pending = self._read_records(accepted)
         covered = {r["part"] for r in records}
         foreign: list[str] = []
         ours_fixed = ({MANIFEST, REPORT, SUCCESS, COMMITS, REPORT_PAGE, LEASES} if manifest is not None
@@ -197,12 +201,13 @@ class Output:
             else:
                 foreign.append(name)
         complete = manifest is not None and SUCCESS in names
-        return State(manifest, records, complete, foreign, debris, committed)
+        return State(manifest, records, complete, foreign, debris, committed, pending)
 
-    def _read_records(self, names: list[str], batch: int = 256) -> tuple[list[dict[str, Any]], Committed]:
-        """The commit records of these names, in commit order and without their keys, and the
-        lines their keys cover; read `batch` records at a time, so memory holds one batch."""
-        records, committed = [], Committed()
+    def _read_records(self, names: list[str], batch: int = 256) -> tuple[list[dict[str, Any]], Committed, dict]:
+        """The commit records of these names, in commit order and without their keys, the lines
+        their keys cover, and the rows still pending (the latest record's entry of each line not
+        committed); read `batch` records at a time, so memory holds one batch."""
+        records, committed, held = [], Committed(), []
         for start in range(0, len(names), batch):
             paths = [f"{COMMITS}/{n}" for n in names[start : start + batch]]
             contents = self._cat_many(paths)
@@ -210,9 +215,17 @@ class Output:
                 record = _json(contents.pop(path), self.loc.child(path), _valid_record)
                 for idx, ranges in record["keys"].items():
                     committed.add(int(idx), ranges)
+                if record.get("pending"):
+                    held.append((record["order"], record["part"], record["pending"]))
                 records.append(_without_keys(record))
         records.sort(key=lambda r: (r["order"], r["part"]))
-        return records, committed
+        pending: dict[tuple[int, int], Any] = {}
+        for _, _, entries in sorted(held, key=lambda h: h[:2]):  # a later record's entry wins
+            for file, lines in entries.items():
+                for line, entry in lines.items():
+                    if (int(file), int(line)) not in committed:
+                        pending[int(file), int(line)] = entry
+        return records, committed, pending
 
     def _cat_many(self, names: list[str]) -> dict[str, bytes]:
         if not names:
@@ -269,6 +282,7 @@ class Claim:
                  state: State, detail: dict[str, Any]):
         self.out, self.lease, self.manifest, self.attempt = out, lease, manifest, attempt
         self._before = state.committed
+        self.pending = state.pending  # rows an earlier attempt held for a repair (State.pending)
         # The records' stats, without their keys: the bitmaps above hold what was committed
         # before, and this run's keys need not stay in memory either.
         self.records = list(state.records)
@@ -287,10 +301,12 @@ class Claim:
         """The rows committed before this claim."""
         return self._before
 
-    def commit(self, keyed: list[tuple[int, dict[str, Any]]]) -> str:
+    def commit(self, keyed: list[tuple[int, dict[str, Any]]],
+               pending: dict[tuple[int, int], Any] | None = None) -> str:
         """Write one part atomically, then its commit record. `keyed`: (input file index, row)
         pairs; the index, never the displayed `source_file` (two files can display alike), keys
-        the row."""
+        the row. `pending`: rows held for a repair, (file index, line) -> their entry, committed
+        with the record (State.pending); a part may hold no rows and only those."""
         keyed.sort(key=lambda fr: (fr[0], fr[1]["source_line"]))
         rows = [r for _, r in keyed]
         self._seq += 1
@@ -308,6 +324,11 @@ class Claim:
                   "stats": part_stats(rows), "at": _now()}
         if (found := self.positions.take() if self.positions is not None else None):
             record["positions"] = found  # see intake/resume.py
+        if pending:
+            held: dict[str, dict[str, Any]] = {}
+            for (file, line), entry in pending.items():
+                held.setdefault(str(file), {})[str(line)] = entry
+            record["pending"] = held
         try:
             self.lease.check()
         except LeaseLost:
@@ -345,6 +366,7 @@ class PartWriter:
     def __init__(self, claim: Claim, every: int, seconds: float):
         self.claim, self.every, self.seconds = claim, every, seconds
         self.rows: list[tuple[int, dict[str, Any]]] = []  # (input file index, row)
+        self.pending: dict[tuple[int, int], Any] = {}  # rows held for a repair since the last commit
         self.last = time.monotonic()
 
     def __enter__(self) -> PartWriter:
@@ -358,18 +380,28 @@ class PartWriter:
         """One request's rows (one per choice with --explode-choices), from input file `file`
         (its index): always in the same part."""
         self.rows.extend((file, r) for r in rows)
-        if len(self.rows) >= self.every:
+        for r in rows:
+            self.pending.pop((file, r["source_line"]), None)  # final now: its record says so
+        if len(self.rows) + len(self.pending) >= self.every:
+            self.flush()
+
+    def hold(self, file: int, line: int, entry: Any) -> None:
+        """A row held for a repair: `entry` (JSON) is committed with the next part, so a killed
+        run's rerun continues its repairs where they stood (State.pending)."""
+        self.pending[file, line] = entry
+        if len(self.rows) + len(self.pending) >= self.every:
             self.flush()
 
     def tick(self) -> None:
-        if self.rows and time.monotonic() - self.last >= self.seconds:
+        if (self.rows or self.pending) and time.monotonic() - self.last >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
-        if self.rows:
+        if self.rows or self.pending:
             rows, self.rows = self.rows, []
-            name = self.claim.commit(rows)
-            log.info("committed %s (%d rows)", name, len(rows))
+            pending, self.pending = self.pending, {}
+            name = self.claim.commit(rows, pending)
+            log.info("committed %s (%d rows, %d held for a repair)", name, len(rows), len(pending))
         self.last = time.monotonic()
 
 
@@ -457,6 +489,9 @@ def _valid_record(r: dict[str, Any]) -> bool:
     keys = r.get("keys")
     return (isinstance(r.get("part"), str) and type(r.get("order")) is int and type(r.get("rows")) is int
             and isinstance(r.get("stats", {}), dict) and isinstance(keys, dict)
+            and isinstance(r.get("pending", {}), dict)
+            and all(k.isdigit() and isinstance(v, dict) and all(n.isdigit() for n in v)
+                    for k, v in r.get("pending", {}).items())
             and all(k.isdigit() and isinstance(v, list) and all(
                 isinstance(x, list) and len(x) == 2 and all(type(i) is int for i in x) for x in v)
                 for k, v in keys.items()))
@@ -486,4 +521,4 @@ def _now() -> str:
 
 
 def _without_keys(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "keys"}
+    return {k: v for k, v in record.items() if k not in ("keys", "pending")}

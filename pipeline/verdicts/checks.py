@@ -3,6 +3,10 @@ pydantic model class the content must validate as, or `module:function` naming a
 `check_schema` (a JSON schema file the content, parsed as JSON, must fit) and `check_regex` (a
 regular expression the whole content must match). Every one given must pass; the first failure's
 message is the row's `verdict_message`, its verdict `failed_check`.
+
+A check that parses the content as JSON (`check_schema`, a pydantic model, or a callable with an
+attribute `expects_json = True`) says so (`expects_json(check)`): a `--repair failed_check` of a
+request without a response_format then adds the engine's JSON grammar to its repair turn.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ def row_check(check: Any = None, check_schema: str | None = None, check_regex: s
             if result is False or (isinstance(result, str) and result):
                 return result
         return None
+    every.expects_json = any(expects_json(c) for c in checks)
     return every
+
+
+def expects_json(check: Any) -> bool:
+    """Whether the check reads the content as JSON (see the module's doc)."""
+    return getattr(check, "expects_json", False) is True
 
 
 def _callable(check: Any) -> Check | None:
@@ -73,6 +83,7 @@ def _pydantic(model: type) -> Check:
             return f"{model.__name__}: {e}"
         return None
     check.__name__ = f"pydantic:{model.__module__}.{model.__qualname__}"
+    check.expects_json = True
     return check
 
 
@@ -95,6 +106,7 @@ def _schema(path: str | None) -> Check | None:
             return f"check-schema: the content is not JSON: {e}"
         problem = schema_problem(value, schema)
         return f"check-schema {Path(path).name}: {problem}" if problem else None
+    check.expects_json = True
     return check
 
 

@@ -1,15 +1,22 @@
 """Schema preflight: every distinct JSON schema a job asks the engine to enforce (a request's
 `response_format` json_schema, the parameters of its tools where `tool_choice` requires a call)
 is compiled once, by content, with vLLM's structured-output backend (xgrammar), on CPU, in a
-child process, under a timeout, before a request that needs it reaches the engines. A schema
-that does not compile, or takes longer than `--schema-timeout`, gives each of its rows one
-error row (code `schema_preflight_failed`, naming the schema and the reason) instead of
-stalling or failing the engine. The compile times and grammar sizes go to the report.
+child process, under a timeout, before the engines start. A schema that does not compile, or
+takes longer than `--schema-timeout`, gives each of its rows one error row (code
+`schema_preflight_failed`, naming the schema and the reason) instead of stalling or failing the
+engine. The compile times and grammar sizes go to the report.
+
+Up front: a run first reads the requests it has left once (`prepare` each; no image fetched,
+nothing held but each distinct schema's figures) and compiles every distinct schema it meets,
+up to `CAP` of them; a schema met after those (a job of more than `CAP` distinct schemas) is
+compiled when its first request comes up, as before. The job's `--check-regex` is compiled by
+the backend too (`compile_checks`), so a pattern the engine could not enforce is named before
+the run (the check itself runs with Python's `re`).
 
 With the model's tokenizer (a vLLM run) the schema is compiled as vLLM compiles it
-(`GrammarCompiler.compile_json_schema`; size: the compiled grammar's memory); without one (the
-fake engine, `validate`) it is converted to its grammar (`Grammar.from_json_schema`; size: the
-grammar's text).
+(`GrammarCompiler.compile_json_schema`, `compile_regex`; size: the compiled grammar's memory);
+without one (the fake engine, `validate`) it is converted to its grammar
+(`Grammar.from_json_schema`, `from_regex`; size: the grammar's text).
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ from pipeline.records import FailedRequest, Problem, Request
 
 log = logging.getLogger("pipeline")
 CODE = "schema_preflight_failed"
+CAP = 10_000  # distinct schemas the pre-pass compiles up front at most (their figures are held)
 START_TIMEOUT = 300.0  # seconds for the compiler process to import xgrammar (and load the tokenizer)
 _LOCATION = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")  # "[17:37:08] /project/cpp/x.cc:4950: "
 
 
 @dataclass
 class Compiled:
-    kind: str  # "response_format" or "tool"
+    kind: str  # "response_format", "tool" or "check_regex"
     name: str
     digest: str
     error: str | None = None
@@ -45,6 +53,13 @@ class Compiled:
         return {"kind": self.kind, "name": self.name, "schema": self.digest, "error": self.error,
                 "seconds": None if self.seconds is None else round(self.seconds, 4),
                 "grammar_size": self.grammar_size, "rows_refused": self.rows_refused}
+
+
+REGEX = "check_regex"
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
 def schemas_of(req: Any) -> list[tuple[str, str, Any]]:
@@ -68,7 +83,7 @@ def schemas_of(req: Any) -> list[tuple[str, str, Any]]:
 def make_preflight(cfg, tokenizer: Callable[[], str | None] | None = None) -> Preflight | None:
     """The job's preflight (--schema-preflight; default: on for the vLLM engine), or None."""
     on = cfg.schema_preflight if cfg.schema_preflight is not None else cfg.engine == "vllm"
-    return Preflight(cfg.schema_timeout, tokenizer) if on else None
+    return Preflight(cfg.schema_timeout, tokenizer, getattr(cfg, "check_regex", None)) if on else None
 
 
 def screened(items: Iterable[Any], pre: Preflight | None) -> Iterator[Any]:
@@ -83,27 +98,59 @@ def screened(items: Iterable[Any], pre: Preflight | None) -> Iterator[Any]:
 def failed_text(described: dict[str, Any] | None) -> list[str]:
     """Lines naming the schemas that failed preflight (from `Preflight.describe()`), for validate
     and estimate."""
-    return [f"schema failed preflight: {c['kind']} {c['name']!r} ({c['schema']}), {c['rows_refused']:,} rows: "
+    return [regex_text(c) if c["kind"] == REGEX else
+            f"schema failed preflight: {c['kind']} {c['name']!r} ({c['schema']}), {c['rows_refused']:,} rows: "
             f"{c['error']}" for c in (described or {}).get("schemas", ()) if c["error"] is not None]
 
 
-class Preflight:
-    """The job's schemas, compiled once each as requests meet them (`problem(req)`)."""
+def regex_text(c: dict[str, Any]) -> str:
+    return (f"--check-regex {c['name']!r} failed preflight with the engine's structured-output backend (xgrammar): "
+            f"{c['error'].rstrip('.')}; the check still runs with Python's re, but the engine could not enforce this pattern")
 
-    def __init__(self, timeout: float, tokenizer: Callable[[], str | None] | None = None):
-        self.timeout, self.tokenizer = timeout, tokenizer
+
+class Preflight:
+    """The job's schemas, compiled once each: up front (`prepare(req)`, the pre-pass), else as
+    requests meet them (`problem(req)`)."""
+
+    def __init__(self, timeout: float, tokenizer: Callable[[], str | None] | None = None,
+                 check_regex: str | None = None, cap: int | None = None):
+        self.timeout, self.tokenizer, self.check_regex = timeout, tokenizer, check_regex
+        self.cap = CAP if cap is None else cap
         self.compiled: dict[str, Compiled] = {}
         self._proc = self._conn = None
         self.unavailable: str | None = None  # why no schema could be compiled (xgrammar missing)
+        self.prepass: dict[str, Any] | None = None  # the up-front pass's figures (run.py fills them)
+
+    def _get(self, kind: str, name: str, text: str) -> Compiled:
+        """The schema's (or regex's) figures, compiled the first time it is met."""
+        digest = _digest(f"{REGEX}:{text}" if kind == REGEX else text)
+        found = self.compiled.get(digest)
+        if found is None:
+            found = self.compiled[digest] = self._compile(Compiled(kind, name, digest), text)
+        return found
+
+    def prepare(self, req: Any) -> bool:
+        """The pre-pass: compile each schema of `req` not met yet, no row counted. False once
+        `cap` distinct schemas are held (later ones are compiled as their requests come up)."""
+        for kind, name, schema in schemas_of(req):
+            text = json.dumps(schema, sort_keys=True)
+            if len(self.compiled) >= self.cap and _digest(text) not in self.compiled:
+                return False
+            self._get(kind, name, text)
+        return True
+
+    def compile_checks(self) -> str | None:
+        """Compile the job's --check-regex with the backend; what is wrong with it there, or None."""
+        if not self.check_regex:
+            return None
+        found = self._get(REGEX, self.check_regex, self.check_regex)
+        return None if found.error is None else regex_text(found.describe())
 
     def problem(self, req: Any) -> Problem | None:
         """The error of a request one of whose schemas failed preflight, else None."""
         for kind, name, schema in schemas_of(req):
-            text = json.dumps(schema, sort_keys=True)
-            digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
-            found = self.compiled.get(digest)
-            if found is None:
-                found = self.compiled[digest] = self._compile(Compiled(kind, name, digest), text)
+            found = self._get(kind, name, json.dumps(schema, sort_keys=True))
+            digest = found.digest
             if found.error is not None:
                 found.rows_refused += 1
                 where = "response_format" if kind == "response_format" else "tools"
@@ -114,7 +161,7 @@ class Preflight:
     def _compile(self, c: Compiled, text: str) -> Compiled:
         if self.unavailable is not None or not self._start():
             return c
-        self._conn.send(text)
+        self._conn.send(("regex" if c.kind == REGEX else "json", text))
         if not self._conn.poll(self.timeout):
             self.close()  # the compile may never end: its process goes, a fresh one takes the next schema
             c.error = f"compiling took longer than --schema-timeout {self.timeout:g} s"
@@ -156,7 +203,8 @@ class Preflight:
         if not self.compiled and self.unavailable is None:
             return None
         return {"backend": "xgrammar", "with_tokenizer": self.tokenizer is not None, "timeout": self.timeout,
-                "unavailable": self.unavailable, "schemas": [c.describe() for c in self.compiled.values()]}
+                "unavailable": self.unavailable, "prepass": self.prepass,
+                "schemas": [c.describe() for c in self.compiled.values()]}
 
     def failed(self) -> list[Compiled]:
         return [c for c in self.compiled.values() if c.error is not None]
@@ -170,8 +218,9 @@ class Preflight:
 
 
 def _serve(conn, tokenizer: str | None) -> None:
-    """The compiler process: imports xgrammar once, then compiles each schema text it is sent
-    and answers ("ok", (seconds, grammar size)) or ("error", message)."""
+    """The compiler process: imports xgrammar once, then compiles each (mode, text) it is sent,
+    a JSON schema ("json") or a regular expression ("regex"), and answers ("ok", (seconds,
+    grammar size)) or ("error", message)."""
     try:
         import xgrammar as xgr
 
@@ -187,15 +236,16 @@ def _serve(conn, tokenizer: str | None) -> None:
     conn.send(("ready", None))
     while True:
         try:
-            text = conn.recv()
+            mode, text = conn.recv()
         except EOFError:
             return
         started = time.perf_counter()
         try:
             if compiler is not None:
-                size = compiler.compile_json_schema(text).memory_size_bytes
+                compile_it = compiler.compile_regex if mode == "regex" else compiler.compile_json_schema
+                size = compile_it(text).memory_size_bytes
             else:
-                size = len(str(xgr.Grammar.from_json_schema(text)))
+                size = len(str((xgr.Grammar.from_regex if mode == "regex" else xgr.Grammar.from_json_schema)(text)))
             conn.send(("ok", (time.perf_counter() - started, size)))
         except Exception as e:
             conn.send(("error", _LOCATION.sub("", str(e)).strip()[:300]))

@@ -4,14 +4,21 @@ listed is held back, and its request runs again, changed, in the same engines as
 - `truncated`: more room, max_tokens doubled up to `--repair-max-tokens`;
 - `unparsable`, `schema_mismatch`, `invalid_tool_call`, `failed_check` (chat requests): a repair
   turn, the answer given and a user message quoting what was wrong with it (the schema stays
-  enforced by the engine's structured outputs where the request has a response_format);
-- `empty`: another seed.
+  enforced by the engine's structured outputs where the request has a response_format; where it
+  has none, no tools, and the job's check reads the content as JSON, the repair adds the
+  engine's JSON grammar, `response_format` `json_object`);
+- `empty`: another seed;
+- `refused` (a heuristic: the verdict itself is a guess from the completion's opening words):
+  another seed and a repair turn asking for the answer.
 
 Never the identical request twice: a repair whose request body was already sent for that row
 is not sent, and the row ends as it is. Each row keeps its attempts (`attempts` column: verdict,
 tokens, cost and what changed, per attempt); the final row's usage and cost are the sums over
-its attempts; still one row per input line. A row waiting for a repair is not committed: a
-killed run's rerun runs it again from its first attempt, once, like any row not committed.
+its attempts; still one row per input line. A row waiting for a repair is not committed as a
+row, but its attempts so far are: `pending` is the entry the part writer commits with its next
+part (its attempts, the bodies sent, and how the next request differs from the row's first),
+and a killed run's rerun `resume`s the row from it: the next attempt, not the first, and the
+killed run's attempts (their tokens and cost) stay in the row's sums.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
-REPAIRABLE = ("truncated", "empty", "unparsable", "schema_mismatch", "invalid_tool_call", "failed_check")
+REPAIRABLE = ("truncated", "empty", "unparsable", "schema_mismatch", "invalid_tool_call", "failed_check", "refused")
 TURN_VERDICTS = frozenset({"unparsable", "schema_mismatch", "invalid_tool_call", "failed_check"})
 SUMMED = ("prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens", "estimated_cost")
 
@@ -35,9 +42,11 @@ class RepairPolicy:
     verdicts: frozenset[str]
     attempts: int = 2
     max_tokens_cap: int = 4096
+    json_check: bool = False  # the job's check reads the content as JSON (checks.expects_json)
 
     @classmethod
-    def of(cls, repair: Any, attempts: int | None = None, cap: int | None = None) -> RepairPolicy | None:
+    def of(cls, repair: Any, attempts: int | None = None, cap: int | None = None,
+           json_check: bool = False) -> RepairPolicy | None:
         """The policy of the options (None: no repairs). Raises ValueError naming the fix."""
         names = [repair] if isinstance(repair, str) else list(repair or ())
         verdicts = {v.strip() for one in names for v in str(one).split(",") if v.strip()}
@@ -48,7 +57,7 @@ class RepairPolicy:
         if not verdicts:
             return None
         return cls(frozenset(verdicts), attempts if attempts is not None else 2,
-                   cap if cap is not None else 4096)
+                   cap if cap is not None else 4096, json_check)
 
     def worst_case(self, max_tokens: int | None) -> tuple[int, int | None]:
         """(extra requests, completion tokens) one request may add at most through repairs."""
@@ -70,6 +79,7 @@ class Repairs:
         self.attempts: dict[tuple[int, int], list[dict[str, Any]]] = {}
         self.sent: dict[tuple[int, int], set[str]] = {}
         self.change: dict[tuple[int, int], str] = {}
+        self.first: dict[tuple[int, int], Any] = {}  # the row's first request, as its input gave it
         self.counts: Counter[str] = Counter() if counts is None else counts  # repairs sent, by verdict repaired
 
     def next_request(self, req: Any, rows: list[dict[str, Any]]) -> Any | None:
@@ -77,6 +87,7 @@ class Repairs:
         when the rows are final (call `finish`)."""
         key = (req.file, req.line)
         first = rows[0]
+        self.first.setdefault(key, req)
         attempts = self.attempts.setdefault(key, [])
         attempts.append(_attempt(first, self.change.pop(key, "first")))
         sent = self.sent.setdefault(key, {_fingerprint(req)})
@@ -101,6 +112,7 @@ class Repairs:
         key = (req.file, req.line)
         attempts = self.attempts.pop(key, [])
         self.sent.pop(key, None)
+        self.first.pop(key, None)
         if len(attempts) <= 1:
             return rows
         for row in rows:
@@ -110,6 +122,37 @@ class Repairs:
                 if any(v is not None for v in values):
                     row[col] = sum(v or 0 for v in values)
         return rows
+
+
+    def pending(self, new: Any) -> dict[str, Any]:
+        """The entry that makes a held row's repairs durable (JSON): its attempts so far, the
+        bodies sent, and its next request `new` as it differs from its first request."""
+        key = (new.file, new.line)
+        first = self.first[key]
+        changed = {f: getattr(new, f) for f in _CHANGEABLE if getattr(new, f) != getattr(first, f)}
+        entry = {"attempts": self.attempts[key], "sent": sorted(self.sent[key]), "change": self.change[key],
+                 "next": {**changed, "messages": new.messages[len(first.messages):]}}
+        return json.loads(json.dumps(entry, default=str))
+
+    def resume(self, req: Any, entry: Any) -> Any:
+        """The request to send for a row a killed run held for a repair (`entry`: what `pending`
+        gave): its next attempt, with the attempts so far counted. `req` is its first request."""
+        key = (req.file, req.line)
+        try:
+            nxt = dict(entry["next"])
+            new = replace(req, messages=[*req.messages, *nxt.pop("messages")],
+                          **{f: nxt[f] for f in _CHANGEABLE if f in nxt})
+            held = (list(entry["attempts"]), set(entry["sent"]), str(entry["change"]))
+        except (KeyError, TypeError, ValueError):  # an entry we cannot read: the row starts again
+            return req
+        self.attempts[key], self.sent[key], self.change[key] = held
+        self.first[key] = req
+        verdict = self.attempts[key][-1].get("verdict") if self.attempts[key] else None
+        self.counts[str(verdict)] += 1
+        return new
+
+
+_CHANGEABLE = ("params", "response_format")  # what a repair may change besides adding messages
 
 
 def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,
@@ -124,17 +167,30 @@ def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,
         params.pop("max_completion_tokens", None)
         params["max_tokens"] = more
         return replace(req, params=params), f"max_tokens {room} -> {more}"
-    if verdict == "empty":
+    if verdict in ("empty", "refused"):
         seed = int(params.get("seed") or 0) + attempt
         params["seed"] = seed
-        return replace(req, params=params), f"seed {seed}"
+        if verdict == "empty":
+            return replace(req, params=params), f"seed {seed}"
+        if req.endpoint != "chat":
+            return None
+        turn = {"role": "user", "content": "That answer declined the request. If the request can be answered "
+                                           "safely, answer it now, in the format asked for."}
+        said = {"role": "assistant", "content": row.get("content") or ""}
+        return replace(req, params=params, messages=[*req.messages, said, turn]), f"seed {seed} and a repair turn"
     if verdict in TURN_VERDICTS and req.endpoint == "chat":
         said = row.get("content") or (json.dumps(row["tool_calls"]) if row.get("tool_calls") else "")
         answer = {"role": "assistant", "content": said}
         turn = {"role": "user", "content": f"That answer cannot be used ({verdict}: {row.get('verdict_message')}). "
                                            "Answer the request again, correcting exactly that, in the format asked for."}
-        return replace(req, messages=[*req.messages, answer, turn]), f"repair turn quoting the {verdict}"
+        new, what = replace(req, messages=[*req.messages, answer, turn]), f"repair turn quoting the {verdict}"
+        if policy.json_check and verdict in JSON_VERDICTS and req.response_format is None and not req.tools:
+            new, what = replace(new, response_format={"type": "json_object"}), f"{what}, with a JSON grammar"
+        return new, what
     return None
+
+
+JSON_VERDICTS = frozenset({"unparsable", "failed_check"})  # a JSON grammar may help these
 
 
 def _attempt(row: dict[str, Any], change: str) -> dict[str, Any]:
@@ -166,7 +222,7 @@ def repair_budget(policy: RepairPolicy | None, requests: int, prompt_tokens: int
     previous answer back. Bounds from the job's totals (None: no --repair)."""
     if policy is None:
         return None
-    turns = bool(policy.verdicts & TURN_VERDICTS)
+    turns = bool(policy.verdicts & (TURN_VERDICTS | {"refused"}))
     extra_prompt = extra_completion = answers = 0
     room = completion_upper
     for k in range(1, policy.attempts + 1):

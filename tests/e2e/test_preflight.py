@@ -84,3 +84,57 @@ def test_validate_and_estimate_name_the_failing_schemas_and_the_repair_budget(tm
     table = invoke("estimate", src, "-m", "smollm2", "--workers", "1", "--repair", "truncated,unparsable",
                    "--no-schema-preflight")
     assert "repairs (--repair truncated,unparsable, 2 attempts): at most 4 more requests" in table.output
+
+
+def test_every_schema_is_compiled_before_the_engines_start(tmp_path, monkeypatch):
+    from pipeline.commands import run
+
+    at_start = []
+    start = run.start_engines
+    monkeypatch.setattr(run, "start_engines", lambda p: at_start.append(
+        sorted(c.name for c in p.preflight.compiled.values())) or start(p))
+    late = fmt({"type": "object", "properties": {"b": {"type": "string"}}}, "late")
+    lines = [chat_line("g", '{"a": 1}', response_format=GOOD), *[chat_line(f"p{i}", "hi") for i in range(30)],
+             chat_line("b", "x", response_format=BAD), chat_line("l", '{"b": "x"}', response_format=late)]
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE)
+    assert res.exit_code == 0, res.output
+    assert at_start == [["good", "late", "typo"]]  # the last line's schema too, before any engine
+    pre = json.loads((tmp_path / "out" / "_report.json").read_text())["preflight"]
+    assert pre["prepass"]["requests"] == 33 and pre["prepass"]["schemas"] == 3 and not pre["prepass"]["capped"]
+    assert {s["name"]: s["rows_refused"] for s in pre["schemas"]} == {"good": 0, "typo": 1, "late": 0}
+
+
+def test_past_the_cap_schemas_are_compiled_as_their_requests_come_up(tmp_path, monkeypatch):
+    from pipeline.commands import run
+    from pipeline.verdicts import preflight
+
+    monkeypatch.setattr(preflight, "CAP", 1)
+    at_start = []
+    start = run.start_engines
+    monkeypatch.setattr(run, "start_engines", lambda p: at_start.append(len(p.preflight.compiled)) or start(p))
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("g", '{"a": 1}', response_format=GOOD),
+                                               chat_line("b", "x", response_format=BAD)])
+    assert invoke("run", src, "-o", tmp_path / "out", *FAKE).exit_code == 0
+    assert at_start == [1]
+    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+    assert rows["b"]["error"]["code"] == "schema_preflight_failed" and rows["g"]["verdict"] == "ok"
+    pre = json.loads((tmp_path / "out" / "_report.json").read_text())["preflight"]
+    assert pre["prepass"]["capped"] and pre["prepass"]["cap"] == 1 and len(pre["schemas"]) == 2
+
+
+def test_check_regex_is_compiled_by_the_engine_backend_up_front(tmp_path, caplog):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "ab")])
+    res = invoke("run", src, "-o", tmp_path / "bad", *FAKE, "--check-regex", "(?=a)ab")
+    assert res.exit_code == 0, res.output
+    said = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "--check-regex '(?=a)ab' failed preflight with the engine's structured-output backend (xgrammar)" in said
+    assert "Lookahead is not supported yet; the check still runs with Python's re" in said
+    assert read_output(tmp_path / "bad").to_dicts()[0]["verdict"] == "ok"  # Python's re still checks it
+    pre = json.loads((tmp_path / "bad" / "_report.json").read_text())["preflight"]
+    assert [(s["kind"], s["name"], bool(s["error"])) for s in pre["schemas"]] == [("check_regex", "(?=a)ab", True)]
+    caplog.clear()
+    res = invoke("run", src, "-o", tmp_path / "good", *FAKE, "--check-regex", "a[b-c]+")
+    assert res.exit_code == 0 and not [r for r in caplog.records if "failed preflight" in r.getMessage()]
+    regex = json.loads((tmp_path / "good" / "_report.json").read_text())["preflight"]["schemas"][0]
+    assert regex["kind"] == "check_regex" and regex["error"] is None and regex["grammar_size"] > 0

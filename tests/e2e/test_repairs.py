@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from conftest import REPO, chat_line, committed_records, invoke, read_output, write_jsonl
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
@@ -87,8 +88,8 @@ def test_verdicts_not_listed_are_not_repaired(tmp_path):
     assert invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "unparsable",
                   "--engine-option", f"log_file={log}").exit_code == 0
     assert sent(log) == {"long": 1, "empty": 1}
-    res = invoke("run", src, "-o", tmp_path / "o2", *FAKE, "--repair", "refused,truncated")
-    assert res.exit_code == 1 and "--repair refused: the verdicts that can be repaired are truncated" in res.output
+    res = invoke("run", src, "-o", tmp_path / "o2", *FAKE, "--repair", "error,truncated")
+    assert res.exit_code == 1 and "--repair error: the verdicts that can be repaired are truncated" in res.output
 
 
 def unique_eight(i):
@@ -97,7 +98,17 @@ def unique_eight(i):
     return " ".join([f"r{i:02}", *EIGHT.split()[1:]])
 
 
-def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path):
+def held_rows(out):
+    """The rows a killed run held for a repair, by custom_id (line n is r{n-1}), as a rerun sees them."""
+    from pipeline.output.folder import Output
+    from pipeline.storage import Location
+
+    pending = Output(Location.of(str(out))).read_state().pending
+    return {f"r{line - 1:02}": entry for (_, line), entry in pending.items()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path, sig):
     n = 24
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i:02}", unique_eight(i), max_tokens=1) for i in range(n)])
     out, log = tmp_path / "out", tmp_path / "log"
@@ -108,22 +119,64 @@ def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path):
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if committed_records(out) and log.exists() and any(c in (2, 3) for c in sent(log).values()):
-            break  # rows committed, and others held in the middle of their repairs
+        if sum(r["rows"] for r in committed_records(out)) and held_rows(out) and any(c in (2, 3) for c in sent(log).values()):
+            break  # rows committed, and others in the middle of their repairs, their attempts committed
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 3, stderr
-    first = sent(log)
-    done = set(rows_of(out))
-    assert 0 < len(done) < n
+    assert proc.returncode == (3 if sig == signal.SIGTERM else -9), stderr
+    done, held = set(rows_of(out)), held_rows(out)
+    assert 0 < len(done) < n and held and not set(held) & done
     log.unlink()
     res = invoke("run", src, "-o", out, *args, "--engine-option", f"log_file={log}")
     assert res.exit_code == 0, res.output
     rows = rows_of(out)
-    assert read_output(out).height == n and set(rows) == {f"r{i:02}" for i in range(n)}
+    assert read_output(out).height == n and set(rows) == {f"r{i:02}" for i in range(n)}  # one row per line
     again = sent(log)
     assert not set(again) & done  # committed rows are never run again
-    assert set(again) | done == set(rows) and all(c == 4 for c in again.values())  # the rest from the start, once
-    assert {len(r["attempts"]) for r in rows.values()} == {4} and {r["verdict"] for r in rows.values()} == {"ok"}
-    assert all(first[i] <= 4 for i in first)
+    for cid in set(rows) - done:  # held rows go on from their next attempt; the others start again
+        assert again[cid] == 4 - len(held[cid]["attempts"]) if cid in held else again[cid] == 4, cid
+    assert any(again[cid] < 4 for cid in held)  # some repairs were not redone
+    chain = ["first", "max_tokens 1 -> 2", "max_tokens 2 -> 4", "max_tokens 4 -> 8"]
+    for row in rows.values():
+        assert [a["change"] for a in row["attempts"]] == chain and row["verdict"] == "ok"
+        assert [a["completion_tokens"] for a in row["attempts"]] == [1, 2, 4, 8]
+        assert row["completion_tokens"] == 15  # usage adds up over every attempt, the killed run's too
+    for cid, entry in held.items():  # the killed run's attempts are the row's first ones
+        assert rows[cid]["attempts"][: len(entry["attempts"])] == entry["attempts"]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["repair_attempts"] == 3 * n and report["completion_tokens"] == 15 * n
+
+
+def test_a_json_check_repair_of_a_request_without_response_format_adds_the_json_grammar(tmp_path):
+    (tmp_path / "obj.json").write_text(json.dumps({"type": "object"}))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("plain", "not json", max_tokens=100),
+                                               chat_line("tools", "not json", max_tokens=100, tools=tools),
+                                               chat_line("fmt", "not json", max_tokens=100, response_format=SCHEMA)])
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "failed_check,unparsable",
+                 "--check-schema", tmp_path / "obj.json", "--repair-attempts", "1")
+    assert res.exit_code == 0, res.output
+    rows = rows_of(tmp_path / "out")
+    plain = rows["plain"]
+    assert plain["attempts"][0]["verdict"] == "failed_check" and "not JSON" in plain["attempts"][0]["verdict_message"]
+    assert plain["attempts"][1]["change"] == "repair turn quoting the failed_check, with a JSON grammar"
+    # the fake engine echoes the turn, not JSON: judged against the repaired request's json_object
+    assert plain["verdict"] == "unparsable"
+    assert rows["tools"]["attempts"][1]["change"] == "repair turn quoting the failed_check"  # tools: no grammar
+    assert rows["fmt"]["attempts"][1]["change"] == "repair turn quoting the unparsable"  # its own format stays
+    regex = invoke("run", src, "-o", tmp_path / "re", *FAKE, "--repair", "failed_check", "--check-regex", "x",
+                   "--repair-attempts", "1")
+    assert regex.exit_code == 0
+    assert rows_of(tmp_path / "re")["plain"]["attempts"][1]["change"] == "repair turn quoting the failed_check"
+
+
+def test_refused_rows_run_with_another_seed_and_a_turn_asking_for_the_answer(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("no", "I'm sorry, but I can't help with that.", max_tokens=100)])
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "refused")
+    assert res.exit_code == 0, res.output
+    row = rows_of(tmp_path / "out")["no"]
+    assert [a["verdict"] for a in row["attempts"]] == ["refused", "ok"]  # the fake engine echoes the turn
+    assert row["attempts"][1]["change"] == "seed 1 and a repair turn"
+    assert row["content"].startswith("That answer declined the request.")
+    assert json.loads((tmp_path / "out" / "_report.json").read_text())["repairs_sent"] == {"refused": 1}

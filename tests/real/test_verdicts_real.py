@@ -54,5 +54,6 @@ def test_a_schema_that_fails_preflight_is_an_error_row_and_the_job_ends_5(run):
     assert typo["engine"] is None  # never reached the engine
     pre = report["preflight"]
     assert pre["with_tokenizer"] is True
+    assert pre["prepass"]["requests"] == 3 and pre["prepass"]["schemas"] == 2  # both, before the engine started
     assert {s["name"]: s["grammar_size"] > 0 for s in pre["schemas"] if s["error"] is None} == {"cat": True}
     assert report["state"] == "partially_succeeded" and res.exit_code == 5  # --max-bad-rows 0

@@ -43,3 +43,13 @@ def test_state_reads_records_in_batches_into_bitmaps_and_keeps_them_without_keys
     assert all("keys" not in r for r in state.records)
     assert state.committed.count == 600 and state.committed.repeated == 0
     assert all((0, line) in state.committed for line in range(1, 601)) and (0, 601) not in state.committed
+
+
+def test_pending_rows_are_the_latest_entry_of_each_line_not_committed_since(tmp_path):
+    out = _folder(tmp_path, [
+        {"keys": {"0": [[1, 1]]}, "pending": {"0": {"2": "a", "3": "b"}, "1": {"2": "x"}}},
+        {"keys": {"0": [[3, 3]]}, "pending": {"0": {"2": "a2"}}},  # line 3 is final now; line 2 went on
+    ])
+    state = out.read_state()
+    assert state.pending == {(0, 2): "a2", (1, 2): "x"}
+    assert all("pending" not in r for r in state.records)
