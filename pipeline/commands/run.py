@@ -49,6 +49,7 @@ from pipeline.output.rows import dataset_rows, error_row, result_row
 from pipeline.output.stats import total_stats
 from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
+from pipeline.verdicts import preflight
 from pipeline.verdicts.checks import expects_json, row_check
 from pipeline.verdicts.judge import mark
 from pipeline.verdicts.preflight import Preflight, make_preflight, screened
@@ -262,7 +263,6 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
             stack.callback(p.preflight.close)
         try:
             with PartWriter(claim, cfg.checkpoint_every, cfg.checkpoint_seconds) as writer:
-                preflight_all(p, committed, records)  # every schema of the rows left, before any engine
                 sink = RowSink(p, writer, stats, progress, claim.pending)
                 items, head = _first_request(not_committed(p, committed, stats, records))
                 ordered = p.job.ordered(itertools.chain(head, items))
@@ -271,6 +271,7 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
                 else:
                     # closed after the marker: every row is committed, engine shutdown need not delay it
                     dispatcher = engines(p) if engines else stack.enter_context(contextlib.closing(start_engines(p)))
+                    preflight_all(p, committed, records)  # while the engines load, before any request
                     sink.resend = dispatcher.requeued.append  # repairs run first, in the same engines
                     for done in identical.results(dispatcher, sink.engine_requests(ordered)):
                         if done is None:  # a tick: commit on time even when nothing finishes
@@ -299,9 +300,10 @@ def execute(p: Plan, started: float, engines: Callable[[Plan], Dispatcher] | Non
 
 
 def preflight_all(p: Plan, committed: Committed, records: list[dict[str, Any]]) -> None:
-    """Before the engines start: every distinct schema of the rows not committed yet compiled
-    (up to preflight.CAP of them), and the --check-regex. A pre-pass over the input: the rows are
-    read and validated, none handed on, no image fetched, no position recorded."""
+    """While the engines load, before any request reaches one: every distinct schema of the rows
+    not committed yet compiled (up to preflight.CAP schemas, in the first preflight.PREPASS_ROWS
+    requests), and the --check-regex. A pre-pass over the input: the rows are read and
+    validated, none handed on, no image fetched, no position recorded."""
     pre = p.preflight
     if pre is None:
         return
@@ -312,15 +314,19 @@ def preflight_all(p: Plan, committed: Committed, records: list[dict[str, Any]]) 
 
     def visit(item: Request | FailedRequest) -> bool:
         nonlocal seen, capped
+        if seen >= preflight.PREPASS_ROWS:
+            return False  # handed on: the pre-pass stops at it
         if isinstance(item, Request) and (item.file, item.line) not in committed:
             seen += 1
             capped = not pre.prepare(item) or capped
         return True  # read, never handed on
 
-    collections.deque(p.job.rows(skip=visit, resume=p.job.resume(committed, records, p.out.loc, p.out.fmt),
-                                 learn=False), maxlen=0)
+    rows = p.job.rows(skip=visit, resume=p.job.resume(committed, records, p.out.loc, p.out.fmt), learn=False)
+    with contextlib.closing(rows):
+        rows_left = next(rows, None) is not None
     pre.prepass = {"requests": seen, "schemas": sum(c.kind != "check_regex" for c in pre.compiled.values()),
-                   "capped": capped, "cap": pre.cap, "seconds": round(time.monotonic() - started, 3)}
+                   "capped": capped, "cap": pre.cap, "rows_left": rows_left, "row_budget": preflight.PREPASS_ROWS,
+                   "seconds": round(time.monotonic() - started, 3)}
 
 
 def _first_request(items: Iterator[Request | FailedRequest]) -> tuple[Iterator[Request | FailedRequest], list]:

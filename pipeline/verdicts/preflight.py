@@ -6,10 +6,12 @@ takes longer than `--schema-timeout`, gives each of its rows one error row (code
 `schema_preflight_failed`, naming the schema and the reason) instead of stalling or failing the
 engine. The compile times and grammar sizes go to the report.
 
-Up front: a run first reads the requests it has left once (`prepare` each; no image fetched,
-nothing held but each distinct schema's figures) and compiles every distinct schema it meets,
-up to `CAP` of them; a schema met after those (a job of more than `CAP` distinct schemas) is
-compiled when its first request comes up, as before. The job's `--check-regex` is compiled by
+Up front: while its engines load, a run reads the requests it has left once (`prepare` each; no
+image fetched, nothing held but each distinct schema's figures) and compiles every distinct
+schema it meets, before any request reaches an engine: up to `CAP` schemas, in the first
+`PREPASS_ROWS` requests (so that a job of tens of millions of rows does not wait for a whole
+extra pass before its first request). A schema met after those is compiled when its first
+request comes up, under the same timeout. The job's `--check-regex` is compiled by
 the backend too (`compile_checks`), so a pattern the engine could not enforce is named before
 the run (the check itself runs with Python's `re`).
 
@@ -35,6 +37,7 @@ from pipeline.records import FailedRequest, Problem, Request
 log = logging.getLogger("pipeline")
 CODE = "schema_preflight_failed"
 CAP = 10_000  # distinct schemas the pre-pass compiles up front at most (their figures are held)
+PREPASS_ROWS = 1_000_000  # requests the pre-pass reads at most (about as long as a GPU engine takes to load)
 START_TIMEOUT = 300.0  # seconds for the compiler process to import xgrammar (and load the tokenizer)
 _LOCATION = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")  # "[17:37:08] /project/cpp/x.cc:4950: "
 

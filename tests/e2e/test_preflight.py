@@ -86,41 +86,63 @@ def test_validate_and_estimate_name_the_failing_schemas_and_the_repair_budget(tm
     assert "repairs (--repair truncated,unparsable, 2 attempts): at most 4 more requests" in table.output
 
 
-def test_every_schema_is_compiled_before_the_engines_start(tmp_path, monkeypatch):
+def compiled_at_first_request(monkeypatch) -> list:
+    """The pre-pass's order among the run's steps, and what it compiled: the engines start, the
+    pre-pass runs while they load, then the first request reaches an engine."""
     from pipeline.commands import run
+    from pipeline.engines.dispatcher import Dispatcher
 
-    at_start = []
-    start = run.start_engines
-    monkeypatch.setattr(run, "start_engines", lambda p: at_start.append(
-        sorted(c.name for c in p.preflight.compiled.values())) or start(p))
+    steps = []
+    start, prepass, submit = run.start_engines, run.preflight_all, Dispatcher._submit
+    monkeypatch.setattr(run, "start_engines", lambda p: steps.append("engines started") or start(p))
+
+    def after(p, *args):
+        prepass(p, *args)
+        steps.append(sorted(c.name for c in p.preflight.compiled.values()))
+
+    def first(self, i, w, reqs):
+        if "first request" not in steps:
+            steps.append("first request")
+        return submit(self, i, w, reqs)
+
+    monkeypatch.setattr(run, "preflight_all", after)
+    monkeypatch.setattr(Dispatcher, "_submit", first)
+    return steps
+
+
+def test_every_schema_is_compiled_before_any_request_reaches_an_engine(tmp_path, monkeypatch):
+    at_start = compiled_at_first_request(monkeypatch)
     late = fmt({"type": "object", "properties": {"b": {"type": "string"}}}, "late")
     lines = [chat_line("g", '{"a": 1}', response_format=GOOD), *[chat_line(f"p{i}", "hi") for i in range(30)],
              chat_line("b", "x", response_format=BAD), chat_line("l", '{"b": "x"}', response_format=late)]
     src = write_jsonl(tmp_path / "in.jsonl", lines)
     res = invoke("run", src, "-o", tmp_path / "out", *FAKE)
     assert res.exit_code == 0, res.output
-    assert at_start == [["good", "late", "typo"]]  # the last line's schema too, before any engine
+    assert at_start == ["engines started", ["good", "late", "typo"], "first request"]  # the last line's too
     pre = json.loads((tmp_path / "out" / "_report.json").read_text())["preflight"]
     assert pre["prepass"]["requests"] == 33 and pre["prepass"]["schemas"] == 3 and not pre["prepass"]["capped"]
     assert {s["name"]: s["rows_refused"] for s in pre["schemas"]} == {"good": 0, "typo": 1, "late": 0}
 
 
-def test_past_the_cap_schemas_are_compiled_as_their_requests_come_up(tmp_path, monkeypatch):
-    from pipeline.commands import run
+@pytest.mark.parametrize("limit", ["CAP", "PREPASS_ROWS"])
+def test_past_the_cap_schemas_are_compiled_as_their_requests_come_up(tmp_path, monkeypatch, limit):
+    """Past the pre-pass's cap of schemas, or of rows read, a schema is compiled when its first
+    request comes up, and its rows get the same verdict."""
     from pipeline.verdicts import preflight
 
-    monkeypatch.setattr(preflight, "CAP", 1)
-    at_start = []
-    start = run.start_engines
-    monkeypatch.setattr(run, "start_engines", lambda p: at_start.append(len(p.preflight.compiled)) or start(p))
+    monkeypatch.setattr(preflight, limit, 1)
+    at_start = compiled_at_first_request(monkeypatch)
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line("g", '{"a": 1}', response_format=GOOD),
                                                chat_line("b", "x", response_format=BAD)])
     assert invoke("run", src, "-o", tmp_path / "out", *FAKE).exit_code == 0
-    assert at_start == [1]
+    assert at_start == ["engines started", ["good"], "first request"]
+    pre = json.loads((tmp_path / "out" / "_report.json").read_text())["preflight"]
+    assert pre["prepass"]["rows_left"] == (limit == "PREPASS_ROWS"), pre["prepass"]
+    assert {s["name"]: s["rows_refused"] for s in pre["schemas"]} == {"good": 0, "typo": 1}
     rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
     assert rows["b"]["error"]["code"] == "schema_preflight_failed" and rows["g"]["verdict"] == "ok"
-    pre = json.loads((tmp_path / "out" / "_report.json").read_text())["preflight"]
-    assert pre["prepass"]["capped"] and pre["prepass"]["cap"] == 1 and len(pre["schemas"]) == 2
+    assert pre["prepass"]["capped"] == (limit == "CAP") and len(pre["schemas"]) == 2
+    assert (pre["prepass"]["cap"], pre["prepass"]["row_budget"]) == ((1, 1_000_000) if limit == "CAP" else (10_000, 1))
 
 
 def test_check_regex_is_compiled_by_the_engine_backend_up_front(tmp_path, caplog):
