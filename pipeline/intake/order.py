@@ -448,6 +448,8 @@ class BucketOrder(PrefixOrder):
     def _bucket(self, keyed: Keyed) -> None:
         """Add a request to its range's batch; a full batch is spilled, and every batch once the
         batches hold `buffer_bytes` of images."""
+        if self._closed:
+            raise _Closed()
         b = bisect_right(self.bounds, keyed[0])
         self.pending[b].append(keyed)
         self.held += media_bytes(keyed[2].messages) if isinstance(keyed[2], Request) else 0
@@ -465,6 +467,9 @@ class BucketOrder(PrefixOrder):
         self.files[b] = spill(self.files[b], self.pending[b], self.spill_dir, "--order prefix: spilling requests")
         if new:
             self.runs.append(self.files[b])  # closed with the others if the consumer stops early
+            if self._closed:  # it stopped while this file was made
+                self.files[b].close()
+                raise _Closed()
         self.spilled += len(self.pending[b])
         self.pending[b] = []
 
