@@ -280,8 +280,8 @@ OPTIONS: tuple[Opt, ...] = (
         "sorts in memory; with stream: the look-ahead, requests held and sorted before the largest prefix "
         "groups are sent; with sorted: requests held in memory, more are sorted in runs on local temporary "
         "disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
-    Opt("order_buffer_bytes", "The same bound in image bytes (as data: URIs): the look-ahead flushes, or "
-        "sorted spills, once its requests hold this much, however few they are.", Int1, 512 * 1024 * 1024,
+    Opt("order_buffer_bytes", "The same bound in image bytes (as data: URIs): prefix sends its first buffer, "
+        "the look-ahead flushes, or sorted spills, once its requests hold this much, however few they are.", Int1, 512 * 1024 * 1024,
         commands=frozenset({RUN, ESTIMATE})),
     Opt("decode_first", "In prefix and sorted order: within each prefix group, the requests that may "
         "generate most (max_tokens x n) first, so that long decodes start early and short ones fill "

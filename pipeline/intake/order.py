@@ -1,5 +1,6 @@
-"""The order requests reach the engines in: grouped by shared prompt prefix as they stream
-(`--order prefix`), fully sorted (`--order sorted`), as the input has them (`--order input`), or
+"""The order requests reach the engines in: grouped by shared prompt prefix (`--order prefix`: the
+first buffer at once, the rest through key ranges on disk), grouped within a bounded look-ahead
+(`--order stream`), fully sorted (`--order sorted`), as the input has them (`--order input`), or
 prefix order where it helps (`--order auto`, the default: decided on the first `--order-buffer`
 requests by the prompt tokens vLLM could reuse, in whole KV blocks, in each order; see AUTO_GAIN).
 
@@ -10,8 +11,23 @@ each message), each digest covering all the text before it. Requests that share 
 blocks share the key's first k digests, so sorted keys put every set of requests sharing a prefix
 side by side, at every depth (the order of a trie walk). Error rows come first (empty key).
 
-prefix (streaming, bounded look-ahead): `buffer` requests are held, sorted; when the buffer is
-full the largest prefix groups in it (oldest first among equals) are sent until at most
+prefix (and auto when it groups; BucketOrder): the first `buffer` requests are sorted and sent at
+once, so the engines start on them within one buffer's reading, whatever the input's size. Their
+keys also set the bounds of up to BUCKETS key ranges (even steps through their distinct keys:
+a sample of the input's keys). Every later request is keyed as read and spilled, SPILL_BATCH at
+a time, to its range's temporary file (pickle; no name on disk, so a killed run leaves none; a
+full disk stops the run resumably: StorageError, exit 3). Once the input ends, the ranges are
+sent in key order, each read back and sorted in memory (a range past `buffer` requests or
+`buffer_bytes` of images is sorted in runs of that size and merged), its file closed once read.
+Past the first buffer the order is exactly the full sort's, so a prefix's requests meet however
+far apart the input has them; only the requests of the first buffer are sent apart from the rest
+of their prefix (docs/performance.md measures what that costs: a few percent of the reusable
+share at 1M). Memory: the first buffer, the batches being filled (BUCKETS x SPILL_BATCH requests
+at most), then about two ranges (the one sorted and the one being sent). Temporary disk: the
+requests past the first buffer, pickled (about their size in the input).
+
+stream (bounded look-ahead, no disk; prefix's order before issue #32): `buffer` requests are
+held, sorted; when the buffer is full the largest prefix groups in it (oldest first among equals) are sent until at most
 HOLD_BACK of the buffer is left, and reading goes on. Groups still filling wait for the
 requests of theirs read later; a prefix whose requests lie further apart than the look-ahead
 reaches is sent in several groups and computed again unless the cache still holds it
@@ -20,15 +36,15 @@ buffer is read, whatever the input's size; memory holds about twice `buffer` req
 and the flush being sent). A buffer is also full once its requests' images (data: URIs) weigh
 `buffer_bytes`, so that image rows are held in bounded memory however many fit in `buffer`.
 
-sorted (the whole input, then the best order; kept for files whose shared prefixes lie
-further apart than any look-ahead reaches): a full buffer is sorted and spilled to a local
+sorted (the whole input, then the best order: what prefix does past its first buffer, with the
+first request after the whole input): a full buffer is sorted and spilled to a local
 temporary file (pickle), and the spilled runs are merged, reading 64 requests of each run at a
 time. Every shared prefix is computed once, but the first request waits for the whole input (for
 10M requests of ~2 KB: 100 runs, ~20 GB of temporary disk in $TMPDIR). A run's file has no name
 from the moment it is created (it is unlinked and kept open), so a killed run leaves no disk
 behind; a full disk stops the run resumably (StorageError, exit 3).
 
-Either way the reading runs in a thread that starts before the engines do, so it overlaps their
+Every way the reading runs in a thread that starts before the engines do, so it overlaps their
 start. Consecutive requests whose keys share at least half of the shorter one (and one block)
 form a group (`Request.group`); the dispatcher hands a group to one engine, so the engine that
 holds its prefix computes it once. With `decode_first`, within each group (up to GROUP_SPAN
