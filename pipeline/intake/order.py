@@ -13,7 +13,7 @@ side by side, at every depth (the order of a trie walk). Error rows come first (
 
 prefix (and auto when it groups; BucketOrder): the first `buffer` requests are sorted and sent at
 once, so the engines start on them within one buffer's reading, whatever the input's size. Their
-keys also set the bounds of up to BUCKETS key ranges (even steps through their distinct keys:
+keys also set the bounds of up to BUCKETS key ranges (at most a quarter of the open files limit) (even steps through their distinct keys:
 a sample of the input's keys). Every later request is keyed as read and spilled, SPILL_BATCH at
 a time, to its range's temporary file (pickle; no name on disk, so a killed run leaves none; a
 full disk stops the run resumably: StorageError, exit 3). Once the input ends, the ranges are
@@ -424,7 +424,7 @@ class BucketOrder(PrefixOrder):
 
     def __init__(self, items: Iterable[Request | FailedRequest], *, spill_dir: str | None = None,
                  buckets: int = BUCKETS, **kw: Any):
-        self.spill_dir, self.buckets = spill_dir, max(1, buckets)
+        self.spill_dir, self.buckets = spill_dir, max(1, min(buckets, _open_files_limit() // 4))
         self.bounds: list[bytes] = []
         self.files: list[IO[bytes] | None] = []
         self.pending: list[list[Keyed]] = []
@@ -525,6 +525,17 @@ def spill(f: IO[bytes] | None, items: list[Keyed], spill_dir: str | None, what: 
         raise StorageError(f"{what} to {spill_dir or tempfile.gettempdir()} failed ({e.strerror}). "
                            "Hint: free space there, set TMPDIR to a larger disk, or use --order stream "
                            "(bounded look-ahead, no spill)") from None
+
+
+def _open_files_limit() -> int:
+    """The process's limit on open files (a range's file stays open while the input is read)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        return 4 * BUCKETS
+    return soft if soft != resource.RLIM_INFINITY else 4 * BUCKETS
 
 
 def _merged(runs: list[IO[bytes]]) -> Iterator[Keyed]:

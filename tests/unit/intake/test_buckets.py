@@ -147,3 +147,12 @@ def test_stream_is_the_bounded_look_ahead():
     streamed = order(iter(rows), "stream", buffer=5)
     assert isinstance(streamed, StreamOrder) and len(list(streamed)) == len(rows)
     assert streamed.describe()["order"] == "stream"
+
+
+def test_ranges_stay_within_a_quarter_of_the_open_files_limit(monkeypatch):
+    from pipeline.intake import order as module
+
+    monkeypatch.setattr(module, "_open_files_limit", lambda: 12)
+    rows = docs_workload(10, 3, seed=2)
+    ordered = BucketOrder(iter(rows), buffer=10)
+    assert len(list(ordered)) == len(rows) and ordered.buckets == 3 and len(ordered.files) <= 3
