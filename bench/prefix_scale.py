@@ -18,6 +18,7 @@ and reports:
 
     python bench/prefix_scale.py                                   # 1M requests, all four orders
     python bench/prefix_scale.py --requests 1000000,3000000 --first-only sorted
+    python bench/prefix_scale.py --requests '' --keys-only 10000000   # shares alone at 10M, in process
 """
 
 from __future__ import annotations
@@ -44,6 +45,31 @@ def sorted_share(n: int, questions: int) -> float:
     return reusable_share(keys, order_stream.KV_BLOCK_TOKENS)
 
 
+def keys_only(n: int, questions: int, buffer: int) -> list[dict[str, Any]]:
+    """The shares the orders give, from the file's keys alone, in this process (for sizes whose
+    runs take too long): input; prefix = the first `buffer` keys sorted, then the rest sorted
+    (what `--order prefix` emits, tests/unit/intake/test_buckets.py); sorted = all keys sorted."""
+    from pipeline.intake.order import prefix_key, reusable_share
+    from pipeline.records import Request
+
+    t0 = time.monotonic()
+    keys = [prefix_key(Request(cid, "docs.jsonl", i + 1, messages))
+            for i, (cid, messages) in enumerate(order_stream.doc_rows(n, questions))]
+    block = order_stream.KV_BLOCK_TOKENS
+    shares = {"input": reusable_share(keys, block),
+              "prefix": reusable_share([*sorted(keys[:buffer]), *sorted(keys[buffer:])], block)}
+    keys.sort()
+    shares["sorted"] = reusable_share(keys, block)
+    seconds = time.monotonic() - t0
+    out = [{"requests": n, "order": how, "look_ahead": buffer if how == "prefix" else None,
+            "shared_in_emitted_order": share, "of_full_sort": share / shares["sorted"], "seconds": seconds}
+           for how, share in shares.items()]
+    for r in out:
+        print(f"  keys only x {n}: {r['order']}: {100 * r['shared_in_emitted_order']:.2f}% "
+              f"({100 * r['of_full_sort']:.1f}% of the full sort's)", file=sys.stderr)
+    return out
+
+
 def measure(n: int, questions: int, model: str, orders: tuple[str, ...], first_only: tuple[str, ...],
             work: Any) -> list[dict[str, Any]]:
     runs = order_stream.runs(n, questions, model, work, first_only, orders)
@@ -66,13 +92,18 @@ def markdown(result: dict[str, Any]) -> str:
              "stopped at first request" if r["stopped_at_first_request"] else r["wall_s"],
              _pct(r["shared_in_emitted_order"]), _pct(r["of_full_sort"]), r["peak_rss_bytes"] / MIB,
              r["load_before"], r["status"]] for r in result["runs"]]
+    keys = [[r["requests"], r["order"], r["look_ahead"], _pct(r["shared_in_emitted_order"]), _pct(r["of_full_sort"]),
+             r["seconds"]] for r in result.get("keys_only", [])]
+    keys_table = ["", "Share from the keys alone, in process (`--keys-only`):", "",
+                  table(["requests", "order", "first buffer", "share reusable", "of the full sort's", "seconds"], keys),
+                  ""] if keys else []
     return "\n".join([
         "# Prefix order at scale: `pipeline run --engine fake` in each order (shuffled documents × questions)", "",
         f"{machine_line(result['machine'])}; {versions_line(result['versions'])}; {result['date']} UTC; "
         f"{result['settings']['questions']} questions per document, KV blocks of {order_stream.KV_BLOCK_TOKENS} tokens",
         "",
         table(["requests", "--order", "first request at s", "wall s", "share reusable", "of the full sort's",
-               "peak RSS MiB", "load before", "status"], rows), ""])
+               "peak RSS MiB", "load before", "status"], rows), "", *keys_table])
 
 
 def _pct(v: float | None) -> str | None:
@@ -86,6 +117,9 @@ def main() -> None:
     parser.add_argument("--orders", default=",".join(ORDERS), help="Orders, comma-separated, run in this order.")
     parser.add_argument("--first-only", default="", help="Orders stopped once their first request arrived "
                         "(their share is not measured; for sorted, the keys are sorted in process instead).")
+    parser.add_argument("--keys-only", default="", help="Sizes, comma-separated, whose shares are computed "
+                        "from the keys alone in this process (no runs): input, prefix and sorted.")
+    parser.add_argument("--order-buffer", type=int, default=100_000, help="With --keys-only: prefix's first buffer.")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--note", help="A line to print above the results.")
     parser.add_argument("--keep", action="store_true", help=f"Keep request files, outputs and logs under {WORK}.")
@@ -93,12 +127,15 @@ def main() -> None:
     started = time.monotonic()
     work = WORK / f"prefix-{time.strftime('%Y%m%d-%H%M%S')}"
     sizes = [int(s) for s in args.requests.split(",") if s]
+    latest = f"prefix_scale_{max(sizes or [0])}{'_keys' if not sizes else ''}_latest.md"
     orders, first_only = tuple(args.orders.split(",")), tuple(filter(None, args.first_only.split(",")))
     runs = [r for n in sizes for r in measure(n, args.questions, args.model, orders, first_only, work)]
+    keys = [r for n in (int(s) for s in args.keys_only.split(",") if s)
+            for r in keys_only(n, args.questions, args.order_buffer)]
     result = {**envelope("prefix_scale", args.note, started),
               "settings": {"sizes": sizes, "questions": args.questions, "orders": orders, "first_only": first_only},
-              "runs": runs}
-    publish("prefix_scale", result, markdown(result), f"prefix_scale_{max(sizes)}_latest.md", work, args.keep)
+              "runs": runs, "keys_only": keys}
+    publish("prefix_scale", result, markdown(result), latest, work, args.keep)
 
 
 if __name__ == "__main__":
