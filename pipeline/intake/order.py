@@ -451,6 +451,7 @@ class BucketOrder(PrefixOrder):
             self._bucket(self._keyed(later, item))
         for b in range(len(self.pending)):
             self._dump(b)
+        self.held = 0
         for b in range(len(self.files)):
             self._serve(b)
 
@@ -505,7 +506,7 @@ class BucketOrder(PrefixOrder):
         if runs:
             runs.append(spill(None, self.memory, self.spill_dir, "--order prefix: spilling sorted requests"))
             self.runs.extend(runs)
-            self.memory = []
+            self.memory, self.held = [], 0
             self._put("flush", _merged(runs))
         else:
             chunk, self.memory, self.held = self.memory, [], 0
