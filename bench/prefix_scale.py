@@ -127,11 +127,11 @@ def main() -> None:
     started = time.monotonic()
     work = WORK / f"prefix-{time.strftime('%Y%m%d-%H%M%S')}"
     sizes = [int(s) for s in args.requests.split(",") if s]
-    latest = f"prefix_scale_{max(sizes or [0])}{'_keys' if not sizes else ''}_latest.md"
+    key_sizes = [int(s) for s in args.keys_only.split(",") if s]
+    latest = f"prefix_scale_{max(sizes)}_latest.md" if sizes else f"prefix_scale_{max(key_sizes)}_keys_latest.md"
     orders, first_only = tuple(args.orders.split(",")), tuple(filter(None, args.first_only.split(",")))
     runs = [r for n in sizes for r in measure(n, args.questions, args.model, orders, first_only, work)]
-    keys = [r for n in (int(s) for s in args.keys_only.split(",") if s)
-            for r in keys_only(n, args.questions, args.order_buffer)]
+    keys = [r for n in key_sizes for r in keys_only(n, args.questions, args.order_buffer)]
     result = {**envelope("prefix_scale", args.note, started),
               "settings": {"sizes": sizes, "questions": args.questions, "orders": orders, "first_only": first_only},
               "runs": runs, "keys_only": keys}
