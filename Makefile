@@ -11,7 +11,7 @@ AZURITE_BIN := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo demo-dataset test test-fast lint docs docs-serve cli-reference bench bench-io bench-scale chaos azurite browser clean
+.PHONY: install demo demo-dataset test test-fast lint docs docs-serve cli-reference bench bench-io bench-scale bench-prefix chaos azurite browser clean
 
 install: $(VENV)/.installed
 
@@ -82,9 +82,15 @@ bench: install
 bench-io: install
 	$(BIN)/python bench/io_scale.py
 
-# 20M requests through the fake engine in each order: whole, then killed at 50% and 90% and rerun (hours on 2 cores)
+# Prefix order at 1M shuffled documents x questions in each order (time to first request, share
+# reusable against the full sort, peak memory); then 20M requests through the fake engine in each
+# order: whole, then killed at 50% and 90% and rerun (hours on 2 cores)
 bench-scale: install
+	$(BIN)/python bench/prefix_scale.py
 	$(BIN)/python bench/scale.py
+
+bench-prefix: install
+	$(BIN)/python bench/prefix_scale.py
 
 clean:
 	rm -rf out site $(VENV)

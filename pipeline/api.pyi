@@ -63,7 +63,7 @@ class _run_estimate(_run_estimate_validate, total=False):
     output: str | None  # default None
     engine: Literal['vllm', 'fake'] | None  # default 'vllm'
     engine_option: Mapping[str, Any] | Sequence[str] | None  # default None
-    order: Literal['auto', 'prefix', 'sorted', 'input'] | None  # default 'auto'
+    order: Literal['auto', 'prefix', 'stream', 'sorted', 'input'] | None  # default 'auto'
     order_buffer: int | None  # default 100000
     order_buffer_bytes: int | None  # default 536870912
     decode_first: bool | None  # default None

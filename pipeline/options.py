@@ -270,16 +270,19 @@ OPTIONS: tuple[Opt, ...] = (
         "--max-in-flight when they hold images.", Int1, 256 * 1024 * 1024),
     Opt("order", "auto: prefix order when it helps (decided on the first --order-buffer requests); "
         "prefix: requests sharing a prompt prefix reach the engines together, so the prefix is "
-        "computed once while cached, with a bounded look-ahead of --order-buffer requests (the first "
-        "request is sent once one buffer is read); sorted: the whole input read and sorted first "
-        "(every shared prefix computed once; spills to $TMPDIR past --order-buffer; the first request "
-        "waits for the whole input); input: the input's order. estimate takes the same order as run.",
-        click.Choice(["auto", "prefix", "sorted", "input"]), "auto", commands=frozenset({RUN, ESTIMATE})),
-    Opt("order_buffer", "With --order prefix or auto: the look-ahead, requests held and sorted before "
-        "the largest prefix groups are sent; with sorted: requests held in memory, more are sorted in "
-        "runs on local temporary disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
-    Opt("order_buffer_bytes", "The same bound in image bytes (as data: URIs): the look-ahead flushes, or "
-        "sorted spills, once its requests hold this much, however few they are.", Int1, 512 * 1024 * 1024,
+        "computed once while cached: the first --order-buffer requests are sent sorted at once, every later "
+        "one is spilled to one of up to 256 key ranges on local temporary disk ($TMPDIR) and the ranges are "
+        "sent sorted once the input is read; stream: the same with a bounded look-ahead of --order-buffer "
+        "requests and no disk (prefixes further apart than it are computed again); sorted: the whole input "
+        "read and sorted first (the first request waits for the whole input); input: the input's order. "
+        "estimate takes the same order as run.",
+        click.Choice(["auto", "prefix", "stream", "sorted", "input"]), "auto", commands=frozenset({RUN, ESTIMATE})),
+    Opt("order_buffer", "With --order prefix or auto: the requests sent sorted first, and the most a key range "
+        "sorts in memory; with stream: the look-ahead, requests held and sorted before the largest prefix "
+        "groups are sent; with sorted: requests held in memory, more are sorted in runs on local temporary "
+        "disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
+    Opt("order_buffer_bytes", "The same bound in image bytes (as data: URIs): prefix sends its first buffer, "
+        "the look-ahead flushes, or sorted spills, once its requests hold this much, however few they are.", Int1, 512 * 1024 * 1024,
         commands=frozenset({RUN, ESTIMATE})),
     Opt("decode_first", "In prefix and sorted order: within each prefix group, the requests that may "
         "generate most (max_tokens x n) first, so that long decodes start early and short ones fill "

@@ -1,5 +1,6 @@
-"""The order requests reach the engines in: grouped by shared prompt prefix as they stream
-(`--order prefix`), fully sorted (`--order sorted`), as the input has them (`--order input`), or
+"""The order requests reach the engines in: grouped by shared prompt prefix (`--order prefix`: the
+first buffer at once, the rest through key ranges on disk), grouped within a bounded look-ahead
+(`--order stream`), fully sorted (`--order sorted`), as the input has them (`--order input`), or
 prefix order where it helps (`--order auto`, the default: decided on the first `--order-buffer`
 requests by the prompt tokens vLLM could reuse, in whole KV blocks, in each order; see AUTO_GAIN).
 
@@ -10,8 +11,23 @@ each message), each digest covering all the text before it. Requests that share 
 blocks share the key's first k digests, so sorted keys put every set of requests sharing a prefix
 side by side, at every depth (the order of a trie walk). Error rows come first (empty key).
 
-prefix (streaming, bounded look-ahead): `buffer` requests are held, sorted; when the buffer is
-full the largest prefix groups in it (oldest first among equals) are sent until at most
+prefix (and auto when it groups; BucketOrder): the first `buffer` requests are sorted and sent at
+once, so the engines start on them within one buffer's reading, whatever the input's size. Their
+keys also set the bounds of up to BUCKETS key ranges (at most a quarter of the open files limit) (even steps through their distinct keys:
+a sample of the input's keys). Every later request is keyed as read and spilled, SPILL_BATCH at
+a time, to its range's temporary file (pickle; no name on disk, so a killed run leaves none; a
+full disk stops the run resumably: StorageError, exit 3). Once the input ends, the ranges are
+sent in key order, each read back and sorted in memory (a range past `buffer` requests or
+`buffer_bytes` of images is sorted in runs of that size and merged), its file closed once read.
+Past the first buffer the order is exactly the full sort's, so a prefix's requests meet however
+far apart the input has them; only the requests of the first buffer are sent apart from the rest
+of their prefix (docs/performance.md measures what that costs: a few percent of the reusable
+share at 1M). Memory: the first buffer, the batches being filled (BUCKETS x SPILL_BATCH requests
+at most), then about two ranges (the one sorted and the one being sent). Temporary disk: the
+requests past the first buffer, pickled (about their size in the input).
+
+stream (bounded look-ahead, no disk; prefix's order before issue #32): `buffer` requests are
+held, sorted; when the buffer is full the largest prefix groups in it (oldest first among equals) are sent until at most
 HOLD_BACK of the buffer is left, and reading goes on. Groups still filling wait for the
 requests of theirs read later; a prefix whose requests lie further apart than the look-ahead
 reaches is sent in several groups and computed again unless the cache still holds it
@@ -20,15 +36,15 @@ buffer is read, whatever the input's size; memory holds about twice `buffer` req
 and the flush being sent). A buffer is also full once its requests' images (data: URIs) weigh
 `buffer_bytes`, so that image rows are held in bounded memory however many fit in `buffer`.
 
-sorted (the whole input, then the best order; kept for files whose shared prefixes lie
-further apart than any look-ahead reaches): a full buffer is sorted and spilled to a local
+sorted (the whole input, then the best order: what prefix does past its first buffer, with the
+first request after the whole input): a full buffer is sorted and spilled to a local
 temporary file (pickle), and the spilled runs are merged, reading 64 requests of each run at a
 time. Every shared prefix is computed once, but the first request waits for the whole input (for
 10M requests of ~2 KB: 100 runs, ~20 GB of temporary disk in $TMPDIR). A run's file has no name
 from the moment it is created (it is unlinked and kept open), so a killed run leaves no disk
 behind; a full disk stops the run resumably (StorageError, exit 3).
 
-Either way the reading runs in a thread that starts before the engines do, so it overlaps their
+Every way the reading runs in a thread that starts before the engines do, so it overlaps their
 start. Consecutive requests whose keys share at least half of the shorter one (and one block)
 form a group (`Request.group`); the dispatcher hands a group to one engine, so the engine that
 holds its prefix computes it once. With `decode_first`, within each group (up to GROUP_SPAN
@@ -40,12 +56,14 @@ so that long decodes start early and short ones fill the tail (BatchLLM).
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import pickle
 import queue
 import sys
 import tempfile
 import threading
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
@@ -61,7 +79,10 @@ BLOCK_CHARS = 256
 MAX_BLOCKS = 256  # keys cover the first 64k characters: longer shared prefixes sort as one
 
 SPILL_BATCH = 64
-ORDERS = ("auto", "prefix", "sorted", "input")
+ORDERS = ("auto", "prefix", "stream", "sorted", "input")
+# --order prefix: the key ranges past the first buffer is spread over on disk (fewer when that
+# buffer holds fewer distinct keys); each is sorted in memory when served, in runs past --order-buffer
+BUCKETS = 256
 # --order auto: prefix order when, on the first --order-buffer requests, the prompt tokens that
 # vLLM could serve from its prefix cache (whole KV blocks shared with the request before) are at
 # least this share of all their prompt tokens more than in the input's order
@@ -109,11 +130,13 @@ def order(items: Iterable[Request | FailedRequest], how: str, *, buffer: int = 1
         return items
     if how not in ORDERS:
         raise ValueError(f"unknown order {how!r}; use one of {', '.join(ORDERS)}")
+    kw = {"buffer": buffer, "buffer_bytes": buffer_bytes, "kv_block_tokens": kv_block_tokens,
+          "decode_first": decode_first}
     if how == "sorted":
-        return SortedOrder(items, buffer=buffer, buffer_bytes=buffer_bytes, spill_dir=spill_dir,
-                           kv_block_tokens=kv_block_tokens, decode_first=decode_first)
-    return StreamOrder(items, buffer=buffer, buffer_bytes=buffer_bytes, auto=how == "auto",
-                       kv_block_tokens=kv_block_tokens, decode_first=decode_first)
+        return SortedOrder(items, spill_dir=spill_dir, **kw)
+    if how == "stream":
+        return StreamOrder(items, **kw)
+    return BucketOrder(items, spill_dir=spill_dir, auto=how == "auto", **kw)
 
 
 class ShareMeter:
@@ -246,8 +269,11 @@ class PrefixOrder:
 
     def _hold(self, seq: int, item: Request | FailedRequest) -> bool:
         """Add `item` to memory; True when memory is full (in requests or in image bytes)."""
-        self.memory.append(self._keyed(seq, item))
-        self.held += media_bytes(item.messages) if isinstance(item, Request) else 0
+        return self._add(self._keyed(seq, item))
+
+    def _add(self, keyed: Keyed) -> bool:
+        self.memory.append(keyed)
+        self.held += media_bytes(keyed[2].messages) if isinstance(keyed[2], Request) else 0
         return len(self.memory) >= self.buffer or self.held >= self.buffer_bytes
 
     def _weigh(self) -> None:
@@ -324,8 +350,10 @@ class PrefixOrder:
 
 
 class StreamOrder(PrefixOrder):
-    """--order prefix and auto: bounded look-ahead (see the module's docstring). `hold_back`:
+    """--order stream: bounded look-ahead (see the module's docstring). `hold_back`:
     the share of a full buffer kept for the next flush (HOLD_BACK; 0: sort and send windows)."""
+
+    name = "stream"
 
     def __init__(self, items: Iterable[Request | FailedRequest], *, hold_back: float = HOLD_BACK, **kw: Any):
         self.hold_back = hold_back
@@ -381,17 +409,143 @@ class SortedOrder(PrefixOrder):
 
     def _spill(self) -> None:
         self.memory.sort()
-        try:
-            f = tempfile.TemporaryFile(prefix="pipeline-order-", dir=self.spill_dir)
-            self.runs.append(f)
-            for start in range(0, len(self.memory), SPILL_BATCH):
-                pickle.dump(self.memory[start : start + SPILL_BATCH], f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-        except OSError as e:
-            raise StorageError(f"--order sorted: spilling sorted requests to {self.spill_dir or tempfile.gettempdir()} "
-                               f"failed ({e.strerror}). Hint: free space there, set TMPDIR to a larger disk, "
-                               "or use --order prefix (bounded look-ahead, no spill)") from None
+        self.runs.append(spill(None, self.memory, self.spill_dir, "--order sorted: spilling sorted requests"))
         self.memory = []
+
+
+class BucketOrder(PrefixOrder):
+    """--order prefix and auto: the first `buffer` requests are sent sorted at once (the engines
+    start on them), and set the bounds of up to `buckets` key ranges; every later request is
+    spilled to its range's temporary file (pickle, no name on disk) as read. Once the input ends,
+    the ranges are sent in key order, each sorted in memory (a range past `buffer` requests or
+    `buffer_bytes` of images: sorted in runs on disk and merged). After the first buffer the order
+    is the full sort's, so a prefix's requests meet whatever their distance in the input: only
+    those of the first buffer are sent apart from the rest of theirs."""
+
+    def __init__(self, items: Iterable[Request | FailedRequest], *, spill_dir: str | None = None,
+                 buckets: int = BUCKETS, **kw: Any):
+        self.spill_dir, self.buckets = spill_dir, max(1, min(buckets, _open_files_limit() // 4))
+        self.bounds: list[bytes] = []
+        self.files: list[IO[bytes] | None] = []
+        self.pending: list[list[Keyed]] = []
+        self.spilled = 0  # requests spilled to the ranges' files
+        super().__init__(items, **kw)
+
+    def describe(self) -> dict[str, Any]:
+        spilled = {"order_spilled": self.spilled, "order_ranges": len(self.files)} if self.spilled else {}
+        return {**super().describe(), **spilled}
+
+    def _read(self, rest: Iterator[Request | FailedRequest]) -> None:
+        seq = -1
+        for seq, item in enumerate(rest):
+            if self._hold(seq, item):
+                break
+        if not self._grouping_helps(rest):
+            return
+        self.memory.sort()
+        self._set_bounds()
+        head, self.memory, self.held = self.memory, [], 0
+        self._put("flush", head)
+        del head  # the consumer holds it now
+        for later, item in enumerate(rest, seq + 1):
+            self._bucket(self._keyed(later, item))
+        for b in range(len(self.pending)):
+            self._dump(b)
+        self.held = 0
+        for b in range(len(self.files)):
+            self._serve(b)
+
+    def _set_bounds(self) -> None:
+        """`buckets` - 1 keys of the first buffer at even steps through its distinct keys: the ranges' bounds."""
+        keys = [k for k, _ in itertools.groupby(k for k, _, _ in self.memory) if k]
+        n = min(self.buckets, len(keys)) or 1
+        self.bounds = [keys[i * len(keys) // n] for i in range(1, n)]
+        self.files, self.pending = [None] * n, [[] for _ in range(n)]
+
+    def _bucket(self, keyed: Keyed) -> None:
+        """Add a request to its range's batch; a full batch is spilled, and every batch once the
+        batches hold `buffer_bytes` of images."""
+        if self._closed:
+            raise _Closed()
+        b = bisect_right(self.bounds, keyed[0])
+        self.pending[b].append(keyed)
+        self.held += media_bytes(keyed[2].messages) if isinstance(keyed[2], Request) else 0
+        if self.held >= self.buffer_bytes:
+            for full in range(len(self.pending)):
+                self._dump(full)
+            self.held = 0
+        elif len(self.pending[b]) >= SPILL_BATCH:
+            self._dump(b)
+
+    def _dump(self, b: int) -> None:
+        if not self.pending[b]:
+            return
+        new = self.files[b] is None
+        self.files[b] = spill(self.files[b], self.pending[b], self.spill_dir, "--order prefix: spilling requests")
+        if new:
+            self.runs.append(self.files[b])  # closed with the others if the consumer stops early
+            if self._closed:  # it stopped while this file was made
+                self.files[b].close()
+                raise _Closed()
+        self.spilled += len(self.pending[b])
+        self.pending[b] = []
+
+    def _serve(self, b: int) -> None:
+        """Range `b` sorted: in memory, or past `buffer` (or `buffer_bytes`) in sorted runs merged."""
+        f, self.files[b] = self.files[b], None
+        if f is None:
+            return
+        runs: list[IO[bytes]] = []
+        with f:
+            for keyed in _read_run(f):
+                if self._add(keyed):
+                    self.memory.sort()
+                    runs.append(spill(None, self.memory, self.spill_dir, "--order prefix: spilling sorted requests"))
+                    self.memory, self.held = [], 0
+        self.memory.sort()
+        if runs:
+            runs.append(spill(None, self.memory, self.spill_dir, "--order prefix: spilling sorted requests"))
+            self.runs.extend(runs)
+            self.memory, self.held = [], 0
+            self._put("flush", _merged(runs))
+        else:
+            chunk, self.memory, self.held = self.memory, [], 0
+            self._put("flush", chunk)
+
+
+def spill(f: IO[bytes] | None, items: list[Keyed], spill_dir: str | None, what: str) -> IO[bytes]:
+    """`items` pickled, SPILL_BATCH at a time, at the end of `f` (None: a new temporary file with
+    no name on disk, so that a killed run leaves none); a full disk is a StorageError (exit 3)."""
+    try:
+        f = f or tempfile.TemporaryFile(prefix="pipeline-order-", dir=spill_dir)
+        for start in range(0, len(items), SPILL_BATCH):
+            pickle.dump(items[start : start + SPILL_BATCH], f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.flush()
+        return f
+    except OSError as e:
+        raise StorageError(f"{what} to {spill_dir or tempfile.gettempdir()} failed ({e.strerror}). "
+                           "Hint: free space there, set TMPDIR to a larger disk, or use --order stream "
+                           "(bounded look-ahead, no spill)") from None
+
+
+def _open_files_limit() -> int:
+    """The process's limit on open files (a range's file stays open while the input is read)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        return 4 * BUCKETS
+    return soft if soft != resource.RLIM_INFINITY else 4 * BUCKETS
+
+
+def _merged(runs: list[IO[bytes]]) -> Iterator[Keyed]:
+    """Sorted runs merged; each closed (its disk freed) once merged."""
+    try:
+        yield from heapq.merge(*map(_read_run, runs))
+    finally:
+        for f in runs:
+            f.close()
 
 
 class _Closed(Exception):

@@ -23,6 +23,7 @@ from pipeline.intake.order import (
     BLOCK_CHARS,
     DIGEST,
     GROUP_SPAN,
+    BucketOrder,
     SortedOrder,
     StreamOrder,
     order,
@@ -233,7 +234,7 @@ def test_auto_groups_shared_documents_and_streams_the_rest(tmp_path, buffer):
     """auto decides on the first buffer: shuffled documents x questions go in prefix order; rows
     that share nothing go in the input's order, every item once, the rest streamed as read."""
     docs = docs_workload(6, 4, seed=2)
-    ordered = StreamOrder(iter(docs), buffer=buffer, auto=True)
+    ordered = BucketOrder(iter(docs), buffer=buffer, auto=True)
     out = list(ordered)
     assert ordered.chosen == "prefix" and sorted(r.line for r in out) == sorted(r.line for r in docs)
     measured = ordered.describe()["order_auto"]
@@ -248,7 +249,7 @@ def test_auto_groups_shared_documents_and_streams_the_rest(tmp_path, buffer):
             consumed.append(r.line)
             yield r
 
-    ordered = StreamOrder(source(), buffer=buffer, auto=True)
+    ordered = BucketOrder(source(), buffer=buffer, auto=True)
     out = iter(ordered)
     first = next(out)
     assert ordered.chosen == "input" and first is rows[0]
@@ -264,7 +265,7 @@ def test_auto_decides_on_whole_kv_blocks_not_shared_text(kv_block_tokens, chosen
              "Classify the sentiment of this product review as positive or negative, one word: "]
     rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": heads[i % 2] * 5 + f"item {i}"}])
             for i in range(40)]  # about 430 characters: under one CPU block (128 tokens), several GPU blocks
-    ordered = StreamOrder(iter(rows), buffer=40, auto=True, kv_block_tokens=kv_block_tokens)
+    ordered = BucketOrder(iter(rows), buffer=40, auto=True, kv_block_tokens=kv_block_tokens)
     out = list(ordered)
     assert ordered.chosen == chosen and sorted(r.line for r in out) == list(range(1, 41))
     measured = ordered.describe()["order_auto"]
