@@ -416,6 +416,9 @@ def run_once(tool: Tool, s: Setup, work: Path, repeat: int, bare_texts: dict[str
                done_s=round(done_s, 3), requests_per_s=o.ok / m.wall_s, tokens_per_s=o.generated / m.wall_s,
                tokens_per_s_after_start=o.generated / (done_s - m.ready_s) if m.ready_s else None,
                inner=_inner_timings(tool, out))
+    report = out / "out" / "_report.json"
+    if report.exists():  # pipeline's: each engine's predicted and served prefix-cache share
+        run["cache_plan"] = json.loads(report.read_text()).get("cache_plan")
     if bare_texts is not None and tool.name != "bare":
         same = sum(1 for cid, text in o.texts.items() if bare_texts.get(cid) == text)
         run["same_text_as_bare"] = same / max(len(bare_texts), 1)
@@ -567,6 +570,13 @@ def workload_lines(name: str, w: dict[str, Any], settings: dict[str, Any], runs:
                   f"efficiency {eff['tokens_per_s_after_start']:.3f} between engine up and output done "
                   f"({eff['tokens_per_s']:.3f} whole process); target >= {sc['target']}: "
                   f"{'met' if sc['meets_target'] else 'NOT met'}.", ""]
+    plans = [r["cache_plan"] for r in runs if r["workload"] == name and r.get("cache_plan")
+             and len(r["cache_plan"]["engines"]) > 1]
+    for plan in plans:  # the engines' prefix plan against what their caches served (engines/cache_plan.py)
+        lines += ["Prefix plan per engine (predicted / served share of the prompt): "
+                  + ", ".join(f"engine {e['engine']} {e['predicted_share']:.0%} / {e['cached_share'] or 0:.0%}"
+                              for e in plan["engines"])
+                  + (f"; differs: {'; '.join(plan['differs'])}" if plan["differs"] else "") + ".", ""]
     bare_runs = [r for r in runs if r["workload"] == name and r["tool"] == "bare" and "same_text_as_previous_bare" in r]
     if bare_runs:
         lines += ["Batch-order nondeterminism: the bare script against its own previous run, same file and settings: "

@@ -80,3 +80,26 @@ def calibration_file(tmp_path_factory, monkeypatch):
     path = tmp_path_factory.mktemp("calibration") / "calibration.jsonl"
     monkeypatch.setenv("PIPELINE_CALIBRATION", str(path))
     return path
+
+
+@pytest.fixture
+def engines_start_together(monkeypatch):
+    """Hold the engines' "ready" events back until all are up, as on a GPU machine: on these
+    2 shared cores the second engine starts many seconds after the first, which would finish a
+    small file alone."""
+    from pipeline.engines.local import LocalPool
+
+    real_wait, held, released = LocalPool.wait, [], []
+
+    def wait(self, timeout):
+        events = real_wait(self, timeout)
+        if released:
+            return events
+        held.extend(e for e in events if e.kind == "ready")
+        events = [e for e in events if e.kind != "ready"]
+        if len(held) == self.size:
+            released.append(True)
+            events += held
+        return events
+
+    monkeypatch.setattr(LocalPool, "wait", wait)

@@ -25,11 +25,13 @@ from pipeline import __version__, exits, options
 from pipeline.commands.learn import RunLengths, eta_model, learn
 from pipeline.commands.progress import Progress
 from pipeline.engines.base import KINDS, EngineSpec, Result
+from pipeline.engines.cache_plan import CachePlan
 from pipeline.engines.dispatcher import Dispatcher, in_flight_window
 from pipeline.engines.identical import Identical
 from pipeline.engines.local import LocalPool
 from pipeline.engines.placement import local_envs
 from pipeline.exits import UserError
+from pipeline.intake.order import prefix_key
 from pipeline.job import Job, open_resumed
 from pipeline.models.names import check_model
 from pipeline.options import command_line
@@ -382,6 +384,7 @@ def _report(p: Plan, stats: RunStats, claim, dispatcher, ordered) -> dict[str, A
         "engines": dispatcher.pool.size if dispatcher else 0,
         "engine": dispatcher.engine_info if dispatcher else None,
         "engine_restarts": dispatcher.restarts if dispatcher else 0,
+        **(dispatcher.cache_plan.describe() if dispatcher and dispatcher.cache_plan else {"cache_plan": None}),
         "repairs_sent": dict(stats.repairs),  # this run's repaired requests, by the verdict repaired
         "preflight": p.preflight.describe() if p.preflight else None,  # this run's schemas: compile time, size
         **(ordered.describe() if hasattr(ordered, "describe") else {"order": cfg.order}),
@@ -396,10 +399,12 @@ def _report(p: Plan, stats: RunStats, claim, dispatcher, ordered) -> dict[str, A
 def start_engines(p: Plan) -> Dispatcher:
     """The plan's engines, started, behind a dispatcher (closing it stops them)."""
     cfg = p.job.cfg
-    return Dispatcher(_make_pool(cfg, p.job.engine_spec(), p.envs),
-                      window=in_flight_window(cfg.max_in_flight, cfg.max_num_seqs),
-                      window_bytes=cfg.max_in_flight_bytes,
-                      max_restarts=cfg.max_engine_restarts)
+    dispatcher = Dispatcher(_make_pool(cfg, p.job.engine_spec(), p.envs),
+                            window=in_flight_window(cfg.max_in_flight, cfg.max_num_seqs),
+                            window_bytes=cfg.max_in_flight_bytes,
+                            max_restarts=cfg.max_engine_restarts)
+    dispatcher.cache_plan = CachePlan(prefix_key)
+    return dispatcher
 
 
 def _make_pool(cfg, spec: EngineSpec, envs: list[dict[str, str]]):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.engines.base import Result
+from pipeline.engines.cache_plan import CachePlan
 from pipeline.exits import EngineStartError, TooManyRestarts
 from pipeline.models.render import media_bytes
 from pipeline.records import Problem, Request
@@ -112,6 +113,7 @@ class Dispatcher:
         self.engine_info: dict[str, Any] = {}
         self._seq = 0
         self._ahead: Request | None = None  # taken from the source, not yet handed to an engine
+        self.cache_plan: CachePlan | None = None  # what each engine's prefix cache should serve (cache_plan.py)
 
     def close(self) -> None:
         """Stop the engines."""
@@ -167,9 +169,23 @@ class Dispatcher:
             batch.append(nxt)
             weight += media_bytes(nxt.messages)
             w.group = nxt.group
+        if not batch and source is None:
+            batch = self._steal(i)
         for start in range(0, len(batch), self.chunk):
             self._submit(i, w, batch[start : start + self.chunk])
         return source
+
+    def _steal(self, i: int) -> list[Request]:
+        """For an idle engine once the input is all handed out: the later half of the longest
+        queue of requests owed to another engine (its prefix group, waiting for room there), up
+        to the window. No engine idles while another has a queue; the group's prefix is computed
+        once more, on this engine."""
+        owed = max((w.owed for j, w in enumerate(self.workers) if j != i), key=len, default=deque())
+        take = min(len(owed) // 2 if len(owed) > 1 else len(owed), self.window)
+        batch = [owed.pop() for _ in range(take)][::-1]
+        if batch:
+            self.workers[i].group = batch[0].group
+        return batch
 
     def _owe(self, i: int, req: Request) -> bool:
         """Keep `req` for the engine that holds its prefix group, if another engine does and is
@@ -188,6 +204,8 @@ class Dispatcher:
         now = time.monotonic()
         for req in reqs:
             self._seq += 1
+            if self.cache_plan is not None:
+                self.cache_plan.handed(i, req)
             w.inflight[self._seq], w.sent[self._seq] = req, now
             items.append((self._seq, req))
         self.pool.submit(i, items)
@@ -205,6 +223,8 @@ class Dispatcher:
                 req = w.inflight.pop(res.seq, None)
                 if req is not None:
                     res.engine, res.seconds = ev.worker, round(now - w.sent.pop(res.seq, now), 6)
+                    if self.cache_plan is not None:
+                        self.cache_plan.answered(ev.worker, res)
                     yield req, res
             if w.exclusive and not w.inflight:
                 w.exclusive = False

@@ -12,7 +12,9 @@ as the OOM killer does, or an exit code), `load_log` (append a line at every loa
 and whose score of a pair is the cosine of its two vectors), `cpus_beside_model` (reported as a
 CPU vLLM engine reports the cores its model left free), `first_request_file` (write the
 wall-clock time, `time.time()`, at which the first request arrived: time to first request for
-benchmarks). A completion echoes its prompt. It prints its engine arguments at start, as vLLM
+benchmarks), `prefix_cache_blocks` (keep a prefix cache of that many blocks of 256 characters of
+the conversation, least recently used out, and report the prompt share it served as
+`cached_tokens`; 0, the default: no cache, `cached_tokens` 0). A completion echoes its prompt. It prints its engine arguments at start, as vLLM
 does (its output is shown with -v). With a reasoning parser (`--reasoning-parser`, or
 engine_args["reasoning_parser"]) it thinks first, as a reasoning model does: its thinking is
 "Let me think about:" and the prompt's words, cut at the request's thinking_token_budget (one word a
@@ -42,6 +44,7 @@ class FakeEngine:
                      "cpus_beside_model": self.opts.get("cpus_beside_model")}  # as a CPU vLLM engine reports
         self.queue: list[Result] = []
         self.added = 0
+        self.cache = _PrefixCache(int(self.opts.get("prefix_cache_blocks") or 0))
         print(f"fake engine: non-default args: {spec.engine_args}", flush=True)  # as vLLM logs them
         self._load()
 
@@ -98,7 +101,8 @@ class FakeEngine:
                   "reasoning_content": " ".join(thinking) if thoughts else None}
         used = len(thinking) + len(words)
         thinks = self.thinks and req.endpoint == "chat"
-        return Result(seq, [{"index": i, **choice} for i in range(req.n)], prompt, used * req.n, 0,
+        cached = self.cache.served(req, prompt)
+        return Result(seq, [{"index": i, **choice} for i in range(req.n)], prompt, used * req.n, cached,
                       reasoning_tokens=len(thinking) * req.n if thinks else None,
                       choice_tokens=[used] * req.n, choice_reasoning_tokens=[len(thinking)] * req.n if thinks else None)
 
@@ -179,3 +183,32 @@ def fake_vector(text: str, size: int) -> list[float]:
     """A deterministic vector for a text: its hash's bytes, centred."""
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).digest()
     return [(b - 127.5) / 127.5 for b in digest]
+
+
+class _PrefixCache:
+    """A prefix cache of `blocks` blocks of 256 characters (least recently used out): what part
+    of a prompt it serves, as tokens in proportion to the characters served."""
+
+    def __init__(self, blocks: int):
+        from collections import OrderedDict
+
+        self.blocks, self.held = blocks, OrderedDict()
+
+    def served(self, req: Request, prompt_tokens: int) -> int:
+        if not self.blocks:
+            return 0
+        from pipeline.models.prefix import DIGEST, chained_digests
+
+        text = "\x1e".join(f"{m.get('role')}\x1f{m.get('content')}" for m in req.messages) or str(req.input)
+        data = text.encode("utf-8", "surrogatepass")
+        key = chained_digests(data, 256, whole_blocks=True)
+        digests = [key[i : i + DIGEST] for i in range(0, len(key), DIGEST)]
+        hit = 0
+        while hit < len(digests) and digests[hit] in self.held:
+            hit += 1
+        for d in digests:
+            self.held[d] = True
+            self.held.move_to_end(d)
+        while len(self.held) > self.blocks:
+            self.held.popitem(last=False)
+        return min(prompt_tokens, round(prompt_tokens * hit * 256 / max(len(data), 1)))

@@ -73,29 +73,6 @@ def submissions(monkeypatch):
     return handed
 
 
-@pytest.fixture
-def engines_start_together(monkeypatch):
-    """Hold the engines' "ready" events back until all are up, as on a GPU machine: on these
-    2 shared cores the second engine starts many seconds after the first, which would finish a
-    small file alone."""
-    from pipeline.engines.local import LocalPool
-
-    real_wait, held, released = LocalPool.wait, [], []
-
-    def wait(self, timeout):
-        events = real_wait(self, timeout)
-        if released:
-            return events
-        held.extend(e for e in events if e.kind == "ready")
-        events = [e for e in events if e.kind != "ready"]
-        if len(held) == self.size:
-            released.append(True)
-            events += held
-        return events
-
-    monkeypatch.setattr(LocalPool, "wait", wait)
-
-
 @pytest.mark.engine
 def test_two_engines_give_the_rows_of_one(tmp_path, tmp_path_factory, submissions, engines_start_together):
     baseline = local_baseline(tmp_path_factory)
@@ -108,6 +85,9 @@ def test_two_engines_give_the_rows_of_one(tmp_path, tmp_path_factory, submission
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["engines"] == 2 and report["engine_restarts"] == 0
     assert {worker for worker, _ in submissions} == {0, 1}, f"one engine did all the work: {submissions}"
+    plan = report["cache_plan"]["engines"]  # each engine's predicted and served prefix share
+    assert [e["engine"] for e in plan] == [0, 1] and all(e["cached_share"] is not None for e in plan), plan
+    print(f"\ncache plan: {report['cache_plan']}")
 
 
 def test_dead_worker_requests_are_redone(tmp_path, submissions):

@@ -107,3 +107,48 @@ def test_a_prefix_group_stays_on_its_engine_while_the_other_takes_the_next_group
     assert all(len(e) == 1 for e in engines.values())
     assert engines[1] != engines[2]  # the next group went to the other engine while the first ran
     assert max(pool.max_held) <= 16
+
+
+class SlowFirstPool(MemoryPool):
+    """Engine 0 answers two requests a wait; engine 1 answers all it holds."""
+
+    def wait(self, timeout):
+        slow, self.held[0] = self.held[0][2:], self.held[0][:2]
+        events = super().wait(timeout)
+        self.held[0] = slow
+        return events
+
+
+def test_an_idle_engine_takes_the_later_half_of_another_engines_queue():
+    """One prefix group of 60 on a slow engine: while the input lasts the group waits for its
+    engine; once it is all handed out, the idle engine takes the later half of what waits (no
+    engine idle while another has a queue), and every request still runs once."""
+    rows = [Request(f"r{k}", "f.jsonl", k + 1, [{"role": "user", "content": "doc"}], group=1) for k in range(60)]
+    pool = SlowFirstPool(size=2)
+    out = [x for x in Dispatcher(pool, window=8, chunk=4).results(iter(rows)) if x is not None]
+    assert sorted(r.custom_id for r, _ in out) == sorted(r.custom_id for r in rows)
+    second = sorted(r.line for r, res in out if res.engine == 1)
+    assert second, "the idle engine took none of the waiting group"
+    assert max(second) == 60 and len(second) < 60  # the tail of the queue, not the group's head
+    assert min(r.line for r, res in out if res.engine == 0) == 1
+
+
+def test_the_cache_plan_follows_each_engines_stream():
+    from pipeline.engines.cache_plan import CachePlan
+    from pipeline.intake.order import prefix_key
+
+    doc = "word " * 200  # four blocks of 256 characters, then the question
+    rows = [Request(f"q{k}", "f.jsonl", k + 1, [{"role": "user", "content": doc + f"question {k}"}], group=1)
+            for k in range(4)]
+    plan = CachePlan(prefix_key)
+    for k, r in enumerate(rows):
+        plan.handed(0, r)
+        plan.answered(0, Result(k, [], 100, 1, cached_tokens=0 if k == 0 else 80))
+    plan.handed(1, Request("x", "f.jsonl", 9, [{"role": "user", "content": "other"}]))
+    plan.answered(1, Result(9, [], 10, 1, cached_tokens=10))
+    d = plan.describe()["cache_plan"]
+    zero, one = d["engines"]
+    assert zero["requests"] == 4 and zero["groups"] == 1
+    assert 0.5 < zero["predicted_share"] < 0.75 and zero["cached_share"] == 0.6 and zero["differs"] is None
+    assert one["predicted_share"] == 0 and one["cached_share"] == 1.0
+    assert d["differs"] == [f"engine 1: {one['differs']}"] and "further back" in one["differs"]
