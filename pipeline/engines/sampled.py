@@ -21,8 +21,8 @@ tokens, the engine's cached tokens; cost follows. An engine error on the merged 
 each member's error row. The report's `identical` block says how many rows went in merged
 requests, how many requests carried them and the prompt tokens sent once instead of per row.
 
-Bounded memory: at most `window` requests are held back waiting for identical ones (the oldest
-group is sent first when the window is full; every group at the end of the stream). Prefix and
+Bounded memory: at most `window` requests, and `window_bytes` of their images' data, are held
+back waiting for identical ones (the oldest group is sent first when the window is full; every group at the end of the stream). Prefix and
 sorted order put identical prompts side by side; in input order, copies further apart than
 the window are sent in separate requests.
 """
@@ -36,9 +36,11 @@ from typing import Any, Protocol
 
 from pipeline.engines.base import Result
 from pipeline.engines.bodies import body_key, determined
+from pipeline.models.render import media_bytes
 from pipeline.records import Problem, Request
 
 WINDOW = 4096
+WINDOW_BYTES = 64 * 1024 * 1024  # image data (data: URIs) held back at most, whatever the count
 MAX_N = 32
 _SAMPLED_ENDPOINTS = frozenset({"chat", "completions"})
 
@@ -88,10 +90,12 @@ def _per_choice(counts: list[int] | None, total: int | None, n: int) -> list[int
 class SampledOnce:
     """Wraps a dispatcher's `results`: identical sampled requests go as one request with `n`."""
 
-    def __init__(self, enabled: bool = True, window: int = WINDOW, max_n: int = MAX_N):
-        self.enabled, self.window, self.max_n = enabled, window, max_n
+    def __init__(self, enabled: bool = True, window: int = WINDOW, max_n: int = MAX_N,
+                 window_bytes: int = WINDOW_BYTES):
+        self.enabled, self.window, self.max_n, self.window_bytes = enabled, window, max_n, window_bytes
         self.groups: collections.OrderedDict[bytes, list[Request]] = collections.OrderedDict()
         self.held = 0  # requests waiting in `groups`
+        self.held_bytes = 0  # ... and their images' bytes
         self.sent: dict[int, tuple[Request, list[Request]]] = {}  # id(merged request) -> it, its rows
         self.rows = 0  # rows sent in a merged request
         self.requests = 0  # merged requests sent
@@ -127,9 +131,10 @@ class SampledOnce:
                 group = self.groups[key] = []
             group.append(req)
             self.held += 1
+            self.held_bytes += media_bytes(req.messages)
             if sum(r.n for r in group) == self.max_n:
                 yield self._send(key)
-            while self.held > self.window:
+            while self.held > self.window or (self.held_bytes > self.window_bytes and self.groups):
                 yield self._send(next(iter(self.groups)))
         while self.groups:
             yield self._send(next(iter(self.groups)))
@@ -137,6 +142,7 @@ class SampledOnce:
     def _send(self, key: bytes) -> Request:
         group = self.groups.pop(key)
         self.held -= len(group)
+        self.held_bytes -= sum(media_bytes(r.messages) for r in group)
         if len(group) == 1:
             return group[0]
         merged = replace(group[0], params={**group[0].params, "n": sum(r.n for r in group)})

@@ -139,3 +139,20 @@ def test_what_is_never_merged():
     assert not mergeable(request(0, "q", endpoint="embeddings"))
     assert not mergeable(request(0, "q", n=32))  # already at the cap
     assert mergeable(request(0, "q", temperature=None)) and mergeable(request(0, "q", endpoint="completions"))
+
+
+def test_images_held_back_are_bounded_in_bytes():
+    """Sampled image rows wait for copies in bounded memory: past `window_bytes` of image data
+    the oldest group is sent, whatever the count window allows."""
+    from pipeline.engines.sampled import SampledOnce
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 4000}}
+    rows = [Request(f"i{k}", "f.jsonl", k + 1, [{"role": "user", "content": [
+        {"type": "text", "text": f"describe {k}"}, image]}]) for k in range(10)]
+    once = SampledOnce(window=1000, window_bytes=10_000)
+    released = []
+    for out in once._merged(iter(rows)):
+        released.append((out.custom_id, once.held))
+    assert [cid for cid, _ in released] == [r.custom_id for r in rows]
+    assert max(held for _, held in released[:-3]) <= 3  # about 10,000 bytes of 4,000-byte images wait
+    assert once.held_bytes == 0
