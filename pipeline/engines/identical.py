@@ -25,11 +25,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any, Protocol
 
+from pipeline.endpoints import ENDPOINTS
 from pipeline.engines.base import Result
 from pipeline.records import Request
 
 WINDOW = 1 << 16
-_ALWAYS_DETERMINED = frozenset({"embeddings", "score", "rerank"})
 
 
 class _Results(Protocol):
@@ -38,7 +38,7 @@ class _Results(Protocol):
 
 def determined(req: Request) -> bool:
     """Whether the request's answer follows from its body (see the module's doc)."""
-    if req.endpoint in _ALWAYS_DETERMINED:
+    if not ENDPOINTS[req.endpoint].completes:  # vectors and scores follow from the body
         return True
     return req.params.get("temperature") == 0 or req.params.get("seed") is not None
 

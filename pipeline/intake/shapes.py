@@ -14,17 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.intake.endpoints import URL_FORMS, is_line_for
+from pipeline.endpoints import DEFAULT, ENDPOINTS, Endpoint
+from pipeline.endpoints.base import OPENAI_PREFIX, QUERY
+from pipeline.intake.endpoints import is_line_for
 from pipeline.providers.anthropic import anthropic_body
 from pipeline.providers.gemini import gemini_body
 from pipeline.providers.responses import responses_body
 from pipeline.records import Invalid, field_names, names_list, short
 
-CHAT_URL = "/v1/chat/completions"
-# OpenAI's form, Azure OpenAI's (`/chat/completions`, a deployment's path), an api-version query.
-_PREFIX = r"^(?:/v1|/openai/v1|/openai/deployments/[^/?#]+)?"
-CHAT_URL_FORMS = re.compile(_PREFIX + r"/chat/completions(?:\?[^#]*)?$")
-RESPONSES_URL_FORMS = re.compile(_PREFIX + r"/responses(?:\?[^#]*)?$")
+RESPONSES_URL_FORMS = re.compile(OPENAI_PREFIX + r"/responses" + QUERY)
 BATCH_LINE_FIELDS = {"custom_id", "method", "url", "body"}
 
 
@@ -40,8 +38,8 @@ class Shape:
     id_fields: tuple[str, ...] = ("custom_id",)
     # True: the body is converted from another provider's form (its errors say so).
     converted: bool = False
-    # The endpoint its lines ask for (records.ENDPOINTS).
-    endpoint: str = "chat"
+    # The endpoint its lines ask for (a name of pipeline/endpoints' ENDPOINTS).
+    endpoint: str = DEFAULT.name
 
     def id_field(self, row: dict[str, Any]) -> str:
         return next((f for f in self.id_fields if row.get(f) is not None), self.id_fields[-1])
@@ -64,7 +62,7 @@ def _in_file(shape: Shape, row: dict[str, Any]) -> str:
             "every row of a file must have the file's shape")
 
 
-def _batch_line(row: dict[str, Any], warnings: list[str], *, urls: re.Pattern[str] = CHAT_URL_FORMS,
+def _batch_line(row: dict[str, Any], warnings: list[str], *, urls: re.Pattern[str] = DEFAULT.urls,
                 endpoint: str = "chat completions", shape_name: str = "openai-batch") -> Any:
     shape = SHAPES_BY_NAME[shape_name]
     method = row.get("method", "POST")
@@ -83,12 +81,9 @@ def _batch_line(row: dict[str, Any], warnings: list[str], *, urls: re.Pattern[st
 
 
 URL_EXAMPLES = {
-    "openai-batch": f"{CHAT_URL!r}, or Azure's '/chat/completions'",
+    **{e.shape: repr(e.url) for e in ENDPOINTS.values()},
+    DEFAULT.shape: f"{DEFAULT.url!r}, or Azure's '/chat/completions'",
     "openai-responses": "'/v1/responses'",
-    "openai-embeddings": "'/v1/embeddings'",
-    "openai-completions": "'/v1/completions'",
-    "vllm-score": "'/v1/score'",
-    "vllm-rerank": "'/v1/rerank'",
 }
 
 
@@ -98,16 +93,16 @@ def _responses_line(row: dict[str, Any], warnings: list[str]) -> Any:
     return _converted(RESPONSES, responses_body, body, warnings)
 
 
-def _endpoint_line(shape_name: str, endpoint: str):
-    """The reader of a batch line for another endpoint than chat (endpoints.URL_FORMS)."""
+def _endpoint_line(endpoint: Endpoint):
+    """The reader of an endpoint's batch lines (by its record's URL forms)."""
     def read(row: dict[str, Any], warnings: list[str]) -> Any:
-        return _batch_line(row, warnings, urls=URL_FORMS[endpoint], endpoint=endpoint, shape_name=shape_name)
+        return _batch_line(row, warnings, urls=endpoint.urls, endpoint=endpoint.name, shape_name=endpoint.shape)
     return read
 
 
-def _endpoint_shape(name: str, endpoint: str, url: str, title: str) -> Shape:
-    return Shape(name, is_line_for(endpoint), _endpoint_line(name, endpoint),
-                 f"{title} ({{custom_id, method, url: {url}, body}})", endpoint=endpoint)
+def _endpoint_shape(endpoint: Endpoint) -> Shape:
+    return Shape(endpoint.shape, is_line_for(endpoint.name), _endpoint_line(endpoint),
+                 f"{endpoint.title} ({{custom_id, method, url: {endpoint.url}, body}})", endpoint=endpoint.name)
 
 
 def _together_line(row: dict[str, Any], warnings: list[str]) -> Any:
@@ -170,13 +165,12 @@ def _holds(field: str) -> Callable[[dict[str, Any]], bool]:
 
 RESPONSES = Shape("openai-responses", _is_responses_line, _responses_line,
                   "OpenAI Responses API batch lines ({custom_id, method, url: /v1/responses, body})", converted=True)
-EMBEDDINGS = _endpoint_shape("openai-embeddings", "embeddings", "/v1/embeddings", "OpenAI Batch embeddings lines")
-COMPLETIONS = _endpoint_shape("openai-completions", "completions", "/v1/completions",
-                              "OpenAI Batch completions lines")
-SCORE = _endpoint_shape("vllm-score", "score", "/v1/score", "vLLM score lines")
-RERANK = _endpoint_shape("vllm-rerank", "rerank", "/v1/rerank", "vLLM rerank lines")
-OPENAI_BATCH = Shape("openai-batch", _is_batch_line, _batch_line,
-                     "OpenAI Batch lines ({custom_id, method, url: /v1/chat/completions, body})")
+# The batch lines of each endpoint but the default, whose lines (OPENAI_BATCH) take any URL and
+# say what is wrong with it.
+ENDPOINT_SHAPES = tuple(_endpoint_shape(e) for e in ENDPOINTS.values() if e is not DEFAULT)
+EMBEDDINGS = next(s for s in ENDPOINT_SHAPES if s.name == ENDPOINTS["embeddings"].shape)  # a template job's
+OPENAI_BATCH = Shape(DEFAULT.shape, _is_batch_line, _batch_line,
+                     f"{DEFAULT.title} ({{custom_id, method, url: {DEFAULT.url}, body}})")
 TOGETHER = Shape("together-batch", _holds("body"), _together_line, "Together batch lines ({custom_id, body})")
 ANTHROPIC = Shape("anthropic-batch", _holds("params"), _provider_line("anthropic-batch", "params", anthropic_body),
                   "Anthropic Message Batches lines ({custom_id, params})", converted=True)
@@ -184,7 +178,7 @@ GEMINI = Shape("gemini-batch", _holds("request"), _provider_line("gemini-batch",
                "Gemini/Vertex AI batch lines ({key, request: {contents}})", id_fields=("key", "custom_id"),
                converted=True)
 BARE = Shape("body", lambda row: True, _bare_body, "chat request bodies ({custom_id, model, messages, ...})")
-SHAPES = (RESPONSES, EMBEDDINGS, COMPLETIONS, SCORE, RERANK, OPENAI_BATCH, TOGETHER, ANTHROPIC, GEMINI, BARE)  # detection order: the first that matches
+SHAPES = (RESPONSES, *ENDPOINT_SHAPES, OPENAI_BATCH, TOGETHER, ANTHROPIC, GEMINI, BARE)  # detection order: the first that matches
 SHAPES_BY_NAME = {s.name: s for s in SHAPES}
 
 
