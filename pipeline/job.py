@@ -154,6 +154,7 @@ class Job:
             raise UserError(f"--thinking-token-budget needs a reasoning parser, and {cfg.model} has none that "
                             "pipeline knows of. Hint: name the model's with --reasoning-parser NAME (deepseek_r1, "
                             "qwen3, openai_gptoss, ...; docs/reasoning.md)")
+        ctx = replace(ctx, runner=runner)  # one verdict for a request of the other kind, in every command
         job = cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
                   Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg), runner, thinking)
         for i, s in enumerate(scans):

@@ -44,6 +44,10 @@ class Context:
     # Job defaults of request fields (reasoning_effort, chat_template_kwargs, thinking_token_budget):
     # a chat row that does not set one takes it; chat_template_kwargs merge, the row's keys winning.
     defaults: tuple[tuple[str, Any], ...] = ()
+    # The kind of model the run serves (--runner, or what its files need): a valid request for an
+    # endpoint of the other kind gets `unsupported_endpoint` here, so that validate, estimate, a dry
+    # run and the run give it the same verdict. None: any (a context without a run).
+    runner: str | None = None
 
     @classmethod
     def of(cls, model: str | None, served: tuple[str, ...] = (), max_n: int = 4,
@@ -107,9 +111,10 @@ def parse_row(
         if isinstance(body, dict) and isinstance(body.get("user"), str) and is_text(body["user"]):
             user = body["user"]
         try:
-            return _parse_body(body, custom_id, source, line, ctx, warnings, shape_name)
+            request = _parse_body(body, custom_id, source, line, ctx, warnings, shape_name)
         except Invalid as e:
             raise shape.explained(e) from None
+        return _served(request, ctx)
     except Invalid as e:
         return FailedRequest(custom_id, source.name, line, e.code, e.message, e.param, user, shape=shape_name,
                              file=source.index)
@@ -129,6 +134,14 @@ def _parse_body(
     model = _model(body.get("model"), ctx)
     endpoint = ENDPOINTS[SHAPES_BY_NAME[shape].endpoint] if shape in SHAPES_BY_NAME else DEFAULT
     return endpoint.parse(body, Origin(custom_id, source, line, model, shape, ctx.adapter_for(model)), ctx, warnings)
+
+
+def _served(request: Request, ctx: Context) -> Request:
+    """The request, if the run's kind of model serves its endpoint."""
+    problem = ENDPOINTS[request.endpoint].unsupported(ctx.runner) if ctx.runner is not None else None
+    if problem is not None:
+        raise Invalid(problem.code, problem.message, problem.param)
+    return request
 
 
 def _model(model: Any, ctx: Context) -> str | None:
