@@ -17,9 +17,7 @@ from typing import Any
 from pipeline.endpoints import DEFAULT, ENDPOINTS, Endpoint
 from pipeline.endpoints.base import OPENAI_PREFIX, QUERY
 from pipeline.intake.endpoints import is_line_for
-from pipeline.providers.anthropic import anthropic_body
-from pipeline.providers.gemini import gemini_body
-from pipeline.providers.responses import responses_body
+from pipeline.providers import PROVIDERS, Provider
 from pipeline.records import Invalid, field_names, names_list, short
 
 RESPONSES_URL_FORMS = re.compile(OPENAI_PREFIX + r"/responses" + QUERY)
@@ -90,7 +88,7 @@ URL_EXAMPLES = {
 def _responses_line(row: dict[str, Any], warnings: list[str]) -> Any:
     body = _batch_line(row, warnings, urls=RESPONSES_URL_FORMS, endpoint="the Responses API",
                        shape_name="openai-responses")
-    return _converted(RESPONSES, responses_body, body, warnings)
+    return _converted(RESPONSES, PROVIDERS["responses"].body_in, body, warnings)
 
 
 def _endpoint_line(endpoint: Endpoint):
@@ -163,8 +161,8 @@ def _holds(field: str) -> Callable[[dict[str, Any]], bool]:
     return lambda row: field in row and not ({"messages", "url", "method", "body"} - {field}) & row.keys()
 
 
-RESPONSES = Shape("openai-responses", _is_responses_line, _responses_line,
-                  "OpenAI Responses API batch lines ({custom_id, method, url: /v1/responses, body})", converted=True)
+RESPONSES = Shape(PROVIDERS["responses"].shape, _is_responses_line, _responses_line, PROVIDERS["responses"].shape_title,
+                  converted=True)
 # The batch lines of each endpoint but the default, whose lines (OPENAI_BATCH) take any URL and
 # say what is wrong with it.
 ENDPOINT_SHAPES = tuple(_endpoint_shape(e) for e in ENDPOINTS.values() if e is not DEFAULT)
@@ -172,13 +170,19 @@ EMBEDDINGS = next(s for s in ENDPOINT_SHAPES if s.name == ENDPOINTS["embeddings"
 OPENAI_BATCH = Shape(DEFAULT.shape, _is_batch_line, _batch_line,
                      f"{DEFAULT.title} ({{custom_id, method, url: {DEFAULT.url}, body}})")
 TOGETHER = Shape("together-batch", _holds("body"), _together_line, "Together batch lines ({custom_id, body})")
-ANTHROPIC = Shape("anthropic-batch", _holds("params"), _provider_line("anthropic-batch", "params", anthropic_body),
-                  "Anthropic Message Batches lines ({custom_id, params})", converted=True)
-GEMINI = Shape("gemini-batch", _holds("request"), _provider_line("gemini-batch", "request", gemini_body),
-               "Gemini/Vertex AI batch lines ({key, request: {contents}})", id_fields=("key", "custom_id"),
-               converted=True)
+
+
+def _provider_shape(provider: Provider) -> Shape:
+    """The shape of a provider's own request lines: its request field, converted by its body_in."""
+    return Shape(provider.shape, _holds(provider.request_field),
+                 _provider_line(provider.shape, provider.request_field, provider.body_in), provider.shape_title,
+                 id_fields=provider.id_fields, converted=True)
+
+
+# The lines of every provider that holds its request in a field of its own (Anthropic, Gemini).
+PROVIDER_SHAPES = tuple(_provider_shape(p) for p in PROVIDERS.values() if p.request_field is not None)
 BARE = Shape("body", lambda row: True, _bare_body, "chat request bodies ({custom_id, model, messages, ...})")
-SHAPES = (RESPONSES, *ENDPOINT_SHAPES, OPENAI_BATCH, TOGETHER, ANTHROPIC, GEMINI, BARE)  # detection order: the first that matches
+SHAPES = (RESPONSES, *ENDPOINT_SHAPES, OPENAI_BATCH, TOGETHER, *PROVIDER_SHAPES, BARE)  # detection order: the first that matches
 SHAPES_BY_NAME = {s.name: s for s in SHAPES}
 
 

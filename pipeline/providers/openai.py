@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.endpoints import answering
-from pipeline.providers.common import _failed, error_text, with_images
+from pipeline.providers.common import Provider, _failed, error_text, with_images
 
 
 # ---- OpenAI Batch (https://platform.openai.com/docs/guides/batch) -----------------------------
@@ -17,7 +17,7 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
     if _failed(row):
         return _openai_error(row)
     body = answering(row).response_body(row)  # the endpoint's own response body
-    with_images(body["usage"], row, "openai")
+    with_images(body["usage"], row, IMAGE_FIELD)
     return _openai_ok(row, body)
 
 
@@ -38,3 +38,33 @@ def _openai_error(row: dict[str, Any]) -> dict[str, Any]:
         "response": None,
         "error": {"code": err["code"], "message": error_text(err)},
     }
+
+
+IMAGE_FIELD = "prompt_images"
+
+
+def owns(line: dict[str, Any]) -> bool:
+    """Any line another provider does not claim is an OpenAI Batch line (the registry asks it last)."""
+    return True
+
+
+def failed(line: dict[str, Any]) -> bool:
+    return line.get("error") is not None
+
+
+def summary(line: dict[str, Any]) -> dict[str, Any]:
+    body = (line.get("response") or {}).get("body") or {}
+    usage = body.get("usage") or {}
+    first = (body.get("choices") or [{}])[0]
+    return {"custom_id": line.get("custom_id"), "error": line.get("error"),
+            "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            "reasoning_tokens": (usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
+            "estimated_cost": usage.get("estimated_cost"), "finish_reason": first.get("finish_reason"),
+            "content": (first.get("message") or {}).get("content"), "images": usage.get(IMAGE_FIELD)}
+
+
+# OpenAI Batch lines, and the format of every input that is no other provider's (Together lines,
+# bare bodies, template rows): their requests need no conversion.
+OPENAI = Provider(name="openai", title="OpenAI", line_out=openai_line, owns=owns, failed=failed, summary=summary,
+                  image_field=IMAGE_FIELD)

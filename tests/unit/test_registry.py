@@ -82,3 +82,41 @@ def test_every_endpoint_body_is_read_back_as_its_own(name):
     again = parse_row({**line, "body": ENDPOINTS[name].body(req)}, source=Source(0, "in.jsonl", "in.jsonl"), line=1,
                       ctx=Context())
     assert again == req
+
+
+def test_every_provider_defines_every_member():
+    from pipeline.providers import PROVIDERS, Provider
+
+    for name, provider in PROVIDERS.items():
+        file = f"pipeline/providers/{name}.py"
+        assert isinstance(provider, Provider) and provider.name == name
+        assert (PACKAGE / "providers" / f"{name}.py").exists(), f"add {file}, building its Provider"
+        assert provider.line_out.__module__ == f"pipeline.providers.{name}", f"{file}: define its line_out there"
+        for member in ("title", "line_out", "owns", "failed", "summary", "image_field", "runners"):
+            assert getattr(provider, member), f"{file}: its Provider has no {member}"
+        own_lines = (provider.shape, provider.shape_title, provider.body_in)
+        assert all(own_lines) or not any(own_lines), (
+            f"{file}: a provider with its own request lines needs shape, shape_title and body_in")
+
+
+def test_formats_shapes_and_read_back_come_from_the_providers():
+    from pipeline.intake.shapes import SHAPES_BY_NAME
+    from pipeline.options import OPTIONS
+    from pipeline.output.formats import LINE_FORMATS, NATIVE, WRITERS, summary
+    from pipeline.providers import PROVIDERS
+
+    [fmt] = [o for o in OPTIONS if o.name == "format"]
+    for name, provider in PROVIDERS.items():
+        if provider.format_choice:
+            assert name in LINE_FORMATS and WRITERS[name] is provider.line_out and name in fmt.type.choices
+        if provider.shape is not None:
+            assert provider.shape in SHAPES_BY_NAME, f"pipeline/providers/{name}.py: shape {provider.shape!r} unknown"
+            assert NATIVE[provider.shape] is provider.line_out
+    row = {"custom_id": "x", "model": "m", "served_model": None, "content": "hi", "choices": [
+        {"index": 0, "content": "hi", "finish_reason": "stop", "tool_calls": None, "logprobs": None}],
+        "error": None, "prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4, "cached_tokens": 0,
+        "reasoning_tokens": None, "estimated_cost": None, "images": 2, "finished_at": None, "source_line": 1,
+        "reasoning_content": None}
+    for name, provider in PROVIDERS.items():  # each line is read back as its own, with its image count
+        read = summary(provider.line_out(row))
+        assert (read["custom_id"], read["content"], read["images"]) == ("x", "hi", 2), f"pipeline/providers/{name}.py"
