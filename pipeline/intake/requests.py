@@ -1,4 +1,5 @@
-"""Parse and validate one raw input row into a `Request` or a `FailedRequest`.
+"""Parse and validate one raw input row into a `Request` or a `FailedRequest`: its shape gives
+the body, its endpoint's `parse` (pipeline/endpoints/) checks the body.
 
 Validation is a pure function of the row (plus the run's context), so that `validate`,
 `estimate` and `run` can never disagree about which rows are valid.

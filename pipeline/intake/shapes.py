@@ -2,9 +2,11 @@
 
 A file's shape is detected once, from its first row that is an object, and every row of the file
 is read in that shape (a row that does not fit gets an error saying why). Each shape gives the
-row's request body (OpenAI chat completions, or its `endpoint`'s body: endpoints.py), which `requests.py` validates (the request's id is read from
-the row itself, from the shape's `id_fields`). Other providers' forms (Anthropic, Gemini, the
-Responses API) are converted to that body by their files in `providers/`; their errors name the shape.
+row's request body (OpenAI chat completions, or its `endpoint`'s body), which requests.py hands
+to that endpoint's `parse` (pipeline/endpoints/; the request's id is read from the row itself, from
+the shape's `id_fields`). The endpoints' batch lines and the providers' own lines (Anthropic, Gemini,
+the Responses API) are shapes made from their registries; a provider's `body_in` converts its
+request to the chat body, and its errors name the shape.
 """
 
 from __future__ import annotations
