@@ -40,6 +40,7 @@ from pipeline.models.prices import Price, find_price
 from pipeline.models.reasoning import reasoning_parser
 from pipeline.models.vision import is_vision_model
 from pipeline.output.layout import Layout
+from pipeline.providers import PROVIDERS
 from pipeline.records import FailedRequest, Request, Source
 from pipeline.storage import Location, masked, remember_secrets
 
@@ -138,9 +139,11 @@ class Job:
             price = find_price(model_name, provider=cfg.provider, price_input=cfg.price_input,
                                price_output=cfg.price_output, price_reasoning=getattr(cfg, "price_reasoning", None))
         runner = _runner(cfg, files, scans, spec)
-        if runner == "pooling" and getattr(cfg, "format", None) in ("anthropic", "gemini"):
+        provider = PROVIDERS.get(getattr(cfg, "format", None))
+        if provider is not None and runner not in provider.runners:
+            others = " and ".join(p.title for p in PROVIDERS.values() if p.format_choice and runner not in p.runners)
             raise UserError(f"--format {cfg.format} has no result for embeddings, score or rerank requests (this run's "
-                            "model is a pooling one): Anthropic and Gemini answer messages only. Hint: use "
+                            f"model is a pooling one): {others} answer messages only. Hint: use "
                             "--format openai, native or parquet")
         if spec is not None and runner == "pooling":
             if spec.system or spec.turns or spec.sample or spec.sample_column or spec.response_schema:
@@ -154,6 +157,7 @@ class Job:
             raise UserError(f"--thinking-token-budget needs a reasoning parser, and {cfg.model} has none that "
                             "pipeline knows of. Hint: name the model's with --reasoning-parser NAME (deepseek_r1, "
                             "qwen3, openai_gptoss, ...; docs/reasoning.md)")
+        ctx = replace(ctx, runner=runner)  # one verdict for a request of the other kind, in every command
         job = cls(cfg, files, scans, ctx, adapters, spec, layout, model_name, price,
                   Limit.of(cfg.limit, cfg.sample_seed), image_policy(cfg), runner, thinking)
         for i, s in enumerate(scans):

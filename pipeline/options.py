@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from pipeline.engines.base import KINDS
+from pipeline.output.formats import FORMATS
 
 RUN, VALIDATE, ESTIMATE, STATUS, REPORT = "run", "validate", "estimate", "status", "report"
 READERS = frozenset({RUN, VALIDATE, ESTIMATE})  # commands that read requests
@@ -195,7 +196,7 @@ OPTIONS: tuple[Opt, ...] = (
         "Gemini lines Gemini lines, Responses API lines Responses output, the rest OpenAI Batch lines). "
         "A line format also gives each input file its own result file, results/NAME.results.jsonl, "
         "when the job completes.",
-        click.Choice(["parquet", "openai", "native", "anthropic", "gemini"]), "parquet", short="-f", output=True),
+        click.Choice(list(FORMATS)), "parquet", short="-f", output=True),
     Opt("split_errors", "With a line format: write each input's failed requests to "
         "results/NAME.errors.jsonl, apart from its results/NAME.results.jsonl (OpenAI Batch's output and "
         "error files). Without it, results/NAME.results.jsonl holds every line.", is_flag=True, output=True),

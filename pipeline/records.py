@@ -135,15 +135,18 @@ class Request:
     requested_model: str | None = None  # the model the row asked for, as it wrote it
     shape: str | None = None  # the input line's shape (shapes.Shape.name): --format native answers in it
     adapter: str | None = None  # the --lora adapter it runs with (None: the base model)
-    # Its prefix group in the run's order (schedule.py): a group goes to one engine. 0: none.
+    # Its prefix group in the run's order (intake/order.py): a group goes to one engine. 0: none.
     group: int = 0
     file: int = 0  # the input file's index (Source.index): with line, the request's key
-    # The endpoint it asks for (ENDPOINTS): "chat", or another with `input` (`messages` is then
+    # The endpoint it asks for (a name of pipeline/endpoints' registry, whose record says how
+    # its body, columns and bounds are made): "chat", or another with `input` (`messages` is then
     # empty): embeddings, a string, a list of strings, token ids or a list of token-id lists;
     # completions, the prompt (a string or token ids); score, {"queries": [...], "documents": [...]}
     # (one query for every document, or one for each); rerank, {"query": ..., "documents": [...]}.
     endpoint: str = "chat"
     input: Any = None
+    # max_tokens when the body sets none (its endpoint's: 16 for completions); None: the context
+    default_max_tokens: int | None = None
 
     @property
     def n(self) -> int:
@@ -151,48 +154,8 @@ class Request:
 
     @property
     def max_tokens(self) -> int | None:
-        if self.endpoint == "completions":  # OpenAI's (and vLLM's) default for the completions API
-            return self.params.get("max_tokens", COMPLETIONS_MAX_TOKENS)
-        return self.params.get("max_completion_tokens", self.params.get("max_tokens"))
-
-    @property
-    def body(self) -> dict[str, Any]:
-        """The normalized OpenAI chat-completions body: every field the row set, as validated,
-        under its OpenAI name. Engines read this body; none rebuilds the request its own way.
-        Another endpoint's request has that endpoint's body (vLLM's, for score and rerank)."""
-        if self.endpoint in ("embeddings", "score", "rerank"):
-            return {"input": self.input, **self.params} if self.endpoint == "embeddings" else {**self.input, **self.params}
-        prompt = {"messages": self.messages} if self.endpoint == "chat" else {"prompt": self.input}
-        body: dict[str, Any] = {**prompt, **self.params}
-        if "logit_bias" in body:  # JSON object keys: strings
-            body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
-        for key in ("tools", "tool_choice", "response_format", "user"):
-            value = getattr(self, key)
-            if value is not None:
-                body[key] = value
-        return body
-
-
-# The endpoints a request may ask for, and the kind of model (vLLM runner) that serves each.
-ENDPOINTS = {"chat": "generate", "completions": "generate", "embeddings": "pooling", "score": "pooling",
-             "rerank": "pooling"}
-# The request field that holds each endpoint's prompt (or texts): where a too-long one is named.
-PROMPT_FIELD = {"chat": "messages", "completions": "prompt", "embeddings": "input", "score": "documents",
-                "rerank": "documents"}
-COMPLETIONS_MAX_TOKENS = 16  # a completions request's max_tokens when it sets none (OpenAI, vLLM)
-
-
-def kind_problem(endpoint: str, runner: str) -> Problem | None:
-    """Why a request for `endpoint` cannot run on a model of kind `runner` (None: it can)."""
-    needed = ENDPOINTS[endpoint]
-    if runner == needed:
-        return None
-    what = {"generate": "a generative model (--runner generate)",
-            "pooling": "an embedding or cross-encoder model (--runner pooling; --convert embed turns a "
-                       "causal LM into an embedding model)"}
-    kind = "an embedding (pooling)" if runner == "pooling" else "a generative"
-    return Problem("unsupported_endpoint", f"{endpoint} requests need {what[needed]}, and this run's model "
-                   f"is {kind} model. Hint: one run serves one model: put these requests in a run of their own")
+        """The most tokens of one choice it may generate (None: up to the context)."""
+        return self.params.get("max_completion_tokens", self.params.get("max_tokens", self.default_max_tokens))
 
 
 def is_token_ids(value: Any) -> bool:
@@ -211,7 +174,7 @@ def score_pairs(request: Request) -> list[tuple[Any, Any]]:
     """The (query, document) pairs a score or rerank request scores, in the order of its scores:
     one query with every document, or the i-th query with the i-th document."""
     body = request.input
-    queries = [body["query"]] if request.endpoint == "rerank" else body["queries"]
+    queries = [body["query"]] if "query" in body else body["queries"]  # rerank's one query; score's
     documents = body["documents"]
     if len(queries) == 1:
         queries = queries * len(documents)

@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from pipeline.commands.outlook import Outlook, outlook_text
+from pipeline.endpoints import ENDPOINTS
 from pipeline.exits import UserError
 from pipeline.intake.requests import Context
 from pipeline.intake.stream import trial_keys
@@ -37,7 +38,7 @@ from pipeline.models.tokens import PromptCounter, cpu_count
 from pipeline.output.folder import Output
 from pipeline.output.humane import figure, trial_text, usd
 from pipeline.output.rows import error_column
-from pipeline.records import ENDPOINTS, FailedRequest, Request
+from pipeline.records import FailedRequest, Request
 from pipeline.storage import Location
 from pipeline.verdicts.preflight import failed_text, make_preflight, screened
 from pipeline.verdicts.repairs import budget_text, policy_of, repair_budget
@@ -48,7 +49,7 @@ DEFAULT_COMPLETION_RATIO = 0.5
 def completion_upper(request: Request, prompt_tokens: int, max_model_len: int) -> int:
     """The most completion tokens the engine can produce for a request: n choices of at most
     max_tokens each, and never past the context (vLLM stops a sequence at max_model_len)."""
-    if ENDPOINTS[request.endpoint] == "pooling":  # vectors and scores, no completion
+    if not ENDPOINTS[request.endpoint].completes:  # vectors and scores, no completion
         return 0
     room = max_model_len - prompt_tokens
     return request.n * (min(request.max_tokens, room) if request.max_tokens else room)
@@ -195,7 +196,7 @@ def estimate(job: Job) -> dict[str, Any]:
             upper, computed, thinking = None, None, 0
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
-                thinking = thinking_upper(item.params, item.n, upper) if thinks and item.endpoint == "chat" else 0
+                thinking = thinking_upper(item.params, item.n, upper) if thinks and ENDPOINTS[item.endpoint].converses else 0
                 if calibration is not None and (item.file, item.line) in calibration:
                     calibration_upper += upper
                     calibration_thinking += thinking

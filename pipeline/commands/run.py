@@ -106,7 +106,7 @@ def plan(cfg) -> Plan:
     out = Output(Location.of(cfg.output, cfg.storage_options), cfg.format)
     out.check_not_file()
     if cfg.split_errors and cfg.format not in LINE_FORMATS:
-        raise UserError("--split-errors needs a line format (--format openai|native|anthropic|gemini); "
+        raise UserError(f"--split-errors needs a line format (--format {'|'.join(LINE_FORMATS)}); "
                         "Parquet output keeps failed requests in its error column")
     state = out.read_state()
     job = open_resumed(cfg, out.loc, state.records, state.fingerprint,

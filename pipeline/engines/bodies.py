@@ -6,16 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 
+from pipeline.endpoints import ENDPOINTS
 from pipeline.records import Request
-
-_ALWAYS_DETERMINED = frozenset({"embeddings", "score", "rerank"})
 
 
 def determined(req: Request) -> bool:
     """Whether the request's answer follows from its body: temperature 0 (greedy), or a `seed` of
     its own (vLLM seeds each such request's sampler alone), or an embeddings, score or rerank
     request (identical.py's doc)."""
-    if req.endpoint in _ALWAYS_DETERMINED:
+    if not ENDPOINTS[req.endpoint].completes:  # vectors and scores follow from the body
         return True
     return req.params.get("temperature") == 0 or req.params.get("seed") is not None
 

@@ -30,8 +30,9 @@ import signal
 import sys
 import time
 
+from pipeline.endpoints import ENDPOINTS
 from pipeline.engines.base import EngineSpec, Result
-from pipeline.records import Problem, Request, embedding_inputs, kind_problem, score_pairs
+from pipeline.records import Problem, Request, embedding_inputs, score_pairs
 
 
 class FakeEngine:
@@ -77,22 +78,17 @@ class FakeEngine:
                 os._exit(86)
             if self.opts.get("die_at") == self.added and self._claim_death():
                 os._exit(86)
-            problem = kind_problem(req.endpoint, self.runner)
-            if problem is not None:
-                self.queue.append(Result(seq, error=problem))
-                continue
-            if req.endpoint in ("embeddings", "score", "rerank"):
-                self.queue.append(self._embed(seq, req) if req.endpoint == "embeddings" else self._score(seq, req))
-                continue
-            self.queue.append(self._complete(seq, req))
+            problem = ENDPOINTS[req.endpoint].unsupported(self.runner)
+            self.queue.append(Result(seq, error=problem) if problem is not None else SUBMIT[req.endpoint](self, seq, req))
         return []
 
     def _complete(self, seq: int, req: Request) -> Result:
         text = _last_text(req)
-        prompt = (_words(req.input) if req.endpoint == "completions"
-                  else sum(len(str(m.get("content") or "").split()) + 4 for m in req.messages))
+        prompt = (sum(len(str(m.get("content") or "").split()) + 4 for m in req.messages) if req.messages
+                  else _words(req.input))
         budget = req.max_tokens or 16
-        thoughts = _thoughts(req, text) if self.thinks and req.endpoint == "chat" else None
+        converses = ENDPOINTS[req.endpoint].converses
+        thoughts = _thoughts(req, text) if self.thinks and converses else None
         thinking = thoughts[:budget] if thoughts is not None else []
         words = text.split()[:budget - len(thinking)]
         cut = thoughts is not None and len(thoughts) >= budget
@@ -100,7 +96,7 @@ class FakeEngine:
                   "finish_reason": "length" if cut or len(text.split()) > len(words) else "stop",
                   "reasoning_content": " ".join(thinking) if thoughts else None}
         used = len(thinking) + len(words)
-        thinks = self.thinks and req.endpoint == "chat"
+        thinks = self.thinks and converses
         cached = self.cache.served(req, prompt)
         return Result(seq, [{"index": i, **choice} for i in range(req.n)], prompt, used * req.n, cached,
                       reasoning_tokens=len(thinking) * req.n if thinks else None,
@@ -150,6 +146,11 @@ class FakeEngine:
         self.queue = []
 
 
+# How each endpoint's request is answered (tests/unit/test_registry.py: one entry per endpoint).
+SUBMIT = {"chat": FakeEngine._complete, "completions": FakeEngine._complete, "embeddings": FakeEngine._embed,
+          "score": FakeEngine._score, "rerank": FakeEngine._score}
+
+
 def _thoughts(req: Request, text: str) -> list[str] | None:
     """The fake thinking of a chat request, in words (one word a token), cut at its budget; None
     where the request turned thinking off."""
@@ -166,7 +167,7 @@ def _words(text: str | list[int]) -> int:
 
 
 def _last_text(req: Request) -> str:
-    if req.endpoint == "completions":
+    if not req.messages:  # a completion's prompt
         return req.input if isinstance(req.input, str) else " ".join(map(str, req.input))
     content = req.messages[-1].get("content") or ""
     if isinstance(content, list):

@@ -17,8 +17,9 @@ from typing import Any
 
 from vllm import LLM, PoolingParams
 
+from pipeline.endpoints import ENDPOINTS
 from pipeline.engines.base import Result
-from pipeline.records import PROMPT_FIELD, Problem, Request, embedding_inputs, score_pairs
+from pipeline.records import Problem, Request, embedding_inputs, score_pairs
 
 
 class PoolingQueue:
@@ -47,11 +48,14 @@ class PoolingQueue:
         return len(self.queue)
 
     def step(self) -> list[Result]:
+        """Each call of STEP on all the work queued for it (embeddings, then score and rerank)."""
         work, self.queue = self.queue, []
-        embed = [one for one in work if one[1].endpoint == "embeddings"]
-        score = [one for one in work if one[1].endpoint != "embeddings"]
-        return ((self._each(self._embed, embed) if embed else [])
-                + (self._each(self._score, score) if score else []))
+        results = []
+        for call in dict.fromkeys(STEP.values()):
+            mine = [one for one in work if STEP[one[1].endpoint] is call]
+            if mine:
+                results.extend(self._each(lambda some, call=call: call(self, some), mine))
+        return results
 
     def _each(self, call: Callable[[list[tuple[int, Request]]], list[Result]],
               work: list[tuple[int, Request]]) -> list[Result]:
@@ -60,13 +64,13 @@ class PoolingQueue:
             return call(work)
         except Exception as e:  # a request vLLM refuses fails the whole call: retry each on its own
             if len(work) == 1:
-                return [Result(work[0][0], error=self.refusal(e, PROMPT_FIELD[work[0][1].endpoint]))]
+                return [Result(work[0][0], error=self.refusal(e, ENDPOINTS[work[0][1].endpoint].prompt_field))]
         results = []
         for one in work:
             try:
                 results.extend(call([one]))
             except Exception as e:  # this request's own refusal
-                results.append(Result(one[0], error=self.refusal(e, PROMPT_FIELD[one[1].endpoint])))
+                results.append(Result(one[0], error=self.refusal(e, ENDPOINTS[one[1].endpoint].prompt_field)))
         return results
 
     def _score(self, work: list[tuple[int, Request]]) -> list[Result]:
@@ -98,3 +102,8 @@ class PoolingQueue:
                                   embeddings=[list(o.outputs.embedding) for o in outs]))
         return results
 
+
+
+# The one call each pooling endpoint's requests go through, all of a step's at once (test_registry.py:
+# every pooling endpoint has one).
+STEP = {"embeddings": PoolingQueue._embed, "score": PoolingQueue._score, "rerank": PoolingQueue._score}

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any, Protocol
 
+from pipeline.endpoints import ENDPOINTS
 from pipeline.engines.base import Result
 from pipeline.engines.bodies import body_key, determined
 from pipeline.models.render import media_bytes
@@ -42,7 +43,6 @@ from pipeline.records import Problem, Request
 WINDOW = 4096
 WINDOW_BYTES = 64 * 1024 * 1024  # image data (data: URIs) held back at most, whatever the count
 MAX_N = 32
-_SAMPLED_ENDPOINTS = frozenset({"chat", "completions"})
 
 
 class _Results(Protocol):
@@ -51,7 +51,7 @@ class _Results(Protocol):
 
 def mergeable(req: Request, max_n: int = MAX_N) -> bool:
     """Whether the request may share one `n` request with identical ones (see the module's doc)."""
-    return (req.endpoint in _SAMPLED_ENDPOINTS and not determined(req) and req.n < max_n
+    return (ENDPOINTS[req.endpoint].completes and not determined(req) and req.n < max_n
             and req.params.get("best_of", 1) == 1)
 
 

@@ -18,12 +18,14 @@ import re
 import uuid
 from typing import Any
 
+from pipeline.endpoints import ENDPOINTS
+from pipeline.endpoints import body as request_body
 from pipeline.engines.base import EngineSpec, Result
 from pipeline.engines.cores import pin_beside_model
 from pipeline.engines.pooling import PoolingQueue
 from pipeline.models.render import context_problem, engine_tools, image_parts
 from pipeline.models.vision import too_many_images
-from pipeline.records import PROMPT_FIELD, Problem, Request, kind_problem
+from pipeline.records import Problem, Request
 
 log = logging.getLogger("pipeline.engines")
 _PROMPT_LENGTH = re.compile(r"prompt \(length (\d+)\)")
@@ -119,31 +121,45 @@ class VLLMEngine:
     def add(self, items: list[tuple[int, Request]]) -> list[Result]:
         refused = []
         for seq, req in items:
-            problem = kind_problem(req.endpoint, self.runner)
-            if problem is not None:
-                refused.append(Result(seq, error=problem))
-            elif self.pooling is not None:
-                refused.extend(r for r in [self.pooling.add(seq, req)] if r is not None)
-            else:
-                try:
-                    self._add(seq, req)
-                except _Refused as e:
-                    refused.append(Result(seq, error=e.error, warnings=e.warnings))
+            try:
+                problem = ENDPOINTS[req.endpoint].unsupported(self.runner)
+                if problem is not None:
+                    raise _Refused(problem)
+                SUBMIT[req.endpoint](self, seq, req)
+            except _Refused as e:
+                refused.append(Result(seq, error=e.error, warnings=e.warnings))
         return refused
 
-    def _add(self, seq: int, req: Request) -> None:
-        warnings: list[str] = []
-        try:
-            creq = chat_request(req) if req.endpoint == "chat" else completion_request(req)
-        except Exception as e:  # pydantic ValidationError: a field vLLM's API refuses
-            raise _Refused(Problem("invalid_parameter", f"vLLM refused the request: {_first_line(e)}")) from None
-        if self.parser_cls is not None and req.endpoint == "chat":
+    def _pool(self, seq: int, req: Request) -> None:
+        """An embeddings, score or rerank request, to the pooling queue."""
+        refusal = self.pooling.add(seq, req)
+        if refusal is not None:
+            raise _Refused(refusal.error)
+
+    def _chat(self, seq: int, req: Request) -> None:
+        """A chat request, rendered with the model's chat template (tools included)."""
+        creq = _validated(chat_request, req)
+        if self.parser_cls is not None:
             creq = self._parser(creq).adjust_request(creq)  # what vLLM's server does before sampling
-        params = creq.to_sampling_params(req.max_tokens, self.defaults)
-        params.output_kind = RequestOutputKind.FINAL_ONLY
         schema = get_json_schema_from_tools(
             tool_choice=creq.tool_choice, tools=creq.tools, parallel_tool_calls=creq.parallel_tool_calls
-        ) if req.endpoint == "chat" and creq.tools else None
+        ) if creq.tools else None
+        self._generate(seq, req, creq, schema, lambda params, lora: self.llm.enqueue_chat(
+            [req.messages], [params], use_tqdm=False, tools=engine_tools(req), lora_request=lora,
+            chat_template_kwargs=template_kwargs(creq)))
+
+    def _completion(self, seq: int, req: Request) -> None:
+        """A completions request: its prompt as it is, as `LLM.generate` takes it."""
+        creq = _validated(completion_request, req)
+        prompt = req.input if isinstance(req.input, str) else {"prompt_token_ids": req.input}
+        self._generate(seq, req, creq, None, lambda params, lora: self.llm.enqueue(
+            [prompt], [params], lora_request=lora, use_tqdm=False))
+
+    def _generate(self, seq: int, req: Request, creq, schema, enqueue) -> None:
+        """The sampling parameters of a validated request, and the request enqueued with them."""
+        warnings: list[str] = []
+        params = creq.to_sampling_params(req.max_tokens, self.defaults)
+        params.output_kind = RequestOutputKind.FINAL_ONLY
         if schema is not None:  # tool_choice required or named: the call's JSON is enforced
             params.structured_outputs = StructuredOutputsParams(json=schema)
         if params.seed is not None and self.cpu and self.spec.seed_policy != "engine":
@@ -155,14 +171,9 @@ class VLLMEngine:
             warnings.append("seed ignored: the CPU build of vLLM cannot seed one request (it crashes the engine)")
         lora = self.loras[req.adapter] if req.adapter else None
         try:
-            if req.endpoint == "completions":
-                prompt = req.input if isinstance(req.input, str) else {"prompt_token_ids": req.input}
-                [rid] = self.llm.enqueue([prompt], [params], lora_request=lora, use_tqdm=False)
-            else:
-                [rid] = self.llm.enqueue_chat([req.messages], [params], use_tqdm=False, tools=engine_tools(req),
-                                              lora_request=lora, chat_template_kwargs=template_kwargs(creq))
+            [rid] = enqueue(params, lora)
         except Exception as e:
-            raise _Refused(self._refusal(e, PROMPT_FIELD[req.endpoint], req), tuple(warnings)) from None
+            raise _Refused(self._refusal(e, ENDPOINTS[req.endpoint].prompt_field, req), tuple(warnings)) from None
         self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))
 
     def _refusal(self, e: Exception, field: str = "messages", req: Request | None = None) -> Problem:
@@ -205,7 +216,7 @@ class VLLMEngine:
     def _result(self, seq, req: Request, creq, warnings, out) -> Result:
         choices = [self._choice(req, creq, c, out.prompt_token_ids or []) for c in sorted(out.outputs, key=lambda c: c.index)]
         thinking = [c.pop("_reasoning_tokens") for c in choices]
-        thinks = self.parser_cls is not None and req.endpoint == "chat"
+        thinks = self.parser_cls is not None and ENDPOINTS[req.endpoint].converses
         tokens = [len(c.token_ids) for c in sorted(out.outputs, key=lambda c: c.index)]
         return Result(
             seq, choices,
@@ -235,7 +246,7 @@ class VLLMEngine:
     def _choice(self, req: Request, creq, c, prompt_ids=()) -> dict[str, Any]:
         """One choice in the row's form; a completion's text is its content, and its `logprobs`
         (a number of alternatives) gives the same per-token logprobs as chat's top_logprobs."""
-        if req.endpoint == "completions":
+        if isinstance(creq, CompletionRequest):
             top = req.params.get("logprobs")
             return {"index": c.index, "content": c.text, "tool_calls": None, "finish_reason": c.finish_reason or "stop",
                     "logprobs": self._logprobs(c, top) if top is not None else None, "reasoning_content": None,
@@ -319,6 +330,11 @@ def read_tool_calls(text: str | None, finish: str, req: Request, creq, parser) -
     return text, None, finish
 
 
+# How each endpoint's request goes into the engine (tests/unit/test_registry.py: one entry per endpoint).
+SUBMIT = {"chat": VLLMEngine._chat, "completions": VLLMEngine._completion, "embeddings": VLLMEngine._pool,
+          "score": VLLMEngine._pool, "rerank": VLLMEngine._pool}
+
+
 def chat_request(req: Request) -> ChatCompletionRequest:
     """The request as vLLM's OpenAI protocol model (what its server would have built)."""
     return ChatCompletionRequest.model_validate(_body(req))
@@ -329,6 +345,14 @@ def completion_request(req: Request) -> CompletionRequest:
     return CompletionRequest.model_validate(_body(req))
 
 
+def _validated(make, req: Request):
+    """vLLM's protocol model of the request (`make`); a field vLLM's API refuses refuses the request."""
+    try:
+        return make(req)
+    except Exception as e:  # pydantic ValidationError: a field vLLM's API refuses
+        raise _Refused(Problem("invalid_parameter", f"vLLM refused the request: {_first_line(e)}")) from None
+
+
 class _Refused(Exception):
     def __init__(self, error: Problem, warnings: tuple[str, ...] = ()):
         super().__init__(error.message)
@@ -336,9 +360,9 @@ class _Refused(Exception):
 
 
 def _body(req: Request) -> dict[str, Any]:
-    """The request's own body (`Request.body`, validated by us) as vLLM's OpenAI layer takes it:
-    the length limit is ours to set (`_add`, from the context left), so it is left out here."""
-    body = {**req.body, "model": "batch"}
+    """The request's own body (its endpoint's `body`, validated by us) as vLLM's OpenAI layer takes
+    it: the length limit is ours to set (`_generate`, from the context left), so it is left out here."""
+    body = {**request_body(req), "model": "batch"}
     body.pop("max_tokens", None), body.pop("max_completion_tokens", None)
     return body
 

@@ -1,4 +1,5 @@
-"""Parse and validate one raw input row into a `Request` or a `FailedRequest`.
+"""Parse and validate one raw input row into a `Request` or a `FailedRequest`: its shape gives
+the body, its endpoint's `parse` (pipeline/endpoints/) checks the body.
 
 Validation is a pure function of the row (plus the run's context), so that `validate`,
 `estimate` and `run` can never disagree about which rows are valid.
@@ -8,16 +9,13 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
-import math
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from pipeline.intake.endpoints import embeddings_request, scoring_request
+from pipeline.endpoints import DEFAULT, ENDPOINTS, Origin
 from pipeline.intake.resume import Seed
 from pipeline.intake.shapes import SHAPES_BY_NAME, Shape, detect
 from pipeline.records import (
@@ -26,65 +24,9 @@ from pipeline.records import (
     Request,
     Source,
     is_text,
-    is_token_ids,
     kind_of,
-    names_list,
     short,
 )
-
-ROLES = ("system", "developer", "user", "assistant", "tool")
-MAX_STOP = 16
-MAX_TOP_LOGPROBS = 20
-MAX_TOOLS = 128
-TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_TOKEN_ID = re.compile(r"^[0-9]{1,10}$")
-
-# Numeric sampling parameters: (type, low, high, low inclusive, high inclusive).
-NUMERIC_PARAMS: dict[str, tuple[type, float, float, bool, bool]] = {
-    "temperature": (float, 0.0, 2.0, True, True),
-    "top_p": (float, 0.0, 1.0, False, True),
-    "min_p": (float, 0.0, 1.0, True, True),
-    "top_k": (int, 0, 999, True, True),
-    "presence_penalty": (float, -2.0, 2.0, True, True),
-    "frequency_penalty": (float, -2.0, 2.0, True, True),
-    "repetition_penalty": (float, 0.01, 5.0, True, True),
-    "max_tokens": (int, 1, math.inf, True, True),
-    "max_completion_tokens": (int, 1, math.inf, True, True),
-    "top_logprobs": (int, 0, MAX_TOP_LOGPROBS, True, True),
-    "seed": (int, -(2**63), 2**63 - 1, True, True),
-    # a reasoning model's thinking tokens before the answer is forced (vLLM's field; -1: no limit)
-    "thinking_token_budget": (int, -1, math.inf, True, True),
-}
-# OpenAI's (and vLLM's) reasoning_effort values: for models whose chat template takes it
-# (gpt-oss); any value but "none" also sets the template's enable_thinking, as vLLM's server does.
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
-# The request fields that steer a reasoning model (reasoning.py's job defaults fill them in).
-REASONING_FIELDS = ("reasoning_effort", "chat_template_kwargs", "thinking_token_budget", "include_reasoning")
-
-# Fields of the chat API that are accepted and have no effect on a batch run.
-ACCEPTED_NO_EFFECT = {
-    "stream": "a batch has no stream: the whole completion is written as one row",
-    "stream_options": "a batch has no stream",
-    "parallel_tool_calls": None,
-    "metadata": None,
-    "store": None,
-    "service_tier": None,
-}
-BODY_FIELDS = {
-    "model", "messages", "n", "stop", "logprobs", "logit_bias", "tools", "tool_choice",
-    "response_format", "user", *NUMERIC_PARAMS, *ACCEPTED_NO_EFFECT, *REASONING_FIELDS,
-}
-# The completions API's fields: chat's sampling fields, a prompt, logprobs as a number, and
-# echo, suffix and best_of, which vLLM's offline engine cannot honour (refused unless unset).
-UNSUPPORTED_COMPLETIONS_FIELDS = (  # (field, its value that changes nothing, what to do instead)
-    ("echo", False, " and prepend the prompt to the text yourself"),
-    ("suffix", "", ""),
-    ("best_of", 1, " and use n for several completions"),
-)
-COMPLETIONS_FIELDS = {
-    "model", "prompt", "n", "stop", "logprobs", "logit_bias", "user", "echo", "suffix", "best_of",
-    *(set(NUMERIC_PARAMS) - {"max_completion_tokens", "top_logprobs", "thinking_token_budget"}), *ACCEPTED_NO_EFFECT,
-}
 
 
 @dataclass(frozen=True)
@@ -103,6 +45,10 @@ class Context:
     # Job defaults of request fields (reasoning_effort, chat_template_kwargs, thinking_token_budget):
     # a chat row that does not set one takes it; chat_template_kwargs merge, the row's keys winning.
     defaults: tuple[tuple[str, Any], ...] = ()
+    # The kind of model the run serves (--runner, or what its files need): a valid request for an
+    # endpoint of the other kind gets `unsupported_endpoint` here, so that validate, estimate, a dry
+    # run and the run give it the same verdict. None: any (a context without a run).
+    runner: str | None = None
 
     @classmethod
     def of(cls, model: str | None, served: tuple[str, ...] = (), max_n: int = 4,
@@ -135,7 +81,6 @@ class Context:
 
 
 MAX_CUSTOM_ID = 512  # characters
-MAX_UNKNOWN_FIELDS = 20  # kept per request: a row with a million unknown keys stays small
 
 
 def parse_row(
@@ -167,9 +112,10 @@ def parse_row(
         if isinstance(body, dict) and isinstance(body.get("user"), str) and is_text(body["user"]):
             user = body["user"]
         try:
-            return _parse_body(body, custom_id, source, line, ctx, warnings, shape_name)
+            request = _parse_body(body, custom_id, source, line, ctx, warnings, shape_name)
         except Invalid as e:
             raise shape.explained(e) from None
+        return _served(request, ctx)
     except Invalid as e:
         return FailedRequest(custom_id, source.name, line, e.code, e.message, e.param, user, shape=shape_name,
                              file=source.index)
@@ -183,144 +129,20 @@ def _parse_body(
     body: Any, custom_id: str, source: Source, line: int, ctx: Context, warnings: list[str],
     shape: str | None = None,
 ) -> Request:
+    """A body as its endpoint's Request (the endpoint of the line's shape; chat's for a body that names none)."""
     if not isinstance(body, dict):
         raise Invalid("invalid_row", f"the request body must be a JSON object, got {kind_of(body)}", "body")
     model = _model(body.get("model"), ctx)
-    endpoint = SHAPES_BY_NAME[shape].endpoint if shape in SHAPES_BY_NAME else "chat"
-    if endpoint == "embeddings":
-        return embeddings_request(body, custom_id, source, line, model, warnings, shape, ctx.adapter_for(model))
-    if endpoint in ("score", "rerank"):
-        return scoring_request(body, custom_id, source, line, model, warnings, shape, ctx.adapter_for(model),
-                               endpoint)
-    if endpoint == "completions":
-        return _completions_request(body, custom_id, source, line, ctx, warnings, shape, model)
-    body = with_defaults(body, ctx.defaults)
-    messages = _messages(body.get("messages"))
-    params = _sampling(body, ctx, NUMERIC_PARAMS)
-    params.update(_reasoning(body))
-    if "max_tokens" in params and "max_completion_tokens" in params:
-        if params["max_tokens"] != params["max_completion_tokens"]:
-            raise Invalid(
-                "invalid_parameter",
-                "max_tokens and max_completion_tokens disagree; set only max_completion_tokens",
-                "max_tokens",
-            )
-    if body.get("logprobs") is not None:
-        if not isinstance(body["logprobs"], bool):
-            raise Invalid("invalid_parameter", "logprobs must be true or false", "logprobs")
-        params["logprobs"] = body["logprobs"]
-    if "top_logprobs" in params and not params.get("logprobs"):
-        raise Invalid("invalid_parameter", "top_logprobs requires logprobs: true", "top_logprobs")
-    tools = _tools(body.get("tools"))
-    tool_choice = _tool_choice(body.get("tool_choice"), tools)
-    response_format = _response_format(body.get("response_format"))
-    user = _user(body)
-    unknown = _unknown_fields(body, warnings, BODY_FIELDS)
-    return Request(
-        custom_id, source.name, line, messages, params, tools, tool_choice,
-        response_format, user, tuple(warnings), unknown, requested_model=model, shape=shape,
-        adapter=ctx.adapter_for(model), file=source.index,
-    )
+    endpoint = ENDPOINTS[SHAPES_BY_NAME[shape].endpoint] if shape in SHAPES_BY_NAME else DEFAULT
+    return endpoint.parse(body, Origin(custom_id, source, line, model, shape, ctx.adapter_for(model)), ctx, warnings)
 
 
-def _sampling(body: dict[str, Any], ctx: Context, numeric: Any) -> dict[str, Any]:
-    """The sampling fields chat and completions share, checked, under their OpenAI names."""
-    params: dict[str, Any] = {}
-    for name, spec in NUMERIC_PARAMS.items():
-        if name in numeric and body.get(name) is not None:
-            params[name] = _number(name, body[name], *spec)
-    if body.get("n") is not None:
-        params["n"] = _number("n", body["n"], int, 1, ctx.max_n, True, True)
-    if body.get("stop") is not None:
-        params["stop"] = _stop(body["stop"])
-    if body.get("logit_bias") is not None:
-        params["logit_bias"] = _logit_bias(body["logit_bias"])
-    return params
-
-
-def with_defaults(body: dict[str, Any], defaults: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    """The body with the job's default request fields where it sets none (chat_template_kwargs:
-    the job's keys under the row's)."""
-    if not defaults:
-        return body
-    out = dict(body)
-    for name, value in defaults:
-        if name == "chat_template_kwargs" and isinstance(out.get(name), dict) and isinstance(value, dict):
-            out[name] = {**value, **out[name]}
-        elif out.get(name) is None:
-            out[name] = value
-    return out
-
-
-def _reasoning(body: dict[str, Any]) -> dict[str, Any]:
-    """The fields that steer a reasoning model, checked: reasoning_effort, chat_template_kwargs
-    (keyword arguments of the model's chat template, such as enable_thinking) and include_reasoning
-    (thinking_token_budget is a numeric field)."""
-    params: dict[str, Any] = {}
-    effort = body.get("reasoning_effort")
-    if effort is not None:
-        if effort not in REASONING_EFFORTS:
-            raise Invalid("invalid_parameter", f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
-                          f"got {short(effort)}", "reasoning_effort")
-        params["reasoning_effort"] = effort
-    kwargs = body.get("chat_template_kwargs")
-    if kwargs is not None:
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
-            raise Invalid("invalid_parameter", "chat_template_kwargs must be an object of template variable names "
-                          "to values, such as {\"enable_thinking\": false}", "chat_template_kwargs")
-        params["chat_template_kwargs"] = kwargs
-    if body.get("include_reasoning") is not None:
-        if not isinstance(body["include_reasoning"], bool):
-            raise Invalid("invalid_parameter", "include_reasoning must be true or false", "include_reasoning")
-        params["include_reasoning"] = body["include_reasoning"]
-    return params
-
-
-def _user(body: dict[str, Any]) -> str | None:
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise Invalid("invalid_parameter", "user must be a string", "user")
-    if user is not None and not is_text(user):
-        raise Invalid("invalid_utf8", "user holds a lone surrogate (\\ud800-\\udfff), which is not text", "user")
-    return user
-
-
-def _completions_request(body: dict[str, Any], custom_id: str, source: Source, line: int, ctx: Context,
-                         warnings: list[str], shape: str | None, model: str | None) -> Request:
-    """A completions body: one prompt (a string or token ids) and chat's sampling fields;
-    `logprobs` is the number of alternatives per token, as in OpenAI's completions API."""
-    prompt = _prompt(body.get("prompt"))
-    params = _sampling(body, ctx, COMPLETIONS_FIELDS)
-    if body.get("logprobs") is not None:
-        params["logprobs"] = _number("logprobs", body["logprobs"], int, 0, MAX_TOP_LOGPROBS, True, True)
-    for name, unset, hint in UNSUPPORTED_COMPLETIONS_FIELDS:
-        if body.get(name) not in (None, unset):
-            raise Invalid("unsupported_parameter", f"{name}: {json.dumps(body[name], default=str)[:60]} is not "
-                          f"supported: vLLM's offline engine cannot honour it. Hint: drop {name}{hint}", name)
-    unknown = _unknown_fields(body, warnings, COMPLETIONS_FIELDS)
-    return Request(custom_id, source.name, line, [], params, user=_user(body), warnings=tuple(warnings),
-                   unknown_fields=unknown, requested_model=model, shape=shape, adapter=ctx.adapter_for(model),
-                   endpoint="completions", input=prompt, file=source.index)
-
-
-def _prompt(prompt: Any) -> str | list[int]:
-    """A completions prompt: a non-empty string or token ids (a list of one of those is that one).
-    A line carries one prompt: its row holds one completion (and its n choices)."""
-    if isinstance(prompt, list) and len(prompt) == 1 and (isinstance(prompt[0], str) or is_token_ids(prompt[0])):
-        prompt = prompt[0]
-    if isinstance(prompt, str) and prompt:
-        if not is_text(prompt):
-            raise Invalid("invalid_utf8", "prompt holds a lone surrogate (\\ud800-\\udfff), which is not text",
-                          "prompt")
-        return prompt
-    if is_token_ids(prompt):
-        return prompt
-    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) or is_token_ids(p) for p in prompt):
-        raise Invalid("invalid_input", f"prompt holds {len(prompt)} prompts, but a batch line carries one: its row "
-                      "holds one completion. Hint: put each prompt on a line of its own, with its own custom_id",
-                      "prompt")
-    raise Invalid("invalid_input", f"prompt must be a non-empty string or a list of token ids, got {kind_of(prompt)} "
-                  f"{short(prompt, 40)}", "prompt")
+def _served(request: Request, ctx: Context) -> Request:
+    """The request, if the run's kind of model serves its endpoint."""
+    problem = ENDPOINTS[request.endpoint].unsupported(ctx.runner) if ctx.runner is not None else None
+    if problem is not None:
+        raise Invalid(problem.code, problem.message, problem.param)
+    return request
 
 
 def _model(model: Any, ctx: Context) -> str | None:
@@ -338,211 +160,6 @@ def _model(model: Any, ctx: Context) -> str | None:
             "model",
         )
     return model
-
-
-def _unknown_fields(body: dict[Any, Any], warnings: list[str], known: set[str]) -> tuple[str, ...]:
-    """The body's field names that the chat API does not have (warned about, kept bounded), and
-    warnings for the fields that have no effect on a batch."""
-    bad_key = next((k for k in body if not isinstance(k, str) or not is_text(k)), None)
-    if bad_key is not None:
-        raise Invalid("invalid_utf8", "a field name holds a lone surrogate (\\ud800-\\udfff), which is "
-                      "not text; fix the encoding of the tool that wrote the file")
-    for name, note in ACCEPTED_NO_EFFECT.items():
-        if body.get(name) and note:
-            warnings.append(f"{name}: {note}")
-    unknown = sorted(set(body) - known)
-    if unknown:
-        warnings.append(f"unknown field(s) ignored: {names_list(unknown)}")
-    return tuple(n if len(n) <= 64 else n[:63] + "…" for n in unknown[:MAX_UNKNOWN_FIELDS])
-
-
-def _number(name: str, value: Any, kind: type, lo: float, hi: float, lo_in: bool, hi_in: bool):
-    if isinstance(value, float) and kind is int and math.isfinite(value) and value.is_integer():
-        value = int(value)  # 5.0: how pandas writes an optional integer column
-    ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
-    if isinstance(value, bool) or not ok_type or (isinstance(value, float) and not math.isfinite(value)):
-        raise Invalid("invalid_parameter", f"{name} must be {'an integer' if kind is int else 'a number'}, "
-                      f"got {short(value)}", name)
-    if (value < lo or (value == lo and not lo_in)) or (value > hi or (value == hi and not hi_in)):
-        left, right = "[" if lo_in else "(", "]" if hi_in else ")"
-        high = "" if hi == math.inf else f"{hi:g}"
-        raise Invalid("invalid_parameter", f"{name} must be in {left}{lo:g}, {high}{right}, got {short(value)}", name)
-    return value
-
-
-def _stop(stop: Any) -> list[str]:
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise Invalid("invalid_parameter", "stop must be a non-empty string or a list of them", "stop")
-    if len(stops) > MAX_STOP:
-        raise Invalid("invalid_parameter", f"stop takes at most {MAX_STOP} strings, got {len(stops)}", "stop")
-    return stops
-
-
-def _logit_bias(bias: Any) -> dict[int, float]:
-    if not isinstance(bias, dict):
-        raise Invalid("invalid_parameter", "logit_bias must map token ids to numbers", "logit_bias")
-    out = {}
-    for key, value in bias.items():
-        if (not isinstance(key, str) or not _TOKEN_ID.match(key) or isinstance(value, bool)
-                or not isinstance(value, (int, float)) or not -100 <= value <= 100):
-            raise Invalid("invalid_parameter", f"logit_bias entry {short(key)}: {short(value)} must be a "
-                          "token id (digits) and a number in [-100, 100]", "logit_bias")
-        out[int(key)] = float(value)
-    return out
-
-
-IMAGE_DETAIL = ("auto", "low", "high")
-
-
-def _text(content: Any, where: str, role: str = "user") -> str | None:
-    """Check message content: a string or a list of text parts (and, in user messages, image_url parts)."""
-    if content is None or isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise Invalid("invalid_messages", f"{where}.content must be a string or a list of text parts", f"{where}.content")
-    for j, part in enumerate(content):
-        ptype = part.get("type") if isinstance(part, dict) else None
-        if ptype == "image_url" and role == "user":
-            _image_url(part.get("image_url"), f"{where}.content[{j}].image_url")
-            continue
-        if ptype != "text" or not isinstance(part.get("text"), str):
-            what = f"a part of type {ptype!r}" if ptype else "a part that is not {\"type\": \"text\", \"text\": ...}"
-            code = "unsupported_content" if ptype in ("image_url", "input_audio", "file", "video_url") else "invalid_messages"
-            takes = "text parts, and images in user messages" if ptype == "image_url" else "text and image parts only"
-            raise Invalid(code, f"{where}.content[{j}] is {what}; a message takes {takes}", f"{where}.content[{j}]")
-    return "text"
-
-
-def _image_url(image: Any, at: str) -> None:
-    """An image_url part's object: {"url": a data: URI, a path or a URL, "detail": auto|low|high}."""
-    if not isinstance(image, dict) or not isinstance(image.get("url"), str) or not image["url"]:
-        raise Invalid("invalid_messages", f"{at} must be {{\"url\": \"data:image/png;base64,...\" or a path or "
-                      "URL}", at)
-    if image.get("detail") not in (None, *IMAGE_DETAIL):
-        raise Invalid("invalid_parameter", f"{at}.detail must be one of {', '.join(IMAGE_DETAIL)}, got "
-                      f"{short(image['detail'])}", f"{at}.detail")
-
-
-def _messages(messages: Any) -> list[dict[str, Any]]:
-    if messages is None:
-        raise Invalid("invalid_messages", "messages is missing: a chat request needs at least one message", "messages")
-    if not isinstance(messages, list) or not messages:
-        raise Invalid("invalid_messages", "messages must be a non-empty list of messages", "messages")
-    open_calls: set[str] = set()
-    for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise Invalid("invalid_messages", f"{where} must be an object with role and content", where)
-        role = msg.get("role")
-        if role not in ROLES:
-            raise Invalid("invalid_messages", f"{where}.role {role!r} is not one of {', '.join(ROLES)}", f"{where}.role")
-        content = _text(msg.get("content"), where, role)
-        calls = msg.get("tool_calls")
-        if role == "assistant" and calls:
-            open_calls = _assistant_calls(calls, where)
-        elif calls is not None and role != "assistant":
-            raise Invalid("invalid_messages", f"{where}: only assistant messages carry tool_calls", f"{where}.tool_calls")
-        if content is None and not (role == "assistant" and calls):
-            raise Invalid("invalid_messages", f"{where}.content is missing", f"{where}.content")
-        if role == "tool":
-            call_id = msg.get("tool_call_id")
-            if not isinstance(call_id, str):
-                raise Invalid("invalid_messages", f"{where}: a tool message needs tool_call_id", f"{where}.tool_call_id")
-            if call_id not in open_calls:
-                raise Invalid(
-                    "invalid_messages",
-                    f"{where}: tool_call_id {call_id!r} answers no tool call of the assistant message before it",
-                    f"{where}.tool_call_id",
-                )
-        elif not (role == "assistant" and calls):
-            open_calls = set()
-    return [_thinking(m, f"messages[{i}]") if m["role"] == "assistant" else m for i, m in enumerate(messages)]
-
-
-def _thinking(msg: dict[str, Any], where: str) -> dict[str, Any]:
-    """An earlier assistant turn's thinking under vLLM's name, `reasoning` (what the chat template
-    reads; vLLM passes no other name on): OpenAI-style `reasoning_content` becomes `reasoning`."""
-    for key in ("reasoning", "reasoning_content"):
-        if msg.get(key) is not None and not isinstance(msg[key], str):
-            raise Invalid("invalid_messages", f"{where}.{key} must be a string (the turn's thinking)", f"{where}.{key}")
-    if msg.get("reasoning") is None and msg.get("reasoning_content") is not None:
-        return {**{k: v for k, v in msg.items() if k != "reasoning_content"}, "reasoning": msg["reasoning_content"]}
-    return msg
-
-
-def _assistant_calls(calls: Any, where: str) -> set[str]:
-    if not isinstance(calls, list):
-        raise Invalid("invalid_messages", f"{where}.tool_calls must be a list", f"{where}.tool_calls")
-    ids = set()
-    for k, call in enumerate(calls):
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(call.get("id"), str):
-            raise Invalid("invalid_messages", f"{where}.tool_calls[{k}] needs id and function.name", f"{where}.tool_calls[{k}]")
-        if not isinstance(fn.get("arguments", "{}"), (str, dict)):
-            raise Invalid("invalid_messages", f"{where}.tool_calls[{k}].function.arguments must be a JSON string", f"{where}.tool_calls[{k}]")
-        ids.add(call["id"])
-    return ids
-
-
-def _tools(tools: Any) -> list[dict[str, Any]] | None:
-    if tools is None:
-        return None
-    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
-        raise Invalid("invalid_parameter", f"tools must be a list of at most {MAX_TOOLS} tools", "tools")
-    for i, tool in enumerate(tools):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
-            raise Invalid("invalid_parameter", f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{...}}}}", f"tools[{i}]")
-        if not isinstance(fn.get("name"), str) or not TOOL_NAME.match(fn["name"]):
-            raise Invalid("invalid_parameter", f"tools[{i}].function.name must be 1-64 letters, digits, _ or -", f"tools[{i}].function.name")
-        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
-            raise Invalid("invalid_parameter", f"tools[{i}].function.parameters must be a JSON schema object", f"tools[{i}].function.parameters")
-    return tools or None
-
-
-def _tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> Any:
-    if choice is None:
-        return None
-    if isinstance(choice, str) and choice in ("none", "auto", "required"):
-        if choice != "none" and not tools:
-            raise Invalid("invalid_parameter", f"tool_choice {choice!r} needs tools", "tool_choice")
-        return choice
-    fn = choice.get("function") if isinstance(choice, dict) else None
-    name = fn.get("name") if isinstance(fn, dict) else None
-    if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
-        raise Invalid(
-            "invalid_parameter",
-            "tool_choice must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}",
-            "tool_choice",
-        )
-    if name not in {t["function"]["name"] for t in tools or ()}:
-        raise Invalid("invalid_parameter", f"tool_choice names function {name!r}, which is not in tools", "tool_choice")
-    return choice
-
-
-def _response_format(fmt: Any) -> dict[str, Any] | None:
-    if fmt is None:
-        return None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return fmt
-    if kind == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict) or not isinstance(spec.get("name", ""), str):
-            raise Invalid(
-                "invalid_parameter",
-                "response_format.json_schema must be {\"name\": ..., \"schema\": {...}, \"strict\": ...}",
-                "response_format.json_schema",
-            )
-        return fmt
-    raise Invalid(
-        "invalid_parameter",
-        "response_format.type must be 'text', 'json_object' or 'json_schema'",
-        "response_format",
-    )
 
 
 class SeenIds:

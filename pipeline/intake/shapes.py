@@ -2,9 +2,11 @@
 
 A file's shape is detected once, from its first row that is an object, and every row of the file
 is read in that shape (a row that does not fit gets an error saying why). Each shape gives the
-row's request body (OpenAI chat completions, or its `endpoint`'s body: endpoints.py), which `requests.py` validates (the request's id is read from
-the row itself, from the shape's `id_fields`). Other providers' forms (Anthropic, Gemini, the
-Responses API) are converted to that body by their files in `providers/`; their errors name the shape.
+row's request body (OpenAI chat completions, or its `endpoint`'s body), which requests.py hands
+to that endpoint's `parse` (pipeline/endpoints/; the request's id is read from the row itself, from
+the shape's `id_fields`). The endpoints' batch lines and the providers' own lines (Anthropic, Gemini,
+the Responses API) are shapes made from their registries; a provider's `body_in` converts its
+request to the chat body, and its errors name the shape.
 """
 
 from __future__ import annotations
@@ -14,17 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.intake.endpoints import URL_FORMS, is_line_for
-from pipeline.providers.anthropic import anthropic_body
-from pipeline.providers.gemini import gemini_body
-from pipeline.providers.responses import responses_body
+from pipeline.endpoints import DEFAULT, ENDPOINTS, Endpoint
+from pipeline.endpoints.base import OPENAI_PREFIX, QUERY
+from pipeline.intake.endpoints import is_line_for
+from pipeline.providers import PROVIDERS, Provider
 from pipeline.records import Invalid, field_names, names_list, short
 
-CHAT_URL = "/v1/chat/completions"
-# OpenAI's form, Azure OpenAI's (`/chat/completions`, a deployment's path), an api-version query.
-_PREFIX = r"^(?:/v1|/openai/v1|/openai/deployments/[^/?#]+)?"
-CHAT_URL_FORMS = re.compile(_PREFIX + r"/chat/completions(?:\?[^#]*)?$")
-RESPONSES_URL_FORMS = re.compile(_PREFIX + r"/responses(?:\?[^#]*)?$")
+RESPONSES_URL_FORMS = re.compile(OPENAI_PREFIX + r"/responses" + QUERY)
 BATCH_LINE_FIELDS = {"custom_id", "method", "url", "body"}
 
 
@@ -40,8 +38,8 @@ class Shape:
     id_fields: tuple[str, ...] = ("custom_id",)
     # True: the body is converted from another provider's form (its errors say so).
     converted: bool = False
-    # The endpoint its lines ask for (records.ENDPOINTS).
-    endpoint: str = "chat"
+    # The endpoint its lines ask for (a name of pipeline/endpoints' ENDPOINTS).
+    endpoint: str = DEFAULT.name
 
     def id_field(self, row: dict[str, Any]) -> str:
         return next((f for f in self.id_fields if row.get(f) is not None), self.id_fields[-1])
@@ -64,7 +62,7 @@ def _in_file(shape: Shape, row: dict[str, Any]) -> str:
             "every row of a file must have the file's shape")
 
 
-def _batch_line(row: dict[str, Any], warnings: list[str], *, urls: re.Pattern[str] = CHAT_URL_FORMS,
+def _batch_line(row: dict[str, Any], warnings: list[str], *, urls: re.Pattern[str] = DEFAULT.urls,
                 endpoint: str = "chat completions", shape_name: str = "openai-batch") -> Any:
     shape = SHAPES_BY_NAME[shape_name]
     method = row.get("method", "POST")
@@ -83,31 +81,28 @@ def _batch_line(row: dict[str, Any], warnings: list[str], *, urls: re.Pattern[st
 
 
 URL_EXAMPLES = {
-    "openai-batch": f"{CHAT_URL!r}, or Azure's '/chat/completions'",
+    **{e.shape: repr(e.url) for e in ENDPOINTS.values()},
+    DEFAULT.shape: f"{DEFAULT.url!r}, or Azure's '/chat/completions'",
     "openai-responses": "'/v1/responses'",
-    "openai-embeddings": "'/v1/embeddings'",
-    "openai-completions": "'/v1/completions'",
-    "vllm-score": "'/v1/score'",
-    "vllm-rerank": "'/v1/rerank'",
 }
 
 
 def _responses_line(row: dict[str, Any], warnings: list[str]) -> Any:
     body = _batch_line(row, warnings, urls=RESPONSES_URL_FORMS, endpoint="the Responses API",
                        shape_name="openai-responses")
-    return _converted(RESPONSES, responses_body, body, warnings)
+    return _converted(RESPONSES, PROVIDERS["responses"].body_in, body, warnings)
 
 
-def _endpoint_line(shape_name: str, endpoint: str):
-    """The reader of a batch line for another endpoint than chat (endpoints.URL_FORMS)."""
+def _endpoint_line(endpoint: Endpoint):
+    """The reader of an endpoint's batch lines (by its record's URL forms)."""
     def read(row: dict[str, Any], warnings: list[str]) -> Any:
-        return _batch_line(row, warnings, urls=URL_FORMS[endpoint], endpoint=endpoint, shape_name=shape_name)
+        return _batch_line(row, warnings, urls=endpoint.urls, endpoint=endpoint.name, shape_name=endpoint.shape)
     return read
 
 
-def _endpoint_shape(name: str, endpoint: str, url: str, title: str) -> Shape:
-    return Shape(name, is_line_for(endpoint), _endpoint_line(name, endpoint),
-                 f"{title} ({{custom_id, method, url: {url}, body}})", endpoint=endpoint)
+def _endpoint_shape(endpoint: Endpoint) -> Shape:
+    return Shape(endpoint.shape, is_line_for(endpoint.name), _endpoint_line(endpoint),
+                 f"{endpoint.title} ({{custom_id, method, url: {endpoint.url}, body}})", endpoint=endpoint.name)
 
 
 def _together_line(row: dict[str, Any], warnings: list[str]) -> Any:
@@ -168,23 +163,28 @@ def _holds(field: str) -> Callable[[dict[str, Any]], bool]:
     return lambda row: field in row and not ({"messages", "url", "method", "body"} - {field}) & row.keys()
 
 
-RESPONSES = Shape("openai-responses", _is_responses_line, _responses_line,
-                  "OpenAI Responses API batch lines ({custom_id, method, url: /v1/responses, body})", converted=True)
-EMBEDDINGS = _endpoint_shape("openai-embeddings", "embeddings", "/v1/embeddings", "OpenAI Batch embeddings lines")
-COMPLETIONS = _endpoint_shape("openai-completions", "completions", "/v1/completions",
-                              "OpenAI Batch completions lines")
-SCORE = _endpoint_shape("vllm-score", "score", "/v1/score", "vLLM score lines")
-RERANK = _endpoint_shape("vllm-rerank", "rerank", "/v1/rerank", "vLLM rerank lines")
-OPENAI_BATCH = Shape("openai-batch", _is_batch_line, _batch_line,
-                     "OpenAI Batch lines ({custom_id, method, url: /v1/chat/completions, body})")
+RESPONSES = Shape(PROVIDERS["responses"].shape, _is_responses_line, _responses_line, PROVIDERS["responses"].shape_title,
+                  converted=True)
+# The batch lines of each endpoint but the default, whose lines (OPENAI_BATCH) take any URL and
+# say what is wrong with it.
+ENDPOINT_SHAPES = tuple(_endpoint_shape(e) for e in ENDPOINTS.values() if e is not DEFAULT)
+EMBEDDINGS = next(s for s in ENDPOINT_SHAPES if s.name == ENDPOINTS["embeddings"].shape)  # a template job's
+OPENAI_BATCH = Shape(DEFAULT.shape, _is_batch_line, _batch_line,
+                     f"{DEFAULT.title} ({{custom_id, method, url: {DEFAULT.url}, body}})")
 TOGETHER = Shape("together-batch", _holds("body"), _together_line, "Together batch lines ({custom_id, body})")
-ANTHROPIC = Shape("anthropic-batch", _holds("params"), _provider_line("anthropic-batch", "params", anthropic_body),
-                  "Anthropic Message Batches lines ({custom_id, params})", converted=True)
-GEMINI = Shape("gemini-batch", _holds("request"), _provider_line("gemini-batch", "request", gemini_body),
-               "Gemini/Vertex AI batch lines ({key, request: {contents}})", id_fields=("key", "custom_id"),
-               converted=True)
+
+
+def _provider_shape(provider: Provider) -> Shape:
+    """The shape of a provider's own request lines: its request field, converted by its body_in."""
+    return Shape(provider.shape, _holds(provider.request_field),
+                 _provider_line(provider.shape, provider.request_field, provider.body_in), provider.shape_title,
+                 id_fields=provider.id_fields, converted=True)
+
+
+# The lines of every provider that holds its request in a field of its own (Anthropic, Gemini).
+PROVIDER_SHAPES = tuple(_provider_shape(p) for p in PROVIDERS.values() if p.request_field is not None)
 BARE = Shape("body", lambda row: True, _bare_body, "chat request bodies ({custom_id, model, messages, ...})")
-SHAPES = (RESPONSES, EMBEDDINGS, COMPLETIONS, SCORE, RERANK, OPENAI_BATCH, TOGETHER, ANTHROPIC, GEMINI, BARE)  # detection order: the first that matches
+SHAPES = (RESPONSES, *ENDPOINT_SHAPES, OPENAI_BATCH, TOGETHER, *PROVIDER_SHAPES, BARE)  # detection order: the first that matches
 SHAPES_BY_NAME = {s.name: s for s in SHAPES}
 
 

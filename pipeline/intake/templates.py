@@ -38,8 +38,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.endpoints.chat import BODY_FIELDS
 from pipeline.exits import UserError
-from pipeline.intake.requests import BODY_FIELDS, Context, SeenIds, parse_row
+from pipeline.intake.requests import Context, SeenIds, parse_row
 from pipeline.intake.shapes import BARE, EMBEDDINGS
 from pipeline.intake.sources import InputFile
 from pipeline.output import structured

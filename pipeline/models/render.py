@@ -34,7 +34,7 @@ def context_problem(prompt_tokens: int | None, max_model_len: int, *, at_least: 
                     field: str = "messages") -> Problem | None:
     """vLLM refuses a prompt that leaves no room for one completion token. `prompt_tokens` None:
     the engine refused the prompt for its length without counting it. `field`: the request's
-    field that holds the prompt (records.PROMPT_FIELD)."""
+    field that holds the prompt (its endpoint's `prompt_field`)."""
     if prompt_tokens is not None and prompt_tokens < max_model_len:
         return None
     size = ("longer than the context of" if prompt_tokens is None

@@ -48,6 +48,7 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import chain, islice
 from typing import Any
 
+from pipeline.endpoints import ENDPOINTS
 from pipeline.exits import UserError
 from pipeline.models.names import context_length, resolve_model
 from pipeline.models.prefix import chained_digests
@@ -60,14 +61,7 @@ from pipeline.models.render import (
     image_urls,
     template_kwargs,
 )
-from pipeline.records import (
-    PROMPT_FIELD,
-    FailedRequest,
-    Problem,
-    Request,
-    embedding_inputs,
-    score_pairs,
-)
+from pipeline.records import FailedRequest, Problem, Request
 
 log = logging.getLogger("pipeline.models.tokens")
 
@@ -133,8 +127,9 @@ class PromptCounter:
 
     def token_ids(self, request: Request) -> list[int]:
         """The prompt token ids vLLM gives the engine for this request (a chat or completions one)."""
-        if request.endpoint == "completions":  # a plain prompt: the tokenizer's special tokens, no template
-            prompt = request.input
+        plain = ENDPOINTS[request.endpoint].prompts
+        if plain is not None:  # a plain prompt (completions): the tokenizer's special tokens, no template
+            [prompt] = plain(request)
             return list(prompt) if isinstance(prompt, list) else list(self.tokenizer(prompt)["input_ids"])
         text = self.render(request.messages, engine_tools(request), template_kwargs(request.params))
         images = image_urls(request.messages)
@@ -153,9 +148,9 @@ class PromptCounter:
     def verdict(self, request: Request, prompt_tokens: int) -> Request | FailedRequest:
         # vLLM refuses a prompt that leaves no room for one completion token. A pooling request's
         # inputs are separate prompts: the engine answers for each.
-        generative = request.endpoint in ("chat", "completions")
+        endpoint = ENDPOINTS[request.endpoint]
         problem = context_problem(prompt_tokens, self.max_model_len,
-                                  field=PROMPT_FIELD[request.endpoint]) if generative else None
+                                  field=endpoint.prompt_field) if endpoint.completes else None
         if problem is None:
             return request
         return FailedRequest.about(problem, request)
@@ -361,12 +356,9 @@ def _work(request: Request) -> tuple[list[dict[str, Any]] | None, Any, dict[str,
     """What counting a request's prompt needs: (messages, tools, chat template arguments), or
     (None, plain prompts, None) for the other endpoints: a completion's prompt, the inputs of an
     embeddings request, the query and document of each pair a score or rerank request scores."""
-    if request.endpoint == "embeddings":
-        return None, embedding_inputs(request.input), None
-    if request.endpoint == "completions":
-        return None, [request.input], None
-    if request.endpoint in ("score", "rerank"):
-        return None, [text for pair in score_pairs(request) for text in pair], None
+    plain = ENDPOINTS[request.endpoint].prompts
+    if plain is not None:
+        return None, plain(request), None
     return request.messages, engine_tools(request), template_kwargs(request.params)
 
 

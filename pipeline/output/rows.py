@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from pipeline.endpoints import ENDPOINTS
 from pipeline.engines.base import Result
 from pipeline.models.prices import Price
 from pipeline.models.reasoning import THINKING_CUT, thinking_cut, thinking_cut_warning
 from pipeline.models.render import image_urls
 from pipeline.output import structured
-from pipeline.records import FailedRequest, Request, embedding_inputs
+from pipeline.records import FailedRequest, Request
 from pipeline.storage import redact
 
 
@@ -79,9 +80,7 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "reasoning_content": first.get("reasoning_content"),
         "finish_reason": first.get("finish_reason"),
         "tool_calls": first.get("tool_calls"),
-        "choices": None if res.embeddings is not None or res.scores is not None else res.choices,
-        **_vectors(req, res),
-        **_scores(req, res),
+        **ENDPOINTS[req.endpoint].columns(req, res),  # choices, or vectors, or scores
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "reasoning_tokens": res.reasoning_tokens,
@@ -97,32 +96,6 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "input_shape": req.shape,
         **_timing(res),
     }
-
-
-def _vectors(req: Request, res: Result) -> dict[str, Any]:
-    """The `embedding` and `embeddings` columns: one vector for a line with one input, the list of
-    them for a line whose input is a list."""
-    if res.embeddings is None:
-        return {"embedding": None, "embeddings": None, "encoding_format": None}
-    fmt = req.params.get("encoding_format")
-    if embedding_inputs(req.input) == [req.input]:
-        return {"embedding": res.embeddings[0], "embeddings": None, "encoding_format": fmt}
-    return {"embedding": None, "embeddings": res.embeddings, "encoding_format": fmt}
-
-
-def _scores(req: Request, res: Result) -> dict[str, Any]:
-    """The `scores` and `rerank` columns. A rerank request's results are ordered as vLLM's rerank
-    response orders them: by relevance, highest first (ties in document order), the first top_n
-    of them when top_n is set (0: all)."""
-    if res.scores is None:
-        return {"scores": None, "rerank": None}
-    if req.endpoint == "score":
-        return {"scores": res.scores, "rerank": None}
-    documents = req.input["documents"]
-    results = sorted(({"index": i, "document": documents[i], "relevance_score": s} for i, s in enumerate(res.scores)),
-                     key=lambda r: r["relevance_score"], reverse=True)
-    top_n = req.params.get("top_n") or len(results)
-    return {"scores": None, "rerank": results[:top_n]}
 
 
 def _timing(res: Result) -> dict[str, Any]:

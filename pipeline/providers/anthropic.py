@@ -6,6 +6,7 @@ from typing import Any
 
 from pipeline.providers.common import (
     SERVER_ERRORS,
+    Provider,
     _arguments,
     _failed,
     _has_text,
@@ -17,6 +18,7 @@ from pipeline.providers.common import (
     data_url,
     error_text,
     image_part,
+    split_code,
     with_images,
 )
 from pipeline.records import Invalid, kind_of
@@ -253,6 +255,37 @@ def anthropic_line(row: dict[str, Any]) -> dict[str, Any]:
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "usage": with_images({"input_tokens": row["prompt_tokens"], "output_tokens": row["completion_tokens"]},
-                             row, "anthropic"),
+                             row, IMAGE_FIELD),
     }
     return {"custom_id": row["custom_id"], "result": {"type": "succeeded", "message": message}}
+
+
+IMAGE_FIELD = "input_images"
+
+
+def owns(line: dict[str, Any]) -> bool:
+    return "result" in line
+
+
+def failed(line: dict[str, Any]) -> bool:
+    return (line["result"] or {}).get("type") != "succeeded"
+
+
+def summary(line: dict[str, Any]) -> dict[str, Any]:
+    result = line["result"] or {}
+    if result.get("type") != "succeeded":
+        inner = (result.get("error") or {}).get("error") or {}
+        return {"custom_id": line.get("custom_id"), "error": split_code(str(inner.get("message", "")))}
+    msg = result.get("message") or {}
+    usage = msg.get("usage") or {}
+    text = next((b.get("text") for b in msg.get("content") or [] if b.get("type") == "text"), None)
+    return {"custom_id": line.get("custom_id"), "prompt_tokens": usage.get("input_tokens"),
+            "completion_tokens": usage.get("output_tokens"), "finish_reason": msg.get("stop_reason"),
+            "content": text, "images": usage.get(IMAGE_FIELD)}
+
+
+ANTHROPIC = Provider(
+    name="anthropic", title="Anthropic", line_out=anthropic_line, owns=owns, failed=failed, summary=summary,
+    image_field=IMAGE_FIELD, runners=("generate",), shape="anthropic-batch", request_field="params",
+    shape_title="Anthropic Message Batches lines ({custom_id, params})", body_in=anthropic_body,
+)

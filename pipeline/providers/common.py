@@ -1,9 +1,12 @@
 """Other providers' batch forms, both directions: the contract of every file in this folder.
 
-A provider file (anthropic.py, gemini.py, responses.py, openai.py) holds, side by side:
+A provider file (anthropic.py, gemini.py, responses.py, openai.py) builds one `Provider` (below),
+listed once in `pipeline/providers/__init__.py`; everything else (the `--format` choices, shape
+detection, `--format native`, reading result lines back, refusals) is derived from that list.
+It holds, side by side:
 - in: `<provider>_body(request, warnings) -> dict`, the provider's request (Anthropic's `params`,
   Gemini's `request`, a Responses API `body`) converted to the OpenAI chat-completions body that
-  intake/requests.py validates. A conversion is faithful or it is refused: what has no equivalent
+  pipeline/endpoints/chat.py validates. A conversion is faithful or it is refused: what has no equivalent
   in a local chat model (built-in server tools, state kept on the provider's servers, an assistant
   prefill to be continued) raises `Invalid` saying what and why, with `param` the path in the
   provider's own form. Fields the converter does not know are kept in the body under a prefixed
@@ -19,6 +22,8 @@ This module holds the helpers both directions share. OpenAI Batch lines need no 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.records import Invalid, kind_of
@@ -98,19 +103,46 @@ def _arguments(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_unparsed_arguments": text}
 
 
-# How many images the prompt had, in each line format. No provider's batch results carry an image
-# count (Gemini's promptTokensDetails splits tokens by modality, which the engine does not report
-# per request), so each format has an extension field named like the token counts beside it; the
-# providers' SDKs and plain JSON readers ignore keys they do not know. Absent: no images.
-IMAGE_FIELDS = {"openai": "prompt_images", "responses": "input_images", "anthropic": "input_images",
-                "gemini": "promptImageCount"}
-
-
-def with_images(usage: dict[str, Any], row: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """`usage` with the prompt's image count in `fmt`'s extension field when the prompt had images."""
+# How many images the prompt had, in each line format (`Provider.image_field`). No provider's batch
+# results carry an image count (Gemini's promptTokensDetails splits tokens by modality, which the
+# engine does not report per request), so each format has an extension field named like the token
+# counts beside it; the providers' SDKs and plain JSON readers ignore keys they do not know.
+# Absent: no images.
+def with_images(usage: dict[str, Any], row: dict[str, Any], field: str) -> dict[str, Any]:
+    """`usage` with the prompt's image count in `field` when the prompt had images."""
     if row.get("images"):
-        usage[IMAGE_FIELDS[fmt]] = row["images"]
+        usage[field] = row["images"]
     return usage
+
+
+def split_code(text: str) -> dict[str, str]:
+    """`code: message` (how the Anthropic and Gemini writers put our code in their message)."""
+    code, _, message = text.partition(": ")
+    return {"code": code, "message": message}
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One provider's batch format, both directions."""
+
+    name: str  # its `--format` name and how `--format native` knows it: "anthropic"
+    title: str  # how messages name it: "Anthropic"
+    line_out: Callable[[dict[str, Any]], dict[str, Any]]  # an output row as one of its result lines
+    owns: Callable[[dict[str, Any]], bool]  # is a result line in its format? (reading lines back)
+    failed: Callable[[dict[str, Any]], bool]  # does its result line answer a failed request?
+    # What `pipeline report` needs of its result line (formats.SUMMARY_KEYS)
+    summary: Callable[[dict[str, Any]], dict[str, Any]]
+    image_field: str  # its usage's extension field for the prompt's image count
+    runners: tuple[str, ...] = ("generate", "pooling")  # the kinds of model whose rows it can answer
+    format_choice: bool = True  # a `--format` choice (False: only through --format native)
+    # Its request lines, when it has its own: their shape's name (intake/shapes.py), the line field
+    # that holds the request, the fields that may hold the id, the lines' title in messages, and
+    # the converter of that request to the OpenAI chat body. None: OpenAI's own lines.
+    shape: str | None = None
+    request_field: str | None = None
+    id_fields: tuple[str, ...] = ("custom_id",)
+    shape_title: str = ""
+    body_in: Callable[[Any, list[str]], dict[str, Any]] | None = None
 
 
 # Errors that are the request's fault (the rest, e.g. engine_crash and output_error, are ours).

@@ -6,6 +6,7 @@ from typing import Any
 
 from pipeline.providers.common import (
     SERVER_ERRORS,
+    Provider,
     _arguments,
     _failed,
     _has_text,
@@ -17,6 +18,7 @@ from pipeline.providers.common import (
     data_url,
     error_text,
     image_part,
+    split_code,
     with_images,
 )
 from pipeline.records import Invalid, is_default_id, kind_of
@@ -347,5 +349,42 @@ def gemini_line(row: dict[str, Any]) -> dict[str, Any]:
         usage["thoughtsTokenCount"] = thoughts
     if row.get("cached_tokens"):
         usage["cachedContentTokenCount"] = row["cached_tokens"]
-    line["response"] = {"candidates": candidates, "usageMetadata": with_images(usage, row, "gemini"), "modelVersion": _model(row)}
+    line["response"] = {"candidates": candidates, "usageMetadata": with_images(usage, row, IMAGE_FIELD), "modelVersion": _model(row)}
     return line
+
+
+IMAGE_FIELD = "promptImageCount"
+
+
+def owns(line: dict[str, Any]) -> bool:
+    return "key" in line
+
+
+def failed(line: dict[str, Any]) -> bool:
+    return bool(line.get("status"))
+
+
+def summary(line: dict[str, Any]) -> dict[str, Any]:
+    status = line.get("status")
+    if status:
+        return {"custom_id": line["key"],
+                "error": split_code(status.get("message", "") if isinstance(status, dict) else str(status))}
+    resp = line.get("response") or {}
+    usage = resp.get("usageMetadata") or {}
+    first = (resp.get("candidates") or [{}])[0]
+    parts = (first.get("content") or {}).get("parts") or []
+    thoughts = usage.get("thoughtsTokenCount")
+    return {"custom_id": line["key"], "prompt_tokens": usage.get("promptTokenCount"),
+            "completion_tokens": (usage.get("candidatesTokenCount") or 0) + (thoughts or 0),
+            "reasoning_tokens": thoughts,
+            "cached_tokens": usage.get("cachedContentTokenCount", 0), "finish_reason": first.get("finishReason"),
+            "content": next((p["text"] for p in parts if "text" in p and not p.get("thought")), None),
+            "images": usage.get(IMAGE_FIELD)}
+
+
+GEMINI = Provider(
+    name="gemini", title="Gemini", line_out=gemini_line, owns=owns, failed=failed, summary=summary,
+    image_field=IMAGE_FIELD, runners=("generate",), shape="gemini-batch", request_field="request",
+    id_fields=("key", "custom_id"), shape_title="Gemini/Vertex AI batch lines ({key, request: {contents}})",
+    body_in=gemini_body,
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.providers.common import (
+    Provider,
     _failed,
     _has_text,
     _json,
@@ -16,6 +17,7 @@ from pipeline.providers.common import (
     with_images,
 )
 from pipeline.providers.openai import _openai_error, _openai_ok
+from pipeline.providers.openai import failed as openai_failed
 from pipeline.records import Invalid, kind_of
 
 RESPONSES_KNOWN = {
@@ -208,6 +210,34 @@ def responses_line(row: dict[str, Any]) -> dict[str, Any]:
             "output_tokens": row["completion_tokens"],
             "output_tokens_details": {"reasoning_tokens": row.get("reasoning_tokens") or 0},
             "total_tokens": row["total_tokens"],
-        }, row, "responses"),
+        }, row, IMAGE_FIELD),
     }
     return _openai_ok(row, body)
+
+
+IMAGE_FIELD = "input_images"
+
+
+def owns(line: dict[str, Any]) -> bool:
+    return ((line.get("response") or {}).get("body") or {}).get("object") == "response"
+
+
+def summary(line: dict[str, Any]) -> dict[str, Any]:
+    body = (line.get("response") or {}).get("body") or {}
+    usage = body.get("usage") or {}
+    text = next((c.get("text") for item in body.get("output") or [] if item.get("type") == "message"
+                 for c in item.get("content") or []), None)
+    return {"custom_id": line.get("custom_id"), "error": line.get("error"),
+            "prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens"),
+            "cached_tokens": (usage.get("input_tokens_details") or {}).get("cached_tokens"),
+            "reasoning_tokens": (usage.get("output_tokens_details") or {}).get("reasoning_tokens"),
+            "finish_reason": body.get("status"), "content": text, "images": usage.get(IMAGE_FIELD)}
+
+
+# The Responses API's lines are OpenAI Batch lines (url /v1/responses), its own shape in intake.
+RESPONSES = Provider(
+    name="responses", title="OpenAI Responses", line_out=responses_line, owns=owns, failed=openai_failed,
+    summary=summary, image_field=IMAGE_FIELD, runners=("generate",), format_choice=False,
+    shape="openai-responses", shape_title="OpenAI Responses API batch lines ({custom_id, method, url: /v1/responses, "
+    "body})", body_in=responses_body,
+)

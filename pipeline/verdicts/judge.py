@@ -28,10 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.endpoints import DEFAULT, ENDPOINTS
+
 VERDICTS = ("ok", "truncated", "empty", "unparsable", "schema_mismatch", "invalid_tool_call", "refused",
             "failed_check", "error")
 OK = "ok"
-JUDGED_ENDPOINTS = frozenset({"chat", "completions"})
 
 # A completion that opens by declining. Only its start is looked at: a text that quotes a refusal
 # later is an answer.
@@ -57,7 +58,7 @@ def judge_row(row: dict[str, Any], request: Any = None, check: Check | None = No
     choices are all ok otherwise."""
     if row.get("error") is not None:
         return Verdict("error", (row["error"] or {}).get("message"))
-    if request is None or getattr(request, "endpoint", "chat") not in JUDGED_ENDPOINTS:
+    if request is None or not ENDPOINTS[getattr(request, "endpoint", DEFAULT.name)].completes:
         return Verdict(OK)
     choices = row.get("choices") or [{"content": row.get("content"), "finish_reason": row.get("finish_reason"),
                                       "tool_calls": row.get("tool_calls")}]

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipeline.endpoints import ENDPOINTS
 from pipeline.records import FailedRequest, Problem, Request
 
 log = logging.getLogger("pipeline")
@@ -67,7 +68,7 @@ def _digest(text: str) -> str:
 
 def schemas_of(req: Any) -> list[tuple[str, str, Any]]:
     """(kind, name, schema) of every schema the engine will enforce for a request."""
-    if getattr(req, "endpoint", "chat") != "chat":
+    if not ENDPOINTS[getattr(req, "endpoint", "chat")].converses:
         return []
     found = []
     fmt = req.response_format or {}

@@ -29,6 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipeline.endpoints import ENDPOINTS, body
+
 REPAIRABLE = ("truncated", "empty", "unparsable", "schema_mismatch", "invalid_tool_call", "failed_check", "refused")
 TURN_VERDICTS = frozenset({"unparsable", "schema_mismatch", "invalid_tool_call", "failed_check"})
 SUMMED = ("prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens", "estimated_cost")
@@ -172,13 +174,13 @@ def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,
         params["seed"] = seed
         if verdict == "empty":
             return replace(req, params=params), f"seed {seed}"
-        if req.endpoint != "chat":
+        if not ENDPOINTS[req.endpoint].converses:
             return None
         turn = {"role": "user", "content": "That answer declined the request. If the request can be answered "
                                            "safely, answer it now, in the format asked for."}
         said = {"role": "assistant", "content": row.get("content") or ""}
         return replace(req, params=params, messages=[*req.messages, said, turn]), f"seed {seed} and a repair turn"
-    if verdict in TURN_VERDICTS and req.endpoint == "chat":
+    if verdict in TURN_VERDICTS and ENDPOINTS[req.endpoint].converses:
         said = row.get("content") or (json.dumps(row["tool_calls"]) if row.get("tool_calls") else "")
         answer = {"role": "assistant", "content": said}
         turn = {"role": "user", "content": f"That answer cannot be used ({verdict}: {row.get('verdict_message')}). "
@@ -199,7 +201,7 @@ def _attempt(row: dict[str, Any], change: str) -> dict[str, Any]:
 
 
 def _fingerprint(req: Any) -> str:
-    return hashlib.blake2b(json.dumps(req.body, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(json.dumps(body(req), sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
 TURN_TOKENS = 64  # a repair turn's own words, in tokens, at most

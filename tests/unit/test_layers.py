@@ -11,7 +11,7 @@ PACKAGE = Path(pipeline.__file__).parent
 # Bottom to top. A module may import its own room and any room below it, never one above.
 LAYERS = (
     ("records", "schema", "storage", "exits"),
-    ("models", "providers", "verdicts"),
+    ("endpoints", "models", "providers", "verdicts"),
     ("engines",),
     ("output",),
     ("intake",),

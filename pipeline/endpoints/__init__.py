@@ -1,0 +1,47 @@
+"""The endpoints, one file each, and the one registry the other rooms look them up in.
+
+To add an endpoint: write `pipeline/endpoints/<name>.py` building one `Endpoint` (base.py says
+what each member is), list it in `ENDPOINTS` below, and give every engine's `SUBMIT` table an
+entry for it (engines/vllm.py, engines/fake.py); tests/unit/test_registry.py names what is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.endpoints.base import RUNNERS, Endpoint, Origin
+from pipeline.endpoints.chat import CHAT
+from pipeline.endpoints.completions import COMPLETIONS
+from pipeline.endpoints.embeddings import EMBEDDINGS
+from pipeline.endpoints.rerank import RERANK
+from pipeline.endpoints.score import SCORE
+from pipeline.records import Request
+
+# Every endpoint, by the name a request carries (Request.endpoint).
+ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (CHAT, EMBEDDINGS, COMPLETIONS, SCORE, RERANK)}
+# The endpoint of a body that names none: a bare body, a provider's converted line, a template row.
+DEFAULT = CHAT
+
+__all__ = ["DEFAULT", "ENDPOINTS", "RUNNERS", "Endpoint", "Origin", "answering", "body", "of",
+           "runner_endpoints"]
+
+
+def of(request: Request) -> Endpoint:
+    """The endpoint a request asks for."""
+    return ENDPOINTS[request.endpoint]
+
+
+def answering(row: dict[str, Any]) -> Endpoint:
+    """The endpoint an output row answers: the first other than the default that claims it."""
+    return next((e for e in ENDPOINTS.values() if e is not DEFAULT and e.answers(row)), DEFAULT)
+
+
+def runner_endpoints(runner: str) -> str:
+    """The endpoints a kind of model serves, for messages: "chat, completions"."""
+    return ", ".join(e.name for e in ENDPOINTS.values() if e.runner == runner)
+
+
+def body(request: Request) -> dict[str, Any]:
+    """The request's normalized body (its endpoint's, under OpenAI's or vLLM's names): what
+    engines validate with vLLM's own request classes; none rebuilds the request its own way."""
+    return of(request).body(request)
