@@ -253,8 +253,9 @@ def test_the_run_raises_the_error_that_stopped_it(tmp_path):
     """One error path: engines that keep dying stop the run with TooManyRestarts itself (not an
     Incomplete rebuilt from exit code 3), its message the command line's."""
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps({"custom_id": f"r{i}", "messages": [{"role": "user", "content": "x"}]}) + "\n"
-                           for i in range(4)))
+    # each its own prompt: identical sampled rows would go as one request (engines/sampled.py), not r1's own
+    src.write_text("".join(json.dumps({"custom_id": f"r{i}", "messages": [{"role": "user", "content": f"x{i}"}]})
+                           + "\n" for i in range(4)))
     args = dict(output=str(tmp_path / "out"), max_engine_restarts=0, engine_option={"die_on": "r1"}, **FAKE)
     with pytest.raises(exits.TooManyRestarts) as e:
         pipeline.run(str(src), **args)
