@@ -103,3 +103,14 @@ def engines_start_together(monkeypatch):
         return events
 
     monkeypatch.setattr(LocalPool, "wait", wait)
+
+
+def contiguous(seq):
+    """Every value occupies one run of consecutive positions."""
+    seen, last = set(), None
+    for v in seq:
+        if v != last and v in seen:
+            return False
+        seen.add(v)
+        last = v
+    return True

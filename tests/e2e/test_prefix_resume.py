@@ -7,7 +7,15 @@ import signal
 import subprocess
 import sys
 
-from conftest import REPO, chat_line, committed_records, read_output, wait_for_commit, write_jsonl
+from conftest import (
+    REPO,
+    chat_line,
+    committed_records,
+    contiguous,
+    read_output,
+    wait_for_commit,
+    write_jsonl,
+)
 
 FAKE = ["--engine", "fake", "-m", "smollm2", "-q"]
 DOC = "".join(chr(ord("a") + i % 26) for i in range(900))
@@ -18,16 +26,6 @@ def docs_rows(docs, questions, seed=7):
             for d in range(docs) for q in range(questions)]
     random.Random(seed).shuffle(rows)
     return rows
-
-
-def contiguous(seq):
-    seen, last = set(), None
-    for v in seq:
-        if v != last and v in seen:
-            return False
-        seen.add(v)
-        last = v
-    return True
 
 
 def test_kill_9_mid_run_and_rerun_give_each_id_once_in_prefix_order(tmp_path):

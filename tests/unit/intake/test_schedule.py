@@ -12,7 +12,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import invoke
+from conftest import contiguous, invoke
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_dispatcher import MemoryPool
@@ -55,17 +55,6 @@ def _fields(r):
 
 def doc_of(r):
     return r.messages[1]["content"].split(":")[0]
-
-
-def contiguous(seq):
-    """Every value occupies one run of consecutive positions."""
-    seen, last = set(), None
-    for v in seq:
-        if v != last and v in seen:
-            return False
-        seen.add(v)
-        last = v
-    return True
 
 
 @settings(max_examples=30, deadline=None)
