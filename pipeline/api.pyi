@@ -71,7 +71,7 @@ class _run_estimate(_run_estimate_validate, total=False):
 
 class _run(_run_estimate, _run_estimate_validate, total=False):
     explode_choices: bool  # default False
-    format: Literal['parquet', 'openai', 'native', 'anthropic', 'gemini'] | None  # default 'parquet'
+    format: Literal['parquet', 'openai', 'native', 'anthropic', 'gemini', 'responses'] | None  # default 'parquet'
     split_errors: bool  # default False
     checkpoint_every: int | None  # default 5000
     checkpoint_seconds: float | None  # default 300.0

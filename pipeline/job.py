@@ -141,7 +141,8 @@ class Job:
         runner = _runner(cfg, files, scans, spec)
         provider = PROVIDERS.get(getattr(cfg, "format", None))
         if provider is not None and runner not in provider.runners:
-            others = " and ".join(p.title for p in PROVIDERS.values() if p.format_choice and runner not in p.runners)
+            *some, last = [p.title for p in PROVIDERS.values() if p.format_choice and runner not in p.runners]
+            others = f"{', '.join(some)} and {last}" if some else last
             raise UserError(f"--format {cfg.format} has no result for embeddings, score or rerank requests (this run's "
                             f"model is a pooling one): {others} answer messages only. Hint: use "
                             "--format openai, native or parquet")

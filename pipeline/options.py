@@ -192,7 +192,7 @@ OPTIONS: tuple[Opt, ...] = (
         short="-o", required_in=ONLY_RUN, commands=frozenset({RUN, ESTIMATE})),
     Opt("format", "parquet: part files with the output schema; JSON lines in a batch API's result format: "
         "openai (OpenAI Batch), anthropic (Message Batches results), gemini (Gemini/Vertex batch output), "
-        "or native: each row in the format of its input line (Anthropic lines get Anthropic results, "
+        "responses (OpenAI Batch lines whose bodies are Responses API responses), or native: each row in the format of its input line (Anthropic lines get Anthropic results, "
         "Gemini lines Gemini lines, Responses API lines Responses output, the rest OpenAI Batch lines). "
         "A line format also gives each input file its own result file, results/NAME.results.jsonl, "
         "when the job completes.",

@@ -5,6 +5,7 @@ provider's batch API reads our output unchanged:
 - `openai`: OpenAI Batch output lines, every row;
 - `anthropic`: Anthropic Message Batches result lines, every row;
 - `gemini`: Gemini API / Vertex AI batch output lines, every row;
+- `responses`: OpenAI Batch lines whose bodies are Responses API responses, every row;
 - `native`: each row in the format of the line it came from (its `input_shape`): Anthropic lines
   get Anthropic results, Gemini/Vertex lines Gemini lines, Responses API lines the Responses batch
   output, and OpenAI Batch, Together, bare bodies, template rows and lines whose shape could not

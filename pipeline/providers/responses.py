@@ -177,42 +177,50 @@ def _responses_format(fmt: Any) -> Any:
 
 
 # ---- OpenAI Responses API batch lines (/v1/responses) -----------------------------------------
+# https://platform.openai.com/docs/api-reference/responses/object, in an OpenAI Batch output line
 def responses_line(row: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI Batch line whose body is a Responses API `response` object (the first choice:
-    a Responses request has no `n`)."""
+    a Responses request has no `n`); a failed request: OpenAI's batch error line."""
     if _failed(row):
         return _openai_error(row)
     first = row["choices"][0] if row["choices"] else {}
-    output: list[dict[str, Any]] = []
-    if first.get("reasoning_content"):
-        output.append({"type": "reasoning", "id": f"rs_{row['custom_id']}", "summary": [],
-                       "content": [{"type": "reasoning_text", "text": first["reasoning_content"]}]})
-    if _has_text(first):
-        output.append({"type": "message", "id": f"msg_{row['custom_id']}", "status": "completed",
-                       "role": "assistant",
-                       "content": [{"type": "output_text", "text": first["content"], "annotations": []}]})
-    for call in first.get("tool_calls") or []:
-        output.append({"type": "function_call", "id": f"fc_{call['id']}", "call_id": call["id"],
-                       "name": call["function"]["name"], "arguments": call["function"]["arguments"],
-                       "status": "completed"})
     cut = first.get("finish_reason") == "length"
     body = {
         "id": f"resp_{row['custom_id']}",
         "object": "response",
         "created_at": int(row["finished_at"].timestamp()) if row.get("finished_at") else None,
         "status": "incomplete" if cut else "completed",
+        "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
         "model": _model(row),
-        "output": output,
+        "output": _output(row["custom_id"], first, "incomplete" if cut else "completed"),
         "usage": with_images({
             "input_tokens": row["prompt_tokens"],
             "input_tokens_details": {"cached_tokens": row["cached_tokens"]},
             "output_tokens": row["completion_tokens"],
             "output_tokens_details": {"reasoning_tokens": row.get("reasoning_tokens") or 0},
             "total_tokens": row["total_tokens"],
+            "estimated_cost": row.get("estimated_cost"),  # as in OpenAI Batch lines: an extension field
         }, row, IMAGE_FIELD),
     }
     return _openai_ok(row, body)
+
+
+def _output(custom_id: str, first: dict[str, Any], status: str) -> list[dict[str, Any]]:
+    """The output items of a choice: its thinking (a reasoning item), its text (a message whose
+    status is the response's), its tool calls (function_call items)."""
+    output: list[dict[str, Any]] = []
+    if first.get("reasoning_content"):
+        output.append({"type": "reasoning", "id": f"rs_{custom_id}", "summary": [],
+                       "content": [{"type": "reasoning_text", "text": first["reasoning_content"]}]})
+    if _has_text(first):
+        output.append({"type": "message", "id": f"msg_{custom_id}", "status": status, "role": "assistant",
+                       "content": [{"type": "output_text", "text": first["content"], "annotations": []}]})
+    for call in first.get("tool_calls") or []:
+        output.append({"type": "function_call", "id": f"fc_{call['id']}", "call_id": call["id"],
+                       "name": call["function"]["name"], "arguments": call["function"]["arguments"],
+                       "status": "completed"})
+    return output
 
 
 IMAGE_FIELD = "input_images"
@@ -231,13 +239,15 @@ def summary(line: dict[str, Any]) -> dict[str, Any]:
             "prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens"),
             "cached_tokens": (usage.get("input_tokens_details") or {}).get("cached_tokens"),
             "reasoning_tokens": (usage.get("output_tokens_details") or {}).get("reasoning_tokens"),
-            "finish_reason": body.get("status"), "content": text, "images": usage.get(IMAGE_FIELD)}
+            "estimated_cost": usage.get("estimated_cost"), "finish_reason": body.get("status"), "content": text,
+            "images": usage.get(IMAGE_FIELD)}
 
 
-# The Responses API's lines are OpenAI Batch lines (url /v1/responses), its own shape in intake.
+# The Responses API's lines are OpenAI Batch lines (url /v1/responses), its own shape in intake;
+# `--format responses` writes every row of a chat or completions run so.
 RESPONSES = Provider(
     name="responses", title="OpenAI Responses", line_out=responses_line, owns=owns, failed=openai_failed,
-    summary=summary, image_field=IMAGE_FIELD, runners=("generate",), format_choice=False,
+    summary=summary, image_field=IMAGE_FIELD, runners=("generate",),
     shape="openai-responses", shape_title="OpenAI Responses API batch lines ({custom_id, method, url: /v1/responses, "
     "body})", body_in=responses_body,
 )

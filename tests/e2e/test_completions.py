@@ -185,14 +185,17 @@ def test_a_line_for_another_endpoint_in_a_completions_file_gets_invalid_url(tmp_
     assert "url must be completions ('/v1/completions')" in rows["chat"]["error"]["message"]
 
 
-def test_anthropic_and_gemini_formats_write_a_completion_as_a_message(tmp_path, completions_file):
-    for fmt in ("anthropic", "gemini"):
+def test_anthropic_gemini_and_responses_formats_write_a_completion_as_a_message(tmp_path, completions_file):
+    for fmt in ("anthropic", "gemini", "responses"):
         res = invoke("run", completions_file, "-o", tmp_path / fmt, *FAKE, "--format", fmt)
         assert res.exit_code == 0, res.output
     lines = {}
-    for fmt in ("anthropic", "gemini"):
+    for fmt in ("anthropic", "gemini", "responses"):
         [results] = (tmp_path / fmt).glob("results/*.jsonl")
         lines[fmt] = {x.get("custom_id") or x["key"]: x for x in map(json.loads, results.read_text().splitlines())}
     assert lines["anthropic"]["ids"]["result"]["message"]["content"] == [{"type": "text", "text": "11 12 13"}]
     [candidate] = lines["gemini"]["ids"]["response"]["candidates"]
     assert candidate["content"]["parts"] == [{"text": "11 12 13"}]
+    [message] = lines["responses"]["ids"]["response"]["body"]["output"]
+    assert message["content"] == [{"type": "output_text", "text": "11 12 13", "annotations": []}]
+    assert lines["responses"]["echo"]["error"]["code"] == "unsupported_parameter"

@@ -79,11 +79,12 @@ def test_base64_embeddings_are_little_endian_float32(tmp_path, embeddings_file):
     assert vector.tolist() == pytest.approx(unit(fake_vector("x", 8)), abs=1e-6)
 
 
-@pytest.mark.parametrize("fmt", ["anthropic", "gemini"])
+@pytest.mark.parametrize("fmt", ["anthropic", "gemini", "responses"])
 def test_message_only_formats_are_refused_for_a_pooling_run(tmp_path, embeddings_file, fmt):
     res = invoke("run", embeddings_file, "-o", tmp_path / "out", *FAKE, "--format", fmt)
     assert res.exit_code == 1
     assert f"--format {fmt} has no result for embeddings, score or rerank requests" in res.output
+    assert "Anthropic, Gemini and OpenAI Responses answer messages only" in res.output
     assert "Hint: use --format openai, native or parquet" in res.output
     assert not (tmp_path / "out").exists()
 

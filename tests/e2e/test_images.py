@@ -245,7 +245,7 @@ def image_count(line):
     return body["usage"].get("input_images" if body["object"] == "response" else "prompt_images")
 
 
-@pytest.mark.parametrize("fmt", ["native", "openai", "anthropic", "gemini"])
+@pytest.mark.parametrize("fmt", ["native", "openai", "anthropic", "gemini", "responses"])
 def test_result_lines_count_the_prompts_images_and_report_reads_them(tmp_path, vlm, picture, fmt):
     rows = [*every_form(picture), chat("two", image(str(picture)), image(data_url(PNG))), chat("none")]
     src = tmp_path / "in"  # a file per input shape (a file holds one shape)

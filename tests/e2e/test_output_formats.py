@@ -1,4 +1,4 @@
-"""Output formats (`--format native|anthropic|gemini|openai`) against the shapes the providers
+"""Output formats (`--format native|anthropic|gemini|openai|responses`) against the shapes the providers
 document, end to end through the CLI on the fake engine. The request files are
 samples/provider-batches/ (each provider's documented example lines plus edge cases: non-English
 text, literal special tokens, content parts, tool round trips, null parameters, an invalid
@@ -193,11 +193,41 @@ def test_openai_error_lines_are_openai_documented_shape(tmp_path):
     assert ok["response"]["body"]["choices"][0]["message"] == {"role": "assistant", "content": "Hello world!"}
 
 
+RESPONSE_KEYS = {"id", "object", "created_at", "status", "error", "incomplete_details", "model", "output", "usage"}
+
+
+def check_responses(line):
+    """An OpenAI Batch line holding a Responses API response (OpenAI's documented object), or
+    OpenAI's batch error line; the response body, or None."""
+    assert set(line) == {"id", "custom_id", "response", "error"} and line["id"] == f"batch_req_{line['custom_id']}"
+    if line["response"] is None:
+        assert set(line["error"]) == {"code", "message"}
+        return None
+    assert line["error"] is None and line["response"]["status_code"] == 200
+    body = line["response"]["body"]
+    assert set(body) == RESPONSE_KEYS and body["object"] == "response" and body["id"].startswith("resp_")
+    assert isinstance(body["created_at"], int) and body["error"] is None
+    assert (body["status"], body["incomplete_details"]) in (
+        ("completed", None), ("incomplete", {"reason": "max_output_tokens"}))
+    for item in body["output"]:
+        assert item["type"] in ("message", "reasoning", "function_call")
+        if item["type"] == "message":
+            assert item["role"] == "assistant" and item["status"] == body["status"] and item["id"].startswith("msg_")
+            assert [set(c) for c in item["content"]] == [{"type", "text", "annotations"}]
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert set(usage["input_tokens_details"]) == {"cached_tokens"}
+    assert set(usage["output_tokens_details"]) == {"reasoning_tokens"}
+    return body
+
+
 def test_responses_input_gets_responses_bodies(tmp_path):
     src = crlf_copy("responses.jsonl", tmp_path)
     lines = run(src, tmp_path / "out", "native")
     assert_one_line_per_input(lines, input_ids(src), lambda line: line["custom_id"])
     by_id = {line["custom_id"]: line for line in lines}
+    for line in lines:
+        check_responses(line)
     body = by_id["responses-request-1"]["response"]["body"]
     assert body["object"] == "response" and body["status"] == "completed"
     [msg] = body["output"]
@@ -209,6 +239,32 @@ def test_responses_input_gets_responses_bodies(tmp_path):
     assert cut["status"] == "incomplete" and cut["incomplete_details"] == {"reason": "max_output_tokens"}
     bad = by_id["responses-bad-tool"]
     assert bad["response"] is None and bad["error"]["code"] == "unsupported_parameter"
+
+
+def test_responses_format_answers_every_chat_line_as_a_response(tmp_path):
+    """--format responses: OpenAI Batch chat lines (and any other message input) answered as Responses
+    API responses; the errors as OpenAI's batch error lines; report reads them back, cost included."""
+    src = crlf_copy("openai.jsonl", tmp_path)
+    lines = run(src, tmp_path / "out", "responses")
+    assert_one_line_per_input(lines, input_ids(src), lambda line: line["custom_id"])
+    by_id = {line["custom_id"]: (line, check_responses(line)) for line in lines}
+    [message] = by_id["request-1"][1]["output"]
+    assert message["content"] == [{"type": "output_text", "text": "Hello world!", "annotations": []}]
+    assert by_id["request-1"][1]["usage"]["estimated_cost"] > 0
+    bad, body = by_id["openai-bad-temperature"]
+    assert body is None and bad["error"] == {
+        "code": "invalid_parameter", "message": "temperature must be in [0, 2], got 7 (line 3, field temperature)"}
+    assert summary(bad)["error"]["line"] == 3
+    res = invoke("report", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    ok = sum(1 for _, body in by_id.values() if body is not None)
+    assert f"{len(lines)} requests, {ok} ok, {len(lines) - ok} failed" in res.output
+    from pipeline.commands.report import figures, load
+
+    read = figures(load(str(tmp_path / "out")))  # read back from the lines: the run's own sums
+    ran = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert read["estimated_cost"] == pytest.approx(ran["estimated_cost"]) and read["estimated_cost"] > 0
+    assert read["prompt_tokens"] == sum(body["usage"]["input_tokens"] for _, body in by_id.values() if body)
 
 
 # ---- one run over every shape ------------------------------------------------------------------
@@ -242,7 +298,8 @@ def test_parquet_rows_record_their_input_shape(tmp_path):
                       ("responses.jsonl", "openai-responses")}  # the unreadable line too: its file's
 
 
-@pytest.mark.parametrize("fmt, id_of", [("anthropic", lambda x: x["custom_id"]), ("gemini", lambda x: x["key"])])
+@pytest.mark.parametrize("fmt, id_of", [("anthropic", lambda x: x["custom_id"]), ("gemini", lambda x: x["key"]),
+                                        ("responses", lambda x: x["custom_id"])])
 def test_explicit_format_writes_every_row_in_it(tmp_path, fmt, id_of):
     rows = [chat_line("a", "hello there"), "{not json", chat_line("b", "ciao", temperature=9), chat_line("a", "dup")]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -252,6 +309,8 @@ def test_explicit_format_writes_every_row_in_it(tmp_path, fmt, id_of):
     for line in lines:
         if fmt == "anthropic":
             check_anthropic(line)
+        elif fmt == "responses":
+            check_responses(line)
         elif "response" in line:
             check_gemini_response(line["response"])
 
@@ -321,7 +380,7 @@ def test_error_text_folds_where_and_summary_reads_every_format_back():
     assert error_text(err) == "bad (line 3, field temperature)"
     assert error_text({**err, "param": None}) == "bad (line 3)"
     row = {"custom_id": "k", "error": err, "choices": None, "source_file": "f", "source_line": 3, "finished_at": None}
-    for line in (openai_line(row), anthropic_line(row), gemini_line(row)):
+    for line in (openai_line(row), anthropic_line(row), gemini_line(row), responses_line(row)):
         got = summary(line)
         assert got["custom_id"] == "k" and got["error"]["code"] == "invalid_parameter", line
         assert got["error"]["line"] == 3

@@ -110,6 +110,19 @@ def test_openai_result_lines_and_report_read_back(tmp_path):
     assert "6 thinking" in report.output, report.output
 
 
+def test_responses_result_lines_carry_the_thinking_and_report_reads_it_back(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "two words", max_tokens=50)])
+    res = invoke("run", src, "-o", tmp_path / "out", *THINK, "--format", "responses")
+    assert res.exit_code == 0, res.output
+    line = json.loads(next((tmp_path / "out").glob("results/*.jsonl")).read_text().splitlines()[0])
+    body = line["response"]["body"]
+    assert [item["type"] for item in body["output"]] == ["reasoning", "message"]
+    assert body["output"][0]["content"][0]["type"] == "reasoning_text" and body["output"][0]["summary"] == []
+    assert body["usage"]["output_tokens_details"] == {"reasoning_tokens": 6}
+    report = invoke("report", tmp_path / "out")
+    assert "6 thinking" in report.output, report.output
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("reasoning_effort", "extreme", "reasoning_effort must be one of"),
     ("chat_template_kwargs", {"not a name": 1}, "chat_template_kwargs must be an object"),

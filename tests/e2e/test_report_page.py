@@ -67,9 +67,10 @@ def test_report_of_a_folder_without_a_job(tmp_path):
     assert res.exit_code == 1 and "holds no job" in res.output
 
 
-def test_openai_format_outputs_are_reported(tmp_path):
+@pytest.mark.parametrize("fmt", ["openai", "responses"])
+def test_openai_format_outputs_are_reported(tmp_path, fmt):
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "hello there"), "{bad"])
-    assert invoke("run", src, "-o", tmp_path / "out", *FAKE, "--format", "openai").exit_code == 0
+    assert invoke("run", src, "-o", tmp_path / "out", *FAKE, "--format", fmt).exit_code == 0
     res = invoke("report", tmp_path / "out")
     assert res.exit_code == 0 and "2 requests, 1 ok, 1 failed" in res.output
     json.loads(json.dumps(res.output))

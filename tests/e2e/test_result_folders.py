@@ -45,9 +45,10 @@ def test_a_folder_of_batch_files_comes_back_as_a_folder_of_result_files(tmp_path
     assert again.exit_code == 0 and "already complete" in again.output
 
 
-def test_split_errors_writes_failed_requests_apart_as_openai_does(tmp_path):
+@pytest.mark.parametrize("fmt", ["openai", "responses"])
+def test_split_errors_writes_failed_requests_apart_as_openai_does(tmp_path, fmt):
     src = batch_folder(tmp_path / "batches")
-    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--format", "openai", "--split-errors")
+    res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--format", fmt, "--split-errors")
     assert res.exit_code == 0, res.output
     results = tmp_path / "out" / "results"
     ok = [json.loads(line) for line in (results / "eu" / "a.results.jsonl").read_text().splitlines()]
@@ -145,7 +146,8 @@ def test_split_errors_needs_a_line_format(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_killed_runs_end_with_each_input_line_once_in_its_result_file(tmp_path):
+@pytest.mark.parametrize("fmt", ["openai", "responses"])
+def test_killed_runs_end_with_each_input_line_once_in_its_result_file(tmp_path, fmt):
     import random
     import signal
     import subprocess
@@ -157,7 +159,7 @@ def test_killed_runs_end_with_each_input_line_once_in_its_result_file(tmp_path):
         (root / folder).mkdir(parents=True)
         write_jsonl(root / folder / "a.jsonl", [chat_line(f"{folder}-{i}", "hi", n=1 if i % 9 else 9) for i in range(60)])
     out, rng = tmp_path / "out", random.Random(5)
-    command = [sys.executable, "-m", "pipeline", "run", str(root), "-o", str(out), *FAKE, "--format", "openai",
+    command = [sys.executable, "-m", "pipeline", "run", str(root), "-o", str(out), *FAKE, "--format", fmt,
                "--split-errors", "--checkpoint-every", "7", "--max-in-flight", "4", "--engine-option", "step_delay=0.01"]
     for _ in range(4):
         proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -170,6 +172,9 @@ def test_killed_runs_end_with_each_input_line_once_in_its_result_file(tmp_path):
         bad = ids(out / "results" / folder / "a.errors.jsonl")
         assert sorted(ok + bad) == sorted(f"{folder}-{i}" for i in range(60))
         assert bad == sorted(f"{folder}-{i}" for i in range(0, 60, 9))
+        kinds = {json.loads(line)["response"]["body"]["object"]
+                 for line in (out / "results" / folder / "a.results.jsonl").read_text().splitlines()}
+        assert kinds == {"response" if fmt == "responses" else "chat.completion"}
     assert not [p for p in out.rglob(".tmp-*")]
 
 
