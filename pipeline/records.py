@@ -170,12 +170,17 @@ def embedding_inputs(value: Any) -> list[Any]:
     return [value] if isinstance(value, str) or is_token_ids(value) else list(value)
 
 
+def score_inputs(request: Request) -> tuple[list[Any], list[Any]]:
+    """A score or rerank request's queries (one for every document, or one per document) and
+    documents, as given: what an embedding model embeds, each once."""
+    body = request.input
+    return ([body["query"]] if "query" in body else body["queries"]), body["documents"]  # rerank's one query; score's
+
+
 def score_pairs(request: Request) -> list[tuple[Any, Any]]:
     """The (query, document) pairs a score or rerank request scores, in the order of its scores:
     one query with every document, or the i-th query with the i-th document."""
-    body = request.input
-    queries = [body["query"]] if "query" in body else body["queries"]  # rerank's one query; score's
-    documents = body["documents"]
+    queries, documents = score_inputs(request)
     if len(queries) == 1:
         queries = queries * len(documents)
     return list(zip(queries, documents, strict=True))

@@ -16,7 +16,7 @@ from pipeline.endpoints.base import (
     served_model,
     usage,
 )
-from pipeline.records import Invalid, Request, kind_of, score_pairs, short
+from pipeline.records import Invalid, Request, kind_of, score_inputs, short
 
 PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 # The fields of a score or a rerank body (each reads its own, the other's are ignored)
@@ -51,8 +51,12 @@ def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -
 
 
 def prompts(request: Request) -> list[Any]:
-    """The query and the document of each pair, as `estimate` counts them."""
-    return [text for pair in score_pairs(request) for text in pair]
+    """The texts `estimate` counts, each a prompt of its own: the queries (one query once, however
+    many documents it is paired with) and the documents. vLLM's server and run_batch bill an
+    embedding model's score or rerank request so (the query once, then each document:
+    engines/pooling.py); a cross-encoder's joined pairs are counted by models/tokens.py."""
+    queries, documents = score_inputs(request)
+    return [*queries, *documents]
 
 
 def body(request: Request) -> dict[str, Any]:

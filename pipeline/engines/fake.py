@@ -32,7 +32,7 @@ import time
 
 from pipeline.endpoints import ENDPOINTS
 from pipeline.engines.base import EngineSpec, Result
-from pipeline.records import Problem, Request, embedding_inputs, score_pairs
+from pipeline.records import Problem, Request, embedding_inputs, score_inputs, score_pairs
 
 
 class FakeEngine:
@@ -119,7 +119,8 @@ class FakeEngine:
         pairs = score_pairs(req)
         scores = [sum(a * b for a, b in zip(_unit(fake_vector(q, size)), _unit(fake_vector(d, size)), strict=True))
                   for q, d in pairs]
-        return Result(seq, prompt_tokens=sum(_words(q) + _words(d) for q, d in pairs), completion_tokens=0,
+        queries, documents = score_inputs(req)  # an embedding model's count: each text once (pooling.py)
+        return Result(seq, prompt_tokens=sum(map(_words, [*queries, *documents])), completion_tokens=0,
                       cached_tokens=0, scores=scores)
 
     def _claim_death(self) -> bool:

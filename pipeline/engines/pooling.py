@@ -3,9 +3,12 @@ embeddings, score and rerank requests.
 
 `VLLMEngine` hands its requests here when its model runs as a pooling model (`--runner pooling`).
 Each step embeds every embeddings request queued since the last one in one `LLM.embed` call, and
-scores the pairs of every score and rerank request in one `LLM.score` call (vLLM batches inside
-each: a cross-encoder scores each joined pair, an embedding model the cosine of the two vectors),
-so the engine still gets the whole window of work. A call that vLLM refuses (a prompt over the
+scores every score and rerank request in one call, as vLLM's own scoring does it: on an embedding
+model (a bi-encoder) each request's queries and documents are embedded once, in one `LLM.embed`
+call, and a pair scores the cosine of its two vectors; a cross-encoder scores each joined pair, in
+one `LLM.score` call. The engine still gets the whole window of work, and each request's prompt
+tokens are what vLLM's server and `run_batch` bill for it: a bi-encoder's texts each once (the
+query once, then each document), a cross-encoder's joined pairs. A call that vLLM refuses (a prompt over the
 context, ...) is retried one request at a time, so that only that request fails.
 Imported only inside engine workers.
 """
@@ -16,10 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 from vllm import LLM, PoolingParams
+from vllm.tasks import SCORE_TYPE_MAP
 
 from pipeline.endpoints import ENDPOINTS
 from pipeline.engines.base import Result
-from pipeline.records import Problem, Request, embedding_inputs, score_pairs
+from pipeline.records import Problem, Request, embedding_inputs, score_inputs, score_pairs
 
 
 class PoolingQueue:
@@ -30,6 +34,8 @@ class PoolingQueue:
         config = llm.model_config
         self.matryoshka = config.is_matryoshka
         self.dimensions = config.matryoshka_dimensions
+        # How vLLM scores with this model: bi-encoder (an embedding model), cross-encoder, late-interaction
+        self.score_type = SCORE_TYPE_MAP.get(getattr(llm, "pooling_task", None))
 
     def add(self, seq: int, req: Request) -> Result | None:
         """Queue an embeddings request; a Result when it is refused now."""
@@ -75,7 +81,11 @@ class PoolingQueue:
 
     def _score(self, work: list[tuple[int, Request]]) -> list[Result]:
         """Every pair of the work in one `LLM.score` call (N queries with N documents); each
-        request's prompt tokens are those of its pairs' prompts as the engine computed them."""
+        request's prompt tokens are those of its pairs' prompts as the engine computed them (a
+        cross-encoder's prompt is the joined pair: vLLM's server counts each). An embedding model's
+        work goes to `_cosine`."""
+        if self.score_type == "bi-encoder":
+            return self._cosine(work)
         pairs = [(seq, pair) for seq, req in work for pair in score_pairs(req)]
         outputs = self.llm.score([q for _, (q, _) in pairs], [d for _, (_, d) in pairs], use_tqdm=False)
         scores: dict[int, list[float]] = {}
@@ -85,6 +95,28 @@ class PoolingQueue:
             tokens[seq] = tokens.get(seq, 0) + len(out.prompt_token_ids)
         return [Result(seq, prompt_tokens=tokens[seq], completion_tokens=0, cached_tokens=0, scores=scores[seq])
                 for seq, _ in work]
+
+    def _cosine(self, work: list[tuple[int, Request]]) -> list[Result]:
+        """Score and rerank on an embedding model as vLLM's bi-encoder scoring does it (`LLM.score`,
+        its server, `run_batch`): each request's queries and documents embedded once (all of the
+        work's in one `LLM.embed` call), a pair's score the cosine of its two vectors in float32;
+        the request's prompt tokens those of each text embedded: the query once, then each document."""
+        import torch
+
+        texts = [(seq, *score_inputs(req)) for seq, req in work]
+        outputs = iter(self.llm.embed([t for _, queries, documents in texts for t in (*queries, *documents)],
+                                      use_tqdm=False))
+        results = []
+        for seq, queries, documents in texts:
+            firsts = [next(outputs) for _ in queries]
+            seconds = [next(outputs) for _ in documents]
+            vectors = [torch.tensor(o.outputs.embedding, dtype=torch.float32) for o in (*firsts, *seconds)]
+            ones, twos = vectors[:len(firsts)], vectors[len(firsts):]
+            scores = [float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+                      for a, b in zip(ones * len(twos) if len(ones) == 1 else ones, twos, strict=True)]
+            results.append(Result(seq, prompt_tokens=sum(len(o.prompt_token_ids) for o in (*firsts, *seconds)),
+                                  completion_tokens=0, cached_tokens=0, scores=scores))
+        return results
 
     def _embed(self, work: list[tuple[int, Request]]) -> list[Result]:
         prompts: list[Any] = []

@@ -76,7 +76,9 @@ def test_score_and_rerank_result_lines_are_vllms_responses(tmp_path, inputs):
     body = lines["fan"]["response"]["body"]
     assert body["object"] == "list" and [(d["index"], d["object"]) for d in body["data"]] == [(0, "score"), (1, "score")]
     assert body["data"][1]["score"] == pytest.approx(cosine("what is a cat", "a car"))
-    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == 4 + 3 + 4 + 2  # words of each pair
+    # the fake engine is an embedding model: the query's words once, then each document's (as vLLM counts)
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == 4 + 3 + 2
+    assert lines["top2"]["response"]["body"]["usage"]["prompt_tokens"] == 1 + 2 + 2 + 2
     assert lines["one"]["response"]["body"]["data"][0]["score"] == pytest.approx(cosine("what is a cat", "a small feline"))
     rerank = lines["top2"]["response"]["body"]
     assert set(rerank) == {"id", "model", "usage", "results"} and len(rerank["results"]) == 2
@@ -133,7 +135,9 @@ def test_score_request_body_and_pairs():
     assert body(rerank) == {"query": "q", "documents": ["a"], "top_n": 1} and score_pairs(rerank) == [("q", "a")]
 
 
-def test_estimate_counts_the_texts_of_every_pair(tmp_path, inputs):
+def test_estimate_counts_the_query_once_then_each_document(tmp_path, inputs):
+    """As vLLM's server and run_batch count an embedding model's score and rerank requests (the
+    engine's side: tests/real/test_scoring_real.py); the cost follows the count."""
     import polars as pl
     from transformers import AutoTokenizer
 
@@ -147,9 +151,13 @@ def test_estimate_counts_the_texts_of_every_pair(tmp_path, inputs):
     def count(*texts):
         return sum(len(tokenizer(t)["input_ids"]) for t in texts)
 
-    assert rows["fan"]["prompt_tokens"] == count("what is a cat", "a small feline", "what is a cat", "a car")
-    assert rows["top2"]["prompt_tokens"] == count("cats", "dogs bark", "cats", "cats purr", "cats", "cars drive")
+    assert rows["fan"]["prompt_tokens"] == count("what is a cat", "a small feline", "a car")
+    assert rows["top2"]["prompt_tokens"] == count("cats", "dogs bark", "cats purr", "cars drive")
+    assert rows["all"]["prompt_tokens"] == rows["top2"]["prompt_tokens"]  # top_n changes no count
+    assert rows["pairs"]["prompt_tokens"] == count("a", "b", "c", "d")  # a query per document: each counted
     assert rows["top2"]["completion_tokens_upper"] == 0
+    per_token = rows["fan"]["cost_usd_expected"] / rows["fan"]["prompt_tokens"]
+    assert per_token > 0 and rows["top2"]["cost_usd_expected"] == pytest.approx(per_token * rows["top2"]["prompt_tokens"])
 
 
 def test_embeddings_score_and_rerank_files_share_one_pooling_run(tmp_path, inputs):
