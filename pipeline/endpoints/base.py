@@ -64,9 +64,13 @@ class Endpoint:
     answers: Callable[[dict[str, Any]], bool]  # is this output row an answer of this endpoint?
     response_body: Callable[[dict[str, Any]], dict[str, Any]]  # an output row as its response body
     # The plain prompts `estimate` tokenizes as vLLM does (special tokens, no chat template): a
-    # completion's prompt, the inputs of an embeddings request, the texts of each scored pair.
-    # None: the conversation, rendered with the model's chat template (chat).
+    # completion's prompt, the inputs of an embeddings request, the texts a score or rerank request
+    # embeds on an embedding model (each query once, each document). None: the conversation,
+    # rendered with the model's chat template (chat).
     prompts: Callable[[Request], list[Any]] | None = None
+    # The (query, document) pairs it scores, which a cross-encoder joins into one prompt each
+    # (estimate counts those instead of `prompts` on a cross-encoder). None: it scores no pairs.
+    pairs: Callable[[Request], list[tuple[Any, Any]]] | None = None
     default_max_tokens: int | None = None  # max_tokens when the body sets none (None: the context)
     completes: bool = True  # it generates tokens (estimate bounds them); False: vectors or scores
     converses: bool = False  # it holds a conversation: thinking, tools, a repair's follow-up turn

@@ -18,7 +18,7 @@ from pipeline.endpoints.base import (
 from pipeline.endpoints.score import FIELDS, score_texts
 from pipeline.endpoints.score import body as score_body
 from pipeline.endpoints.score import prompts as score_prompts
-from pipeline.records import Invalid, Request, short
+from pipeline.records import Invalid, Request, score_pairs, short
 
 
 def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -> Request:
@@ -61,5 +61,6 @@ def response_body(row: dict[str, Any]) -> dict[str, Any]:
 RERANK = Endpoint(
     name="rerank", runner="pooling", url="/v1/rerank", urls=re.compile(r"^(?:/v1|/v2)?/rerank" + QUERY),
     shape="vllm-rerank", title="vLLM rerank lines", prompt_field="documents", parse=parse, body=score_body,
-    columns=columns, answers=answers, response_body=response_body, prompts=score_prompts, completes=False,
+    columns=columns, answers=answers, response_body=response_body, prompts=score_prompts, pairs=score_pairs,
+    completes=False,
 )

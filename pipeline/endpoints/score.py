@@ -16,7 +16,7 @@ from pipeline.endpoints.base import (
     served_model,
     usage,
 )
-from pipeline.records import Invalid, Request, kind_of, score_inputs, short
+from pipeline.records import Invalid, Request, kind_of, score_inputs, score_pairs, short
 
 PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 # The fields of a score or a rerank body (each reads its own, the other's are ignored)
@@ -85,5 +85,6 @@ def response_body(row: dict[str, Any]) -> dict[str, Any]:
 SCORE = Endpoint(
     name="score", runner="pooling", url="/v1/score", urls=re.compile(r"^(?:/v1|/v2)?/score" + QUERY),
     shape="vllm-score", title="vLLM score lines", prompt_field="documents", parse=parse, body=body,
-    columns=columns, answers=answers, response_body=response_body, prompts=prompts, completes=False,
+    columns=columns, answers=answers, response_body=response_body, prompts=prompts, pairs=score_pairs,
+    completes=False,
 )

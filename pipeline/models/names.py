@@ -161,3 +161,27 @@ def _json_file(path: str, name: str) -> dict[str, Any] | None:
 
 # ---- worker processes -------------------------------------------------------------------------
 # Forked workers inherit the loaded tokenizer (start in milliseconds); spawn where fork is unsafe.
+
+
+# Encoder families whose sequence classifiers vLLM serves natively: it joins a score pair with the
+# tokenizer's pair encoding. A decoder LLM's sequence classifier (an LLM as reranker, vLLM's
+# as_seq_cls_model) joins the two texts end to end unless its config says use_sep_token.
+_ENCODERS = ("bert", "roberta", "xlm-roberta", "modernbert", "deberta", "deberta-v2", "electra", "distilbert",
+             "nomic_bert", "new", "gte")
+
+
+def score_join(path: str) -> str | None:
+    """How vLLM makes one prompt of a (query, document) pair when this model is a cross-encoder
+    (an architecture `*ForSequenceClassification`: vLLM's pooling task classify), as its scoring
+    does without a score template (vllm/entrypoints/pooling/scoring/io_processor.py): "pair", the
+    tokenizer's pair encoding ([CLS] query [SEP] document [SEP]; `use_sep_token`), or "concat",
+    the query and the document as one text. None: not a cross-encoder (an embedding model embeds
+    each text alone)."""
+    config = _json_file(path, "config.json") or {}
+    if not any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or ()):
+        return None
+    text = config.get("text_config") or config
+    sep = text.get("use_sep_token", config.get("use_sep_token"))
+    if sep is None:
+        sep = str(text.get("model_type", config.get("model_type"))) in _ENCODERS
+    return "pair" if sep else "concat"

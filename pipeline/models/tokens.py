@@ -50,7 +50,7 @@ from typing import Any
 
 from pipeline.endpoints import ENDPOINTS
 from pipeline.exits import UserError
-from pipeline.models.names import context_length, resolve_model
+from pipeline.models.names import context_length, resolve_model, score_join
 from pipeline.models.prefix import chained_digests
 from pipeline.models.render import (
     PromptError,
@@ -96,7 +96,9 @@ class PromptCounter:
         self._template_kwargs = dict(self.tokenizer.special_tokens_map)  # what apply_chat_template adds
         self._templates: dict[bool, tuple[str, str, bool]] = {}
         self._mm = None  # the HF processor, for prompts with images
-        self._template(None)  # fail now, not on every row, when the model has no chat template
+        self.score_join = score_join(path)  # a cross-encoder's pair prompt (None: not a cross-encoder)
+        if self.score_join is None:  # a cross-encoder has no chat
+            self._template(None)  # fail now, not on every row, when the model has no chat template
         self._split, self._added = _added_token_splitter(self._backend)
         self._words = _pre_token_splitter(self._backend)
         self._word_ids: dict[str, tuple[int, ...]] = {}
@@ -175,7 +177,7 @@ class PromptCounter:
         items = iter(items)
         try:
             while chunk := list(islice(items, chunk_size)):
-                work = [_work(r) for r in chunk if isinstance(r, Request)]
+                work = [_work(r, pairs=self.score_join is not None) for r in chunk if isinstance(r, Request)]
                 pending.append((chunk, pool.submit(_count_in_worker, work, block_size) if pool
                                 else self.count_many(work, block_size)))
                 while len(pending) > (2 * workers if pool else 0):
@@ -206,8 +208,16 @@ class PromptCounter:
 
     def _input_tokens(self, inputs: list[Any]) -> int:
         """The tokens of an embeddings request's inputs, as vLLM tokenizes a plain prompt (with the
-        tokenizer's special tokens); token-id inputs are taken as they are."""
-        return sum(len(one) if isinstance(one, list) else len(self.tokenizer(one)["input_ids"]) for one in inputs)
+        tokenizer's special tokens); token-id inputs are taken as they are; a (query, document)
+        pair as a cross-encoder's one prompt (`score_join`)."""
+        return sum(len(one) if isinstance(one, list) else len(self._pair_ids(*one)) if isinstance(one, tuple)
+                   else len(self.tokenizer(one)["input_ids"]) for one in inputs)
+
+    def _pair_ids(self, query: str, document: str) -> list[int]:
+        """A cross-encoder's prompt of a pair, as vLLM's scoring tokenizes it without a score template."""
+        if self.score_join == "pair":
+            return self.tokenizer(text=query, text_pair=document)["input_ids"]
+        return self.tokenizer(text=query + document)["input_ids"]
 
     # ---- images --------------------------------------------------------------------------------
     @property
@@ -331,7 +341,8 @@ class PromptCounter:
         probes += ["Don't stop: I'LL see 12345 items...  ok?!\n\n\tyes -- no\r\n end  ", " a", "a ", "\n", "   "]
         for conv in ([{"role": "user", "content": "Hi  there\n\n"}, {"role": "assistant", "content": "\tHello! 42"},
                       {"role": "user", "content": "é 中文 ok"}],
-                     [{"role": "system", "content": " Be brief.\n"}, {"role": "user", "content": "Hi"}]):
+                     [{"role": "system", "content": " Be brief.\n"}, {"role": "user", "content": "Hi"}]
+                     ) if self.score_join is None else ():  # a cross-encoder has no chat template
             with contextlib.suppress(PromptError):  # a template may refuse one of them
                 probes.append(self.render(conv))
         return [list(ids) for ids in self._ids(probes)] == [
@@ -352,11 +363,15 @@ class PromptCounter:
         return self._templates[key]
 
 
-def _work(request: Request) -> tuple[list[dict[str, Any]] | None, Any, dict[str, Any] | None]:
+def _work(request: Request, pairs: bool = False) -> tuple[list[dict[str, Any]] | None, Any, dict[str, Any] | None]:
     """What counting a request's prompt needs: (messages, tools, chat template arguments), or
     (None, plain prompts, None) for the other endpoints: a completion's prompt, the inputs of an
-    embeddings request, the query and document of each pair a score or rerank request scores."""
-    plain = ENDPOINTS[request.endpoint].prompts
+    embeddings request, the texts a score or rerank request embeds (each query once, each document);
+    on a cross-encoder (`pairs`), its (query, document) pairs, each joined into one prompt."""
+    endpoint = ENDPOINTS[request.endpoint]
+    if pairs and endpoint.pairs is not None:
+        return None, [tuple(pair) for pair in endpoint.pairs(request)], None
+    plain = endpoint.prompts
     if plain is not None:
         return None, plain(request), None
     return request.messages, engine_tools(request), template_kwargs(request.params)

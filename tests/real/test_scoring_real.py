@@ -70,26 +70,60 @@ def test_rerank_orders_by_relevance(run, vectors):
 
 
 def test_usage_and_errors(run, tmp):
-    """Each pair's prompt tokens as LLM.score reports them: the query's and the document's, joined
-    by the pad token where the tokenizer has one; `estimate` counts the two texts only."""
+    """An embedding model's score and rerank requests count as vLLM's server and run_batch count
+    them: each text embedded once (the query once, then each document), each with the tokenizer's
+    special tokens; `estimate` counts the same."""
     import polars as pl
     from transformers import AutoTokenizer
 
     from pipeline.models.names import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
-    pad = 1 if tokenizer.pad_token_id is not None else 0
 
-    def count(text):
-        return len(tokenizer(text)["input_ids"])
+    def count(*texts):
+        return sum(len(tokenizer(text)["input_ids"]) for text in texts)
 
     one, fan = run["one"], run["fan"]
-    assert one["prompt_tokens"] == count(QUERY) + pad + count(DOCUMENTS[0])
-    assert fan["prompt_tokens"] == sum(count(QUERY) + pad + count(d) for d in DOCUMENTS)
+    assert one["prompt_tokens"] == count(QUERY, DOCUMENTS[0])
+    assert fan["prompt_tokens"] == count(QUERY, *DOCUMENTS)
+    assert run["pairs"]["prompt_tokens"] == count(*DOCUMENTS[:2], *DOCUMENTS[1:])
+    assert run["top2"]["prompt_tokens"] == fan["prompt_tokens"]
     assert one["completion_tokens"] == 0 and one["estimated_cost"] > 0
     assert run["too-long"]["error"]["code"] == "context_length_exceeded", run["too-long"]["error"]
     assert run["too-long"]["error"]["param"] == "documents"
     res = invoke("estimate", tmp / "in", "-m", "smollm2", "--rows-file", tmp / "rows.parquet", "--workers", "1")
     assert res.exit_code == 0, res.output
     estimated = {r["custom_id"]: r["prompt_tokens"] for r in pl.read_parquet(tmp / "rows.parquet").to_dicts()}
-    assert estimated["fan"] == fan["prompt_tokens"] - 3 * pad
+    assert {k: v for k, v in estimated.items() if k != "too-long"} == {
+        k: r["prompt_tokens"] for k, r in run.items() if k != "too-long"}
+
+
+def test_usage_and_scores_equal_vllms_run_batch_on_the_same_lines(run, tmp):
+    """vLLM's own batch runner on the same score and rerank lines: the same prompt tokens per
+    request (the usage vLLM's server bills), the same scores and the same order."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.models.names import resolve_model
+
+    model = resolve_model("smollm2")
+    lines = [json.loads(text) for name in ("score.jsonl", "rerank.jsonl")
+             for text in (tmp / "in" / name).read_text().splitlines()]
+    write_jsonl(tmp / "peer.jsonl", [{**x, "body": {**x["body"], "model": model}} for x in lines
+                                     if x["custom_id"] != "too-long"])
+    done = subprocess.run(
+        [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", tmp / "peer.jsonl", "-o", tmp / "peer.out",
+         "--model", model, "--runner", "pooling", "--dtype", "float32", "--enforce-eager"],
+        capture_output=True, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    peer = {x["custom_id"]: x["response"]["body"] for x in map(json.loads, (tmp / "peer.out").read_text().splitlines())}
+    assert set(peer) == {"one", "fan", "pairs", "top2"}
+    for custom_id, body in peer.items():
+        assert run[custom_id]["prompt_tokens"] == body["usage"]["prompt_tokens"], custom_id
+    for custom_id in ("one", "fan", "pairs"):
+        assert run[custom_id]["scores"] == pytest.approx([d["score"] for d in peer[custom_id]["data"]], abs=1e-5)
+    ours, theirs = run["top2"]["rerank"], peer["top2"]["results"]
+    assert [r["index"] for r in ours] == [r["index"] for r in theirs]
+    assert [r["relevance_score"] for r in ours] == pytest.approx([r["relevance_score"] for r in theirs], abs=1e-5)
