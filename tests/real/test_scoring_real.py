@@ -98,27 +98,28 @@ def test_usage_and_errors(run, tmp):
         k: r["prompt_tokens"] for k, r in run.items() if k != "too-long"}
 
 
-def test_usage_and_scores_equal_vllms_run_batch_on_the_same_lines(run, tmp):
-    """vLLM's own batch runner on the same score and rerank lines: the same prompt tokens per
-    request (the usage vLLM's server bills), the same scores and the same order."""
+def run_batch(folder, model, skip=("too-long",)):
+    """vLLM's own batch runner (`python -m vllm.entrypoints.openai.run_batch`) on the lines of
+    folder/in: each line's response body, by custom_id."""
     import json
     import os
     import subprocess
     import sys
 
-    from pipeline.models.names import resolve_model
-
-    model = resolve_model("smollm2")
-    lines = [json.loads(text) for name in ("score.jsonl", "rerank.jsonl")
-             for text in (tmp / "in" / name).read_text().splitlines()]
-    write_jsonl(tmp / "peer.jsonl", [{**x, "body": {**x["body"], "model": model}} for x in lines
-                                     if x["custom_id"] != "too-long"])
+    lines = [json.loads(text) for path in sorted((folder / "in").glob("*.jsonl")) for text in path.read_text().splitlines()]
+    write_jsonl(folder / "peer.jsonl", [{**x, "body": {**x["body"], "model": model}} for x in lines
+                                        if x["custom_id"] not in skip])
     done = subprocess.run(
-        [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", tmp / "peer.jsonl", "-o", tmp / "peer.out",
-         "--model", model, "--runner", "pooling", "--dtype", "float32", "--enforce-eager"],
+        [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", folder / "peer.jsonl",
+         "-o", folder / "peer.out", "--model", model, "--runner", "pooling", "--dtype", "float32", "--enforce-eager"],
         capture_output=True, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    peer = {x["custom_id"]: x["response"]["body"] for x in map(json.loads, (tmp / "peer.out").read_text().splitlines())}
+    return {x["custom_id"]: x["response"]["body"] for x in map(json.loads, (folder / "peer.out").read_text().splitlines())}
+
+
+def assert_same_as_the_peer(run, peer):
+    """The same prompt tokens per request (the usage vLLM's server bills), the same scores, the
+    same order."""
     assert set(peer) == {"one", "fan", "pairs", "top2"}
     for custom_id, body in peer.items():
         assert run[custom_id]["prompt_tokens"] == body["usage"]["prompt_tokens"], custom_id
@@ -127,3 +128,33 @@ def test_usage_and_scores_equal_vllms_run_batch_on_the_same_lines(run, tmp):
     ours, theirs = run["top2"]["rerank"], peer["top2"]["results"]
     assert [r["index"] for r in ours] == [r["index"] for r in theirs]
     assert [r["relevance_score"] for r in ours] == pytest.approx([r["relevance_score"] for r in theirs], abs=1e-5)
+
+
+def test_usage_and_scores_equal_vllms_run_batch_on_the_same_lines(run, tmp):
+    """An embedding model: vLLM's run_batch on the same score and rerank lines."""
+    from pipeline.models.names import resolve_model
+
+    assert_same_as_the_peer(run, run_batch(tmp, resolve_model("smollm2")))
+
+
+def test_a_cross_encoder_counts_and_scores_as_run_batch_and_estimate_counts_the_same(tmp):
+    """A cross-encoder (a tiny BERT built here): each joined pair is a prompt, in our run, in
+    vLLM's run_batch and in `estimate`."""
+    import polars as pl
+    from cross_encoder_model import tiny_cross_encoder
+
+    model = str(tiny_cross_encoder(tmp / "bert"))
+    folder = tmp / "ce"
+    (folder / "in").mkdir(parents=True)
+    for name in ("score.jsonl", "rerank.jsonl"):
+        lines = [x for x in (tmp / "in" / name).read_text().splitlines() if '"too-long"' not in x]
+        (folder / "in" / name).write_text("\n".join(lines) + "\n")
+    res = invoke("run", folder / "in", "-o", folder / "out", "-m", model, "--runner", "pooling", "--dtype", "float32",
+                 "-q")
+    assert res.exit_code == 0, res.output
+    ran = {r["custom_id"]: r for r in read_output(folder / "out").to_dicts()}
+    assert_same_as_the_peer(ran, run_batch(folder, model))
+    res = invoke("estimate", folder / "in", "-m", model, "--rows-file", folder / "rows.parquet", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    estimated = {r["custom_id"]: r["prompt_tokens"] for r in pl.read_parquet(folder / "rows.parquet").to_dicts()}
+    assert estimated == {k: r["prompt_tokens"] for k, r in ran.items()}
