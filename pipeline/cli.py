@@ -13,7 +13,8 @@ import sys
 
 import click
 
-from pipeline import __version__, exits, options
+from pipeline import exits, options
+from pipeline.version import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PIPELINE", "max_content_width": 100}
 
