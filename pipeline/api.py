@@ -295,14 +295,6 @@ def _user_errors(f):
     return wrapper
 
 
-def _raise_for(outcome) -> None:
-    """A run that did not finish raises the error class of its exit code, with the CLI's message."""
-    if outcome.exit_code == exits.ENGINE_START:
-        raise exits.EngineStartError(outcome.message)
-    if outcome.exit_code != exits.OK:
-        raise exits.Incomplete(outcome.message)
-
-
 class Session:
     """One engine kept warm across runs in this process: `with Session(model="smollm2") as s:
     s.run(df1, ...); s.run(df2, ...)`. The engine options (model, engine, vLLM arguments) are
