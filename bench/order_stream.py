@@ -85,7 +85,7 @@ def study(n: int, questions: int, windows: tuple[int, ...], kinds: tuple[str, ..
         for kind, name, hold in (("hold", "prefix (hold back half)", 0.5), ("plain", "prefix, plain windows", 0.0)):
             orders.append((kind, name, w, lambda w=w, hold=hold: (prefix_key(r) for r in StreamOrder(
                 rows(), buffer=w, hold_back=hold, kv_block_tokens=KV_BLOCK_TOKENS))))
-    # --order sorted emits the keys in sorted order (tests/unit/intake/test_schedule.py): sorting
+    # --order sorted emits the keys in sorted order (tests/unit/intake/test_order.py): sorting
     # the keys alone gives its share without spilling N requests to disk
     orders.append(("sorted", "sorted (the keys sorted)", None, lambda: sorted(prefix_key(r) for r in rows())))
     out = []
