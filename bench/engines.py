@@ -111,7 +111,7 @@ def bare_command(s: Setup, out: Path) -> list[str]:
 
 def bare_sorted_command(s: Setup, out: Path) -> list[str]:
     """The bare script on the same requests in the order `pipeline run --order prefix` sends them
-    (pipeline/schedule.py's key; a stable sort, as the pipeline's): a control that shows that
+    (pipeline/intake/order.py's key; a stable sort, as the pipeline's): a control that shows that
     the gain is the order alone, and that with the same order the texts are the same."""
     from pipeline.intake.order import prefix_key
     from pipeline.records import Request

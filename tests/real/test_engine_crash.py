@@ -110,7 +110,7 @@ def test_seed_crash_is_isolated(tmp_path):
      {"parameter": "input_text", "value": 90000}, "the prompt is longer than the context of 1024 tokens"),
 ])
 def test_engine_refusals_for_length_get_the_shared_verdict(message, attrs, want):
-    """The engine's refusal of a long prompt is the verdict estimate gives (chat_render.py), found
+    """The engine's refusal of a long prompt is the verdict estimate gives (models/render.py), found
     from vLLM's error's parameter or its input processor's form, not from loose wording."""
     from types import SimpleNamespace
 
