@@ -206,7 +206,10 @@ def write_doc_requests(path: Path, docs: int, questions: int, *, doc_words: int,
     for d in range(docs):
         text, subjects, objects = document(d, doc_words, seed)
         drng = random.Random(f"questions-{seed}-{d}")
-        asked = [DOC_QUESTIONS[i % len(DOC_QUESTIONS)] for i in drng.sample(range(max(questions, len(DOC_QUESTIONS))), questions)]
+        asked = [
+            DOC_QUESTIONS[i % len(DOC_QUESTIONS)]
+            for i in drng.sample(range(max(questions, len(DOC_QUESTIONS))), questions)
+        ]
         for q, template in enumerate(asked):
             question = template.format(s=drng.choice(subjects), o=drng.choice(objects))
             messages = [{"role": "system", "content": DOC_SYSTEM},

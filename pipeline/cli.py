@@ -74,7 +74,9 @@ def _values(inputs: tuple[str, ...], values: dict) -> dict:
 
 def _inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
     if not inputs:
-        raise click.UsageError("no INPUT given: pass request files, directories, globs or URLs (or a --job file with inputs)")
+        raise click.UsageError(
+            "no INPUT given: pass request files, directories, globs or URLs (or a --job file with inputs)"
+        )
     return tuple(inputs)
 
 

@@ -216,7 +216,9 @@ class PromptCounter:
         if self._mm is None:
             from transformers import AutoProcessor
 
-            self._mm = AutoProcessor.from_pretrained(resolve_model(self.model), trust_remote_code=self.trust_remote_code)
+            self._mm = AutoProcessor.from_pretrained(
+                resolve_model(self.model), trust_remote_code=self.trust_remote_code
+            )
         return self._mm
 
     def _image_ids(self, text: str, urls: list[str]) -> array:

@@ -43,7 +43,9 @@ def test_every_option_of_the_table_is_a_keyword_argument_with_its_help():
         assert missing == [], f"{command}: {missing}"
         assert all(params[o.name].kind == inspect.Parameter.KEYWORD_ONLY for o in options.of(command))
         assert "max_n: Largest accepted `n`" in fn.__doc__
-    assert (REPO / "pipeline" / "api.pyi").read_text() == api.stub(), "regenerate: python -m pipeline.api > pipeline/api.pyi"
+    assert (REPO / "pipeline" / "api.pyi").read_text() == api.stub(), (
+        "regenerate: python -m pipeline.api > pipeline/api.pyi"
+    )
 
 
 def test_import_pipeline_stays_light():

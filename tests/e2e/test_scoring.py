@@ -74,10 +74,15 @@ def test_score_and_rerank_result_lines_are_vllms_responses(tmp_path, inputs):
     for results in (tmp_path / "out").glob("results/*.jsonl"):
         lines.update({x["custom_id"]: x for x in map(json.loads, results.read_text().splitlines())})
     body = lines["fan"]["response"]["body"]
-    assert body["object"] == "list" and [(d["index"], d["object"]) for d in body["data"]] == [(0, "score"), (1, "score")]
+    assert body["object"] == "list" and [(d["index"], d["object"]) for d in body["data"]] == [
+        (0, "score"),
+        (1, "score"),
+    ]
     assert body["data"][1]["score"] == pytest.approx(cosine("what is a cat", "a car"))
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == 4 + 3 + 4 + 2  # words of each pair
-    assert lines["one"]["response"]["body"]["data"][0]["score"] == pytest.approx(cosine("what is a cat", "a small feline"))
+    assert lines["one"]["response"]["body"]["data"][0]["score"] == pytest.approx(
+        cosine("what is a cat", "a small feline")
+    )
     rerank = lines["top2"]["response"]["body"]
     assert set(rerank) == {"id", "model", "usage", "results"} and len(rerank["results"]) == 2
     documents = ["dogs bark", "cats purr", "cars drive"]
