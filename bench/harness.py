@@ -187,7 +187,8 @@ def document(d: int, words: int, seed: int) -> tuple[str, list[str], list[str]]:
         year = rng.randint(1700, 1899)
         detail = rng.choice(DOC_DETAILS).format(n=rng.randint(3, 900), m=rng.randint(1, 9), name=rng.choice(DOC_NAMES),
                                                 month=rng.choice(DOC_MONTHS), year=year)
-        sentence = f"In {rng.choice(DOC_MONTHS)} {year}, {rng.choice(subjects)} {rng.choice(DOC_VERBS)} {rng.choice(objects)} {detail}."
+        sentence = (f"In {rng.choice(DOC_MONTHS)} {year}, {rng.choice(subjects)} {rng.choice(DOC_VERBS)} "
+                    f"{rng.choice(objects)} {detail}.")
         sentence = sentence[0].upper() + sentence[1:]
         sentences.append(sentence)
         n += len(sentence.split())

@@ -116,9 +116,7 @@ class Rates:
             out[f"completion_tokens_{bound}"] = round(completion)
             out[f"reasoning_tokens_{bound}"] = round(thinking[bound])
         for bound, completion in bounds.items():
-            out[f"cost_usd_{bound}"] = (
-                self.price.cost(t.prompt_tokens, completion, thinking[bound]) if self.price else None
-            )
+            out[f"cost_usd_{bound}"] = self.price.cost(t.prompt_tokens, completion, thinking[bound]) if self.price else None
         for bound, completion in bounds.items():
             # the GPU computes the prompt tokens the prefix cache does not serve
             hours = ((t.prompt_tokens_computed + completion) / self.tokens_per_second / 3600
@@ -198,9 +196,7 @@ def estimate(job: Job) -> dict[str, Any]:
             upper, computed, thinking = None, None, 0
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
-                thinking = (
-                    thinking_upper(item.params, item.n, upper) if thinks and ENDPOINTS[item.endpoint].converses else 0
-                )
+                thinking = thinking_upper(item.params, item.n, upper) if thinks and ENDPOINTS[item.endpoint].converses else 0
                 if calibration is not None and (item.file, item.line) in calibration:
                     calibration_upper += upper
                     calibration_thinking += thinking
@@ -362,11 +358,8 @@ def _route_lines(routes: list[dict[str, Any]]) -> list[str]:
         ))
     widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
     return ["", "per route:"] + [
-        "  ".join(
-            c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in [head, *lines]
-    ]
+        "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in [head, *lines]]
 
 
 def _cells(name: str, f: dict[str, Any]) -> tuple[str, ...]:

@@ -49,7 +49,8 @@ def test_every_option_of_the_table_is_a_keyword_argument_with_its_help():
 
 
 def test_import_pipeline_stays_light():
-    code = "import sys, pipeline; print(sorted(m for m in ('pipeline.api', 'vllm', 'torch', 'polars') if m in sys.modules))"
+    code = ("import sys, pipeline; "
+            "print(sorted(m for m in ('pipeline.api', 'vllm', 'torch', 'polars') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
 

@@ -57,7 +57,8 @@ def test_named_and_required():
         and call["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
     )
     req, creq = request(tool_choice="required")
-    text = '[{"name": "get_weather", "parameters": {"city": "Rome"}}, {"name": "get_weather", "parameters": {"city": "Bern"}}]'
+    text = ('[{"name": "get_weather", "parameters": {"city": "Rome"}}, '
+            '{"name": "get_weather", "parameters": {"city": "Bern"}}]')
     content, calls, finish = vllm_engine.read_tool_calls(text, "stop", req, creq, None)
     assert finish == "tool_calls" and [json.loads(c["function"]["arguments"])["city"] for c in calls] == [
         "Rome",
