@@ -133,7 +133,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Versions: {versions_line(result['versions'])}",
         f"- Model `{result['model']}` ({result['model_path']}); {result['requests']} /v1/embeddings lines of 20 to "
         f"60 words (seed {result['seed']})",
-        "- Engine settings, the same for both: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in result["engine_args"].items()),
+        "- Engine settings, the same for both: "
+        + ", ".join(f"{k}={json.dumps(v)}" for k, v in result["engine_args"].items()),
         "",
         table(["tool", "wall s", "engine up at s", "requests/s", "requests/s engine up → output done", "rows ok",
                "input tokens", "runs"], rows),

@@ -111,7 +111,7 @@ def bare_command(s: Setup, out: Path) -> list[str]:
 
 def bare_sorted_command(s: Setup, out: Path) -> list[str]:
     """The bare script on the same requests in the order `pipeline run --order prefix` sends them
-    (pipeline/schedule.py's key; a stable sort, as the pipeline's): a control that shows that
+    (pipeline/intake/order.py's key; a stable sort, as the pipeline's): a control that shows that
     the gain is the order alone, and that with the same order the texts are the same."""
     from pipeline.intake.order import prefix_key
     from pipeline.records import Request
@@ -191,7 +191,8 @@ def read_run_batch(out: Path) -> Output:
                 body = response["body"]
                 usage = body["usage"]
                 o.texts[row["custom_id"]] = body["choices"][0]["message"]["content"]
-                o.ok, o.generated, o.prompt = o.ok + 1, o.generated + usage["completion_tokens"], o.prompt + usage["prompt_tokens"]
+                o.ok, o.generated = o.ok + 1, o.generated + usage["completion_tokens"]
+                o.prompt += usage["prompt_tokens"]
                 details = usage.get("prompt_tokens_details")
                 if details is not None:
                     cached_seen = True
@@ -207,8 +208,8 @@ PIPELINE = Tool("pipeline", "pipeline run", pipeline_command(1), read_pipeline, 
 PIPELINE_INPUT = Tool("pipeline_input", "pipeline run --order input", pipeline_command(1, "input"), read_pipeline,
                       r"engine \d+ ready", "out/_SUCCESS")
 RUN_BATCH = Tool("run_batch", "vLLM run_batch", run_batch_command, read_run_batch, r"Reading batch from", "out.jsonl")
-BARE_SORTED = Tool("bare_sorted", "bare LLM.chat script, file in the pipeline's prefix order", bare_sorted_command, read_bare,
-                   r"^BENCH ready", "out.parquet")
+BARE_SORTED = Tool("bare_sorted", "bare LLM.chat script, file in the pipeline's prefix order", bare_sorted_command,
+                   read_bare, r"^BENCH ready", "out.parquet")
 # control: prefix groups in key order, not the longest possible decodes first (--decode-first)
 PIPELINE_KEY_ORDER = Tool("pipeline_key_order", "pipeline run --no-decode-first", pipeline_command(
     1, None, ("--no-decode-first",)), read_pipeline, r"engine \d+ ready", "out/_SUCCESS")
@@ -428,7 +429,8 @@ def run_once(tool: Tool, s: Setup, work: Path, repeat: int, bare_texts: dict[str
     run["texts"] = o.texts
     hit = f", cache hit {run['cache_hit_ratio']:.0%}" if run["cache_hit_ratio"] is not None else ""
     print(f"  [{s.workload}] {tool.name} #{repeat}: {m.wall_s:.1f} s (engine up at {m.ready_s} s, output done at "
-          f"{done_s:.1f} s), {o.ok} rows, {o.generated} tokens, {o.generated / m.wall_s:.1f} tok/s{hit}", file=sys.stderr)
+          f"{done_s:.1f} s), {o.ok} rows, {o.generated} tokens, {o.generated / m.wall_s:.1f} tok/s{hit}",
+          file=sys.stderr)
     return run
 
 
@@ -506,7 +508,8 @@ def workload_lines(name: str, w: dict[str, Any], settings: dict[str, Any], runs:
     params = f.get("parameters")
     rows = []
     for tool, v in summ.items():
-        computed = (v["prompt_tokens"] - v["cached_tokens"]) if v["prompt_tokens"] is not None and v["cached_tokens"] is not None else None
+        known = v["prompt_tokens"] is not None and v["cached_tokens"] is not None
+        computed = (v["prompt_tokens"] - v["cached_tokens"]) if known else None
         same = _pct(v["same_text_as_bare"])
         if tool == "bare" and v["same_text_as_previous_bare"] is not None:
             same = f"{v['same_text_as_previous_bare']:.0%} (vs previous bare run)"
@@ -524,7 +527,8 @@ def workload_lines(name: str, w: dict[str, Any], settings: dict[str, Any], runs:
                 f"document + one question; temperature 0, max_tokens {f['max_tokens']}")
     else:
         sampling = ("max_tokens from a quarter of {m} up to {m}, some requests with top_p 0.9, penalties or a "
-                    "repetition penalty" if f.get("sampling") == "varied" else "max_tokens {m}").format(m=f["max_tokens"])
+                    "repetition penalty" if f.get("sampling") == "varied"
+                    else "max_tokens {m}").format(m=f["max_tokens"])
         what = (f"{f['requests']} synthetic chat requests (seed {f['seed']}), no shared document; temperature 0, "
                 f"{sampling}")
     lines = [
@@ -538,21 +542,25 @@ def workload_lines(name: str, w: dict[str, Any], settings: dict[str, Any], runs:
     ]
     if "kv_cache_tokens" in f:
         kv = f["kv_bytes_per_token"]
-        lines.append(f"- KV cache pinned for every tool: num_gpu_blocks_override={w['engine_args']['num_gpu_blocks_override']} "
+        lines.append("- KV cache pinned for every tool: "
+                     f"num_gpu_blocks_override={w['engine_args']['num_gpu_blocks_override']} "
                      f"x block_size {f['block_size']} = {f['kv_cache_tokens']:,} tokens"
                      + (f" ({kv:,} bytes/token: {f['kv_cache_tokens'] * kv / 2**20:,.0f} MiB)" if kv else "")
                      + f", {f['kv_cache_share']:.2f} x the distinct shared-prefix tokens")
-    chosen = sorted({str(r.get("inner", {}).get("order")) for r in runs if r.get("tool") == "pipeline" and r.get("workload") == name and r.get("inner")})
+    chosen = sorted({str(r.get("inner", {}).get("order")) for r in runs
+                     if r.get("tool") == "pipeline" and r.get("workload") == name and r.get("inner")})
     if chosen:
         lines.append(f"- Order `pipeline run` chose (its `_report.json`): {', '.join(chosen)}")
     lines += [
-        "- Engine settings, the same for every tool: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in w["engine_args"].items())
+        "- Engine settings, the same for every tool: "
+        + ", ".join(f"{k}={json.dumps(v)}" for k, v in w["engine_args"].items())
         + ("" if "max_num_seqs" in w["engine_args"] else "; max_num_seqs and max_num_batched_tokens: each tool's own "
            "default (--each-defaults)"),
         "",
         table(["tool", "wall s", "engine up at s", "output done at s", "requests/s", "gen tokens/s",
                "gen tokens/s engine up → output done", "gen tokens", "rows ok", "prompt tokens", "cache hit ratio",
-               "prefill TFLOP computed", "KV cache tokens (engine log)", "tokens per step (engine log)", "same text as bare", "peak RSS GiB", "runs"], rows),
+               "prefill TFLOP computed", "KV cache tokens (engine log)", "tokens per step (engine log)",
+               "same text as bare", "peak RSS GiB", "runs"], rows),
         "",
     ]
     ratios = [[k, v["speedup"], v["wall_s"], v["tokens_per_s"], v["tokens_per_s_after_start"],
@@ -580,7 +588,8 @@ def workload_lines(name: str, w: dict[str, Any], settings: dict[str, Any], runs:
     bare_runs = [r for r in runs if r["workload"] == name and r["tool"] == "bare" and "same_text_as_previous_bare" in r]
     if bare_runs:
         lines += ["Batch-order nondeterminism: the bare script against its own previous run, same file and settings: "
-                  + ", ".join(f"{r['same_text_as_previous_bare']:.1%}" for r in bare_runs) + " of completions identical.", ""]
+                  + ", ".join(f"{r['same_text_as_previous_bare']:.1%}" for r in bare_runs)
+                  + " of completions identical.", ""]
     if params and name == "docs":
         total, unique = f["prompt_tokens"], f["unique_prompt_tokens"]
         lines += [f"Prefill arithmetic ({params / 1e9:.3g} B parameters): 2 x parameters x prompt tokens = "
@@ -629,8 +638,10 @@ def _load_range(runs: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--model", help="Model folder or hub id; default: the embedded `smollm2` on CPU (required on GPU).")
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--model", help="Model folder or hub id; default: the embedded `smollm2` on CPU "
+                        "(required on GPU).")
     parser.add_argument("--workload", choices=("mixed", "docs", "both", "embed"), default="both",
                         help="mixed: synthetic requests, no shared prefix; docs: shuffled documents x questions "
                         "(default: both, one after the other); embed: embeddings lines, pipeline vs run_batch.")
@@ -652,20 +663,24 @@ def main() -> None:
                         "up to 16 are distinct).")
     parser.add_argument("--doc-words", type=int, default=500, help="docs: words per document (default 500: "
                         "about 800 tokens with SmolLM2's tokenizer).")
-    parser.add_argument("--docs-max-tokens", type=int, default=16, help="docs: max_tokens of every request (default 16).")
+    parser.add_argument("--docs-max-tokens", type=int, default=16,
+                        help="docs: max_tokens of every request (default 16).")
     parser.add_argument("--spread-max-tokens", action="store_true", help="Both workloads: each request's max_tokens "
-                        "drawn from [max / 8, max] instead of max for all (requests that decode for different lengths).")
+                        "drawn from [max / 8, max] instead of max for all (requests that decode for different "
+                        "lengths).")
     parser.add_argument("--kv-cache-tokens", type=int, help="docs: KV cache size in tokens for every tool, rounded up "
                         "to whole blocks and to one longest request (default: half the workload's distinct "
                         "shared-prefix tokens). --engine-arg num_gpu_blocks_override=N sets it in blocks instead.")
-    parser.add_argument("--repeats", type=int, default=2, help="Runs of each tool per workload, alternating (default 2; "
-                        "the bare script's second run measures batch-order nondeterminism against its first).")
+    parser.add_argument("--repeats", type=int, default=2, help="Runs of each tool per workload, alternating "
+                        "(default 2; the bare script's second run measures batch-order nondeterminism against its "
+                        "first).")
     parser.add_argument("--gpus", type=int, help="GPUs to use (default: all visible; 0 on CPU). With N >= 2 also "
                         "measures N engines against one (mixed workload).")
     parser.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="vLLM engine argument for every tool, e.g. max_model_len=4096. Repeatable.")
     parser.add_argument("--pipeline-option", action="append", default=[], metavar="OPTION",
-                        help="Extra option for `pipeline run` only, e.g. --pipeline-option=--max-in-flight=4096. Repeatable.")
+                        help="Extra option for `pipeline run` only, e.g. --pipeline-option=--max-in-flight=4096. "
+                        "Repeatable.")
     parser.add_argument("--tools", default="bare,pipeline,run_batch", help="Comma-separated subset to run, of bare, "
                         "pipeline, run_batch and three controls: pipeline_input (`pipeline run --order input`; needs "
                         "--order), bare_sorted (the bare script on the file in the pipeline's prefix order) and "
@@ -706,11 +721,12 @@ def main() -> None:
                          repeats=args.repeats, note=args.note, keep=args.keep, started=started)
     tools = [t for t in TOOLS if t.name in chosen]
     if args.gpus >= 2 and "pipeline" in chosen:
-        tools.append(Tool(f"pipeline_dp{args.gpus}", "pipeline run", pipeline_command(args.gpus, "prefix"), read_pipeline,
-                          PIPELINE.ready, PIPELINE.done, engines=args.gpus))
+        tools.append(Tool(f"pipeline_dp{args.gpus}", "pipeline run", pipeline_command(args.gpus, "prefix"),
+                          read_pipeline, PIPELINE.ready, PIPELINE.done, engines=args.gpus))
     names = ("mixed", "docs") if args.workload == "both" else (args.workload,)
     setups = [mixed_setup(base, args, work) if n == "mixed" else docs_setup(base, args, work) for n in names]
-    print(f"{len(tools)} tools x {args.repeats} repeats on {', '.join(f'{s.workload} ({s.n_requests} requests)' for s in setups)}; "
+    workloads_text = ", ".join(f"{s.workload} ({s.n_requests} requests)" for s in setups)
+    print(f"{len(tools)} tools x {args.repeats} repeats on {workloads_text}; "
           f"pipeline --order: {'yes' if pipeline_has_order() else 'no'}; work dir {work}", file=sys.stderr)
 
     runs: list[dict[str, Any]] = []
@@ -738,7 +754,8 @@ def main() -> None:
         "settings": {"model": base.model, "model_path": base.model_path, "repeats": args.repeats, "gpus": args.gpus,
                      "tools": [t.name for t in tools], "pipeline_options": base.pipeline_options,
                      "pipeline_order": pipeline_has_order(),
-                     "env": {k: base.env[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "CUDA_VISIBLE_DEVICES") if k in base.env}},
+                     "env": {k: base.env[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "CUDA_VISIBLE_DEVICES")
+                             if k in base.env}},
         "workloads": workloads,
         "runs": runs,
     }

@@ -68,7 +68,10 @@ def write_requests(path: Path, n: int, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for i in range(n):
-            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": sentence(rng, rng.randint(10, 120))}]
+            messages = [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": sentence(rng, rng.randint(10, 120))},
+            ]
             if i % 5 == 0:
                 messages += [{"role": "assistant", "content": sentence(rng, rng.randint(10, 60))},
                              {"role": "user", "content": sentence(rng, rng.randint(5, 40))}]
@@ -147,8 +150,10 @@ def markdown(result: dict[str, Any]) -> str:
         if {"estimate", "plain"} <= set(by):
             e, p = by["estimate"], by["plain"]
             same = "same prompt-token total" if e["prompt_tokens"] == p["prompt_tokens"] else "TOTALS DIFFER"
-            lines.append(f"- {n:,} requests: estimate {p['wall_s'] / e['wall_s']:.1f}x faster than the plain way in wall "
-                         f"time, {p['cpu_s'] / e['cpu_s']:.1f}x less CPU time ({same})")
+            lines.append(
+                f"- {n:,} requests: estimate {p['wall_s'] / e['wall_s']:.1f}x faster than the plain way in wall "
+                f"time, {p['cpu_s'] / e['cpu_s']:.1f}x less CPU time ({same})"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +173,10 @@ def main() -> int:
     for n in args.sizes:
         t0 = time.monotonic()
         requests = write_requests(work / f"requests-{n}.jsonl", n)
-        print(f"{n:,} requests written in {time.monotonic() - t0:.0f} s ({requests.stat().st_size / MIB:,.0f} MiB)", file=sys.stderr)
+        print(
+            f"{n:,} requests written in {time.monotonic() - t0:.0f} s ({requests.stat().st_size / MIB:,.0f} MiB)",
+            file=sys.stderr,
+        )
         for tool in args.tools.split(","):
             runs.append(measure(tool, n, requests, args.model, work))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "cmd"}), file=sys.stderr)

@@ -187,7 +187,8 @@ def document(d: int, words: int, seed: int) -> tuple[str, list[str], list[str]]:
         year = rng.randint(1700, 1899)
         detail = rng.choice(DOC_DETAILS).format(n=rng.randint(3, 900), m=rng.randint(1, 9), name=rng.choice(DOC_NAMES),
                                                 month=rng.choice(DOC_MONTHS), year=year)
-        sentence = f"In {rng.choice(DOC_MONTHS)} {year}, {rng.choice(subjects)} {rng.choice(DOC_VERBS)} {rng.choice(objects)} {detail}."
+        sentence = (f"In {rng.choice(DOC_MONTHS)} {year}, {rng.choice(subjects)} {rng.choice(DOC_VERBS)} "
+                    f"{rng.choice(objects)} {detail}.")
         sentence = sentence[0].upper() + sentence[1:]
         sentences.append(sentence)
         n += len(sentence.split())
@@ -206,7 +207,10 @@ def write_doc_requests(path: Path, docs: int, questions: int, *, doc_words: int,
     for d in range(docs):
         text, subjects, objects = document(d, doc_words, seed)
         drng = random.Random(f"questions-{seed}-{d}")
-        asked = [DOC_QUESTIONS[i % len(DOC_QUESTIONS)] for i in drng.sample(range(max(questions, len(DOC_QUESTIONS))), questions)]
+        asked = [
+            DOC_QUESTIONS[i % len(DOC_QUESTIONS)]
+            for i in drng.sample(range(max(questions, len(DOC_QUESTIONS))), questions)
+        ]
         for q, template in enumerate(asked):
             question = template.format(s=drng.choice(subjects), o=drng.choice(objects))
             messages = [{"role": "system", "content": DOC_SYSTEM},

@@ -2,8 +2,8 @@
 
 N synthetic requests (and N/10, to show that peak memory does not grow with the input) go
 through `pipeline validate`, `pipeline estimate` and `pipeline run --engine fake` (in prefix
-order, the default, and in input order), each as its own process; wall time, rows/s and the peak resident memory of the whole process tree
-(sampled every 0.2 s) are reported.
+order, the default, and in input order), each as its own process; wall time, rows/s and the peak
+resident memory of the whole process tree (sampled every 0.2 s) are reported.
 
 Images: a folder of PNGs listed in a CSV goes through `pipeline validate` as a template job with
 `--template-image` (every image read, decoded and checked; intake/images.py) with 1 thread and

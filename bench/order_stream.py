@@ -8,7 +8,8 @@ system prompt, the whole document, then one question.
 
 - Look-ahead study (in this process, no engine): the same requests go through the order module
   at several look-ahead sizes, with and without holding back the least filled groups, and fully
-  sorted (the keys alone: what `--order sorted` emits); for each, the share of prompt tokens the prefix cache could serve in the order emitted
+  sorted (the keys alone: what `--order sorted` emits); for each, the share of prompt tokens the
+  prefix cache could serve in the order emitted
   (`pipeline.intake.order.reusable_share`: whole KV blocks of 16 tokens each request shares with
   the one before it, tokens estimated at 4 characters) and the seconds it took.
 - Pipeline runs: `pipeline run FILE --engine fake --block-size 16 --order prefix | sorted | input`,
@@ -57,9 +58,9 @@ def write_docs(path: Path, n: int, questions: int) -> Path:
     with open(path, "w") as f:
         batch = []
         for cid, messages in doc_rows(n, questions):
+            user = json.dumps(messages[1]["content"])
             batch.append(f'{{"custom_id": "{cid}", "method": "POST", "url": "/v1/chat/completions", "body": '
-                         f'{{"messages": [{system}, {{"role": "user", "content": {json.dumps(messages[1]["content"])}}}]'
-                         + tail)
+                         f'{{"messages": [{system}, {{"role": "user", "content": {user}}}]' + tail)
             if len(batch) == 10_000:
                 f.write("".join(batch))
                 batch = []
@@ -70,7 +71,8 @@ def write_docs(path: Path, n: int, questions: int) -> Path:
 STUDY_KINDS = ("input", "hold", "plain", "sorted")
 
 
-def study(n: int, questions: int, windows: tuple[int, ...], kinds: tuple[str, ...] = STUDY_KINDS) -> list[dict[str, Any]]:
+def study(n: int, questions: int, windows: tuple[int, ...],
+          kinds: tuple[str, ...] = STUDY_KINDS) -> list[dict[str, Any]]:
     """The share reusable in the order emitted, per look-ahead, in this process (the requests
     made afresh for each order, so that memory holds only what the order holds)."""
     from pipeline.intake.order import StreamOrder, prefix_key, reusable_share
@@ -85,7 +87,7 @@ def study(n: int, questions: int, windows: tuple[int, ...], kinds: tuple[str, ..
         for kind, name, hold in (("hold", "prefix (hold back half)", 0.5), ("plain", "prefix, plain windows", 0.0)):
             orders.append((kind, name, w, lambda w=w, hold=hold: (prefix_key(r) for r in StreamOrder(
                 rows(), buffer=w, hold_back=hold, kv_block_tokens=KV_BLOCK_TOKENS))))
-    # --order sorted emits the keys in sorted order (tests/unit/intake/test_schedule.py): sorting
+    # --order sorted emits the keys in sorted order (tests/unit/intake/test_order.py): sorting
     # the keys alone gives its share without spilling N requests to disk
     orders.append(("sorted", "sorted (the keys sorted)", None, lambda: sorted(prefix_key(r) for r in rows())))
     out = []
@@ -126,7 +128,8 @@ def runs(n: int, questions: int, model: str, work: Path, first_only: tuple[str, 
                     **m.as_dict(), "first_request_s": ttfr, "stopped_at_first_request": how in first_only,
                     "shared_in_emitted_order": report.get("shared_in_emitted_order"),
                     "rows_written": report.get("requests"),
-                    "status": "ok" if m.rc == 0 or (how in first_only and ttfr) else f"FAILED (exit {m.rc}): {m.tail(3)}"})
+                    "status": ("ok" if m.rc == 0 or (how in first_only and ttfr)
+                               else f"FAILED (exit {m.rc}): {m.tail(3)}")})
         print(f"  run --order {how} x {n}: first request at {ttfr if ttfr is None else round(ttfr, 1)} s, "
               f"{m.wall_s:.0f} s, peak RSS {m.peak_rss_bytes / MIB:.0f} MiB, {out[-1]['status']}", file=sys.stderr)
     if not given:

@@ -118,8 +118,11 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--engines", default="vllm,fake", help="Comma-separated: vllm, fake (default both).")
     parser.add_argument("--model", default="smollm2", help="Model of the vllm engine (default: the embedded smollm2).")
     parser.add_argument("--prompts", type=int, default=16, help="vllm: distinct prompts (default 16).")

@@ -1,4 +1,4 @@
-"""Write docs/cli-reference.md from every command's --help (run by `make docs`; a test checks
+"""Write docs/cli-reference.md from every command's --help (run by `make cli-reference`; a test checks
 that the page is current)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def reference() -> str:
         return CliRunner().invoke(cli, [*args, "--help"], prog_name="pipeline", terminal_width=100,
                                   env={"COLUMNS": "100"}).output.rstrip()
 
-    parts = ["# CLI reference\n", "Generated from each command's `--help` (`make docs`); every option "
+    parts = ["# CLI reference\n", "Generated from each command's `--help` (`make cli-reference`); every option "
              "is also a job-file key and a `PIPELINE_<OPTION>` environment variable.\n",
              f"```text\n{help_of()}\n```\n"]
     parts += [f"## pipeline {name}\n\n```text\n{help_of(name)}\n```\n" for name in sorted(cli.commands)]

@@ -4,14 +4,15 @@
 imported on first use so that `import pipeline` stays fast (no vLLM, no torch).
 """
 
-__version__ = "0.1.0"
+from pipeline.version import __version__ as __version__  # the leaf every layer may read
+
 __all__ = ["Session", "estimate", "run", "validate"]
 
 
 def __getattr__(name: str):
     if name in __all__:
-        # imported by name on first use: the package (whose __version__ every layer reads) does
-        # not depend on its top layer
+        # imported by name on first use: `import pipeline` stays fast and does not depend on
+        # its top layer
         import importlib
 
         return getattr(importlib.import_module("pipeline.api"), name)

@@ -32,11 +32,14 @@ from pipeline.job import fill_values
 
 # What only Python has: name -> (annotation, default, help). The rest come from the option table.
 API_ONLY: dict[str, tuple[str, Any, str]] = {
-    "response_format": ("type | dict[str, Any] | None", None, "A pydantic model class or a JSON schema dict: the requests' response_format "
+    "response_format": ("type | dict[str, Any] | None", None,
+                        "A pydantic model class or a JSON schema dict: the requests' response_format "
                         "and typed output columns (as --response-schema)."),
-    "template": ("str | Callable[[dict[str, Any]], Any] | None", None, "Make each row's request with this: Jinja2 text (as --template-user) or a callable "
+    "template": ("str | Callable[[dict[str, Any]], Any] | None", None,
+                 "Make each row's request with this: Jinja2 text (as --template-user) or a callable "
                  "row -> messages (or -> request body)."),
-    "parse": ("Callable[[dict[str, Any]], Any] | None", None, "row -> None, a dict or a list of dicts: the rows of the returned frame made from each "
+    "parse": ("Callable[[dict[str, Any]], Any] | None", None,
+              "row -> None, a dict or a list of dicts: the rows of the returned frame made from each "
               "output row (its columns under the returned ones). The output folder is unchanged."),
     "parsed": ("bool", False, "Add a `parsed` column of response_format model objects (None where the "
                "completion does not parse)."),
@@ -91,10 +94,13 @@ def parameters(command: str) -> list[inspect.Parameter]:
 RUN_RETURNS = "pl.DataFrame | pl.LazyFrame | tuple[pl.DataFrame | pl.LazyFrame, dict[str, Any]] | None"
 RETURNS = {options.RUN: RUN_RETURNS, options.ESTIMATE: "dict[str, Any]",
            options.VALIDATE: "bool"}
-STUB_HEAD = ("# Generated from the option table by `python -m pipeline.api > pipeline/api.pyi`; a test keeps it in step.\n"
-             "import os\nfrom collections.abc import Callable, Mapping, Sequence\nfrom typing import Any, Literal, TypedDict\n\n"
+STUB_HEAD = ("# Generated from the option table by `python -m pipeline.api > pipeline/api.pyi`; "
+             "a test keeps it in step.\n"
+             "import os\nfrom collections.abc import Callable, Mapping, Sequence\n"
+             "from typing import Any, Literal, TypedDict\n\n"
              "import polars as pl\nfrom typing_extensions import Unpack\n\n"
-             "Inputs = Any  # paths, or a polars/pandas DataFrame, pyarrow Table/Dataset, datasets.Dataset, list of dicts\n")
+             "Inputs = Any  # paths, or a polars/pandas DataFrame, pyarrow Table/Dataset, datasets.Dataset, "
+             "list of dicts\n")
 READERS = (options.RUN, options.ESTIMATE, options.VALIDATE)
 
 
@@ -117,7 +123,8 @@ def stub() -> str:
             f"    {n}: {params[n].annotation}  # default {params[n].default!r}\n" for n in names)
     for command in READERS:
         text += f"\ndef {command}(inputs: Inputs, **kwargs: Unpack[_{command}]) -> {RETURNS[command]}: ...\n"
-    return text + ("\nclass Session:\n    starts: int\n    def __init__(self, **engine_options: Unpack[_run]) -> None: ...\n"
+    return text + ("\nclass Session:\n    starts: int\n"
+                   "    def __init__(self, **engine_options: Unpack[_run]) -> None: ...\n"
                    f"    def run(self, inputs: Inputs, **kwargs: Unpack[_run]) -> {RUN_RETURNS}: ...\n"
                    "    def close(self) -> None: ...\n    def __enter__(self) -> Session: ...\n"
                    "    def __exit__(self, *exc: object) -> None: ...\n")
@@ -293,14 +300,6 @@ def _user_errors(f):
         except (FileNotFoundError, PermissionError, ValueError) as e:
             raise exits.UserError(redact(str(e))) from e
     return wrapper
-
-
-def _raise_for(outcome) -> None:
-    """A run that did not finish raises the error class of its exit code, with the CLI's message."""
-    if outcome.exit_code == exits.ENGINE_START:
-        raise exits.EngineStartError(outcome.message)
-    if outcome.exit_code != exits.OK:
-        raise exits.Incomplete(outcome.message)
 
 
 class Session:

@@ -13,7 +13,8 @@ import sys
 
 import click
 
-from pipeline import __version__, exits, options
+from pipeline import exits, options
+from pipeline.version import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PIPELINE", "max_content_width": 100}
 
@@ -73,7 +74,9 @@ def _values(inputs: tuple[str, ...], values: dict) -> dict:
 
 def _inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
     if not inputs:
-        raise click.UsageError("no INPUT given: pass request files, directories, globs or URLs (or a --job file with inputs)")
+        raise click.UsageError(
+            "no INPUT given: pass request files, directories, globs or URLs (or a --job file with inputs)"
+        )
     return tuple(inputs)
 
 

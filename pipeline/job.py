@@ -91,7 +91,8 @@ class _RunConfigMethods:
 # The configuration of a command that reads requests (run, validate, estimate): one frozen
 # dataclass with a field per option of the table (options.py), filled from the command line over a
 # job file over defaults; a command's own options are set, the others keep their defaults.
-# config.pyi declares its fields with types, for readers and editors (a test keeps it in step).
+# api.pyi declares its fields with types for the Python API (generated from the same table; a
+# test keeps it current).
 RunConfig = make_dataclass(
     "RunConfig",
     [("inputs", tuple), *((o.name, Any, _field(o)) for o in options.OPTIONS if o.commands & options.READERS),

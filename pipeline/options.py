@@ -192,7 +192,8 @@ OPTIONS: tuple[Opt, ...] = (
         short="-o", required_in=ONLY_RUN, commands=frozenset({RUN, ESTIMATE})),
     Opt("format", "parquet: part files with the output schema; JSON lines in a batch API's result format: "
         "openai (OpenAI Batch), anthropic (Message Batches results), gemini (Gemini/Vertex batch output), "
-        "responses (OpenAI Batch lines whose bodies are Responses API responses), or native: each row in the format of its input line (Anthropic lines get Anthropic results, "
+        "responses (OpenAI Batch lines whose bodies are Responses API responses), or native: each row in the "
+        "format of its input line (Anthropic lines get Anthropic results, "
         "Gemini lines Gemini lines, Responses API lines Responses output, the rest OpenAI Batch lines). "
         "A line format also gives each input file its own result file, results/NAME.results.jsonl, "
         "when the job completes.",
@@ -283,7 +284,8 @@ OPTIONS: tuple[Opt, ...] = (
         "groups are sent; with sorted: requests held in memory, more are sorted in runs on local temporary "
         "disk and merged.", Int1, 100_000, commands=frozenset({RUN, ESTIMATE})),
     Opt("order_buffer_bytes", "The same bound in image bytes (as data: URIs): prefix sends its first buffer, "
-        "the look-ahead flushes, or sorted spills, once its requests hold this much, however few they are.", Int1, 512 * 1024 * 1024,
+        "the look-ahead flushes, or sorted spills, once its requests hold this much, however few they are.",
+        Int1, 512 * 1024 * 1024,
         commands=frozenset({RUN, ESTIMATE})),
     Opt("decode_first", "In prefix and sorted order: within each prefix group, the requests that may "
         "generate most (max_tokens x n) first, so that long decodes start early and short ones fill "
@@ -306,7 +308,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("tensor_parallel_size", "vLLM: GPUs per engine (for models that do not fit on one GPU).",
         Int1, engine=True),
     Opt("max_num_seqs", "vLLM: most sequences in one engine step.", Int1, engine=True),
-    Opt("block_size", {RUN: "vLLM: tokens per KV cache block (default: 16 on GPU, 128 on the CPU build); --order auto judges prefix reuse in these blocks.",
+    Opt("block_size", {RUN: "vLLM: tokens per KV cache block (default: 16 on GPU, 128 on the CPU build); "
+                            "--order auto judges prefix reuse in these blocks.",
                        ESTIMATE: "Tokens per KV cache block of the run, for the prompt tokens computed "
                                  "after prefix reuse and --order auto's decision (default: the installed "
                                  "vLLM build's, 16 on GPU, 128 on the CPU build)."},

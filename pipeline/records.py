@@ -4,7 +4,7 @@
 The error record:
 Parsing, validation, the engine and the writer all speak it: a reader's unreadable line, a
 validator's refusal, an engine's refusal and an isolated engine crash are the same record, and
-one function turns it into the output row's `error` column.
+one function (`output/rows.error_column`) turns it into the output row's `error` column.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ class Problem:
     code: str
     message: str
     param: str | None = None
-
-    def as_error(self, line: int | None) -> dict[str, Any]:
-        """The output row's `error` value."""
-        return {"code": self.code, "message": self.message, "param": self.param, "line": line}
 
 
 class Invalid(Exception):

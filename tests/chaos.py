@@ -63,7 +63,8 @@ sys.argv[0] = "pipeline"
 main()
 """
 # a 4x4 PNG: image rows for the fake engine serving a "vision model" (a folder with its config)
-PNG_URI = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAFElEQVR4nGM8ISfHAANMDEgANwcANHYBDK9qubUAAAAASUVORK5CYII=")
+PNG_URI = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAFElEQVR4nGM8ISfHAANMDEgANwcANHYBDK9"
+           "qubUAAAAASUVORK5CYII=")
 COLLIDING = (b"caf\xe9.jsonl", b"caf\xe8.jsonl", b"batch?sig=1.jsonl", b"batch?sig=2.jsonl")
 
 

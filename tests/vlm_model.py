@@ -36,7 +36,7 @@ import io
 import os
 import pathlib
 
-# The embedded model folder made by `pipeline prepare-model` (see pipeline/embedded.py: model_cache_dir()).
+# The embedded model folder made by `pipeline prepare-model` (see pipeline/models/embedded.py: model_cache_dir()).
 DEFAULT_TOKENIZER_SOURCE = os.path.join(
     os.environ.get("PIPELINE_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "pipeline" / "models")),
     "HuggingFaceTB--SmolLM2-135M-Instruct",

@@ -116,9 +116,9 @@ class Measured:
     thinks: bool = False
 
     def merge(self, o: Measured) -> Measured:
-        return Measured(self.completion.merge(o.completion), self.reasoning.merge(o.reasoning), self.ratio.merge(o.ratio),
-                        self.prompt + o.prompt, self.upper + o.upper, self.thinking_upper + o.thinking_upper,
-                        self.thinks or o.thinks)
+        return Measured(self.completion.merge(o.completion), self.reasoning.merge(o.reasoning),
+                        self.ratio.merge(o.ratio), self.prompt + o.prompt, self.upper + o.upper,
+                        self.thinking_upper + o.thinking_upper, self.thinks or o.thinks)
 
     def add(self, completion: int, reasoning: int | None, prompt: int, upper: int = 0,
             thinking_upper: int = 0) -> None:
@@ -146,7 +146,8 @@ def lengths_lines(model: str, groups: dict[tuple, Measured]) -> list[dict[str, A
         out.append({"kind": "lengths", "model": model, "file": group_name(file), "max_tokens": max_tokens,
                     "requests": c.n, "completion": _dist(c),
                     "reasoning": _dist(m.reasoning.lengths()) if m.thinks else None,
-                    "prompt_mean": round(m.prompt / c.n, 3), "upper_mean": round(m.upper / c.n, 3) if m.upper else None})
+                    "prompt_mean": round(m.prompt / c.n, 3),
+                    "upper_mean": round(m.upper / c.n, 3) if m.upper else None})
     return out
 
 

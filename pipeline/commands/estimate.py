@@ -1,6 +1,6 @@
 """`pipeline estimate`: what a job will cost, before it spends GPU time.
 
-Prompt tokens are counted exactly as the engine will count them (chat_render.py, token_count.py: the model's
+Prompt tokens are counted exactly as the engine will count them (models/render.py, models/tokens.py: the model's
 tokenizer and chat template; no engine, no weights). Completion tokens get an upper bound per
 request (n × max_tokens, never more than the context left after the prompt, which is the bound
 where max_tokens is absent) and an expected figure: the bound × a completion ratio, given with

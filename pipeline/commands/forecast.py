@@ -164,7 +164,9 @@ def plan(*, gpu_hours: Interval, gpus_per_engine: int, start_seconds: float, gpu
     if budget is not None:
         fits = budget / gpu_hour_usd - gpu_hours.high  # GPU-hours left for engine starts
         per_engine = gpus_per_engine * start_h
-        out["most_engines_in_budget"] = (max(0, math.floor(fits / per_engine)) if per_engine else None) if fits >= 0 else 0
+        out["most_engines_in_budget"] = (
+            (max(0, math.floor(fits / per_engine)) if per_engine else None) if fits >= 0 else 0
+        )
         out["own_within_budget"] = fits >= per_engine
         if hosted is not None:
             out["hosted_within_budget"] = hosted.high <= budget
@@ -182,7 +184,9 @@ def plan_text(p: dict[str, Any]) -> list[str]:
     per = f" ({p['gpus_per_engine']} GPUs each)" if p["gpus_per_engine"] > 1 else ""
     if p["deadline"] is not None:
         if p["engines_high"] is None:
-            lines.append(f"deadline {p['deadline']}: too close, an engine takes {p['engine_start_seconds']:g} s to start")
+            lines.append(
+                f"deadline {p['deadline']}: too close, an engine takes {p['engine_start_seconds']:g} s to start"
+            )
         else:
             lines.append(f"deadline {p['deadline']} ({p['hours_left']:.1f} h left): {_engines(p['engines_high'])}{per} "
                          f"finish in time at the interval's high end ({usd(p['own_cost_usd_high'])}), "

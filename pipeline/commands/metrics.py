@@ -23,8 +23,10 @@ _DATE = re.compile(r"(?<!\d)(\d{4})([-/]?)(0[1-9]|1[0-2])\2(0[1-9]|[12]\d|3[01])
 GAUGES = (
     ("pipeline_requests", "Requests of the job by outcome (whole job, resumed runs included)."),
     ("pipeline_errors", "Error rows of the job by error code."),
-    ("pipeline_rows_by_verdict", "Rows of the job by verdict (ok, truncated, empty, unparsable, ...; docs/verdicts.md)."),
-    ("pipeline_job_state", "The job's state: 1 for the one it is in (succeeded, partially_succeeded, failed), 0 for the others."),
+    ("pipeline_rows_by_verdict",
+     "Rows of the job by verdict (ok, truncated, empty, unparsable, ...; docs/verdicts.md)."),
+    ("pipeline_job_state",
+     "The job's state: 1 for the one it is in (succeeded, partially_succeeded, failed), 0 for the others."),
     ("pipeline_tokens", "Tokens of the job by kind (reasoning: the completion tokens of thinking)."),
     ("pipeline_estimated_cost_usd", "Estimated cost of the job at list price."),
     ("pipeline_wall_seconds", "Wall time of this run."),
@@ -32,7 +34,8 @@ GAUGES = (
     ("pipeline_generated_tokens_per_second", "Completion tokens per second in this run."),
     ("pipeline_resumed_requests", "Requests already done before this run."),
     ("pipeline_engine_restarts", "Engine restarts in this run."),
-    ("pipeline_exit_code", "Exit code of this run (0 ok, 3 incomplete: rerun, 4 engine did not start, 5 too many bad rows)."),
+    ("pipeline_exit_code",
+     "Exit code of this run (0 ok, 3 incomplete: rerun, 4 engine did not start, 5 too many bad rows)."),
     ("pipeline_last_run_timestamp_seconds", "When this run ended (Unix time)."),
     ("pipeline_last_success_timestamp_seconds", "When a run last completed the job (Unix time)."),
 )

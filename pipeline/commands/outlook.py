@@ -226,7 +226,8 @@ def outlook_text(r: dict[str, Any]) -> list[str]:
 
     lines = []
     if r.get("completion_tokens_low") is not None:
-        lines.append(f"90% interval: completion tokens {r['completion_tokens_low']:,} to {r['completion_tokens_high']:,}"
+        lines.append("90% interval: completion tokens "
+                     f"{r['completion_tokens_low']:,} to {r['completion_tokens_high']:,}"
                      + (f", list price {usd(r['cost_usd_low'])} to {usd(r['cost_usd_high'])}"
                         if r.get("cost_usd_low") is not None else "")
                      + (f", {r['gpu_hours_low']:.3g} to {r['gpu_hours_high']:.3g} GPU-hours"

@@ -176,7 +176,8 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
         ("generated tok/s", rate(f["generated_tokens_per_second"]))))
     trial = f"<p><b>{html.escape(trial_text(f['trial']))}</b></p>" if f["trial"] else ""
     sections = [f"<h2>Summary</h2>{trial}<div class='cards'>{cards}</div>",
-                f"<p>Model {html.escape(str(f['model']))}; price {html.escape(str(f['price']))}; engines {f['engines']}</p>"]
+                f"<p>Model {html.escape(str(f['model']))}; price {html.escape(str(f['price']))}; "
+                f"engines {f['engines']}</p>"]
     sections.append("<h2>Cost by price row</h2>" + _table(
         ["model", "price row", "prompt tokens", "completion tokens", "estimated cost"],
         [(f["model"], f["price"] or "none (no price known: pass --price-input/--price-output)",
@@ -188,8 +189,8 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
         sections.append("<h2>Rows by verdict, with examples</h2>" + _table(
             ["verdict", "rows", "custom_id", "why", "content"],
             [(v, n, ex["custom_id"], ex["message"], _cut(ex["content"], 200))
-             for v, n in f["verdicts"].items() for ex in (f["verdict_examples"].get(v) or [{"custom_id": "", "message": "",
-                                                                                          "content": ""}])]))
+             for v, n in f["verdicts"].items()
+             for ex in (f["verdict_examples"].get(v) or [{"custom_id": "", "message": "", "content": ""}])]))
     if f["examples"]:
         sections.append("<h2>Errors by code, with examples</h2>" + _table(
             ["code", "rows", "custom_id", "where", "message"],
@@ -197,23 +198,24 @@ def page(d: RunData, f: dict[str, Any], prev: dict[str, Any] | None = None) -> s
              for code, exs in f["examples"].items() for ex in exs]))
     sections.append("<h2>Charts</h2>" + "".join(parts))
     if ok.height:
-        sort_key = "engine_seconds" if "engine_seconds" in ok.columns and ok["engine_seconds"].drop_nulls().len() else "completion_tokens"
+        slowest = "engine_seconds" in ok.columns and ok["engine_seconds"].drop_nulls().len() > 0
+        sort_key = "engine_seconds" if slowest else "completion_tokens"
         top = ok.sort(sort_key, descending=True, nulls_last=True).head(TOP)
-        slowest = sort_key == "engine_seconds"
         sections.append(f"<h2>{'Slowest' if slowest else 'Longest'} requests</h2>" + _table(
             ["custom_id", *(["time in the engine"] if slowest else []), "prompt tokens", "completion tokens", "finish"],
             [(r["custom_id"], *([duration(r[sort_key])] if slowest else []), r["prompt_tokens"],
               r["completion_tokens"], r["finish_reason"]) for r in top.iter_rows(named=True)]))
         sample = ok.sample(min(SAMPLE, ok.height), seed=0)
         sections.append("<h2>A sample of outputs</h2>" + _table(
-            ["custom_id", "content"], [(r["custom_id"], _cut(r["content"] or "", 300)) for r in sample.iter_rows(named=True)]))
+            ["custom_id", "content"],
+            [(r["custom_id"], _cut(r["content"] or "", 300)) for r in sample.iter_rows(named=True)]))
     title = f"Run report: {d.display}"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <script>{get_plotlyjs()}</script>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} .cards{{display:flex;flex-wrap:wrap;gap:.8em}}
 .card{{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:8em}} .card b{{display:block;font-size:1.4em}}
-.card span{{color:#666}} table{{border-collapse:collapse;margin:.5em 0}} td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}}
-.chart{{display:inline-block;width:48%;min-width:420px}}</style></head>
+.card span{{color:#666}} td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}}
+table{{border-collapse:collapse;margin:.5em 0}} .chart{{display:inline-block;width:48%;min-width:420px}}</style></head>
 <body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>"""
 
 
@@ -223,12 +225,15 @@ def _charts(d: RunData, f: dict[str, Any], ok) -> list[str]:
 
     charts: list[tuple[str, Any]] = []
     if ok.height:
-        charts.append(("Prompt tokens per request", go.Figure(go.Histogram(x=ok["prompt_tokens"].to_list(), nbinsx=40))))
-        charts.append(("Completion tokens per request", go.Figure(go.Histogram(x=ok["completion_tokens"].to_list(), nbinsx=40))))
+        for column, title in (("prompt_tokens", "Prompt tokens per request"),
+                              ("completion_tokens", "Completion tokens per request")):
+            charts.append((title, go.Figure(go.Histogram(x=ok[column].to_list(), nbinsx=40))))
         reasons = ok["finish_reason"].fill_null("none").value_counts().sort("finish_reason")
-        charts.append(("Finish reasons", go.Figure(go.Bar(x=reasons["finish_reason"].to_list(), y=reasons["count"].to_list()))))
+        charts.append(("Finish reasons",
+                       go.Figure(go.Bar(x=reasons["finish_reason"].to_list(), y=reasons["count"].to_list()))))
     if f["errors_by_code"]:
-        charts.append(("Error rows by code", go.Figure(go.Bar(x=list(f["errors_by_code"]), y=list(f["errors_by_code"].values())))))
+        codes = f["errors_by_code"]
+        charts.append(("Error rows by code", go.Figure(go.Bar(x=list(codes), y=list(codes.values())))))
     timeline = _timeline(d)
     if timeline:
         x, y = timeline
@@ -240,11 +245,13 @@ def _charts(d: RunData, f: dict[str, Any], ok) -> list[str]:
         charts.append(("Generated tokens/s per engine (first to last answer)",
                        go.Figure(go.Bar(x=names, y=per["tokens_per_second"].to_list()))))
     charts.append(("Prompt tokens served from cache", go.Figure(go.Pie(
-        labels=["from cache", "computed"], values=[f["cached_tokens"], max(0, f["prompt_tokens"] - f["cached_tokens"])], hole=0.5))))
+        labels=["from cache", "computed"], values=[f["cached_tokens"], max(0, f["prompt_tokens"] - f["cached_tokens"])],
+        hole=0.5))))
     parts = []
     for i, (title, fig) in enumerate(charts):
         fig.update_layout(title=title, height=320, margin={"l": 40, "r": 20, "t": 50, "b": 40})
-        parts.append(f'<div class="chart">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart{i}")}</div>')
+        chart = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart{i}")
+        parts.append(f'<div class="chart">{chart}</div>')
     return parts
 
 
@@ -258,7 +265,8 @@ def _per_engine(ok):
         pl.len().alias("rows"), pl.col("completion_tokens").sum().alias("tokens"),
         ((pl.col("finished_at").max() - pl.col("finished_at").min()).dt.total_milliseconds() / 1000).alias("span"),
     ).sort("engine")
-    return per.with_columns((pl.col("tokens") / pl.col("span").clip(lower_bound=1e-3)).round(1).alias("tokens_per_second"))
+    rate = (pl.col("tokens") / pl.col("span").clip(lower_bound=1e-3)).round(1)
+    return per.with_columns(rate.alias("tokens_per_second"))
 
 
 def _timeline(d: RunData) -> tuple[list[str], list[int]] | None:
@@ -280,7 +288,8 @@ def _timeline(d: RunData) -> tuple[list[str], list[int]] | None:
 
 def _table(head: list[str], body: list[tuple]) -> str:
     h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in body)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r) + "</tr>"
+                   for r in body)
     return f"<table><tr>{h}</tr>{rows}</table>"
 
 

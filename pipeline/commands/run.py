@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline import __version__, exits, options
+from pipeline import exits, options
 from pipeline.commands.learn import RunLengths, eta_model, learn
 from pipeline.commands.progress import Progress
 from pipeline.engines.base import KINDS, EngineSpec, Result
@@ -57,6 +57,7 @@ from pipeline.verdicts.judge import mark
 from pipeline.verdicts.preflight import Preflight, make_preflight, screened
 from pipeline.verdicts.repairs import RepairPolicy, Repairs
 from pipeline.verdicts.state import too_many_bad_rows
+from pipeline.version import __version__
 
 log = logging.getLogger("pipeline")
 RERUN = "committed output is kept; rerun the same command to finish"

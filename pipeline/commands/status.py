@@ -42,7 +42,9 @@ def job_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[
         "last_commit": max(stamps) if stamps else None,
         "attempts": len(attempts),
         "writer": holder,
-        "command": redact(last["command"]) if isinstance(last.get("command"), str) else None,  # older runs kept credentials
+        "command": redact(last["command"])
+        if isinstance(last.get("command"), str)
+        else None,  # older runs kept credentials
         "created": state.manifest.get("created"),
         **_eta(state, committed, last.get("rows_total")),
     }
@@ -94,4 +96,8 @@ def _verdicts(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _ago(stamp: str) -> str:
     seconds = max(0, int(time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))))
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min ago" if seconds >= 3600 else f"{seconds // 60} min {seconds % 60} s ago"
+    return (
+        f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
+        if seconds >= 3600
+        else f"{seconds // 60} min {seconds % 60} s ago"
+    )

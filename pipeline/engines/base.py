@@ -1,7 +1,8 @@
 """The engine boundary, types only: Requests in, Results out, and the kinds of engine with what
-each needs. Executors, workers and the runner know only this module.
+each needs. The pools (`local.py`, `ray.py`), the worker and the commands know an engine only
+through this module.
 
-An engine's code (`vllm_engine.py`, `fake_engine.py`) is imported by name inside an engine
+An engine's code (`vllm.py`, `fake.py`) is imported by name inside an engine
 worker process (`worker.make_engine`), so that `--help`, `validate` and `estimate` never pay for
 importing vLLM or torch, and this module imports no engine.
 """

@@ -2,7 +2,7 @@
 the request that killed one.
 
 The dispatch logic is transport-agnostic: a pool of workers (local processes here, Ray actors
-in `ray_pool.py`) exposes submit / wait / restart, and the `Dispatcher` feeds every worker
+in `ray.py`) exposes submit / wait / restart, and the `Dispatcher` feeds every worker
 up to its window of requests (and of image bytes: requests with images weigh their data: URIs) as
 results come back, so a slow engine never holds the others.
 """
@@ -162,7 +162,7 @@ class Dispatcher:
                 break
             if self._owe(i, nxt):
                 continue
-            # past the window only to finish a prefix group (schedule.py): one engine computes its prefix
+            # past the window only to finish a prefix group (intake/order.py): one engine computes its prefix
             if full and not (nxt.group and batch and nxt.group == batch[-1].group):
                 self._ahead = nxt
                 break

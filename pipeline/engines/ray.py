@@ -84,7 +84,7 @@ class EngineActor:
 
 
 class RayPool:
-    """The Pool protocol (see executor.py) over Ray actors."""
+    """The Pool protocol (dispatcher.py) over Ray actors."""
 
     def __init__(self, spec: EngineSpec, address: str | None, tensor_parallel: int, data_parallel: int | None):
         self.spec = spec

@@ -22,9 +22,9 @@ each member's error row. The report's `identical` block says how many rows went 
 requests, how many requests carried them and the prompt tokens sent once instead of per row.
 
 Bounded memory: at most `window` requests, and `window_bytes` of their images' data, are held
-back waiting for identical ones (the oldest group is sent first when the window is full; every group at the end of the stream). Prefix and
-sorted order put identical prompts side by side; in input order, copies further apart than
-the window are sent in separate requests.
+back waiting for identical ones (the oldest group is sent first when the window is full; every
+group at the end of the stream). Prefix and sorted order put identical prompts side by side; in
+input order, copies further apart than the window are sent in separate requests.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ class VLLMEngine:
 
     def _refusal(self, e: Exception, field: str = "messages", req: Request | None = None) -> Problem:
         """vLLM's refusal of a prompt, in our words: a prompt over the context gets the same
-        verdict (and message) that `estimate` and `validate` give it (chat_render.py); one over
+        verdict (and message) that `estimate` and `validate` give it (models/render.py); one over
         the model's own image limit intake's too_many_images, naming the first image over it."""
         message = _first_line(e)
         images = _IMAGE_LIMIT.search(message)

@@ -72,8 +72,12 @@ def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | Fai
             payload = urls[param].partition(",")[2]
             total += len(payload) * 3 // 4 - payload[-2:].count("=")  # the image's bytes
             if total > policy.bytes_per_request:
-                raise Invalid("image_too_large", f"the request's images up to {param} are over {policy.bytes_per_request:,} "
-                              "bytes together. Hint: split the request or raise --image-bytes-per-request", param)
+                raise Invalid(
+                    "image_too_large",
+                    f"the request's images up to {param} are over {policy.bytes_per_request:,} "
+                    "bytes together. Hint: split the request or raise --image-bytes-per-request",
+                    param,
+                )
     except Invalid as e:
         return _failed(item, e)
     except MemoryError:
@@ -94,7 +98,10 @@ def _refuse(parts: list[tuple[str, dict]], policy: ImagePolicy) -> None:
 
         raise Invalid("unsupported_content", f"{param} is an image, and {policy.model} is a text-only model; "
                       f"use a vision-language model, e.g. {EXAMPLES}", param)
-    for limit, option in ((policy.limit, "--limit-mm-per-prompt image=N"), (policy.per_request, "--images-per-request")):
+    for limit, option in (
+        (policy.limit, "--limit-mm-per-prompt image=N"),
+        (policy.per_request, "--images-per-request"),
+    ):
         if limit is not None and len(parts) > limit:
             from pipeline.models.vision import too_many_images
 
@@ -106,7 +113,9 @@ def _with_urls(messages: list[dict[str, Any]], urls: dict[str, str]) -> list[dic
     out = []
     for i, msg in enumerate(messages):
         content = msg.get("content")
-        if isinstance(content, list) and any(f"messages[{i}].content[{j}].image_url" in urls for j in range(len(content))):
+        if isinstance(content, list) and any(
+            f"messages[{i}].content[{j}].image_url" in urls for j in range(len(content))
+        ):
             content = [{**p, "image_url": {**p["image_url"], "url": urls[f"messages[{i}].content[{j}].image_url"]}}
                        if p.get("type") == "image_url" else p for j, p in enumerate(content)]
             msg = {**msg, "content": content}

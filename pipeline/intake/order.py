@@ -13,11 +13,12 @@ side by side, at every depth (the order of a trie walk). Error rows come first (
 
 prefix (and auto when it groups; BucketOrder): the first `buffer` requests are sorted and sent at
 once, so the engines start on them within one buffer's reading, whatever the input's size. Their
-keys also set the bounds of up to BUCKETS key ranges (at most a quarter of the open files limit) (even steps through their distinct keys:
-a sample of the input's keys). Every later request is keyed as read and spilled, SPILL_BATCH at
-a time, to its range's temporary file (pickle; no name on disk, so a killed run leaves none; a
-full disk stops the run resumably: StorageError, exit 3). Once the input ends, the ranges are
-sent in key order, each read back and sorted in memory (a range past `buffer` requests or
+keys also set the bounds of up to BUCKETS key ranges (at most a quarter of the open files limit)
+(even steps through their distinct keys: a sample of the input's keys). Every later request is keyed
+as read and spilled, SPILL_BATCH at a time, to its range's temporary file (pickle; no name on disk,
+so a killed run leaves none; a full disk stops the run resumably: StorageError, exit 3). Once the
+input ends, the ranges are sent in key order, each read back and sorted in memory (a range past
+`buffer` requests or
 `buffer_bytes` of images is sorted in runs of that size and merged), its file closed once read.
 Past the first buffer the order is exactly the full sort's, so a prefix's requests meet however
 far apart the input has them; only the requests of the first buffer are sent apart from the rest

@@ -112,7 +112,8 @@ def _broken(file: InputFile, line: int, e: Exception, digest: str | None = None)
 
 def read_rows(file: InputFile, found: Scan | None = None, *,
               max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, raw: bool = False,
-              start: FileStart | None = None, mark: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, Any]]:
+              start: FileStart | None = None,
+              mark: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, Any]]:
     """(line, decoded row or Problem) for every non-blank line, Parquet row or CSV record (its
     line is the record's number, the header not counted) of a file. `raw`: Parquet rows as their
     columns, nulls kept (template jobs), not read as requests. `start`: a resumed run's start

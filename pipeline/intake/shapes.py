@@ -184,7 +184,8 @@ def _provider_shape(provider: Provider) -> Shape:
 # The lines of every provider that holds its request in a field of its own (Anthropic, Gemini).
 PROVIDER_SHAPES = tuple(_provider_shape(p) for p in PROVIDERS.values() if p.request_field is not None)
 BARE = Shape("body", lambda row: True, _bare_body, "chat request bodies ({custom_id, model, messages, ...})")
-SHAPES = (RESPONSES, *ENDPOINT_SHAPES, OPENAI_BATCH, TOGETHER, *PROVIDER_SHAPES, BARE)  # detection order: the first that matches
+# detection order: the first that matches
+SHAPES = (RESPONSES, *ENDPOINT_SHAPES, OPENAI_BATCH, TOGETHER, *PROVIDER_SHAPES, BARE)
 SHAPES_BY_NAME = {s.name: s for s in SHAPES}
 
 

@@ -56,8 +56,12 @@ class InputFile:
         if by_content:
             return {"file": self.location.name, "key": f"content:{self.location.name}", "size": self.size,
                     "version": None}
-        out = {"file": self.display, "key": hashlib.sha256(self.identity.encode("utf-8", "surrogateescape")).hexdigest()[:20],
-               "size": self.size, "version": self.version}
+        out = {
+            "file": self.display,
+            "key": hashlib.sha256(self.identity.encode("utf-8", "surrogateescape")).hexdigest()[:20],
+            "size": self.size,
+            "version": self.version,
+        }
         if digest is not None:
             out["sha256"] = digest
         return out

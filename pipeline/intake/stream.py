@@ -20,7 +20,8 @@ def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: Templa
                    max_line_bytes: int, layout: Layout | None = None,
                    limit: Limit = FULL, images: ImagePolicy | None = None,
                    skip: Callable[[Request | FailedRequest], bool] | None = None,
-                   resume: Resume | None = None, positions: Positions | None = None) -> Iterator[Request | FailedRequest]:
+                   resume: Resume | None = None,
+                   positions: Positions | None = None) -> Iterator[Request | FailedRequest]:
     """Every input row as a Request or FailedRequest: the one stream `validate`, `estimate` and `run`
     read (request files as they are, table rows through the templates); with `limit`, only the
     rows a trial takes (limit.py); less those `skip` says (a resumed run's committed rows), before
@@ -61,4 +62,5 @@ def trial_keys(trial: dict[str, Any] | None, files: Sequence[InputFile], scans, 
     these inputs; None for a full run."""
     if not trial:
         return None
-    return Limit.of(trial["limit"], trial.get("sample_seed")).chosen(row_keys(files, scans, max_line_bytes=max_line_bytes))
+    keys = row_keys(files, scans, max_line_bytes=max_line_bytes)
+    return Limit.of(trial["limit"], trial.get("sample_seed")).chosen(keys)

@@ -120,8 +120,9 @@ class TemplateSpec:
         allowed = BODY_FIELDS - {"messages", "response_format", "model"}
         for key in [*sample, *sample_column]:
             if key not in allowed:
+                other = {"stream", "stream_options", "store", "metadata", "service_tier", "parallel_tool_calls"}
                 raise UserError(f"--sample/--sample-column {key}: not a sampling field of a chat request "
-                                 f"(one of {', '.join(sorted(allowed - {'stream', 'stream_options', 'store', 'metadata', 'service_tier', 'parallel_tool_calls'}))})")
+                                f"(one of {', '.join(sorted(allowed - other))})")
         schema = fmt = None
         if values.get("response_schema"):
             path = Path(values["response_schema"]).expanduser()
@@ -139,7 +140,8 @@ class TemplateSpec:
                             "return the whole list of messages from it")
         spec = cls(
             user=user if callable(user) else _text_or_file(user, "--template-user"),
-            system=_text_or_file(values["template_system"], "--template-system") if values.get("template_system") else None,
+            system=(_text_or_file(values["template_system"], "--template-system")
+                    if values.get("template_system") else None),
             turns=_text_or_file(values["template_turns"], "--template-turns") if values.get("template_turns") else None,
             sample=sample, sample_column=sample_column, response_schema=schema, response_format=fmt,
             id_column=values.get("id_column") or None, carry=tuple(values.get("carry") or ()),

@@ -30,7 +30,9 @@ class Price:
         counts them) and cost the reasoning price where there is one, else the output price."""
         thinking = min(reasoning_tokens or 0, completion_tokens)
         per_thought = self.output if self.reasoning is None else self.reasoning
-        return (prompt_tokens * self.input + (completion_tokens - thinking) * self.output + thinking * per_thought) / 1e6
+        return (
+            prompt_tokens * self.input + (completion_tokens - thinking) * self.output + thinking * per_thought
+        ) / 1e6
 
 
 @cache

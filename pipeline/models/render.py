@@ -66,7 +66,9 @@ def conversation(messages: list[dict[str, Any]], content_format: str = "string",
     for m in messages:
         role = m["role"]
         texts = _texts(m.get("content"), role)
-        content: Any = "\n".join([image_token] * sum(t is None for t, _ in texts) + [t for t, _ in texts if t is not None])
+        content: Any = "\n".join(
+            [image_token] * sum(t is None for t, _ in texts) + [t for t, _ in texts if t is not None]
+        )
         if content_format == "openai" and role != "tool":
             content = [{"type": "image"} if t is None else {"type": "text", "text": t, **extra} for t, extra in texts]
         msg: dict[str, Any] = {"role": role, "content": content}
@@ -97,8 +99,12 @@ def _texts(content: Any, role: str) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(content, str):
         parts = [(content, {})]
     else:
-        parts = [(None, {}) if p["type"] == "image_url" else (p["text"], {k: v for k, v in p.items() if k not in ("type", "text")})
-                 for p in content]
+        parts = [
+            (None, {})
+            if p["type"] == "image_url"
+            else (p["text"], {k: v for k, v in p.items() if k not in ("type", "text")})
+            for p in content
+        ]
     if role != "system":
         return parts
     kept = []  # vLLM drops this per-request header line from system prompts, for the prefix cache

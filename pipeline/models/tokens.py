@@ -1,6 +1,6 @@
 """Prompt tokens exactly as vLLM 0.32 counts them for a chat request, without vLLM.
 
-`LLM.chat` / `LLM.enqueue_chat` (what `vllm_engine.py` calls) turn a conversation into prompt
+`LLM.chat` / `LLM.enqueue_chat` (what `engines/vllm.py` calls) turn a conversation into prompt
 token ids in three steps, repeated here with transformers and jinja2 only (imported lazily, so
 that `estimate` starts fast and runs where vLLM and torch are not installed):
 
@@ -226,7 +226,9 @@ class PromptCounter:
         if self._mm is None:
             from transformers import AutoProcessor
 
-            self._mm = AutoProcessor.from_pretrained(resolve_model(self.model), trust_remote_code=self.trust_remote_code)
+            self._mm = AutoProcessor.from_pretrained(
+                resolve_model(self.model), trust_remote_code=self.trust_remote_code
+            )
         return self._mm
 
     def _image_ids(self, text: str, urls: list[str]) -> array:

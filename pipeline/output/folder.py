@@ -472,9 +472,11 @@ def _json(data: bytes, loc: Location, valid) -> dict[str, Any]:
         raise OutputConflict(f"{loc.display} is not valid JSON: the output folder was changed by "
                              "something else. Hint: move it away, or use another --output folder") from None
     if not isinstance(value, dict) or not valid(value):
-        raise OutputConflict(f"{loc.display} is not {'a JSON object' if not isinstance(value, dict) else 'as this tool writes it'}: "
-                             "the output folder was changed by something else. Hint: move it away, or "
-                             "use another --output folder")
+        raise OutputConflict(
+            f"{loc.display} is not {'a JSON object' if not isinstance(value, dict) else 'as this tool writes it'}: "
+            "the output folder was changed by something else. Hint: move it away, or "
+            "use another --output folder"
+        )
     return value
 
 

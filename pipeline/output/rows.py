@@ -121,7 +121,9 @@ def dataset_rows(row: dict[str, Any], item: Request | FailedRequest, layout) -> 
     for one in rows:
         if layout.response_schema is not None:
             values, problem = (None, None)
-            if one["error"] is None and thinking_cut(one.get("reasoning_content"), one["content"], one["finish_reason"]):
+            if one["error"] is None and thinking_cut(
+                one.get("reasoning_content"), one["content"], one["finish_reason"]
+            ):
                 problem = (f"{THINKING_CUT}: no answer to parse: the thinking used all of max_tokens "
                            "(raise max_tokens or set thinking_token_budget)")
             elif one["error"] is None:

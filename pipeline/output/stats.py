@@ -37,7 +37,8 @@ def part_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             stats["failed"] += 1
             codes[r["error"]["code"]] += 1
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "images", "reasoning_tokens"):
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "images",
+                    "reasoning_tokens"):
             stats[key] += r.get(key) or 0
         cost += r["estimated_cost"] or 0.0
         for w in r["warnings"] or ():
@@ -79,7 +80,8 @@ def total_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 def thinking_text(reasoning: int, completion: int) -> str:
     """Completion tokens split into thinking and answer, for summaries and status."""
-    return (f"of {completion:,} tokens out: {reasoning:,} thinking ({share(reasoning / completion) if completion else '-'}), "
+    thinking = share(reasoning / completion) if completion else "-"
+    return (f"of {completion:,} tokens out: {reasoning:,} thinking ({thinking}), "
             f"{completion - reasoning:,} answer")
 
 
@@ -124,6 +126,7 @@ def estimate_text(e: dict[str, Any]) -> str:
     """The estimate made for the job (estimate --sample-run, commands/learn.py) beside what the run produced."""
     t, took = e["completion_tokens"], e.get("seconds_expected")
     where = "inside" if t["inside"] else "outside"
-    return (f"estimated ({e['made']}): {t['expected']:,.0f} completion tokens, 90% {t['low']:,.0f} to {t['high']:,.0f}; "
+    return (f"estimated ({e['made']}): {t['expected']:,.0f} completion tokens, "
+            f"90% {t['low']:,.0f} to {t['high']:,.0f}; "
             f"the job produced {t['actual']:,} ({where} the interval)"
             + (f"; {duration(took)} expected, this run took {duration(e['wall_seconds'])}" if took else ""))

@@ -36,7 +36,8 @@ MEDIA_NOTE = "images are taken in user messages; documents and files are not sup
 
 def anthropic_body(params: Any, warnings: list[str]) -> dict[str, Any]:
     if not isinstance(params, dict):
-        raise Invalid("invalid_row", f"params must be an object (a Messages API request), got {kind_of(params)}", "params")
+        raise Invalid("invalid_row", f"params must be an object (a Messages API request), got {kind_of(params)}",
+                      "params")
     body: dict[str, Any] = {}
     for ours, theirs in (("model", "model"), ("max_tokens", "max_tokens"), ("temperature", "temperature"),
                          ("top_p", "top_p"), ("top_k", "top_k"), ("stop", "stop_sequences"),
@@ -46,7 +47,8 @@ def anthropic_body(params: Any, warnings: list[str]) -> dict[str, Any]:
     for name, what in (("mcp_servers", "MCP servers are reached by Anthropic's servers"),
                        ("container", "code execution containers live on Anthropic's servers")):
         if params.get(name):
-            raise Invalid("unsupported_parameter", f"params.{name} cannot run here: {what}; remove it", f"params.{name}")
+            raise Invalid("unsupported_parameter", f"params.{name} cannot run here: {what}; remove it",
+                          f"params.{name}")
     thinking = params.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") not in (None, "disabled"):
         raise Invalid("unsupported_parameter", "params.thinking (extended thinking with a token budget) is a "
@@ -54,7 +56,8 @@ def anthropic_body(params: Any, warnings: list[str]) -> dict[str, Any]:
     metadata = params.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict):
-            raise Invalid("invalid_parameter", "params.metadata must be an object such as {\"user_id\": ...}", "params.metadata")
+            raise Invalid("invalid_parameter", "params.metadata must be an object such as {\"user_id\": ...}",
+                          "params.metadata")
         if metadata.get("user_id") is not None:
             body["user"] = metadata["user_id"]
     messages: list[dict[str, Any]] = []
@@ -62,8 +65,8 @@ def anthropic_body(params: Any, warnings: list[str]) -> dict[str, Any]:
         messages.append({"role": "system", "content": _anthropic_text(params["system"], "params.system")})
     raw = params.get("messages")
     if raw is None:
-        raise Invalid("invalid_messages", "params.messages is missing: a Messages API request needs at least one message",
-                      "params.messages")
+        raise Invalid("invalid_messages", "params.messages is missing: a Messages API request needs at least one "
+                      "message", "params.messages")
     if not isinstance(raw, list) or not raw:
         raise Invalid("invalid_messages", "params.messages must be a non-empty list of messages", "params.messages")
     for i, msg in enumerate(raw):
@@ -93,7 +96,8 @@ def _anthropic_text(value: Any, where: str) -> Any:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise Invalid("invalid_messages", f"{where} must be a string or a list of text blocks, got {kind_of(value)}", where)
+        raise Invalid("invalid_messages", f"{where} must be a string or a list of text blocks, got {kind_of(value)}",
+                      where)
     parts = []
     for j, block in enumerate(value):
         btype = block.get("type") if isinstance(block, dict) else None
@@ -101,8 +105,8 @@ def _anthropic_text(value: Any, where: str) -> Any:
             raise Invalid("unsupported_content", f"{where}[{j}] is a block of type {_name(btype)}: {MEDIA_NOTE} "
                           "(not in tool results or system prompts)", f"{where}[{j}]")
         if btype != "text" or not isinstance(block.get("text"), str):
-            raise Invalid("invalid_messages", f"{where}[{j}] must be a text block {{\"type\": \"text\", \"text\": ...}}, "
-                          f"got {_name(btype)}", f"{where}[{j}]")
+            raise Invalid("invalid_messages", f"{where}[{j}] must be a text block "
+                          f"{{\"type\": \"text\", \"text\": ...}}, got {_name(btype)}", f"{where}[{j}]")
         parts.append({"type": "text", "text": block["text"]})
     if not parts:
         return ""
@@ -120,7 +124,7 @@ def _anthropic_message(msg: Any, where: str, warnings: list[str]) -> list[dict[s
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise Invalid("invalid_messages", f"{where}.content must be a string or a list of content blocks", f"{where}.content")
+        raise Invalid("invalid_messages", f"{where}.content must be a string or a list of content blocks", f"{where}.content")  # noqa: E501 (a 60-line function)
     out: list[dict[str, Any]] = []
     texts: list[dict[str, Any]] | None = None  # the text parts of the message being built
     calls: list[dict[str, Any]] = []
@@ -152,11 +156,11 @@ def _anthropic_message(msg: Any, where: str, warnings: list[str]) -> list[dict[s
         elif btype in ANTHROPIC_MEDIA:
             raise Invalid("unsupported_content", f"{at} is a block of type {_name(btype)}: {MEDIA_NOTE}", at)
         elif btype in ("tool_use", "tool_result"):
-            raise Invalid("invalid_messages", f"{at}: a {btype} block belongs in {'an assistant' if btype == 'tool_use' else 'a user'} "
-                          "message", at)
+            raise Invalid("invalid_messages", f"{at}: a {btype} block belongs in "
+                          f"{'an assistant' if btype == 'tool_use' else 'a user'} message", at)
         elif isinstance(btype, str) and ("tool" in btype or btype.endswith("_result")):
-            raise Invalid("unsupported_content", f"{at} is a block of type {_name(btype)}, from a tool that runs on Anthropic's "
-                          "servers; it has no equivalent here", at)
+            raise Invalid("unsupported_content", f"{at} is a block of type {_name(btype)}, from a tool that runs on "
+                          "Anthropic's servers; it has no equivalent here", at)
         else:
             raise Invalid("invalid_messages", f"{at} is {_name(btype)}; the blocks accepted are text, tool_use "
                           "(assistant) and tool_result (user)", at)

@@ -55,7 +55,8 @@ def _camel_keys(obj: Any) -> Any:
 
 def gemini_body(request: Any, warnings: list[str]) -> dict[str, Any]:
     if not isinstance(request, dict):
-        raise Invalid("invalid_row", f"request must be an object (a GenerateContentRequest), got {kind_of(request)}", "request")
+        raise Invalid("invalid_row", f"request must be an object (a GenerateContentRequest), got {kind_of(request)}",
+                      "request")
     request = _camel_keys(request)
     body: dict[str, Any] = {}
     if request.get("model") is not None:
@@ -109,7 +110,8 @@ def _gemini_text(content: Any, where: str) -> Any:
             raise Invalid("unsupported_content", f"{where}.parts[{j}] is an inline or file data part (image, audio, "
                           "video or document): this text model takes text parts only", f"{where}.parts[{j}]")
         if not isinstance(part, dict) or not isinstance(part.get("text"), str):
-            raise Invalid("invalid_messages", f"{where}.parts[{j}] must be a text part {{\"text\": ...}}", f"{where}.parts[{j}]")
+            raise Invalid("invalid_messages", f"{where}.parts[{j}] must be a text part {{\"text\": ...}}",
+                          f"{where}.parts[{j}]")
         texts.append({"type": "text", "text": part["text"]})
     return _parts(texts) if texts else ""
 
@@ -220,8 +222,8 @@ def _gemini_config(config: dict[str, Any], body: dict[str, Any]) -> None:
         body["response_format"] = ({"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
                                    if schema is not None else {"type": "json_object"})
     else:
-        raise Invalid("unsupported_parameter", f"generationConfig.responseMimeType {_name(mime)} cannot be produced here; "
-                      "text/plain and application/json can", "request.generationConfig.responseMimeType")
+        raise Invalid("unsupported_parameter", f"generationConfig.responseMimeType {_name(mime)} cannot be produced "
+                      "here; text/plain and application/json can", "request.generationConfig.responseMimeType")
     for key in config:
         if key not in GENERATION_HANDLED and config[key] is not None:
             body[f"generationConfig.{key}"] = config[key]
@@ -265,11 +267,13 @@ def _gemini_tools(tools: Any) -> list[dict[str, Any]]:
                           "Google's servers; only functionDeclarations can be called here", at)
         decls = tool.get("functionDeclarations")
         if not isinstance(decls, list):
-            raise Invalid("invalid_parameter", f"{at}.functionDeclarations must be a list", f"{at}.functionDeclarations")
+            raise Invalid("invalid_parameter", f"{at}.functionDeclarations must be a list",
+                          f"{at}.functionDeclarations")
         for k, decl in enumerate(decls):
             decl = _camel_keys(decl)
             if not isinstance(decl, dict):
-                raise Invalid("invalid_parameter", f"{at}.functionDeclarations[{k}] must be an object", f"{at}.functionDeclarations[{k}]")
+                raise Invalid("invalid_parameter", f"{at}.functionDeclarations[{k}] must be an object",
+                              f"{at}.functionDeclarations[{k}]")
             fn: dict[str, Any] = {"name": decl.get("name")}
             if decl.get("description") is not None:
                 fn["description"] = decl["description"]
@@ -291,7 +295,8 @@ def _gemini_tool_config(config: Any, body: dict[str, Any]) -> None:
         body["tool_choice"] = "auto"
     elif mode == "NONE":
         body["tool_choice"] = "none"
-    elif mode in ("ANY", "VALIDATED") and isinstance(allowed, list) and len(allowed) == 1 and isinstance(allowed[0], str):
+    elif (mode in ("ANY", "VALIDATED") and isinstance(allowed, list) and len(allowed) == 1
+          and isinstance(allowed[0], str)):
         body["tool_choice"] = {"type": "function", "function": {"name": allowed[0]}}
     elif mode == "ANY":
         if isinstance(allowed, list) and allowed and isinstance(body.get("tools"), list):
@@ -349,7 +354,8 @@ def gemini_line(row: dict[str, Any]) -> dict[str, Any]:
         usage["thoughtsTokenCount"] = thoughts
     if row.get("cached_tokens"):
         usage["cachedContentTokenCount"] = row["cached_tokens"]
-    line["response"] = {"candidates": candidates, "usageMetadata": with_images(usage, row, IMAGE_FIELD), "modelVersion": _model(row)}
+    line["response"] = {"candidates": candidates, "usageMetadata": with_images(usage, row, IMAGE_FIELD),
+                        "modelVersion": _model(row)}
     return line
 
 

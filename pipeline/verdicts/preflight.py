@@ -108,8 +108,11 @@ def failed_text(described: dict[str, Any] | None) -> list[str]:
 
 
 def regex_text(c: dict[str, Any]) -> str:
-    return (f"--check-regex {c['name']!r} failed preflight with the engine's structured-output backend (xgrammar): "
-            f"{c['error'].rstrip('.')}; the check still runs with Python's re, but the engine could not enforce this pattern")
+    return (
+        f"--check-regex {c['name']!r} failed preflight with the engine's structured-output backend (xgrammar): "
+        f"{c['error'].rstrip('.')}; the check still runs with Python's re, but the engine could not enforce this "
+        "pattern"
+    )
 
 
 class Preflight:

@@ -183,8 +183,11 @@ def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,
     if verdict in TURN_VERDICTS and ENDPOINTS[req.endpoint].converses:
         said = row.get("content") or (json.dumps(row["tool_calls"]) if row.get("tool_calls") else "")
         answer = {"role": "assistant", "content": said}
-        turn = {"role": "user", "content": f"That answer cannot be used ({verdict}: {row.get('verdict_message')}). "
-                                           "Answer the request again, correcting exactly that, in the format asked for."}
+        turn = {
+            "role": "user",
+            "content": f"That answer cannot be used ({verdict}: {row.get('verdict_message')}). "
+            "Answer the request again, correcting exactly that, in the format asked for.",
+        }
         new, what = replace(req, messages=[*req.messages, answer, turn]), f"repair turn quoting the {verdict}"
         if policy.json_check and verdict in JSON_VERDICTS and req.response_format is None and not req.tools:
             new, what = replace(new, response_format={"type": "json_object"}), f"{what}, with a JSON grammar"

@@ -24,8 +24,8 @@ def docs_questions(path, docs=12, questions=6):
 
 def report_of(tmp_path, src, order):
     out = tmp_path / order
-    res = invoke("run", src, "-o", out, *FAKE, "--order", order, "--engine-option", "prefix_cache_blocks=16", "--engine-option", "step_delay=0.05",
-                 "--max-in-flight", "4")
+    res = invoke("run", src, "-o", out, *FAKE, "--order", order, "--engine-option", "prefix_cache_blocks=16",
+                 "--engine-option", "step_delay=0.05", "--max-in-flight", "4")
     assert res.exit_code == 0, res.output
     return json.loads((out / "_report.json").read_text())
 

@@ -186,7 +186,8 @@ def test_engine_args_come_from_the_option_table():
 
     assert {"dtype", "max_num_seqs", "tensor_parallel_size", "enable_prefix_caching"} <= set(options.ENGINE_ARGS)
     assert "engine_arg" in options.OUTPUT_OPTIONS and "checkpoint_every" not in options.OUTPUT_OPTIONS
-    cfg = RunConfig(inputs=("x",), output="o", model="m", max_num_seqs=8, engine_arg={"max_num_seqs": 4, "block_size": 16})
+    cfg = RunConfig(inputs=("x",), output="o", model="m", max_num_seqs=8,
+                    engine_arg={"max_num_seqs": 4, "block_size": 16})
     assert cfg.engine_args() == {"max_num_seqs": 4, "block_size": 16, "trust_remote_code": False}
 
 
@@ -209,8 +210,10 @@ def test_openai_format_with_n_and_tool_calls(tmp_path):
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
     req = parse_row(chat_line("t", "weather in Paris?", tools=[tool], n=2), source=source("f"), line=1, ctx=Context())
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-    result = Result(0, [{"index": 0, "content": None, "tool_calls": [call], "finish_reason": "tool_calls", "logprobs": None},
-                        {"index": 1, "content": "sunny", "tool_calls": None, "finish_reason": "stop", "logprobs": None}],
+    result = Result(0, [{"index": 0, "content": None, "tool_calls": [call], "finish_reason": "tool_calls",
+                         "logprobs": None},
+                        {"index": 1, "content": "sunny", "tool_calls": None, "finish_reason": "stop",
+                         "logprobs": None}],
                     12, 7, 0)
     out = openai_line(result_row(req, result, "m", None))
     first, second = out["response"]["body"]["choices"]

@@ -17,7 +17,8 @@ def job_file(tmp_path, rows=40):
     row's own: no two rows are identical requests, which would go as one request with n
     (engines/sampled.py) where these tests count the engine's requests."""
     return write_jsonl(tmp_path / "in.jsonl", [
-        chat_line(f"r{i}", " ".join(["word"] * (i % 13) + [f"w{i}"]), max_tokens=8 if i % 4 else 64) for i in range(rows)])
+        chat_line(f"r{i}", " ".join(["word"] * (i % 13) + [f"w{i}"]), max_tokens=8 if i % 4 else 64)
+        for i in range(rows)])
 
 
 def estimate(*args):

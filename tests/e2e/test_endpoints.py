@@ -93,7 +93,9 @@ def test_a_folder_mixing_chat_and_embeddings_is_refused(tmp_path, embeddings_fil
     write_jsonl(tmp_path / "in" / "chat.jsonl", [chat_line("c", "hi")])
     res = invoke("run", tmp_path / "in", "-o", tmp_path / "out", *FAKE)
     assert res.exit_code != 0
-    assert "these inputs mix generative (chat, completions) and pooling (embeddings, score, rerank) requests" in res.output
+    assert (
+        "these inputs mix generative (chat, completions) and pooling (embeddings, score, rerank) requests" in res.output
+    )
     assert "one run serves one model" in res.output
     assert not (tmp_path / "out").exists()
 
@@ -131,7 +133,9 @@ def test_estimate_counts_embedding_input_tokens_exactly(tmp_path, embeddings_fil
 
     from pipeline.models.names import resolve_model
 
-    res = invoke("estimate", embeddings_file, "-m", "smollm2", "--rows-file", tmp_path / "rows.parquet", "--workers", "1")
+    res = invoke(
+        "estimate", embeddings_file, "-m", "smollm2", "--rows-file", tmp_path / "rows.parquet", "--workers", "1"
+    )
     assert res.exit_code == 0, res.output
     rows = {r["custom_id"]: r for r in pl.read_parquet(tmp_path / "rows.parquet").to_dicts()}
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2"))

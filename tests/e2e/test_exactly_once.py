@@ -395,7 +395,10 @@ def test_per_checkpoint_work_stays_bounded(tmp_path):
     assert len(records) == 60 and max(r.stat().st_size for r in records) < 2000
     assert manifest_size < 4000
     report = json.loads((out / "_report.json").read_text())
-    assert list(report["warnings"]) == ["unknown field(s) ignored"] and report["warnings"]["unknown field(s) ignored"] == 60
+    assert (
+        list(report["warnings"]) == ["unknown field(s) ignored"]
+        and report["warnings"]["unknown field(s) ignored"] == 60
+    )
 
 
 def test_parquet_input_with_integral_floats(tmp_path):
@@ -467,7 +470,9 @@ def test_file_name_that_is_not_utf8(tmp_path):
 
 
 def test_validate_counts_unknown_fields_within_bounds(tmp_path):
-    rows = [{**chat_line(f"r{i}", "x"), "body": {**chat_line(f"r{i}", "x")["body"], f"field_{i}": 1}} for i in range(1500)]
+    rows = [
+        {**chat_line(f"r{i}", "x"), "body": {**chat_line(f"r{i}", "x")["body"], f"field_{i}": 1}} for i in range(1500)
+    ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     res = invoke("validate", src)
     assert res.exit_code == 0 and "(+980 more names)" in res.output
@@ -634,7 +639,11 @@ def test_a_fifo_or_a_link_loop_in_an_input_folder_is_an_error_row_not_a_hang(tmp
 def free_pid():
     """A pid that no process outside a new pid namespace has now."""
     limit = int(Path("/proc/sys/kernel/pid_max").read_text())
-    return next(p for p in range(limit - 200, 300, -1) if not Path(f"/proc/{p}").exists() and not Path(f"/proc/{p + 1}").exists())
+    return next(
+        p
+        for p in range(limit - 200, 300, -1)
+        if not Path(f"/proc/{p}").exists() and not Path(f"/proc/{p + 1}").exists()
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")

@@ -29,7 +29,10 @@ def vlm():
 
 
 def chat(custom_id, *urls):
-    content = [{"type": "text", "text": "What is this?"}, *({"type": "image_url", "image_url": {"url": u}} for u in urls)]
+    content = [
+        {"type": "text", "text": "What is this?"},
+        *({"type": "image_url", "image_url": {"url": u}} for u in urls),
+    ]
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
             "body": {"messages": [{"role": "user", "content": content}], "max_tokens": 4}}
 
@@ -149,7 +152,9 @@ def test_only_regular_files_inside_the_allowed_folder_are_read_and_failures_look
     assert set(refused) == {"secret", "secret-url", "missing", "fifo", "folder", "escape", "dotdot", "device"}
     assert {e["code"] for e in refused.values()} == {"image_not_allowed"}
     # one message whatever the cause, the URL aside: a request cannot learn whether a file exists
-    urls = {r["custom_id"]: r["body"]["messages"][0]["content"][1]["image_url"]["url"] for r in local_rows(allowed, outside)}
+    urls = {
+        r["custom_id"]: r["body"]["messages"][0]["content"][1]["image_url"]["url"] for r in local_rows(allowed, outside)
+    }
     shapes = {e["message"].replace(urls[k], "URL") for k, e in refused.items()}
     assert shapes == {"messages[0].content[1].image_url: the local file URL is not a readable regular file under "
                       f"--allowed-local-media-path {allowed.resolve()}"}
@@ -197,9 +202,13 @@ def test_the_jobs_credentials_never_reach_a_host_a_request_names(tmp_path, serve
 
 
 def test_private_addresses_are_refused_unless_allowed_and_nothing_is_fetched(tmp_path, server, vlm):
-    rows = [chat("loopback", f"{server.base}/img/a.png"), chat("localhost", server.base.replace("127.0.0.1", "localhost") + "/img/b.png"),
-            chat("metadata", "http://169.254.169.254/latest/meta-data/"), chat("s3", "s3://bucket/cat.png"),
-            chat("mem", "memory://x/cat.png")]
+    rows = [
+        chat("loopback", f"{server.base}/img/a.png"),
+        chat("localhost", server.base.replace("127.0.0.1", "localhost") + "/img/b.png"),
+        chat("metadata", "http://169.254.169.254/latest/meta-data/"),
+        chat("s3", "s3://bucket/cat.png"),
+        chat("mem", "memory://x/cat.png"),
+    ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     for command in (["validate", src, "-m", vlm], ["estimate", src, "-m", vlm], ["run", src, "-o", tmp_path / "dry",
                     "--engine", "fake", "-m", vlm, "--dry-run"]):
@@ -209,7 +218,10 @@ def test_private_addresses_are_refused_unless_allowed_and_nothing_is_fetched(tmp
     assert gets(server) == []  # validate, estimate, the dry run and the run fetched nothing
     found = errors(tmp_path / "out")
     assert {k: e["code"] for k, e in found.items()} == dict.fromkeys(found, "image_not_allowed")
-    assert "non-public address 127.0.0.1" in found["loopback"]["message"] and "--allow-private-media" in found["loopback"]["message"]
+    assert (
+        "non-public address 127.0.0.1" in found["loopback"]["message"]
+        and "--allow-private-media" in found["loopback"]["message"]
+    )
     assert "non-public address 169.254.169.254" in found["metadata"]["message"]
     assert "--media-storage s3://BUCKET/PREFIX" in found["s3"]["message"]
     res = run(src, tmp_path / "out2", vlm, "--image-timeout", "2", *LOOPBACK)

@@ -45,7 +45,9 @@ def test_validate_estimate_dry_run_and_run_agree_on_every_row(tmp_path, name, ru
 
     res = invoke("estimate", src, *common, "--rows-file", tmp_path / "rows.parquet", "--workers", "1")
     assert res.exit_code == 0, res.output
-    estimated = {r["custom_id"]: (r["error"] or {}).get("code") for r in pl.read_parquet(tmp_path / "rows.parquet").to_dicts()}
+    estimated = {
+        r["custom_id"]: (r["error"] or {}).get("code") for r in pl.read_parquet(tmp_path / "rows.parquet").to_dicts()
+    }
 
     res = invoke("run", src, "-o", tmp_path / "dry", *common, "--dry-run")
     assert res.exit_code == 0, res.output

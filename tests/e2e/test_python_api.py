@@ -43,11 +43,14 @@ def test_every_option_of_the_table_is_a_keyword_argument_with_its_help():
         assert missing == [], f"{command}: {missing}"
         assert all(params[o.name].kind == inspect.Parameter.KEYWORD_ONLY for o in options.of(command))
         assert "max_n: Largest accepted `n`" in fn.__doc__
-    assert (REPO / "pipeline" / "api.pyi").read_text() == api.stub(), "regenerate: python -m pipeline.api > pipeline/api.pyi"
+    assert (REPO / "pipeline" / "api.pyi").read_text() == api.stub(), (
+        "regenerate: python -m pipeline.api > pipeline/api.pyi"
+    )
 
 
 def test_import_pipeline_stays_light():
-    code = "import sys, pipeline; print(sorted(m for m in ('pipeline.api', 'vllm', 'torch', 'polars') if m in sys.modules))"
+    code = ("import sys, pipeline; "
+            "print(sorted(m for m in ('pipeline.api', 'vllm', 'torch', 'polars') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
 

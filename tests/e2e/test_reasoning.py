@@ -96,7 +96,9 @@ def test_each_provider_carries_thinking_in_its_form(tmp_path):
     assert gemini["usageMetadata"]["thoughtsTokenCount"] == 6
     assert gemini["usageMetadata"]["candidatesTokenCount"] == row["completion_tokens"] - 6
     out = responses_line(row)["response"]["body"]
-    assert out["output"][0]["type"] == "reasoning" and out["output"][0]["content"][0]["text"] == row["reasoning_content"]
+    assert (
+        out["output"][0]["type"] == "reasoning" and out["output"][0]["content"][0]["text"] == row["reasoning_content"]
+    )
     assert out["usage"]["output_tokens_details"]["reasoning_tokens"] == 6
 
 

@@ -119,7 +119,11 @@ def test_a_kill_in_the_middle_of_repairs_resumes_them_once(tmp_path, sig):
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if sum(r["rows"] for r in committed_records(out)) and held_rows(out) and any(c in (2, 3) for c in sent(log).values()):
+        if (
+            sum(r["rows"] for r in committed_records(out))
+            and held_rows(out)
+            and any(c in (2, 3) for c in sent(log).values())
+        ):
             break  # rows committed, and others in the middle of their repairs, their attempts committed
         time.sleep(0.02)
     proc.send_signal(sig)
@@ -172,7 +176,9 @@ def test_a_json_check_repair_of_a_request_without_response_format_adds_the_json_
 
 
 def test_refused_rows_run_with_another_seed_and_a_turn_asking_for_the_answer(tmp_path):
-    src = write_jsonl(tmp_path / "in.jsonl", [chat_line("no", "I'm sorry, but I can't help with that.", max_tokens=100)])
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [chat_line("no", "I'm sorry, but I can't help with that.", max_tokens=100)]
+    )
     res = invoke("run", src, "-o", tmp_path / "out", *FAKE, "--repair", "refused")
     assert res.exit_code == 0, res.output
     row = rows_of(tmp_path / "out")["no"]

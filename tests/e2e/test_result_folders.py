@@ -157,10 +157,12 @@ def test_killed_runs_end_with_each_input_line_once_in_its_result_file(tmp_path, 
     root = tmp_path / "batches"
     for folder in ("eu", "us"):
         (root / folder).mkdir(parents=True)
-        write_jsonl(root / folder / "a.jsonl", [chat_line(f"{folder}-{i}", "hi", n=1 if i % 9 else 9) for i in range(60)])
+        write_jsonl(root / folder / "a.jsonl",
+                    [chat_line(f"{folder}-{i}", "hi", n=1 if i % 9 else 9) for i in range(60)])
     out, rng = tmp_path / "out", random.Random(5)
     command = [sys.executable, "-m", "pipeline", "run", str(root), "-o", str(out), *FAKE, "--format", fmt,
-               "--split-errors", "--checkpoint-every", "7", "--max-in-flight", "4", "--engine-option", "step_delay=0.01"]
+               "--split-errors", "--checkpoint-every", "7", "--max-in-flight", "4",
+               "--engine-option", "step_delay=0.01"]
     for _ in range(4):
         proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.5, 2.5))

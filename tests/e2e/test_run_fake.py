@@ -159,7 +159,9 @@ def test_kill_and_resume_exactly_once(tmp_path, first, then):
     assert 0 < len(committed) < n
     assert not (out / "_SUCCESS").exists()
     if first == "prefix":  # the order it sent them in is not the input's
-        assert [int(line[1:]) for line in log.read_text().split()] != sorted(int(line[1:]) for line in log.read_text().split())
+        assert [int(line[1:]) for line in log.read_text().split()] != sorted(
+            int(line[1:]) for line in log.read_text().split()
+        )
     log.write_text("")
     res = subprocess.run([*cmd, "--order", then], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -35,7 +35,10 @@ def test_nightly_wrapper_retries_only_incomplete_runs(tmp_path):
 def test_kubernetes_pod_failure_policy_matches_exit_codes():
     spec = yaml.safe_load((HERE / "k8s-cronjob.example.yaml").read_text())["spec"]["jobTemplate"]["spec"]
     rules = {r["action"]: set(r["onExitCodes"]["values"]) for r in spec["podFailurePolicy"]["rules"]}
-    assert rules == {"FailJob": {exits.ERROR, exits.USAGE, exits.ENGINE_START, exits.TOO_MANY_BAD_ROWS}, "Count": {exits.INCOMPLETE}}
+    assert rules == {
+        "FailJob": {exits.ERROR, exits.USAGE, exits.ENGINE_START, exits.TOO_MANY_BAD_ROWS},
+        "Count": {exits.INCOMPLETE},
+    }
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
 
 

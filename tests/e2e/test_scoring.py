@@ -74,12 +74,17 @@ def test_score_and_rerank_result_lines_are_vllms_responses(tmp_path, inputs):
     for results in (tmp_path / "out").glob("results/*.jsonl"):
         lines.update({x["custom_id"]: x for x in map(json.loads, results.read_text().splitlines())})
     body = lines["fan"]["response"]["body"]
-    assert body["object"] == "list" and [(d["index"], d["object"]) for d in body["data"]] == [(0, "score"), (1, "score")]
+    assert body["object"] == "list" and [(d["index"], d["object"]) for d in body["data"]] == [
+        (0, "score"),
+        (1, "score"),
+    ]
     assert body["data"][1]["score"] == pytest.approx(cosine("what is a cat", "a car"))
     # the fake engine is an embedding model: the query's words once, then each document's (as vLLM counts)
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == 4 + 3 + 2
     assert lines["top2"]["response"]["body"]["usage"]["prompt_tokens"] == 1 + 2 + 2 + 2
-    assert lines["one"]["response"]["body"]["data"][0]["score"] == pytest.approx(cosine("what is a cat", "a small feline"))
+    assert lines["one"]["response"]["body"]["data"][0]["score"] == pytest.approx(
+        cosine("what is a cat", "a small feline")
+    )
     rerank = lines["top2"]["response"]["body"]
     assert set(rerank) == {"id", "model", "usage", "results"} and len(rerank["results"]) == 2
     documents = ["dogs bark", "cats purr", "cars drive"]
@@ -157,7 +162,8 @@ def test_estimate_counts_the_query_once_then_each_document(tmp_path, inputs):
     assert rows["pairs"]["prompt_tokens"] == count("a", "b", "c", "d")  # a query per document: each counted
     assert rows["top2"]["completion_tokens_upper"] == 0
     per_token = rows["fan"]["cost_usd_expected"] / rows["fan"]["prompt_tokens"]
-    assert per_token > 0 and rows["top2"]["cost_usd_expected"] == pytest.approx(per_token * rows["top2"]["prompt_tokens"])
+    expected = per_token * rows["top2"]["prompt_tokens"]
+    assert per_token > 0 and rows["top2"]["cost_usd_expected"] == pytest.approx(expected)
 
 
 def test_embeddings_score_and_rerank_files_share_one_pooling_run(tmp_path, inputs):

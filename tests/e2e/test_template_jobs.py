@@ -104,7 +104,11 @@ def test_missing_or_null_column_gives_an_error_row_naming_it(tmp_path):
     assert df["content"].to_list() == ["one / c1", None, None, "four / c4"]
     errors = df["error"].to_list()
     assert errors[0] is None and errors[3] is None
-    assert errors[1]["code"] == "template_error" and errors[1]["param"] == "ctx" and "'ctx', which is null" in errors[1]["message"]
+    assert (
+        errors[1]["code"] == "template_error"
+        and errors[1]["param"] == "ctx"
+        and "'ctx', which is null" in errors[1]["message"]
+    )
     assert errors[2]["code"] == "template_error" and "'ctx', which is missing" in errors[2]["message"]
     res = invoke("validate", src, "--template-user", tpl)
     assert res.exit_code == 1
@@ -347,7 +351,9 @@ def test_the_dataset_demo_job_runs(tmp_path):
     """jobs/dataset-demo.yaml on the fake engine (which echoes the prompt: every row gets a parse
     error, none is dropped) keeps the table's 300 rows and its column types."""
     out = tmp_path / "out"
-    res = invoke("run", "--job", REPO / "jobs" / "dataset-demo.yaml", "-o", out, "--engine", "fake", "-m", "smollm2", "-q")
+    res = invoke(
+        "run", "--job", REPO / "jobs" / "dataset-demo.yaml", "-o", out, "--engine", "fake", "-m", "smollm2", "-q"
+    )
     assert res.exit_code == 0, res.output
     t = pq.read_table(sorted(out.glob("part-*.parquet"))).sort_by("source_line")
     assert t.num_rows == 300 and t.column("custom_id").to_pylist()[:2] == ["r000", "r001"]
@@ -438,12 +444,17 @@ def test_a_hugging_face_dataset_saved_to_disk_is_a_table(tmp_path):
     import datasets
 
     folder = tmp_path / "saved"
-    datasets.Dataset.from_dict({"q": [f"question {i}" for i in range(7)], "n": list(range(7))}).save_to_disk(str(folder))
+    datasets.Dataset.from_dict({"q": [f"question {i}" for i in range(7)], "n": list(range(7))}).save_to_disk(
+        str(folder)
+    )
     res = invoke("run", folder, "-o", tmp_path / "out", *FAKE, "--template-user", "{{ q }}", "--carry", "n")
     assert res.exit_code == 0, res.output
     df = by_line(tmp_path / "out")
     assert df["content"].to_list() == [f"question {i}" for i in range(7)] and df["n"].to_list() == list(range(7))
-    with pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("q", pa.string())])) as w:
+    with (
+        pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink,
+        pa.ipc.new_file(sink, pa.schema([("q", pa.string())])) as w,
+    ):
         w.write_table(pa.table({"q": ["a", "b"]}))
     res = invoke("validate", tmp_path / "t.arrow", "--template-user", "{{ q }}")
     assert res.exit_code == 0 and "2 rows in 1 file(s): 2 valid" in res.output

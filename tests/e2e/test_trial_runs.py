@@ -48,7 +48,10 @@ def test_a_full_run_into_a_trials_output_is_refused_with_a_clear_message(tmp_pat
     assert invoke("run", src, "-o", out, *FAKE, "--limit", "5").exit_code == 0
     res = invoke("run", src, "-o", out, *FAKE)
     assert res.exit_code == 1
-    assert "changed: --limit" in res.output and "It holds a trial of 5 rows (--limit 5); this run is the full job" in res.output
+    assert (
+        "changed: --limit" in res.output
+        and "It holds a trial of 5 rows (--limit 5); this run is the full job" in res.output
+    )
     res = invoke("run", src, "-o", out, *FAKE, "--overwrite")
     assert res.exit_code == 0 and read_output(out).height == 20 and report(out)["trial"] is None
 

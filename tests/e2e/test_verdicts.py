@@ -52,7 +52,9 @@ def test_every_row_has_its_verdict(tmp_path):
 
 def test_counts_and_state_in_report_summary_and_metrics(tmp_path):
     prom = tmp_path / "m.prom"
-    res = invoke("run", every_verdict(tmp_path), "-o", tmp_path / "out", *FAKE, "--metrics-file", prom, "--job-name", "j")
+    res = invoke(
+        "run", every_verdict(tmp_path), "-o", tmp_path / "out", *FAKE, "--metrics-file", prom, "--job-name", "j"
+    )
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["verdicts"] == {"ok": 2, "truncated": 1, "empty": 1, "unparsable": 1, "schema_mismatch": 1,
                                   "invalid_tool_call": 1, "refused": 1, "error": 1}

@@ -30,18 +30,22 @@ def test_whole_run_inside_the_sampled_interval(tmp_path, calibration_file):
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert r["sample_run"]["rows"] == 12 and r["sample_run"]["gpu"] == "cpu"
-    assert r["completion_tokens_low"] < r["completion_tokens_high"] <= r["completion_tokens_upper"] == 12 * (16 + 32 + 32)
+    assert (
+        r["completion_tokens_low"] < r["completion_tokens_high"] <= r["completion_tokens_upper"] == 12 * (16 + 32 + 32)
+    )
 
     res = invoke("run", src, "-m", "smollm2", "-o", out, "-q")
     assert res.exit_code == 0, res.output
     report = json.loads((out / "_report.json").read_text())
     assert report["resumed"] == 12 and report["requests"] == 36 and report["failed"] == 0
     actual = report["completion_tokens"]
-    print(f"\nestimate: {r['completion_tokens_expected']} expected, 90% {r['completion_tokens_low']} to "
-          f"{r['completion_tokens_high']} (upper bound {r['completion_tokens_upper']}); run: {actual}; "
-          f"throughput {r['tokens_per_second']:.0f} tokens/s, engine start {r['sample_run']['engine_start_seconds']} s; "
-          f"GPU-hours {r['gpu_hours_low']:.2g}..{r['gpu_hours_high']:.2g}; run took {report['wall_seconds']} s; "
-          f"cost {r['cost_usd_low']:.3g}..{r['cost_usd_high']:.3g} vs {report['estimated_cost']:.3g}")
+    print(
+        f"\nestimate: {r['completion_tokens_expected']} expected, 90% {r['completion_tokens_low']} to "
+        f"{r['completion_tokens_high']} (upper bound {r['completion_tokens_upper']}); run: {actual}; "
+        f"throughput {r['tokens_per_second']:.0f} tokens/s, engine start {r['sample_run']['engine_start_seconds']} s; "
+        f"GPU-hours {r['gpu_hours_low']:.2g}..{r['gpu_hours_high']:.2g}; run took {report['wall_seconds']} s; "
+        f"cost {r['cost_usd_low']:.3g}..{r['cost_usd_high']:.3g} vs {report['estimated_cost']:.3g}"
+    )
     assert r["completion_tokens_low"] <= actual <= r["completion_tokens_high"]
     assert report["estimate"]["completion_tokens"]["inside"] is True
     assert report["estimate"]["cost_usd"]["inside"] is True  # prompt tokens counted exactly as the engine does

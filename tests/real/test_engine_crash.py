@@ -83,13 +83,16 @@ def test_seed_crash_is_isolated(tmp_path):
     if not current_platform.is_cpu():
         pytest.skip("the seed crash is specific to the CPU build of vLLM")
     # The CPU generator fails when a seeded prompt is split over scheduler steps: a prompt longer
-    # than --max-num-batched-tokens makes that happen.
-    rows = [chat_line("ok-1", "Say hi.", temperature=0, max_tokens=4),
-            chat_line("poison", "Tell me a story. " + "Once upon a time " * 40, seed=7, max_tokens=4),
+    # than --max-num-batched-tokens makes that happen. The poison goes first (--order input): the
+    # three requests die together, then again as one suspect group, whose first half is the poison
+    # alone, so the two innocent rows run once the poison is isolated: four engine loads, not the
+    # five of a poison in the middle (each halving costs a load).
+    rows = [chat_line("poison", "Tell me a story. " + "Once upon a time " * 40, seed=7, max_tokens=4),
+            chat_line("ok-1", "Say hi.", temperature=0, max_tokens=4),
             chat_line("ok-2", "Say bye.", temperature=0, max_tokens=4)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     res = invoke("run", src, "-o", tmp_path / "out", "-m", "smollm2", "-q", "--seed-on-cpu", "engine",
-                 "--max-model-len", "512", "--max-num-batched-tokens", "64", "--max-num-seqs", "4")
+                 "--order", "input", "--max-model-len", "512", "--max-num-batched-tokens", "64", "--max-num-seqs", "4")
     assert res.exit_code == 0, res.output
     rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
     assert set(rows) == {"ok-1", "poison", "ok-2"}
@@ -98,6 +101,7 @@ def test_seed_crash_is_isolated(tmp_path):
     assert rows["ok-1"]["error"] is None and rows["ok-2"]["error"] is None
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["engine_restarts"] >= 2 and report["errors_by_code"] == {"engine_crash": 1}
+    print(f"\nengine restarts: {report['engine_restarts']}")
 
 
 @pytest.mark.parametrize("message, attrs, want", [
@@ -110,7 +114,7 @@ def test_seed_crash_is_isolated(tmp_path):
      {"parameter": "input_text", "value": 90000}, "the prompt is longer than the context of 1024 tokens"),
 ])
 def test_engine_refusals_for_length_get_the_shared_verdict(message, attrs, want):
-    """The engine's refusal of a long prompt is the verdict estimate gives (chat_render.py), found
+    """The engine's refusal of a long prompt is the verdict estimate gives (models/render.py), found
     from vLLM's error's parameter or its input processor's form, not from loose wording."""
     from types import SimpleNamespace
 

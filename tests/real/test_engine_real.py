@@ -39,7 +39,8 @@ def batch_lines():
         chat_line("short", "Write a long story about a dragon.", temperature=0, max_tokens=5),
         chat_line("too-long", LONG, max_tokens=8),
         chat_line("schema", "Describe a cat as JSON.", temperature=0, max_tokens=60,
-                  response_format={"type": "json_schema", "json_schema": {"name": "cat", "schema": CAT, "strict": True}}),
+                  response_format={"type": "json_schema",
+                                   "json_schema": {"name": "cat", "schema": CAT, "strict": True}}),
         chat_line("json-object", "Reply with a JSON object whose key 'ok' is true.", temperature=0, max_tokens=120,
                   response_format={"type": "json_object"}),
         chat_line("named-tool", "What's the weather in Paris?", temperature=0, max_tokens=40,
@@ -204,4 +205,5 @@ def test_estimate_counts_what_the_engine_counts(real_run, tmp_path):
     assert estimate["too-long"]["error"]["code"] == "context_length_exceeded"
     summary, report = json.loads(res.stdout), real_run["report"]
     assert summary["prompt_tokens"] == report["prompt_tokens"]
-    assert summary["completion_ratio"] == pytest.approx(report["completion_tokens"] / summary["completion_tokens_upper"])
+    assert summary["completion_ratio"] == pytest.approx(
+        report["completion_tokens"] / summary["completion_tokens_upper"])

@@ -33,8 +33,10 @@ def test_identical_sampled_requests_go_as_one_request_with_n_on_the_real_engine(
     """Four identical sampled rows (one asks n=2) are one request with n=5: each row gets its own
     choices (sampled, so they differ), its own completion tokens, the prompt billed in full."""
     sampled = dict(temperature=1.0, max_tokens=12)
-    rows = [chat_line(f"s-{i}", "Write one sentence about any animal you like.", **sampled, **({"n": 2} if i == 0 else {}))
-            for i in range(4)]
+    rows = [
+        chat_line(f"s-{i}", "Write one sentence about any animal you like.", **sampled, **({"n": 2} if i == 0 else {}))
+        for i in range(4)
+    ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     res = invoke("run", src, "-o", out, "-m", "smollm2", "--max-model-len", "512", "-q")

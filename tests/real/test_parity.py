@@ -20,7 +20,8 @@ def parity_requests():
             {"role": "system", "content": "You answer in French."},
             {"role": "user", "content": "Hello!"},
             {"role": "assistant", "content": "Bonjour !"},
-            {"role": "user", "content": [{"type": "text", "text": "How are you?"}, {"type": "text", "text": "Briefly."}]},
+            {"role": "user",
+             "content": [{"type": "text", "text": "How are you?"}, {"type": "text", "text": "Briefly."}]},
         ]}})
     rows.append(chat_line("stop", "Count from one to ten in words.", temperature=0, max_tokens=30, stop=["five"]))
     return rows

@@ -88,7 +88,9 @@ def test_our_split_is_the_servers(tokenizer, parser_name, body):
     served_count = server.usage.completion_tokens_details.reasoning_tokens
     # vLLM's count, or more where its parser counts no thinking that the prompt opened (deepseek_r1
     # counts only between a generated <think> and </think>): then the tokens before </think>
-    assert result.reasoning_tokens == served_count if parser_name == "qwen3" else result.reasoning_tokens >= served_count
+    assert (
+        result.reasoning_tokens == served_count if parser_name == "qwen3" else result.reasoning_tokens >= served_count
+    )
     if parser_name == "deepseek_r1":  # 10 tokens before the first </think>, 3 between <think> and </think>
         assert (served_count, result.reasoning_tokens) == (3, 13)
     assert result.completion_tokens == server.usage.completion_tokens
@@ -105,7 +107,9 @@ def test_our_template_arguments_are_the_servers():
     for body in ({}, {"reasoning_effort": "low"}, {"reasoning_effort": "none"},
                  {"reasoning_effort": "high", "chat_template_kwargs": {"enable_thinking": False, "x": 1}},
                  {"chat_template_kwargs": {"reasoning_effort": "low"}, "reasoning_effort": "high"}):
-        req = parse_row({"messages": [{"role": "user", "content": "q"}], **body}, source=source(), line=1, ctx=Context())
+        req = parse_row(
+            {"messages": [{"role": "user", "content": "q"}], **body}, source=source(), line=1, ctx=Context()
+        )
         engine = {k: v for k, v in template_kwargs(chat_request(req)).items()
                   if k not in ("add_generation_prompt", "continue_final_message", "documents")}
         assert render.template_kwargs(req.params) == {k: v for k, v in engine.items() if v is not None}, body

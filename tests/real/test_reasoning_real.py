@@ -119,7 +119,10 @@ def test_a_tool_call_comes_after_the_thinking(run):
     tool = rows["tool"]
     assert tool["reasoning_content"] and tool["content"] is None
     [call] = tool["tool_calls"]
-    assert call["function"]["name"] == "weather" and json.loads(call["function"]["arguments"])["city"] in ("Paris", "Rome")
+    assert call["function"]["name"] == "weather" and json.loads(call["function"]["arguments"])["city"] in (
+        "Paris",
+        "Rome",
+    )
 
 
 def test_estimate_counts_the_prompt_the_engine_saw(run, tmp, model):

@@ -106,7 +106,8 @@ def run_batch(folder, model, skip=("too-long",)):
     import subprocess
     import sys
 
-    lines = [json.loads(text) for path in sorted((folder / "in").glob("*.jsonl")) for text in path.read_text().splitlines()]
+    lines = [json.loads(text) for path in sorted((folder / "in").glob("*.jsonl"))
+             for text in path.read_text().splitlines()]
     write_jsonl(folder / "peer.jsonl", [{**x, "body": {**x["body"], "model": model}} for x in lines
                                         if x["custom_id"] not in skip])
     done = subprocess.run(
@@ -114,7 +115,8 @@ def run_batch(folder, model, skip=("too-long",)):
          "-o", folder / "peer.out", "--model", model, "--runner", "pooling", "--dtype", "float32", "--enforce-eager"],
         capture_output=True, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {x["custom_id"]: x["response"]["body"] for x in map(json.loads, (folder / "peer.out").read_text().splitlines())}
+    out = (folder / "peer.out").read_text().splitlines()
+    return {x["custom_id"]: x["response"]["body"] for x in map(json.loads, out)}
 
 
 def assert_same_as_the_peer(run, peer):

@@ -271,7 +271,8 @@ def test_images_are_read_from_the_bucket(store, tmp_path):
 
     def ask(custom_id, name):
         return {"custom_id": custom_id, "body": {"max_tokens": 2, "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "What?"}, {"type": "image_url", "image_url": {"url": f"{store.root}/img/{name}"}}]}]}}
+            {"type": "text", "text": "What?"},
+            {"type": "image_url", "image_url": {"url": f"{store.root}/img/{name}"}}]}]}}
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(ask(*x)) + "\n" for x in [("cat", "cat.png"), ("empty", "empty.png"),
@@ -282,4 +283,5 @@ def test_images_are_read_from_the_bucket(store, tmp_path):
     rows = {r["custom_id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
     assert rows["cat"]["error"] is None and rows["cat"]["images"] == 1
     assert rows["empty"]["error"]["code"] == "invalid_image", rows["empty"]["error"]
-    assert rows["gone"]["error"]["code"] == "image_fetch_failed" and "FileNotFoundError" in rows["gone"]["error"]["message"]
+    assert (rows["gone"]["error"]["code"] == "image_fetch_failed"
+            and "FileNotFoundError" in rows["gone"]["error"]["message"])

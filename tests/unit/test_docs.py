@@ -24,7 +24,7 @@ def _generator():
 
 def test_cli_reference_is_generated_from_the_current_help():
     assert (DOCS / "cli-reference.md").read_text() == _generator().reference(), \
-        "docs/cli-reference.md is stale: run `make docs` (python docs/cli_reference.py)"
+        "docs/cli-reference.md is stale: run `make cli-reference` (python docs/cli_reference.py)"
 
 
 def test_every_option_is_documented():

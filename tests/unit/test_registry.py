@@ -22,7 +22,9 @@ def _table(module: str, name: str) -> set[str]:
     path = PACKAGE.parent / (module.replace(".", "/") + ".py")
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-            assert isinstance(node.value, ast.Dict), f"{path.relative_to(PACKAGE.parent)}: {name} must be a dict literal"
+            assert isinstance(node.value, ast.Dict), (
+                f"{path.relative_to(PACKAGE.parent)}: {name} must be a dict literal"
+            )
             return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
     raise AssertionError(f"{path.relative_to(PACKAGE.parent)} has no {name} table: add one, keyed by endpoint")
 
@@ -62,7 +64,9 @@ def test_every_endpoint_has_its_line_shape(name):
 
     endpoint = ENDPOINTS[name]
     shape = SHAPES_BY_NAME.get(endpoint.shape)
-    assert shape is not None, f"pipeline/endpoints/{name}.py: its shape {endpoint.shape!r} is no shape of intake/shapes.py"
+    assert shape is not None, (
+        f"pipeline/endpoints/{name}.py: its shape {endpoint.shape!r} is no shape of intake/shapes.py"
+    )
     assert shape.endpoint == name
 
 

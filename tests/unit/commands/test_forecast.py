@@ -243,8 +243,9 @@ def test_run_lengths_leave_the_engine_start_out():
 
 
 def test_compare_says_whether_the_run_fell_inside():
-    estimate = {"at": "t", "completion_tokens_expected": 100, "completion_tokens_low": 80, "completion_tokens_high": 120,
-                "cost_usd_expected": 1.0, "cost_usd_low": 0.8, "cost_usd_high": 1.2, "seconds_expected": 60}
+    estimate = {"at": "t", "completion_tokens_expected": 100, "completion_tokens_low": 80,
+                "completion_tokens_high": 120, "cost_usd_expected": 1.0, "cost_usd_low": 0.8, "cost_usd_high": 1.2,
+                "seconds_expected": 60}
     c = compare(estimate, {"completion_tokens": 130, "estimated_cost": 1.1, "wall_seconds": 70})
     assert c["completion_tokens"]["inside"] is False and c["cost_usd"]["inside"] is True
     assert (c["seconds_expected"], c["wall_seconds"]) == (60, 70)

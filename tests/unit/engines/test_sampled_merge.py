@@ -36,7 +36,11 @@ class NDispatcher:
 
 
 def request(i: int, text: str, n: int = 1, temperature=0.8, seed=None, endpoint="chat") -> Request:
-    params = {k: v for k, v in (("temperature", temperature), ("seed", seed), ("n", n)) if v is not None and (k, v) != ("n", 1)}
+    params = {
+        k: v
+        for k, v in (("temperature", temperature), ("seed", seed), ("n", n))
+        if v is not None and (k, v) != ("n", 1)
+    }
     return Request(f"id{i}", "f", i + 1, [{"role": "user", "content": text}], params=params, endpoint=endpoint)
 
 

@@ -51,11 +51,19 @@ def test_auto_plain_text_stays_content(llama_parser):
 def test_named_and_required():
     req, creq = request(tool_choice={"type": "function", "function": {"name": "get_weather"}})
     content, [call], finish = vllm_engine.read_tool_calls('{"city": "Oslo"}', "stop", req, creq, None)
-    assert content is None and finish == "stop" and call["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    assert (
+        content is None
+        and finish == "stop"
+        and call["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    )
     req, creq = request(tool_choice="required")
-    text = '[{"name": "get_weather", "parameters": {"city": "Rome"}}, {"name": "get_weather", "parameters": {"city": "Bern"}}]'
+    text = ('[{"name": "get_weather", "parameters": {"city": "Rome"}}, '
+            '{"name": "get_weather", "parameters": {"city": "Bern"}}]')
     content, calls, finish = vllm_engine.read_tool_calls(text, "stop", req, creq, None)
-    assert finish == "tool_calls" and [json.loads(c["function"]["arguments"])["city"] for c in calls] == ["Rome", "Bern"]
+    assert finish == "tool_calls" and [json.loads(c["function"]["arguments"])["city"] for c in calls] == [
+        "Rome",
+        "Bern",
+    ]
     assert len({c["id"] for c in calls}) == 2
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import contiguous
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_schedule import doc_of, docs_workload, shuffled, texts
+from test_order import doc_of, docs_workload, shuffled, texts
 
 from pipeline.intake.order import (
     BucketOrder,

@@ -84,11 +84,13 @@ def test_max_n_is_configurable():
         ([], "messages"),
         ([{"role": "robot", "content": "x"}], "messages[0].role"),
         ([{"role": "user"}], "messages[0].content"),
-        ([{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]"),
+        ([{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+         "messages[0].content[0]"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "messages[0].content[0].image_url"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x", "detail": "max"}}]}],
          "messages[0].content[0].image_url.detail"),
-        ([{"role": "user", "content": "q"}, {"role": "tool", "content": "r", "tool_call_id": "c1"}], "messages[1].tool_call_id"),
+        ([{"role": "user", "content": "q"}, {"role": "tool", "content": "r", "tool_call_id": "c1"}],
+         "messages[1].tool_call_id"),
         ([{"role": "user", "content": 5}], "messages[0].content"),
     ],
 )
@@ -103,7 +105,8 @@ def test_tool_conversation_and_text_parts():
         {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"id": "c1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ]
     assert isinstance(parse({"model": "m", "messages": msgs}), Request)

@@ -39,7 +39,11 @@ def write_lines(path, kinds, opener=open):
     """Line i+1 per kind: a row (its text padded to a few lengths) or a blank line."""
     with opener(path, "wb") as f:
         for i, kind in enumerate(kinds):
-            f.write(b"\n" if kind == "blank" else (json.dumps({"custom_id": f"r{i + 1}", "pad": "x" * (i % 7)}) + "\n").encode())
+            f.write(
+                b"\n"
+                if kind == "blank"
+                else (json.dumps({"custom_id": f"r{i + 1}", "pad": "x" * (i % 7)}) + "\n").encode()
+            )
 
 
 def committed_of(rows, chosen):

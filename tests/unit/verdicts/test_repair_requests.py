@@ -66,7 +66,11 @@ def test_a_held_row_resumes_at_its_next_attempt_from_its_entry():
     assert again.counts == {"unparsable": 1}
     assert again.next_request(resumed, answer("ok")) is None
     final = again.finish(resumed, answer("ok"))[0]
-    assert [a["change"] for a in final["attempts"]] == ["first", "max_tokens 4 -> 8", "repair turn quoting the unparsable"]
+    assert [a["change"] for a in final["attempts"]] == [
+        "first",
+        "max_tokens 4 -> 8",
+        "repair turn quoting the unparsable",
+    ]
     assert final["completion_tokens"] == 6  # the killed run's attempts count
     assert Repairs(policy).resume(first, {"attempts": []}) is first  # an entry it cannot read: from the start
 
