@@ -147,6 +147,9 @@ class Request:
     input: Any = None
     # max_tokens when the body sets none (its endpoint's: 16 for completions); None: the context
     default_max_tokens: int | None = None
+    # Seconds of audio the request sends (a transcription's file, a chat's input_audio parts),
+    # measured when intake checked it (intake/audio.py); None: no audio, or not checked yet
+    audio_seconds: float | None = None
 
     @property
     def n(self) -> int:

@@ -86,7 +86,7 @@ class Endpoint:
 
 # The output columns that belong to one endpoint or another: each endpoint's `columns` sets
 # those it fills and leaves the rest null.
-COLUMNS = ("embedding", "embeddings", "encoding_format", "scores", "rerank")
+COLUMNS = ("embedding", "embeddings", "encoding_format", "scores", "rerank", "audio_segments", "audio_language")
 NO_COLUMNS: dict[str, Any] = dict.fromkeys(COLUMNS)
 
 
