@@ -74,7 +74,9 @@ def test_every_endpoint_body_is_read_back_as_its_own(name):
 
     bodies = {"chat": {"messages": [{"role": "user", "content": "hi"}]}, "completions": {"prompt": "hi"},
               "embeddings": {"input": "hi"}, "score": {"queries": "q", "documents": ["a"]},
-              "rerank": {"query": "q", "documents": ["a"]}}
+              "rerank": {"query": "q", "documents": ["a"]},
+              "transcriptions": {"file_url": "data:audio/wav;base64,UklGRg==", "language": "en"},
+              "translations": {"file_url": "data:audio/wav;base64,UklGRg==", "response_format": "verbose_json"}}
     assert name in bodies, f"tests/unit/test_registry.py: add a body of {name} to this test"
     line = {"custom_id": "x", "method": "POST", "url": ENDPOINTS[name].url, "body": bodies[name]}
     req = parse_row(line, source=Source(0, "in.jsonl", "in.jsonl"), line=1, ctx=Context())
