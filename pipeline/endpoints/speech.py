@@ -92,7 +92,12 @@ def prompts(request: Request) -> list[Any]:
     text = (f"<|prev|>{prompt}" if prompt else "") + f"<|startoftranscript|><|{lang}|><|{task}|><|notimestamps|>"
     if request.input.get("response_format") == "verbose_json":
         text = text.replace("<|notimestamps|>", "<|0.00|>")
-    return [text] * chunks(request.audio_seconds or 0.0)
+    return [text] * parts(request)
+
+
+def parts(request: Request) -> int:
+    """The engine prompts a speech request makes: one per clip of its audio."""
+    return chunks(request.audio_seconds or 0.0)
 
 
 def chunks(seconds: float, clip: float = 30.0, overlap: float = 1.0) -> int:

@@ -27,4 +27,5 @@ TRANSLATIONS = Endpoint(
     name="translations", runner="generate", url="/v1/audio/translations", urls=speech.urls("/audio/translations"),
     shape="openai-translations", title="OpenAI Batch translations lines", prompt_field="file_url", parse=parse,
     body=speech.body, columns=speech.columns, answers=answers, response_body=response_body, prompts=speech.prompts,
+    parts=speech.parts,
 )
