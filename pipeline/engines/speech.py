@@ -20,7 +20,10 @@ from typing import Any
 import vllm.envs as envs
 from vllm.entrypoints.launchers.run_batch import BatchTranscriptionRequest, BatchTranslationRequest
 from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
-from vllm.entrypoints.speech_to_text.base.serving import SpeechToTextBaseServing, asr_inter_chunk_separator
+from vllm.entrypoints.speech_to_text.base.serving import (
+    SpeechToTextBaseServing,
+    asr_inter_chunk_separator,
+)
 from vllm.entrypoints.speech_to_text.transcription.protocol import TranscriptionSegment
 from vllm.entrypoints.speech_to_text.translation.protocol import TranslationSegment
 from vllm.model_executor.model_loader import get_model_cls

@@ -56,6 +56,8 @@ except ImportError as e:  # pragma: no cover - depends on the install
 
 
 class VLLMEngine:
+    speech = None  # speech.SpeechQueue, made at the first transcription or translation
+
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.cpu = current_platform.is_cpu()
@@ -96,7 +98,6 @@ class VLLMEngine:
         model_config = self.llm.model_config
         self.runner = model_config.runner_type  # generate, or pooling: embeddings go to self.pooling
         self.pooling = PoolingQueue(self.llm, self._refusal) if self.runner == "pooling" else None
-        self.speech = None  # speech.SpeechQueue, made at the first transcription or translation
         self.max_model_len = model_config.max_model_len
         self.defaults = model_config.get_diff_sampling_param()
         self.tool_parser_name, self.tool_parser_cls = _tool_parser(spec.tool_parser, self.tokenizer)
