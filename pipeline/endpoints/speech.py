@@ -72,7 +72,9 @@ def parse_speech(endpoint: Endpoint, body: dict[str, Any], origin: Origin, warni
                       "stream")
     user = body.get("user") if isinstance(body.get("user"), str) else None
     unknown = unknown_fields(body, warnings, FIELDS)
-    params = {"max_completion_tokens": out["max_completion_tokens"]} if "max_completion_tokens" in out else {}
+    # the sampling fields engines/bodies.py reads: vLLM's transcription temperature is 0 by default
+    params = {k: out[k] for k in ("max_completion_tokens", "seed") if k in out}
+    params["temperature"] = out.get("temperature", 0.0)
     return origin.request(endpoint, params, warnings, user=user, unknown_fields=unknown, input=out)
 
 

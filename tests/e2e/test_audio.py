@@ -157,3 +157,16 @@ def test_estimate_bills_audio_minutes(tmp_path):
     price = Price(0.0, 0.0, audio_minute=PRICE)
     assert price.cost(4, 6, 0, 61.2) == pytest.approx(math.ceil(61.2) / 60 * PRICE)
     assert price.cost(4, 6) == 0.0
+
+
+def test_speech_requests_are_greedy_by_default_and_never_merged_into_n():
+    from pipeline.engines.bodies import determined
+    from pipeline.engines.sampled import mergeable
+
+    def parsed(**body):
+        return parse_row(speech_line("x", file_url=data_url(TWO), **body), source=Source(0, "in.jsonl", "in.jsonl"),
+                         line=1, ctx=Context())
+
+    assert determined(parsed())  # vLLM's transcription temperature is 0 unless the line sets one
+    hot = parsed(temperature=0.7)
+    assert not determined(hot) and not mergeable(hot)  # its clips are engine requests of their own
