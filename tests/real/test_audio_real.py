@@ -4,12 +4,13 @@ translation lines with a language, without one (vLLM's language detection first)
 one, a clip longer than 30 s (vLLM's split into clips), and bad audio; estimate's prompt tokens and
 audio seconds equal the engine's."""
 
-import json
 import sys
 
 import polars as pl
 import pytest
 from conftest import REPO, invoke, read_output, write_jsonl
+
+from pipeline.output.formats import line_of
 
 sys.path.insert(0, str(REPO / "tests"))
 from speech_model import data_url, tiny_whisper, wav  # noqa: E402
@@ -40,12 +41,11 @@ def real_run(tmp_path_factory):
                  "--allowed-local-media-path", tmp)
     assert res.exit_code == 0, res.output
     out = tmp / "out"
-    res = invoke("run", tmp / "in", "-o", out, "-m", model, "-q", "--format", "openai",
-                 "--allowed-local-media-path", tmp)
+    res = invoke("run", tmp / "in", "-o", out, "-m", model, "-q", "--allowed-local-media-path", tmp)
     assert res.exit_code in (0, 3), res.output
     rows = {r["custom_id"]: r for r in read_output(out).to_dicts()}
     estimated = {r["custom_id"]: r for r in pl.read_parquet(tmp / "est.parquet").to_dicts()}
-    lines = {x["custom_id"]: x for f in sorted(out.glob("results/*.jsonl")) for x in map(json.loads, f.read_text().splitlines())}
+    lines = {cid: line_of(row, "openai") for cid, row in rows.items()}  # what --format openai writes
     return rows, estimated, lines
 
 
