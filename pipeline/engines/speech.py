@@ -158,7 +158,11 @@ class SpeechQueue:
         job.outputs[index] = out
         if len(job.outputs) < len(job.clips):
             return None
-        return self._result(job)
+        try:
+            return self._result(job)
+        except Exception as e:  # noqa: BLE001 - a bug in reading one output must not take the engine down
+            return Result(job.seq, error=Problem("output_error", f"reading the engine's output failed: {_first_line(e)}"),
+                          prompt_tokens=sum(len(o.prompt_token_ids or ()) for o in job.outputs.values()))
 
     def _result(self, job: _Job) -> Result:
         task, _, segment_class = TASKS[job.req.endpoint]
@@ -166,11 +170,8 @@ class SpeechQueue:
         separator = asr_inter_chunk_separator(job.sreq.language, self.model_cls.no_space_languages)
         audio = None
         if job.sreq.response_format == "verbose_json":
-            reader = SimpleNamespace(tokenizer=self.tokenizer)  # what vLLM's segment reader uses of its server
             segments = [s for out, start in zip(outs, job.offsets, strict=True)
-                        for s in SpeechToTextBaseServing._get_verbose_segments(
-                            reader, tokens=tuple(out.outputs[0].token_ids), log_probs=out.outputs[0].logprobs,
-                            request=job.sreq, segment_class=segment_class, start_time=start)]
+                        for s in self._segments(out.outputs[0], job.sreq, segment_class, start)]
             text = separator.join(s.text for s in segments)
             audio = {"segments": [s.model_dump() for s in segments], "language": job.sreq.language}
         else:
@@ -181,6 +182,16 @@ class SpeechQueue:
         completion = sum(len(out.outputs[0].token_ids) for out in outs)
         return Result(job.seq, [choice], prompt_tokens=sum(len(out.prompt_token_ids or ()) for out in outs),
                       completion_tokens=completion, cached_tokens=0, audio=audio, choice_tokens=[completion])
+
+    def _segments(self, output, sreq, segment_class, start: float) -> list[Any]:
+        """vLLM's own segment reader over one clip's tokens; none where the clip gave no text
+        token (its reader needs one: a clip answered with the end token alone)."""
+        tokens = tuple(output.token_ids)
+        if len([t for t in tokens if t != self.tokenizer.eos_token_id]) < 1:
+            return []
+        reader = SimpleNamespace(tokenizer=self.tokenizer)  # what the reader uses of vLLM's server
+        return SpeechToTextBaseServing._get_verbose_segments(reader, tokens=tokens, log_probs=output.logprobs,
+                                                             request=sreq, segment_class=segment_class, start_time=start)
 
     def pending(self) -> int:
         return len({id(job) for job, _ in self.jobs.values()})
