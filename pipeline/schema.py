@@ -135,7 +135,6 @@ ESTIMATE_SCHEMA = pa.schema([
     pa.field("completion_tokens_upper", pa.int64()),
     # of the completion bound, what a reasoning model's thinking may take (its thinking_token_budget)
     pa.field("reasoning_tokens_upper", pa.int64()),
-    pa.field("audio_seconds", pa.float64()),  # the request's audio (null: none); billed per whole second
     pa.field("cost_usd_expected", pa.float64()),
     pa.field("cost_usd_upper", pa.float64()),
     pa.field("error", ERROR),

@@ -396,7 +396,10 @@ def row_schema(final: bool = True):
     from pipeline.schema import ESTIMATE_SCHEMA
 
     late = {"completion_tokens_expected", "cost_usd_expected", "cost_usd_upper"}
-    return ESTIMATE_SCHEMA if final else pa.schema([f for f in ESTIMATE_SCHEMA if f.name not in late])
+    if final:
+        return ESTIMATE_SCHEMA
+    # while streaming, each request's audio seconds too: its cost needs them (audio-minute prices)
+    return pa.schema([*(f for f in ESTIMATE_SCHEMA if f.name not in late), pa.field("audio_seconds", pa.float64())])
 
 
 class RequestRows:

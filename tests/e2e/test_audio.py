@@ -157,6 +157,12 @@ def test_estimate_bills_audio_minutes(tmp_path):
     price = Price(0.0, 0.0, audio_minute=PRICE)
     assert price.cost(4, 6, 0, 61.2) == pytest.approx(math.ceil(61.2) / 60 * PRICE)
     assert price.cost(4, 6) == 0.0
+    import pyarrow as pa
+
+    from pipeline.commands.estimate import _cost  # the --rows-file's cost columns, over Arrow
+
+    got = _cost(price, pa.array([4.0, 4.0]), pa.array([6.0, 6.0]), pa.array([0.0, 0.0]), pa.array([62.0, 0.0]))
+    assert got.to_pylist() == pytest.approx([62 / 60 * PRICE, 0.0])
 
 
 def test_speech_requests_are_greedy_by_default_and_never_merged_into_n():
