@@ -18,7 +18,6 @@ import base64
 import io
 import re
 from dataclasses import replace
-from typing import Any
 
 from pipeline.endpoints import ENDPOINTS
 from pipeline.intake.images import ImagePolicy, _failed, _inline_bytes, base64_bytes, fetched
@@ -114,7 +113,3 @@ def check(data: bytes, param: str) -> tuple[str, float]:
         raise Invalid("invalid_audio", f"{param} is {what}; send WAV, MP3, FLAC or OGG with sound in it", param)
     return FORMATS[fmt], frames / rate
 
-
-def audio_of(item: Any) -> float:
-    """The audio seconds of a request (0 without audio)."""
-    return getattr(item, "audio_seconds", None) or 0.0
