@@ -35,6 +35,7 @@ from pipeline.intake.stream import request_stream, run_context
 from pipeline.intake.templates import OPTION_NAMES as TEMPLATE_OPTIONS
 from pipeline.intake.templates import TemplateSpec, callable_identity
 from pipeline.models.adapters import Adapter, adapters_fingerprint, lora_engine_args
+from pipeline.models.audio import is_audio_model
 from pipeline.models.names import is_embedded, output_name, resolve_model
 from pipeline.models.prices import Price, find_price
 from pipeline.models.reasoning import reasoning_parser
@@ -270,7 +271,8 @@ def image_policy(cfg) -> ImagePolicy:
     return ImagePolicy(max_bytes=cfg.image_max_bytes, max_pixels=cfg.image_max_pixels,
                        per_request=cfg.images_per_request, bytes_per_request=cfg.image_bytes_per_request,
                        limit=limit, workers=cfg.image_workers, media=media_rules(cfg, "--image-timeout"),
-                       model=cfg.model, vision=is_vision_model(cfg.model) if cfg.model else None)
+                       model=cfg.model, vision=is_vision_model(cfg.model) if cfg.model else None,
+                       audio=is_audio_model(cfg.model) if cfg.model else None)
 
 
 def media_rules(cfg, timeout_option: str) -> MediaRules:

@@ -138,11 +138,16 @@ class Request:
     # its body, columns and bounds are made): "chat", or another with `input` (`messages` is then
     # empty): embeddings, a string, a list of strings, token ids or a list of token-id lists;
     # completions, the prompt (a string or token ids); score, {"queries": [...], "documents": [...]}
-    # (one query for every document, or one for each); rerank, {"query": ..., "documents": [...]}.
+    # (one query for every document, or one for each); rerank, {"query": ..., "documents": [...]};
+    # transcriptions and translations, the normalized body (its file_url, once intake checked it,
+    # a data: URI of the audio's bytes: endpoints/speech.py).
     endpoint: str = "chat"
     input: Any = None
     # max_tokens when the body sets none (its endpoint's: 16 for completions); None: the context
     default_max_tokens: int | None = None
+    # Seconds of audio the request sends (a transcription's file, a chat's input_audio parts),
+    # measured when intake checked it (intake/audio.py); None: no audio, or not checked yet
+    audio_seconds: float | None = None
 
     @property
     def n(self) -> int:

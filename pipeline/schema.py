@@ -37,6 +37,18 @@ RERANK_RESULT = pa.struct([
     ("document", pa.string()),
     ("relevance_score", pa.float64()),
 ])
+SEGMENT = pa.struct([  # vLLM's TranscriptionSegment (OpenAI's verbose_json segment)
+    ("id", pa.int32()),
+    ("seek", pa.int32()),
+    ("start", pa.float64()),
+    ("end", pa.float64()),
+    ("text", pa.string()),
+    ("tokens", pa.list_(pa.int32())),
+    ("temperature", pa.float64()),
+    ("avg_logprob", pa.float64()),
+    ("compression_ratio", pa.float64()),
+    ("no_speech_prob", pa.float64()),
+])
 ERROR = pa.struct([
     ("code", pa.string()),
     ("message", pa.string()),
@@ -79,6 +91,10 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("scores", pa.list_(pa.float64())),
     # a rerank request's results as vLLM's rerank response orders them: most relevant first, top_n of them
     pa.field("rerank", pa.list_(RERANK_RESULT)),
+    # a transcription's or translation's segments and language, where it asked for verbose_json
+    # (its text is `content`; docs/audio.md)
+    pa.field("audio_segments", pa.list_(SEGMENT)),
+    pa.field("audio_language", pa.string()),
     pa.field("prompt_tokens", pa.int64()),
     pa.field("completion_tokens", pa.int64()),
     # of completion_tokens, the thinking tokens of every choice (null: no reasoning parser split them)
@@ -86,6 +102,7 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("total_tokens", pa.int64()),
     pa.field("cached_tokens", pa.int64()),
     pa.field("images", pa.int32()),  # images the request sent to the engine (null: it never got there)
+    pa.field("audio_seconds", pa.float64()),  # seconds of audio it sent (a transcription's file, input_audio parts)
     pa.field("estimated_cost", pa.float64()),
     pa.field("user", pa.string()),
     pa.field("warnings", pa.list_(pa.string())),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -49,10 +50,12 @@ DEFAULT_COMPLETION_RATIO = 0.5
 def completion_upper(request: Request, prompt_tokens: int, max_model_len: int) -> int:
     """The most completion tokens the engine can produce for a request: n choices of at most
     max_tokens each, and never past the context (vLLM stops a sequence at max_model_len)."""
-    if not ENDPOINTS[request.endpoint].completes:  # vectors and scores, no completion
+    endpoint = ENDPOINTS[request.endpoint]
+    if not endpoint.completes:  # vectors and scores, no completion
         return 0
-    room = max_model_len - prompt_tokens
-    return request.n * (min(request.max_tokens, room) if request.max_tokens else room)
+    parts = endpoint.parts(request) if endpoint.parts is not None else 1  # a speech request's clips
+    room = max_model_len - -(-prompt_tokens // parts)
+    return parts * request.n * (min(request.max_tokens, room) if request.max_tokens else room)
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Tally:
     prompt_tokens_computed: int = 0  # ...less what the prefix cache would serve, in the run's order
     completion_tokens_upper: int = 0
     reasoning_tokens_upper: int = 0  # of completion_tokens_upper, what thinking may take
+    audio_seconds: float = 0.0  # of valid requests' audio (intake/audio.py measured it)
+    audio_billed: int = 0  # ...each request's rounded up to a whole second, as it is billed
     errors: Counter = field(default_factory=Counter)
 
     def add(self, item: Request | FailedRequest, prompt_tokens: int | None, upper: int | None,
@@ -78,6 +83,8 @@ class Tally:
             self.prompt_tokens_computed += prompt_tokens if computed is None else computed
             self.completion_tokens_upper += upper
             self.reasoning_tokens_upper += thinking
+            self.audio_seconds += item.audio_seconds or 0.0
+            self.audio_billed += math.ceil(item.audio_seconds or 0.0)
 
 
 def computed_tokens(prompt_tokens: int, blocks: bytes, before: bytes, block_size: int) -> int:
@@ -106,7 +113,7 @@ class Rates:
         out: dict[str, Any] = {
             "requests": t.requests, "valid": t.requests - t.invalid, "invalid": t.invalid,
             "errors_by_code": dict(sorted(t.errors.items())), "prompt_tokens": t.prompt_tokens,
-            "prompt_tokens_computed": t.prompt_tokens_computed,
+            "prompt_tokens_computed": t.prompt_tokens_computed, "audio_seconds": round(t.audio_seconds, 3),
         }
         think_ratio = self.completion_ratio if self.reasoning_ratio is None else self.reasoning_ratio
         thinking = {"expected": t.reasoning_tokens_upper * think_ratio, "upper": t.reasoning_tokens_upper}
@@ -116,7 +123,8 @@ class Rates:
             out[f"completion_tokens_{bound}"] = round(completion)
             out[f"reasoning_tokens_{bound}"] = round(thinking[bound])
         for bound, completion in bounds.items():
-            out[f"cost_usd_{bound}"] = self.price.cost(t.prompt_tokens, completion, thinking[bound]) if self.price else None
+            out[f"cost_usd_{bound}"] = (self.price.cost(t.prompt_tokens, completion, thinking[bound], t.audio_billed)
+                                        if self.price else None)
         for bound, completion in bounds.items():
             # the GPU computes the prompt tokens the prefix cache does not serve
             hours = ((t.prompt_tokens_computed + completion) / self.tokens_per_second / 3600
@@ -388,7 +396,10 @@ def row_schema(final: bool = True):
     from pipeline.schema import ESTIMATE_SCHEMA
 
     late = {"completion_tokens_expected", "cost_usd_expected", "cost_usd_upper"}
-    return ESTIMATE_SCHEMA if final else pa.schema([f for f in ESTIMATE_SCHEMA if f.name not in late])
+    if final:
+        return ESTIMATE_SCHEMA
+    # while streaming, each request's audio seconds too: its cost needs them (audio-minute prices)
+    return pa.schema([*(f for f in ESTIMATE_SCHEMA if f.name not in late), pa.field("audio_seconds", pa.float64())])
 
 
 class RequestRows:
@@ -415,6 +426,7 @@ class RequestRows:
         c["prompt_tokens"].append(prompt_tokens)
         c["completion_tokens_upper"].append(upper)
         c["reasoning_tokens_upper"].append(None if upper is None else thinking)
+        c["audio_seconds"].append(None if upper is None else getattr(item, "audio_seconds", None))
         c["error"].append(error_column(item) if isinstance(item, FailedRequest) else None)
         if len(c["custom_id"]) >= self.batch_rows:
             self._flush()
@@ -443,13 +455,14 @@ class RequestRows:
                 prompt = pc.cast(columns["prompt_tokens"], pa.float64())
                 upper = pc.cast(columns["completion_tokens_upper"], pa.float64())
                 thinking = pc.cast(columns["reasoning_tokens_upper"], pa.float64())
+                audio = pc.ceil(pc.fill_null(columns["audio_seconds"], 0.0))
                 think_ratio = rates.completion_ratio if rates.reasoning_ratio is None else rates.reasoning_ratio
                 thought = pc.multiply(thinking, think_ratio)
                 columns["completion_tokens_expected"] = expected = pc.add(
                     thought, pc.multiply(pc.subtract(upper, thinking), rates.completion_ratio))
                 for bound, tokens, thinks in (("expected", expected, thought), ("upper", upper, thinking)):
                     columns[f"cost_usd_{bound}"] = pa.nulls(len(batch), pa.float64()) if price is None else _cost(
-                        price, prompt, tokens, thinks)
+                        price, prompt, tokens, thinks, audio)
                 writer.write_batch(pa.record_batch([columns[name] for name in schema.names], schema=schema))
 
     def __enter__(self) -> RequestRows:
@@ -462,14 +475,16 @@ class RequestRows:
             os.remove(self.tmp)
 
 
-def _cost(price: Price, prompt, completion, thinking):
-    """Price.cost over Arrow columns: thinking at the reasoning price (else the output price)."""
+def _cost(price: Price, prompt, completion, thinking, audio):
+    """Price.cost over Arrow columns: thinking at the reasoning price (else the output price), and
+    the audio's whole seconds (`audio`) at the audio-minute price."""
     import pyarrow.compute as pc
 
     per_thought = price.output if price.reasoning is None else price.reasoning
     answer = pc.subtract(completion, thinking)
-    return pc.divide(pc.add(pc.add(pc.multiply(prompt, price.input), pc.multiply(answer, price.output)),
-                            pc.multiply(thinking, per_thought)), 1e6)
+    tokens = pc.divide(pc.add(pc.add(pc.multiply(prompt, price.input), pc.multiply(answer, price.output)),
+                              pc.multiply(thinking, per_thought)), 1e6)
+    return pc.add(tokens, pc.multiply(audio, (price.audio_minute or 0.0) / 60))
 
 
 __all__ = ["estimate", "completion_upper", "rates_for", "row_schema", "Rates", "Tally", "table"]

@@ -15,10 +15,13 @@ from pipeline.endpoints.completions import COMPLETIONS
 from pipeline.endpoints.embeddings import EMBEDDINGS
 from pipeline.endpoints.rerank import RERANK
 from pipeline.endpoints.score import SCORE
+from pipeline.endpoints.transcriptions import TRANSCRIPTIONS
+from pipeline.endpoints.translations import TRANSLATIONS
 from pipeline.records import Request
 
 # Every endpoint, by the name a request carries (Request.endpoint).
-ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (CHAT, EMBEDDINGS, COMPLETIONS, SCORE, RERANK)}
+ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (CHAT, EMBEDDINGS, COMPLETIONS, SCORE, RERANK,
+                                                        TRANSCRIPTIONS, TRANSLATIONS)}
 # The endpoint of a body that names none: a bare body, a provider's converted line, a template row.
 DEFAULT = CHAT
 

@@ -74,6 +74,9 @@ class Endpoint:
     default_max_tokens: int | None = None  # max_tokens when the body sets none (None: the context)
     completes: bool = True  # it generates tokens (estimate bounds them); False: vectors or scores
     converses: bool = False  # it holds a conversation: thinking, tools, a repair's follow-up turn
+    # How many engine prompts one request makes, each with its own context and token bound
+    # (speech: one per audio clip, their tokens alike). None: one.
+    parts: Callable[[Request], int] | None = None
 
     def unsupported(self, runner: str) -> Problem | None:
         """Why a request for this endpoint cannot run on a model of kind `runner` (None: it can)."""
@@ -90,7 +93,7 @@ class Endpoint:
 
 # The output columns that belong to one endpoint or another: each endpoint's `columns` sets
 # those it fills and leaves the rest null.
-COLUMNS = ("embedding", "embeddings", "encoding_format", "scores", "rerank")
+COLUMNS = ("embedding", "embeddings", "encoding_format", "scores", "rerank", "audio_segments", "audio_language")
 NO_COLUMNS: dict[str, Any] = dict.fromkeys(COLUMNS)
 
 

@@ -76,10 +76,12 @@ def _reasoning(body: dict[str, Any]) -> dict[str, Any]:
 
 
 IMAGE_DETAIL = ("auto", "low", "high")
+AUDIO_FORMATS = ("wav", "mp3")  # OpenAI's input_audio formats
 
 
 def _text(content: Any, where: str, role: str = "user") -> str | None:
-    """Check message content: a string or a list of text parts (and, in user messages, image_url parts)."""
+    """Check message content: a string or a list of text parts (and, in user messages, image_url
+    and input_audio parts)."""
     if content is None or isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -89,10 +91,14 @@ def _text(content: Any, where: str, role: str = "user") -> str | None:
         if ptype == "image_url" and role == "user":
             _image_url(part.get("image_url"), f"{where}.content[{j}].image_url")
             continue
+        if ptype == "input_audio" and role == "user":
+            input_audio(part.get("input_audio"), f"{where}.content[{j}].input_audio")
+            continue
         if ptype != "text" or not isinstance(part.get("text"), str):
             what = f"a part of type {ptype!r}" if ptype else "a part that is not {\"type\": \"text\", \"text\": ...}"
             code = "unsupported_content" if ptype in ("image_url", "input_audio", "file", "video_url") else "invalid_messages"
-            takes = "text parts, and images in user messages" if ptype == "image_url" else "text and image parts only"
+            takes = ("text parts, and images and audio in user messages" if ptype in ("image_url", "input_audio")
+                     else "text, image and audio parts only")
             raise Invalid(code, f"{where}.content[{j}] is {what}; a message takes {takes}", f"{where}.content[{j}]")
     return "text"
 
@@ -105,6 +111,16 @@ def _image_url(image: Any, at: str) -> None:
     if image.get("detail") not in (None, *IMAGE_DETAIL):
         raise Invalid("invalid_parameter", f"{at}.detail must be one of {', '.join(IMAGE_DETAIL)}, got "
                       f"{short(image['detail'])}", f"{at}.detail")
+
+
+def input_audio(audio: Any, at: str) -> None:
+    """An input_audio part's object, as OpenAI's chat API takes it: {"data": base64, "format": wav|mp3}
+    (intake/audio.py decodes and checks the audio itself)."""
+    if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or not audio["data"]:
+        raise Invalid("invalid_messages", f"{at} must be {{\"data\": \"<base64>\", \"format\": \"wav\"}}", at)
+    if audio.get("format") not in AUDIO_FORMATS:
+        raise Invalid("invalid_parameter", f"{at}.format must be one of {', '.join(AUDIO_FORMATS)}, got "
+                      f"{short(audio.get('format'))}", f"{at}.format")
 
 
 def _messages(messages: Any) -> list[dict[str, Any]]:

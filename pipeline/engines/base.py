@@ -66,6 +66,8 @@ class Result:
     # counts them: rows sent as one request with `n` (sampled.py) are billed their own choices'
     choice_tokens: list[int] | None = None
     choice_reasoning_tokens: list[int] | None = None
+    # a transcription's or translation's verbose_json parts: {"segments": [...], "language": "en"}
+    audio: dict[str, Any] | None = None
 
 
 class Engine(Protocol):

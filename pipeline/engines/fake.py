@@ -123,6 +123,30 @@ class FakeEngine:
         return Result(seq, prompt_tokens=sum(map(_words, [*queries, *documents])), completion_tokens=0,
                       cached_tokens=0, scores=scores)
 
+    def _transcribe(self, seq: int, req: Request) -> Result:
+        """A deterministic fake transcription (or translation): "fake transcription of N.NN s"
+        and one word of the audio's digest, its prompt tokens what vLLM's Whisper prompt counts
+        (4 a chunk, endpoints/speech.py); verbose_json gives one segment over the whole audio."""
+        from pipeline.endpoints.speech import chunks
+
+        body, seconds = req.input, req.audio_seconds or 0.0
+        digest = hashlib.blake2b(body["file_url"].encode(), digest_size=4).hexdigest()
+        task = "translation" if req.endpoint == "translations" else "transcription"
+        words = f"fake {task} of {seconds:.2f} s {digest}".split()
+        budget = req.max_tokens or len(words)
+        text = " ".join(words[:budget])
+        choice = {"index": 0, "content": text, "tool_calls": None, "logprobs": None, "reasoning_content": None,
+                  "finish_reason": "length" if budget < len(words) else "stop"}
+        audio = None
+        if body.get("response_format") == "verbose_json":
+            language = "en" if req.endpoint == "translations" else body.get("language") or "en"
+            audio = {"language": language, "segments": [{
+                "id": 0, "seek": 0, "start": 0.0, "end": round(seconds, 2), "text": text, "tokens": [],
+                "temperature": body.get("temperature", 0.0), "avg_logprob": 0.0, "compression_ratio": 1.0,
+                "no_speech_prob": None}]}
+        return Result(seq, [choice], prompt_tokens=4 * chunks(seconds), completion_tokens=min(budget, len(words)),
+                      cached_tokens=0, audio=audio)
+
     def _claim_death(self) -> bool:
         """Die only once per marker file, so that a restarted worker survives."""
         marker = self.opts.get("die_marker")
@@ -149,7 +173,8 @@ class FakeEngine:
 
 # How each endpoint's request is answered (tests/unit/test_registry.py: one entry per endpoint).
 SUBMIT = {"chat": FakeEngine._complete, "completions": FakeEngine._complete, "embeddings": FakeEngine._embed,
-          "score": FakeEngine._score, "rerank": FakeEngine._score}
+          "score": FakeEngine._score, "rerank": FakeEngine._score, "transcriptions": FakeEngine._transcribe,
+          "translations": FakeEngine._transcribe}
 
 
 def _thoughts(req: Request, text: str) -> list[str] | None:
@@ -173,6 +198,8 @@ def _last_text(req: Request) -> str:
     content = req.messages[-1].get("content") or ""
     if isinstance(content, list):
         content = "\n".join(p["text"] for p in content if p["type"] == "text")
+        if req.audio_seconds:  # a chat with input_audio parts: the fake model heard them
+            content = f"{content} [heard {req.audio_seconds:.2f} s of audio]".strip()
     return content
 
 

@@ -51,7 +51,8 @@ class _Results(Protocol):
 
 def mergeable(req: Request, max_n: int = MAX_N) -> bool:
     """Whether the request may share one `n` request with identical ones (see the module's doc)."""
-    return (ENDPOINTS[req.endpoint].completes and not determined(req) and req.n < max_n
+    endpoint = ENDPOINTS[req.endpoint]  # a speech request's clips are engine requests of their own: no n
+    return (endpoint.completes and endpoint.parts is None and not determined(req) and req.n < max_n
             and req.params.get("best_of", 1) == 1)
 
 

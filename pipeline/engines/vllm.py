@@ -56,6 +56,8 @@ except ImportError as e:  # pragma: no cover - depends on the install
 
 
 class VLLMEngine:
+    speech = None  # speech.SpeechQueue, made at the first transcription or translation
+
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.cpu = current_platform.is_cpu()
@@ -136,6 +138,17 @@ class VLLMEngine:
         if refusal is not None:
             raise _Refused(refusal.error)
 
+    def _speech(self, seq: int, req: Request) -> None:
+        """A transcription or translation request, to the speech queue (speech.py)."""
+        from pipeline.engines.speech import Refusal, SpeechQueue
+
+        try:
+            if self.speech is None:
+                self.speech = SpeechQueue(self.llm)
+            self.speech.add(seq, req, _external_id)
+        except Refusal as e:
+            raise _Refused(e.problem) from None
+
     def _chat(self, seq: int, req: Request) -> None:
         """A chat request, rendered with the model's chat template (tools included)."""
         creq = _validated(chat_request, req)
@@ -204,6 +217,9 @@ class VLLMEngine:
         for out in self.engine.step():
             if not out.finished:
                 continue
+            if self.speech is not None and self.speech.owns(out.request_id):
+                done.extend(r for r in [self._heard(out)] if r is not None)
+                continue
             seq, req, creq, warnings = self.inflight.pop(out.request_id)
             try:
                 done.append(self._result(seq, req, creq, warnings, out))
@@ -212,6 +228,10 @@ class VLLMEngine:
                 done.append(Result(seq, error=Problem("output_error", f"reading the engine's output failed: {_first_line(e)}"),
                                    prompt_tokens=len(out.prompt_token_ids or ())))
         return done
+
+    def _heard(self, out) -> Result | None:
+        """A speech request's engine output: its Result once all of it is done (speech.py)."""
+        return self.speech.finished(out, _external_id)
 
     def _result(self, seq, req: Request, creq, warnings, out) -> Result:
         choices = [self._choice(req, creq, c, out.prompt_token_ids or []) for c in sorted(out.outputs, key=lambda c: c.index)]
@@ -280,7 +300,8 @@ class VLLMEngine:
                 "bytes": list(text.encode("utf-8", errors="replace"))}
 
     def pending(self) -> int:
-        return len(self.inflight) + (self.pooling.pending() if self.pooling else 0)
+        return len(self.inflight) + (self.pooling.pending() if self.pooling else 0) + (
+            self.speech.pending() if self.speech else 0)
 
     def close(self) -> None:
         self.inflight.clear()
@@ -332,7 +353,8 @@ def read_tool_calls(text: str | None, finish: str, req: Request, creq, parser) -
 
 # How each endpoint's request goes into the engine (tests/unit/test_registry.py: one entry per endpoint).
 SUBMIT = {"chat": VLLMEngine._chat, "completions": VLLMEngine._completion, "embeddings": VLLMEngine._pool,
-          "score": VLLMEngine._pool, "rerank": VLLMEngine._pool}
+          "score": VLLMEngine._pool, "rerank": VLLMEngine._pool, "transcriptions": VLLMEngine._speech,
+          "translations": VLLMEngine._speech}
 
 
 def chat_request(req: Request) -> ChatCompletionRequest:

@@ -53,6 +53,7 @@ class ImagePolicy:
     media: MediaRules = field(default_factory=MediaRules)  # where images may come from (media.py)
     model: str | None = None
     vision: bool | None = None  # is the model a vision-language model (None: unknown, or no model)
+    audio: bool | None = None  # does the model take audio (None: unknown, or no model; intake/audio.py)
 
 
 def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | FailedRequest:
@@ -136,15 +137,20 @@ def inline(url: str, param: str, policy: ImagePolicy) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def _inline_bytes(url: str, param: str) -> bytes:
+def _inline_bytes(url: str, param: str, kind: str = "image") -> bytes:
+    """The bytes of a data: URI; `kind` (image, audio) names the error code: invalid_<kind>."""
     head, sep, payload = url.partition(",")
     if not sep or not head.endswith(";base64"):
-        raise Invalid("invalid_image", f"{param} is a data: URI that is not base64 "
-                      "(data:image/png;base64,...)", param)
+        raise Invalid(f"invalid_{kind}", f"{param} is a data: URI that is not base64 "
+                      f"(data:{kind}/{'png' if kind == 'image' else 'wav'};base64,...)", param)
+    return base64_bytes(payload, param, kind)
+
+
+def base64_bytes(payload: str, param: str, kind: str = "image") -> bytes:
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise Invalid("invalid_image", f"{param} holds data that is not valid base64", param) from None
+        raise Invalid(f"invalid_{kind}", f"{param} holds data that is not valid base64", param) from None
 
 
 def check(data: bytes, param: str, max_pixels: int = ImagePolicy.max_pixels) -> str:
@@ -180,22 +186,25 @@ def check(data: bytes, param: str, max_pixels: int = ImagePolicy.max_pixels) -> 
     return FORMATS[fmt]
 
 
-def fetched(url: str, param: str, policy: ImagePolicy) -> bytes:
-    """The bytes at a path or URL (at most max_bytes + 1 are read), under the job's media rules."""
+def fetched(url: str, param: str, policy: ImagePolicy, kind: str = "image") -> bytes:
+    """The bytes at a path or URL (at most max_bytes + 1 are read), under the job's media rules;
+    `kind` (image, audio) names the error codes: <kind>_not_allowed, <kind>_fetch_failed."""
     rules = policy.media
     try:
         return fetch(url, policy.max_bytes + 1, rules)
     except Refused as e:
-        raise Invalid("image_not_allowed", f"{param}: {e}", param) from None
+        raise Invalid(f"{kind}_not_allowed", f"{param}: {e}", param) from None
     except Exception as e:  # noqa: BLE001 - network errors come in every kind
-        raise Invalid("image_fetch_failed", f"{param}: the image at {rules.show(url)} could not be read "
+        raise Invalid(f"{kind}_fetch_failed", f"{param}: the {kind} at {rules.show(url)} could not be read "
                       f"({type(e).__name__}: {short(rules.show(str(e)), 120)})", param) from None
 
 
-def resolve_all(items: Iterable[Request | FailedRequest], policy: ImagePolicy) -> Iterator[Request | FailedRequest]:
-    """`resolve` over a stream, on daemon threads, at most `policy.ahead` requests (and about
-    AHEAD_BYTES of checked images) ahead, in order. Closing the stream (a stopped run) cancels
-    every fetch not started and waits for none."""
+def resolve_all(items: Iterable[Request | FailedRequest], policy: ImagePolicy, one=resolve,
+                needs=None) -> Iterator[Request | FailedRequest]:
+    """`resolve` (or `one`, for the items `needs` picks: intake/audio.py checks audio too) over a
+    stream, on daemon threads, at most `policy.ahead` requests (and about AHEAD_BYTES of checked
+    images) ahead, in order. Closing the stream (a stopped run) cancels every fetch not started
+    and waits for none."""
     pending: deque[Future | Request | FailedRequest] = deque()
     pool = DaemonPool(policy.workers, "images")
 
@@ -209,8 +218,9 @@ def resolve_all(items: Iterable[Request | FailedRequest], policy: ImagePolicy) -
 
     try:
         for item in items:
-            has_images = isinstance(item, Request) and next(image_parts(item.messages), None) is not None
-            pending.append(pool.submit(resolve, item, policy) if has_images else item)
+            has_media = isinstance(item, Request) and (next(image_parts(item.messages), None) is not None
+                                                       or (needs is not None and needs(item)))
+            pending.append(pool.submit(one, item, policy) if has_media else item)
             while ready():
                 head = pending.popleft()
                 yield head.result() if isinstance(head, Future) else head

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from pipeline.intake import audio
 from pipeline.intake.images import ImagePolicy, resolve_all
 from pipeline.intake.limit import FULL, Limit
 from pipeline.intake.requests import Context, validate_rows
@@ -35,7 +36,7 @@ def request_stream(files: Sequence[InputFile], scans, ctx: Context, spec: Templa
     items = limit.apply(items, lambda: row_keys(files, scans, max_line_bytes=max_line_bytes))
     if skip is not None:
         items = (item for item in items if not skip(item))
-    return resolve_all(items, images or ImagePolicy())
+    return resolve_all(items, images or ImagePolicy(), audio.resolve, audio.has_audio)
 
 
 def row_keys(files: Sequence[InputFile], scans, *, max_line_bytes: int) -> Iterator[tuple[Source, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -20,19 +21,26 @@ class Price:
     output: float
     source: str = "command line"
     reasoning: float | None = None  # thinking tokens, where they cost other than output tokens
+    audio_minute: float | None = None  # USD per minute of input audio (whisper-1's way), besides tokens
 
     def describe(self) -> str:
         thinking = f", ${self.reasoning}/M reasoning" if self.reasoning is not None else ""
-        return f"${self.input}/M input, ${self.output}/M output{thinking} ({self.source})"
+        audio = f", ${self.audio_minute}/audio minute" if self.audio_minute is not None else ""
+        return f"${self.input}/M input, ${self.output}/M output{thinking}{audio} ({self.source})"
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> float:
+    def cost(self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0,
+             audio_seconds: float | None = None) -> float:
         """USD for these tokens; reasoning tokens are part of the completion tokens (as OpenAI
-        counts them) and cost the reasoning price where there is one, else the output price."""
+        counts them) and cost the reasoning price where there is one, else the output price.
+        Audio costs `audio_minute` per minute, its seconds rounded up (as whisper-1 bills them)."""
         thinking = min(reasoning_tokens or 0, completion_tokens)
         per_thought = self.output if self.reasoning is None else self.reasoning
-        return (
+        tokens = (
             prompt_tokens * self.input + (completion_tokens - thinking) * self.output + thinking * per_thought
         ) / 1e6
+        if audio_seconds and self.audio_minute:
+            tokens += math.ceil(audio_seconds) / 60 * self.audio_minute
+        return tokens
 
 
 @cache
@@ -66,6 +74,7 @@ def find_price(
         price_output if price_output is not None else (row or {}).get("output", 0.0),
         "command line" if row is None else f"{name} list price" + (" (overridden)" if given != (None,) * 3 else ""),
         price_reasoning if price_reasoning is not None else (row or {}).get("reasoning"),
+        (row or {}).get("audio_minute"),
     )
 
 
@@ -86,4 +95,5 @@ def hosted_price(model: str) -> Price | None:
     name, row = next(((p, r) for p, r in rows.items() if r.get("default")), (None, None))
     if row is None:
         return None
-    return Price(row["input"], row["output"], f"{name} list price for {key}", row.get("reasoning"))
+    return Price(row["input"], row["output"], f"{name} list price for {key}", row.get("reasoning"),
+                 row.get("audio_minute"))

@@ -104,6 +104,7 @@ def _texts(content: Any, role: str) -> list[tuple[str, dict[str, Any]]]:
             if p["type"] == "image_url"
             else (p["text"], {k: v for k, v in p.items() if k not in ("type", "text")})
             for p in content
+            if p["type"] != "input_audio"  # audio: its processor's tokens are not counted
         ]
     if role != "system":
         return parts
@@ -125,6 +126,16 @@ def image_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str,
             for j, part in enumerate(content):
                 if part.get("type") == "image_url":
                     yield f"messages[{i}].content[{j}].image_url", part
+
+
+def audio_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(param, part) of every input_audio part of a conversation, in order."""
+    for i, msg in enumerate(messages):
+        content = msg.get("content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if part.get("type") == "input_audio":
+                    yield f"messages[{i}].content[{j}].input_audio", part
 
 
 def image_urls(messages: list[dict[str, Any]]) -> list[str]:

@@ -50,7 +50,7 @@ from typing import Any
 
 from pipeline.endpoints import ENDPOINTS
 from pipeline.exits import UserError
-from pipeline.models.names import context_length, resolve_model, score_join
+from pipeline.models.names import _json_file, context_length, resolve_model, score_join
 from pipeline.models.prefix import chained_digests
 from pipeline.models.render import (
     PromptError,
@@ -97,7 +97,10 @@ class PromptCounter:
         self._templates: dict[bool, tuple[str, str, bool]] = {}
         self._mm = None  # the HF processor, for prompts with images
         self.score_join = score_join(path)  # a cross-encoder's pair prompt (None: not a cross-encoder)
-        if self.score_join is None:  # a cross-encoder has no chat
+        # A plain prompt gets the tokenizer's special tokens, except an encoder-decoder's (Whisper's
+        # decoder prompt carries its own; vLLM's processor adds none): endpoints/speech.py
+        self._plain_special = not (_json_file(path, "config.json") or {}).get("is_encoder_decoder", False)
+        if self._plain_special and self.score_join is None:  # a speech model or a cross-encoder has no chat
             self._template(None)  # fail now, not on every row, when the model has no chat template
         self._split, self._added = _added_token_splitter(self._backend)
         self._words = _pre_token_splitter(self._backend)
@@ -130,9 +133,9 @@ class PromptCounter:
     def token_ids(self, request: Request) -> list[int]:
         """The prompt token ids vLLM gives the engine for this request (a chat or completions one)."""
         plain = ENDPOINTS[request.endpoint].prompts
-        if plain is not None:  # a plain prompt (completions): the tokenizer's special tokens, no template
-            [prompt] = plain(request)
-            return list(prompt) if isinstance(prompt, list) else list(self.tokenizer(prompt)["input_ids"])
+        if plain is not None:  # plain prompts (completions, a clip's): the tokenizer's special tokens, no template
+            return [i for prompt in plain(request) for i in (prompt if isinstance(prompt, list) else
+                    self.tokenizer(prompt, add_special_tokens=self._plain_special)["input_ids"])]
         text = self.render(request.messages, engine_tools(request), template_kwargs(request.params))
         images = image_urls(request.messages)
         return list(self._image_ids(text, images) if images else self._ids([text])[0])
@@ -151,6 +154,8 @@ class PromptCounter:
         # vLLM refuses a prompt that leaves no room for one completion token. A pooling request's
         # inputs are separate prompts: the engine answers for each.
         endpoint = ENDPOINTS[request.endpoint]
+        if endpoint.parts is not None:  # each of its engine prompts (a clip's) must fit on its own
+            prompt_tokens = -(-prompt_tokens // endpoint.parts(request))
         problem = context_problem(prompt_tokens, self.max_model_len,
                                   field=endpoint.prompt_field) if endpoint.completes else None
         if problem is None:
@@ -211,7 +216,8 @@ class PromptCounter:
         tokenizer's special tokens); token-id inputs are taken as they are; a (query, document)
         pair as a cross-encoder's one prompt (`score_join`)."""
         return sum(len(one) if isinstance(one, list) else len(self._pair_ids(*one)) if isinstance(one, tuple)
-                   else len(self.tokenizer(one)["input_ids"]) for one in inputs)
+                   else len(self.tokenizer(one, add_special_tokens=self._plain_special)["input_ids"])
+                   for one in inputs)
 
     def _pair_ids(self, query: str, document: str) -> list[int]:
         """A cross-encoder's prompt of a pair, as vLLM's scoring tokenizes it without a score template."""
@@ -345,7 +351,7 @@ class PromptCounter:
                       {"role": "user", "content": "é 中文 ok"}],
                      [{"role": "system", "content": " Be brief.\n"}, {"role": "user", "content": "Hi"}]
                      ) if self.score_join is None else ():  # a cross-encoder has no chat template
-            with contextlib.suppress(PromptError):  # a template may refuse one of them
+            with contextlib.suppress(PromptError, UserError):  # a template may refuse one (a speech model has none)
                 probes.append(self.render(conv))
         return [list(ids) for ids in self._ids(probes)] == [
             self._backend.encode(p, add_special_tokens=False).ids for p in probes]

@@ -32,12 +32,15 @@ def error_row(err: FailedRequest, model: str) -> dict[str, Any]:
         "encoding_format": None,
         "scores": None,
         "rerank": None,
+        "audio_segments": None,
+        "audio_language": None,
         "prompt_tokens": None,
         "completion_tokens": None,
         "reasoning_tokens": None,
         "total_tokens": None,
         "cached_tokens": None,
         "images": None,
+        "audio_seconds": None,
         "estimated_cost": None,
         "user": err.user,
         "warnings": None,
@@ -87,7 +90,10 @@ def result_row(req: Request, res: Result, model: str, price: Price | None) -> di
         "total_tokens": prompt + completion,
         "cached_tokens": res.cached_tokens or 0,
         "images": len(image_urls(req.messages)),
-        "estimated_cost": price.cost(prompt, completion, res.reasoning_tokens or 0) if price else None,
+        "audio_seconds": req.audio_seconds,
+        "estimated_cost": price.cost(prompt, completion, res.reasoning_tokens or 0, req.audio_seconds)
+        if price
+        else None,
         "user": req.user,
         "warnings": warnings or None,
         "error": None,
@@ -112,9 +118,15 @@ def dataset_rows(row: dict[str, Any], item: Request | FailedRequest, layout) -> 
     if layout.explode and row["choices"]:
         rows = []
         for i, choice in enumerate(row["choices"]):
-            one = {**row, "content": choice.get("content"), "finish_reason": choice.get("finish_reason"),
-                   "reasoning_content": choice.get("reasoning_content"),
-                   "tool_calls": choice.get("tool_calls"), "choices": [choice], "choice_index": i}
+            one = {
+                **row,
+                "content": choice.get("content"),
+                "finish_reason": choice.get("finish_reason"),
+                "reasoning_content": choice.get("reasoning_content"),
+                "tool_calls": choice.get("tool_calls"),
+                "choices": [choice],
+                "choice_index": i,
+            }
             rows.append(one)
     else:
         rows = [{**row, "choice_index": None} if layout.explode else row]
@@ -124,8 +136,10 @@ def dataset_rows(row: dict[str, Any], item: Request | FailedRequest, layout) -> 
             if one["error"] is None and thinking_cut(
                 one.get("reasoning_content"), one["content"], one["finish_reason"]
             ):
-                problem = (f"{THINKING_CUT}: no answer to parse: the thinking used all of max_tokens "
-                           "(raise max_tokens or set thinking_token_budget)")
+                problem = (
+                    f"{THINKING_CUT}: no answer to parse: the thinking used all of max_tokens "
+                    "(raise max_tokens or set thinking_token_budget)"
+                )
             elif one["error"] is None:
                 values, problem = structured.parse(one["content"], layout.response_schema)
             values = values or {}

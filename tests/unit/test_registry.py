@@ -52,7 +52,7 @@ def test_every_endpoint_is_one_file_with_every_member(name):
     assert (PACKAGE / "endpoints" / f"{name}.py").exists(), f"add {file}, building its Endpoint"
     assert endpoint.parse.__module__ == f"pipeline.endpoints.{name}", f"{file}: define its parse there"
     for f in dataclasses.fields(Endpoint):
-        assert getattr(endpoint, f.name) is not None or f.name in ("prompts", "pairs", "default_max_tokens"), (
+        assert getattr(endpoint, f.name) is not None or f.name in ("prompts", "pairs", "default_max_tokens", "parts"), (
             f"{file}: its Endpoint has no {f.name}")
     assert endpoint.runner in RUNNERS, f"{file}: runner must be one of {RUNNERS}"
     assert endpoint.urls.match(endpoint.url), f"{file}: its url {endpoint.url!r} must match its own urls"
@@ -78,7 +78,9 @@ def test_every_endpoint_body_is_read_back_as_its_own(name):
 
     bodies = {"chat": {"messages": [{"role": "user", "content": "hi"}]}, "completions": {"prompt": "hi"},
               "embeddings": {"input": "hi"}, "score": {"queries": "q", "documents": ["a"]},
-              "rerank": {"query": "q", "documents": ["a"]}}
+              "rerank": {"query": "q", "documents": ["a"]},
+              "transcriptions": {"file_url": "data:audio/wav;base64,UklGRg==", "language": "en"},
+              "translations": {"file_url": "data:audio/wav;base64,UklGRg==", "response_format": "verbose_json"}}
     assert name in bodies, f"tests/unit/test_registry.py: add a body of {name} to this test"
     line = {"custom_id": "x", "method": "POST", "url": ENDPOINTS[name].url, "body": bodies[name]}
     req = parse_row(line, source=Source(0, "in.jsonl", "in.jsonl"), line=1, ctx=Context())
