@@ -199,7 +199,7 @@ def fetched(url: str, param: str, policy: ImagePolicy, kind: str = "image") -> b
                       f"({type(e).__name__}: {short(rules.show(str(e)), 120)})", param) from None
 
 
-def resolve_all(items: Iterable[Request | FailedRequest], policy: ImagePolicy, one=resolve,
+def resolve_all(items: Iterable[Request | FailedRequest], policy: ImagePolicy, one=None,
                 needs=None) -> Iterator[Request | FailedRequest]:
     """`resolve` (or `one`, for the items `needs` picks: intake/audio.py checks audio too) over a
     stream, on daemon threads, at most `policy.ahead` requests (and about AHEAD_BYTES of checked
@@ -207,6 +207,7 @@ def resolve_all(items: Iterable[Request | FailedRequest], policy: ImagePolicy, o
     and waits for none."""
     pending: deque[Future | Request | FailedRequest] = deque()
     pool = DaemonPool(policy.workers, "images")
+    one = one or resolve  # looked up at the call (a test may stand in for it)
 
     def ready() -> bool:
         if not pending:

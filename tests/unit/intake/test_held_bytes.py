@@ -91,7 +91,9 @@ def test_intake_resolves_a_bounded_number_of_bytes_ahead(monkeypatch):
     stream = resolve_all(rows(), ImagePolicy(workers=2, ahead=64))
     consumer = threading.Thread(target=lambda: done.append(("first", next(stream).custom_id)), daemon=True)
     consumer.start()
+    limit = time.monotonic() + 60  # a stand-in never called fails here, not hangs
     while len(done) < 3:  # three images resolved behind the stalled first
+        assert time.monotonic() < limit, f"only {done} resolved: resolve_all did not call images.resolve"
         time.sleep(0.01)
     time.sleep(0.2)  # the reader runs ahead as far as it may
     assert len(read) < 10, len(read)
