@@ -190,10 +190,20 @@ def chain_summary(order: str, n: int, segments: list[dict[str, Any]], check: dic
            "rerun_share_of_estimate": [round(s["run"]["wall_s"] / estimate, 4) for s in segments[1:]],
            "total_s": round(sum(s["run"]["wall_s"] for s in segments), 1),
            "peak_rss_bytes": max(s["run"]["peak_rss_bytes"] for s in segments),
-           "status": "ok" if ok else f"FAILED: check {check}, exits {[s['run']['rc'] for s in segments]}"}
+           "status": "ok" if ok else chain_failure(segments, check)}
     print(f"  estimated uninterrupted {estimate:.0f} s; last rerun {last['run']['wall_s']:.0f} s = "
           f"{row['rerun_share_of_estimate'][-1]:.1%} of it; {row['status']}", file=sys.stderr)
     return row
+
+
+def chain_failure(segments: list[dict[str, Any]], check: dict[str, Any] | None) -> str:
+    for i, s in enumerate(segments[:-1], 1):
+        if s["run"]["rc"] != -9:
+            return (f"FAILED: segment {i} was not killed (exit {s['run']['rc']}): the job "
+                    f"{'ended' if s['run']['rc'] == 0 else 'failed'} before {s['kill_at']:.0%} was counted")
+    if segments[-1]["run"]["rc"] != 0:
+        return f"FAILED: the last rerun exited {segments[-1]['run']['rc']}"
+    return f"WRONG: {check}"
 
 
 def chain_markdown(r: dict[str, Any]) -> list[str]:
@@ -236,8 +246,9 @@ def markdown(result: dict[str, Any]) -> str:
         *([table(["order", "code", "requests", "uninterrupted run s", "rows committed at kill", "killed at s",
                   "rerun s", "rerun / uninterrupted", "peak RSS MiB, rerun", "status"], rows), ""] if rows else []),
         *[line for r in result["runs"] if r.get("mode") == "chain" for line in chain_markdown(r)],
-        "Rerun / uninterrupted: the rerun's wall time (start-up included) over that of the same command "
-        "run once without a kill. Peak RSS: largest sum of resident memory over the command's process "
+        *(["Rerun / uninterrupted: the rerun's wall time (start-up included) over that of the same command "
+           "run once without a kill."] if rows else []),
+        "Peak RSS: largest sum of resident memory over the command's process "
         "tree, sampled every 0.2 s. Status ok: the rerun exited 0 and the output holds every custom_id "
         "exactly once (rows = distinct ids = requests, ids 0 .. N-1). See bench/README.md.", "",
     ])
