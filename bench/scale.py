@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -89,6 +90,28 @@ class CommittedRows:
                         continue  # being written: next time
                     self.seen.add(p.name)
         return self.rows
+
+
+class Progress:
+    """A segment's `stop`: rows committed (every record in the folder, earlier segments' too)
+    against `kill_rows` (None: never stop); notes when the first row past `before` was committed
+    (start-up, and on a rerun what it skips), rows every 10 s and the 1-minute load every 30 s."""
+
+    def __init__(self, out: Path, before: int, kill_rows: float | None):
+        self.committed, self.before, self.kill_rows = CommittedRows(out), before, kill_rows
+        self.start, self.first_commit_s = time.monotonic(), None
+        self.trace: list[tuple[float, int]] = []
+        self.load: list[tuple[float, float]] = []
+
+    def __call__(self) -> bool:
+        rows, t = self.committed.count(), round(time.monotonic() - self.start, 1)
+        if self.first_commit_s is None and rows > self.before:
+            self.first_commit_s = t
+        if not self.trace or (rows != self.trace[-1][1] and t - self.trace[-1][0] >= 10):
+            self.trace.append((t, rows))
+        if not self.load or t - self.load[-1][0] >= 30:
+            self.load.append((t, round(os.getloadavg()[0], 2)))
+        return self.kill_rows is not None and rows >= self.kill_rows
 
 
 def check_output(out: Path, n: int) -> dict[str, Any]:
@@ -163,18 +186,25 @@ def chained(order: str, requests: Path, n: int, work: Path, kills: list[float]) 
     cmd = [python(), "-m", "pipeline", "run", requests, "-o", out, "--engine", "fake", "-m",
            "smollm2", "-q", "--order", order]
     segments: list[dict[str, Any]] = []
+    before = 0
     for i, kill_at in enumerate([*kills, None]):
-        committed, trace = CommittedRows(out), []  # fresh each time: a rerun may rewrite records
-        stop = None if kill_at is None else (lambda k=kill_at, c=committed: c.count() >= k * n)
-        m = run_measured(cmd, log=work / f"log-{tag}-{i}.txt", env=base_env(0), trace=trace, stop=stop)
+        trace: list[tuple[float, int]] = []
+        progress = Progress(out, before, None if kill_at is None else kill_at * n)
+        m = run_measured(cmd, log=work / f"log-{tag}-{i}.txt", env=base_env(0), trace=trace, stop=progress)
         rows = CommittedRows(out, every=0).count()
         report = json.loads((out / "_report.json").read_text()) if kill_at is None and m.rc == 0 else {}
-        segments.append({"kill_at": kill_at, "run": m.as_dict(), "rows_committed_after": rows,
+        first = progress.first_commit_s
+        segments.append({"kill_at": kill_at, "run": m.as_dict(), "rows_committed_before": before,
+                         "rows_committed_after": rows, "first_new_commit_s": first,
+                         "rows_per_s_after_first_commit": round((rows - before) / (m.wall_s - first), 1)
+                         if first is not None and m.wall_s > first else None,
+                         "rows_trace": progress.trace, "os_load_trace": progress.load,
                          "rss_at_end_bytes": trace[-1][1] if trace else 0, "rss_trace": trace[::25],
                          "report_order": report.get("order"), "report_order_auto": report.get("order_auto"),
                          "report_resumed": report.get("resumed")})
         print(f"  segment {i + 1}: {m.wall_s:.0f} s, exit {m.rc}, {rows:,} rows committed ({rows / n:.0%}), "
-              f"peak RSS {m.peak_rss_bytes / MIB:.0f} MiB", file=sys.stderr)
+              f"first new commit at {first} s, peak RSS {m.peak_rss_bytes / MIB:.0f} MiB", file=sys.stderr)
+        before = rows
     return chain_summary(order, n, segments, check_output(out, n) if segments[-1]["run"]["rc"] == 0 else None)
 
 
@@ -196,6 +226,11 @@ def chain_summary(order: str, n: int, segments: list[dict[str, Any]], check: dic
     return row
 
 
+def mean_load(segment: dict[str, Any]) -> float | None:
+    loads = [v for _, v in segment.get("os_load_trace") or []]
+    return round(sum(loads) / len(loads), 1) if loads else None
+
+
 def chain_failure(segments: list[dict[str, Any]], check: dict[str, Any] | None) -> str:
     for i, s in enumerate(segments[:-1], 1):
         if s["run"]["rc"] != -9:
@@ -211,12 +246,15 @@ def chain_markdown(r: dict[str, Any]) -> list[str]:
     rows = [[i + 1, f"{s['kill_at']:.0%}" if s["kill_at"] is not None else "end",
              s["rows_committed_after"], s["run"]["wall_s"],
              "–" if i == 0 else f"{s['run']['wall_s'] / r['estimated_uninterrupted_s']:.1%}",
-             s["run"]["peak_rss_bytes"] / MIB, s["run"]["load_before"]] for i, s in enumerate(seg)]
+             s["run"]["peak_rss_bytes"] / MIB, s.get("first_new_commit_s"), s.get("rows_per_s_after_first_commit"),
+             mean_load(s)] for i, s in enumerate(seg)]
     resolved = seg[-1].get("report_order") or "?"
     return [
         f"### One job chained: order {r['order']} (resolved to: {resolved}), {r['requests']:,} requests", "",
         table(["segment", "killed at", "rows committed after", "wall s", "wall / estimated uninterrupted",
-               "peak RSS MiB", "load before"], rows), "",
+               "peak RSS MiB", "first new commit s", "rows/s after it", "mean 1-min load"], rows), "",
+        "First new commit: seconds from the segment's start to its first commit record (start-up; on a "
+        "rerun also what it skips or reads past). Mean load: the 1-minute load average every 30 s (2 cores).", "",
         f"- Estimated uninterrupted run: **{r['estimated_uninterrupted_s']:,.0f} s** = segment 1's wall time x "
         f"{r['requests']:,} / the rows committed at its kill (start-up scaled with it; segment 1 is an "
         "uninterrupted run up to its kill)",
