@@ -133,6 +133,9 @@ class Request:
     adapter: str | None = None  # the --lora adapter it runs with (None: the base model)
     # Its prefix group in the run's order (intake/order.py): a group goes to one engine. 0: none.
     group: int = 0
+    # Its prefix key (intake/order.prefix_key), kept once computed so it is hashed once; None: not
+    # yet. Not an argument: dataclasses.replace gives a changed request none (never a stale key).
+    prefix: bytes | None = field(default=None, init=False, compare=False, repr=False)
     file: int = 0  # the input file's index (Source.index): with line, the request's key
     # The endpoint it asks for (a name of pipeline/endpoints' registry, whose record says how
     # its body, columns and bounds are made): "chat", or another with `input` (`messages` is then

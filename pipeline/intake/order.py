@@ -117,9 +117,16 @@ def conversation_text(request: Request) -> str:
 
 
 def prefix_key(request: Request) -> bytes:
-    """One digest per block of the conversation's text, each over all the text before it."""
-    data = conversation_text(request).encode("utf-8", "surrogatepass")
-    return chained_digests(data[: BLOCK_CHARS * MAX_BLOCKS], BLOCK_CHARS)
+    """One digest per block of the conversation's text, each over all the text before it;
+    computed on first use and kept on the request (`Request.prefix`): the order sorts by it and
+    the dispatcher's cache plan reads it at hand-over, one hashing for both (in input order, only
+    the hand-over's)."""
+    key = request.prefix
+    if key is None:
+        data = conversation_text(request).encode("utf-8", "surrogatepass")
+        key = chained_digests(data[: BLOCK_CHARS * MAX_BLOCKS], BLOCK_CHARS)
+        object.__setattr__(request, "prefix", key)  # frozen: set on the request intake made and owns
+    return key
 
 
 def order(items: Iterable[Request | FailedRequest], how: str, *, buffer: int = 100_000,
@@ -515,12 +522,13 @@ class BucketOrder(PrefixOrder):
 
 
 def spill(f: IO[bytes] | None, items: list[Keyed], spill_dir: str | None, what: str) -> IO[bytes]:
-    """`items` pickled, SPILL_BATCH at a time, at the end of `f` (None: a new temporary file with
+    """`items` pickled, SPILL_BATCH at a time, without their keys (kept on each request), at the end of `f` (None: a new temporary file with
     no name on disk, so that a killed run leaves none); a full disk is a StorageError (exit 3)."""
     try:
         f = f or tempfile.TemporaryFile(prefix="pipeline-order-", dir=spill_dir)
-        for start in range(0, len(items), SPILL_BATCH):
-            pickle.dump(items[start : start + SPILL_BATCH], f, protocol=pickle.HIGHEST_PROTOCOL)
+        for start in range(0, len(items), SPILL_BATCH):  # the key travels on its request (Request.prefix)
+            pickle.dump([(seq, item) for _, seq, item in items[start : start + SPILL_BATCH]], f,
+                        protocol=pickle.HIGHEST_PROTOCOL)
         f.flush()
         return f
     except OSError as e:
@@ -557,6 +565,8 @@ def _read_run(f: IO[bytes]) -> Iterator[Keyed]:
     f.seek(0)
     while True:
         try:
-            yield from pickle.load(f)
+            batch = pickle.load(f)
         except EOFError:
             return
+        for seq, item in batch:
+            yield (prefix_key(item) if isinstance(item, Request) else b"", seq, item)

@@ -108,7 +108,10 @@ def test_a_consumer_that_stops_early_ends_the_reader_and_closes_the_spill_files(
     assert not ordered._thread.is_alive() and all(f.closed for f in ordered.runs)
 
 
-def test_a_full_spill_disk_stops_the_run_resumably(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind, name", [(BucketOrder, "prefix"), (SortedOrder, "sorted")])
+def test_a_full_spill_disk_stops_the_run_resumably(tmp_path, monkeypatch, kind, name):
+    """Both orders that spill: a full disk is a StorageError (exit 3, the job resumable) naming
+    the order, the cause and where to make room."""
     from pipeline.intake import order as module
     from pipeline.storage import StorageError
 
@@ -116,8 +119,8 @@ def test_a_full_spill_disk_stops_the_run_resumably(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(module.pickle, "dump", full)
-    with pytest.raises(StorageError, match="--order prefix.*No space left on device.*TMPDIR"):
-        list(BucketOrder(iter(docs_workload(6, 5, 1, 0)), buffer=4, spill_dir=str(tmp_path)))
+    with pytest.raises(StorageError, match=f"--order {name}.*No space left on device.*TMPDIR"):
+        list(kind(iter(docs_workload(6, 5, 1, 0)), buffer=4, spill_dir=str(tmp_path)))
 
 
 def test_images_past_the_byte_bound_are_spilled_not_held():
@@ -157,3 +160,35 @@ def test_ranges_stay_within_a_quarter_of_the_open_files_limit(monkeypatch):
     rows = docs_workload(10, 3, seed=2)
     ordered = BucketOrder(iter(rows), buffer=10)
     assert len(list(ordered)) == len(rows) and ordered.buckets == 3 and len(ordered.files) <= 3
+
+
+@pytest.mark.parametrize("how", ["prefix", "sorted", "stream", "input", "auto"])
+def test_each_prefix_key_is_hashed_once_order_and_hand_over_together(tmp_path, monkeypatch, how):
+    """The order sorts by the key and the cache plan reads it at hand-over: one hashing per
+    request (kept on it, through the spill files too); an order that needs none leaves it to the
+    hand-over."""
+    from dataclasses import replace
+
+    from pipeline.engines.cache_plan import CachePlan
+    from pipeline.intake import order as module
+
+    calls = []
+    real = module.chained_digests
+    monkeypatch.setattr(module, "chained_digests", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rows = docs_workload(12, 5, seed=3, errors=2)
+    requests = [r for r in rows if isinstance(r, Request)]
+    ordered = order(iter(rows), how, buffer=8, spill_dir=str(tmp_path))
+    plan = CachePlan(prefix_key)
+    out = []
+    for r in ordered:
+        if isinstance(r, Request):
+            plan.handed(0, r)
+            out.append(r)
+    assert sorted(r.line for r in out) == sorted(r.line for r in requests)
+    assert len(calls) == len(requests)
+    assert all(r.prefix == real(module.conversation_text(r).encode()[: module.BLOCK_CHARS * module.MAX_BLOCKS],
+                                module.BLOCK_CHARS) for r in out)
+    if how in ("prefix", "sorted"):
+        assert ordered.runs, "nothing was spilled: the spill files were not tested"
+    changed = replace(out[0], messages=[{"role": "user", "content": "another text"}])
+    assert changed.prefix is None and prefix_key(changed) != out[0].prefix  # a changed request: no stale key

@@ -1,6 +1,7 @@
 """Repairs judged without an engine: never the identical request twice, the policy's bounds."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -22,13 +23,9 @@ def test_the_identical_request_is_never_sent_twice(monkeypatch):
     r = Repairs(RepairPolicy(frozenset({"empty"}), attempts=5))
     monkeypatch.setattr(repairs, "repaired", lambda req, *a: (req, "nothing"))  # a repair that changes nothing
     assert r.next_request(req(), answer("empty")) is None
-    monkeypatch.setattr(repairs, "repaired", lambda req, *a: (Request(**{**_fields(req), "params": {"seed": 7}}), "s"))
+    monkeypatch.setattr(repairs, "repaired", lambda req, *a: (replace(req, params={"seed": 7}), "s"))
     first = r.next_request(req(), answer("empty"))
     assert first is not None and r.next_request(first, answer("empty")) is None  # seed 7 was sent already
-
-
-def _fields(request):
-    return {f: getattr(request, f) for f in request.__slots__}
 
 
 def test_sums_over_attempts_and_a_first_answer_is_untouched():
