@@ -312,10 +312,17 @@ def main() -> None:
     work = WORK / f"scale-{time.strftime('%Y%m%d-%H%M%S')}"
     requests = write_small_requests(work / "requests.jsonl", args.requests)
     kills = [float(k) for k in args.kill_at.split(",")]
-    settings = {"requests": args.requests, "kill_at": kills, "chain": args.chain, "input_bytes": requests.stat().st_size,
-                "write_s": round(time.monotonic() - started, 1)}
-    print(f"{args.requests:,} requests written in {settings['write_s']:.0f} s "
-          f"({settings['input_bytes'] / GIB:.2f} GiB)", file=sys.stderr)
+    settings = {
+        "requests": args.requests,
+        "kill_at": kills,
+        "chain": args.chain,
+        "input_bytes": requests.stat().st_size,
+        "write_s": round(time.monotonic() - started, 1),
+    }
+    print(
+        f"{args.requests:,} requests written in {settings['write_s']:.0f} s ({settings['input_bytes'] / GIB:.2f} GiB)",
+        file=sys.stderr,
+    )
     runs = []
     for order in args.orders.split(","):
         if args.chain:

@@ -527,14 +527,19 @@ def spill(f: IO[bytes] | None, items: list[Keyed], spill_dir: str | None, what: 
     try:
         f = f or tempfile.TemporaryFile(prefix="pipeline-order-", dir=spill_dir)
         for start in range(0, len(items), SPILL_BATCH):  # the key travels on its request (Request.prefix)
-            pickle.dump([(seq, item) for _, seq, item in items[start : start + SPILL_BATCH]], f,
-                        protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(
+                [(seq, item) for _, seq, item in items[start : start + SPILL_BATCH]],
+                f,
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
         f.flush()
         return f
     except OSError as e:
-        raise StorageError(f"{what} to {spill_dir or tempfile.gettempdir()} failed ({e.strerror}). "
-                           "Hint: free space there, set TMPDIR to a larger disk, or use --order stream "
-                           "(bounded look-ahead, no spill)") from None
+        raise StorageError(
+            f"{what} to {spill_dir or tempfile.gettempdir()} failed ({e.strerror}). "
+            "Hint: free space there, set TMPDIR to a larger disk, or use --order stream "
+            "(bounded look-ahead, no spill)"
+        ) from None
 
 
 def _open_files_limit() -> int:
