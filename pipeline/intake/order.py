@@ -522,8 +522,9 @@ class BucketOrder(PrefixOrder):
 
 
 def spill(f: IO[bytes] | None, items: list[Keyed], spill_dir: str | None, what: str) -> IO[bytes]:
-    """`items` pickled, SPILL_BATCH at a time, without their keys (kept on each request), at the end of `f` (None: a new temporary file with
-    no name on disk, so that a killed run leaves none); a full disk is a StorageError (exit 3)."""
+    """`items` pickled, SPILL_BATCH at a time, without their keys (kept on each request), at the end
+    of `f` (None: a new temporary file with no name on disk, so that a killed run leaves none); a
+    full disk is a StorageError (exit 3)."""
     try:
         f = f or tempfile.TemporaryFile(prefix="pipeline-order-", dir=spill_dir)
         for start in range(0, len(items), SPILL_BATCH):  # the key travels on its request (Request.prefix)
