@@ -131,7 +131,7 @@ class PromptCounter:
         if plain is not None:  # a plain prompt (completions): the tokenizer's special tokens, no template
             [prompt] = plain(request)
             return list(prompt) if isinstance(prompt, list) else list(self.tokenizer(prompt)["input_ids"])
-        text = self.render(request.messages, engine_tools(request), template_kwargs(request.params))
+        text = self.render(request.messages, engine_tools(request), template_kwargs(request.body))
         images = image_urls(request.messages)
         return list(self._image_ids(text, images) if images else self._ids([text])[0])
 
@@ -359,7 +359,7 @@ def _work(request: Request) -> tuple[list[dict[str, Any]] | None, Any, dict[str,
     plain = ENDPOINTS[request.endpoint].prompts
     if plain is not None:
         return None, plain(request), None
-    return request.messages, engine_tools(request), template_kwargs(request.params)
+    return request.messages, engine_tools(request), template_kwargs(request.body)
 
 
 def _template_error(request: Request, e: PromptError) -> FailedRequest:

@@ -123,7 +123,7 @@ def test_a_full_spill_disk_stops_the_run_resumably(tmp_path, monkeypatch):
 def test_images_past_the_byte_bound_are_spilled_not_held():
     """Pending batches are spilled once they hold `buffer_bytes` of images, however few."""
     image = "data:image/png;base64," + "A" * 4000
-    rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": [
+    rows = [Request.chat(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": [
         {"type": "text", "text": f"doc {i % 3}"}, {"type": "image_url", "image_url": {"url": image}}]}])
         for i in range(40)]
     ordered = BucketOrder(iter(rows), buffer=1000, buffer_bytes=10_000, buckets=2)
