@@ -41,21 +41,22 @@ def embeddings_input(value: Any) -> Any:
 def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -> Request:
     """An embeddings body (its model checked) as a Request; its normalized body: `input`, then
     `dimensions`, `encoding_format` (base64 only: floats are the default) and `user` where set."""
-    params: dict[str, Any] = {"input": embeddings_input(body.get("input"))}
+    normalized: dict[str, Any] = {}
     dimensions = body.get("dimensions")
     if dimensions is not None:
         if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
             raise Invalid("invalid_parameter", f"dimensions must be a positive integer, got {short(dimensions)}",
                           "dimensions")
-        params["dimensions"] = dimensions
+        normalized["dimensions"] = dimensions
     fmt = body.get("encoding_format")
     if fmt is not None:
         if fmt not in ENCODING_FORMATS:
             raise Invalid("unsupported_parameter", f"encoding_format must be 'float' or 'base64', got "
                           f"{short(fmt)}. Hint: drop encoding_format for floats", "encoding_format")
         if fmt == "base64":  # the row keeps floats; --format openai writes the base64 (response_body)
-            params["encoding_format"] = fmt
-    return pooling_request(body, FIELDS, EMBEDDINGS, params, origin, warnings)
+            normalized["encoding_format"] = fmt
+    normalized = {"input": embeddings_input(body.get("input")), **normalized}
+    return pooling_request(body, FIELDS, EMBEDDINGS, normalized, origin, warnings)
 
 
 def prompts(request: Request) -> list[Any]:

@@ -6,8 +6,8 @@ Each step embeds every embeddings request queued since the last one in one `LLM.
 scores the pairs of every score and rerank request in one `LLM.score` call (vLLM batches inside
 each: a cross-encoder scores each joined pair, an embedding model the cosine of the two vectors),
 so the engine still gets the whole window of work. Each request's body (`Request.body`) is
-validated by vLLM's own request class (PROTOCOL) and run as it is. A call that vLLM refuses (a prompt over the
-context, ...) is retried one request at a time, so that only that request fails.
+validated by vLLM's own request class (PROTOCOL) and run as it is. A call that vLLM refuses (a
+prompt over the context, ...) is retried one request at a time, so that only that request fails.
 Imported only inside engine workers.
 """
 

@@ -9,8 +9,9 @@ so k rows with n each and one request with k x n draw the same. A request is mer
 - its endpoint is chat or completions (embeddings, score and rerank are determined);
 - it is not determined (no temperature 0, no seed of its own: those are generated once);
 - its body, `n` aside, is the same (bodies.body_key: endpoint, adapter, and the normalized body
-  less `user`: messages or prompt, every sampling parameter, tools, tool choice, response format); logprobs, stop, penalties,
-  logit_bias, response formats and tools are per choice in vLLM, so they do not stop a merge;
+  less `user`: messages or prompt, every sampling parameter, tools, tool choice, response
+  format); logprobs, stop, penalties, logit_bias, response formats and tools are per choice in
+  vLLM, so they do not stop a merge;
   `best_of` would (the best of k x b is not k bests of b), but intake refuses a best_of over 1;
 - the merged `n` stays at most `max_n` (MAX_N = 32 by default): a group that would pass it is
   sent as it is and a new one begins.
