@@ -52,7 +52,8 @@ def test_every_endpoint_is_one_file_with_every_member(name):
     assert (PACKAGE / "endpoints" / f"{name}.py").exists(), f"add {file}, building its Endpoint"
     assert endpoint.parse.__module__ == f"pipeline.endpoints.{name}", f"{file}: define its parse there"
     for f in dataclasses.fields(Endpoint):
-        assert getattr(endpoint, f.name) is not None or f.name in ("prompts", "default_max_tokens", "template_body"), (
+        optional = ("prompts", "default_max_tokens", "template_body")
+        assert getattr(endpoint, f.name) is not None or f.name in optional, (
             f"{file}: its Endpoint has no {f.name}")
     assert endpoint.runner in RUNNERS, f"{file}: runner must be one of {RUNNERS}"
     assert endpoint.urls.match(endpoint.url), f"{file}: its url {endpoint.url!r} must match its own urls"
