@@ -123,7 +123,7 @@ def bare_sorted_command(s: Setup, out: Path) -> list[str]:
         def key(line: str) -> bytes:
             row = json.loads(line)
             body = row["body"]
-            return prefix_key(Request(row["custom_id"], "f", 1, body["messages"], tools=body.get("tools")))
+            return prefix_key(Request.chat(row["custom_id"], "f", 1, body["messages"], tools=body.get("tools")))
 
         sorted_file.write_text("".join(sorted(lines, key=key)))
     return bare_command(dataclasses.replace(s, requests=sorted_file), out)

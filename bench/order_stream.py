@@ -80,7 +80,7 @@ def study(n: int, questions: int, windows: tuple[int, ...],
 
     def rows() -> Iterator[Request]:
         for i, (cid, messages) in enumerate(doc_rows(n, questions)):
-            yield Request(cid, "docs.jsonl", i + 1, messages, params={"max_tokens": 16})
+            yield Request.chat(cid, "docs.jsonl", i + 1, messages, params={"max_tokens": 16})
 
     orders: list[tuple[str, str, int | None, Any]] = [("input", "input", None, lambda: (prefix_key(r) for r in rows()))]
     for w in (w for w in windows if w < n):

@@ -40,7 +40,7 @@ def sorted_share(n: int, questions: int) -> float:
     from pipeline.intake.order import prefix_key, reusable_share
     from pipeline.records import Request
 
-    keys = sorted(prefix_key(Request(cid, "docs.jsonl", i + 1, messages))
+    keys = sorted(prefix_key(Request.chat(cid, "docs.jsonl", i + 1, messages))
                   for i, (cid, messages) in enumerate(order_stream.doc_rows(n, questions)))
     return reusable_share(keys, order_stream.KV_BLOCK_TOKENS)
 
@@ -53,7 +53,7 @@ def keys_only(n: int, questions: int, buffer: int) -> list[dict[str, Any]]:
     from pipeline.records import Request
 
     t0 = time.monotonic()
-    keys = [prefix_key(Request(cid, "docs.jsonl", i + 1, messages))
+    keys = [prefix_key(Request.chat(cid, "docs.jsonl", i + 1, messages))
             for i, (cid, messages) in enumerate(order_stream.doc_rows(n, questions))]
     block = order_stream.KV_BLOCK_TOKENS
     shares = {"input": reusable_share(keys, block),

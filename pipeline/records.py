@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -110,20 +110,26 @@ def kind_of(value: Any) -> str:
             type(None): "null"}.get(type(value), "a number")
 
 
+# The fields of a normalized body that hold what a request is about rather than how to sample
+# it: its prompt (each endpoint's: a speech request's audio is its `file_url`), tools, the
+# answer's format and the user. `Request.params` is the body less these.
+CONTENT_FIELDS = frozenset({"messages", "prompt", "input", "queries", "documents", "query", "file_url", "tools",
+                            "tool_choice", "response_format", "user"})
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A valid request (chat completions, or another endpoint's), with where it came from."""
+    """A valid request (chat completions, or another endpoint's), with where it came from.
+
+    `body` is the request itself: its endpoint's normalized body (OpenAI's or vLLM's names, the
+    job's defaults applied, a provider's line already converted), made once by the endpoint's
+    `parse` (pipeline/endpoints/) and validated and run as it is by every engine. The other
+    fields say where it came from and how the run treats it; the properties read the body."""
 
     custom_id: str
     source_file: str
     line: int
-    messages: list[dict[str, Any]]
-    # Sampling fields under their OpenAI names, only those the row sets.
-    params: dict[str, Any] = field(default_factory=dict)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
-    user: str | None = None
+    body: dict[str, Any]
     warnings: tuple[str, ...] = ()
     unknown_fields: tuple[str, ...] = ()
     # Template jobs: the input columns the output row carries over (output name -> value).
@@ -138,28 +144,65 @@ class Request:
     prefix: bytes | None = field(default=None, init=False, compare=False, repr=False)
     file: int = 0  # the input file's index (Source.index): with line, the request's key
     # The endpoint it asks for (a name of pipeline/endpoints' registry, whose record says how
-    # its body, columns and bounds are made): "chat", or another with `input` (`messages` is then
-    # empty): embeddings, a string, a list of strings, token ids or a list of token-id lists;
-    # completions, the prompt (a string or token ids); score, {"queries": [...], "documents": [...]}
-    # (one query for every document, or one for each); rerank, {"query": ..., "documents": [...]};
-    # transcriptions and translations, the normalized body (its file_url, once intake checked it,
-    # a data: URI of the audio's bytes: endpoints/speech.py).
+    # its body is read and its columns and bounds are made): "chat" (`messages`), or another:
+    # embeddings (`input`: a string, a list of strings, token ids or a list of token-id lists);
+    # completions (`prompt`: a string or token ids); score ({"queries": [...], "documents": [...]}:
+    # one query for every document, or one for each); rerank ({"query": ..., "documents": [...]});
+    # transcriptions and translations (`file_url`: once intake checked it, a data: URI of the
+    # audio's bytes, endpoints/speech.py, and the other fields of vLLM's transcription request).
     endpoint: str = "chat"
-    input: Any = None
-    # max_tokens when the body sets none (its endpoint's: 16 for completions); None: the context
-    default_max_tokens: int | None = None
     # Seconds of audio the request sends (a transcription's file, a chat's input_audio parts),
     # measured when intake checked it (intake/audio.py); None: no audio, or not checked yet
     audio_seconds: float | None = None
 
+    @classmethod
+    def chat(cls, custom_id: str, source_file: str, line: int, messages: list[dict[str, Any]],
+             params: dict[str, Any] | None = None, tools: list[dict[str, Any]] | None = None,
+             tool_choice: Any = None, response_format: dict[str, Any] | None = None, **fields: Any) -> Request:
+        """A chat request from its parts (tests and benchmarks; intake's come from `parse`)."""
+        named = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+        body = {"messages": messages, **(params or {}), **{k: v for k, v in named.items() if v is not None}}
+        return cls(custom_id, source_file, line, body, **fields)
+
+    def with_body(self, **changes: Any) -> Request:
+        """The request with these body fields changed (None: removed)."""
+        body = {**self.body, **changes}
+        return replace(self, body={k: v for k, v in body.items() if v is not None})
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """A chat request's conversation (empty for the other endpoints)."""
+        return self.body.get("messages") or []
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None:
+        return self.body.get("tools")
+
+    @property
+    def tool_choice(self) -> Any:
+        return self.body.get("tool_choice")
+
+    @property
+    def response_format(self) -> dict[str, Any] | None:
+        return self.body.get("response_format")
+
+    @property
+    def user(self) -> str | None:
+        return self.body.get("user")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Its sampling and other fields (the body less CONTENT_FIELDS)."""
+        return {k: v for k, v in self.body.items() if k not in CONTENT_FIELDS}
+
     @property
     def n(self) -> int:
-        return self.params.get("n", 1)
+        return self.body.get("n", 1)
 
     @property
     def max_tokens(self) -> int | None:
         """The most tokens of one choice it may generate (None: up to the context)."""
-        return self.params.get("max_completion_tokens", self.params.get("max_tokens", self.default_max_tokens))
+        return self.body.get("max_completion_tokens", self.body.get("max_tokens"))
 
 
 def is_token_ids(value: Any) -> bool:
@@ -177,7 +220,7 @@ def embedding_inputs(value: Any) -> list[Any]:
 def score_inputs(request: Request) -> tuple[list[Any], list[Any]]:
     """A score or rerank request's queries (one for every document, or one per document) and
     documents, as given: what an embedding model embeds, each once."""
-    body = request.input
+    body = request.body
     return ([body["query"]] if "query" in body else body["queries"]), body["documents"]  # rerank's one query; score's
 
 

@@ -204,7 +204,7 @@ def estimate(job: Job) -> dict[str, Any]:
             upper, computed, thinking = None, None, 0
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
-                thinking = thinking_upper(item.params, item.n, upper) if thinks and ENDPOINTS[item.endpoint].converses else 0
+                thinking = thinking_upper(item.body, item.n, upper) if thinks and ENDPOINTS[item.endpoint].converses else 0
                 if calibration is not None and (item.file, item.line) in calibration:
                     calibration_upper += upper
                     calibration_thinking += thinking

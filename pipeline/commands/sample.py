@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.commands.calibration import Measured, group_key
+from pipeline.endpoints import ENDPOINTS
 from pipeline.exits import UserError
 from pipeline.records import FailedRequest, Request
 
@@ -40,9 +41,9 @@ def stratum(req: Request, blocks: bytes) -> tuple[str, int | None, int]:
 
 
 def _lead(req: Request) -> str:
-    """The first characters of the request's last message (or its input): what a template or a
-    way of asking starts with."""
-    last = req.messages[-1].get("content") if req.messages else req.input
+    """The first characters of the request's last message (or its endpoint's first prompt): what
+    a template or a way of asking starts with."""
+    last = req.messages[-1].get("content") if req.messages else ENDPOINTS[req.endpoint].prompts(req)[0]
     if isinstance(last, list):
         last = next((p.get("text") for p in last if isinstance(p, dict) and p.get("text")), "")
     return str(last or "")[:LEAD]

@@ -1,8 +1,10 @@
 """The endpoints, one file each, and the one registry the other rooms look them up in.
 
 To add an endpoint: write `pipeline/endpoints/<name>.py` building one `Endpoint` (base.py says
-what each member is), list it in `ENDPOINTS` below, and give every engine's `SUBMIT` table an
-entry for it (engines/vllm.py, engines/fake.py); tests/unit/test_registry.py names what is missing.
+what each member is; its `parse` makes the normalized body the Request carries), list it in
+`ENDPOINTS` below, and give every engine's `SUBMIT` table an entry for it (engines/vllm.py,
+engines/fake.py); tests/unit/test_registry.py names what is missing. Engines take the request's
+body (`Request.body`) as it is.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (CHAT, EMBEDDINGS, COMPLETI
 # The endpoint of a body that names none: a bare body, a provider's converted line, a template row.
 DEFAULT = CHAT
 
-__all__ = ["DEFAULT", "ENDPOINTS", "RUNNERS", "Endpoint", "Origin", "answering", "body", "of",
+__all__ = ["DEFAULT", "ENDPOINTS", "RUNNERS", "Endpoint", "Origin", "answering", "of",
            "runner_endpoints"]
 
 
@@ -42,9 +44,3 @@ def answering(row: dict[str, Any]) -> Endpoint:
 def runner_endpoints(runner: str) -> str:
     """The endpoints a kind of model serves, for messages: "chat, completions"."""
     return ", ".join(e.name for e in ENDPOINTS.values() if e.runner == runner)
-
-
-def body(request: Request) -> dict[str, Any]:
-    """The request's normalized body (its endpoint's, under OpenAI's or vLLM's names): what
-    engines validate with vLLM's own request classes; none rebuilds the request its own way."""
-    return of(request).body(request)

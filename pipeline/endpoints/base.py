@@ -3,9 +3,10 @@
 An endpoint (chat completions, completions, embeddings, score, rerank) is one file in this
 folder that builds one `Endpoint`, listed once in `pipeline/endpoints/__init__.py`. The other
 rooms look an endpoint up by the name a request carries (`Request.endpoint`) instead of
-branching on it: intake reads its lines with `urls` and `parse`, engines submit `body` through
+branching on it: intake reads its lines with `urls` and `parse`, engines submit the body through
 their own table keyed by the name (`SUBMIT`; tests/unit/test_registry.py checks every engine
-has every endpoint), the output row takes its `columns`, the `--format openai` line its
+has every endpoint), each taking the request's normalized body (`Request.body`, made once by
+`parse`) as it is, the output row takes its `columns`, the `--format openai` line its
 `response_body`, and `estimate` bounds its completion with `completes`.
 """
 
@@ -37,12 +38,15 @@ class Origin:
     shape: str | None  # the input line's shape (intake/shapes.py)
     adapter: str | None  # the --lora adapter it runs with
 
-    def request(self, endpoint: Endpoint, params: dict[str, Any], warnings: list[str], **fields: Any) -> Request:
-        """The Request of a valid body of `endpoint`."""
-        return Request(self.custom_id, self.source.name, self.line, fields.pop("messages", []), params,
-                       warnings=tuple(warnings), requested_model=self.model, shape=self.shape,
-                       adapter=self.adapter, endpoint=endpoint.name, file=self.source.index,
-                       default_max_tokens=endpoint.default_max_tokens, **fields)
+    def request(self, endpoint: Endpoint, body: dict[str, Any], warnings: list[str],
+                unknown_fields: tuple[str, ...] = ()) -> Request:
+        """The Request of `endpoint` that carries `body`, the normalized body its `parse` made (the
+        endpoint's default max_tokens added where the body sets no bound)."""
+        if endpoint.default_max_tokens is not None and "max_tokens" not in body and "max_completion_tokens" not in body:
+            body["max_tokens"] = endpoint.default_max_tokens
+        return Request(self.custom_id, self.source.name, self.line, body, warnings=tuple(warnings),
+                       unknown_fields=unknown_fields, requested_model=self.model, shape=self.shape,
+                       adapter=self.adapter, endpoint=endpoint.name, file=self.source.index)
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,9 @@ class Endpoint:
     shape: str  # the name of its batch lines' shape (intake/shapes.py)
     title: str  # how messages name its lines: "OpenAI Batch embeddings lines"
     prompt_field: str  # the body field that holds its prompt (or texts): where a too-long one is named
-    # (body, origin, the run's intake.requests.Context, warnings to add to) -> Request; raises Invalid
+    # (body, origin, the run's intake.requests.Context, warnings to add to) -> Request, which
+    # carries the normalized body this makes (the one every engine validates and runs); raises Invalid
     parse: Callable[[dict[str, Any], Origin, Any, list[str]], Request]
-    body: Callable[[Request], dict[str, Any]]  # the normalized body the engine validates and runs
     # (request, engine Result) -> its own output columns (COLUMNS, and `choices`)
     columns: Callable[[Request, Any], dict[str, Any]]
     answers: Callable[[dict[str, Any]], bool]  # is this output row an answer of this endpoint?
@@ -72,6 +76,8 @@ class Endpoint:
     # (estimate counts those instead of `prompts` on a cross-encoder). None: it scores no pairs.
     pairs: Callable[[Request], list[tuple[Any, Any]]] | None = None
     default_max_tokens: int | None = None  # max_tokens when the body sets none (None: the context)
+    # A template job's rendered messages as this endpoint's body (None: a chat body of them)
+    template_body: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     completes: bool = True  # it generates tokens (estimate bounds them); False: vectors or scores
     converses: bool = False  # it holds a conversation: thinking, tools, a repair's follow-up turn
     # How many engine prompts one request makes, each with its own context and token bound
@@ -100,14 +106,16 @@ NO_COLUMNS: dict[str, Any] = dict.fromkeys(COLUMNS)
 MAX_INPUTS = 2048  # OpenAI's limit of inputs in one embeddings request (ours for score documents)
 
 
-def pooling_request(body: dict[str, Any], fields: set[str], endpoint: Endpoint, input_: Any, params: dict[str, Any],
+def pooling_request(body: dict[str, Any], fields: set[str], endpoint: Endpoint, normalized: dict[str, Any],
                     origin: Origin, warnings: list[str]) -> Request:
-    """The Request of a pooling endpoint's body, its fields outside `fields` ignored with a warning."""
+    """The Request of a pooling endpoint's body (`normalized`: its inputs and fields as checked, the
+    `user` added here), its fields outside `fields` ignored with a warning."""
     unknown = sorted(k for k in body if k not in fields)
     if unknown:
         warnings.append(f"unknown field(s) ignored: {names_list(unknown)}")
-    user = body.get("user") if isinstance(body.get("user"), str) else None
-    return origin.request(endpoint, params, warnings, user=user, unknown_fields=tuple(unknown[:20]), input=input_)
+    if isinstance(body.get("user"), str):
+        normalized["user"] = body["user"]
+    return origin.request(endpoint, normalized, warnings, tuple(unknown[:20]))
 
 
 def served_model(row: dict[str, Any]) -> str:

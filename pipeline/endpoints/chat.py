@@ -12,7 +12,6 @@ from pipeline.endpoints.base import NO_COLUMNS, OPENAI_PREFIX, QUERY, Endpoint, 
 from pipeline.endpoints.sampling import (
     ACCEPTED_NO_EFFECT,
     NUMERIC_PARAMS,
-    generative_body,
     sampling,
     unknown_fields,
     user_field,
@@ -245,7 +244,8 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
 
 
 def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -> Request:
-    """A chat body (with the job's default request fields where it sets none) as a Request."""
+    """A chat body (with the job's default request fields where it sets none) as a Request that
+    carries its normalized body: the messages, then every field the row set, as checked."""
     body = with_defaults(body, ctx.defaults)
     messages = _messages(body.get("messages"))
     params = sampling(body, ctx, NUMERIC_PARAMS)
@@ -264,17 +264,11 @@ def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -
     if "top_logprobs" in params and not params.get("logprobs"):
         raise Invalid("invalid_parameter", "top_logprobs requires logprobs: true", "top_logprobs")
     tools = _tools(body.get("tools"))
-    tool_choice = _tool_choice(body.get("tool_choice"), tools)
-    response_format = _response_format(body.get("response_format"))
-    user = user_field(body)
+    named = {"tools": tools, "tool_choice": _tool_choice(body.get("tool_choice"), tools),
+             "response_format": _response_format(body.get("response_format")), "user": user_field(body)}
     unknown = unknown_fields(body, warnings, BODY_FIELDS)
-    return origin.request(CHAT, params, warnings, messages=messages, tools=tools, tool_choice=tool_choice,
-                          response_format=response_format, user=user, unknown_fields=unknown)
-
-
-def body(request: Request) -> dict[str, Any]:
-    """The normalized OpenAI chat-completions body: every field the row set, as validated."""
-    return generative_body({"messages": request.messages}, request)
+    normalized = {"messages": messages, **params, **{k: v for k, v in named.items() if v is not None}}
+    return origin.request(CHAT, normalized, warnings, unknown)
 
 
 def columns(request: Request, result: Any) -> dict[str, Any]:
@@ -312,6 +306,6 @@ def response_body(row: dict[str, Any]) -> dict[str, Any]:
 
 CHAT = Endpoint(
     name="chat", runner="generate", url=URL, urls=URL_FORMS, shape="openai-batch",
-    title="OpenAI Batch lines", prompt_field="messages", parse=parse, body=body, columns=columns,
+    title="OpenAI Batch lines", prompt_field="messages", parse=parse, columns=columns,
     answers=answers, response_body=response_body, converses=True,
 )

@@ -20,7 +20,6 @@ from pipeline.endpoints.sampling import (
     ACCEPTED_NO_EFFECT,
     MAX_TOP_LOGPROBS,
     NUMERIC_PARAMS,
-    generative_body,
     number,
     sampling,
     unknown_fields,
@@ -45,7 +44,8 @@ COMPLETIONS_FIELDS = {
 
 def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -> Request:
     """A completions body: one prompt (a string or token ids) and chat's sampling fields;
-    `logprobs` is the number of alternatives per token, as in OpenAI's completions API."""
+    `logprobs` is the number of alternatives per token, as in OpenAI's completions API. Its
+    normalized body: the prompt, then every field the row set (max_tokens 16 where it sets none)."""
     prompt = _prompt(body.get("prompt"))
     params = sampling(body, ctx, COMPLETIONS_FIELDS)
     if body.get("logprobs") is not None:
@@ -55,8 +55,9 @@ def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -
             raise Invalid("unsupported_parameter", f"{name}: {json.dumps(body[name], default=str)[:60]} is not "
                           f"supported: vLLM's offline engine cannot honour it. Hint: drop {name}{hint}", name)
     unknown = unknown_fields(body, warnings, COMPLETIONS_FIELDS)
-    return origin.request(COMPLETIONS, params, warnings, user=user_field(body), unknown_fields=unknown,
-                          input=prompt)
+    user = user_field(body)
+    normalized = {"prompt": prompt, **params, **({"user": user} if user is not None else {})}
+    return origin.request(COMPLETIONS, normalized, warnings, unknown)
 
 
 def _prompt(prompt: Any) -> str | list[int]:
@@ -80,11 +81,7 @@ def _prompt(prompt: Any) -> str | list[int]:
 
 
 def prompts(request: Request) -> list[Any]:
-    return [request.input]
-
-
-def body(request: Request) -> dict[str, Any]:
-    return generative_body({"prompt": request.input}, request)
+    return [request.body["prompt"]]
 
 
 def columns(request: Request, result: Any) -> dict[str, Any]:
@@ -121,5 +118,5 @@ def _completion_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | No
 COMPLETIONS = Endpoint(
     name="completions", runner="generate", url="/v1/completions", urls=re.compile(OPENAI_PREFIX + "/completions" + QUERY),
     shape="openai-completions", title="OpenAI Batch completions lines", prompt_field="prompt", parse=parse,
-    body=body, columns=columns, answers=answers, response_body=response_body, prompts=prompts, default_max_tokens=MAX_TOKENS,
+    columns=columns, answers=answers, response_body=response_body, prompts=prompts, default_max_tokens=MAX_TOKENS,
 )

@@ -39,31 +39,33 @@ def embeddings_input(value: Any) -> Any:
 
 
 def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -> Request:
-    """An embeddings body (its model checked) as a Request."""
-    params: dict[str, Any] = {}
+    """An embeddings body (its model checked) as a Request; its normalized body: `input`, then
+    `dimensions`, `encoding_format` (base64 only: floats are the default) and `user` where set."""
+    normalized: dict[str, Any] = {}
     dimensions = body.get("dimensions")
     if dimensions is not None:
         if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
             raise Invalid("invalid_parameter", f"dimensions must be a positive integer, got {short(dimensions)}",
                           "dimensions")
-        params["dimensions"] = dimensions
+        normalized["dimensions"] = dimensions
     fmt = body.get("encoding_format")
     if fmt is not None:
         if fmt not in ENCODING_FORMATS:
             raise Invalid("unsupported_parameter", f"encoding_format must be 'float' or 'base64', got "
                           f"{short(fmt)}. Hint: drop encoding_format for floats", "encoding_format")
         if fmt == "base64":  # the row keeps floats; --format openai writes the base64 (response_body)
-            params["encoding_format"] = fmt
-    return pooling_request(body, FIELDS, EMBEDDINGS, embeddings_input(body.get("input")), params, origin,
-                           warnings)
+            normalized["encoding_format"] = fmt
+    normalized = {"input": embeddings_input(body.get("input")), **normalized}
+    return pooling_request(body, FIELDS, EMBEDDINGS, normalized, origin, warnings)
 
 
 def prompts(request: Request) -> list[Any]:
-    return embedding_inputs(request.input)
+    return embedding_inputs(request.body["input"])
 
 
-def body(request: Request) -> dict[str, Any]:
-    return {"input": request.input, **request.params}
+def template_body(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """A template job's row as an embeddings body: its rendered --template-user text is the input."""
+    return {"input": messages[-1]["content"]}
 
 
 def columns(request: Request, result: Any) -> dict[str, Any]:
@@ -71,8 +73,8 @@ def columns(request: Request, result: Any) -> dict[str, Any]:
     them for a line whose input is a list."""
     if result.embeddings is None:
         return {"choices": result.choices, **NO_COLUMNS}
-    fmt = request.params.get("encoding_format")
-    if embedding_inputs(request.input) == [request.input]:
+    fmt = request.body.get("encoding_format")
+    if embedding_inputs(request.body["input"]) == [request.body["input"]]:
         return {"choices": None, **NO_COLUMNS, "embedding": result.embeddings[0], "encoding_format": fmt}
     return {"choices": None, **NO_COLUMNS, "embeddings": result.embeddings, "encoding_format": fmt}
 
@@ -104,6 +106,7 @@ def _base64(vector: Any) -> str:
 
 EMBEDDINGS = Endpoint(
     name="embeddings", runner="pooling", url="/v1/embeddings", urls=re.compile(OPENAI_PREFIX + "/embeddings" + QUERY),
-    shape="openai-embeddings", title="OpenAI Batch embeddings lines", prompt_field="input", parse=parse, body=body,
+    shape="openai-embeddings", title="OpenAI Batch embeddings lines", prompt_field="input", parse=parse,
     columns=columns, answers=answers, response_body=response_body, prompts=prompts, completes=False,
+    template_body=template_body,
 )

@@ -16,14 +16,12 @@ from pipeline.endpoints.base import (
     usage,
 )
 from pipeline.endpoints.score import FIELDS, score_texts
-from pipeline.endpoints.score import body as score_body
 from pipeline.endpoints.score import prompts as score_prompts
 from pipeline.records import Invalid, Request, score_pairs, short
 
 
 def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -> Request:
     """A rerank body ({query, documents, top_n}) as a Request."""
-    params: dict[str, Any] = {}
     scored = {"query": score_texts(body.get("query"), "query", many=False)[0],
               "documents": score_texts(body.get("documents"), "documents")}
     top_n = body.get("top_n")
@@ -31,8 +29,8 @@ def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0:
             raise Invalid("invalid_parameter", f"top_n must be an integer >= 0 (0: every document), got "
                           f"{short(top_n)}", "top_n")
-        params["top_n"] = top_n
-    return pooling_request(body, FIELDS, RERANK, scored, params, origin, warnings)
+        scored["top_n"] = top_n
+    return pooling_request(body, FIELDS, RERANK, scored, origin, warnings)
 
 
 def columns(request: Request, result: Any) -> dict[str, Any]:
@@ -40,10 +38,10 @@ def columns(request: Request, result: Any) -> dict[str, Any]:
     first (ties in document order), the first top_n when top_n is set (0: all)."""
     if result.scores is None:
         return {"choices": result.choices, **NO_COLUMNS}
-    documents = request.input["documents"]
+    documents = request.body["documents"]
     results = sorted(({"index": i, "document": documents[i], "relevance_score": s}
                       for i, s in enumerate(result.scores)), key=lambda r: r["relevance_score"], reverse=True)
-    top_n = request.params.get("top_n") or len(results)
+    top_n = request.body.get("top_n") or len(results)
     return {"choices": None, **NO_COLUMNS, "rerank": results[:top_n]}
 
 
@@ -60,7 +58,7 @@ def response_body(row: dict[str, Any]) -> dict[str, Any]:
 
 RERANK = Endpoint(
     name="rerank", runner="pooling", url="/v1/rerank", urls=re.compile(r"^(?:/v1|/v2)?/rerank" + QUERY),
-    shape="vllm-rerank", title="vLLM rerank lines", prompt_field="documents", parse=parse, body=score_body,
+    shape="vllm-rerank", title="vLLM rerank lines", prompt_field="documents", parse=parse,
     columns=columns, answers=answers, response_body=response_body, prompts=score_prompts, pairs=score_pairs,
     completes=False,
 )

@@ -1,5 +1,5 @@
 """The body fields chat and completions share (sampling, `user`, unknown fields), checked and kept
-under their OpenAI names; each endpoint file adds its own."""
+under their OpenAI names in the normalized body; each endpoint file adds its own."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from pipeline.records import Invalid, Request, is_text, names_list, short
+from pipeline.records import Invalid, is_text, names_list, short
 
 MAX_STOP = 16
 MAX_TOP_LOGPROBS = 20
@@ -104,7 +104,8 @@ def _stop(stop: Any) -> list[str]:
     return stops
 
 
-def _logit_bias(bias: Any) -> dict[int, float]:
+def _logit_bias(bias: Any) -> dict[str, float]:
+    """Token ids (as JSON object keys: strings of digits) to biases."""
     if not isinstance(bias, dict):
         raise Invalid("invalid_parameter", "logit_bias must map token ids to numbers", "logit_bias")
     out = {}
@@ -113,18 +114,5 @@ def _logit_bias(bias: Any) -> dict[int, float]:
                 or not isinstance(value, (int, float)) or not -100 <= value <= 100):
             raise Invalid("invalid_parameter", f"logit_bias entry {short(key)}: {short(value)} must be a "
                           "token id (digits) and a number in [-100, 100]", "logit_bias")
-        out[int(key)] = float(value)
+        out[str(int(key))] = float(value)
     return out
-
-
-def generative_body(prompt: dict[str, Any], request: Request) -> dict[str, Any]:
-    """The normalized body of a chat or completions request: its prompt, then every field the row
-    set, as validated, under its OpenAI name."""
-    body: dict[str, Any] = {**prompt, **request.params}
-    if "logit_bias" in body:  # JSON object keys: strings
-        body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
-    for key in ("tools", "tool_choice", "response_format", "user"):
-        value = getattr(request, key)
-        if value is not None:
-            body[key] = value
-    return body

@@ -39,15 +39,15 @@ def score_texts(value: Any, field: str, *, many: bool = True) -> list[str]:
 
 def parse(body: dict[str, Any], origin: Origin, ctx: Any, warnings: list[str]) -> Request:
     """A score body ({queries, documents}, or vLLM's other names for the pair: items, data_1 and
-    data_2, text_1 and text_2) as a Request."""
+    data_2, text_1 and text_2) as a Request, whose normalized body names the pair as vLLM's
+    ScoreQueriesDocumentsRequest does: {"queries": [...], "documents": [...]} (and `user`)."""
     first, second = next((pair for pair in PAIRS if pair[0] in body and pair[1] in body), None) or next(
         (pair for pair in PAIRS if pair[0] in body), PAIRS[0])
     queries, documents = score_texts(body.get(first), first), score_texts(body.get(second), second)
     if len(queries) not in (1, len(documents)):
         raise Invalid("invalid_input", f"{first} holds {len(queries)} texts and {second} {len(documents)}: "
                       f"give one text in {first} for all, or one for each text of {second} (pairs in order)", first)
-    return pooling_request(body, FIELDS, SCORE, {"queries": queries, "documents": documents}, {}, origin,
-                           warnings)
+    return pooling_request(body, FIELDS, SCORE, {"queries": queries, "documents": documents}, origin, warnings)
 
 
 def prompts(request: Request) -> list[Any]:
@@ -57,11 +57,6 @@ def prompts(request: Request) -> list[Any]:
     engines/pooling.py); a cross-encoder's joined pairs are counted by models/tokens.py."""
     queries, documents = score_inputs(request)
     return [*queries, *documents]
-
-
-def body(request: Request) -> dict[str, Any]:
-    """vLLM's body: the texts, then the other fields."""
-    return {**request.input, **request.params}
 
 
 def columns(request: Request, result: Any) -> dict[str, Any]:
@@ -84,7 +79,7 @@ def response_body(row: dict[str, Any]) -> dict[str, Any]:
 
 SCORE = Endpoint(
     name="score", runner="pooling", url="/v1/score", urls=re.compile(r"^(?:/v1|/v2)?/score" + QUERY),
-    shape="vllm-score", title="vLLM score lines", prompt_field="documents", parse=parse, body=body,
+    shape="vllm-score", title="vLLM score lines", prompt_field="documents", parse=parse,
     columns=columns, answers=answers, response_body=response_body, prompts=prompts, pairs=score_pairs,
     completes=False,
 )

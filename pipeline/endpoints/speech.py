@@ -38,8 +38,9 @@ def urls(path: str) -> re.Pattern[str]:
 
 
 def parse_speech(endpoint: Endpoint, body: dict[str, Any], origin: Origin, warnings: list[str]) -> Request:
-    """A transcription or translation body as a Request: `input` is its normalized body (file_url
-    first; intake/audio.py replaces it with the checked bytes), `params` its token bound."""
+    """A transcription or translation body as a Request carrying its normalized body (vLLM
+    `run_batch`'s: file_url first, which intake/audio.py replaces with the checked bytes; then
+    every field the row set, as checked)."""
     url = body.get("file_url")
     if not isinstance(url, str) or not url:
         hint = " (a batch line names its audio by file_url, not file)" if "file" in body else ""
@@ -70,16 +71,13 @@ def parse_speech(endpoint: Endpoint, body: dict[str, Any], origin: Origin, warni
     if body.get("stream"):
         raise Invalid("unsupported_parameter", "stream: a batch line's answer is written whole. Hint: drop stream",
                       "stream")
-    user = body.get("user") if isinstance(body.get("user"), str) else None
+    if isinstance(body.get("user"), str):
+        out["user"] = body["user"]
     unknown = unknown_fields(body, warnings, FIELDS)
-    # the sampling fields engines/bodies.py reads: vLLM's transcription temperature is 0 by default
-    params = {k: out[k] for k in ("max_completion_tokens", "seed") if k in out}
-    params["temperature"] = out.get("temperature", 0.0)
-    return origin.request(endpoint, params, warnings, user=user, unknown_fields=unknown, input=out)
-
-
-def body(request: Request) -> dict[str, Any]:
-    return dict(request.input)
+    # vLLM's transcription temperature is 0 where the body sets none: written down, so that
+    # engines/bodies.py sees a determined request (the body means the same to vLLM)
+    out.setdefault("temperature", 0.0)
+    return origin.request(endpoint, out, warnings, unknown)
 
 
 def prompts(request: Request) -> list[Any]:
@@ -89,10 +87,10 @@ def prompts(request: Request) -> list[Any]:
     by vLLM at quiet points (each chunk at most 30 s, searched in the last second): counted
     here as the most chunks that split can make."""
     task = "translate" if request.endpoint == "translations" else "transcribe"
-    prompt = request.input.get("prompt")
-    lang = request.input.get("language") or "en"
+    prompt = request.body.get("prompt")
+    lang = request.body.get("language") or "en"
     text = (f"<|prev|>{prompt}" if prompt else "") + f"<|startoftranscript|><|{lang}|><|{task}|><|notimestamps|>"
-    if request.input.get("response_format") == "verbose_json":
+    if request.body.get("response_format") == "verbose_json":
         text = text.replace("<|notimestamps|>", "<|0.00|>")
     return [text] * parts(request)
 

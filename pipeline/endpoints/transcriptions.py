@@ -26,6 +26,6 @@ def response_body(row: dict[str, Any]) -> dict[str, Any]:
 TRANSCRIPTIONS = Endpoint(
     name="transcriptions", runner="generate", url="/v1/audio/transcriptions", urls=speech.urls("/audio/transcriptions"),
     shape="openai-transcriptions", title="OpenAI Batch transcriptions lines", prompt_field="file_url", parse=parse,
-    body=speech.body, columns=speech.columns, answers=answers, response_body=response_body, prompts=speech.prompts,
+    columns=speech.columns, answers=answers, response_body=response_body, prompts=speech.prompts,
     parts=speech.parts,
 )

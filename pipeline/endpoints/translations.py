@@ -26,6 +26,6 @@ def response_body(row: dict[str, Any]) -> dict[str, Any]:
 TRANSLATIONS = Endpoint(
     name="translations", runner="generate", url="/v1/audio/translations", urls=speech.urls("/audio/translations"),
     shape="openai-translations", title="OpenAI Batch translations lines", prompt_field="file_url", parse=parse,
-    body=speech.body, columns=speech.columns, answers=answers, response_body=response_body, prompts=speech.prompts,
+    columns=speech.columns, answers=answers, response_body=response_body, prompts=speech.prompts,
     parts=speech.parts,
 )

@@ -16,14 +16,13 @@ def determined(req: Request) -> bool:
     request (identical.py's doc)."""
     if not ENDPOINTS[req.endpoint].completes:  # vectors and scores follow from the body
         return True
-    return req.params.get("temperature") == 0 or req.params.get("seed") is not None
+    return req.body.get("temperature") == 0 or req.body.get("seed") is not None
 
 
 def body_key(req: Request, without: tuple[str, ...] = ()) -> bytes:
-    """A digest of everything of the request that the engine sees, less the sampling parameters
-    named in `without`."""
-    params = {k: v for k, v in req.params.items() if k not in without} if without else req.params
-    body = [req.endpoint, req.adapter, req.messages, req.input, params, req.tools, req.tool_choice,
-            req.response_format]
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=repr)
+    """A digest of everything of the request that the engine sees (its endpoint, adapter and
+    normalized body, less its `user`), less the body fields named in `without`."""
+    skip = ("user", *without)
+    body = {k: v for k, v in req.body.items() if k not in skip}
+    text = json.dumps([req.endpoint, req.adapter, body], sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()

@@ -1,4 +1,5 @@
 """An instant engine for fast tests and I/O benchmarks: it echoes the last message back.
+It reads each request's normalized body (`Request.body`) as it is, as vLLM's engine does.
 
 Options (EngineSpec.options): `die_on` (a custom_id whose request kills the worker process,
 like a poison request kills a real engine), `die_at` (kill the process when this many requests
@@ -85,7 +86,7 @@ class FakeEngine:
     def _complete(self, seq: int, req: Request) -> Result:
         text = _last_text(req)
         prompt = (sum(len(str(m.get("content") or "").split()) + 4 for m in req.messages) if req.messages
-                  else _words(req.input))
+                  else _words(req.body["prompt"]))
         budget = req.max_tokens or 16
         converses = ENDPOINTS[req.endpoint].converses
         thoughts = _thoughts(req, text) if self.thinks and converses else None
@@ -104,11 +105,11 @@ class FakeEngine:
 
     def _embed(self, seq: int, req: Request) -> Result:
         size = self.opts.get("embedding_size", 8)
-        dimensions = req.params.get("dimensions", size)
+        dimensions = req.body.get("dimensions", size)
         if dimensions > size:
             return Result(seq, error=Problem("invalid_parameter", f"dimensions {dimensions} is more than the "
                                              f"model's {size}", "dimensions"))
-        inputs = embedding_inputs(req.input)
+        inputs = embedding_inputs(req.body["input"])
         vectors = [fake_vector(str(one), size)[:dimensions] for one in inputs]
         tokens = sum(len(one) if isinstance(one, list) else len(one.split()) for one in inputs)
         return Result(seq, prompt_tokens=tokens, completion_tokens=0, cached_tokens=0,
@@ -129,7 +130,7 @@ class FakeEngine:
         (4 a chunk, endpoints/speech.py); verbose_json gives one segment over the whole audio."""
         from pipeline.endpoints.speech import chunks
 
-        body, seconds = req.input, req.audio_seconds or 0.0
+        body, seconds = req.body, req.audio_seconds or 0.0
         digest = hashlib.blake2b(body["file_url"].encode(), digest_size=4).hexdigest()
         task = "translation" if req.endpoint == "translations" else "transcription"
         words = f"fake {task} of {seconds:.2f} s {digest}".split()
@@ -180,11 +181,11 @@ SUBMIT = {"chat": FakeEngine._complete, "completions": FakeEngine._complete, "em
 def _thoughts(req: Request, text: str) -> list[str] | None:
     """The fake thinking of a chat request, in words (one word a token), cut at its budget; None
     where the request turned thinking off."""
-    kwargs = req.params.get("chat_template_kwargs") or {}
-    if kwargs.get("enable_thinking") is False or req.params.get("reasoning_effort") == "none":
+    kwargs = req.body.get("chat_template_kwargs") or {}
+    if kwargs.get("enable_thinking") is False or req.body.get("reasoning_effort") == "none":
         return None
     words = ["Let", "me", "think", "about:", *text.split()]
-    budget = req.params.get("thinking_token_budget")
+    budget = req.body.get("thinking_token_budget")
     return words[:budget] if budget is not None and budget >= 0 else words
 
 
@@ -194,7 +195,8 @@ def _words(text: str | list[int]) -> int:
 
 def _last_text(req: Request) -> str:
     if not req.messages:  # a completion's prompt
-        return req.input if isinstance(req.input, str) else " ".join(map(str, req.input))
+        prompt = req.body["prompt"]
+        return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
     content = req.messages[-1].get("content") or ""
     if isinstance(content, list):
         content = "\n".join(p["text"] for p in content if p["type"] == "text")
@@ -228,7 +230,7 @@ class _PrefixCache:
             return 0
         from pipeline.models.prefix import DIGEST, chained_digests
 
-        text = "\x1e".join(f"{m.get('role')}\x1f{m.get('content')}" for m in req.messages) or str(req.input)
+        text = "\x1e".join(f"{m.get('role')}\x1f{m.get('content')}" for m in req.messages) or str(req.body["prompt"])
         data = text.encode("utf-8", "surrogatepass")
         key = chained_digests(data, 256, whole_blocks=True)
         digests = [key[i : i + DIGEST] for i in range(0, len(key), DIGEST)]

@@ -4,8 +4,9 @@ by them are generated once, and the answer is written to each of their rows.
 A request is determined by its body where sampling cannot make two answers differ: temperature
 0 (greedy), or a `seed` of its own (vLLM seeds each such request's sampler alone, so the same
 seed, prompt and parameters give the same tokens), or an embeddings, score or rerank request.
-Its key is a digest of everything the engine sees: endpoint, adapter, messages or input,
-sampling parameters (seed, n and max_tokens included), tools, tool choice and response format.
+Its key is a digest of everything the engine sees (bodies.body_key): endpoint, adapter and the
+normalized body but its `user` (messages or prompt or input, sampling parameters with seed, n
+and max_tokens, tools, tool choice and response format).
 Rows, ids and warnings stay each row's own (output/rows.py builds every row from its own
 request); usage and cost are each row's as if it had been sent (billed per row), the report
 says how many rows were answered this way and the tokens the engines did not compute for them.

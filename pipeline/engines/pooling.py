@@ -8,8 +8,10 @@ model (a bi-encoder) each request's queries and documents are embedded once, in 
 call, and a pair scores the cosine of its two vectors; a cross-encoder scores each joined pair, in
 one `LLM.score` call. The engine still gets the whole window of work, and each request's prompt
 tokens are what vLLM's server and `run_batch` bill for it: a bi-encoder's texts each once (the
-query once, then each document), a cross-encoder's joined pairs. A call that vLLM refuses (a prompt over the
-context, ...) is retried one request at a time, so that only that request fails.
+query once, then each document), a cross-encoder's joined pairs. Each request's body
+(`Request.body`) is validated by vLLM's own request class (PROTOCOL) and run as it is. A call
+that vLLM refuses (a prompt over the context, ...) is retried one request at a time, so that
+only that request fails.
 Imported only inside engine workers.
 """
 
@@ -19,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from vllm import LLM, PoolingParams
+from vllm.entrypoints.pooling.embed.protocol import EmbeddingCompletionRequest
+from vllm.entrypoints.pooling.scoring.protocol import RerankRequest, ScoreQueriesDocumentsRequest
 from vllm.tasks import SCORE_TYPE_MAP
 
 from pipeline.endpoints import ENDPOINTS
@@ -38,8 +42,14 @@ class PoolingQueue:
         self.score_type = SCORE_TYPE_MAP.get(getattr(llm, "pooling_task", None))
 
     def add(self, seq: int, req: Request) -> Result | None:
-        """Queue an embeddings request; a Result when it is refused now."""
-        dimensions = req.params.get("dimensions")
+        """Queue a pooling request (its body validated by vLLM's own class); a Result when it is
+        refused now."""
+        try:
+            PROTOCOL[req.endpoint].model_validate({**req.body, "model": "batch"})
+        except Exception as e:  # pydantic's ValidationError: a field vLLM's API refuses
+            message = " ".join(str(e).strip().split("\n")[:3])[:500]
+            return Result(seq, error=Problem("invalid_parameter", f"vLLM refused the request: {message}"))
+        dimensions = req.body.get("dimensions")
         if dimensions is not None and not self.matryoshka:
             return Result(seq, error=Problem(
                 "unsupported_parameter", "dimensions: this model does not support shorter vectors (it is not "
@@ -122,20 +132,23 @@ class PoolingQueue:
         prompts: list[Any] = []
         params: list[PoolingParams] = []
         for _, req in work:
-            for one in embedding_inputs(req.input):
+            for one in embedding_inputs(req.body["input"]):
                 prompts.append(one if isinstance(one, str) else {"prompt_token_ids": one})
-                params.append(PoolingParams(dimensions=req.params.get("dimensions")))
+                params.append(PoolingParams(dimensions=req.body.get("dimensions")))
         outputs = iter(self.llm.embed(prompts, pooling_params=params, use_tqdm=False))
         results = []
         for seq, req in work:
-            outs = [next(outputs) for _ in embedding_inputs(req.input)]
+            outs = [next(outputs) for _ in embedding_inputs(req.body["input"])]
             results.append(Result(seq, prompt_tokens=sum(len(o.prompt_token_ids) for o in outs),
                                   completion_tokens=0, cached_tokens=0,
                                   embeddings=[list(o.outputs.embedding) for o in outs]))
         return results
 
 
-
 # The one call each pooling endpoint's requests go through, all of a step's at once (test_registry.py:
 # every pooling endpoint has one).
 STEP = {"embeddings": PoolingQueue._embed, "score": PoolingQueue._score, "rerank": PoolingQueue._score}
+# vLLM's own protocol class of each pooling endpoint's body, as its server and run_batch validate it
+# (the body is run as it is; test_registry.py: every pooling endpoint has one).
+PROTOCOL = {"embeddings": EmbeddingCompletionRequest, "score": ScoreQueriesDocumentsRequest,
+            "rerank": RerankRequest}

@@ -8,9 +8,10 @@ The same in distribution: vLLM samples every choice of an `n` request as a seque
 so k rows with n each and one request with k x n draw the same. A request is merged when:
 - its endpoint is chat or completions (embeddings, score and rerank are determined);
 - it is not determined (no temperature 0, no seed of its own: those are generated once);
-- its body, `n` aside, is the same (identical.body_key: endpoint, adapter, messages or input,
-  every sampling parameter, tools, tool choice, response format); logprobs, stop, penalties,
-  logit_bias, response formats and tools are per choice in vLLM, so they do not stop a merge;
+- its body, `n` aside, is the same (bodies.body_key: endpoint, adapter, and the normalized body
+  less `user`: messages or prompt, every sampling parameter, tools, tool choice, response
+  format); logprobs, stop, penalties, logit_bias, response formats and tools are per choice in
+  vLLM, so they do not stop a merge;
   `best_of` would (the best of k x b is not k bests of b), but intake refuses a best_of over 1;
 - the merged `n` stays at most `max_n` (MAX_N = 32 by default): a group that would pass it is
   sent as it is and a new one begins.
@@ -53,7 +54,7 @@ def mergeable(req: Request, max_n: int = MAX_N) -> bool:
     """Whether the request may share one `n` request with identical ones (see the module's doc)."""
     endpoint = ENDPOINTS[req.endpoint]  # a speech request's clips are engine requests of their own: no n
     return (endpoint.completes and endpoint.parts is None and not determined(req) and req.n < max_n
-            and req.params.get("best_of", 1) == 1)
+            and req.body.get("best_of", 1) == 1)
 
 
 def split(members: list[Request], res: Result) -> Iterator[tuple[Request, Result]]:
@@ -146,7 +147,7 @@ class SampledOnce:
         self.held_bytes -= sum(media_bytes(r.messages) for r in group)
         if len(group) == 1:
             return group[0]
-        merged = replace(group[0], params={**group[0].params, "n": sum(r.n for r in group)})
+        merged = group[0].with_body(n=sum(r.n for r in group))
         self.sent[id(merged)] = (merged, group)
         self.rows += len(group)
         self.requests += 1

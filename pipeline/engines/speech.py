@@ -78,7 +78,7 @@ class SpeechQueue:
         """Validate, decode and cut the request's audio, and enqueue its first engine requests."""
         task, cls, _ = TASKS[req.endpoint]
         try:
-            sreq = cls.model_validate({**req.input, "model": None})
+            sreq = cls.model_validate({**req.body, "model": None})
             sreq.language = self.model_cls.validate_language(sreq.language)
         except Exception as e:  # pydantic's ValidationError, vLLM's ValueError for a language it has not
             raise Refusal(Problem("invalid_parameter", f"vLLM refused the request: {_first_line(e)}")) from None
@@ -90,7 +90,7 @@ class SpeechQueue:
                     "response_format",
                 )
             )
-        clips, seconds = self._clips(req.input["file_url"], self.configs[task])
+        clips, seconds = self._clips(req.body["file_url"], self.configs[task])
         offsets = [0.0]
         for clip in clips[:-1]:
             offsets.append(offsets[-1] + clip.shape[-1] / self.configs[task].sample_rate)

@@ -3,10 +3,12 @@
 Requests go in through `LLM.enqueue_chat` (the same rendering path as `LLM.chat`: the model's
 chat template, tools included), completions requests through `LLM.enqueue` (a plain prompt, as
 `LLM.generate` takes it), and come out of `llm_engine.step()` as each one finishes, so the
-engine always has the whole window of work and never waits on a batch barrier. Request fields
-are read by vLLM's own OpenAI `ChatCompletionRequest` and `CompletionRequest`, so sampling
-defaults, response_format and tool_choice mean what they mean in vLLM's OpenAI server. A pooling
-model's requests go to pooling.py. Imported only inside engine workers.
+engine always has the whole window of work and never waits on a batch barrier. Each request's
+normalized body (`Request.body`, as its endpoint's `parse` made it) is validated as it is by
+vLLM's own OpenAI `ChatCompletionRequest` and `CompletionRequest`, so sampling defaults,
+response_format and tool_choice mean what they mean in vLLM's OpenAI server. A pooling model's
+requests go to pooling.py, which validates them with vLLM's pooling request classes. Imported
+only inside engine workers.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import uuid
 from typing import Any
 
 from pipeline.endpoints import ENDPOINTS
-from pipeline.endpoints import body as request_body
 from pipeline.engines.base import EngineSpec, Result
 from pipeline.engines.cores import pin_beside_model
 from pipeline.engines.pooling import PoolingQueue
@@ -158,13 +159,14 @@ class VLLMEngine:
             tool_choice=creq.tool_choice, tools=creq.tools, parallel_tool_calls=creq.parallel_tool_calls
         ) if creq.tools else None
         self._generate(seq, req, creq, schema, lambda params, lora: self.llm.enqueue_chat(
-            [req.messages], [params], use_tqdm=False, tools=engine_tools(req), lora_request=lora,
+            [req.body["messages"]], [params], use_tqdm=False, tools=engine_tools(req), lora_request=lora,
             chat_template_kwargs=template_kwargs(creq)))
 
     def _completion(self, seq: int, req: Request) -> None:
         """A completions request: its prompt as it is, as `LLM.generate` takes it."""
         creq = _validated(completion_request, req)
-        prompt = req.input if isinstance(req.input, str) else {"prompt_token_ids": req.input}
+        prompt = req.body["prompt"]
+        prompt = prompt if isinstance(prompt, str) else {"prompt_token_ids": prompt}
         self._generate(seq, req, creq, None, lambda params, lora: self.llm.enqueue(
             [prompt], [params], lora_request=lora, use_tqdm=False))
 
@@ -267,7 +269,7 @@ class VLLMEngine:
         """One choice in the row's form; a completion's text is its content, and its `logprobs`
         (a number of alternatives) gives the same per-token logprobs as chat's top_logprobs."""
         if isinstance(creq, CompletionRequest):
-            top = req.params.get("logprobs")
+            top = req.body.get("logprobs")
             return {"index": c.index, "content": c.text, "tool_calls": None, "finish_reason": c.finish_reason or "stop",
                     "logprobs": self._logprobs(c, top) if top is not None else None, "reasoning_content": None,
                     "_reasoning_tokens": 0}
@@ -276,7 +278,7 @@ class VLLMEngine:
         content, tool_calls, finish = read_tool_calls(answer, c.finish_reason or "stop", req, creq, parser)
         return {
             "index": c.index, "content": content, "tool_calls": tool_calls, "finish_reason": finish,
-            "logprobs": self._logprobs(c, req.params.get("top_logprobs", 0)) if req.params.get("logprobs") else None,
+            "logprobs": self._logprobs(c, req.body.get("top_logprobs", 0)) if req.body.get("logprobs") else None,
             "reasoning_content": reasoning, "_reasoning_tokens": thinking,
         }
 
@@ -358,7 +360,7 @@ SUBMIT = {"chat": VLLMEngine._chat, "completions": VLLMEngine._completion, "embe
 
 
 def chat_request(req: Request) -> ChatCompletionRequest:
-    """The request as vLLM's OpenAI protocol model (what its server would have built)."""
+    """The request's body as vLLM's OpenAI protocol model (what its server would have built)."""
     return ChatCompletionRequest.model_validate(_body(req))
 
 
@@ -382,11 +384,13 @@ class _Refused(Exception):
 
 
 def _body(req: Request) -> dict[str, Any]:
-    """The request's own body (its endpoint's `body`, validated by us) as vLLM's OpenAI layer takes
-    it: the length limit is ours to set (`_generate`, from the context left), so it is left out here."""
-    body = {**request_body(req), "model": "batch"}
-    body.pop("max_tokens", None), body.pop("max_completion_tokens", None)
-    return body
+    """The request's normalized body (`Request.body`, made once by its endpoint's `parse`) as
+    vLLM's OpenAI layer takes it, with what the engine sets itself: the served model, and the
+    length limit (`_generate` gives it from the request's bound and the context left)."""
+    return {k: v for k, v in req.body.items() if k not in _ENGINE_SETS} | {"model": "batch"}
+
+
+_ENGINE_SETS = ("max_tokens", "max_completion_tokens")
 
 
 def _external_id(rid: str) -> str:

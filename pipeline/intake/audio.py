@@ -52,9 +52,9 @@ def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | Fai
                           "(e.g. Qwen/Qwen2-Audio-7B-Instruct)", _first_param(item))
         total, seconds = 0, 0.0
         if _is_speech(item):
-            data, uri = _file(item.input["file_url"], policy)
+            data, uri = _file(item.body["file_url"], policy)
             total, seconds = len(data), _seconds(data, param, policy, total)
-            return replace(item, input={**item.input, "file_url": uri}, audio_seconds=seconds)
+            return replace(item.with_body(file_url=uri), audio_seconds=seconds)
         for param, part in audio_parts(item.messages):
             data = base64_bytes(part["input_audio"]["data"], param, "audio")
             total += len(data)

@@ -84,7 +84,7 @@ def resolve(item: Request | FailedRequest, policy: ImagePolicy) -> Request | Fai
     except MemoryError:
         return _failed(item, Invalid("image_too_large", f"{param}: out of memory while checking the image. Hint: lower "
                                      "--image-max-pixels or --image-workers", param))
-    return replace(item, messages=_with_urls(item.messages, urls))
+    return item.with_body(messages=_with_urls(item.messages, urls))
 
 
 def _failed(item: Request, e: Invalid) -> FailedRequest:

@@ -186,7 +186,7 @@ def expected_decode(item: Request) -> tuple[int, int]:
     then, among equals, what a reasoning model may think (thinking is the longest decode): each
     choice's thinking_token_budget, all of it without one, none where thinking is turned off."""
     bound = (item.max_tokens or sys.maxsize) * item.n
-    return bound, thinking_upper(item.params, item.n, bound)
+    return bound, thinking_upper(item.body, item.n, bound)
 
 
 def group_spans(keyed: list[Keyed]) -> list[tuple[int, int, int]]:

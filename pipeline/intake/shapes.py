@@ -168,7 +168,6 @@ RESPONSES = Shape(PROVIDERS["responses"].shape, _is_responses_line, _responses_l
 # The batch lines of each endpoint but the default, whose lines (OPENAI_BATCH) take any URL and
 # say what is wrong with it.
 ENDPOINT_SHAPES = tuple(_endpoint_shape(e) for e in ENDPOINTS.values() if e is not DEFAULT)
-EMBEDDINGS = next(s for s in ENDPOINT_SHAPES if s.name == ENDPOINTS["embeddings"].shape)  # a template job's
 OPENAI_BATCH = Shape(DEFAULT.shape, _is_batch_line, _batch_line,
                      f"{DEFAULT.title} ({{custom_id, method, url: {DEFAULT.url}, body}})")
 TOGETHER = Shape("together-batch", _holds("body"), _together_line, "Together batch lines ({custom_id, body})")

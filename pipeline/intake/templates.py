@@ -38,10 +38,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.endpoints import ENDPOINTS
 from pipeline.endpoints.chat import BODY_FIELDS
 from pipeline.exits import UserError
 from pipeline.intake.requests import Context, SeenIds, parse_row
-from pipeline.intake.shapes import BARE, EMBEDDINGS
+from pipeline.intake.shapes import BARE, SHAPES_BY_NAME
 from pipeline.intake.sources import InputFile
 from pipeline.output import structured
 from pipeline.output.layout import Layout
@@ -100,8 +101,9 @@ class TemplateSpec:
     carry_all: bool = False
     explode: bool = False
     images: tuple[str, ...] = ()  # --template-image: columns whose images follow the user text
-    # "embeddings" on an embedding model (--runner pooling): the rendered --template-user text is
-    # each row's embeddings input (docs/endpoints.md)
+    # The endpoint of its requests (a name of pipeline/endpoints' registry): "embeddings" on an
+    # embedding model (--runner pooling), where the rendered --template-user text is each row's
+    # embeddings input (its `template_body`; docs/endpoints.md)
     endpoint: str = "chat"
 
     @classmethod
@@ -288,10 +290,11 @@ class TemplateSpec:
             if isinstance(earlier, str):
                 return error(f"--template-turns: {earlier}", None)
             messages.extend(earlier)
-        if self.endpoint == "embeddings":
-            request = {"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings",
-                       "body": {"input": messages[-1]["content"]}}
-            return parse_row(request, source=source, line=line, ctx=ctx, shape=EMBEDDINGS)
+        endpoint = ENDPOINTS[self.endpoint]
+        if endpoint.template_body is not None:  # an endpoint whose body is not a conversation
+            request = {"custom_id": custom_id, "method": "POST", "url": endpoint.url,
+                       "body": endpoint.template_body(messages)}
+            return parse_row(request, source=source, line=line, ctx=ctx, shape=SHAPES_BY_NAME[endpoint.shape])
         images = self._images(row, source.name)
         if isinstance(images, tuple):
             return error(*images)

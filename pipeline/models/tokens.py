@@ -136,7 +136,7 @@ class PromptCounter:
         if plain is not None:  # plain prompts (completions, a clip's): the tokenizer's special tokens, no template
             return [i for prompt in plain(request) for i in (prompt if isinstance(prompt, list) else
                     self.tokenizer(prompt, add_special_tokens=self._plain_special)["input_ids"])]
-        text = self.render(request.messages, engine_tools(request), template_kwargs(request.params))
+        text = self.render(request.messages, engine_tools(request), template_kwargs(request.body))
         images = image_urls(request.messages)
         return list(self._image_ids(text, images) if images else self._ids([text])[0])
 
@@ -382,7 +382,7 @@ def _work(request: Request, pairs: bool = False) -> tuple[list[dict[str, Any]] |
     plain = endpoint.prompts
     if plain is not None:
         return None, plain(request), None
-    return request.messages, engine_tools(request), template_kwargs(request.params)
+    return request.messages, engine_tools(request), template_kwargs(request.body)
 
 
 def _template_error(request: Request, e: PromptError) -> FailedRequest:

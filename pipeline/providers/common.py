@@ -6,9 +6,10 @@ detection, `--format native`, reading result lines back, refusals) is derived fr
 It holds, side by side:
 - in: `<provider>_body(request, warnings) -> dict`, the provider's request (Anthropic's `params`,
   Gemini's `request`, a Responses API `body`) converted to the OpenAI chat-completions body that
-  pipeline/endpoints/chat.py validates. A conversion is faithful or it is refused: what has no equivalent
-  in a local chat model (built-in server tools, state kept on the provider's servers, an assistant
-  prefill to be continued) raises `Invalid` saying what and why, with `param` the path in the
+  pipeline/endpoints/chat.py checks and normalizes (the body the Request carries to the engine).
+  A conversion is faithful or it is refused: what has no equivalent in a local chat model
+  (built-in server tools, state kept on the provider's servers, an assistant prefill to be
+  continued) raises `Invalid` saying what and why, with `param` the path in the
   provider's own form. Fields the converter does not know are kept in the body under a prefixed
   name (`params.foo`), so that the validator lists them as unknown fields, ignored, and they never
   collide with a chat field.

@@ -29,7 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.endpoints import ENDPOINTS, body
+from pipeline.endpoints import ENDPOINTS
+from pipeline.records import CONTENT_FIELDS, Request
 
 REPAIRABLE = ("truncated", "empty", "unparsable", "schema_mismatch", "invalid_tool_call", "failed_check", "refused")
 TURN_VERDICTS = frozenset({"unparsable", "schema_mismatch", "invalid_tool_call", "failed_check"})
@@ -141,9 +142,7 @@ class Repairs:
         gave): its next attempt, with the attempts so far counted. `req` is its first request."""
         key = (req.file, req.line)
         try:
-            nxt = dict(entry["next"])
-            new = replace(req, messages=[*req.messages, *nxt.pop("messages")],
-                          **{f: nxt[f] for f in _CHANGEABLE if f in nxt})
+            new = _resumed(req, dict(entry["next"]))
             held = (list(entry["attempts"]), set(entry["sent"]), str(entry["change"]))
         except (KeyError, TypeError, ValueError):  # an entry we cannot read: the row starts again
             return req
@@ -157,29 +156,36 @@ class Repairs:
 _CHANGEABLE = ("params", "response_format")  # what a repair may change besides adding messages
 
 
-def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,
+def _resumed(first: Request, nxt: dict[str, Any]) -> Request:
+    """The request a pending entry's `next` describes: the first one's body with its messages
+    added to and its params and response_format as `next` says."""
+    body = {**first.body, "messages": [*first.messages, *nxt.pop("messages")]}
+    if "params" in nxt:
+        body = {**{k: v for k, v in body.items() if k in CONTENT_FIELDS}, **nxt["params"]}
+    if "response_format" in nxt:
+        body["response_format"] = nxt["response_format"]
+    return replace(first, body={k: v for k, v in body.items() if v is not None})
+
+
+def repaired(req: Request, verdict: str, row: dict[str, Any], policy: RepairPolicy,
              attempt: int) -> tuple[Any, str] | None:
     """(the request changed to repair `verdict`, what changed), or None where it cannot be."""
-    params = dict(req.params)
     if verdict == "truncated":
         room = req.max_tokens
         if room is None or room >= policy.max_tokens_cap:
             return None
         more = min(room * 2, policy.max_tokens_cap)
-        params.pop("max_completion_tokens", None)
-        params["max_tokens"] = more
-        return replace(req, params=params), f"max_tokens {room} -> {more}"
+        return req.with_body(max_completion_tokens=None, max_tokens=more), f"max_tokens {room} -> {more}"
     if verdict in ("empty", "refused"):
-        seed = int(params.get("seed") or 0) + attempt
-        params["seed"] = seed
+        seed = int(req.body.get("seed") or 0) + attempt
         if verdict == "empty":
-            return replace(req, params=params), f"seed {seed}"
+            return req.with_body(seed=seed), f"seed {seed}"
         if not ENDPOINTS[req.endpoint].converses:
             return None
         turn = {"role": "user", "content": "That answer declined the request. If the request can be answered "
                                            "safely, answer it now, in the format asked for."}
         said = {"role": "assistant", "content": row.get("content") or ""}
-        return replace(req, params=params, messages=[*req.messages, said, turn]), f"seed {seed} and a repair turn"
+        return req.with_body(seed=seed, messages=[*req.messages, said, turn]), f"seed {seed} and a repair turn"
     if verdict in TURN_VERDICTS and ENDPOINTS[req.endpoint].converses:
         said = row.get("content") or (json.dumps(row["tool_calls"]) if row.get("tool_calls") else "")
         answer = {"role": "assistant", "content": said}
@@ -188,9 +194,9 @@ def repaired(req: Any, verdict: str, row: dict[str, Any], policy: RepairPolicy,
             "content": f"That answer cannot be used ({verdict}: {row.get('verdict_message')}). "
             "Answer the request again, correcting exactly that, in the format asked for.",
         }
-        new, what = replace(req, messages=[*req.messages, answer, turn]), f"repair turn quoting the {verdict}"
+        new, what = req.with_body(messages=[*req.messages, answer, turn]), f"repair turn quoting the {verdict}"
         if policy.json_check and verdict in JSON_VERDICTS and req.response_format is None and not req.tools:
-            new, what = replace(new, response_format={"type": "json_object"}), f"{what}, with a JSON grammar"
+            new, what = new.with_body(response_format={"type": "json_object"}), f"{what}, with a JSON grammar"
         return new, what
     return None
 
@@ -204,7 +210,7 @@ def _attempt(row: dict[str, Any], change: str) -> dict[str, Any]:
 
 
 def _fingerprint(req: Any) -> str:
-    return hashlib.blake2b(json.dumps(body(req), sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(json.dumps(req.body, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
 TURN_TOKENS = 64  # a repair turn's own words, in tokens, at most

@@ -156,7 +156,7 @@ def test_audio_limits_are_the_image_limits(media):
     got = resolve(req, policy)
     assert isinstance(got, FailedRequest) and (got.code, got.param) == ("audio_too_large", "file_url")
     ok = resolve(req, ImagePolicy())
-    assert isinstance(ok, Request) and ok.audio_seconds == 2.0 and ok.input["file_url"] == req.input["file_url"]
+    assert isinstance(ok, Request) and ok.audio_seconds == 2.0 and ok.body["file_url"] == req.body["file_url"]
     assert check(TWO, "file_url") == ("audio/wav", 2.0)
 
 

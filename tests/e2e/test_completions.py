@@ -7,7 +7,6 @@ import json
 import pytest
 from conftest import chat_line, invoke, read_output, write_jsonl
 
-from pipeline.endpoints import body
 from pipeline.intake.requests import Context, parse_row
 from pipeline.providers.openai import openai_line
 from pipeline.records import Source
@@ -84,8 +83,8 @@ def test_completions_body_keeps_the_sampling_fields():
     req = parse(completion_line("c", prompt="hi", max_tokens=5, n=2, stop=".", seed=3, logprobs=2,
                                 temperature=0.5, top_p=0.9, presence_penalty=1, frequency_penalty=-1,
                                 logit_bias={"7": 5}, user="u", stream=False))
-    assert req.endpoint == "completions" and req.input == "hi" and req.user == "u"
-    assert body(req) == {"prompt": "hi", "max_tokens": 5, "n": 2, "stop": ["."], "seed": 3, "logprobs": 2,
+    assert req.endpoint == "completions" and req.body["prompt"] == "hi" and req.user == "u"
+    assert req.body == {"prompt": "hi", "max_tokens": 5, "n": 2, "stop": ["."], "seed": 3, "logprobs": 2,
                          "temperature": 0.5, "top_p": 0.9, "presence_penalty": 1, "frequency_penalty": -1,
                          "logit_bias": {"7": 5.0}, "user": "u"}
     assert parse(completion_line("c", prompt=[1, 2])).max_tokens == 16  # OpenAI's and vLLM's default

@@ -135,7 +135,7 @@ def model_folder(folder, template, config=None):
 
 
 def request(messages, tools=None, cid="r", tool_choice=None, **params):
-    return Request(cid, "f.jsonl", 1, messages, params, tools, tool_choice)
+    return Request.chat(cid, "f.jsonl", 1, messages, params, tools, tool_choice)
 
 
 def rendered(counter, messages, tools):

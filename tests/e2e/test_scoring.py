@@ -127,17 +127,16 @@ def test_invalid_rerank_bodies(body, code, param):
 
 
 def test_score_request_body_and_pairs():
-    from pipeline.endpoints import body
     from pipeline.records import score_pairs
 
     req = parse(line("/v1/score", "x", queries="q", documents=["a", "b"], truncate_prompt_tokens=5))
-    assert req.endpoint == "score" and body(req) == {"queries": ["q"], "documents": ["a", "b"]}
+    assert req.endpoint == "score" and req.body == {"queries": ["q"], "documents": ["a", "b"]}
     assert score_pairs(req) == [("q", "a"), ("q", "b")]
     assert "unknown field(s) ignored: truncate_prompt_tokens" in req.warnings
     items = parse(line("/v1/score", "i", queries=["q1", "q2"], items=["a", "b"]))
     assert score_pairs(items) == [("q1", "a"), ("q2", "b")]
     rerank = parse(line("/v1/rerank", "y", query="q", documents="a", top_n=1))
-    assert body(rerank) == {"query": "q", "documents": ["a"], "top_n": 1} and score_pairs(rerank) == [("q", "a")]
+    assert rerank.body == {"query": "q", "documents": ["a"], "top_n": 1} and score_pairs(rerank) == [("q", "a")]
 
 
 def test_estimate_counts_the_query_once_then_each_document(tmp_path, inputs):

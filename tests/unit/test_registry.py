@@ -42,6 +42,9 @@ def test_the_pooling_queue_steps_every_pooling_endpoint():
     pooling = {name for name, e in ENDPOINTS.items() if e.runner == "pooling"}
     keys = _table("pipeline.engines.pooling", "STEP")
     assert keys == pooling, f"pipeline/engines/pooling.py: STEP must have {sorted(pooling)}, it has {sorted(keys)}"
+    keys = _table("pipeline.engines.pooling", "PROTOCOL")
+    assert keys == pooling, (
+        f"pipeline/engines/pooling.py: PROTOCOL (vLLM's class of each body) must have {sorted(pooling)}")
 
 
 @pytest.mark.parametrize("name", sorted(ENDPOINTS))
@@ -52,7 +55,8 @@ def test_every_endpoint_is_one_file_with_every_member(name):
     assert (PACKAGE / "endpoints" / f"{name}.py").exists(), f"add {file}, building its Endpoint"
     assert endpoint.parse.__module__ == f"pipeline.endpoints.{name}", f"{file}: define its parse there"
     for f in dataclasses.fields(Endpoint):
-        assert getattr(endpoint, f.name) is not None or f.name in ("prompts", "pairs", "default_max_tokens", "parts"), (
+        optional = ("prompts", "pairs", "default_max_tokens", "template_body", "parts")
+        assert getattr(endpoint, f.name) is not None or f.name in optional, (
             f"{file}: its Endpoint has no {f.name}")
     assert endpoint.runner in RUNNERS, f"{file}: runner must be one of {RUNNERS}"
     assert endpoint.urls.match(endpoint.url), f"{file}: its url {endpoint.url!r} must match its own urls"
@@ -85,7 +89,7 @@ def test_every_endpoint_body_is_read_back_as_its_own(name):
     line = {"custom_id": "x", "method": "POST", "url": ENDPOINTS[name].url, "body": bodies[name]}
     req = parse_row(line, source=Source(0, "in.jsonl", "in.jsonl"), line=1, ctx=Context())
     assert isinstance(req, Request) and req.endpoint == name, req
-    again = parse_row({**line, "body": ENDPOINTS[name].body(req)}, source=Source(0, "in.jsonl", "in.jsonl"), line=1,
+    again = parse_row({**line, "body": req.body}, source=Source(0, "in.jsonl", "in.jsonl"), line=1,
                       ctx=Context())
     assert again == req
 

@@ -10,7 +10,7 @@ from pipeline.records import Request
 
 
 def req(i):
-    return Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": str(i)}])
+    return Request.chat(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": str(i)}])
 
 
 class MemoryPool:
@@ -96,7 +96,7 @@ def test_a_prefix_group_stays_on_its_engine_while_the_other_takes_the_next_group
     """Two engines, window 8: a group of 40 (more than one engine holds at once) all goes to the
     engine that started it; meanwhile the other engine takes the groups after it, not half of it."""
     sizes = [40] + [3] * 12
-    rows = [Request(f"g{g}r{k}", "f.jsonl", 1, [{"role": "user", "content": f"{g}"}], group=g + 1)
+    rows = [Request.chat(f"g{g}r{k}", "f.jsonl", 1, [{"role": "user", "content": f"{g}"}], group=g + 1)
             for g, size in enumerate(sizes) for k in range(size)]
     pool = MemoryPool(size=2)
     out = [x for x in Dispatcher(pool, window=8, chunk=3).results(iter(rows)) if x is not None]
@@ -123,7 +123,7 @@ def test_an_idle_engine_takes_the_later_half_of_another_engines_queue():
     """One prefix group of 60 on a slow engine: while the input lasts the group waits for its
     engine; once it is all handed out, the idle engine takes the later half of what waits (no
     engine idle while another has a queue), and every request still runs once."""
-    rows = [Request(f"r{k}", "f.jsonl", k + 1, [{"role": "user", "content": "doc"}], group=1) for k in range(60)]
+    rows = [Request.chat(f"r{k}", "f.jsonl", k + 1, [{"role": "user", "content": "doc"}], group=1) for k in range(60)]
     pool = SlowFirstPool(size=2)
     out = [x for x in Dispatcher(pool, window=8, chunk=4).results(iter(rows)) if x is not None]
     assert sorted(r.custom_id for r, _ in out) == sorted(r.custom_id for r in rows)
@@ -138,13 +138,13 @@ def test_the_cache_plan_follows_each_engines_stream():
     from pipeline.intake.order import prefix_key
 
     doc = "word " * 200  # four blocks of 256 characters, then the question
-    rows = [Request(f"q{k}", "f.jsonl", k + 1, [{"role": "user", "content": doc + f"question {k}"}], group=1)
+    rows = [Request.chat(f"q{k}", "f.jsonl", k + 1, [{"role": "user", "content": doc + f"question {k}"}], group=1)
             for k in range(4)]
     plan = CachePlan(prefix_key)
     for k, r in enumerate(rows):
         plan.handed(0, r)
         plan.answered(0, Result(k, [], 100, 1, cached_tokens=0 if k == 0 else 80))
-    plan.handed(1, Request("x", "f.jsonl", 9, [{"role": "user", "content": "other"}]))
+    plan.handed(1, Request.chat("x", "f.jsonl", 9, [{"role": "user", "content": "other"}]))
     plan.answered(1, Result(9, [], 10, 1, cached_tokens=10))
     d = plan.describe()["cache_plan"]
     zero, one = d["engines"]

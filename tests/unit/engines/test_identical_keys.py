@@ -35,7 +35,7 @@ class FakeDispatcher:
 
 def request(i: int, text: str, temperature=None, seed=None) -> Request:
     params = {k: v for k, v in (("temperature", temperature), ("seed", seed)) if v is not None}
-    return Request(f"id{i}", "f", i + 1, [{"role": "user", "content": text}], params=params)
+    return Request.chat(f"id{i}", "f", i + 1, [{"role": "user", "content": text}], params=params)
 
 
 BODIES = st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from([None, 0, 0.7]), st.sampled_from([None, 1]))

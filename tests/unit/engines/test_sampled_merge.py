@@ -41,7 +41,7 @@ def request(i: int, text: str, n: int = 1, temperature=0.8, seed=None, endpoint=
         for k, v in (("temperature", temperature), ("seed", seed), ("n", n))
         if v is not None and (k, v) != ("n", 1)
     }
-    return Request(f"id{i}", "f", i + 1, [{"role": "user", "content": text}], params=params, endpoint=endpoint)
+    return Request.chat(f"id{i}", "f", i + 1, [{"role": "user", "content": text}], params=params, endpoint=endpoint)
 
 
 BODIES = st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 4), st.sampled_from([0.8, 0.8, None, 0]))
@@ -151,7 +151,7 @@ def test_images_held_back_are_bounded_in_bytes():
     from pipeline.engines.sampled import SampledOnce
 
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 4000}}
-    rows = [Request(f"i{k}", "f.jsonl", k + 1, [{"role": "user", "content": [
+    rows = [Request.chat(f"i{k}", "f.jsonl", k + 1, [{"role": "user", "content": [
         {"type": "text", "text": f"describe {k}"}, image]}]) for k in range(10)]
     once = SampledOnce(window=1000, window_bytes=10_000)
     released = []

@@ -126,7 +126,7 @@ def test_a_full_spill_disk_stops_the_run_resumably(tmp_path, monkeypatch, kind, 
 def test_images_past_the_byte_bound_are_spilled_not_held():
     """Pending batches are spilled once they hold `buffer_bytes` of images, however few."""
     image = "data:image/png;base64," + "A" * 4000
-    rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": [
+    rows = [Request.chat(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": [
         {"type": "text", "text": f"doc {i % 3}"}, {"type": "image_url", "image_url": {"url": image}}]}])
         for i in range(40)]
     ordered = BucketOrder(iter(rows), buffer=1000, buffer_bytes=10_000, buckets=2)
@@ -167,8 +167,6 @@ def test_each_prefix_key_is_hashed_once_order_and_hand_over_together(tmp_path, m
     """The order sorts by the key and the cache plan reads it at hand-over: one hashing per
     request (kept on it, through the spill files too); an order that needs none leaves it to the
     hand-over."""
-    from dataclasses import replace
-
     from pipeline.engines.cache_plan import CachePlan
     from pipeline.intake import order as module
 
@@ -190,5 +188,5 @@ def test_each_prefix_key_is_hashed_once_order_and_hand_over_together(tmp_path, m
                                 module.BLOCK_CHARS) for r in out)
     if how in ("prefix", "sorted"):
         assert ordered.runs, "nothing was spilled: the spill files were not tested"
-    changed = replace(out[0], messages=[{"role": "user", "content": "another text"}])
+    changed = out[0].with_body(messages=[{"role": "user", "content": "another text"}])
     assert changed.prefix is None and prefix_key(changed) != out[0].prefix  # a changed request: no stale key

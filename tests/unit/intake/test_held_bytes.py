@@ -20,7 +20,7 @@ URL = "data:image/png;base64," + "A" * 1000  # a request's image as intake leave
 
 def pictured(i, url=URL):
     content = [{"type": "text", "text": f"caption {i % 5}"}, {"type": "image_url", "image_url": {"url": url}}]
-    return Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": content}])
+    return Request.chat(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": content}])
 
 
 WEIGHT = media_bytes(pictured(0).messages)
@@ -57,7 +57,7 @@ def test_each_engine_holds_at_most_its_bytes_bound_of_images():
     assert sorted(r.custom_id for r, _ in out) == sorted(f"r{i}" for i in range(60))
     assert max(pool.max_held) == 5  # not 100: five requests weigh the bound
     text = Dispatcher(MemoryPool(size=1), window=8, window_bytes=1, chunk=3)
-    plain = [Request(f"t{i}", "f.jsonl", i + 1, [{"role": "user", "content": "hi"}]) for i in range(20)]
+    plain = [Request.chat(f"t{i}", "f.jsonl", i + 1, [{"role": "user", "content": "hi"}]) for i in range(20)]
     assert len([x for x in text.results(iter(plain)) if x is not None]) == 20  # text weighs nothing
 
 

@@ -38,7 +38,7 @@ DOC = "".join(chr(ord("a") + i % 26) for i in range(3 * BLOCK_CHARS))
 
 
 def ask(line, doc, question, system="You answer questions about documents."):
-    return Request(f"q{line}", "f.jsonl", line, [
+    return Request.chat(f"q{line}", "f.jsonl", line, [
         {"role": "system", "content": system},
         {"role": "user", "content": f"Document {doc}: {DOC}{doc}{DOC}\n\nQuestion {question}?"}])
 
@@ -88,7 +88,7 @@ def test_sorted_keys_are_a_trie_walk(tmp_path_factory, contents, buffer):
     """Requests sharing k blocks are never separated by one sharing fewer, so the blocks computed
     in this order (each request's minus what it shares with the one before) are exactly the
     distinct prefixes: the least any order computes."""
-    rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": c}]) for i, c in enumerate(contents)]
+    rows = [Request.chat(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": c}]) for i, c in enumerate(contents)]
     out = list(SortedOrder(iter(rows), buffer=buffer, spill_dir=str(tmp_path_factory.mktemp("spill"))))
     keys = [prefix_key(r) for r in out]
     distinct = {k[: (i + 1) * DIGEST] for k in keys for i in range(len(k) // DIGEST)}
@@ -215,7 +215,8 @@ def test_auto_groups_shared_documents_and_streams_the_rest(tmp_path, buffer):
     assert contiguous([r.group for r in out]) and (buffer < len(docs) or contiguous([doc_of(r) for r in out]))
     assert measured["shared_in_prefix_order"] >= measured["shared_in_input_order"] + AUTO_GAIN
 
-    rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": f"{i} " + "x" * 600}]) for i in range(30)]
+    rows = [Request.chat(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": f"{i} " + "x" * 600}])
+            for i in range(30)]
     consumed = []
 
     def source():
@@ -237,7 +238,7 @@ def test_auto_decides_on_whole_kv_blocks_not_shared_text(kv_block_tokens, chosen
     auto keeps the input's order; with blocks small enough to hold the shared part, prefix order."""
     heads = ["Translate this sentence into French and answer with the translation only, please: ",
              "Classify the sentiment of this product review as positive or negative, one word: "]
-    rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": heads[i % 2] * 5 + f"item {i}"}])
+    rows = [Request.chat(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": heads[i % 2] * 5 + f"item {i}"}])
             for i in range(40)]  # about 430 characters: under one CPU block (128 tokens), several GPU blocks
     ordered = BucketOrder(iter(rows), buffer=40, auto=True, kv_block_tokens=kv_block_tokens)
     out = list(ordered)
@@ -249,7 +250,7 @@ def test_auto_decides_on_whole_kv_blocks_not_shared_text(kv_block_tokens, chosen
 
 
 def shuffled(contents, max_tokens, errors, seed):
-    rows = [Request(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": c}],
+    rows = [Request.chat(f"r{i}", "f.jsonl", i + 1, [{"role": "user", "content": c}],
                     params={} if m is None else {"max_tokens": m})
             for i, (c, m) in enumerate(zip(contents, max_tokens, strict=False))]
     rows += [FailedRequest(f"e{i}", "f.jsonl", 0, "invalid_json", "bad") for i in range(errors)]
@@ -319,7 +320,7 @@ def test_holding_back_the_least_filled_groups_keeps_more_prefixes_together():
 
 
 def test_decode_first_changes_only_the_order_within_a_group():
-    rows = [Request(f"q{d}-{m}", "f.jsonl", i + 1, [{"role": "user", "content": f"{d}" * 600 + f"question {m}"}],
+    rows = [Request.chat(f"q{d}-{m}", "f.jsonl", i + 1, [{"role": "user", "content": f"{d}" * 600 + f"question {m}"}],
                     params={"max_tokens": m}) for i, (d, m) in enumerate([(1, 5), (2, 50), (1, 80), (2, 7), (1, 20)])]
     out = [r.custom_id for r in order(iter(rows), "prefix")]
     assert out == ["q1-80", "q1-20", "q1-5", "q2-50", "q2-7"]

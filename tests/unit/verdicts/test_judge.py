@@ -15,7 +15,7 @@ TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {
 
 
 def req(**kw):
-    return Request("id", "f.jsonl", 1, [{"role": "user", "content": "x"}], **kw)
+    return Request.chat("id", "f.jsonl", 1, [{"role": "user", "content": "x"}], **kw)
 
 
 def row(*choices):

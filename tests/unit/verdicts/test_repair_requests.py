@@ -1,7 +1,6 @@
 """Repairs judged without an engine: never the identical request twice, the policy's bounds."""
 
 import json
-from dataclasses import replace
 
 import pytest
 
@@ -11,7 +10,7 @@ from pipeline.verdicts.repairs import RepairPolicy, Repairs
 
 
 def req(**params):
-    return Request("id", "f.jsonl", 1, [{"role": "user", "content": "x"}], params=params)
+    return Request.chat("id", "f.jsonl", 1, [{"role": "user", "content": "x"}], params=params)
 
 
 def answer(verdict, **cols):
@@ -23,7 +22,7 @@ def test_the_identical_request_is_never_sent_twice(monkeypatch):
     r = Repairs(RepairPolicy(frozenset({"empty"}), attempts=5))
     monkeypatch.setattr(repairs, "repaired", lambda req, *a: (req, "nothing"))  # a repair that changes nothing
     assert r.next_request(req(), answer("empty")) is None
-    monkeypatch.setattr(repairs, "repaired", lambda req, *a: (replace(req, params={"seed": 7}), "s"))
+    monkeypatch.setattr(repairs, "repaired", lambda req, *a: (req.with_body(seed=7), "s"))
     first = r.next_request(req(), answer("empty"))
     assert first is not None and r.next_request(first, answer("empty")) is None  # seed 7 was sent already
 
@@ -77,7 +76,7 @@ def test_a_json_check_adds_the_json_grammar_to_a_repair_turn_only_where_the_requ
     policy = RepairPolicy(frozenset({"failed_check"}), json_check=True)
     new, what = repairs.repaired(req(), "failed_check", row, policy, 1)
     assert new.response_format == {"type": "json_object"} and what.endswith("with a JSON grammar")
-    own = Request("id", "f.jsonl", 1, [{"role": "user", "content": "x"}], response_format={"type": "text"})
+    own = Request.chat("id", "f.jsonl", 1, [{"role": "user", "content": "x"}], response_format={"type": "text"})
     assert repairs.repaired(own, "failed_check", row, policy, 1)[0].response_format == {"type": "text"}
     plain = RepairPolicy(frozenset({"failed_check"}))  # the check does not read JSON
     assert repairs.repaired(req(), "failed_check", row, plain, 1)[0].response_format is None
