@@ -31,10 +31,9 @@ LINES = {
     "score": ({"text_1": "q", "text_2": ["a", "b"]}, {"queries": ["q"], "documents": ["a", "b"]}),
     "rerank": ({"query": "q", "documents": "a", "top_n": 1}, {"query": "q", "documents": ["a"], "top_n": 1}),
     "transcriptions": ({"file_url": AUDIO, "language": "en", "prompt": "p", "response_format": "verbose_json",
-                        "timestamp_granularities": ["segment"], "max_completion_tokens": 5, "user": "u", "x": 1},
+                        "max_completion_tokens": 5, "user": "u", "x": 1},
                        {"file_url": AUDIO, "language": "en", "prompt": "p", "response_format": "verbose_json",
-                        "timestamp_granularities": ["segment"], "max_completion_tokens": 5, "user": "u",
-                        "temperature": 0.0}),
+                        "max_completion_tokens": 5, "user": "u", "temperature": 0.0}),
     "translations": ({"file_url": AUDIO, "temperature": 0.2, "seed": 3, "response_format": "text"},
                      {"file_url": AUDIO, "temperature": 0.2, "seed": 3, "response_format": "text"}),
 }
