@@ -184,7 +184,10 @@ class Request:
 
     @property
     def response_format(self) -> dict[str, Any] | None:
-        return self.body.get("response_format")
+        """The answer's format a chat request asks for (JSON, a schema). None for a speech request,
+        whose `response_format` is a string naming its result's layout (endpoints/speech.py)."""
+        fmt = self.body.get("response_format")
+        return fmt if isinstance(fmt, dict) else None
 
     @property
     def user(self) -> str | None:
