@@ -191,10 +191,15 @@ class SeenIds:
         return False
 
     def add_digests(self, digests: np.ndarray) -> None:
-        """Add ids' digests (resume.digest): a resumed run's skipped lines. Merged as `add`'s
-        are, once the recent set is full (merging at every call would cost the whole set each)."""
-        self.recent.update(digests.tolist())
+        """Add ids' digests (resume.digest): a resumed run's skipped lines. A few go to the recent
+        set and are merged as `add`'s are, once it is full (merging at every call would cost the
+        whole set each); a batch as large as the recent set is merged into the buckets at once,
+        as numbers (18M digests through a Python set took 1.7 GiB and 20 s; docs/performance.md)."""
         self.count += len(digests)
+        if len(digests) >= self.limit:
+            self._merge_keys(np.sort(np.asarray(digests, dtype=np.uint64)))
+            return
+        self.recent.update(digests.tolist())
         if len(self.recent) >= self.limit:
             self._merge()
 
@@ -204,6 +209,10 @@ class SeenIds:
         keys = np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))
         keys.sort()
         self.recent = set()
+        self._merge_keys(keys)
+
+    def _merge_keys(self, keys: np.ndarray) -> None:
+        """Sorted digests merged into the buckets they fall in."""
         tops = keys >> np.uint64(self.shift)
         cuts = np.flatnonzero(np.diff(tops)) + 1
         for chunk in np.split(keys, cuts):

@@ -262,6 +262,7 @@ class Flaky(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, head):
         cls = type(self)
+        cls.asked.set()
         if cls.stall:
             time.sleep(cls.stall)
         if cls.fail > 0 and not head:
@@ -287,7 +288,7 @@ class Flaky(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server():
-    handler = type("Handler", (Flaky,), {})
+    handler = type("Handler", (Flaky,), {"asked": threading.Event()})  # set at the first request
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -324,7 +325,7 @@ def test_sigterm_while_planning_exits_3(tmp_path, http_server):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", f"{base}/in.jsonl", "-o",
                              str(tmp_path / "out"), *FAKE], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(4)  # imports done, waiting on the stalled server
+    assert handler.asked.wait(120), "the run never asked the server for its input"  # planning, stalled
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 3, stderr

@@ -186,6 +186,29 @@ def test_seen_ids_is_exact_across_merges():
     assert all((b[1:] > b[:-1]).all() for b in seen.buckets)  # each bucket sorted
 
 
+def test_seen_ids_takes_a_resumed_runs_digests_in_one_batch_or_many():
+    """Skipped lines' digests, one large batch (merged as numbers, past the recent set) or small
+    ones (through it): every id is found afterwards, and a new one is not."""
+    from pipeline.intake.requests import SeenIds
+    from pipeline.intake.resume import digest
+
+    ids = [f"id-{i}" for i in range(3000)]
+    digests = np.array([digest(x) for x in ids], dtype=np.uint64)
+    class HeldAsInts(set):
+        def update(self, *others):
+            raise AssertionError("a large batch went through the set of Python ints (1.7 GiB at 18M)")
+
+    large, small = SeenIds(bits=3, recent=64), SeenIds(bits=3, recent=64)
+    large.recent = HeldAsInts()
+    large.add_digests(digests)
+    assert not large.recent and sum(map(len, large.buckets)) == 3000  # never held as Python ints
+    for start in range(0, 3000, 50):
+        small.add_digests(digests[start : start + 50])
+    for seen in (large, small):
+        assert seen.count == 3000 and all(seen.add(x) for x in ids[::13]) and not seen.add("id-3000")
+        assert all((b[1:] > b[:-1]).all() for b in seen.buckets)
+
+
 def test_an_interruption_while_a_row_is_validated_is_never_an_error_row(monkeypatch):
     """The signal handler raises wherever the main thread is: "a bug of ours costs one row"
     must not catch it."""
