@@ -4,7 +4,7 @@ models (Qwen2-Audio, Ultravox, Phi-4-multimodal, Gemma 3n) carry an audio encode
 
 from __future__ import annotations
 
-from pipeline.models.names import _json_file, is_embedded, resolve_model
+from pipeline.models.names import config_has_any
 
 # config.json keys that only a model with an audio encoder has (Whisper: num_mel_bins).
 AUDIO_KEYS = ("audio_config", "audio_token_index", "audio_token_id", "num_mel_bins", "audio_encoder",
@@ -14,12 +14,4 @@ AUDIO_KEYS = ("audio_config", "audio_token_index", "audio_token_id", "num_mel_bi
 def is_audio_model(model: str) -> bool | None:
     """True for a model that takes audio, False for one that does not, None when its config
     cannot be read (then the engine decides)."""
-    if is_embedded(model):  # SmolLM2: text only
-        return False
-    try:
-        config = _json_file(resolve_model(model), "config.json")
-    except Exception:  # noqa: BLE001 - no network, no cache: unknown, not a refusal
-        return None
-    if config is None:
-        return None
-    return any(key in config for key in AUDIO_KEYS)
+    return config_has_any(model, AUDIO_KEYS)

@@ -148,6 +148,21 @@ def _rope_parameters(config: dict[str, Any]) -> list[dict[str, Any]]:
     return [rope]
 
 
+def config_has_any(model: str, keys: tuple[str, ...]) -> bool | None:
+    """Whether the model's config.json holds any of `keys` (the config of an encoder of a kind:
+    models/vision.py, models/audio.py); False for the embedded SmolLM2 (text only, and never
+    prepared just to be asked), None when the config cannot be read (then the engine decides)."""
+    if is_embedded(model):
+        return False
+    try:
+        config = _json_file(resolve_model(model), "config.json")
+    except Exception:  # noqa: BLE001 - no network, no cache: unknown, not a refusal
+        return None
+    if config is None:
+        return None
+    return any(key in config for key in keys)
+
+
 def _json_file(path: str, name: str) -> dict[str, Any] | None:
     """A model's JSON file from its folder or the Hugging Face cache; None if it has none."""
     from transformers.utils import cached_file

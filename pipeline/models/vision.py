@@ -8,7 +8,7 @@ SmolVLM, PaliGemma, Phi-3-vision, MiniCPM-V, Gemma 3, Pixtral...) carries a visi
 
 from __future__ import annotations
 
-from pipeline.models.names import _json_file, is_embedded, resolve_model
+from pipeline.models.names import config_has_any
 from pipeline.records import Problem
 
 # config.json keys that only a model with an image encoder has.
@@ -20,15 +20,7 @@ EXAMPLES = "Qwen/Qwen2.5-VL-7B-Instruct, meta-llama/Llama-3.2-11B-Vision-Instruc
 def is_vision_model(model: str) -> bool | None:
     """True for a vision-language model, False for a text-only one, None when its config cannot
     be read (then the engine decides)."""
-    if is_embedded(model):  # SmolLM2: text only (and never prepared just to be asked)
-        return False
-    try:
-        config = _json_file(resolve_model(model), "config.json")
-    except Exception:  # noqa: BLE001 - no network, no cache: unknown, not a refusal
-        return None
-    if config is None:
-        return None
-    return any(key in config for key in VISION_KEYS)
+    return config_has_any(model, VISION_KEYS)
 
 
 def too_many_images(params: list[str], limit: int, *, models_own: bool = False,
