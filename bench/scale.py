@@ -16,7 +16,9 @@ killed at the first share, rerun and killed at the next, rerun to the end, each 
 segment with its wall time and peak RSS. No separate uninterrupted run: its cost is estimated
 from the first segment (wall time x N / rows committed at its kill), and the rerun cost after
 the last kill is the last segment's wall time over that estimate. The ids are checked once, at
-the end. About a third of the time of the runs above at 20M.
+the end. About a third of the time of the runs above at 20M. Each segment is written to
+`segments-<order>-chain.json` in the work folder as soon as it ends, so a bench process that dies
+leaves what it measured.
 
     python bench/scale.py --chain --orders auto    # make bench-scale: one chained 20M job, the default order
     python bench/scale.py                          # 20M requests, both orders (hours on 2 cores)
@@ -204,6 +206,9 @@ def chained(order: str, requests: Path, n: int, work: Path, kills: list[float]) 
                          "report_resumed": report.get("resumed")})
         print(f"  segment {i + 1}: {m.wall_s:.0f} s, exit {m.rc}, {rows:,} rows committed ({rows / n:.0%}), "
               f"first new commit at {first} s, peak RSS {m.peak_rss_bytes / MIB:.0f} MiB", file=sys.stderr)
+        # Each finished segment on disk at once: if this process dies (its runs go on in their own
+        # session), what it measured so far survives in the work folder.
+        (work / f"segments-{tag}.json").write_text(json.dumps(segments, indent=1) + "\n")
         before = rows
     return chain_summary(order, n, segments, check_output(out, n) if segments[-1]["run"]["rc"] == 0 else None)
 
