@@ -115,6 +115,8 @@ def plan(cfg) -> Plan:
     if job.layout is not None:
         out.schema = job.layout.schema
     p = Plan(job, job.fingerprint(), out, state)
+    if p.same_job and not p.complete and (changed := out.keep_committed_columns(state.records)):
+        log.warning("%s", changed)
     too_many_bad_rows(cfg.max_bad_rows, {})  # a malformed --max-bad-rows fails here
     try:
         p.check = row_check(cfg.check, cfg.check_schema, cfg.check_regex)

@@ -146,6 +146,32 @@ class Output:
                                     "Hint: pass the --output folder of a `pipeline run`")
         return state
 
+    def keep_committed_columns(self, records: list[dict[str, Any]]) -> str | None:
+        """On a resume, write the parts still to come with the columns of the job's committed parts:
+        an earlier version of this tool may have started the job with other columns, and every part
+        of one job must read as one table. Returns what differs (for a warning), or None."""
+        if self.fmt != "parquet" or not records:
+            return None
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from pipeline.schema import OUTPUT_SCHEMA
+
+        data = self.loc.child(records[0]["part"]).cat()
+        if data is None:
+            return None
+        kept, ours = pq.read_schema(pa.BufferReader(data)).remove_metadata(), self.schema or OUTPUT_SCHEMA
+        if kept.equals(ours, check_metadata=False):
+            return None
+        self.schema = kept
+        dropped = [n for n in ours.names if n not in kept.names]
+        empty = [n for n in kept.names if n not in ours.names]
+        return (f"{self.display}: this job's committed parts have other columns than this version of pipeline "
+                f"writes (an earlier version started the job); its remaining rows keep the job's columns, so "
+                f"every part reads as one table (not written: {', '.join(dropped) or 'none'}; left empty: "
+                f"{', '.join(empty) or 'none'}). Hint: for this version's columns, run into a new --output "
+                "folder or pass --overwrite")
+
     def check_not_file(self) -> None:
         info = self.loc.info()
         if info is not None and info.get("type") != "directory":

@@ -169,3 +169,28 @@ def test_kill_9_and_rerun_keep_every_row_exactly_once(tmp_path):
     df = read_output(out)
     assert df.height == n and df["custom_id"].n_unique() == n and df["error"].is_null().all()
     assert json.loads((out / "_report.json").read_text())["resumed"] == before
+
+
+def test_a_job_an_earlier_version_started_keeps_its_columns_on_the_rerun(tmp_path, caplog):
+    """A rerun by a version whose output schema differs writes the job's remaining parts with the
+    committed parts' columns, so that the folder reads as one table (a glob scan), and says so."""
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = write_jsonl(tmp_path / "in.jsonl", rows("r", 30))
+    out = tmp_path / "out"
+    run(src, out)
+    assert killed_after(out, 1) == 10
+    (first,) = out.glob("part-*.parquet")
+    old = pq.read_table(first).drop_columns(["audio_segments"])
+    old = old.append_column("legacy", pa.array(["x"] * old.num_rows))  # a column this version lacks
+    pq.write_table(old, first)
+    res = invoke("run", src, "-o", out, *FAKE, "--order", "input", "--checkpoint-every", "10")
+    assert res.exit_code == 0, res.output
+    assert "not written: audio_segments; left empty: legacy" in caplog.text
+    assert {tuple(pq.read_schema(p).names) for p in out.glob("part-*.parquet")} == {tuple(old.schema.names)}
+    df = pl.scan_parquet(out / "part-*.parquet").collect()
+    assert df.height == 30 and df["custom_id"].n_unique() == 30
+    assert df.filter(pl.col("source_line") > 10)["legacy"].null_count() == 20
+    assert json.loads((out / "_report.json").read_text())["resumed"] == 10
