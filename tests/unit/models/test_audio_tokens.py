@@ -4,16 +4,12 @@ vLLM's resampler hands the processor. tests/e2e/test_audio.py counts the tokens 
 processor; tests/real/test_audio_chat_real.py holds them to the engine's."""
 
 import base64
-import sys
 
 import pytest
-from conftest import REPO
+from speech_model import wav
 
 from pipeline.models.audio import samples
 from pipeline.models.render import audio_data, conversation
-
-sys.path.insert(0, str(REPO / "tests"))
-from speech_model import wav  # noqa: E402
 
 
 def b64(data: bytes) -> str:
