@@ -24,7 +24,7 @@ from pipeline.endpoints import ENDPOINTS
 from pipeline.engines.base import EngineSpec, Result
 from pipeline.engines.cores import pin_beside_model
 from pipeline.engines.pooling import PoolingQueue
-from pipeline.models.render import context_problem, engine_tools, image_parts
+from pipeline.models.render import audio_parts, context_problem, engine_tools, image_parts
 from pipeline.models.vision import too_many_images
 from pipeline.records import Problem, Request
 
@@ -194,8 +194,15 @@ class VLLMEngine:
     def _refusal(self, e: Exception, field: str = "messages", req: Request | None = None) -> Problem:
         """vLLM's refusal of a prompt, in our words: a prompt over the context gets the same
         verdict (and message) that `estimate` and `validate` give it (models/render.py); one over
-        the model's own image limit intake's too_many_images, naming the first image over it."""
+        the model's own image limit intake's too_many_images, naming the first image over it; audio
+        it lacks a package to prepare (the CPU build has no torchaudio to resample) unsupported_content."""
         message = _first_line(e)
+        heard = next(audio_parts(req.messages), None) if req is not None and req.messages else None
+        if isinstance(e, ImportError) and heard is not None:
+            return Problem("unsupported_content", f"vLLM could not prepare the audio, a package it needs is missing "
+                           f"({type(e).__name__}: {message}): it resamples audio to the model's rate with "
+                           "torchaudio, which the CPU build lacks. Hint: send audio at the model's sampling rate "
+                           "(16 kHz for Qwen2-Audio and Ultravox) or install torchaudio", heard[0])
         images = _IMAGE_LIMIT.search(message)
         if images is not None and req is not None and req.messages:
             return too_many_images([p for p, _ in image_parts(req.messages)], int(images.group(1)),

@@ -57,20 +57,22 @@ def template_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def conversation(messages: list[dict[str, Any]], content_format: str = "string", *,
-                 developer_role: bool = True, image_token: str = "<image>") -> list[dict[str, Any]]:
-    """The messages as vLLM hands them to the chat template. Image parts: {"type": "image"} for
-    templates that loop over parts; for string templates, one `image_token` line per image
-    before the text (vLLM's placeholders)."""
+def conversation(messages: list[dict[str, Any]], content_format: str = "string", *, developer_role: bool = True,
+                 image_token: str = "<image>", audio_token: str = "<|AUDIO|>") -> list[dict[str, Any]]:
+    """The messages as vLLM hands them to the chat template. Image and input_audio parts:
+    {"type": "image"} and {"type": "audio"} for templates that loop over parts; for string
+    templates, one `image_token` (`audio_token`) line per image (audio) before the text (vLLM's
+    placeholders)."""
+    tokens = {"image": image_token, "audio": audio_token}
     conv = []
     for m in messages:
         role = m["role"]
         texts = _texts(m.get("content"), role)
         content: Any = "\n".join(
-            [image_token] * sum(t is None for t, _ in texts) + [t for t, _ in texts if t is not None]
+            [tokens[extra["type"]] for t, extra in texts if t is None] + [t for t, _ in texts if t is not None]
         )
         if content_format == "openai" and role != "tool":
-            content = [{"type": "image"} if t is None else {"type": "text", "text": t, **extra} for t, extra in texts]
+            content = [extra if t is None else {"type": "text", "text": t, **extra} for t, extra in texts]
         msg: dict[str, Any] = {"role": role, "content": content}
         if role == "assistant":
             if m.get("tool_calls") is not None:
@@ -92,19 +94,22 @@ def conversation(messages: list[dict[str, Any]], content_format: str = "string",
     return conv
 
 
-def _texts(content: Any, role: str) -> list[tuple[str, dict[str, Any]]]:
-    """The text parts of a message's content, with any extra keys of each part; (None, {}) for an image."""
+_MEDIA = {"image_url": "image", "input_audio": "audio"}  # a part's type, and what the template sees
+
+
+def _texts(content: Any, role: str) -> list[tuple[str | None, dict[str, Any]]]:
+    """The text parts of a message's content, with any extra keys of each part; (None, {"type":
+    "image"}) for an image, (None, {"type": "audio"}) for an input_audio part."""
     if content is None:
         return []
     if isinstance(content, str):
         parts = [(content, {})]
     else:
         parts = [
-            (None, {})
-            if p["type"] == "image_url"
+            (None, {"type": _MEDIA[p["type"]]})
+            if p["type"] in _MEDIA
             else (p["text"], {k: v for k, v in p.items() if k not in ("type", "text")})
             for p in content
-            if p["type"] != "input_audio"  # audio: its processor's tokens are not counted
         ]
     if role != "system":
         return parts
@@ -141,6 +146,11 @@ def audio_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str,
 def image_urls(messages: list[dict[str, Any]]) -> list[str]:
     """The URLs (data: URIs, once intake has checked them) of a conversation's images, in order."""
     return [part["image_url"]["url"] for _, part in image_parts(messages)]
+
+
+def audio_data(messages: list[dict[str, Any]]) -> list[str]:
+    """The base64 data of a conversation's input_audio parts, in order."""
+    return [part["input_audio"]["data"] for _, part in audio_parts(messages)]
 
 
 def media_bytes(messages: list[dict[str, Any]]) -> int:

@@ -18,6 +18,11 @@ the model's HF processor (transformers' AutoProcessor, no weights) expands each 
 the image's size, exactly as vLLM's multimodal processor does for Idefics3/SmolVLM, Qwen2-VL,
 LLaVA, mllama and the like.
 
+Audio (input_audio parts, checked by intake): the template sees {"type": "audio"} parts (or, for
+string templates, the processor's audio token per audio), and the processor expands each
+placeholder by the clip's length at its sampling rate (`models.audio.samples`), as vLLM's
+multimodal processor does for Qwen2-Audio (one <|AUDIO|> per 40 ms, at most 30 s).
+
 Not covered: Mistral-format tokenizers
 (`tokenizer_mode mistral`) and vLLM's fallback templates for models that ship none.
 
@@ -50,10 +55,12 @@ from typing import Any
 
 from pipeline.endpoints import ENDPOINTS
 from pipeline.exits import UserError
+from pipeline.models.audio import samples
 from pipeline.models.names import _json_file, context_length, resolve_model, score_join
 from pipeline.models.prefix import chained_digests
 from pipeline.models.render import (
     PromptError,
+    audio_data,
     content_format,
     context_problem,
     conversation,
@@ -121,8 +128,10 @@ class PromptCounter:
         """The prompt text vLLM renders for these messages and tools, with the request's chat
         template arguments (`render.template_kwargs`: enable_thinking, reasoning_effort, ...)."""
         template, content_format, developer = self._template(tools)
-        image_token = getattr(self._processor, "image_token", "<image>") if image_urls(messages) else "<image>"
-        conv = conversation(messages, content_format, developer_role=developer, image_token=image_token)
+        mm = self._processor if image_urls(messages) or audio_data(messages) else None
+        conv = conversation(messages, content_format, developer_role=developer,
+                            image_token=getattr(mm, "image_token", "<image>"),
+                            audio_token=getattr(mm, "audio_token", "<|AUDIO|>"))
         try:
             texts, _ = self._render_jinja([conv], tools=tools, chat_template=template,
                                           **{**self._template_kwargs, **(kwargs or {}), "add_generation_prompt": True})
@@ -137,8 +146,8 @@ class PromptCounter:
             return [i for prompt in plain(request) for i in (prompt if isinstance(prompt, list) else
                     self.tokenizer(prompt, add_special_tokens=self._plain_special)["input_ids"])]
         text = self.render(request.messages, engine_tools(request), template_kwargs(request.body))
-        images = image_urls(request.messages)
-        return list(self._image_ids(text, images) if images else self._ids([text])[0])
+        media = _media(request.messages)
+        return list(self._media_ids(text, *media) if any(media) else self._ids([text])[0])
 
     def count(self, request: Request) -> int:
         return len(self.token_ids(request))
@@ -202,14 +211,14 @@ class PromptCounter:
                 texts.append(tools if messages is None else self.render(messages, tools, kwargs))
             except PromptError as e:
                 texts.append(e)
-        pictures = [image_urls(messages) if messages is not None else [] for messages, _, _ in work]
-        ids = iter(self._ids([t for t, p in zip(texts, pictures, strict=True) if isinstance(t, str) and not p]))
+        media = [_media(messages) if messages is not None else ([], []) for messages, _, _ in work]
+        ids = iter(self._ids([t for t, m in zip(texts, media, strict=True) if isinstance(t, str) and not any(m)]))
         step = block_size * array("i").itemsize
-        # An image prompt's placeholder ids are the same for every image: no prefix digests for it.
+        # An image's (audio's) placeholder ids are the same for every image (audio): no prefix digests.
         return [(self._input_tokens(t), b"") if isinstance(t, list) else str(t) if not isinstance(t, str)
-                else (len(self._image_ids(t, p)), b"") if p
+                else (len(self._media_ids(t, *m)), b"") if any(m)
                 else (len(i := next(ids)), chained_digests(i.tobytes(), step, whole_blocks=True))
-                for t, p in zip(texts, pictures, strict=True)]
+                for t, m in zip(texts, media, strict=True)]
 
     def _input_tokens(self, inputs: list[Any]) -> int:
         """The tokens of an embeddings request's inputs, as vLLM tokenizes a plain prompt (with the
@@ -225,10 +234,10 @@ class PromptCounter:
             return self.tokenizer(text=query, text_pair=document)["input_ids"]
         return self.tokenizer(text=query + document)["input_ids"]
 
-    # ---- images --------------------------------------------------------------------------------
+    # ---- images and audio ----------------------------------------------------------------------
     @property
     def _processor(self):
-        """The model's HF processor (image preprocessing and placeholder expansion), loaded once."""
+        """The model's HF processor (image and audio preprocessing, placeholder expansion), loaded once."""
         if self._mm is None:
             from transformers import AutoProcessor
 
@@ -237,16 +246,26 @@ class PromptCounter:
             )
         return self._mm
 
-    def _image_ids(self, text: str, urls: list[str]) -> array:
-        """The ids of a rendered prompt with images: the processor expands each image's
-        placeholder by the image's size, as vLLM's multimodal processor does."""
+    def _media_ids(self, text: str, urls: list[str], clips: list[str]) -> array:
+        """The ids of a rendered prompt with images and audio: the processor expands each image's
+        placeholder by the image's size, and each audio's by the clip's length (given as silence of
+        the samples vLLM hands it: the count depends on the length only), as vLLM's multimodal
+        processor does."""
         import base64
         import io
 
-        from PIL import Image
+        kwargs: dict[str, Any] = {}
+        if urls:
+            from PIL import Image
 
-        images = [Image.open(io.BytesIO(base64.b64decode(u.partition(",")[2]))).convert("RGB") for u in urls]
-        ids = self._processor(text=[text], images=[images], add_special_tokens=False)["input_ids"][0]
+            kwargs["images"] = [[Image.open(io.BytesIO(base64.b64decode(u.partition(",")[2]))).convert("RGB")
+                                 for u in urls]]
+        if clips:
+            import numpy as np
+
+            rate = self._processor.feature_extractor.sampling_rate
+            kwargs.update(audio=[np.zeros(samples(c, rate), np.float32) for c in clips], sampling_rate=rate)
+        ids = self._processor(text=[text], add_special_tokens=False, **kwargs)["input_ids"][0]
         return array("i", [int(i) for i in ids])
 
     def _verdicts(self, chunk, counts):
@@ -383,6 +402,11 @@ def _work(request: Request, pairs: bool = False) -> tuple[list[dict[str, Any]] |
     if plain is not None:
         return None, plain(request), None
     return request.messages, engine_tools(request), template_kwargs(request.body)
+
+
+def _media(messages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """A conversation's image URLs and input_audio data, in order."""
+    return image_urls(messages), audio_data(messages)
 
 
 def _template_error(request: Request, e: PromptError) -> FailedRequest:

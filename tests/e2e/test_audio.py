@@ -8,7 +8,9 @@ import base64
 import json
 import math
 
+import polars as pl
 import pytest
+from audio_chat_model import tiny_qwen2_audio
 from conftest import invoke, read_output, write_jsonl
 from speech_model import data_url, tiny_whisper, wav
 
@@ -176,6 +178,19 @@ def test_estimate_counts_clips_seconds_and_audio_minutes(tmp_path):
     # 4 decoder-prompt tokens a clip: 61 s is 3 clips of at most 30 s (vLLM's split_audio)
     assert (got["valid"], got["prompt_tokens"], got["audio_seconds"]) == (2, 4 + 3 * 4, 63.0)
     assert got["completion_tokens_upper"] == (448 - 4) + 3 * 10
+
+
+def test_estimate_counts_a_chats_audio_tokens_by_the_clips_length(tmp_path):
+    """Qwen2-Audio's processor: one <|AUDIO|> per 40 ms of audio at 16 kHz (whatever the file's rate),
+    at most 30 s, plus "Audio N: <|audio_bos|>...<|audio_eos|>\n" (8 tokens) per part."""
+    rows = [chat_audio("one", wav(1.0)), chat_audio("8k", wav(1.0, rate=8000)), chat_audio("long", wav(31.0)),
+            {"custom_id": "none", "body": {"messages": [{"role": "user", "content": "What is said?"}]}}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    res = invoke("estimate", src, "-m", tiny_qwen2_audio(), "--json", "--rows-file", tmp_path / "rows.parquet")
+    assert res.exit_code == 0, res.output
+    tokens = dict(pl.read_parquet(tmp_path / "rows.parquet").select("custom_id", "prompt_tokens").iter_rows())
+    text = tokens["none"]
+    assert (tokens["one"] - text, tokens["8k"] - text, tokens["long"] - text) == (25 + 8, 25 + 8, 750 + 8)
 
 
 def test_estimate_bills_audio_minutes(tmp_path):
