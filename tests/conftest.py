@@ -61,6 +61,28 @@ def wait_for_commit(out, proc, timeout=60.0, poll=0.02):
     raise AssertionError("no part was committed in time")
 
 
+@pytest.fixture(scope="session")
+def plain_cli_run(tmp_path_factory):
+    """One `pipeline run` on the real engine as the README shows it: a subprocess, no -q, no -v,
+    and no VLLM_CPU_KVCACHE_SPACE (the pipeline sizes the CPU KV cache). Four rows, a to d.
+    Shared by test_quiet_output.py and test_cpu_memory.py (one engine load for both):
+    (CompletedProcess, output folder)."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("plain_cli_run")
+    rows = [chat_line(cid, text, temperature=0, max_tokens=4)
+            for cid, text in (("a", "Say hi."), ("b", "Say bye."), ("c", "Name a colour."), ("d", "Name a fruit."))]
+    src = write_jsonl(tmp / "in.jsonl", rows)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    script = Path(sys.executable).parent / "pipeline"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline"]
+    done = subprocess.run([*cli, "run", str(src), "-o", str(tmp / "out"), "-m", "smollm2", "--max-model-len", "512"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    return done, tmp / "out"
+
+
 @pytest.fixture
 def chat():
     return chat_line
