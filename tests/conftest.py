@@ -83,6 +83,31 @@ def plain_cli_run(tmp_path_factory):
     return done, tmp / "out"
 
 
+class Hold:
+    """A run on the fake engine held mid-way on a file (the engine's pause_file): `options()`
+    makes the engine answer `after` requests (a checkpoint's worth, say), then nothing until
+    `release()`. A test then meets the run still running whatever the machine's load, instead
+    of racing a step delay."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def options(self, after: int = 5) -> list[str]:
+        self.path.touch()
+        return ["--engine-option", f"pause_file={self.path}", "--engine-option", f"pause_after={after}"]
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def hold(tmp_path):
+    """A Hold; released at teardown too, so that a failing test's held run ends by itself."""
+    held = Hold(tmp_path / "hold")
+    yield held
+    held.release()
+
+
 @pytest.fixture
 def chat():
     return chat_line

@@ -150,27 +150,19 @@ def slow_run(src, out, *extra, delay="0.05"):
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def held(hold: Path, after=5) -> list[str]:
-    """Options for the fake engine to answer `after` requests (one checkpoint's worth), then
-    nothing until the file `hold` is removed: the run is still running whatever the machine's
-    load, until the test lets it go."""
-    hold.touch()
-    return ["--engine-option", f"pause_file={hold}", "--engine-option", f"pause_after={after}"]
 
-
-def test_second_writer_and_dry_run_during_a_run(tmp_path):
+def test_second_writer_and_dry_run_during_a_run(tmp_path, hold):
     n = 60
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
-    hold = tmp_path / "hold"
-    first = slow_run(src, out, *held(hold))  # still writing while the others start: held after one part
+    first = slow_run(src, out, *hold.options())  # still writing while the others start: held after one part
     wait_for_commit(out, first)
     second = cli("run", src, "-o", out, *FAKE)
     assert second.returncode == 3, second.stdout + second.stderr
     assert "being written by another run" in second.stderr and f"pid {first.pid}" in second.stderr
     dry = cli("run", src, "-o", out, *FAKE, "--dry-run")
     assert dry.returncode == 0 and "Would process" in dry.stdout
-    hold.unlink()
+    hold.release()
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stdout + stderr
     df = read_output(out)
@@ -192,7 +184,7 @@ def test_crashed_writer_is_taken_over_at_once(tmp_path):
     assert sorted(p.name for p in (out / "_lease").iterdir()) == ["2.json"]
 
 
-def test_paused_writer_cannot_add_rows_after_takeover(tmp_path):
+def test_paused_writer_cannot_add_rows_after_takeover(tmp_path, hold):
     """A writer stopped (SIGSTOP) past the lease timeout loses the folder: the next run takes
     over, and when the first wakes up it stops instead of committing rows a second time. "Past
     the timeout" is what the storage's clock says: the paused holder's lease file is made older
@@ -201,8 +193,7 @@ def test_paused_writer_cannot_add_rows_after_takeover(tmp_path):
     n = 40
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
-    hold = tmp_path / "hold"
-    first = slow_run(src, out, "--lease-timeout", "600", *held(hold))
+    first = slow_run(src, out, "--lease-timeout", "600", *hold.options())
     wait_for_commit(out, first)
     first.send_signal(signal.SIGSTOP)
     try:
@@ -215,7 +206,7 @@ def test_paused_writer_cannot_add_rows_after_takeover(tmp_path):
         second = cli("run", src, "-o", out, *FAKE, "--lease-timeout", "600", "--checkpoint-every", "7")
         assert second.returncode == 0, second.stdout + second.stderr
     finally:
-        hold.unlink()
+        hold.release()
         first.send_signal(signal.SIGCONT)
     stdout, stderr = first.communicate(timeout=60)
     assert first.returncode == 3, stdout + stderr
@@ -665,15 +656,14 @@ def free_pid():
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
-def test_a_live_run_in_another_pid_namespace_keeps_its_lease(tmp_path):
+def test_a_live_run_in_another_pid_namespace_keeps_its_lease(tmp_path, hold):
     """Same host name and boot, another pid namespace (a container with the host's network): the
     holder's pid means nothing here, so the second run must not take over a live run."""
     n = 40
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
-    hold = tmp_path / "hold"  # held after one part, until the second run has looked
-    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,
-                      "--checkpoint-every", "5", "--max-in-flight", "4", *held(hold)])
+    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,  # held after
+                      "--checkpoint-every", "5", "--max-in-flight", "4", *hold.options()])  # a part, till looked at
     # its pid there is one that is free here (the next after ns_last_pid)
     script = f"echo {free_pid()} > /proc/sys/kernel/ns_last_pid; {run}; exit $?"
     first = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script], cwd=REPO,
@@ -683,31 +673,30 @@ def test_a_live_run_in_another_pid_namespace_keeps_its_lease(tmp_path):
     assert not Path(f"/proc/{holder['pid']}").exists()  # the test means something
     second = cli("run", src, "-o", out, *FAKE)
     assert second.returncode == 3 and "being written by another run" in second.stderr, second.stderr
-    hold.unlink()
+    hold.release()
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stdout + stderr
     df = read_output(out)
     assert df.height == n and df["custom_id"].n_unique() == n
 
 
-def test_a_holder_whose_clock_is_behind_is_not_taken_for_dead(tmp_path):
+def test_a_holder_whose_clock_is_behind_is_not_taken_for_dead(tmp_path, hold):
     """Run A on "another host" whose clock is 120 s behind; run B here while A runs must see a
     live run (exit 3), and A must finish (exit 0). A is held after its first part until B has
     looked, so B meets it running whatever the machine's load."""
     n = 160
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
-    hold = tmp_path / "hold"
     skewed = ("import socket, sys, time; real = time.time; time.time = lambda: real() - 120; "
               "socket.gethostname = lambda: 'other-host'; sys.argv[0] = 'pipeline'; "
               "from pipeline.cli import main; main()")
     first = subprocess.Popen([sys.executable, "-c", skewed, "run", str(src), "-o", str(out), *FAKE,
-                              "--checkpoint-every", "5", "--max-in-flight", "4", *held(hold)],
+                              "--checkpoint-every", "5", "--max-in-flight", "4", *hold.options()],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_commit(out, first)
     second = cli("run", src, "-o", out, *FAKE)
     assert second.returncode == 3 and "on other-host" in second.stderr, second.stderr
-    hold.unlink()
+    hold.release()
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stdout + stderr
     assert read_output(out)["custom_id"].n_unique() == n

@@ -90,13 +90,13 @@ def test_actor_death_isolates_the_poison_request(tmp_path, no_stray_processes):
 
 
 @pytest.mark.ray
-def test_interrupted_run_resumes(tmp_path, no_stray_processes):
+def test_interrupted_run_resumes(tmp_path, no_stray_processes, hold):
     """SIGTERM once a part is committed: exit 3 with the finished rows kept; the rerun completes."""
     n = 60
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"q{i}") for i in range(n)])
     out = tmp_path / "out"
     args = [src, "-o", out, *FAKE, "--checkpoint-every", "5", "--max-in-flight", "4",
-            "--engine-option", "step_delay=0.1"]
+            *hold.options()]  # held after a part: interrupted mid-run
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *map(str, args), "--executor", "ray"],
                             cwd=REPO, env={**os.environ, "RAY_ADDRESS": "local"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -107,6 +107,7 @@ def test_interrupted_run_resumes(tmp_path, no_stray_processes):
     assert "interrupted" in stderr and not (out / "_SUCCESS").exists()
     done = read_output(out).height
     assert 0 < done < n
+    hold.release()
     res = run_cli(*args)
     assert res.returncode == 0, res.stdout + res.stderr[-5000:]
     assert sorted(read_output(out)["custom_id"].to_list()) == sorted(f"r{i}" for i in range(n))
