@@ -1,44 +1,18 @@
 """Issue 32 on the real engine (embedded SmolLM2): identical greedy requests are generated once,
 and each row gets the answer and the usage the engine gave that body. Both tests read one run
-(one engine load): its greedy rows and its sampled rows do not interfere, as a test checks."""
-
-import json
+(tests/real/smollm2_run.py, shared with test_images_real.py: one engine load)."""
 
 import pytest
-from conftest import chat_line, invoke, read_output, write_jsonl
+from smollm2_run import greedy_rows, sampled_rows, shared_run
 
 pytestmark = pytest.mark.engine
-
-GREEDY = dict(temperature=0, max_tokens=12)
-SAMPLED = dict(temperature=1.0, max_tokens=12)
-
-
-def greedy_rows():
-    rows = [chat_line(f"same-{i}", "Name a fruit that is yellow.", **GREEDY) for i in range(4)]
-    return rows + [chat_line("other", "Name a colour.", **GREEDY),
-                   chat_line("seeded-a", "Say a word.", temperature=1.0, seed=7, max_tokens=6),
-                   chat_line("seeded-b", "Say a word.", temperature=1.0, seed=7, max_tokens=6)]
-
-
-def sampled_rows():
-    """Four identical sampled rows, one of them asking n=2."""
-    return [
-        chat_line(f"s-{i}", "Write one sentence about any animal you like.", **SAMPLED, **({"n": 2} if i == 0 else {}))
-        for i in range(4)
-    ]
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    """One run of both tests' rows: (report, every row, greedy ids, sampled ids)."""
-    tmp = tmp_path_factory.mktemp("identical")
-    greedy, sampled = greedy_rows(), sampled_rows()
-    src = write_jsonl(tmp / "in.jsonl", greedy + sampled)
-    out = tmp / "out"
-    res = invoke("run", src, "-o", out, "-m", "smollm2", "--max-model-len", "512", "-q")
-    assert res.exit_code == 0, res.output
-    report = json.loads((out / "_report.json").read_text())
-    return report, read_output(out), [r["custom_id"] for r in greedy], [r["custom_id"] for r in sampled]
+    """smollm2_run's shared run: (report, every row, greedy ids, sampled ids)."""
+    report, every = shared_run(tmp_path_factory)
+    return report, every, [r["custom_id"] for r in greedy_rows()], [r["custom_id"] for r in sampled_rows()]
 
 
 def test_identical_greedy_requests_are_generated_once_on_the_real_engine(real_run):
@@ -66,4 +40,3 @@ def test_identical_sampled_requests_go_as_one_request_with_n_on_the_real_engine(
     assert report["identical"]["sampled_prompt_tokens_sent_once"] == 3 * df["prompt_tokens"][0]
     assert all(0 < t <= 12 * len(c) for t, c in zip(df["completion_tokens"], df["choices"], strict=True))
     assert report["completion_tokens"] == every["completion_tokens"].sum()
-    assert every.height == 11  # and the greedy rows of the same run are rows of their own
