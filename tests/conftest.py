@@ -152,6 +152,25 @@ def engines_start_together(monkeypatch):
     monkeypatch.setattr(LocalPool, "wait", wait)
 
 
+def until_the_reader_waits(ordered, timeout=60.0):
+    """Wait until an order's reader thread (intake/order.py) waits to hand over to a full queue:
+    it has read as far ahead as it ever may before the consumer takes more (seen in the thread's
+    own stack, not guessed from a sleep that a loaded machine makes too short)."""
+    import sys
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame, names = sys._current_frames().get(ordered._thread.ident), set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        if "_put" in names and ordered._queue.full():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the reader never came to wait on a full queue")
+
+
 def contiguous(seq):
     """Every value occupies one run of consecutive positions."""
     seen, last = set(), None
