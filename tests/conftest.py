@@ -61,6 +61,53 @@ def wait_for_commit(out, proc, timeout=60.0, poll=0.02):
     raise AssertionError("no part was committed in time")
 
 
+@pytest.fixture(scope="session")
+def plain_cli_run(tmp_path_factory):
+    """One `pipeline run` on the real engine as the README shows it: a subprocess, no -q, no -v,
+    and no VLLM_CPU_KVCACHE_SPACE (the pipeline sizes the CPU KV cache). Four rows, a to d.
+    Shared by test_quiet_output.py and test_cpu_memory.py (one engine load for both):
+    (CompletedProcess, output folder)."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("plain_cli_run")
+    rows = [chat_line(cid, text, temperature=0, max_tokens=4)
+            for cid, text in (("a", "Say hi."), ("b", "Say bye."), ("c", "Name a colour."), ("d", "Name a fruit."))]
+    src = write_jsonl(tmp / "in.jsonl", rows)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    script = Path(sys.executable).parent / "pipeline"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline"]
+    done = subprocess.run([*cli, "run", str(src), "-o", str(tmp / "out"), "-m", "smollm2", "--max-model-len", "512"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    return done, tmp / "out"
+
+
+class Hold:
+    """A run on the fake engine held mid-way on a file (the engine's pause_file): `options()`
+    makes the engine answer `after` requests (a checkpoint's worth, say), then nothing until
+    `release()`. A test then meets the run still running whatever the machine's load, instead
+    of racing a step delay."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def options(self, after: int = 5) -> list[str]:
+        self.path.touch()
+        return ["--engine-option", f"pause_file={self.path}", "--engine-option", f"pause_after={after}"]
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def hold(tmp_path):
+    """A Hold; released at teardown too, so that a failing test's held run ends by itself."""
+    held = Hold(tmp_path / "hold")
+    yield held
+    held.release()
+
+
 @pytest.fixture
 def chat():
     return chat_line
@@ -103,6 +150,25 @@ def engines_start_together(monkeypatch):
         return events
 
     monkeypatch.setattr(LocalPool, "wait", wait)
+
+
+def until_the_reader_waits(ordered, timeout=60.0):
+    """Wait until an order's reader thread (intake/order.py) waits to hand over to a full queue:
+    it has read as far ahead as it ever may before the consumer takes more (seen in the thread's
+    own stack, not guessed from a sleep that a loaded machine makes too short)."""
+    import sys
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame, names = sys._current_frames().get(ordered._thread.ident), set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        if "_put" in names and ordered._queue.full():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the reader never came to wait on a full queue")
 
 
 def contiguous(seq):

@@ -15,8 +15,10 @@ CPU vLLM engine reports the cores its model left free), `first_request_file` (wr
 wall-clock time, `time.time()`, at which the first request arrived: time to first request for
 benchmarks), `prefix_cache_blocks` (keep a prefix cache of that many blocks of 256 characters of
 the conversation, least recently used out, and report the prompt share it served as
-`cached_tokens`; 0, the default: no cache, `cached_tokens` 0). A completion echoes its prompt. It prints its engine arguments at start, as vLLM
-does (its output is shown with -v). With a reasoning parser (`--reasoning-parser`, or
+`cached_tokens`; 0, the default: no cache, `cached_tokens` 0), `pause_file` (while that file
+exists, answer no more than the first `pause_after` requests, 0 by default: tests hold a run
+mid-way on an event of their own, not for a while). A completion echoes its prompt. It prints its
+engine arguments at start, as vLLM does (its output is shown with -v). With a reasoning parser (`--reasoning-parser`, or
 engine_args["reasoning_parser"]) it thinks first, as a reasoning model does: its thinking is
 "Let me think about:" and the prompt's words, cut at the request's thinking_token_budget (one word a
 token); the answer (the echo) takes what max_tokens leaves, none when the thinking took it all.
@@ -46,6 +48,7 @@ class FakeEngine:
                      "cpus_beside_model": self.opts.get("cpus_beside_model")}  # as a CPU vLLM engine reports
         self.queue: list[Result] = []
         self.added = 0
+        self.answered = 0
         self.cache = _PrefixCache(int(self.opts.get("prefix_cache_blocks") or 0))
         print(f"fake engine: non-default args: {spec.engine_args}", flush=True)  # as vLLM logs them
         self._load()
@@ -163,6 +166,12 @@ class FakeEngine:
         if self.opts.get("step_delay"):
             time.sleep(self.opts["step_delay"])
         done, self.queue = self.queue, []
+        if self.opts.get("pause_file") and os.path.exists(self.opts["pause_file"]):
+            room = max(0, int(self.opts.get("pause_after", 0)) - self.answered)
+            done, self.queue = done[:room], done[room:]
+            if not done:
+                time.sleep(0.01)  # held: the worker loop steps again
+        self.answered += len(done)
         return done
 
     def pending(self) -> int:

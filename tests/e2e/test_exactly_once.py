@@ -150,17 +150,19 @@ def slow_run(src, out, *extra, delay="0.05"):
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_second_writer_and_dry_run_during_a_run(tmp_path):
+
+def test_second_writer_and_dry_run_during_a_run(tmp_path, hold):
     n = 60
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
-    first = slow_run(src, out, delay="0.3")  # still writing while the others start
+    first = slow_run(src, out, *hold.options())  # still writing while the others start: held after one part
     wait_for_commit(out, first)
     second = cli("run", src, "-o", out, *FAKE)
     assert second.returncode == 3, second.stdout + second.stderr
     assert "being written by another run" in second.stderr and f"pid {first.pid}" in second.stderr
     dry = cli("run", src, "-o", out, *FAKE, "--dry-run")
     assert dry.returncode == 0 and "Would process" in dry.stdout
+    hold.release()
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stdout + stderr
     df = read_output(out)
@@ -182,23 +184,29 @@ def test_crashed_writer_is_taken_over_at_once(tmp_path):
     assert sorted(p.name for p in (out / "_lease").iterdir()) == ["2.json"]
 
 
-def test_paused_writer_cannot_add_rows_after_takeover(tmp_path):
+def test_paused_writer_cannot_add_rows_after_takeover(tmp_path, hold):
     """A writer stopped (SIGSTOP) past the lease timeout loses the folder: the next run takes
-    over, and when the first wakes up it stops instead of committing rows a second time."""
+    over, and when the first wakes up it stops instead of committing rows a second time. "Past
+    the timeout" is what the storage's clock says: the paused holder's lease file is made older
+    than its timeout (as a long pause leaves it), so no wait and no short lease that load could
+    break; the first run is held mid-way, so it cannot have finished before its pause."""
     n = 40
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
-    first = slow_run(src, out, "--lease-timeout", "2")
+    first = slow_run(src, out, "--lease-timeout", "600", *hold.options())
     wait_for_commit(out, first)
     first.send_signal(signal.SIGSTOP)
     try:
         # within the timeout, whatever the machine's load: this run would wait 600 s for a heartbeat
         busy = cli("run", src, "-o", out, *FAKE, "--lease-timeout", "600")
         assert busy.returncode == 3 and "another run" in busy.stderr
-        time.sleep(2.5)  # past the paused holder's 2 s: only ever longer under load
-        second = cli("run", src, "-o", out, *FAKE, "--lease-timeout", "2", "--checkpoint-every", "7")
+        [lease] = (out / "_lease").glob("*.json")
+        past = lease.stat().st_mtime - 601  # not rewritten for longer than the holder's 600 s
+        os.utime(lease, (past, past))
+        second = cli("run", src, "-o", out, *FAKE, "--lease-timeout", "600", "--checkpoint-every", "7")
         assert second.returncode == 0, second.stdout + second.stderr
     finally:
+        hold.release()
         first.send_signal(signal.SIGCONT)
     stdout, stderr = first.communicate(timeout=60)
     assert first.returncode == 3, stdout + stderr
@@ -648,14 +656,14 @@ def free_pid():
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
-def test_a_live_run_in_another_pid_namespace_keeps_its_lease(tmp_path):
+def test_a_live_run_in_another_pid_namespace_keeps_its_lease(tmp_path, hold):
     """Same host name and boot, another pid namespace (a container with the host's network): the
     holder's pid means nothing here, so the second run must not take over a live run."""
     n = 40
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
-    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,
-                      "--checkpoint-every", "5", "--max-in-flight", "4", "--engine-option", "step_delay=0.2"])
+    run = shlex.join([sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,  # held after
+                      "--checkpoint-every", "5", "--max-in-flight", "4", *hold.options()])  # a part, till looked at
     # its pid there is one that is free here (the next after ns_last_pid)
     script = f"echo {free_pid()} > /proc/sys/kernel/ns_last_pid; {run}; exit $?"
     first = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script], cwd=REPO,
@@ -665,28 +673,30 @@ def test_a_live_run_in_another_pid_namespace_keeps_its_lease(tmp_path):
     assert not Path(f"/proc/{holder['pid']}").exists()  # the test means something
     second = cli("run", src, "-o", out, *FAKE)
     assert second.returncode == 3 and "being written by another run" in second.stderr, second.stderr
+    hold.release()
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stdout + stderr
     df = read_output(out)
     assert df.height == n and df["custom_id"].n_unique() == n
 
 
-def test_a_holder_whose_clock_is_behind_is_not_taken_for_dead(tmp_path):
-    """Run A on "another host" whose clock is 120 s behind; run B here 1 s later must see a live
-    run (exit 3), and A must finish (exit 0)."""
-    n = 160  # A runs for about 8 s: B starts well before it ends, even on a loaded machine
+def test_a_holder_whose_clock_is_behind_is_not_taken_for_dead(tmp_path, hold):
+    """Run A on "another host" whose clock is 120 s behind; run B here while A runs must see a
+    live run (exit 3), and A must finish (exit 0). A is held after its first part until B has
+    looked, so B meets it running whatever the machine's load."""
+    n = 160
     src = write_jsonl(tmp_path / "in.jsonl", lines(n))
     out = tmp_path / "out"
     skewed = ("import socket, sys, time; real = time.time; time.time = lambda: real() - 120; "
               "socket.gethostname = lambda: 'other-host'; sys.argv[0] = 'pipeline'; "
               "from pipeline.cli import main; main()")
     first = subprocess.Popen([sys.executable, "-c", skewed, "run", str(src), "-o", str(out), *FAKE,
-                              "--checkpoint-every", "5", "--max-in-flight", "4", "--engine-option", "step_delay=0.2"],
+                              "--checkpoint-every", "5", "--max-in-flight", "4", *hold.options()],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_commit(out, first)
-    time.sleep(1)
     second = cli("run", src, "-o", out, *FAKE)
     assert second.returncode == 3 and "on other-host" in second.stderr, second.stderr
+    hold.release()
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stdout + stderr
     assert read_output(out)["custom_id"].n_unique() == n

@@ -354,13 +354,13 @@ def test_sigterm_with_stalled_image_hosts_commits_and_exits_at_once(tmp_path, se
     assert proc.returncode == 3 and "interrupted" in stderr, stderr
 
 
-def test_a_resumed_run_fetches_no_image_of_a_committed_row(tmp_path, server, vlm):
+def test_a_resumed_run_fetches_no_image_of_a_committed_row(tmp_path, server, vlm, hold):
     n = 40
     src = write_jsonl(tmp_path / "in.jsonl", [chat(f"r{i}", f"{server.base}/img/{i}.png") for i in range(n)])
     out = tmp_path / "out"
     args = ["run", str(src), "-o", str(out), "--engine", "fake", "-m", vlm, "-q", "--checkpoint-every", "5",
             "--max-in-flight", "4", "--order", "input", *LOOPBACK]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--engine-option", "step_delay=0.1"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, *hold.options()], cwd=REPO,  # killed mid-run
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_commit(out, proc)

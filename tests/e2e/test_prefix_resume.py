@@ -28,14 +28,14 @@ def docs_rows(docs, questions, seed=7):
     return rows
 
 
-def test_kill_9_mid_run_and_rerun_give_each_id_once_in_prefix_order(tmp_path):
+def test_kill_9_mid_run_and_rerun_give_each_id_once_in_prefix_order(tmp_path, hold):
     n, buffer = 15 * 6, 10
     src = write_jsonl(tmp_path / "in.jsonl", docs_rows(15, 6))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE, "--order", "prefix",
            "--order-buffer", str(buffer)]
-    first = subprocess.Popen([*cmd, "--checkpoint-every", "5", "--max-in-flight", "4", "--engine-option",
-                              "step_delay=0.05", "--engine-option", f"log_file={tmp_path / 'sent1.txt'}"],
+    first = subprocess.Popen([*cmd, "--checkpoint-every", "5", "--max-in-flight", "4", *hold.options(),  # held after
+                              "--engine-option", f"log_file={tmp_path / 'sent1.txt'}"],  # a part: killed mid-run
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_commit(out, first)
     first.send_signal(signal.SIGKILL)

@@ -151,12 +151,12 @@ def test_committed_stretches_apart_are_jumped_and_their_ids_count_where_they_lay
     assert df.height == 40 and {r["source_line"]: r["error"] for r in df.iter_rows(named=True) if r["error"]} == errors
 
 
-def test_kill_9_and_rerun_keep_every_row_exactly_once(tmp_path):
+def test_kill_9_and_rerun_keep_every_row_exactly_once(tmp_path, hold):
     n = 120
     src = write_jsonl(tmp_path / "in.jsonl", rows("k", n))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE, "--checkpoint-every", "5",
-           "--max-in-flight", "4", "--engine-option", "step_delay=0.05"]
+           "--max-in-flight", "4", *hold.options()]  # held after one part: killed mid-run
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_commit(out, proc)
     proc.send_signal(signal.SIGKILL)

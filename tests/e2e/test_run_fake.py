@@ -139,7 +139,7 @@ def test_disk_full_stops_cleanly_and_rerun_completes(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("first,then", [("prefix", "prefix"), ("input", "prefix"), ("prefix", "input")])
-def test_kill_and_resume_exactly_once(tmp_path, first, then):
+def test_kill_and_resume_exactly_once(tmp_path, first, then, hold):
     """SIGKILL the run once a part is committed; the rerun sends only uncommitted requests, in
     either order (--order is not part of the job: a run stopped in one order finishes in the other)."""
     n = 60
@@ -148,7 +148,7 @@ def test_kill_and_resume_exactly_once(tmp_path, first, then):
     out, log = tmp_path / "out", tmp_path / "sent.log"
     cmd = [sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE,
            "--checkpoint-every", "5", "--max-in-flight", "4",
-           "--engine-option", "step_delay=0.05", "--engine-option", f"log_file={log}"]
+           *hold.options(after=10), "--engine-option", f"log_file={log}"]  # held after two parts: killed mid-run
     proc = subprocess.Popen([*cmd, "--order", first], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wait_for_commit(out, proc)
     proc.send_signal(signal.SIGKILL)
@@ -163,6 +163,7 @@ def test_kill_and_resume_exactly_once(tmp_path, first, then):
             int(line[1:]) for line in log.read_text().split()
         )
     log.write_text("")
+    hold.release()
     res = subprocess.run([*cmd, "--order", then], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     df = read_output(out)

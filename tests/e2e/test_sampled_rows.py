@@ -64,13 +64,13 @@ def test_an_engine_death_on_the_merged_request_is_each_member_rows_error(tmp_pat
 
 
 @pytest.mark.parametrize("order", ["input", "prefix"])
-def test_a_killed_run_with_merged_rows_ends_each_line_as_one_row(tmp_path, order):
+def test_a_killed_run_with_merged_rows_ends_each_line_as_one_row(tmp_path, order, hold):
     rows = [chat_line(f"p{p}-{c}", f"sampled question {p}", temperature=0.8, max_tokens=5)
             for c in range(4) for p in range(15)]  # copies 15 lines apart in input order
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline", "run", str(src), "-o", str(out), *FAKE, "--order", order,
-           "--checkpoint-every", "3", "--max-in-flight", "2", "--engine-option", "step_delay=0.3"]
+           "--checkpoint-every", "3", "--max-in-flight", "2", *hold.options(after=3)]  # killed mid-run
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_commit(out, proc)
     proc.send_signal(signal.SIGKILL)

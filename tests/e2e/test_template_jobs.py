@@ -257,7 +257,7 @@ def test_job_file_with_sample_mapping(tmp_path):
 
 
 # ---- resume ------------------------------------------------------------------------------------
-def test_resume_after_sigkill_keeps_every_row_exactly_once(tmp_path):
+def test_resume_after_sigkill_keeps_every_row_exactly_once(tmp_path, hold):
     n = 80
     src = tmp_path / "t.parquet"
     pq.write_table(pa.table({"payload": [json.dumps({**GOOD, "count": i}) for i in range(n)],
@@ -268,7 +268,7 @@ def test_resume_after_sigkill_keeps_every_row_exactly_once(tmp_path):
     args = [str(src), "-o", str(out), *FAKE, "--template-user", "{{ payload }}", "--response-schema", str(schema),
             "--carry", "k", "--sample", "max_tokens=200"]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args, "--checkpoint-every", "5",
-                             "--max-in-flight", "4", "--engine-option", "step_delay=0.05"],
+                             "--max-in-flight", "4", *hold.options()],  # held after a part: killed mid-run
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     wait_for_commit(out, proc)

@@ -4,12 +4,9 @@ the NUMA node and refuses to start once page cache or anything else holds more t
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import REPO, chat_line, read_output, write_jsonl
+from conftest import read_output
 
 GiB = 1 << 30
 
@@ -81,24 +78,17 @@ def test_a_chosen_size_is_left_alone(vllm_engine, monkeypatch, setting):
 
 
 @pytest.mark.engine
-def test_cli_starts_the_cpu_engine_without_vllm_cpu_kvcache_space(tmp_path):
+def test_cli_starts_the_cpu_engine_without_vllm_cpu_kvcache_space(plain_cli_run):
+    """conftest's plain_cli_run: `pipeline run` in a subprocess without VLLM_CPU_KVCACHE_SPACE."""
     from pipeline.engines.vllm import current_platform
 
     if not current_platform.is_cpu():
         pytest.skip("the KV cache default is for the CPU build of vLLM")
-    rows = [chat_line("a", "Say hi.", temperature=0, max_tokens=4),
-            chat_line("b", "Say bye.", temperature=0, max_tokens=4)]
-    src = write_jsonl(tmp_path / "in.jsonl", rows)
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    script = Path(sys.executable).parent / "pipeline"
-    cli = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline"]
-    res = subprocess.run([*cli, "run", src, "-o", tmp_path / "out", "-m", "smollm2", "-q",
-                          "--max-model-len", "512"], env=env, capture_output=True, text=True, timeout=900)
+    res, out = plain_cli_run
     assert res.returncode == 0, res.stdout + res.stderr[-5000:]
-    df = read_output(tmp_path / "out")
-    assert sorted(df["custom_id"]) == ["a", "b"] and df["error"].is_null().all()
-    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    df = read_output(out)
+    assert sorted(df["custom_id"]) == ["a", "b", "c", "d"] and df["error"].is_null().all()
+    report = json.loads((out / "_report.json").read_text())
     assert 0 < report["engine"]["kv_cache_memory_bytes"] <= 4 * GiB
     # the step size of vLLM's own batch runner on CPU, not LLM(...)'s twice larger one
     assert (report["engine"]["max_num_seqs"], report["engine"]["max_num_batched_tokens"]) == (128, 2048)

@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO, invoke, read_output, write_jsonl
 
 sys.path.insert(0, str(REPO / "tests"))
+from smollm2_run import shared_run  # noqa: E402
 from vlm_model import broken_deflate, data_url, jpeg, png, tiny_vlm  # noqa: E402
 
 pytestmark = pytest.mark.engine
@@ -79,11 +80,11 @@ def test_bad_images_are_error_rows(real_run):
     assert rows["cut-png"]["error"]["param"] == "messages[0].content[1].image_url"
 
 
-def test_a_text_model_refuses_image_rows(tmp_path):
-    src = write_jsonl(tmp_path / "in.jsonl", [chat("img", image(data_url(png(8, 8)))), chat("txt")])
-    res = invoke("run", src, "-o", tmp_path / "out", "-m", "smollm2", "--max-model-len", "1024", "-q")
-    assert res.exit_code == 0, res.output
-    rows = {r["custom_id"]: r for r in read_output(tmp_path / "out").to_dicts()}
+def test_a_text_model_refuses_image_rows(tmp_path_factory):
+    """Rows of tests/real/smollm2_run.py's shared run of the text model (one engine load for
+    several files): an image row and a text row."""
+    _, every = shared_run(tmp_path_factory)
+    rows = {r["custom_id"]: r for r in every.to_dicts()}
     assert rows["txt"]["error"] is None
     assert rows["img"]["error"]["code"] == "unsupported_content"
     assert "use a vision-language model" in rows["img"]["error"]["message"]

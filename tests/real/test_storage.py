@@ -172,13 +172,13 @@ def test_storage_failure_then_resume(store, server, monkeypatch):
 
 
 @pytest.mark.parametrize("server", ["s3", "gs", "az"], indirect=True)  # memory:// lives in one process
-def test_kill_and_resume_on_the_bucket(store):
+def test_kill_and_resume_on_the_bucket(store, hold):
     """SIGKILL a run once a part is committed on the bucket; the rerun finishes exactly once."""
     n = 40
     src = store.put("in.jsonl", "".join(json.dumps(chat_line(f"r{i}", f"q{i}")) + "\n" for i in range(n)).encode())
     out = f"{store.root}/out"
     cmd = [sys.executable, "-m", "pipeline", "run", src, "-o", out, *FAKE, *store.options,
-           "--checkpoint-every", "5", "--max-in-flight", "4", "--engine-option", "step_delay=0.05"]
+           "--checkpoint-every", "5", "--max-in-flight", "4", *hold.options()]  # held after a part: killed mid-run
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -191,6 +191,7 @@ def test_kill_and_resume_on_the_bucket(store):
     # committed is what the commit records say: a part uploaded just before the kill is debris
     committed = sum(r["rows"] for r in committed_records(out, server_options(store)))
     assert 0 < committed < n and not store.exists("out/_SUCCESS")
+    hold.release()
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     rows = store.rows("out")

@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 
+from conftest import until_the_reader_waits
 from test_dispatcher import MemoryPool
 
 from pipeline.engines.dispatcher import Dispatcher
@@ -36,7 +37,7 @@ def test_the_look_ahead_flushes_at_its_bytes_bound_however_few_requests_it_holds
     ordered = StreamOrder(endless(), buffer=100_000, buffer_bytes=10 * WEIGHT)
     it = iter(ordered)
     first = [next(it) for _ in range(5)]
-    time.sleep(0.2)  # the reader runs ahead until the queue is full
+    until_the_reader_waits(ordered)  # it has run ahead as far as it may
     assert len(first) == 5 and next(read) < 5 * 10  # a few buffers of 10, not 100,000
     it.close()
     ordered._thread.join(10)

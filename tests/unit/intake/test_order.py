@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import contiguous, invoke
+from conftest import contiguous, invoke, until_the_reader_waits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_dispatcher import MemoryPool
@@ -298,7 +298,7 @@ def test_the_first_request_leaves_before_an_endless_input_ends():
     ordered = StreamOrder(endless(), buffer=50)
     it = iter(ordered)
     first = [next(it) for _ in range(60)]
-    time.sleep(0.2)  # the reader runs ahead until the queue is full
+    until_the_reader_waits(ordered)  # it has run ahead as far as it may
     assert len({r.line for r in first}) == 60 and next(read) < 60 + 4 * 50
     it.close()
     ordered._thread.join(10)
