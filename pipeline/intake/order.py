@@ -328,13 +328,19 @@ class PrefixOrder:
             if kind == "error":
                 raise value
             yield from value
+            yield None  # a flush is whole: its last group leaves now, not once the next is read
             kind, value = self._get()
 
-    def _grouped(self, keyed: Iterator[Keyed]) -> Iterator[Request | FailedRequest]:
+    def _grouped(self, keyed: Iterator[Keyed | None]) -> Iterator[Request | FailedRequest]:
         """Number the groups (a group the look-ahead flushed in parts keeps its number) and
-        emit each, up to GROUP_SPAN requests at a time."""
+        emit each, up to GROUP_SPAN requests at a time, and whatever a flush ends with at its end."""
         prev, run = None, []
-        for key, _, item in keyed:
+        for entry in keyed:
+            if entry is None:
+                yield from self._emit(run)
+                run = []
+                continue
+            key, _, item = entry
             if not isinstance(item, Request):
                 yield item
                 continue

@@ -89,7 +89,8 @@ def test_the_first_buffer_leaves_before_the_input_ends():
 
     def slow():
         yield from rows[:10]
-        more.wait(30)  # the input goes on only once the first requests were sent
+        # the input goes on only once the first buffer, all of it, was sent
+        assert more.wait(30), "the first buffer's last group waited for the rest of the input"
         yield from rows[10:]
 
     it = iter(BucketOrder(slow(), buffer=10, buckets=4))
