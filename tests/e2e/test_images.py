@@ -298,7 +298,9 @@ def test_a_stalled_store_is_an_error_row_after_the_timeout(stalled, protocol):
     took = time.monotonic() - start
     assert item.code == "image_fetch_failed" and item.param == "messages[0].content[1].image_url", item
     assert "(TimeoutError: 'no answer within 0.5 s" in item.message and "--image-timeout" in item.message
-    assert 1.0 <= took < 5, took  # two tries of 0.5 s and a 0.2 s pause; the clients alone wait minutes
+    # two tries of 0.5 s and a 0.2 s pause (1.2 s); the clients alone wait minutes: the bound leaves room
+    # for a loaded machine and still fails where the timeout is not applied
+    assert 1.0 <= took < 30, took
 
 
 def test_a_run_with_a_stalled_store_finishes(tmp_path, vlm, stalled):
