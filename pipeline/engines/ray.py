@@ -137,6 +137,12 @@ class RayPool:
         if not self.calls:
             time.sleep(timeout)
             return []
+        # A signal that arrives inside Ray's C code (ray.wait, ray.get) raises its Interrupted there,
+        # and Ray returns it as a SystemError (exit 1, not 3): it is raised once Ray has returned.
+        with exits.deferred():
+            return self._events(timeout)
+
+    def _events(self, timeout: float) -> list[Event]:
         refs = list(self.calls)
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if ready:  # take every call that has finished, not only the first
