@@ -23,10 +23,10 @@ cut at 30 s), so 1 s of audio is 25 tokens and 30 s or more is 750.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 
+from model_cache import built_once
 from vlm_model import DEFAULT_TOKENIZER_SOURCE
 
 AUDIO_TOKENS = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
@@ -35,18 +35,7 @@ AUDIO_TOKENS = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
 def tiny_qwen2_audio(cache: str | os.PathLike | None = None) -> str:
     """The tiny Qwen2-Audio's folder, built once per content: cached under ~/.cache/pipeline/test-models
     (or `cache`), keyed by a digest of this file, so a change to the recipe builds a new one."""
-    digest = hashlib.blake2b(pathlib.Path(__file__).read_bytes(), digest_size=6).hexdigest()
-    root = pathlib.Path(cache or pathlib.Path.home() / ".cache" / "pipeline" / "test-models")
-    folder = root / f"tiny-qwen2-audio-{digest}"
-    if not (folder / "DONE").exists():
-        tmp = root / f".tmp-qwen2-audio-{digest}-{os.getpid()}"
-        build_tiny_qwen2_audio(tmp)
-        (tmp / "DONE").write_text("")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another session built it first
-            pass
-    return str(folder)
+    return built_once("tiny-qwen2-audio", __file__, build_tiny_qwen2_audio, cache)
 
 
 def build_tiny_qwen2_audio(folder, tokenizer_source: str | os.PathLike | None = None, seed: int = 0) -> str:

@@ -21,10 +21,10 @@ for such a folder (a `</think>` token, a template that writes `<think>` and take
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 
+from model_cache import built_once
 from vlm_model import DEFAULT_TOKENIZER_SOURCE
 
 CHAT_TEMPLATE = (
@@ -50,18 +50,7 @@ CHAT_TEMPLATE = (
 def tiny_reasoner(cache: str | os.PathLike | None = None) -> str:
     """The tiny reasoning model's folder, built once per content of this file (cached under
     ~/.cache/pipeline/test-models, or `cache`)."""
-    digest = hashlib.blake2b(pathlib.Path(__file__).read_bytes(), digest_size=6).hexdigest()
-    root = pathlib.Path(cache or pathlib.Path.home() / ".cache" / "pipeline" / "test-models")
-    folder = root / f"tiny-reasoner-{digest}"
-    if not (folder / "DONE").exists():
-        tmp = root / f".tmp-reasoner-{digest}-{os.getpid()}"
-        build_tiny_reasoner(tmp)
-        (tmp / "DONE").write_text("")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another session built it first
-            pass
-    return str(folder)
+    return built_once("tiny-reasoner", __file__, build_tiny_reasoner, cache)
 
 
 def build_tiny_reasoner(folder, tokenizer_source: str | os.PathLike | None = None, seed: int = 0) -> str:

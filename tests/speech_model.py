@@ -17,11 +17,11 @@ Folder contents (all written with save_pretrained):
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import os
 import pathlib
 
+from model_cache import built_once
 from vlm_model import DEFAULT_TOKENIZER_SOURCE
 
 # vLLM 0.32's Whisper languages (vllm/model_executor/models/whisper_utils.py: ISO639_1_SUPPORTED_LANGS).
@@ -44,18 +44,7 @@ def whisper_special_tokens() -> list[str]:
 def tiny_whisper(cache: str | os.PathLike | None = None) -> str:
     """The tiny Whisper's folder, built once per content: cached under ~/.cache/pipeline/test-models
     (or `cache`), keyed by a digest of this file, so a change to the recipe builds a new one."""
-    digest = hashlib.blake2b(pathlib.Path(__file__).read_bytes(), digest_size=6).hexdigest()
-    root = pathlib.Path(cache or pathlib.Path.home() / ".cache" / "pipeline" / "test-models")
-    folder = root / f"tiny-whisper-{digest}"
-    if not (folder / "DONE").exists():
-        tmp = root / f".tmp-whisper-{digest}-{os.getpid()}"
-        build_tiny_whisper(tmp)
-        (tmp / "DONE").write_text("")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another session built it first
-            pass
-    return str(folder)
+    return built_once("tiny-whisper", __file__, build_tiny_whisper, cache)
 
 
 def wav(seconds: float, rate: int = 16000, freq: float = 440.0) -> bytes:

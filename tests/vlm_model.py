@@ -31,10 +31,11 @@ Image tokens (what the processor puts in place of each image part; checked again
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import os
 import pathlib
+
+from model_cache import built_once
 
 # The embedded model folder made by `pipeline prepare-model` (see pipeline/models/embedded.py: model_cache_dir()).
 DEFAULT_TOKENIZER_SOURCE = os.path.join(
@@ -68,18 +69,7 @@ CHAT_TEMPLATE = (
 def tiny_vlm(cache: str | os.PathLike | None = None) -> str:
     """The tiny VLM's folder, built once per content: cached under ~/.cache/pipeline/test-models
     (or `cache`), keyed by a digest of this file, so a change to the recipe builds a new one."""
-    digest = hashlib.blake2b(pathlib.Path(__file__).read_bytes(), digest_size=6).hexdigest()
-    root = pathlib.Path(cache or pathlib.Path.home() / ".cache" / "pipeline" / "test-models")
-    folder = root / f"tiny-idefics3-{digest}"
-    if not (folder / "DONE").exists():
-        tmp = root / f".tmp-{digest}-{os.getpid()}"
-        build_tiny_vlm(tmp)
-        (tmp / "DONE").write_text("")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another session built it first
-            pass
-    return str(folder)
+    return built_once("tiny-idefics3", __file__, build_tiny_vlm, cache)
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:
