@@ -484,6 +484,12 @@ def cpu_count() -> int:
 def _init_worker(counter: PromptCounter) -> None:
     global _worker
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # Forked from a process whose torch ran a parallel region (a model built in-process, say),
+        # GNU OpenMP's thread pool is gone in the child and its next parallel region (an audio
+        # processor's stft) waits forever; one intra-op thread runs inline and needs no pool.
+        torch.set_num_threads(1)
     _worker = counter
 
 

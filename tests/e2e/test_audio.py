@@ -7,6 +7,10 @@ estimate's counts (test_audio_real.py holds them to the engine's). docs/audio.md
 import base64
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import polars as pl
 import pytest
@@ -191,6 +195,29 @@ def test_estimate_counts_a_chats_audio_tokens_by_the_clips_length(tmp_path):
     tokens = dict(pl.read_parquet(tmp_path / "rows.parquet").select("custom_id", "prompt_tokens").iter_rows())
     text = tokens["none"]
     assert (tokens["one"] - text, tokens["8k"] - text, tokens["long"] - text) == (25 + 8, 25 + 8, 750 + 8)
+
+
+def test_estimate_forks_its_tokenizers_safely_after_torch_ran_in_the_process(tmp_path):
+    """A process whose torch already ran a parallel region (a model built in-process, as this suite
+    does on a fresh machine) forks estimate's tokenizer processes; GNU OpenMP's thread pool does not
+    survive a fork, and a 31 s clip's stft in the child used to wait forever (CI hung on it)."""
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_audio("long", wav(31.0)), chat_audio("one", wav(1.0))])
+    script = ("import sys, torch\n"
+              "torch.set_num_threads(2)\n"
+              "torch.randn(4_000_000).exp().sum()  # an OpenMP parallel region: its pool is now up\n"
+              "from pipeline.cli import cli\n"
+              "cli(sys.argv[1:])\n")
+    cmd = [sys.executable, "-c", script, "estimate", str(src), "-m", tiny_qwen2_audio(), "--json", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the forked tokenizers too
+        proc.communicate()
+        raise AssertionError("estimate hung in its forked tokenizer processes") from None
+    assert proc.returncode == 0, err
+    assert json.loads(out[out.index("{"):out.rindex("}") + 1])["valid"] == 2
 
 
 def test_estimate_bills_audio_minutes(tmp_path):
