@@ -14,6 +14,18 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), every file that starts a real engine
+    or a Ray cluster joins one group that one worker runs in order, first: two engines on two cores
+    only slow each other, and the session's shared engine runs (smollm2_run, plain_cli_run, the
+    local baseline) load once. Every other file is a group of its own (its module fixtures once),
+    spread over the other worker."""
+    heavy = {item.path for item in items if item.get_closest_marker("engine") or item.get_closest_marker("ray")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("engine" if item.path in heavy else str(item.path.relative_to(REPO))))
+    items.sort(key=lambda item: item.path not in heavy)  # stable: the engine group's order is kept
+
+
 def chat_line(custom_id, content, **params):
     """An OpenAI Batch API line."""
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
