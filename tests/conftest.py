@@ -1,5 +1,6 @@
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -164,23 +165,41 @@ def engines_start_together(monkeypatch):
     monkeypatch.setattr(LocalPool, "wait", wait)
 
 
-def until_the_reader_waits(ordered, timeout=60.0):
-    """Wait until an order's reader thread (intake/order.py) waits to hand over to a full queue:
-    it has read as far ahead as it ever may before the consumer takes more (seen in the thread's
-    own stack, not guessed from a sleep that a loaded machine makes too short)."""
+def until_waiting_in(thread, name, ready=lambda: True, timeout=60.0):
+    """Wait until `thread` is inside a call of the function `name` (seen in its own stack, not
+    guessed from a sleep that a loaded machine makes too short) and `ready()` holds."""
     import sys
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        frame, names = sys._current_frames().get(ordered._thread.ident), set()
+        frame, names = sys._current_frames().get(thread.ident), set()
         while frame is not None:
             names.add(frame.f_code.co_name)
             frame = frame.f_back
-        if "_put" in names and ordered._queue.full():
+        if name in names and ready():
             return
         time.sleep(0.01)
-    raise AssertionError("the reader never came to wait on a full queue")
+    raise AssertionError(f"{thread.name} never came to wait in {name}()")
+
+
+def until_the_reader_waits(ordered, timeout=60.0):
+    """Wait until an order's reader thread (intake/order.py) waits to hand over to a full queue:
+    it has read as far ahead as it ever may before the consumer takes more."""
+    until_waiting_in(ordered._thread, "_put", ordered._queue.full, timeout)
+
+
+def until_ignored(proc, *signals, timeout=60.0):
+    """Wait until the process `proc` ignores `signals` (SigIgn in /proc/PID/status), or has ended."""
+    import time
+
+    mask, deadline = sum(1 << (sig - 1) for sig in signals), time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        if int(re.search(r"^SigIgn:\s*([0-9a-f]+)", status, re.M).group(1), 16) & mask == mask:
+            return
+        time.sleep(0.005)
+    assert proc.poll() is not None, f"pid {proc.pid} did not come to ignore {signals}"
 
 
 def contiguous(seq):

@@ -26,6 +26,7 @@ from conftest import (
     committed_records,
     invoke,
     read_output,
+    until_ignored,
     wait_for_commit,
     write_jsonl,
 )
@@ -535,7 +536,7 @@ def test_a_second_signal_during_the_flush_is_ignored(tmp_path):
     proc = slow_run(src, out, delay="0.2")
     wait_for_commit(out, proc)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.01)
+    until_ignored(proc, signal.SIGTERM, signal.SIGINT)  # the first signal is taken: the flush has begun
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 3 and "interrupted" in stderr and "Traceback" not in stderr, stderr

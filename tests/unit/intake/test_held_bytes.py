@@ -6,7 +6,7 @@ import itertools
 import threading
 import time
 
-from conftest import until_the_reader_waits
+from conftest import until_the_reader_waits, until_waiting_in
 from test_dispatcher import MemoryPool
 
 from pipeline.engines.dispatcher import Dispatcher
@@ -96,7 +96,7 @@ def test_intake_resolves_a_bounded_number_of_bytes_ahead(monkeypatch):
     while len(done) < 3:  # three images resolved behind the stalled first
         assert time.monotonic() < limit, f"only {done} resolved: resolve_all did not call images.resolve"
         time.sleep(0.01)
-    time.sleep(0.2)  # the reader runs ahead as far as it may
+    until_waiting_in(consumer, "wait")  # the stream waits on the stalled first's result: reading has stopped
     assert len(read) < 10, len(read)
     release.set()
     consumer.join(30)
