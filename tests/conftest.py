@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), every file that starts a real engine
     or a Ray cluster joins one group that one worker runs in order, first: two engines on two cores
