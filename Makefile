@@ -50,7 +50,7 @@ browser:
 	    echo "no chromium: the report page's browser test will be skipped (install Debian's chromium)"; }
 
 test: install azurite browser
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2
 	$(MAKE) docs
 
 # The docs site (mkdocs, material theme), built with strict link checking; `make test` builds it.

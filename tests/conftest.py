@@ -15,17 +15,36 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
+def starts_engines(path) -> bool:
+    """A test file that starts a real engine or a Ray cluster: one that marks tests `engine` or `ray`."""
+    text = (REPO / path).read_text()
+    return "mark.engine" in text or "mark.ray" in text
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), every file that starts a real engine
-    or a Ray cluster joins one group that one worker runs in order, first: two engines on two cores
-    only slow each other, and the session's shared engine runs (smollm2_run, plain_cli_run, the
-    local baseline) load once. Every other file is a group of its own (its module fixtures once),
-    spread over the other worker."""
-    heavy = {item.path for item in items if item.get_closest_marker("engine") or item.get_closest_marker("ray")}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("engine" if item.path in heavy else str(item.path.relative_to(REPO))))
-    items.sort(key=lambda item: item.path not in heavy)  # stable: the engine group's order is kept
+    """The files that start engines run first: they are the long pole of `make test`'s workers."""
+    heavy = {path: starts_engines(path) for path in {item.path for item in items}}
+    items.sort(key=lambda item: not heavy[item.path])  # stable: each file's own order is kept
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pytest-xdist is a test extra; without it the suite runs on one process
+    pass
+else:
+    class EnginesOnOneWorker(LoadScopeScheduling):
+        """`make test` (-n 2): every file that starts an engine or a Ray cluster is one unit that one
+        worker runs in order (two engines on two cores only slow each other, and the session's shared
+        engine runs, smollm2_run, plain_cli_run and the local baseline, load once); every other file is
+        a unit of its own (its module fixtures once), spread over the other worker. (xdist's own
+        `xdist_group` marks do not reach its scheduler under pytest 9, whose node ids they rewrite.)"""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "engines" if starts_engines(path) else path
+
+    def pytest_xdist_make_scheduler(config, log):
+        return EnginesOnOneWorker(config, log)
 
 
 def chat_line(custom_id, content, **params):
