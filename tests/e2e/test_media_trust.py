@@ -20,6 +20,8 @@ from conftest import REPO, committed_records, invoke, read_output, wait_for_comm
 sys.path.insert(0, str(REPO / "tests"))
 from vlm_model import data_url, png, tiny_vlm  # noqa: E402
 
+from pipeline.intake.media import MediaRules  # noqa: E402
+
 PNG = png(40, 30, 1)
 LOOPBACK = ["--allow-private-media"]  # the image server of these tests is on 127.0.0.1
 
@@ -156,7 +158,7 @@ def test_only_regular_files_inside_the_allowed_folder_are_read_and_failures_look
     urls = {
         r["custom_id"]: r["body"]["messages"][0]["content"][1]["image_url"]["url"] for r in local_rows(allowed, outside)
     }
-    shapes = {e["message"].replace(urls[k], "URL") for k, e in refused.items()}
+    shapes = {e["message"].replace(MediaRules().show(urls[k]), "URL") for k, e in refused.items()}  # as quoted
     assert shapes == {"messages[0].content[1].image_url: the local file URL is not a readable regular file under "
                       f"--allowed-local-media-path {allowed.resolve()}"}
 
