@@ -204,7 +204,8 @@ def estimate(job: Job) -> dict[str, Any]:
             upper, computed, thinking = None, None, 0
             if isinstance(item, Request):
                 upper = completion_upper(item, prompt_tokens, counter.max_model_len)
-                thinking = thinking_upper(item.body, item.n, upper) if thinks and ENDPOINTS[item.endpoint].converses else 0
+                converses = thinks and ENDPOINTS[item.endpoint].converses
+                thinking = thinking_upper(item.body, item.n, upper) if converses else 0
                 if calibration is not None and (item.file, item.line) in calibration:
                     calibration_upper += upper
                     calibration_thinking += thinking
@@ -366,7 +367,8 @@ def _route_lines(routes: list[dict[str, Any]]) -> list[str]:
         ))
     widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
     return ["", "per route:"] + [
-        "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w)
+                  for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
         for row in [head, *lines]]
 
 

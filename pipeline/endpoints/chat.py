@@ -84,7 +84,8 @@ def _text(content: Any, where: str, role: str = "user") -> str | None:
     if content is None or isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise Invalid("invalid_messages", f"{where}.content must be a string or a list of text parts", f"{where}.content")
+        raise Invalid("invalid_messages", f"{where}.content must be a string or a list of text parts",
+                      f"{where}.content")
     for j, part in enumerate(content):
         ptype = part.get("type") if isinstance(part, dict) else None
         if ptype == "image_url" and role == "user":
@@ -95,7 +96,8 @@ def _text(content: Any, where: str, role: str = "user") -> str | None:
             continue
         if ptype != "text" or not isinstance(part.get("text"), str):
             what = f"a part of type {ptype!r}" if ptype else "a part that is not {\"type\": \"text\", \"text\": ...}"
-            code = "unsupported_content" if ptype in ("image_url", "input_audio", "file", "video_url") else "invalid_messages"
+            media = ("image_url", "input_audio", "file", "video_url")
+            code = "unsupported_content" if ptype in media else "invalid_messages"
             takes = ("text parts, and images and audio in user messages" if ptype in ("image_url", "input_audio")
                      else "text, image and audio parts only")
             raise Invalid(code, f"{where}.content[{j}] is {what}; a message takes {takes}", f"{where}.content[{j}]")
@@ -134,19 +136,22 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
             raise Invalid("invalid_messages", f"{where} must be an object with role and content", where)
         role = msg.get("role")
         if role not in ROLES:
-            raise Invalid("invalid_messages", f"{where}.role {role!r} is not one of {', '.join(ROLES)}", f"{where}.role")
+            raise Invalid("invalid_messages", f"{where}.role {role!r} is not one of {', '.join(ROLES)}",
+                          f"{where}.role")
         content = _text(msg.get("content"), where, role)
         calls = msg.get("tool_calls")
         if role == "assistant" and calls:
             open_calls = _assistant_calls(calls, where)
         elif calls is not None and role != "assistant":
-            raise Invalid("invalid_messages", f"{where}: only assistant messages carry tool_calls", f"{where}.tool_calls")
+            raise Invalid("invalid_messages", f"{where}: only assistant messages carry tool_calls",
+                          f"{where}.tool_calls")
         if content is None and not (role == "assistant" and calls):
             raise Invalid("invalid_messages", f"{where}.content is missing", f"{where}.content")
         if role == "tool":
             call_id = msg.get("tool_call_id")
             if not isinstance(call_id, str):
-                raise Invalid("invalid_messages", f"{where}: a tool message needs tool_call_id", f"{where}.tool_call_id")
+                raise Invalid("invalid_messages", f"{where}: a tool message needs tool_call_id",
+                              f"{where}.tool_call_id")
             if call_id not in open_calls:
                 raise Invalid(
                     "invalid_messages",
@@ -176,9 +181,11 @@ def _assistant_calls(calls: Any, where: str) -> set[str]:
     for k, call in enumerate(calls):
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(call.get("id"), str):
-            raise Invalid("invalid_messages", f"{where}.tool_calls[{k}] needs id and function.name", f"{where}.tool_calls[{k}]")
+            raise Invalid("invalid_messages", f"{where}.tool_calls[{k}] needs id and function.name",
+                          f"{where}.tool_calls[{k}]")
         if not isinstance(fn.get("arguments", "{}"), (str, dict)):
-            raise Invalid("invalid_messages", f"{where}.tool_calls[{k}].function.arguments must be a JSON string", f"{where}.tool_calls[{k}]")
+            raise Invalid("invalid_messages", f"{where}.tool_calls[{k}].function.arguments must be a JSON string",
+                          f"{where}.tool_calls[{k}]")
         ids.add(call["id"])
     return ids
 
@@ -191,11 +198,14 @@ def _tools(tools: Any) -> list[dict[str, Any]] | None:
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
-            raise Invalid("invalid_parameter", f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{...}}}}", f"tools[{i}]")
+            raise Invalid("invalid_parameter", f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{...}}}}",
+                          f"tools[{i}]")
         if not isinstance(fn.get("name"), str) or not TOOL_NAME.match(fn["name"]):
-            raise Invalid("invalid_parameter", f"tools[{i}].function.name must be 1-64 letters, digits, _ or -", f"tools[{i}].function.name")
+            raise Invalid("invalid_parameter", f"tools[{i}].function.name must be 1-64 letters, digits, _ or -",
+                          f"tools[{i}].function.name")
         if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
-            raise Invalid("invalid_parameter", f"tools[{i}].function.parameters must be a JSON schema object", f"tools[{i}].function.parameters")
+            raise Invalid("invalid_parameter", f"tools[{i}].function.parameters must be a JSON schema object",
+                          f"tools[{i}].function.parameters")
     return tools or None
 
 
@@ -229,7 +239,8 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
         return fmt
     if kind == "json_schema":
         spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict) or not isinstance(spec.get("name", ""), str):
+        if (not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict)
+                or not isinstance(spec.get("name", ""), str)):
             raise Invalid(
                 "invalid_parameter",
                 "response_format.json_schema must be {\"name\": ..., \"schema\": {...}, \"strict\": ...}",

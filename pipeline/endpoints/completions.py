@@ -116,7 +116,8 @@ def _completion_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | No
 
 
 COMPLETIONS = Endpoint(
-    name="completions", runner="generate", url="/v1/completions", urls=re.compile(OPENAI_PREFIX + "/completions" + QUERY),
+    name="completions", runner="generate", url="/v1/completions",
+    urls=re.compile(OPENAI_PREFIX + "/completions" + QUERY),
     shape="openai-completions", title="OpenAI Batch completions lines", prompt_field="prompt", parse=parse,
     columns=columns, answers=answers, response_body=response_body, prompts=prompts, default_max_tokens=MAX_TOKENS,
 )

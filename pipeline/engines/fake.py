@@ -63,7 +63,8 @@ class FakeEngine:
         how = self.opts.get("die_loading")
         if how is None or ("die_loads" in self.opts and loads > self.opts["die_loads"]):
             return
-        print(f"fake engine: loading {self.info['model']} (load {loads}) ... out of memory", file=sys.stderr, flush=True)
+        print(f"fake engine: loading {self.info['model']} (load {loads}) ... out of memory", file=sys.stderr,
+              flush=True)
         if isinstance(how, str):
             os.kill(os.getpid(), getattr(signal, how))
             time.sleep(10)  # the signal is delivered before this ends
@@ -83,7 +84,8 @@ class FakeEngine:
             if self.opts.get("die_at") == self.added and self._claim_death():
                 os._exit(86)
             problem = ENDPOINTS[req.endpoint].unsupported(self.runner)
-            self.queue.append(Result(seq, error=problem) if problem is not None else SUBMIT[req.endpoint](self, seq, req))
+            self.queue.append(Result(seq, error=problem) if problem is not None
+                              else SUBMIT[req.endpoint](self, seq, req))
         return []
 
     def _complete(self, seq: int, req: Request) -> Result:

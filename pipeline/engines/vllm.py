@@ -234,7 +234,8 @@ class VLLMEngine:
                 done.append(self._result(seq, req, creq, warnings, out))
             except Exception as e:  # a bug in reading one output must not take the engine down
                 log.exception("reading the output of request %s failed", req.custom_id)
-                done.append(Result(seq, error=Problem("output_error", f"reading the engine's output failed: {_first_line(e)}"),
+                problem = Problem("output_error", f"reading the engine's output failed: {_first_line(e)}")
+                done.append(Result(seq, error=problem,
                                    prompt_tokens=len(out.prompt_token_ids or ())))
         return done
 
@@ -243,7 +244,8 @@ class VLLMEngine:
         return self.speech.finished(out, _external_id)
 
     def _result(self, seq, req: Request, creq, warnings, out) -> Result:
-        choices = [self._choice(req, creq, c, out.prompt_token_ids or []) for c in sorted(out.outputs, key=lambda c: c.index)]
+        choices = [self._choice(req, creq, c, out.prompt_token_ids or [])
+                   for c in sorted(out.outputs, key=lambda c: c.index)]
         thinking = [c.pop("_reasoning_tokens") for c in choices]
         thinks = self.parser_cls is not None and ENDPOINTS[req.endpoint].converses
         tokens = [len(c.token_ids) for c in sorted(out.outputs, key=lambda c: c.index)]
@@ -304,7 +306,8 @@ class VLLMEngine:
         return {"content": content}
 
     def _token(self, token_id: int, lp) -> dict[str, Any]:
-        text = lp.decoded_token if lp is not None and lp.decoded_token is not None else self.tokenizer.decode([token_id])
+        decoded = lp.decoded_token if lp is not None else None
+        text = decoded if decoded is not None else self.tokenizer.decode([token_id])
         return {"token": text, "logprob": float(lp.logprob) if lp is not None else None,
                 "bytes": list(text.encode("utf-8", errors="replace"))}
 

@@ -67,7 +67,8 @@ def responses_body(req: Any, warnings: list[str]) -> dict[str, Any]:
         for i, item in enumerate(given):
             _responses_item(item, f"body.input[{i}]", messages, warnings)
     else:
-        raise Invalid("invalid_messages", "body.input must be a string or a non-empty list of input items", "body.input")
+        raise Invalid("invalid_messages", "body.input must be a string or a non-empty list of input items",
+                      "body.input")
     body["messages"] = messages
     if req.get("tools") is not None:
         body["tools"] = _responses_tools(req["tools"])
