@@ -108,8 +108,9 @@ class RayPool:
             self.outbox: list[list[tuple[int, Request]]] = [[] for _ in range(self.size)]
             self.busy = [False] * self.size  # an outstanding call is in flight
             self.started = [False] * self.size
-            for i in range(self.size):
-                self._start(i)
+            with exits.deferred():  # each handle is kept before a signal is raised, so close() stops it
+                for i in range(self.size):
+                    self._start(i)
         except BaseException:
             self.close()
             raise
@@ -131,14 +132,16 @@ class RayPool:
     def submit(self, worker: int, items: list[tuple[int, Request]]) -> None:
         self.outbox[worker].extend(items)
         if not self.busy[worker] and self.started[worker]:
-            self._poll(worker)
+            with exits.deferred():  # the call is recorded before a signal is raised
+                self._poll(worker)
 
     def wait(self, timeout: float) -> list[Event]:
         if not self.calls:
             time.sleep(timeout)
             return []
-        # A signal that arrives inside Ray's C code (ray.wait, ray.get) raises its Interrupted there,
-        # and Ray returns it as a SystemError (exit 1, not 3): it is raised once Ray has returned.
+        # A signal that arrives inside Ray's code (ray.wait, ray.get, an actor's start or call) raises
+        # its Interrupted there, and Ray returns it as a SystemError (exit 1, not 3), or a handle is
+        # lost: every call into Ray from the run's loop raises it once Ray has returned.
         with exits.deferred():
             return self._events(timeout)
 
@@ -171,8 +174,9 @@ class RayPool:
         return events
 
     def restart(self, worker: int) -> None:
-        self._kill(worker)
-        self._start(worker)
+        with exits.deferred():
+            self._kill(worker)
+            self._start(worker)
 
     def _kill(self, i: int) -> None:
         for ref in [r for r, w in self.calls.items() if w == i]:
