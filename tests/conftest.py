@@ -15,6 +15,11 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+# Engine runs that several test files read, computed once per session (per xdist worker): the files
+# that name one go to the same worker (EngineFilesFirst), so that it loads once.
+SHARED_RUNS = ("plain_cli_run", "smollm2_run", "local_baseline")
+
+
 def starts_engines(path) -> bool:
     """A test file that starts a real engine or a Ray cluster: one that marks tests `engine` or `ray`."""
     text = (REPO / path).read_text()
@@ -32,19 +37,23 @@ try:
 except ImportError:  # pytest-xdist is a test extra; without it the suite runs on one process
     pass
 else:
-    class EnginesOnOneWorker(LoadScopeScheduling):
-        """`make test` (-n 2): every file that starts an engine or a Ray cluster is one unit that one
-        worker runs in order (two engines on two cores only slow each other, and the session's shared
-        engine runs, smollm2_run, plain_cli_run and the local baseline, load once); every other file is
-        a unit of its own (its module fixtures once), spread over the other worker. (xdist's own
-        `xdist_group` marks do not reach its scheduler under pytest 9, whose node ids they rewrite.)"""
+    class EngineFilesFirst(LoadScopeScheduling):
+        """`make test` (-n 2): each test file is one unit of work (its module fixtures run once), and
+        the files that name a shared engine run (SHARED_RUNS) are one unit together. Units go out in
+        collection order, which puts the files that start engines first (pytest_collection_modifyitems),
+        so that the last minutes of both workers are short files, not one engine test."""
+
+        def __init__(self, config, log=None):
+            config.option.loadscopereorder = False  # keep the engine files first
+            super().__init__(config, log)
 
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "engines" if starts_engines(path) else path
+            text = (REPO / path).read_text()
+            return next((name for name in SHARED_RUNS if name in text), path)
 
     def pytest_xdist_make_scheduler(config, log):
-        return EnginesOnOneWorker(config, log)
+        return EngineFilesFirst(config, log)
 
 
 def chat_line(custom_id, content, **params):
