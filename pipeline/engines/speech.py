@@ -31,6 +31,7 @@ from vllm.model_executor.models.interfaces import supports_transcription
 from vllm.multimodal.audio import get_audio_duration, split_audio
 from vllm.multimodal.media.audio import load_audio
 from vllm.sampling_params import RequestOutputKind, SamplingParams
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from pipeline.engines.base import Result
 from pipeline.records import Problem, Request
@@ -105,6 +106,8 @@ class SpeechQueue:
             )
             try:
                 [rid] = self.llm.enqueue([prompt], [params], use_tqdm=False)
+            except EngineDeadError:  # the engine's death, not this request's refusal
+                raise
             except Exception as e:  # noqa: BLE001 - vLLM's refusal of the prompt
                 raise Refusal(_problem(e)) from None
             self.jobs[external_id(rid)] = (job, None)
@@ -159,6 +162,8 @@ class SpeechQueue:
             params.logprobs = 1
         try:
             ids = self.llm.enqueue(prompts, [params] * len(prompts), use_tqdm=False)
+        except EngineDeadError:  # the engine's death, not this request's refusal
+            raise
         except Exception as e:  # noqa: BLE001 - vLLM's refusal of the prompt
             raise Refusal(_problem(e)) from None
         for i, rid in enumerate(ids):
@@ -176,6 +181,8 @@ class SpeechQueue:
                     list(out.outputs[0].token_ids), self.tokenizer
                 )
                 self._enqueue_clips(job, external_id)
+            except EngineDeadError:
+                raise
             except Exception as e:  # noqa: BLE001 - one request's failure must not stop the engine
                 return Result(job.seq, error=_problem(e))
             return None

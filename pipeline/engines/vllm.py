@@ -49,6 +49,7 @@ try:
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
     from vllm.tool_parsers import ToolParserManager
     from vllm.tool_parsers.utils import get_json_schema_from_tools
+    from vllm.v1.engine.exceptions import EngineDeadError
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(
         f"vLLM is not installed ({e}). Install the engine: `pip install -e .[gpu]` on a GPU machine, "
@@ -187,6 +188,8 @@ class VLLMEngine:
         lora = self.loras[req.adapter] if req.adapter else None
         try:
             [rid] = enqueue(params, lora)
+        except EngineDeadError:  # vLLM's engine core is gone: the engine's death (restart, redo), not a refusal
+            raise
         except Exception as e:
             raise _Refused(self._refusal(e, ENDPOINTS[req.endpoint].prompt_field, req), tuple(warnings)) from None
         self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))

@@ -50,7 +50,7 @@ def assert_same_rows(rows: dict[str, dict], baseline: dict[str, dict]) -> None:
     assert sorted(rows) == sorted(baseline)
     for cid, row in rows.items():
         base = baseline[cid]
-        assert row["prompt_tokens"] == base["prompt_tokens"], cid
+        assert row["prompt_tokens"] == base["prompt_tokens"], (cid, row["error"])
         assert (row["error"] or {}).get("code") == (base["error"] or {}).get("code"), cid
         if cid.startswith("greedy-"):
             assert row["content"] and row["content"] == base["content"], cid

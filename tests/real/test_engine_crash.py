@@ -127,3 +127,35 @@ def test_engine_refusals_for_length_get_the_shared_verdict(message, attrs, want)
     assert problem.code == "context_length_exceeded" and want in problem.message
     other = VLLMEngine._refusal(SimpleNamespace(info={"max_model_len": 1024}), ValueError("bad tool schema"))
     assert other.code == "invalid_request"
+
+
+@pytest.mark.engine
+def test_a_dead_engine_core_is_the_engines_death_not_a_refusal_of_each_request():
+    """vLLM's engine core process gone between steps (the OOM killer, a crash): a request sent after
+    it is the engine's death (EngineDeadError up to the worker, which reports "died"; the dispatcher
+    restarts the engine and redoes its requests), not an invalid_request row. A run under load once
+    ended with 19 such rows and exit 0."""
+    import os
+    import time
+
+    import psutil
+    from vllm.v1.engine.exceptions import EngineDeadError
+    from vlm_model import DEFAULT_TOKENIZER_SOURCE
+
+    from pipeline.engines.base import EngineSpec
+    from pipeline.engines.vllm import VLLMEngine
+    from pipeline.records import Request
+
+    engine = VLLMEngine(EngineSpec(kind="vllm", model=DEFAULT_TOKENIZER_SOURCE,
+                                   engine_args={"max_model_len": 512, "max_num_seqs": 4}))
+    core = next(p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline()))
+    os.kill(core.pid, signal.SIGKILL)
+    resources = engine.llm.llm_engine.engine_core.resources
+    deadline = time.monotonic() + 60
+    while not resources.engine_dead and time.monotonic() < deadline:  # the client's monitor has seen it
+        time.sleep(0.05)
+    assert resources.engine_dead
+    request = Request.chat("after", "f.jsonl", 1, [{"role": "user", "content": "Say hi."}],
+                           params={"max_tokens": 4})
+    with pytest.raises(EngineDeadError):
+        engine.add([(1, request)])
