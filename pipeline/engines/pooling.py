@@ -24,7 +24,6 @@ from vllm import LLM, PoolingParams
 from vllm.entrypoints.pooling.embed.protocol import EmbeddingCompletionRequest
 from vllm.entrypoints.pooling.scoring.protocol import RerankRequest, ScoreQueriesDocumentsRequest
 from vllm.tasks import SCORE_TYPE_MAP
-from vllm.v1.engine.exceptions import EngineDeadError
 
 from pipeline.endpoints import ENDPOINTS
 from pipeline.engines.base import Result
@@ -79,8 +78,6 @@ class PoolingQueue:
         """`call` on the whole work, else (vLLM refused the call) on each request alone."""
         try:
             return call(work)
-        except EngineDeadError:  # vLLM's engine core is gone: the engine's death (restart, redo), not a refusal
-            raise
         except Exception as e:  # a request vLLM refuses fails the whole call: retry each on its own
             if len(work) == 1:
                 return [Result(work[0][0], error=self.refusal(e, ENDPOINTS[work[0][1].endpoint].prompt_field))]
@@ -88,8 +85,6 @@ class PoolingQueue:
         for one in work:
             try:
                 results.extend(call([one]))
-            except EngineDeadError:
-                raise
             except Exception as e:  # this request's own refusal
                 results.append(Result(one[0], error=self.refusal(e, ENDPOINTS[one[1].endpoint].prompt_field)))
         return results

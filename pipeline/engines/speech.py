@@ -106,8 +106,6 @@ class SpeechQueue:
             )
             try:
                 [rid] = self.llm.enqueue([prompt], [params], use_tqdm=False)
-            except EngineDeadError:  # the engine's death, not this request's refusal
-                raise
             except Exception as e:  # noqa: BLE001 - vLLM's refusal of the prompt
                 raise Refusal(_problem(e)) from None
             self.jobs[external_id(rid)] = (job, None)
@@ -162,8 +160,6 @@ class SpeechQueue:
             params.logprobs = 1
         try:
             ids = self.llm.enqueue(prompts, [params] * len(prompts), use_tqdm=False)
-        except EngineDeadError:  # the engine's death, not this request's refusal
-            raise
         except Exception as e:  # noqa: BLE001 - vLLM's refusal of the prompt
             raise Refusal(_problem(e)) from None
         for i, rid in enumerate(ids):
@@ -181,8 +177,6 @@ class SpeechQueue:
                     list(out.outputs[0].token_ids), self.tokenizer
                 )
                 self._enqueue_clips(job, external_id)
-            except EngineDeadError:
-                raise
             except Exception as e:  # noqa: BLE001 - one request's failure must not stop the engine
                 return Result(job.seq, error=_problem(e))
             return None
@@ -254,6 +248,10 @@ class SpeechQueue:
 
 
 def _problem(e: BaseException) -> Problem:
+    """vLLM's exception as the request's Problem; EngineDeadError (its engine core is gone) is the
+    engine's death, not a refusal: raised again, it ends the worker, which restarts it."""
+    if isinstance(e, EngineDeadError):
+        raise e
     if isinstance(e, Refusal):
         return e.problem
     return Problem("invalid_request", f"vLLM refused the audio request: {_first_line(e)}", "file_url")

@@ -188,8 +188,6 @@ class VLLMEngine:
         lora = self.loras[req.adapter] if req.adapter else None
         try:
             [rid] = enqueue(params, lora)
-        except EngineDeadError:  # vLLM's engine core is gone: the engine's death (restart, redo), not a refusal
-            raise
         except Exception as e:
             raise _Refused(self._refusal(e, ENDPOINTS[req.endpoint].prompt_field, req), tuple(warnings)) from None
         self.inflight[_external_id(rid)] = (seq, req, creq, tuple(warnings))
@@ -198,7 +196,11 @@ class VLLMEngine:
         """vLLM's refusal of a prompt, in our words: a prompt over the context gets the same
         verdict (and message) that `estimate` and `validate` give it (models/render.py); one over
         the model's own image limit intake's too_many_images, naming the first image over it; audio
-        it lacks a package to prepare (the CPU build has no torchaudio to resample) unsupported_content."""
+        it lacks a package to prepare (the CPU build has no torchaudio to resample) unsupported_content.
+        EngineDeadError (vLLM's engine core is gone) is no refusal but the engine's death: raised again,
+        it ends the worker, and the engine is restarted and its requests redone."""
+        if isinstance(e, EngineDeadError):
+            raise e
         message = _first_line(e)
         heard = next(audio_parts(req.messages), None) if req is not None and req.messages else None
         if isinstance(e, ImportError) and heard is not None:
