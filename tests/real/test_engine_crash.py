@@ -146,6 +146,7 @@ def test_a_dead_engine_core_is_the_engines_death_not_a_refusal_of_each_request()
     from pipeline.engines.vllm import VLLMEngine
     from pipeline.records import Request
 
+    cores = os.sched_getaffinity(0)  # vLLM's CPU build binds the process it starts in: given back after
     engine = VLLMEngine(EngineSpec(kind="vllm", model=DEFAULT_TOKENIZER_SOURCE,
                                    engine_args={"max_model_len": 512, "max_num_seqs": 4}))
     core = next(p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline()))
@@ -157,5 +158,9 @@ def test_a_dead_engine_core_is_the_engines_death_not_a_refusal_of_each_request()
     assert resources.engine_dead
     request = Request.chat("after", "f.jsonl", 1, [{"role": "user", "content": "Say hi."}],
                            params={"max_tokens": 4})
-    with pytest.raises(EngineDeadError):
-        engine.add([(1, request)])
+    try:
+        with pytest.raises(EngineDeadError):
+            engine.add([(1, request)])
+    finally:
+        engine.engine.engine_core.shutdown()
+        os.sched_setaffinity(0, cores)
