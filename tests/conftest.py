@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import re
@@ -20,9 +21,15 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SHARED_RUNS = ("plain_cli_run", "smollm2_run", "local_baseline")
 
 
+@functools.cache
+def test_file_text(path) -> str:
+    """A test file's text (`path` from the repository's root), read once however many tests it holds."""
+    return (REPO / path).read_text()
+
+
 def starts_engines(path) -> bool:
     """A test file that starts a real engine or a Ray cluster: one that marks tests `engine` or `ray`."""
-    text = (REPO / path).read_text()
+    text = test_file_text(path)
     return "mark.engine" in text or "mark.ray" in text
 
 
@@ -49,8 +56,7 @@ else:
 
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            text = (REPO / path).read_text()
-            return next((name for name in SHARED_RUNS if name in text), path)
+            return next((name for name in SHARED_RUNS if name in test_file_text(path)), path)
 
     def pytest_xdist_make_scheduler(config, log):
         return EngineFilesFirst(config, log)
